@@ -1,0 +1,1417 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The hot path: a batch of operations applied inside one LMDB write transaction.
+
+Owns: the same rules as core/reference.py, function for function, on C
+structs. Every record a batch touches is read from LMDB once into a buffer
+that the C code changes in place; at the end of the batch every changed
+record is written back with one putmulti per database, and journal entries
+are appended in key order.
+Used by: core.ledger (which falls back to the reference when this module is
+not built). The property tests hold the two to identical results and bytes.
+
+All divisions here have non-negative operands and non-zero divisors, so C
+division (cdivision) equals Python's floor division.
+"""
+
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport PyObject
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memmove, memset
+
+from core import limits as _limits
+from core import records as _records
+from core import results as _results
+
+cdef extern from *:
+    uint64_t bswap64 "__builtin_bswap64"(uint64_t)
+    uint32_t bswap32 "__builtin_bswap32"(uint32_t)
+
+# ------------------------------------------------------------ constants
+# Numbers come from core.limits and core.results: one source for both sides.
+
+cdef int64_t AMOUNT_MINOR_MAX = _limits.AMOUNT_MINOR_MAX
+cdef int64_t BALANCE_ABS_MAX = _limits.BALANCE_ABS_MAX
+cdef int64_t POINTS_MAX = _limits.POINTS_MAX
+cdef uint32_t POINTS_PER_UNIT_MAX = _limits.POINTS_PER_UNIT_MAX
+cdef uint32_t EARN_POINTS_PER_UNIT_MAX = _limits.EARN_POINTS_PER_UNIT_MAX
+cdef uint32_t HOLD_TIMEOUT_S_MAX = _limits.HOLD_TIMEOUT_S_MAX
+cdef Py_ssize_t BATCH_SIZE_MAX = _limits.BATCH_SIZE_MAX
+cdef Py_ssize_t EXPIRE_SWEEP_HOLDS_MAX = _limits.EXPIRE_SWEEP_HOLDS_MAX
+
+_R = _results.ResultCode
+cdef uint16_t APPROVED = _R.APPROVED
+cdef uint16_t PENDING = _R.PENDING
+cdef uint16_t INSUFFICIENT_FUNDS = _R.INSUFFICIENT_FUNDS
+cdef uint16_t LIMIT_PER_TRANSACTION_EXCEEDED = _R.LIMIT_PER_TRANSACTION_EXCEEDED
+cdef uint16_t LIMIT_PER_DAY_EXCEEDED = _R.LIMIT_PER_DAY_EXCEEDED
+cdef uint16_t CARD_NOT_FOUND = _R.CARD_NOT_FOUND
+cdef uint16_t CARD_LOST = _R.CARD_LOST
+cdef uint16_t CARD_FROZEN = _R.CARD_FROZEN
+cdef uint16_t CARD_CANCELLED = _R.CARD_CANCELLED
+cdef uint16_t CARD_NOT_ALLOWED_HERE = _R.CARD_NOT_ALLOWED_HERE
+cdef uint16_t CARD_EXISTS = _R.CARD_EXISTS
+cdef uint16_t HOLD_EXPIRED = _R.HOLD_EXPIRED
+cdef uint16_t HOLD_CLOSED = _R.HOLD_CLOSED
+cdef uint16_t AMOUNT_EXCEEDS_HOLD = _R.AMOUNT_EXCEEDS_HOLD
+cdef uint16_t ORIGINAL_NOT_FOUND = _R.ORIGINAL_NOT_FOUND
+cdef uint16_t ALREADY_REVERSED = _R.ALREADY_REVERSED
+cdef uint16_t ALREADY_VOIDED = _R.ALREADY_VOIDED
+cdef uint16_t ALREADY_REFUNDED = _R.ALREADY_REFUNDED
+cdef uint16_t VOID_NOT_SAME_DAY = _R.VOID_NOT_SAME_DAY
+cdef uint16_t REFUND_EXCEEDS_PAID = _R.REFUND_EXCEEDS_PAID
+cdef uint16_t NOT_REVERSIBLE = _R.NOT_REVERSIBLE
+cdef uint16_t WRONG_TRANSACTION_KIND = _R.WRONG_TRANSACTION_KIND
+cdef uint16_t STATION_MISMATCH = _R.STATION_MISMATCH
+cdef uint16_t DUPLICATE_MISMATCH = _R.DUPLICATE_MISMATCH
+cdef uint16_t BALANCE_LIMIT = _R.BALANCE_LIMIT
+cdef uint16_t ACCOUNT_NOT_FOUND = _R.ACCOUNT_NOT_FOUND
+cdef uint16_t ACCOUNT_EXISTS = _R.ACCOUNT_EXISTS
+cdef uint16_t TRANSACTION_NOT_POSTED = _R.TRANSACTION_NOT_POSTED
+cdef uint16_t INVALID_OPERATION = _R.INVALID_OPERATION
+
+_K = _results.OpKind
+cdef uint8_t OP_OPEN_CARD = _K.OPEN_CARD
+cdef uint8_t OP_SET_CARD_STATUS = _K.SET_CARD_STATUS
+cdef uint8_t OP_SET_CARD_LIMITS = _K.SET_CARD_LIMITS
+cdef uint8_t OP_ALLOW_STATION = _K.ALLOW_STATION
+cdef uint8_t OP_TOPUP = _K.TOPUP
+cdef uint8_t OP_PAY = _K.PAY
+cdef uint8_t OP_CAPTURE = _K.CAPTURE
+cdef uint8_t OP_ABORT = _K.ABORT
+cdef uint8_t OP_PREAUTH = _K.PREAUTH
+cdef uint8_t OP_COMPLETE = _K.COMPLETE
+cdef uint8_t OP_RELEASE = _K.RELEASE
+cdef uint8_t OP_REVERSE = _K.REVERSE
+cdef uint8_t OP_VOID = _K.VOID
+cdef uint8_t OP_REFUND = _K.REFUND
+cdef uint8_t OP_EXPIRE_HOLDS = _K.EXPIRE_HOLDS
+cdef uint8_t OP_OPEN_ACCOUNT = _K.OPEN_ACCOUNT
+cdef uint8_t OP_TRANSFER = _K.TRANSFER
+
+_A = _results.AccountKind
+cdef uint8_t FLEET = _A.FLEET
+cdef uint8_t PERSONAL = _A.PERSONAL
+cdef uint8_t POINTS = _A.POINTS
+cdef uint8_t STATION_RECEIVABLE = _A.STATION_RECEIVABLE
+cdef uint8_t CHANNEL_CLEARING = _A.CHANNEL_CLEARING
+cdef uint8_t POINTS_LIABILITY = _A.POINTS_LIABILITY
+cdef uint8_t POINTS_FUNDING = _A.POINTS_FUNDING
+cdef uint8_t TOPUP_FUNDING = _A.TOPUP_FUNDING
+cdef uint8_t GENERAL = _A.GENERAL
+cdef uint8_t SYSTEM_ACCOUNT_KIND_MIN = _results.SYSTEM_ACCOUNT_KIND_MIN
+cdef uint8_t UNIT_MONEY = _results.Unit.MONEY
+cdef uint8_t UNIT_POINTS = _results.Unit.POINTS
+cdef frozenset ACCOUNT_KINDS = frozenset(int(k) for k in _A)
+
+cdef uint8_t CARD_ACTIVE = _results.CardStatus.ACTIVE
+cdef uint8_t CARD_STATUS_LOST = _results.CardStatus.LOST
+cdef uint8_t CARD_STATUS_FROZEN = _results.CardStatus.FROZEN
+cdef uint8_t CARD_STATUS_CANCELLED = _results.CardStatus.CANCELLED
+cdef uint8_t CARD_TYPE_COMPANY = _results.CardType.COMPANY
+cdef uint8_t CARD_TYPE_PERSONAL = _results.CardType.PERSONAL
+cdef uint16_t RESTRICTED_STATIONS = _results.CardFlag.RESTRICTED_STATIONS
+
+cdef uint8_t HELD = _results.TxnState.HELD
+cdef uint8_t POSTED = _results.TxnState.POSTED
+cdef uint8_t RELEASED = _results.TxnState.RELEASED
+cdef uint8_t EXPIRED = _results.TxnState.EXPIRED
+cdef uint8_t ABORTED = _results.TxnState.ABORTED
+cdef uint8_t FLAG_VOIDED = _results.TxnFlag.VOIDED
+cdef uint8_t FLAG_REVERSED = _results.TxnFlag.REVERSED
+
+cdef uint8_t CHANNEL_NONE = _results.Channel.NONE
+cdef uint8_t CHANNEL_LAST = _results.Channel.ALIPAY
+cdef uint8_t USE_FLEET = _results.PlanFlag.USE_FLEET
+cdef uint8_t USE_PERSONAL = _results.PlanFlag.USE_PERSONAL
+cdef uint8_t USE_POINTS = _results.PlanFlag.USE_POINTS
+
+cdef uint8_t MOVE_FLEET = _results.Movement.FLEET
+cdef uint8_t MOVE_PERSONAL = _results.Movement.PERSONAL
+cdef uint8_t MOVE_POINTS = _results.Movement.POINTS
+cdef uint8_t MOVE_POINTS_CASH = _results.Movement.POINTS_CASH
+cdef uint8_t MOVE_CHANNEL = _results.Movement.CHANNEL
+cdef uint8_t MOVE_EARN = _results.Movement.EARN
+cdef uint8_t MOVE_TOPUP = _results.Movement.TOPUP
+cdef uint8_t MOVE_TRANSFER = _results.Movement.TRANSFER
+cdef uint8_t REASON_SALE = _results.Reason.SALE
+cdef uint8_t REASON_COMPLETE = _results.Reason.COMPLETE
+cdef uint8_t REASON_TOPUP = _results.Reason.TOPUP
+cdef uint8_t REASON_REVERSAL = _results.Reason.REVERSAL
+cdef uint8_t REASON_VOID = _results.Reason.VOID
+cdef uint8_t REASON_REFUND = _results.Reason.REFUND
+cdef uint8_t REASON_TRANSFER = _results.Reason.TRANSFER
+
+cdef bytes META_NEXT_TXN_ID = _records.META_NEXT_TXN_ID
+cdef bytes META_NEXT_JOURNAL_SEQ = _records.META_NEXT_JOURNAL_SEQ
+cdef char ZERO_FINGERPRINT[16]
+memset(ZERO_FINGERPRINT, 0, 16)
+
+# Most postings one operation makes (a sale: four legs, points, earning).
+cdef enum:
+    POSTINGS_MAX = 8
+
+
+cdef bytes JOURNAL_BLANK = bytes(sizeof(JournalRec))
+
+
+cdef inline uint16_t status_decline(uint8_t status) noexcept:
+    if status == CARD_STATUS_LOST:
+        return CARD_LOST
+    if status == CARD_STATUS_FROZEN:
+        return CARD_FROZEN
+    return CARD_CANCELLED
+
+
+def record_sizes():
+    """sizeof of each C layout, for the test that they match core.records."""
+    return {
+        "Op": sizeof(OpRec),
+        "Result": sizeof(ResultRec),
+        "Account": sizeof(AccountRec),
+        "Card": sizeof(CardRec),
+        "Txn": sizeof(TxnRec),
+        "Idem": sizeof(IdemRec),
+        "JournalEntry": sizeof(JournalRec),
+    }
+
+
+# ------------------------------------------------------------ keys
+
+cdef inline bytes u64_key(uint64_t value):
+    cdef uint64_t big = bswap64(value)
+    return PyBytes_FromStringAndSize(<char*>&big, 8)
+
+
+cdef inline bytes account_key(uint8_t kind, uint64_t owner):
+    cdef char buffer[9]
+    cdef uint64_t big = bswap64(owner)
+    buffer[0] = <char>kind
+    memcpy(buffer + 1, &big, 8)
+    return PyBytes_FromStringAndSize(buffer, 9)
+
+
+cdef inline bytes idem_key(uint32_t terminal_id, uint64_t serial):
+    cdef char buffer[12]
+    cdef uint32_t big_terminal = bswap32(terminal_id)
+    cdef uint64_t big_serial = bswap64(serial)
+    memcpy(buffer, &big_terminal, 4)
+    memcpy(buffer + 4, &big_serial, 8)
+    return PyBytes_FromStringAndSize(buffer, 12)
+
+
+cdef inline bytes hold_expiry_key(uint64_t expires_ms, uint64_t txn_id):
+    cdef char buffer[16]
+    cdef uint64_t big_expires = bswap64(expires_ms)
+    cdef uint64_t big_txn = bswap64(txn_id)
+    memcpy(buffer, &big_expires, 8)
+    memcpy(buffer + 8, &big_txn, 8)
+    return PyBytes_FromStringAndSize(buffer, 16)
+
+
+cdef inline bytes card_station_key(uint64_t card_id, uint32_t station_id):
+    cdef char buffer[12]
+    cdef uint64_t big_card = bswap64(card_id)
+    cdef uint32_t big_station = bswap32(station_id)
+    memcpy(buffer, &big_card, 8)
+    memcpy(buffer + 8, &big_station, 4)
+    return PyBytes_FromStringAndSize(buffer, 12)
+
+
+cdef inline uint64_t parse_u64(const char* data):
+    cdef uint64_t big
+    memcpy(&big, data, 8)
+    return bswap64(big)
+
+
+# ------------------------------------------------------------ pure rules
+
+cdef inline bint may_go_negative(uint8_t kind):
+    return kind >= SYSTEM_ACCOUNT_KIND_MIN and kind != GENERAL
+
+
+cdef inline uint8_t unit_of(uint8_t kind):
+    if kind == POINTS or kind == POINTS_LIABILITY:
+        return UNIT_POINTS
+    return UNIT_MONEY
+
+
+cdef inline int64_t points_for_cash(int64_t cash_minor, int64_t points_per_unit):
+    return (cash_minor * points_per_unit + 99) // 100
+
+
+cdef inline int64_t cash_for_points(int64_t points, int64_t points_per_unit):
+    return points * 100 // points_per_unit
+
+
+cdef inline int64_t earned_points(int64_t paid_minor, int64_t earn_points_per_unit):
+    return paid_minor * earn_points_per_unit // 100
+
+
+cdef inline bint is_idempotent_kind(uint8_t kind):
+    return (kind == OP_TOPUP or kind == OP_PAY or kind == OP_PREAUTH or kind == OP_COMPLETE
+            or kind == OP_RELEASE or kind == OP_REVERSE or kind == OP_VOID or kind == OP_REFUND
+            or kind == OP_TRANSFER)
+
+
+cdef inline bint is_reversible_kind(uint8_t kind):
+    return kind == OP_PAY or kind == OP_PREAUTH or kind == OP_COMPLETE or kind == OP_TOPUP
+
+
+cdef inline bint is_card_status(uint8_t status):
+    return status == CARD_ACTIVE or status == CARD_STATUS_LOST or status == CARD_STATUS_FROZEN or status == CARD_STATUS_CANCELLED
+
+
+cdef bint op_is_valid(const OpRec* op):
+    """Mirror of reference.op_is_valid."""
+    cdef uint8_t kind = op.kind
+    if kind == OP_TOPUP or kind == OP_PAY or kind == OP_PREAUTH or kind == OP_REFUND or kind == OP_TRANSFER:
+        if op.amount <= 0 or op.amount > AMOUNT_MINOR_MAX:
+            return False
+    if kind == OP_COMPLETE and (op.amount < 0 or op.amount > AMOUNT_MINOR_MAX):
+        return False
+    if kind == OP_PAY:
+        if op.plan_flags & USE_POINTS and not (0 < op.points_per_unit <= POINTS_PER_UNIT_MAX):
+            return False
+        if op.points_max < 0 or op.points_max > POINTS_MAX:
+            return False
+        if op.channel > CHANNEL_LAST:
+            return False
+    if op.earn_points_per_unit > EARN_POINTS_PER_UNIT_MAX:
+        return False
+    if kind == OP_PREAUTH and not (0 < op.hold_timeout_s <= HOLD_TIMEOUT_S_MAX):
+        return False
+    if kind == OP_OPEN_CARD or kind == OP_SET_CARD_LIMITS:
+        if op.limit_per_txn < 0 or op.limit_per_txn > AMOUNT_MINOR_MAX:
+            return False
+        if op.limit_per_day < 0 or op.limit_per_day > AMOUNT_MINOR_MAX:
+            return False
+    if kind == OP_TOPUP and not (op.account_kind == FLEET or op.account_kind == PERSONAL or op.account_kind == POINTS):
+        return False
+    if kind == OP_OPEN_CARD and not (op.card_status == CARD_TYPE_COMPANY or op.card_status == CARD_TYPE_PERSONAL):
+        return False
+    if kind == OP_SET_CARD_STATUS and not is_card_status(op.card_status):
+        return False
+    if kind == OP_OPEN_ACCOUNT and not (op.account_kind in ACCOUNT_KINDS and op.account_kind >= SYSTEM_ACCOUNT_KIND_MIN):
+        return False
+    if kind == OP_TRANSFER:
+        if op.account_kind not in ACCOUNT_KINDS or op.credit_kind not in ACCOUNT_KINDS:
+            return False
+        if op.account_kind == op.credit_kind and op.account_owner == op.credit_owner:
+            return False
+    return True
+
+
+cdef inline int64_t money_total(const int64_t* legs):
+    """Money of the legs; points_used is points and does not count."""
+    return legs[LEG_FLEET] + legs[LEG_PERSONAL] + legs[LEG_POINTS_CASH] + legs[LEG_CHANNEL]
+
+
+cdef inline void set_posting(Posting* p, uint8_t debit_kind, uint64_t debit_owner, uint8_t credit_kind,
+                             uint64_t credit_owner, int64_t amount, uint8_t movement, uint8_t reason) noexcept:
+    p.debit_kind = debit_kind
+    p.debit_owner = debit_owner
+    p.credit_kind = credit_kind
+    p.credit_owner = credit_owner
+    p.amount = amount
+    p.movement = movement
+    p.reason = reason
+
+
+cdef int sale_postings(Posting* p, uint64_t card, uint32_t station, uint8_t channel,
+                       const int64_t* legs, int64_t points_earned, uint8_t reason) noexcept:
+    """Mirror of reference.sale_postings: payment order, then earning."""
+    set_posting(&p[0], FLEET, card, STATION_RECEIVABLE, station, legs[LEG_FLEET], MOVE_FLEET, reason)
+    set_posting(&p[1], PERSONAL, card, STATION_RECEIVABLE, station, legs[LEG_PERSONAL], MOVE_PERSONAL, reason)
+    set_posting(&p[2], POINTS, card, POINTS_LIABILITY, 0, legs[LEG_POINTS_USED], MOVE_POINTS, reason)
+    set_posting(&p[3], POINTS_FUNDING, 0, STATION_RECEIVABLE, station, legs[LEG_POINTS_CASH], MOVE_POINTS_CASH, reason)
+    set_posting(&p[4], CHANNEL_CLEARING, channel, STATION_RECEIVABLE, station, legs[LEG_CHANNEL], MOVE_CHANNEL, reason)
+    set_posting(&p[5], POINTS_LIABILITY, 0, POINTS, card, points_earned, MOVE_EARN, reason)
+    return 6
+
+
+cdef int return_postings(Posting* p, uint64_t card, uint32_t station, uint8_t channel,
+                         const int64_t* legs, int64_t points_clawed_back, uint8_t reason) noexcept:
+    """Mirror of reference.return_postings."""
+    set_posting(&p[0], STATION_RECEIVABLE, station, FLEET, card, legs[LEG_FLEET], MOVE_FLEET, reason)
+    set_posting(&p[1], STATION_RECEIVABLE, station, PERSONAL, card, legs[LEG_PERSONAL], MOVE_PERSONAL, reason)
+    set_posting(&p[2], POINTS_LIABILITY, 0, POINTS, card, legs[LEG_POINTS_USED], MOVE_POINTS, reason)
+    set_posting(&p[3], STATION_RECEIVABLE, station, POINTS_FUNDING, 0, legs[LEG_POINTS_CASH], MOVE_POINTS_CASH, reason)
+    set_posting(&p[4], STATION_RECEIVABLE, station, CHANNEL_CLEARING, channel, legs[LEG_CHANNEL], MOVE_CHANNEL, reason)
+    set_posting(&p[5], POINTS, card, POINTS_LIABILITY, 0, points_clawed_back, MOVE_EARN, reason)
+    return 6
+
+
+# ------------------------------------------------------------ the kernel
+
+cdef class Kernel:
+    """Same interface as core.reference.ReferenceKernel."""
+
+    cdef readonly str name
+
+    def __init__(self):
+        self.name = "cython"
+
+    def apply_batch(self, txn, store, bytes ops, int64_t now_ms, uint32_t business_day):
+        cdef Py_ssize_t op_size = sizeof(OpRec)
+        cdef Py_ssize_t result_size = sizeof(ResultRec)
+        cdef Py_ssize_t count = PyBytes_GET_SIZE(ops) // op_size
+        assert PyBytes_GET_SIZE(ops) == count * op_size
+        assert count <= BATCH_SIZE_MAX
+        cdef bytearray results = PyByteArray_FromStringAndSize(NULL, count * result_size)
+        cdef char* op_data = PyBytes_AS_STRING(ops)
+        cdef char* result_data = PyByteArray_AS_STRING(results)
+        cdef _Batch batch = _Batch(txn, store, now_ms, business_day)
+        cdef Py_ssize_t i
+        for i in range(count):
+            batch.apply(<OpRec*>(op_data + i * op_size), <ResultRec*>(result_data + i * result_size))
+        batch.finish()
+        return bytes(results)
+
+
+cdef class _Batch:
+    cdef object txn
+    cdef object accounts_db, cards_db, card_stations_db, txns_db, idem_db
+    cdef object journal_db, hold_expiry_db, pending_db, meta_db
+    # key -> bytearray holding the record, or None when LMDB has none
+    cdef dict accounts, cards, txns, idems
+    # key -> the same bytearray, for records this batch changed
+    cdef dict accounts_dirty, cards_dirty, txns_dirty, idems_dirty
+    cdef bytearray journal
+    cdef Py_ssize_t journal_count
+    cdef int64_t now_ms
+    cdef uint32_t day
+    cdef uint64_t next_txn_id, next_journal_seq
+
+    def __init__(self, txn, store, int64_t now_ms, uint32_t business_day):
+        self.txn = txn
+        self.accounts_db = store.accounts
+        self.cards_db = store.cards
+        self.card_stations_db = store.card_stations
+        self.txns_db = store.txns
+        self.idem_db = store.idem
+        self.journal_db = store.journal
+        self.hold_expiry_db = store.hold_expiry
+        self.pending_db = store.pending
+        self.meta_db = store.meta
+        self.accounts = {}
+        self.cards = {}
+        self.txns = {}
+        self.idems = {}
+        self.accounts_dirty = {}
+        self.cards_dirty = {}
+        self.txns_dirty = {}
+        self.idems_dirty = {}
+        self.journal = bytearray()
+        self.journal_count = 0
+        self.now_ms = now_ms
+        self.day = business_day
+        self.next_txn_id = self.meta(META_NEXT_TXN_ID, 1)
+        self.next_journal_seq = self.meta(META_NEXT_JOURNAL_SEQ, 1)
+
+    cdef uint64_t meta(self, bytes name, uint64_t default) except? 0:
+        value = self.txn.get(name, None, self.meta_db)
+        if value is None:
+            return default
+        return (<uint64_t*>PyBytes_AS_STRING(value))[0]
+
+    cdef finish(self):
+        cdef Py_ssize_t i
+        cdef Py_ssize_t entry_size = sizeof(JournalRec)
+        for db, dirty in ((self.accounts_db, self.accounts_dirty), (self.cards_db, self.cards_dirty),
+                          (self.txns_db, self.txns_dirty), (self.idem_db, self.idems_dirty)):
+            if dirty:
+                self.txn.cursor(db).putmulti(dirty.items())
+        if self.journal_count:
+            view = memoryview(self.journal)
+            first_seq = self.next_journal_seq - self.journal_count
+            self.txn.cursor(self.journal_db).putmulti(
+                [(u64_key(first_seq + i), view[i * entry_size:(i + 1) * entry_size]) for i in range(self.journal_count)],
+                append=True,
+            )
+        self.txn.put(META_NEXT_TXN_ID, (<char*>&self.next_txn_id)[:8], db=self.meta_db)
+        self.txn.put(META_NEXT_JOURNAL_SEQ, (<char*>&self.next_journal_seq)[:8], db=self.meta_db)
+
+    # -------------------------------------------------------- storage
+
+    cdef bytearray fetch(self, dict cache, object db, bytes key):
+        """The record under `key`, read from LMDB once per batch; None if absent."""
+        cdef PyObject* cached = PyDict_GetItem(cache, key)
+        if cached != NULL:
+            return <object>cached
+        value = self.txn.get(key, None, db)
+        cdef bytearray record = None
+        if value is not None:
+            record = PyByteArray_FromStringAndSize(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
+        cache[key] = record
+        return record
+
+    cdef CardRec* load_card(self, uint64_t card_id) except? NULL:
+        cdef bytearray record = self.fetch(self.cards, self.cards_db, u64_key(card_id))
+        if record is None:
+            return NULL
+        return <CardRec*>PyByteArray_AS_STRING(record)
+
+    cdef CardRec* card_for_write(self, uint64_t card_id) except NULL:
+        cdef bytes key = u64_key(card_id)
+        cdef bytearray record = self.fetch(self.cards, self.cards_db, key)
+        assert record is not None
+        self.cards_dirty[key] = record
+        return <CardRec*>PyByteArray_AS_STRING(record)
+
+    cdef AccountRec* load_account(self, uint8_t kind, uint64_t owner) except? NULL:
+        cdef bytearray record = self.fetch(self.accounts, self.accounts_db, account_key(kind, owner))
+        if record is None:
+            return NULL
+        return <AccountRec*>PyByteArray_AS_STRING(record)
+
+    cdef AccountRec* account_or_new(self, uint8_t kind, uint64_t owner, bint for_write) except NULL:
+        """The account, created empty if it is a system account LMDB lacks.
+        A created account is stored only if the batch writes to it."""
+        cdef bytes key = account_key(kind, owner)
+        cdef bytearray record = self.fetch(self.accounts, self.accounts_db, key)
+        cdef AccountRec* account
+        if record is None:
+            assert may_go_negative(kind), "a card or general account must be opened first"
+            record = PyByteArray_FromStringAndSize(NULL, sizeof(AccountRec))
+            account = <AccountRec*>PyByteArray_AS_STRING(record)
+            memset(account, 0, sizeof(AccountRec))
+            account.kind = kind
+            account.unit = unit_of(kind)
+            account.owner = owner
+            self.accounts[key] = record
+        if for_write:
+            self.accounts_dirty[key] = record
+        return <AccountRec*>PyByteArray_AS_STRING(record)
+
+    cdef new_account(self, uint8_t kind, uint64_t owner):
+        cdef bytes key = account_key(kind, owner)
+        cdef bytearray record = PyByteArray_FromStringAndSize(NULL, sizeof(AccountRec))
+        cdef AccountRec* account = <AccountRec*>PyByteArray_AS_STRING(record)
+        memset(account, 0, sizeof(AccountRec))
+        account.kind = kind
+        account.unit = unit_of(kind)
+        account.owner = owner
+        self.accounts[key] = record
+        self.accounts_dirty[key] = record
+
+    cdef TxnRec* load_txn(self, uint64_t txn_id) except? NULL:
+        cdef bytearray record = self.fetch(self.txns, self.txns_db, u64_key(txn_id))
+        if record is None:
+            return NULL
+        return <TxnRec*>PyByteArray_AS_STRING(record)
+
+    cdef mark_txn(self, uint64_t txn_id):
+        """Write the (changed) transaction back at the end of the batch."""
+        cdef bytes key = u64_key(txn_id)
+        self.txns_dirty[key] = self.txns[key]
+
+    cdef TxnRec* store_txn(self, const TxnRec* draft) except NULL:
+        cdef bytes key = u64_key(draft.txn_id)
+        cdef bytearray record = PyByteArray_FromStringAndSize(<char*>draft, sizeof(TxnRec))
+        self.txns[key] = record
+        self.txns_dirty[key] = record
+        return <TxnRec*>PyByteArray_AS_STRING(record)
+
+    cdef IdemRec* load_idem(self, bytes key) except? NULL:
+        cdef bytearray record = self.fetch(self.idems, self.idem_db, key)
+        if record is None:
+            return NULL
+        return <IdemRec*>PyByteArray_AS_STRING(record)
+
+    cdef save_idem(self, bytes key, const char* fingerprint, const ResultRec* result):
+        """Store an answer under `key`. An entry already read is overwritten in
+        place, so pointers into it (the fingerprint passed in, say) stay valid."""
+        cdef PyObject* cached = PyDict_GetItem(self.idems, key)
+        cdef bytearray record
+        if cached != NULL and <object>cached is not None:
+            record = <bytearray>cached
+        else:
+            record = PyByteArray_FromStringAndSize(NULL, sizeof(IdemRec))
+            self.idems[key] = record
+        cdef IdemRec* entry = <IdemRec*>PyByteArray_AS_STRING(record)
+        memmove(entry.fingerprint, fingerprint, 16)
+        memmove(&entry.result, result, sizeof(ResultRec))
+        self.idems_dirty[key] = record
+
+    cdef uint64_t new_txn_id(self):
+        self.next_txn_id += 1
+        return self.next_txn_id - 1
+
+    cdef int64_t available(self, uint8_t kind, uint64_t owner) except? -1:
+        cdef AccountRec* account = self.load_account(kind, owner)
+        if account == NULL:
+            return 0
+        return account.balance - account.held
+
+    cdef set_card_balances(self, ResultRec* r, uint64_t card_id):
+        if card_id == 0:
+            return
+        r.fleet_balance = self.load_account(FLEET, card_id).balance
+        r.personal_balance = self.load_account(PERSONAL, card_id).balance
+        r.points_balance = self.load_account(POINTS, card_id).balance
+
+    cdef void init_result(self, const OpRec* op, ResultRec* r, uint16_t code) noexcept:
+        memset(r, 0, sizeof(ResultRec))
+        r.code = code
+        r.kind = op.kind
+        r.final = 1
+        r.business_day = self.day
+
+    # -------------------------------------------------------- postings
+
+    cdef bint postings_fit(self, const Posting* postings, int count) except? False:
+        """Mirror of reference.postings_fit."""
+        cdef uint8_t kinds[2 * POSTINGS_MAX]
+        cdef uint64_t owners[2 * POSTINGS_MAX]
+        cdef int64_t running[2 * POSTINGS_MAX]
+        cdef int slots = 0
+        cdef int i, side, slot
+        cdef uint8_t kind
+        cdef uint64_t owner
+        cdef int64_t delta
+        for i in range(count):
+            for side in range(2):
+                if side == 0:
+                    kind = postings[i].debit_kind
+                    owner = postings[i].debit_owner
+                    delta = -postings[i].amount
+                else:
+                    kind = postings[i].credit_kind
+                    owner = postings[i].credit_owner
+                    delta = postings[i].amount
+                slot = 0
+                while slot < slots and not (kinds[slot] == kind and owners[slot] == owner):
+                    slot += 1
+                if slot == slots:
+                    kinds[slot] = kind
+                    owners[slot] = owner
+                    running[slot] = self.account_or_new(kind, owner, False).balance
+                    slots += 1
+                running[slot] += delta
+                if running[slot] > BALANCE_ABS_MAX or running[slot] < -BALANCE_ABS_MAX:
+                    return False
+        return True
+
+    cdef post(self, uint64_t txn_id, uint32_t station_id, const Posting* postings, int count):
+        """Mirror of reference.post."""
+        cdef int i
+        cdef AccountRec* debit
+        cdef AccountRec* credit
+        cdef JournalRec* entry
+        cdef Py_ssize_t size
+        for i in range(count):
+            if postings[i].amount == 0:
+                continue
+            debit = self.account_or_new(postings[i].debit_kind, postings[i].debit_owner, True)
+            debit.balance -= postings[i].amount
+            debit.debits += postings[i].amount
+            assert may_go_negative(postings[i].debit_kind) or debit.balance >= debit.held, "overdraft"
+            credit = self.account_or_new(postings[i].credit_kind, postings[i].credit_owner, True)
+            credit.balance += postings[i].amount
+            credit.credits += postings[i].amount
+            size = len(self.journal)
+            self.journal.extend(JOURNAL_BLANK)
+            entry = <JournalRec*>(PyByteArray_AS_STRING(self.journal) + size)
+            entry.seq = self.next_journal_seq
+            entry.txn_id = txn_id
+            entry.amount = postings[i].amount
+            entry.created_ms = self.now_ms
+            entry.debit_owner = postings[i].debit_owner
+            entry.credit_owner = postings[i].credit_owner
+            entry.debit_kind = postings[i].debit_kind
+            entry.credit_kind = postings[i].credit_kind
+            entry.movement = postings[i].movement
+            entry.reason = postings[i].reason
+            entry.business_day = self.day
+            entry.station_id = station_id
+            entry.reserved = 0
+            self.next_journal_seq += 1
+            self.journal_count += 1
+
+    cdef change_held(self, uint64_t card_id, int64_t fleet, int64_t personal, int64_t points):
+        cdef uint8_t kinds[3]
+        cdef int64_t deltas[3]
+        cdef int i
+        cdef AccountRec* account
+        kinds[0] = FLEET
+        kinds[1] = PERSONAL
+        kinds[2] = POINTS
+        deltas[0] = fleet
+        deltas[1] = personal
+        deltas[2] = points
+        for i in range(3):
+            if deltas[i] == 0:
+                continue
+            account = self.account_or_new(kinds[i], card_id, True)
+            account.held += deltas[i]
+            assert 0 <= account.held <= account.balance, "held out of range"
+
+    # -------------------------------------------------------- card rules
+
+    cdef uint16_t card_decline(self, const CardRec* card, uint32_t station_id) except 0:
+        if card == NULL:
+            return CARD_NOT_FOUND
+        if card.status != CARD_ACTIVE:
+            return status_decline(card.status)
+        if card.flags & RESTRICTED_STATIONS:
+            if self.txn.get(card_station_key(card.card_id, station_id), None, self.card_stations_db) is None:
+                return CARD_NOT_ALLOWED_HERE
+        return APPROVED
+
+    cdef inline int64_t spent_today(self, const CardRec* card) noexcept:
+        return card.day_spent if card.day == self.day else 0
+
+    cdef uint16_t limit_decline(self, const CardRec* card, int64_t amount) noexcept:
+        if card.limit_per_txn and amount > card.limit_per_txn:
+            return LIMIT_PER_TRANSACTION_EXCEEDED
+        if card.limit_per_day and self.spent_today(card) + amount > card.limit_per_day:
+            return LIMIT_PER_DAY_EXCEEDED
+        return APPROVED
+
+    cdef add_spent(self, uint64_t card_id, int64_t amount):
+        cdef CardRec* card = self.card_for_write(card_id)
+        card.day_spent = self.spent_today(card) + amount
+        card.day = self.day
+
+    cdef return_spent(self, uint64_t card_id, uint32_t business_day, int64_t amount):
+        if card_id == 0 or amount == 0:
+            return
+        cdef CardRec* card = self.load_card(card_id)
+        if card.day == business_day:
+            card = self.card_for_write(card_id)
+            card.day_spent = card.day_spent - amount if card.day_spent > amount else 0
+
+    # -------------------------------------------------------- dispatch
+
+    cdef apply(self, const OpRec* op, ResultRec* r):
+        if not op_is_valid(op):
+            self.init_result(op, r, INVALID_OPERATION)
+            return
+        cdef bint idempotent = op.serial != 0 and is_idempotent_kind(op.kind)
+        cdef bytes key = None
+        cdef IdemRec* stored
+        if idempotent:
+            key = idem_key(op.terminal_id, op.serial)
+            stored = self.load_idem(key)
+            if stored != NULL:
+                self.replay(op, stored, r)
+                return
+        self.dispatch(op, r)
+        if idempotent:
+            self.save_idem(key, op.fingerprint, r)
+
+    cdef replay(self, const OpRec* op, const IdemRec* stored, ResultRec* r):
+        if memcmp(stored.fingerprint, ZERO_FINGERPRINT, 16) == 0:
+            self.init_result(op, r, ALREADY_REVERSED)
+        elif memcmp(stored.fingerprint, op.fingerprint, 16) != 0:
+            self.init_result(op, r, DUPLICATE_MISMATCH)
+        else:
+            memcpy(r, &stored.result, sizeof(ResultRec))
+
+    cdef dispatch(self, const OpRec* op, ResultRec* r):
+        cdef uint8_t kind = op.kind
+        if kind == OP_TRANSFER:
+            self.transfer(op, r)
+        elif kind == OP_PAY:
+            self.pay(op, r)
+        elif kind == OP_CAPTURE:
+            self.capture(op, r)
+        elif kind == OP_ABORT:
+            self.abort(op, r)
+        elif kind == OP_PREAUTH:
+            self.preauth(op, r)
+        elif kind == OP_COMPLETE:
+            self.complete(op, r)
+        elif kind == OP_RELEASE:
+            self.release(op, r)
+        elif kind == OP_REVERSE:
+            self.reverse(op, r)
+        elif kind == OP_VOID:
+            self.void_sale(op, r)
+        elif kind == OP_REFUND:
+            self.refund(op, r)
+        elif kind == OP_TOPUP:
+            self.topup(op, r)
+        elif kind == OP_OPEN_CARD:
+            self.open_card(op, r)
+        elif kind == OP_SET_CARD_STATUS:
+            self.set_card_status(op, r)
+        elif kind == OP_SET_CARD_LIMITS:
+            self.set_card_limits(op, r)
+        elif kind == OP_ALLOW_STATION:
+            self.allow_station(op, r)
+        elif kind == OP_EXPIRE_HOLDS:
+            self.expire_holds(op, r)
+        elif kind == OP_OPEN_ACCOUNT:
+            self.open_account(op, r)
+        else:
+            raise KeyError(kind)
+
+    # -------------------------------------------------------- cards
+
+    cdef open_card(self, const OpRec* op, ResultRec* r):
+        if self.load_card(op.card_id) != NULL:
+            self.init_result(op, r, CARD_EXISTS)
+            r.card_id = op.card_id
+            return
+        cdef bytes key = u64_key(op.card_id)
+        cdef bytearray record = PyByteArray_FromStringAndSize(NULL, sizeof(CardRec))
+        cdef CardRec* card = <CardRec*>PyByteArray_AS_STRING(record)
+        memset(card, 0, sizeof(CardRec))
+        card.card_id = op.card_id
+        card.status = CARD_ACTIVE
+        card.card_type = op.card_status
+        card.limit_per_txn = op.limit_per_txn
+        card.limit_per_day = op.limit_per_day
+        card.opened_ms = self.now_ms
+        self.cards[key] = record
+        self.cards_dirty[key] = record
+        self.new_account(FLEET, op.card_id)
+        self.new_account(PERSONAL, op.card_id)
+        self.new_account(POINTS, op.card_id)
+        self.init_result(op, r, APPROVED)
+        r.card_id = op.card_id
+
+    cdef set_card_status(self, const OpRec* op, ResultRec* r):
+        cdef CardRec* card = self.load_card(op.card_id)
+        if card == NULL:
+            self.init_result(op, r, CARD_NOT_FOUND)
+        elif card.status == CARD_STATUS_CANCELLED:
+            self.init_result(op, r, CARD_CANCELLED)
+        else:
+            self.card_for_write(op.card_id).status = op.card_status
+            self.init_result(op, r, APPROVED)
+        r.card_id = op.card_id
+
+    cdef set_card_limits(self, const OpRec* op, ResultRec* r):
+        cdef CardRec* card = self.load_card(op.card_id)
+        if card == NULL:
+            self.init_result(op, r, CARD_NOT_FOUND)
+        else:
+            card = self.card_for_write(op.card_id)
+            card.limit_per_txn = op.limit_per_txn
+            card.limit_per_day = op.limit_per_day
+            self.init_result(op, r, APPROVED)
+        r.card_id = op.card_id
+
+    cdef allow_station(self, const OpRec* op, ResultRec* r):
+        cdef CardRec* card = self.load_card(op.card_id)
+        if card == NULL:
+            self.init_result(op, r, CARD_NOT_FOUND)
+        else:
+            self.card_for_write(op.card_id).flags |= RESTRICTED_STATIONS
+            self.txn.put(card_station_key(op.card_id, op.station_id), b"", db=self.card_stations_db)
+            self.init_result(op, r, APPROVED)
+        r.card_id = op.card_id
+
+    cdef topup(self, const OpRec* op, ResultRec* r):
+        cdef CardRec* card = self.load_card(op.card_id)
+        if card == NULL or card.status != CARD_ACTIVE:
+            self.init_result(op, r, CARD_NOT_FOUND if card == NULL else status_decline(card.status))
+            r.card_id = op.card_id
+            return
+        cdef Posting posting
+        if op.account_kind == POINTS:
+            set_posting(&posting, POINTS_LIABILITY, 0, op.account_kind, op.card_id, op.amount, MOVE_TOPUP, REASON_TOPUP)
+        else:
+            set_posting(&posting, TOPUP_FUNDING, op.station_id, op.account_kind, op.card_id, op.amount, MOVE_TOPUP, REASON_TOPUP)
+        if not self.postings_fit(&posting, 1):
+            self.init_result(op, r, BALANCE_LIMIT)
+            r.card_id = op.card_id
+            return
+        cdef TxnRec draft
+        self.txn_draft(op, OP_TOPUP, POSTED, &draft)
+        draft.txn_id = self.new_txn_id()
+        cdef int leg = LEG_FLEET if op.account_kind == FLEET else (LEG_PERSONAL if op.account_kind == PERSONAL else LEG_POINTS_USED)
+        draft.held[leg] = op.amount
+        draft.posted[leg] = op.amount
+        self.store_txn(&draft)
+        self.post(draft.txn_id, op.station_id, &posting, 1)
+        self.init_result(op, r, APPROVED)
+        r.txn_id = draft.txn_id
+        r.card_id = op.card_id
+        r.amount = op.amount
+        if leg == LEG_FLEET:
+            r.fleet = op.amount
+        elif leg == LEG_PERSONAL:
+            r.personal = op.amount
+        else:
+            r.points_used = op.amount
+        self.set_card_balances(r, op.card_id)
+
+    cdef void txn_draft(self, const OpRec* op, uint8_t kind, uint8_t state, TxnRec* record) noexcept:
+        memset(record, 0, sizeof(TxnRec))
+        record.kind = kind
+        record.state = state
+        record.channel = op.channel
+        record.station_id = op.station_id
+        record.terminal_id = op.terminal_id
+        record.operator_id = op.operator_id
+        record.business_day = self.day
+        record.serial = op.serial
+        record.card_id = op.card_id
+        record.ref_txn_id = op.ref_txn_id
+        record.created_ms = self.now_ms
+        record.amount = op.amount
+
+    # -------------------------------------------------------- pay
+
+    cdef pay(self, const OpRec* op, ResultRec* r):
+        cdef CardRec* card = NULL
+        cdef uint16_t decline
+        if op.card_id != 0:
+            card = self.load_card(op.card_id)
+            decline = self.card_decline(card, op.station_id)
+            if decline == APPROVED:
+                decline = self.limit_decline(card, op.amount)
+            if decline != APPROVED:
+                self.init_result(op, r, decline)
+                r.card_id = op.card_id
+                return
+        cdef TxnRec draft
+        self.txn_draft(op, OP_PAY, HELD, &draft)
+        if card != NULL:
+            self.split_internal(op, draft.held)
+        cdef int64_t channel_amount = op.amount - draft.held[LEG_FLEET] - draft.held[LEG_PERSONAL] - draft.held[LEG_POINTS_CASH]
+        if channel_amount > 0 and op.channel == CHANNEL_NONE:
+            self.init_result(op, r, INSUFFICIENT_FUNDS)
+            r.card_id = op.card_id
+            return
+        draft.channel = op.channel if channel_amount > 0 else CHANNEL_NONE
+        draft.held[LEG_CHANNEL] = channel_amount
+        if card != NULL:
+            draft.points_earned = earned_points(op.amount - draft.held[LEG_POINTS_CASH], op.earn_points_per_unit)
+        cdef Posting postings[POSTINGS_MAX]
+        cdef int count
+        if channel_amount == 0:
+            count = sale_postings(postings, draft.card_id, draft.station_id, draft.channel, draft.held, draft.points_earned, REASON_SALE)
+            if not self.postings_fit(postings, count):
+                self.init_result(op, r, BALANCE_LIMIT)
+                r.card_id = op.card_id
+                return
+        draft.txn_id = self.new_txn_id()
+        if card != NULL:
+            self.add_spent(op.card_id, op.amount)
+        cdef TxnRec* record = self.store_txn(&draft)
+        if channel_amount == 0:
+            self.post_sale(record)
+            self.sale_result(op.kind, record, APPROVED, r)
+            return
+        self.change_held(op.card_id, draft.held[LEG_FLEET], draft.held[LEG_PERSONAL], draft.held[LEG_POINTS_USED])
+        self.txn.put(u64_key(record.txn_id), b"", db=self.pending_db)
+        self.sale_result(op.kind, record, PENDING, r)
+
+    cdef split_internal(self, const OpRec* op, int64_t* legs):
+        """Mirror of reference.split_internal."""
+        cdef int64_t rest = op.amount
+        cdef int64_t taken, points_available
+        if op.plan_flags & USE_FLEET:
+            taken = self.available(FLEET, op.card_id)
+            legs[LEG_FLEET] = rest if rest < taken else taken
+            rest -= legs[LEG_FLEET]
+        if op.plan_flags & USE_PERSONAL:
+            taken = self.available(PERSONAL, op.card_id)
+            legs[LEG_PERSONAL] = rest if rest < taken else taken
+            rest -= legs[LEG_PERSONAL]
+        if op.plan_flags & USE_POINTS:
+            points_available = self.available(POINTS, op.card_id)
+            if op.points_max and op.points_max < points_available:
+                points_available = op.points_max
+            taken = cash_for_points(points_available, op.points_per_unit)
+            legs[LEG_POINTS_CASH] = rest if rest < taken else taken
+            legs[LEG_POINTS_USED] = points_for_cash(legs[LEG_POINTS_CASH], op.points_per_unit)
+
+    cdef post_sale(self, TxnRec* record):
+        cdef Posting postings[POSTINGS_MAX]
+        memcpy(record.posted, record.held, LEG_COUNT * sizeof(int64_t))
+        cdef int count = sale_postings(postings, record.card_id, record.station_id, record.channel,
+                                       record.held, record.points_earned, REASON_SALE)
+        self.post(record.txn_id, record.station_id, postings, count)
+        record.state = POSTED
+
+    cdef sale_result(self, uint8_t kind, const TxnRec* record, uint16_t code, ResultRec* r):
+        memset(r, 0, sizeof(ResultRec))
+        r.code = code
+        r.kind = kind
+        r.final = 0 if code == PENDING else 1
+        r.business_day = self.day
+        r.txn_id = record.txn_id
+        r.card_id = record.card_id
+        r.amount = record.amount
+        cdef const int64_t* legs = &record.held[0]
+        if record.state == POSTED:
+            legs = &record.posted[0]
+        r.fleet = legs[LEG_FLEET]
+        r.personal = legs[LEG_PERSONAL]
+        r.points_cash = legs[LEG_POINTS_CASH]
+        r.points_used = legs[LEG_POINTS_USED]
+        r.channel_amount = legs[LEG_CHANNEL]
+        r.points_earned = record.points_earned if record.state == POSTED else 0
+        self.set_card_balances(r, record.card_id)
+
+    # -------------------------------------------------------- channel
+
+    cdef uint16_t channel_wait_decline(self, const TxnRec* record) except 0:
+        if not (record.kind == OP_PAY or record.kind == OP_REFUND):
+            return WRONG_TRANSACTION_KIND
+        self.txn.delete(u64_key(record.txn_id), db=self.pending_db)
+        if record.flags & FLAG_REVERSED:
+            return ALREADY_REVERSED
+        if record.state != HELD:
+            return HOLD_CLOSED
+        return APPROVED
+
+    cdef capture(self, const OpRec* op, ResultRec* r):
+        cdef TxnRec* record = self.load_txn(op.ref_txn_id)
+        if record == NULL:
+            self.init_result(op, r, ORIGINAL_NOT_FOUND)
+            return
+        cdef uint16_t code = self.channel_wait_decline(record)
+        if code != APPROVED:
+            self.init_result(op, r, code)
+            r.txn_id = record.txn_id
+            return
+        cdef TxnRec* sale
+        self.mark_txn(record.txn_id)
+        if record.kind == OP_REFUND:
+            sale = self.load_txn(record.ref_txn_id)
+            self.mark_txn(sale.txn_id)
+            self.post_return(record, sale, record.held, record.amount, REASON_REFUND)
+        else:
+            self.change_held(record.card_id, -record.held[LEG_FLEET], -record.held[LEG_PERSONAL], -record.held[LEG_POINTS_USED])
+            self.post_sale(record)
+        self.finish_request(record, APPROVED, r)
+
+    cdef abort(self, const OpRec* op, ResultRec* r):
+        cdef TxnRec* record = self.load_txn(op.ref_txn_id)
+        if record == NULL:
+            self.init_result(op, r, ORIGINAL_NOT_FOUND)
+            return
+        cdef uint16_t code = self.channel_wait_decline(record)
+        if code != APPROVED:
+            self.init_result(op, r, code)
+            r.txn_id = record.txn_id
+            return
+        cdef TxnRec* sale
+        cdef int leg
+        self.mark_txn(record.txn_id)
+        if record.kind == OP_REFUND:
+            sale = self.load_txn(record.ref_txn_id)
+            self.mark_txn(sale.txn_id)
+            for leg in range(LEG_COUNT):
+                sale.refunded[leg] -= record.held[leg]
+        else:
+            self.release_hold(record)
+        record.state = ABORTED
+        self.finish_request(record, op.abort_code, r)
+
+    cdef finish_request(self, const TxnRec* record, uint16_t code, ResultRec* r):
+        """Store the final answer of the request that waited for its channel."""
+        if record.kind == OP_REFUND:
+            self.refund_result(record.kind, record, code, r)
+        else:
+            self.sale_result(record.kind, record, code, r)
+        cdef bytes key = idem_key(record.terminal_id, record.serial)
+        cdef IdemRec* entry = self.load_idem(key)
+        if entry != NULL:
+            self.save_idem(key, entry.fingerprint, r)
+
+    cdef release_hold(self, const TxnRec* record):
+        self.change_held(record.card_id, -record.held[LEG_FLEET], -record.held[LEG_PERSONAL], -record.held[LEG_POINTS_USED])
+        self.return_spent(record.card_id, record.business_day, record.amount)
+
+    # -------------------------------------------------------- pre-auth
+
+    cdef preauth(self, const OpRec* op, ResultRec* r):
+        cdef CardRec* card = self.load_card(op.card_id)
+        cdef uint16_t decline = self.card_decline(card, op.station_id)
+        if decline == APPROVED:
+            decline = self.limit_decline(card, op.amount)
+        if decline != APPROVED:
+            self.init_result(op, r, decline)
+            r.card_id = op.card_id
+            return
+        cdef int64_t fleet_available = self.available(FLEET, op.card_id)
+        cdef int64_t fleet = op.amount if op.amount < fleet_available else fleet_available
+        cdef int64_t personal = op.amount - fleet
+        if personal > self.available(PERSONAL, op.card_id):
+            self.init_result(op, r, INSUFFICIENT_FUNDS)
+            r.card_id = op.card_id
+            return
+        cdef TxnRec draft
+        self.txn_draft(op, OP_PREAUTH, HELD, &draft)
+        draft.txn_id = self.new_txn_id()
+        draft.held[LEG_FLEET] = fleet
+        draft.held[LEG_PERSONAL] = personal
+        draft.expires_ms = self.now_ms + <int64_t>op.hold_timeout_s * 1000
+        self.add_spent(op.card_id, op.amount)
+        self.change_held(op.card_id, fleet, personal, 0)
+        cdef TxnRec* record = self.store_txn(&draft)
+        self.txn.put(hold_expiry_key(record.expires_ms, record.txn_id), b"", db=self.hold_expiry_db)
+        self.sale_result(op.kind, record, APPROVED, r)
+
+    cdef uint16_t open_hold(self, const OpRec* op, TxnRec** found) except 0:
+        """Mirror of reference.open_hold; *found is the transaction or NULL."""
+        cdef TxnRec* record = self.load_txn(op.ref_txn_id)
+        found[0] = record
+        if record == NULL:
+            return ORIGINAL_NOT_FOUND
+        if record.kind != OP_PREAUTH:
+            return WRONG_TRANSACTION_KIND
+        if record.station_id != op.station_id:
+            return STATION_MISMATCH
+        if record.flags & FLAG_REVERSED:
+            return ALREADY_REVERSED
+        if record.state == EXPIRED:
+            return HOLD_EXPIRED
+        if record.state != HELD:
+            return HOLD_CLOSED
+        if <uint64_t>self.now_ms >= record.expires_ms:
+            self.expire_hold(record)
+            return HOLD_EXPIRED
+        return APPROVED
+
+    cdef expire_hold(self, TxnRec* record):
+        self.release_hold(record)
+        record.state = EXPIRED
+        self.mark_txn(record.txn_id)
+        self.txn.delete(hold_expiry_key(record.expires_ms, record.txn_id), db=self.hold_expiry_db)
+
+    cdef complete(self, const OpRec* op, ResultRec* r):
+        cdef TxnRec* record
+        cdef uint16_t code = self.open_hold(op, &record)
+        if code != APPROVED:
+            self.init_result(op, r, code)
+            r.txn_id = 0 if record == NULL else record.txn_id
+            return
+        if op.amount > record.held[LEG_FLEET] + record.held[LEG_PERSONAL]:
+            self.init_result(op, r, AMOUNT_EXCEEDS_HOLD)
+            r.txn_id = record.txn_id
+            return
+        self.change_held(record.card_id, -record.held[LEG_FLEET], -record.held[LEG_PERSONAL], 0)
+        self.return_spent(record.card_id, record.business_day, record.amount - op.amount)
+        record.posted[LEG_FLEET] = op.amount if op.amount < record.held[LEG_FLEET] else record.held[LEG_FLEET]
+        record.posted[LEG_PERSONAL] = op.amount - record.posted[LEG_FLEET]
+        record.points_earned = earned_points(op.amount, op.earn_points_per_unit)
+        cdef Posting postings[POSTINGS_MAX]
+        cdef int count = sale_postings(postings, record.card_id, record.station_id, record.channel,
+                                       record.posted, record.points_earned, REASON_COMPLETE)
+        self.post(record.txn_id, record.station_id, postings, count)
+        record.state = POSTED
+        self.mark_txn(record.txn_id)
+        self.txn.delete(hold_expiry_key(record.expires_ms, record.txn_id), db=self.hold_expiry_db)
+        self.sale_result(op.kind, record, APPROVED, r)
+        r.amount = op.amount
+
+    cdef release(self, const OpRec* op, ResultRec* r):
+        cdef TxnRec* record
+        cdef uint16_t code = self.open_hold(op, &record)
+        if code != APPROVED:
+            self.init_result(op, r, code)
+            r.txn_id = 0 if record == NULL else record.txn_id
+            return
+        self.release_hold(record)
+        record.state = RELEASED
+        self.mark_txn(record.txn_id)
+        self.txn.delete(hold_expiry_key(record.expires_ms, record.txn_id), db=self.hold_expiry_db)
+        self.init_result(op, r, APPROVED)
+        r.txn_id = record.txn_id
+        r.card_id = record.card_id
+        r.amount = record.held[LEG_FLEET] + record.held[LEG_PERSONAL]
+        r.fleet = record.held[LEG_FLEET]
+        r.personal = record.held[LEG_PERSONAL]
+        self.set_card_balances(r, record.card_id)
+
+    cdef expire_holds(self, const OpRec* op, ResultRec* r):
+        cdef list due = []
+        cdef const char* data
+        cursor = self.txn.cursor(db=self.hold_expiry_db)
+        if cursor.first():
+            for key in cursor.iternext(keys=True, values=False):
+                data = PyBytes_AS_STRING(key)
+                if parse_u64(data) > <uint64_t>self.now_ms or len(due) == EXPIRE_SWEEP_HOLDS_MAX:
+                    break
+                due.append(parse_u64(data + 8))
+        cursor.close()
+        for txn_id in due:
+            self.expire_hold(self.load_txn(txn_id))
+        self.init_result(op, r, APPROVED)
+        r.amount = len(due)
+
+    # -------------------------------------------------------- undo
+
+    cdef reverse(self, const OpRec* op, ResultRec* r):
+        cdef bytes key = idem_key(op.terminal_id, op.ref_serial)
+        cdef IdemRec* original = self.load_idem(key)
+        cdef ResultRec tombstone
+        if original == NULL:
+            memset(&tombstone, 0, sizeof(ResultRec))
+            tombstone.code = ALREADY_REVERSED
+            tombstone.final = 1
+            tombstone.business_day = self.day
+            self.save_idem(key, ZERO_FINGERPRINT, &tombstone)
+            self.init_result(op, r, APPROVED)
+            return
+        if memcmp(original.fingerprint, ZERO_FINGERPRINT, 16) == 0:
+            self.init_result(op, r, APPROVED)
+            return
+        cdef ResultRec* answer = &original.result
+        if not is_reversible_kind(answer.kind):
+            self.init_result(op, r, NOT_REVERSIBLE)
+            r.txn_id = answer.txn_id
+            return
+        if answer.code != APPROVED and answer.code != PENDING:
+            self.init_result(op, r, APPROVED)
+            return
+        cdef TxnRec* record = self.load_txn(answer.txn_id)
+        if (record.flags & (FLAG_REVERSED | FLAG_VOIDED)) or record.state == RELEASED or record.state == EXPIRED or record.state == ABORTED:
+            self.init_result(op, r, APPROVED)
+            r.txn_id = record.txn_id
+            return
+        if money_total(record.refunded) != 0:
+            self.init_result(op, r, NOT_REVERSIBLE)
+            r.txn_id = record.txn_id
+            return
+        if record.kind == OP_TOPUP:
+            self.reverse_topup(op, record, r)
+            return
+        cdef ResultRec final
+        if record.state == HELD:
+            self.release_hold(record)
+            if record.kind == OP_PREAUTH:
+                record.state = RELEASED
+                self.txn.delete(hold_expiry_key(record.expires_ms, record.txn_id), db=self.hold_expiry_db)
+            else:
+                record.state = ABORTED
+                self.sale_result(record.kind, record, ALREADY_REVERSED, &final)
+                self.save_idem(idem_key(record.terminal_id, record.serial), original.fingerprint, &final)
+            record.flags |= FLAG_REVERSED
+            self.mark_txn(record.txn_id)
+            self.undo_result(op, record, record.held, 0, r)
+            return
+        self.undo_posted(op, record, FLAG_REVERSED, REASON_REVERSAL, r)
+
+    cdef reverse_topup(self, const OpRec* op, TxnRec* record, ResultRec* r):
+        cdef uint8_t kind
+        cdef int64_t amount
+        if record.posted[LEG_FLEET]:
+            kind = FLEET
+            amount = record.posted[LEG_FLEET]
+        elif record.posted[LEG_PERSONAL]:
+            kind = PERSONAL
+            amount = record.posted[LEG_PERSONAL]
+        else:
+            kind = POINTS
+            amount = record.posted[LEG_POINTS_USED]
+        if self.available(kind, record.card_id) < amount:
+            self.init_result(op, r, INSUFFICIENT_FUNDS)
+            r.txn_id = record.txn_id
+            r.card_id = record.card_id
+            return
+        cdef Posting posting
+        if kind == POINTS:
+            set_posting(&posting, kind, record.card_id, POINTS_LIABILITY, 0, amount, MOVE_TOPUP, REASON_REVERSAL)
+        else:
+            set_posting(&posting, kind, record.card_id, TOPUP_FUNDING, record.station_id, amount, MOVE_TOPUP, REASON_REVERSAL)
+        if not self.postings_fit(&posting, 1):
+            self.init_result(op, r, BALANCE_LIMIT)
+            r.txn_id = record.txn_id
+            r.card_id = record.card_id
+            return
+        self.post(record.txn_id, record.station_id, &posting, 1)
+        record.flags |= FLAG_REVERSED
+        self.mark_txn(record.txn_id)
+        self.init_result(op, r, APPROVED)
+        r.txn_id = record.txn_id
+        r.card_id = record.card_id
+        r.amount = amount
+        self.set_card_balances(r, record.card_id)
+
+    cdef void_sale(self, const OpRec* op, ResultRec* r):
+        cdef TxnRec* record
+        cdef uint16_t code = self.posted_sale(op, &record)
+        if code == APPROVED and money_total(record.refunded) != 0:
+            code = ALREADY_REFUNDED
+        if code == APPROVED and record.business_day != self.day:
+            code = VOID_NOT_SAME_DAY
+        if code != APPROVED:
+            self.init_result(op, r, code)
+            r.txn_id = 0 if record == NULL else record.txn_id
+            return
+        self.undo_posted(op, record, FLAG_VOIDED, REASON_VOID, r)
+
+    cdef uint16_t posted_sale(self, const OpRec* op, TxnRec** found) except 0:
+        cdef TxnRec* record = self.load_txn(op.ref_txn_id)
+        found[0] = record
+        if record == NULL:
+            return ORIGINAL_NOT_FOUND
+        if not (record.kind == OP_PAY or record.kind == OP_PREAUTH):
+            return WRONG_TRANSACTION_KIND
+        if record.station_id != op.station_id:
+            return STATION_MISMATCH
+        if record.flags & FLAG_REVERSED:
+            return ALREADY_REVERSED
+        if record.flags & FLAG_VOIDED:
+            return ALREADY_VOIDED
+        if record.state != POSTED:
+            return TRANSACTION_NOT_POSTED
+        return APPROVED
+
+    cdef undo_posted(self, const OpRec* op, TxnRec* record, uint8_t flag, uint8_t reason, ResultRec* r):
+        """Mirror of reference.undo_posted: return all a posted sale took."""
+        cdef int64_t amount = money_total(record.posted)
+        cdef Posting postings[POSTINGS_MAX]
+        cdef int count = return_postings(postings, record.card_id, record.station_id, record.channel, record.posted, 0, reason)
+        if not self.postings_fit(postings, count):
+            self.init_result(op, r, BALANCE_LIMIT)
+            r.txn_id = record.txn_id
+            return
+        cdef TxnRec undo
+        memset(&undo, 0, sizeof(TxnRec))
+        undo.txn_id = record.txn_id
+        undo.card_id = record.card_id
+        undo.station_id = record.station_id
+        undo.channel = record.channel
+        undo.amount = amount
+        memcpy(undo.held, record.posted, LEG_COUNT * sizeof(int64_t))
+        self.post_return(&undo, record, undo.held, amount, reason)
+        self.return_spent(record.card_id, record.business_day, amount)
+        record.flags |= flag
+        self.mark_txn(record.txn_id)
+        self.undo_result(op, &undo, undo.held, undo.points_clawed_back, r)
+
+    cdef undo_result(self, const OpRec* op, const TxnRec* record, const int64_t* legs, int64_t clawed, ResultRec* r):
+        self.init_result(op, r, APPROVED)
+        r.txn_id = record.txn_id
+        r.card_id = record.card_id
+        r.amount = money_total(legs)
+        r.fleet = legs[LEG_FLEET]
+        r.personal = legs[LEG_PERSONAL]
+        r.points_cash = legs[LEG_POINTS_CASH]
+        r.points_used = legs[LEG_POINTS_USED]
+        r.channel_amount = legs[LEG_CHANNEL]
+        r.points_clawed_back = clawed
+        self.set_card_balances(r, record.card_id)
+
+    # -------------------------------------------------------- refund
+
+    cdef refund(self, const OpRec* op, ResultRec* r):
+        cdef TxnRec* sale
+        cdef uint16_t code = self.posted_sale(op, &sale)
+        if code == APPROVED and money_total(sale.refunded) + op.amount > money_total(sale.posted):
+            code = REFUND_EXCEEDS_PAID
+        if code != APPROVED:
+            self.init_result(op, r, code)
+            r.txn_id = 0 if sale == NULL else sale.txn_id
+            return
+        cdef TxnRec draft
+        self.txn_draft(op, OP_REFUND, HELD, &draft)
+        draft.card_id = sale.card_id
+        draft.channel = sale.channel
+        cdef int64_t rest = op.amount
+        cdef int64_t part
+        cdef int i, leg
+        cdef int money_legs[4]
+        money_legs[0] = LEG_FLEET
+        money_legs[1] = LEG_PERSONAL
+        money_legs[2] = LEG_POINTS_CASH
+        money_legs[3] = LEG_CHANNEL
+        for i in range(4):
+            leg = money_legs[i]
+            part = sale.posted[leg] - sale.refunded[leg]
+            if rest < part:
+                part = rest
+            draft.held[leg] = part
+            rest -= part
+        cdef int64_t cash_after
+        if sale.posted[LEG_POINTS_CASH]:
+            cash_after = sale.refunded[LEG_POINTS_CASH] + draft.held[LEG_POINTS_CASH]
+            draft.held[LEG_POINTS_USED] = sale.posted[LEG_POINTS_USED] * cash_after // sale.posted[LEG_POINTS_CASH] - sale.refunded[LEG_POINTS_USED]
+        cdef Posting postings[POSTINGS_MAX]
+        cdef int count = return_postings(postings, draft.card_id, draft.station_id, draft.channel, draft.held, 0, REASON_REFUND)
+        if not self.postings_fit(postings, count):
+            self.init_result(op, r, BALANCE_LIMIT)
+            r.txn_id = sale.txn_id
+            return
+        draft.txn_id = self.new_txn_id()
+        for leg in range(LEG_COUNT):
+            sale.refunded[leg] += draft.held[leg]
+        self.mark_txn(sale.txn_id)
+        cdef TxnRec* record = self.store_txn(&draft)
+        if record.held[LEG_CHANNEL] == 0:
+            self.post_return(record, sale, record.held, op.amount, REASON_REFUND)
+            code = APPROVED
+        else:
+            self.txn.put(u64_key(record.txn_id), b"", db=self.pending_db)
+            code = PENDING
+        self.refund_result(op.kind, record, code, r)
+
+    cdef refund_result(self, uint8_t kind, const TxnRec* record, uint16_t code, ResultRec* r):
+        memset(r, 0, sizeof(ResultRec))
+        r.code = code
+        r.kind = kind
+        r.final = 0 if code == PENDING else 1
+        r.business_day = self.day
+        r.txn_id = record.txn_id
+        r.card_id = record.card_id
+        r.amount = record.amount
+        r.fleet = record.held[LEG_FLEET]
+        r.personal = record.held[LEG_PERSONAL]
+        r.points_cash = record.held[LEG_POINTS_CASH]
+        r.points_used = record.held[LEG_POINTS_USED]
+        r.channel_amount = record.held[LEG_CHANNEL]
+        r.points_clawed_back = record.points_clawed_back
+        self.set_card_balances(r, record.card_id)
+
+    cdef post_return(self, TxnRec* record, TxnRec* sale, const int64_t* legs, int64_t amount, uint8_t reason):
+        """Mirror of reference.post_return."""
+        cdef int64_t refunds_after = sale.refunds_posted + amount
+        cdef int64_t total = money_total(sale.posted)
+        cdef int64_t claw_target = (sale.points_earned * refunds_after // total if total else 0) - sale.points_clawed_back - sale.points_shortfall
+        cdef int64_t points_free = 0
+        if sale.card_id:
+            points_free = self.available(POINTS, sale.card_id) + legs[LEG_POINTS_USED]
+        cdef int64_t claw = claw_target if claw_target < points_free else points_free
+        record.points_clawed_back = claw
+        record.points_shortfall = claw_target - claw
+        sale.points_clawed_back += claw
+        sale.points_shortfall += claw_target - claw
+        sale.refunds_posted = refunds_after
+        memcpy(record.posted, legs, LEG_COUNT * sizeof(int64_t))
+        record.state = POSTED
+        cdef Posting postings[POSTINGS_MAX]
+        cdef int count = return_postings(postings, record.card_id, record.station_id, record.channel, legs, claw, reason)
+        self.post(record.txn_id, sale.station_id, postings, count)
+
+    # -------------------------------------------------------- general
+
+    cdef open_account(self, const OpRec* op, ResultRec* r):
+        if self.load_account(op.account_kind, op.account_owner) != NULL:
+            self.init_result(op, r, ACCOUNT_EXISTS)
+            return
+        self.new_account(op.account_kind, op.account_owner)
+        self.init_result(op, r, APPROVED)
+
+    cdef transfer(self, const OpRec* op, ResultRec* r):
+        if not may_go_negative(op.account_kind) and self.load_account(op.account_kind, op.account_owner) == NULL:
+            self.init_result(op, r, ACCOUNT_NOT_FOUND)
+            return
+        if not may_go_negative(op.credit_kind) and self.load_account(op.credit_kind, op.credit_owner) == NULL:
+            self.init_result(op, r, ACCOUNT_NOT_FOUND)
+            return
+        if not may_go_negative(op.account_kind) and self.available(op.account_kind, op.account_owner) < op.amount:
+            self.init_result(op, r, INSUFFICIENT_FUNDS)
+            return
+        cdef Posting posting
+        set_posting(&posting, op.account_kind, op.account_owner, op.credit_kind, op.credit_owner, op.amount, MOVE_TRANSFER, REASON_TRANSFER)
+        if not self.postings_fit(&posting, 1):
+            self.init_result(op, r, BALANCE_LIMIT)
+            return
+        cdef uint64_t txn_id = self.new_txn_id()
+        self.post(txn_id, op.station_id, &posting, 1)
+        self.init_result(op, r, APPROVED)
+        r.txn_id = txn_id
+        r.amount = op.amount
+

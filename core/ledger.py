@@ -1,0 +1,130 @@
+"""The ledger as a Python library: apply operations, read records.
+
+Owns: choosing the kernel (Cython if built, the reference otherwise), one
+durable write transaction per batch, and the read helpers every other part
+uses instead of touching LMDB keys itself.
+Used by: commit.py (the writer thread), the server's read paths, audit,
+benchmarks and tests.
+"""
+
+import logging
+from collections.abc import Iterator, Sequence
+
+from core import limits
+from core.records import (
+    Account,
+    Card,
+    Idem,
+    JournalEntry,
+    Op,
+    Result,
+    Txn,
+    account_key,
+    decode,
+    encode,
+    idem_key,
+    u64_key,
+)
+from core.reference import ReferenceKernel
+from core.store import Store
+
+log = logging.getLogger(__name__)
+
+RESULT_SIZE = Result.LAYOUT.size
+MS_PER_DAY = 86_400_000
+
+
+def load_kernel(name: str = "auto"):
+    """The kernel to run: "cython", "reference", or "auto" (Cython if built)."""
+    if name == "reference":
+        return ReferenceKernel()
+    try:
+        from core.kernel import Kernel
+    except ImportError:
+        if name == "cython":
+            raise
+        log.warning("Cython kernel not built (run `make build`); using the plain-Python reference kernel")
+        return ReferenceKernel()
+    return Kernel()
+
+
+def business_day(now_ms: int, utc_offset_minutes: int = 0) -> int:
+    """Days since 1970-01-01 in the network's local time."""
+    return (now_ms + utc_offset_minutes * 60_000) // MS_PER_DAY
+
+
+def encode_ops(ops: Sequence[Op]) -> bytes:
+    return b"".join(encode(op) for op in ops)
+
+
+def decode_results(data: bytes) -> list[Result]:
+    return [decode(Result, data[i : i + RESULT_SIZE]) for i in range(0, len(data), RESULT_SIZE)]
+
+
+class Ledger:
+    """One open data directory and the kernel that writes to it.
+
+    Writes must come from a single thread (py-lmdb write transactions belong
+    to the thread that opened them); commit.GroupCommitter is that thread in
+    the server. Reads may come from any thread.
+    """
+
+    def __init__(self, store: Store, kernel=None):
+        self.store = store
+        self.kernel = kernel if kernel is not None else load_kernel()
+
+    @property
+    def kernel_name(self) -> str:
+        return self.kernel.name
+
+    # ------------------------------------------------------------ writes
+
+    def apply_encoded(self, ops: bytes, now_ms: int, day: int) -> bytes:
+        """Apply encoded operations in one write transaction and commit it.
+
+        Returns only after the commit is on disk. If the kernel raises, the
+        transaction is aborted and nothing of the batch is stored.
+        """
+        assert len(ops) // Op.LAYOUT.size <= limits.BATCH_SIZE_MAX
+        with self.store.env.begin(write=True) as txn:
+            return self.kernel.apply_batch(txn, self.store, ops, now_ms, day)
+
+    def apply(self, ops: Sequence[Op], now_ms: int, day: int) -> list[Result]:
+        return decode_results(self.apply_encoded(encode_ops(ops), now_ms, day))
+
+    # ------------------------------------------------------------ reads
+
+    def _get(self, record_type, db, key):
+        with self.store.env.begin() as txn:
+            value = txn.get(key, db=db)
+        return None if value is None else decode(record_type, value)
+
+    def card(self, card_id: int) -> Card | None:
+        return self._get(Card, self.store.cards, u64_key(card_id))
+
+    def account(self, kind: int, owner: int) -> Account | None:
+        return self._get(Account, self.store.accounts, account_key(kind, owner))
+
+    def txn(self, txn_id: int) -> Txn | None:
+        return self._get(Txn, self.store.txns, u64_key(txn_id))
+
+    def idem(self, terminal_id: int, serial: int) -> Idem | None:
+        return self._get(Idem, self.store.idem, idem_key(terminal_id, serial))
+
+    def pending_txn_ids(self) -> list[int]:
+        """Transactions waiting for an external channel (crash recovery)."""
+        with self.store.env.begin() as txn:
+            return [int.from_bytes(key, "big") for key in txn.cursor(db=self.store.pending).iternext(values=False)]
+
+    def journal(self, txn_id: int | None = None) -> Iterator[JournalEntry]:
+        """Every journal entry in order, or those of one transaction."""
+        with self.store.env.begin() as txn:
+            for _, value in txn.cursor(db=self.store.journal):
+                entry = decode(JournalEntry, value)
+                if txn_id is None or entry.txn_id == txn_id:
+                    yield entry
+
+    def accounts(self) -> Iterator[Account]:
+        with self.store.env.begin() as txn:
+            for _, value in txn.cursor(db=self.store.accounts):
+                yield decode(Account, value)

@@ -1,0 +1,63 @@
+"""Every limit of the transaction core, in one place.
+
+Owns: the numbers that bound queues, batches, amounts and strings.
+Used by: the kernel and reference (amount and balance checks), the group
+committer (queue and batch bounds), the server (request validation).
+
+A limit that is not written here is not a limit. Names carry their unit last,
+as TigerBeetle does: `amount_minor_max`, `hold_timeout_s_max`.
+"""
+
+# Money is an integer number of minor units (fen, cents). The largest single
+# amount is 10^12 minor units (10 billion currency units): far above any sale,
+# far below where sums of many amounts could overflow a signed 64-bit integer.
+AMOUNT_MINOR_MAX = 10**12
+# A balance (customer or system account) never leaves +-2^62, so that adding
+# one AMOUNT_MINOR_MAX to it can never wrap a signed 64-bit integer. An
+# operation that would cross this is declined with BALANCE_LIMIT.
+BALANCE_ABS_MAX = 2**62
+# Points are integers with the same bounds as money.
+POINTS_MAX = AMOUNT_MINOR_MAX
+
+# Operations applied by one kernel call inside one LMDB write transaction.
+# 8,189 is TigerBeetle's batch size: large enough that one fsync (0.5 to 2 ms
+# here) is shared by thousands of requests.
+BATCH_SIZE_MAX = 8189
+# Requests waiting for the writer. Beyond this the server answers
+# RESOURCE_EXHAUSTED at once instead of queueing without bound.
+QUEUE_LENGTH_MAX = 16384
+# How long the writer waits for more requests before committing a batch that
+# is not full. Short: latency matters more than batch size at low load.
+BATCH_WAIT_MS_MAX = 2
+
+# Basket lines in one sale.
+BASKET_LINES_MAX = 64
+# Quantity of one basket line, in thousandths (millilitres for fuel).
+QUANTITY_MILLI_MAX = 10**9
+# Text fields (goods code, name, receipt text).
+GOODS_CODE_LENGTH_MAX = 32
+GOODS_NAME_LENGTH_MAX = 64
+# gRPC message size accepted by the server.
+MESSAGE_BYTES_MAX = 64 * 1024
+
+# Identifiers. Terminal, station and operator ids are unsigned 32-bit; card ids
+# and serials are unsigned 64-bit (a 19-digit card number fits).
+STATION_ID_MAX = 2**32 - 1
+TERMINAL_ID_MAX = 2**32 - 1
+OPERATOR_ID_MAX = 2**32 - 1
+CARD_ID_MAX = 2**64 - 1
+SERIAL_MAX = 2**64 - 1
+
+# Pre-authorization holds ("grey lock").
+HOLD_TIMEOUT_S_DEFAULT = 30 * 60
+HOLD_TIMEOUT_S_MAX = 7 * 24 * 3600
+
+# Points as cash: how many points make one currency unit (100 minor units).
+POINTS_PER_UNIT_DEFAULT = 100
+POINTS_PER_UNIT_MAX = 1_000_000
+# Points earned per currency unit paid (not counting what points paid).
+EARN_POINTS_PER_UNIT_DEFAULT = 1
+EARN_POINTS_PER_UNIT_MAX = 1000
+
+# Holds expired by one sweep operation; the sweep is repeated until done.
+EXPIRE_SWEEP_HOLDS_MAX = 1024

@@ -1,0 +1,299 @@
+"""The fixed binary layout of every stored record, and of kernel operations.
+
+Owns: byte layouts (values little-endian, keys big-endian so that LMDB's
+byte order is numeric order) and the typed Python view of each record.
+Used by: reference.py (decodes and encodes with these), kernel.pyx (declares
+the same layouts as packed C structs; tests/test_records.py checks that the
+sizes agree), the server (builds operations, reads results), audit.
+
+Each record is a msgspec.Struct whose fields are, in order, the fields of its
+`LAYOUT`. `decode(Type, data)` and `encode(record)` convert.
+"""
+
+import struct
+from typing import ClassVar
+
+import msgspec
+
+# ---------------------------------------------------------------- operations
+
+
+class Op(msgspec.Struct):
+    """One request to the kernel. Fields a kind does not use stay zero.
+
+    kind                 OpKind
+    channel              Channel of the external remainder (PAY)
+    plan_flags           PlanFlag: internal sources a PAY may use
+    card_status          SET_CARD_STATUS: new CardStatus; OPEN_CARD: CardType
+    account_kind         TOPUP: account credited; OPEN_ACCOUNT, TRANSFER: debit side
+    credit_kind          TRANSFER: credit side
+    abort_code           ABORT: the ResultCode recorded for the request
+    station_id, terminal_id, operator_id   who asks
+    hold_timeout_s       PREAUTH: seconds until the hold expires
+    points_per_unit      points that make one currency unit when paying with points
+    earn_points_per_unit points earned per currency unit paid
+    serial               the terminal's serial; 0 for operations without one
+    card_id              the card
+    ref_txn_id           CAPTURE, ABORT, COMPLETE, RELEASE, VOID, REFUND: target
+    ref_serial           REVERSE: serial of the request being reversed
+    account_owner        OPEN_ACCOUNT, TRANSFER: debit account owner
+    credit_owner         TRANSFER: credit account owner
+    amount               minor units (points for TOPUP of a points account)
+    points_max           PAY: most points to spend; 0 means no cap
+    limit_per_txn        OPEN_CARD, SET_CARD_LIMITS: 0 means no limit
+    limit_per_day        OPEN_CARD, SET_CARD_LIMITS: 0 means no limit
+    fingerprint          16 bytes identifying the request's content
+    """
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BBBBBBHIIIIIIQQQQQQqqqq16s")
+    kind: int = 0
+    channel: int = 0
+    plan_flags: int = 0
+    card_status: int = 0
+    account_kind: int = 0
+    credit_kind: int = 0
+    abort_code: int = 0
+    station_id: int = 0
+    terminal_id: int = 0
+    operator_id: int = 0
+    hold_timeout_s: int = 0
+    points_per_unit: int = 0
+    earn_points_per_unit: int = 0
+    serial: int = 0
+    card_id: int = 0
+    ref_txn_id: int = 0
+    ref_serial: int = 0
+    account_owner: int = 0
+    credit_owner: int = 0
+    amount: int = 0
+    points_max: int = 0
+    limit_per_txn: int = 0
+    limit_per_day: int = 0
+    fingerprint: bytes = bytes(16)
+
+
+class Result(msgspec.Struct):
+    """The kernel's answer to one operation; also the stored answer of a request.
+
+    final is 0 while a PAY or REFUND waits for its channel, 1 otherwise.
+    Balances are those of the card after the operation (0 without a card).
+    """
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<HBBIQQqqqqqqqqqqq")
+    code: int = 0
+    kind: int = 0
+    final: int = 1
+    business_day: int = 0
+    txn_id: int = 0
+    card_id: int = 0
+    amount: int = 0
+    fleet: int = 0
+    personal: int = 0
+    points_cash: int = 0
+    points_used: int = 0
+    channel_amount: int = 0
+    points_earned: int = 0
+    points_clawed_back: int = 0
+    fleet_balance: int = 0
+    personal_balance: int = 0
+    points_balance: int = 0
+
+
+# ------------------------------------------------------------ stored records
+
+
+class Account(msgspec.Struct):
+    """A ledger account. balance = credits - debits; available = balance - held.
+
+    Card accounts (FLEET, PERSONAL, POINTS) never go below zero; system
+    accounts may. POINTS and POINTS_LIABILITY count points, all others minor
+    units.
+    """
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BBHIQqqqq")
+    kind: int = 0
+    unit: int = 0
+    flags: int = 0
+    reserved: int = 0
+    owner: int = 0
+    balance: int = 0
+    held: int = 0
+    debits: int = 0
+    credits: int = 0
+
+
+class Card(msgspec.Struct):
+    """A card. day_spent counts what was authorized on business day `day`."""
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<QBBHIqqqQ")
+    card_id: int = 0
+    status: int = 0
+    card_type: int = 0
+    flags: int = 0
+    day: int = 0
+    day_spent: int = 0
+    limit_per_txn: int = 0
+    limit_per_day: int = 0
+    opened_ms: int = 0
+
+
+class Txn(msgspec.Struct):
+    """A payment, pre-authorization, refund or top-up; a hold while HELD.
+
+    Legs, in payment order: fleet, personal, points_cash (money that points
+    paid), channel_amount; points_used is the points behind points_cash.
+    held_*: what was authorized (held, or taken at once);
+    posted_*: what was finally posted; refunded_*: cumulative refunds
+    (including a refund still waiting for its channel); refunds_posted: the
+    sum of refunds actually posted. points_clawed_back + points_shortfall is
+    what refunds and undos have taken back of points_earned so far.
+    For a REFUND transaction, held_* are its legs and ref_txn_id the sale.
+    """
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<QBBBBIIIIIQQQQQq" + "q" * 19)
+    txn_id: int = 0
+    kind: int = 0
+    state: int = 0
+    flags: int = 0
+    channel: int = 0
+    station_id: int = 0
+    terminal_id: int = 0
+    operator_id: int = 0
+    business_day: int = 0
+    reserved: int = 0
+    serial: int = 0
+    card_id: int = 0
+    ref_txn_id: int = 0
+    created_ms: int = 0
+    expires_ms: int = 0
+    amount: int = 0
+    held_fleet: int = 0
+    held_personal: int = 0
+    held_points_cash: int = 0
+    held_points_used: int = 0
+    held_channel: int = 0
+    posted_fleet: int = 0
+    posted_personal: int = 0
+    posted_points_cash: int = 0
+    posted_points_used: int = 0
+    posted_channel: int = 0
+    refunded_fleet: int = 0
+    refunded_personal: int = 0
+    refunded_points_cash: int = 0
+    refunded_points_used: int = 0
+    refunded_channel: int = 0
+    points_earned: int = 0
+    points_clawed_back: int = 0
+    points_shortfall: int = 0
+    refunds_posted: int = 0
+
+
+class Idem(msgspec.Struct):
+    """An idempotency entry: the request's fingerprint and its stored answer.
+
+    A reversal that arrives before its original leaves a tombstone: a zero
+    fingerprint and code ALREADY_REVERSED, so the late original is refused.
+    """
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<16s" + Result.LAYOUT.format[1:])
+    fingerprint: bytes = bytes(16)
+    result: Result = msgspec.field(default_factory=Result)
+
+
+class JournalEntry(msgspec.Struct):
+    """One posted transfer: amount moves from the debit to the credit account."""
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<QQqQQQBBBBIII")
+    seq: int = 0
+    txn_id: int = 0
+    amount: int = 0
+    created_ms: int = 0
+    debit_owner: int = 0
+    credit_owner: int = 0
+    debit_kind: int = 0
+    credit_kind: int = 0
+    movement: int = 0
+    reason: int = 0
+    business_day: int = 0
+    station_id: int = 0
+    reserved: int = 0
+
+
+TOMBSTONE_FINGERPRINT = bytes(16)
+
+RECORD_SIZES = {
+    "Op": Op.LAYOUT.size,
+    "Result": Result.LAYOUT.size,
+    "Account": Account.LAYOUT.size,
+    "Card": Card.LAYOUT.size,
+    "Txn": Txn.LAYOUT.size,
+    "Idem": Idem.LAYOUT.size,
+    "JournalEntry": JournalEntry.LAYOUT.size,
+}
+
+
+def decode(record_type, data):
+    """Bytes of a stored record -> its typed view."""
+    if record_type is Idem:
+        fields = Idem.LAYOUT.unpack(data)
+        return Idem(fields[0], Result(*fields[1:]))
+    return record_type(*record_type.LAYOUT.unpack(data))
+
+
+def encode(record) -> bytes:
+    """Typed view -> bytes, in the record's fixed layout."""
+    if type(record) is Idem:
+        return Idem.LAYOUT.pack(record.fingerprint, *msgspec.structs.astuple(record.result))
+    return record.LAYOUT.pack(*msgspec.structs.astuple(record))
+
+
+# ---------------------------------------------------------------------- keys
+
+_U64 = struct.Struct(">Q")
+_ACCOUNT_KEY = struct.Struct(">BQ")
+_IDEM_KEY = struct.Struct(">IQ")
+_HOLD_KEY = struct.Struct(">QQ")
+_CARD_STATION_KEY = struct.Struct(">QI")
+
+
+def account_key(kind: int, owner: int) -> bytes:
+    return _ACCOUNT_KEY.pack(kind, owner)
+
+
+def parse_account_key(key: bytes) -> tuple[int, int]:
+    return _ACCOUNT_KEY.unpack(key)
+
+
+def u64_key(value: int) -> bytes:
+    """Key of a card, a transaction or a journal entry."""
+    return _U64.pack(value)
+
+
+def parse_u64_key(key: bytes) -> int:
+    return _U64.unpack(key)[0]
+
+
+def idem_key(terminal_id: int, serial: int) -> bytes:
+    return _IDEM_KEY.pack(terminal_id, serial)
+
+
+def parse_idem_key(key: bytes) -> tuple[int, int]:
+    return _IDEM_KEY.unpack(key)
+
+
+def hold_expiry_key(expires_ms: int, txn_id: int) -> bytes:
+    return _HOLD_KEY.pack(expires_ms, txn_id)
+
+
+def parse_hold_expiry_key(key: bytes) -> tuple[int, int]:
+    return _HOLD_KEY.unpack(key)
+
+
+def card_station_key(card_id: int, station_id: int) -> bytes:
+    return _CARD_STATION_KEY.pack(card_id, station_id)
+
+
+# Meta keys: counters the kernel advances, stored as little-endian u64.
+META_NEXT_TXN_ID = b"next_txn_id"
+META_NEXT_JOURNAL_SEQ = b"next_journal_seq"
+META_VALUE = struct.Struct("<Q")

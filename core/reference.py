@@ -1,0 +1,997 @@
+"""The rules of the ledger in plain Python: the executable specification.
+
+Owns: what every operation does to accounts, cards, transactions,
+idempotency entries and the journal.
+Used by: ledger.py when the Cython kernel is not built, and the property
+tests, which run random operation sequences through this and kernel.pyx and
+require identical results and identical stored bytes.
+
+Written for clarity, not speed: every record is read from and written to the
+LMDB write transaction directly. kernel.pyx follows this file function by
+function; a change of rule here must be made there too (the property tests
+fail until it is).
+
+One call, `apply_batch`, applies a batch of operations (core.records.Op
+layouts, concatenated) in order inside the caller's write transaction and
+returns their results (core.records.Result layouts, concatenated).
+"""
+
+from core import limits
+from core.records import (
+    META_NEXT_JOURNAL_SEQ,
+    META_NEXT_TXN_ID,
+    META_VALUE,
+    TOMBSTONE_FINGERPRINT,
+    Account,
+    Card,
+    Idem,
+    JournalEntry,
+    Op,
+    Result,
+    Txn,
+    account_key,
+    card_station_key,
+    decode,
+    encode,
+    hold_expiry_key,
+    idem_key,
+    parse_hold_expiry_key,
+    u64_key,
+)
+from core.results import (
+    SYSTEM_ACCOUNT_KIND_MIN,
+    AccountKind,
+    CardFlag,
+    CardStatus,
+    CardType,
+    Channel,
+    Movement,
+    OpKind,
+    PlanFlag,
+    Reason,
+    ResultCode,
+    TxnFlag,
+    TxnState,
+    unit_of,
+)
+
+OP_SIZE = Op.LAYOUT.size
+
+K = AccountKind
+R = ResultCode
+
+# Operations that may carry a serial and so are idempotent on (terminal, serial).
+IDEMPOTENT_KINDS = frozenset(
+    (
+        OpKind.TOPUP,
+        OpKind.PAY,
+        OpKind.PREAUTH,
+        OpKind.COMPLETE,
+        OpKind.RELEASE,
+        OpKind.REVERSE,
+        OpKind.VOID,
+        OpKind.REFUND,
+        OpKind.TRANSFER,
+    )
+)
+REVERSIBLE_KINDS = frozenset((OpKind.PAY, OpKind.PREAUTH, OpKind.COMPLETE, OpKind.TOPUP))
+CARD_TYPES = frozenset(int(t) for t in CardType)
+CARD_STATUSES = frozenset(int(s) for s in CardStatus)
+ACCOUNT_KINDS = frozenset(int(k) for k in AccountKind)
+CARD_STATUS_DECLINES = {
+    CardStatus.LOST: R.CARD_LOST,
+    CardStatus.FROZEN: R.CARD_FROZEN,
+    CardStatus.CANCELLED: R.CARD_CANCELLED,
+}
+
+
+def may_go_negative(kind: int) -> bool:
+    """System accounts hold the other side and may go below zero; a card's
+    accounts and general accounts may not."""
+    return kind >= SYSTEM_ACCOUNT_KIND_MIN and kind != AccountKind.GENERAL
+
+
+def points_for_cash(cash_minor: int, points_per_unit: int) -> int:
+    """Points needed to pay `cash_minor`, rounded up: the customer never pays
+    with fewer points than the rate asks."""
+    return (cash_minor * points_per_unit + 99) // 100
+
+
+def cash_for_points(points: int, points_per_unit: int) -> int:
+    """Minor units that `points` buy, rounded down."""
+    return points * 100 // points_per_unit
+
+
+def earned_points(paid_minor: int, earn_points_per_unit: int) -> int:
+    """Points earned on `paid_minor`, rounded down to whole points."""
+    return paid_minor * earn_points_per_unit // 100
+
+
+def op_is_valid(op: Op) -> bool:
+    """Limits every operation must respect; the server enforces them first."""
+    if op.kind in (OpKind.TOPUP, OpKind.PAY, OpKind.PREAUTH, OpKind.REFUND, OpKind.TRANSFER):
+        if op.amount <= 0 or op.amount > limits.AMOUNT_MINOR_MAX:
+            return False
+    if op.kind == OpKind.COMPLETE and (op.amount < 0 or op.amount > limits.AMOUNT_MINOR_MAX):
+        return False
+    if op.kind == OpKind.PAY:
+        if op.plan_flags & PlanFlag.USE_POINTS and not 0 < op.points_per_unit <= limits.POINTS_PER_UNIT_MAX:
+            return False
+        if op.points_max < 0 or op.points_max > limits.POINTS_MAX:
+            return False
+        if op.channel > Channel.ALIPAY:
+            return False
+    if op.earn_points_per_unit > limits.EARN_POINTS_PER_UNIT_MAX:
+        return False
+    if op.kind == OpKind.PREAUTH and not 0 < op.hold_timeout_s <= limits.HOLD_TIMEOUT_S_MAX:
+        return False
+    if op.kind in (OpKind.OPEN_CARD, OpKind.SET_CARD_LIMITS):
+        for limit in (op.limit_per_txn, op.limit_per_day):
+            if limit < 0 or limit > limits.AMOUNT_MINOR_MAX:
+                return False
+    if op.kind == OpKind.TOPUP and op.account_kind not in (K.FLEET, K.PERSONAL, K.POINTS):
+        return False
+    if op.kind == OpKind.OPEN_CARD and op.card_status not in CARD_TYPES:
+        return False
+    if op.kind == OpKind.SET_CARD_STATUS and op.card_status not in CARD_STATUSES:
+        return False
+    if op.kind == OpKind.OPEN_ACCOUNT and not (op.account_kind in ACCOUNT_KINDS and op.account_kind >= SYSTEM_ACCOUNT_KIND_MIN):
+        return False
+    if op.kind == OpKind.TRANSFER:
+        if op.account_kind not in ACCOUNT_KINDS or op.credit_kind not in ACCOUNT_KINDS:
+            return False
+        if (op.account_kind, op.account_owner) == (op.credit_kind, op.credit_owner):
+            return False
+    return True
+
+
+class ReferenceKernel:
+    """Same interface as core.kernel.Kernel."""
+
+    name = "reference"
+
+    def apply_batch(self, txn, store, ops: bytes, now_ms: int, business_day: int) -> bytes:
+        assert len(ops) % OP_SIZE == 0
+        assert len(ops) // OP_SIZE <= limits.BATCH_SIZE_MAX
+        batch = _Batch(txn, store, now_ms, business_day)
+        results = bytearray()
+        for offset in range(0, len(ops), OP_SIZE):
+            op = decode(Op, ops[offset : offset + OP_SIZE])
+            results += encode(batch.apply(op))
+        batch.finish()
+        return bytes(results)
+
+
+class _Batch:
+    """One batch: the write transaction, the clock and the counters."""
+
+    def __init__(self, txn, store, now_ms: int, business_day: int):
+        self.txn = txn
+        self.store = store
+        self.now_ms = now_ms
+        self.day = business_day
+        self.next_txn_id = self._meta(META_NEXT_TXN_ID, 1)
+        self.next_journal_seq = self._meta(META_NEXT_JOURNAL_SEQ, 1)
+
+    def _meta(self, name: bytes, default: int) -> int:
+        value = self.txn.get(name, db=self.store.meta)
+        return default if value is None else META_VALUE.unpack(value)[0]
+
+    def finish(self):
+        self.txn.put(META_NEXT_TXN_ID, META_VALUE.pack(self.next_txn_id), db=self.store.meta)
+        self.txn.put(META_NEXT_JOURNAL_SEQ, META_VALUE.pack(self.next_journal_seq), db=self.store.meta)
+
+    # ------------------------------------------------------------ dispatch
+
+    def apply(self, op: Op) -> Result:
+        if not op_is_valid(op):
+            return self.result(op, R.INVALID_OPERATION)
+        idempotent = op.serial != 0 and op.kind in IDEMPOTENT_KINDS
+        if idempotent:
+            stored = self.load_idem(op.terminal_id, op.serial)
+            if stored is not None:
+                return self.replay(op, stored)
+        result = HANDLERS[op.kind](self, op)
+        if idempotent:
+            self.save_idem(op.terminal_id, op.serial, Idem(op.fingerprint, result))
+        return result
+
+    def replay(self, op: Op, stored: Idem) -> Result:
+        """A request seen before: its first answer, or why it is refused."""
+        if stored.fingerprint == TOMBSTONE_FINGERPRINT:
+            return self.result(op, R.ALREADY_REVERSED)
+        if stored.fingerprint != op.fingerprint:
+            return self.result(op, R.DUPLICATE_MISMATCH)
+        return stored.result
+
+    def result(self, op: Op, code: int, **fields) -> Result:
+        fields.setdefault("final", 1)
+        return Result(code=code, kind=op.kind, business_day=self.day, **fields)
+
+    # ------------------------------------------------------------ storage
+
+    def load(self, record_type, db, key):
+        value = self.txn.get(key, db=db)
+        return None if value is None else decode(record_type, value)
+
+    def load_card(self, card_id: int):
+        return self.load(Card, self.store.cards, u64_key(card_id))
+
+    def save_card(self, card: Card):
+        self.txn.put(u64_key(card.card_id), encode(card), db=self.store.cards)
+
+    def load_account(self, kind: int, owner: int):
+        return self.load(Account, self.store.accounts, account_key(kind, owner))
+
+    def account_or_new(self, kind: int, owner: int) -> Account:
+        account = self.load_account(kind, owner)
+        if account is None:
+            assert may_go_negative(kind), "a card or general account must be opened first"
+            account = Account(kind=kind, unit=unit_of(kind), owner=owner)
+        return account
+
+    def save_account(self, account: Account):
+        self.txn.put(account_key(account.kind, account.owner), encode(account), db=self.store.accounts)
+
+    def load_txn(self, txn_id: int):
+        return self.load(Txn, self.store.txns, u64_key(txn_id))
+
+    def save_txn(self, record: Txn):
+        self.txn.put(u64_key(record.txn_id), encode(record), db=self.store.txns)
+
+    def load_idem(self, terminal_id: int, serial: int):
+        return self.load(Idem, self.store.idem, idem_key(terminal_id, serial))
+
+    def save_idem(self, terminal_id: int, serial: int, entry: Idem):
+        self.txn.put(idem_key(terminal_id, serial), encode(entry), db=self.store.idem)
+
+    def new_txn_id(self) -> int:
+        txn_id = self.next_txn_id
+        self.next_txn_id += 1
+        return txn_id
+
+    def available(self, kind: int, owner: int) -> int:
+        account = self.load_account(kind, owner)
+        return 0 if account is None else account.balance - account.held
+
+    def card_balances(self, card_id: int) -> dict:
+        if card_id == 0:
+            return {}
+        return {
+            "fleet_balance": self.load_account(K.FLEET, card_id).balance,
+            "personal_balance": self.load_account(K.PERSONAL, card_id).balance,
+            "points_balance": self.load_account(K.POINTS, card_id).balance,
+        }
+
+    # ------------------------------------------------------------ postings
+
+    def postings_fit(self, postings) -> bool:
+        """Every balance stays within +-BALANCE_ABS_MAX after `postings`.
+
+        postings: list of (debit_kind, debit_owner, credit_kind, credit_owner,
+        amount, movement, reason), applied in order.
+        """
+        running = {}
+        for debit_kind, debit_owner, credit_kind, credit_owner, amount, _, _ in postings:
+            for kind, owner, delta in ((debit_kind, debit_owner, -amount), (credit_kind, credit_owner, amount)):
+                key = (kind, owner)
+                if key not in running:
+                    running[key] = self.account_or_new(kind, owner).balance
+                running[key] += delta
+                if abs(running[key]) > limits.BALANCE_ABS_MAX:
+                    return False
+        return True
+
+    def post(self, txn_id: int, station_id: int, postings):
+        """Apply postings: move balances and write one journal entry each."""
+        for debit_kind, debit_owner, credit_kind, credit_owner, amount, movement, reason in postings:
+            if amount == 0:
+                continue
+            debit = self.account_or_new(debit_kind, debit_owner)
+            debit.balance -= amount
+            debit.debits += amount
+            assert may_go_negative(debit_kind) or debit.balance >= debit.held, "overdraft"
+            self.save_account(debit)
+            credit = self.account_or_new(credit_kind, credit_owner)
+            credit.balance += amount
+            credit.credits += amount
+            self.save_account(credit)
+            entry = JournalEntry(
+                seq=self.next_journal_seq,
+                txn_id=txn_id,
+                amount=amount,
+                created_ms=self.now_ms,
+                debit_owner=debit_owner,
+                credit_owner=credit_owner,
+                debit_kind=debit_kind,
+                credit_kind=credit_kind,
+                movement=movement,
+                reason=reason,
+                business_day=self.day,
+                station_id=station_id,
+            )
+            self.txn.put(u64_key(entry.seq), encode(entry), db=self.store.journal, append=True)
+            self.next_journal_seq += 1
+
+    def change_held(self, card_id: int, fleet: int, personal: int, points: int):
+        """Add to (or, negative, release from) the held amounts of a card."""
+        for kind, delta in ((K.FLEET, fleet), (K.PERSONAL, personal), (K.POINTS, points)):
+            if delta == 0:
+                continue
+            account = self.load_account(kind, card_id)
+            account.held += delta
+            assert 0 <= account.held <= account.balance, "held out of range"
+            self.save_account(account)
+
+    # ------------------------------------------------------------ card rules
+
+    def card_decline(self, card, station_id: int) -> int:
+        """Why this card cannot pay at this station, or APPROVED."""
+        if card is None:
+            return R.CARD_NOT_FOUND
+        if card.status != CardStatus.ACTIVE:
+            return CARD_STATUS_DECLINES[card.status]
+        if card.flags & CardFlag.RESTRICTED_STATIONS:
+            allowed = self.txn.get(card_station_key(card.card_id, station_id), db=self.store.card_stations)
+            if allowed is None:
+                return R.CARD_NOT_ALLOWED_HERE
+        return R.APPROVED
+
+    def spent_today(self, card: Card) -> int:
+        return card.day_spent if card.day == self.day else 0
+
+    def limit_decline(self, card: Card, amount: int) -> int:
+        if card.limit_per_txn and amount > card.limit_per_txn:
+            return R.LIMIT_PER_TRANSACTION_EXCEEDED
+        if card.limit_per_day and self.spent_today(card) + amount > card.limit_per_day:
+            return R.LIMIT_PER_DAY_EXCEEDED
+        return R.APPROVED
+
+    def add_spent(self, card: Card, amount: int):
+        card.day_spent = self.spent_today(card) + amount
+        card.day = self.day
+
+    def return_spent(self, card_id: int, business_day: int, amount: int):
+        """Give back day spend authorized on `business_day` but not taken."""
+        if card_id == 0 or amount == 0:
+            return
+        card = self.load_card(card_id)
+        if card.day == business_day:
+            card.day_spent = max(0, card.day_spent - amount)
+            self.save_card(card)
+
+    # ------------------------------------------------------------ cards
+
+    def open_card(self, op: Op) -> Result:
+        if self.load_card(op.card_id) is not None:
+            return self.result(op, R.CARD_EXISTS, card_id=op.card_id)
+        card = Card(
+            card_id=op.card_id,
+            status=CardStatus.ACTIVE,
+            card_type=op.card_status,
+            limit_per_txn=op.limit_per_txn,
+            limit_per_day=op.limit_per_day,
+            opened_ms=self.now_ms,
+        )
+        self.save_card(card)
+        for kind in (K.FLEET, K.PERSONAL, K.POINTS):
+            self.save_account(Account(kind=kind, unit=unit_of(kind), owner=op.card_id))
+        return self.result(op, R.APPROVED, card_id=op.card_id)
+
+    def set_card_status(self, op: Op) -> Result:
+        card = self.load_card(op.card_id)
+        if card is None:
+            return self.result(op, R.CARD_NOT_FOUND, card_id=op.card_id)
+        if card.status == CardStatus.CANCELLED:
+            return self.result(op, R.CARD_CANCELLED, card_id=op.card_id)
+        card.status = op.card_status
+        self.save_card(card)
+        return self.result(op, R.APPROVED, card_id=op.card_id)
+
+    def set_card_limits(self, op: Op) -> Result:
+        card = self.load_card(op.card_id)
+        if card is None:
+            return self.result(op, R.CARD_NOT_FOUND, card_id=op.card_id)
+        card.limit_per_txn = op.limit_per_txn
+        card.limit_per_day = op.limit_per_day
+        self.save_card(card)
+        return self.result(op, R.APPROVED, card_id=op.card_id)
+
+    def allow_station(self, op: Op) -> Result:
+        card = self.load_card(op.card_id)
+        if card is None:
+            return self.result(op, R.CARD_NOT_FOUND, card_id=op.card_id)
+        card.flags |= CardFlag.RESTRICTED_STATIONS
+        self.save_card(card)
+        self.txn.put(card_station_key(op.card_id, op.station_id), b"", db=self.store.card_stations)
+        return self.result(op, R.APPROVED, card_id=op.card_id)
+
+    def topup(self, op: Op) -> Result:
+        card = self.load_card(op.card_id)
+        if card is None:
+            return self.result(op, R.CARD_NOT_FOUND, card_id=op.card_id)
+        if card.status != CardStatus.ACTIVE:
+            return self.result(op, CARD_STATUS_DECLINES[card.status], card_id=op.card_id)
+        if op.account_kind == K.POINTS:
+            source = (K.POINTS_LIABILITY, 0)
+        else:
+            source = (K.TOPUP_FUNDING, op.station_id)
+        postings = [(*source, op.account_kind, op.card_id, op.amount, Movement.TOPUP, Reason.TOPUP)]
+        if not self.postings_fit(postings):
+            return self.result(op, R.BALANCE_LIMIT, card_id=op.card_id)
+        record = self.txn_draft(op, OpKind.TOPUP, TxnState.POSTED)
+        record.txn_id = self.new_txn_id()
+        legs = {
+            K.FLEET: "fleet",
+            K.PERSONAL: "personal",
+            K.POINTS: "points_used",
+        }
+        leg = legs[op.account_kind]
+        setattr(record, "held_" + leg, op.amount)
+        setattr(record, "posted_" + leg, op.amount)
+        self.save_txn(record)
+        self.post(record.txn_id, op.station_id, postings)
+        return self.result(
+            op,
+            R.APPROVED,
+            txn_id=record.txn_id,
+            card_id=op.card_id,
+            amount=op.amount,
+            **{leg: op.amount},
+            **self.card_balances(op.card_id),
+        )
+
+    def txn_draft(self, op: Op, kind: int, state: int) -> Txn:
+        """A transaction record without an id: ids are given only once every
+        check has passed, so a decline consumes none."""
+        return Txn(
+            kind=kind,
+            state=state,
+            channel=op.channel,
+            station_id=op.station_id,
+            terminal_id=op.terminal_id,
+            operator_id=op.operator_id,
+            business_day=self.day,
+            serial=op.serial,
+            card_id=op.card_id,
+            ref_txn_id=op.ref_txn_id,
+            created_ms=self.now_ms,
+            amount=op.amount,
+        )
+
+    # ------------------------------------------------------------ pay
+
+    def pay(self, op: Op) -> Result:
+        card = None
+        if op.card_id != 0:
+            card = self.load_card(op.card_id)
+            decline = self.card_decline(card, op.station_id)
+            if decline == R.APPROVED:
+                decline = self.limit_decline(card, op.amount)
+            if decline != R.APPROVED:
+                return self.result(op, decline, card_id=op.card_id)
+        fleet, personal, points_cash, points_used = self.split_internal(op, card)
+        channel_amount = op.amount - fleet - personal - points_cash
+        if channel_amount > 0 and op.channel == Channel.NONE:
+            return self.result(op, R.INSUFFICIENT_FUNDS, card_id=op.card_id)
+        record = self.txn_draft(op, OpKind.PAY, TxnState.HELD)
+        record.channel = op.channel if channel_amount > 0 else Channel.NONE
+        record.held_fleet = fleet
+        record.held_personal = personal
+        record.held_points_cash = points_cash
+        record.held_points_used = points_used
+        record.held_channel = channel_amount
+        if card is not None:
+            record.points_earned = earned_points(op.amount - points_cash, op.earn_points_per_unit)
+        if channel_amount == 0 and not self.postings_fit(sale_postings(record)):
+            return self.result(op, R.BALANCE_LIMIT, card_id=op.card_id)
+        record.txn_id = self.new_txn_id()
+        if card is not None:
+            self.add_spent(card, op.amount)
+            self.save_card(card)
+        if channel_amount == 0:
+            self.post_sale(record)
+            self.save_txn(record)
+            return self.sale_result(op, record, R.APPROVED)
+        self.change_held(op.card_id, fleet, personal, points_used)
+        self.save_txn(record)
+        self.txn.put(u64_key(record.txn_id), b"", db=self.store.pending)
+        return self.sale_result(op, record, R.PENDING)
+
+    def split_internal(self, op: Op, card) -> tuple[int, int, int, int]:
+        """Take from fleet, then personal, then points, each what it has."""
+        if card is None:
+            return 0, 0, 0, 0
+        rest = op.amount
+        fleet = personal = points_cash = points_used = 0
+        if op.plan_flags & PlanFlag.USE_FLEET:
+            fleet = min(rest, self.available(K.FLEET, op.card_id))
+            rest -= fleet
+        if op.plan_flags & PlanFlag.USE_PERSONAL:
+            personal = min(rest, self.available(K.PERSONAL, op.card_id))
+            rest -= personal
+        if op.plan_flags & PlanFlag.USE_POINTS:
+            points_available = self.available(K.POINTS, op.card_id)
+            if op.points_max:
+                points_available = min(points_available, op.points_max)
+            points_cash = min(rest, cash_for_points(points_available, op.points_per_unit))
+            points_used = points_for_cash(points_cash, op.points_per_unit)
+        return fleet, personal, points_cash, points_used
+
+    def post_sale(self, record: Txn):
+        """Post a sale's held legs and its earned points; state POSTED."""
+        for field in LEG_FIELDS:
+            setattr(record, "posted_" + field, getattr(record, "held_" + field))
+        self.post(record.txn_id, record.station_id, sale_postings(record, Reason.SALE))
+        record.state = TxnState.POSTED
+
+    def sale_result(self, op: Op, record: Txn, code: int) -> Result:
+        prefix = "posted_" if record.state == TxnState.POSTED else "held_"
+        return self.result(
+            op,
+            code,
+            final=0 if code == R.PENDING else 1,
+            txn_id=record.txn_id,
+            card_id=record.card_id,
+            amount=record.amount,
+            fleet=getattr(record, prefix + "fleet"),
+            personal=getattr(record, prefix + "personal"),
+            points_cash=getattr(record, prefix + "points_cash"),
+            points_used=getattr(record, prefix + "points_used"),
+            channel_amount=getattr(record, prefix + "channel"),
+            points_earned=record.points_earned if record.state == TxnState.POSTED else 0,
+            **self.card_balances(record.card_id),
+        )
+
+    # ------------------------------------------------------------ channel
+
+    def capture(self, op: Op) -> Result:
+        """Phase 2 of a PAY or REFUND whose channel part succeeded."""
+        record = self.load_txn(op.ref_txn_id)
+        if record is None:
+            return self.result(op, R.ORIGINAL_NOT_FOUND)
+        code = self.channel_wait_decline(record)
+        if code != R.APPROVED:
+            return self.result(op, code, txn_id=record.txn_id)
+        if record.kind == OpKind.REFUND:
+            sale = self.load_txn(record.ref_txn_id)
+            self.post_return(record, sale, record.amount, Reason.REFUND)
+            self.save_txn(sale)
+        else:
+            self.change_held(record.card_id, -record.held_fleet, -record.held_personal, -record.held_points_used)
+            self.post_sale(record)
+        self.save_txn(record)
+        return self.finish_request(op, record, R.APPROVED)
+
+    def abort(self, op: Op) -> Result:
+        """Phase 2 of a PAY or REFUND whose channel part failed."""
+        record = self.load_txn(op.ref_txn_id)
+        if record is None:
+            return self.result(op, R.ORIGINAL_NOT_FOUND)
+        code = self.channel_wait_decline(record)
+        if code != R.APPROVED:
+            return self.result(op, code, txn_id=record.txn_id)
+        if record.kind == OpKind.REFUND:
+            sale = self.load_txn(record.ref_txn_id)
+            for field in LEG_FIELDS:
+                setattr(sale, "refunded_" + field, getattr(sale, "refunded_" + field) - getattr(record, "held_" + field))
+            self.save_txn(sale)
+        else:
+            self.release_hold(record)
+        record.state = TxnState.ABORTED
+        self.save_txn(record)
+        return self.finish_request(op, record, op.abort_code)
+
+    def channel_wait_decline(self, record: Txn) -> int:
+        """Why a CAPTURE or ABORT cannot settle `record`, or APPROVED. Either
+        way the transaction stops waiting for its channel."""
+        if record.kind not in (OpKind.PAY, OpKind.REFUND):
+            return R.WRONG_TRANSACTION_KIND
+        self.txn.delete(u64_key(record.txn_id), db=self.store.pending)
+        if record.flags & TxnFlag.REVERSED:
+            return R.ALREADY_REVERSED
+        if record.state != TxnState.HELD:
+            return R.HOLD_CLOSED
+        return R.APPROVED
+
+    def finish_request(self, op: Op, record: Txn, code: int) -> Result:
+        """Store the final answer of the request that waited for its channel."""
+        original_op = Op(kind=record.kind, station_id=record.station_id)
+        if record.kind == OpKind.REFUND:
+            result = self.refund_result(original_op, record, code)
+        else:
+            result = self.sale_result(original_op, record, code)
+        entry = self.load_idem(record.terminal_id, record.serial)
+        if entry is not None:
+            self.save_idem(record.terminal_id, record.serial, Idem(entry.fingerprint, result))
+        return result
+
+    def release_hold(self, record: Txn):
+        self.change_held(record.card_id, -record.held_fleet, -record.held_personal, -record.held_points_used)
+        self.return_spent(record.card_id, record.business_day, record.amount)
+
+    # ------------------------------------------------------------ pre-auth
+
+    def preauth(self, op: Op) -> Result:
+        card = self.load_card(op.card_id)
+        decline = self.card_decline(card, op.station_id)
+        if decline == R.APPROVED:
+            decline = self.limit_decline(card, op.amount)
+        if decline != R.APPROVED:
+            return self.result(op, decline, card_id=op.card_id)
+        fleet = min(op.amount, self.available(K.FLEET, op.card_id))
+        personal = op.amount - fleet
+        if personal > self.available(K.PERSONAL, op.card_id):
+            return self.result(op, R.INSUFFICIENT_FUNDS, card_id=op.card_id)
+        record = self.txn_draft(op, OpKind.PREAUTH, TxnState.HELD)
+        record.txn_id = self.new_txn_id()
+        record.held_fleet = fleet
+        record.held_personal = personal
+        record.expires_ms = self.now_ms + op.hold_timeout_s * 1000
+        self.add_spent(card, op.amount)
+        self.save_card(card)
+        self.change_held(op.card_id, fleet, personal, 0)
+        self.save_txn(record)
+        self.txn.put(hold_expiry_key(record.expires_ms, record.txn_id), b"", db=self.store.hold_expiry)
+        return self.sale_result(op, record, R.APPROVED)
+
+    def open_hold(self, op: Op):
+        """The pre-authorization `op` acts on, or why it cannot be touched."""
+        record = self.load_txn(op.ref_txn_id)
+        if record is None:
+            return None, R.ORIGINAL_NOT_FOUND
+        if record.kind != OpKind.PREAUTH:
+            return record, R.WRONG_TRANSACTION_KIND
+        if record.station_id != op.station_id:
+            return record, R.STATION_MISMATCH
+        if record.flags & TxnFlag.REVERSED:
+            return record, R.ALREADY_REVERSED
+        if record.state == TxnState.EXPIRED:
+            return record, R.HOLD_EXPIRED
+        if record.state != TxnState.HELD:
+            return record, R.HOLD_CLOSED
+        if self.now_ms >= record.expires_ms:
+            self.expire_hold(record)
+            return record, R.HOLD_EXPIRED
+        return record, R.APPROVED
+
+    def expire_hold(self, record: Txn):
+        self.release_hold(record)
+        record.state = TxnState.EXPIRED
+        self.save_txn(record)
+        self.txn.delete(hold_expiry_key(record.expires_ms, record.txn_id), db=self.store.hold_expiry)
+
+    def complete(self, op: Op) -> Result:
+        record, code = self.open_hold(op)
+        if code != R.APPROVED:
+            return self.result(op, code, txn_id=0 if record is None else record.txn_id)
+        if op.amount > record.held_fleet + record.held_personal:
+            return self.result(op, R.AMOUNT_EXCEEDS_HOLD, txn_id=record.txn_id)
+        self.change_held(record.card_id, -record.held_fleet, -record.held_personal, 0)
+        self.return_spent(record.card_id, record.business_day, record.amount - op.amount)
+        record.posted_fleet = min(op.amount, record.held_fleet)
+        record.posted_personal = op.amount - record.posted_fleet
+        record.points_earned = earned_points(op.amount, op.earn_points_per_unit)
+        self.post(record.txn_id, record.station_id, sale_postings(_posted_view(record), Reason.COMPLETE))
+        record.state = TxnState.POSTED
+        self.save_txn(record)
+        self.txn.delete(hold_expiry_key(record.expires_ms, record.txn_id), db=self.store.hold_expiry)
+        result = self.sale_result(op, record, R.APPROVED)
+        result.amount = op.amount
+        return result
+
+    def release(self, op: Op) -> Result:
+        record, code = self.open_hold(op)
+        if code != R.APPROVED:
+            return self.result(op, code, txn_id=0 if record is None else record.txn_id)
+        self.release_hold(record)
+        record.state = TxnState.RELEASED
+        self.save_txn(record)
+        self.txn.delete(hold_expiry_key(record.expires_ms, record.txn_id), db=self.store.hold_expiry)
+        return self.result(
+            op,
+            R.APPROVED,
+            txn_id=record.txn_id,
+            card_id=record.card_id,
+            amount=record.held_fleet + record.held_personal,
+            fleet=record.held_fleet,
+            personal=record.held_personal,
+            **self.card_balances(record.card_id),
+        )
+
+    def expire_holds(self, op: Op) -> Result:
+        """Expire up to EXPIRE_SWEEP_HOLDS_MAX holds whose time has come."""
+        expired = 0
+        cursor = self.txn.cursor(db=self.store.hold_expiry)
+        due = []
+        if cursor.first():
+            for key in cursor.iternext(keys=True, values=False):
+                expires_ms, txn_id = parse_hold_expiry_key(key)
+                if expires_ms > self.now_ms or len(due) == limits.EXPIRE_SWEEP_HOLDS_MAX:
+                    break
+                due.append(txn_id)
+        cursor.close()
+        for txn_id in due:
+            self.expire_hold(self.load_txn(txn_id))
+            expired += 1
+        return self.result(op, R.APPROVED, amount=expired)
+
+    # ------------------------------------------------------------ undo
+
+    def reverse(self, op: Op) -> Result:
+        """Undo the request with serial `ref_serial`, whether or not it came."""
+        original = self.load_idem(op.terminal_id, op.ref_serial)
+        if original is None:
+            self.save_idem(op.terminal_id, op.ref_serial, Idem(TOMBSTONE_FINGERPRINT, Result(code=R.ALREADY_REVERSED, business_day=self.day)))
+            return self.result(op, R.APPROVED)
+        answer = original.result
+        if original.fingerprint == TOMBSTONE_FINGERPRINT:
+            return self.result(op, R.APPROVED)
+        if answer.kind not in REVERSIBLE_KINDS:
+            return self.result(op, R.NOT_REVERSIBLE, txn_id=answer.txn_id)
+        if answer.code not in (R.APPROVED, R.PENDING):
+            return self.result(op, R.APPROVED)
+        record = self.load_txn(answer.txn_id)
+        if record.flags & (TxnFlag.REVERSED | TxnFlag.VOIDED) or record.state in (TxnState.RELEASED, TxnState.EXPIRED, TxnState.ABORTED):
+            return self.result(op, R.APPROVED, txn_id=record.txn_id)
+        if refunded_total(record) != 0:
+            return self.result(op, R.NOT_REVERSIBLE, txn_id=record.txn_id)
+        if record.kind == OpKind.TOPUP:
+            return self.reverse_topup(op, record)
+        if record.state == TxnState.HELD:
+            self.release_hold(record)
+            if record.kind == OpKind.PREAUTH:
+                record.state = TxnState.RELEASED
+                self.txn.delete(hold_expiry_key(record.expires_ms, record.txn_id), db=self.store.hold_expiry)
+            else:
+                # A payment waiting for its channel: the channel's answer will
+                # find it reversed (see capture) and the pending entry stays
+                # until then, so a restart still settles the channel side.
+                record.state = TxnState.ABORTED
+                self.save_idem(record.terminal_id, record.serial, Idem(original.fingerprint, self.sale_result(Op(kind=record.kind), record, R.ALREADY_REVERSED)))
+            record.flags |= TxnFlag.REVERSED
+            self.save_txn(record)
+            return self.undo_result(op, record)
+        return self.undo_posted(op, record, TxnFlag.REVERSED, Reason.REVERSAL)
+
+    def reverse_topup(self, op: Op, record: Txn) -> Result:
+        kind, amount = topup_leg(record)
+        if self.available(kind, record.card_id) < amount:
+            return self.result(op, R.INSUFFICIENT_FUNDS, txn_id=record.txn_id, card_id=record.card_id)
+        source = (K.POINTS_LIABILITY, 0) if kind == K.POINTS else (K.TOPUP_FUNDING, record.station_id)
+        postings = [(kind, record.card_id, *source, amount, Movement.TOPUP, Reason.REVERSAL)]
+        if not self.postings_fit(postings):
+            return self.result(op, R.BALANCE_LIMIT, txn_id=record.txn_id, card_id=record.card_id)
+        self.post(record.txn_id, record.station_id, postings)
+        record.flags |= TxnFlag.REVERSED
+        self.save_txn(record)
+        return self.result(op, R.APPROVED, txn_id=record.txn_id, card_id=record.card_id, amount=amount, **self.card_balances(record.card_id))
+
+    def void(self, op: Op) -> Result:
+        record, code = self.posted_sale(op)
+        if code == R.APPROVED and refunded_total(record) != 0:
+            code = R.ALREADY_REFUNDED
+        if code == R.APPROVED and record.business_day != self.day:
+            code = R.VOID_NOT_SAME_DAY
+        if code != R.APPROVED:
+            return self.result(op, code, txn_id=0 if record is None else record.txn_id)
+        return self.undo_posted(op, record, TxnFlag.VOIDED, Reason.VOID)
+
+    def posted_sale(self, op: Op):
+        """The posted sale a VOID or REFUND acts on, or why it cannot."""
+        record = self.load_txn(op.ref_txn_id)
+        if record is None:
+            return None, R.ORIGINAL_NOT_FOUND
+        if record.kind not in (OpKind.PAY, OpKind.PREAUTH):
+            return record, R.WRONG_TRANSACTION_KIND
+        if record.station_id != op.station_id:
+            return record, R.STATION_MISMATCH
+        if record.flags & TxnFlag.REVERSED:
+            return record, R.ALREADY_REVERSED
+        if record.flags & TxnFlag.VOIDED:
+            return record, R.ALREADY_VOIDED
+        if record.state != TxnState.POSTED:
+            return record, R.TRANSACTION_NOT_POSTED
+        return record, R.APPROVED
+
+    def undo_posted(self, op: Op, record: Txn, flag: int, reason: int) -> Result:
+        """Return everything a posted sale took, and its earned points."""
+        amount = posted_total(record)
+        undo = Txn(txn_id=record.txn_id, card_id=record.card_id, station_id=record.station_id, amount=amount)
+        for field in LEG_FIELDS:
+            setattr(undo, "held_" + field, getattr(record, "posted_" + field))
+        if not self.postings_fit(return_postings(undo, 0)):
+            return self.result(op, R.BALANCE_LIMIT, txn_id=record.txn_id)
+        self.post_return(undo, record, amount, reason)
+        self.return_spent(record.card_id, record.business_day, amount)
+        record.flags |= flag
+        self.save_txn(record)
+        return self.undo_result(op, undo)
+
+    def undo_result(self, op: Op, record: Txn) -> Result:
+        return self.result(
+            op,
+            R.APPROVED,
+            txn_id=record.txn_id,
+            card_id=record.card_id,
+            amount=leg_total(record, "held_"),
+            fleet=record.held_fleet,
+            personal=record.held_personal,
+            points_cash=record.held_points_cash,
+            points_used=record.held_points_used,
+            channel_amount=record.held_channel,
+            points_clawed_back=record.points_clawed_back,
+            **self.card_balances(record.card_id),
+        )
+
+    # ------------------------------------------------------------ refund
+
+    def refund(self, op: Op) -> Result:
+        sale, code = self.posted_sale(op)
+        if code == R.APPROVED and refunded_total(sale) + op.amount > posted_total(sale):
+            code = R.REFUND_EXCEEDS_PAID
+        if code != R.APPROVED:
+            return self.result(op, code, txn_id=0 if sale is None else sale.txn_id)
+        record = self.txn_draft(op, OpKind.REFUND, TxnState.HELD)
+        record.card_id = sale.card_id
+        record.channel = sale.channel
+        rest = op.amount
+        for field in ("fleet", "personal", "points_cash", "channel"):
+            part = min(rest, getattr(sale, "posted_" + field) - getattr(sale, "refunded_" + field))
+            setattr(record, "held_" + field, part)
+            rest -= part
+        if sale.posted_points_cash:
+            cash_after = sale.refunded_points_cash + record.held_points_cash
+            record.held_points_used = sale.posted_points_used * cash_after // sale.posted_points_cash - sale.refunded_points_used
+        if not self.postings_fit(return_postings(record, 0)):
+            return self.result(op, R.BALANCE_LIMIT, txn_id=sale.txn_id)
+        record.txn_id = self.new_txn_id()
+        for field in LEG_FIELDS:
+            setattr(sale, "refunded_" + field, getattr(sale, "refunded_" + field) + getattr(record, "held_" + field))
+        if record.held_channel == 0:
+            self.post_return(record, sale, op.amount, Reason.REFUND)
+            code = R.APPROVED
+        else:
+            self.txn.put(u64_key(record.txn_id), b"", db=self.store.pending)
+            code = R.PENDING
+        self.save_txn(sale)
+        self.save_txn(record)
+        return self.refund_result(op, record, code)
+
+    def refund_result(self, op: Op, record: Txn, code: int) -> Result:
+        return self.result(
+            op,
+            code,
+            final=0 if code == R.PENDING else 1,
+            txn_id=record.txn_id,
+            card_id=record.card_id,
+            amount=record.amount,
+            fleet=record.held_fleet,
+            personal=record.held_personal,
+            points_cash=record.held_points_cash,
+            points_used=record.held_points_used,
+            channel_amount=record.held_channel,
+            points_clawed_back=record.points_clawed_back,
+            **self.card_balances(record.card_id),
+        )
+
+    def post_return(self, record: Txn, sale: Txn, amount: int, reason: int):
+        """Post the return of `record`'s legs (a refund, or an undo of all of
+        `sale`) and take back the share of earned points that `amount` of
+        refunds entitles, as far as the points account allows."""
+        refunds_after = sale.refunds_posted + amount
+        total = posted_total(sale)
+        claw_target_total = sale.points_earned * refunds_after // total if total else 0
+        claw_target = claw_target_total - sale.points_clawed_back - sale.points_shortfall
+        points_free = self.available(K.POINTS, sale.card_id) + record.held_points_used if sale.card_id else 0
+        claw = min(claw_target, points_free)
+        record.points_clawed_back = claw
+        record.points_shortfall = claw_target - claw
+        sale.points_clawed_back += claw
+        sale.points_shortfall += claw_target - claw
+        sale.refunds_posted = refunds_after
+        for field in LEG_FIELDS:
+            setattr(record, "posted_" + field, getattr(record, "held_" + field))
+        record.state = TxnState.POSTED
+        self.post(record.txn_id, sale.station_id, return_postings(record, claw, reason))
+
+    # ------------------------------------------------------------ general
+
+    def open_account(self, op: Op) -> Result:
+        if self.load_account(op.account_kind, op.account_owner) is not None:
+            return self.result(op, R.ACCOUNT_EXISTS)
+        self.save_account(Account(kind=op.account_kind, unit=unit_of(op.account_kind), owner=op.account_owner))
+        return self.result(op, R.APPROVED)
+
+    def transfer(self, op: Op) -> Result:
+        for kind, owner in ((op.account_kind, op.account_owner), (op.credit_kind, op.credit_owner)):
+            if not may_go_negative(kind) and self.load_account(kind, owner) is None:
+                return self.result(op, R.ACCOUNT_NOT_FOUND)
+        if not may_go_negative(op.account_kind) and self.available(op.account_kind, op.account_owner) < op.amount:
+            return self.result(op, R.INSUFFICIENT_FUNDS)
+        postings = [(op.account_kind, op.account_owner, op.credit_kind, op.credit_owner, op.amount, Movement.TRANSFER, Reason.TRANSFER)]
+        if not self.postings_fit(postings):
+            return self.result(op, R.BALANCE_LIMIT)
+        txn_id = self.new_txn_id()
+        self.post(txn_id, op.station_id, postings)
+        return self.result(op, R.APPROVED, txn_id=txn_id, amount=op.amount)
+
+
+LEG_FIELDS = ("fleet", "personal", "points_cash", "points_used", "channel")
+
+
+def _posted_view(record: Txn) -> Txn:
+    """A copy whose held_* legs are `record`'s posted_* legs."""
+    view = Txn(card_id=record.card_id, station_id=record.station_id, channel=record.channel, points_earned=record.points_earned)
+    for field in LEG_FIELDS:
+        setattr(view, "held_" + field, getattr(record, "posted_" + field))
+    return view
+
+
+def leg_total(record: Txn, prefix: str) -> int:
+    """Money of the legs (points_used is points, not money: not counted)."""
+    return sum(getattr(record, prefix + field) for field in ("fleet", "personal", "points_cash", "channel"))
+
+
+def posted_total(record: Txn) -> int:
+    return leg_total(record, "posted_")
+
+
+def refunded_total(record: Txn) -> int:
+    return leg_total(record, "refunded_")
+
+
+def topup_leg(record: Txn) -> tuple[int, int]:
+    if record.posted_fleet:
+        return K.FLEET, record.posted_fleet
+    if record.posted_personal:
+        return K.PERSONAL, record.posted_personal
+    return K.POINTS, record.posted_points_used
+
+
+def sale_postings(record: Txn, reason: int = Reason.SALE):
+    """The transfers of a sale's held legs, in payment order, then earning."""
+    card, station = record.card_id, record.station_id
+    return [
+        (K.FLEET, card, K.STATION_RECEIVABLE, station, record.held_fleet, Movement.FLEET, reason),
+        (K.PERSONAL, card, K.STATION_RECEIVABLE, station, record.held_personal, Movement.PERSONAL, reason),
+        (K.POINTS, card, K.POINTS_LIABILITY, 0, record.held_points_used, Movement.POINTS, reason),
+        (K.POINTS_FUNDING, 0, K.STATION_RECEIVABLE, station, record.held_points_cash, Movement.POINTS_CASH, reason),
+        (K.CHANNEL_CLEARING, record.channel, K.STATION_RECEIVABLE, station, record.held_channel, Movement.CHANNEL, reason),
+        (K.POINTS_LIABILITY, 0, K.POINTS, card, record.points_earned, Movement.EARN, reason),
+    ]
+
+
+def return_postings(record: Txn, points_clawed_back: int, reason: int = Reason.REFUND):
+    """The transfers that give `record`'s held legs back, then take back
+    `points_clawed_back` earned points."""
+    card, station = record.card_id, record.station_id
+    return [
+        (K.STATION_RECEIVABLE, station, K.FLEET, card, record.held_fleet, Movement.FLEET, reason),
+        (K.STATION_RECEIVABLE, station, K.PERSONAL, card, record.held_personal, Movement.PERSONAL, reason),
+        (K.POINTS_LIABILITY, 0, K.POINTS, card, record.held_points_used, Movement.POINTS, reason),
+        (K.STATION_RECEIVABLE, station, K.POINTS_FUNDING, 0, record.held_points_cash, Movement.POINTS_CASH, reason),
+        (K.STATION_RECEIVABLE, station, K.CHANNEL_CLEARING, record.channel, record.held_channel, Movement.CHANNEL, reason),
+        (K.POINTS, card, K.POINTS_LIABILITY, 0, points_clawed_back, Movement.EARN, reason),
+    ]
+
+
+HANDLERS = {
+    OpKind.OPEN_CARD: _Batch.open_card,
+    OpKind.SET_CARD_STATUS: _Batch.set_card_status,
+    OpKind.SET_CARD_LIMITS: _Batch.set_card_limits,
+    OpKind.ALLOW_STATION: _Batch.allow_station,
+    OpKind.TOPUP: _Batch.topup,
+    OpKind.PAY: _Batch.pay,
+    OpKind.CAPTURE: _Batch.capture,
+    OpKind.ABORT: _Batch.abort,
+    OpKind.PREAUTH: _Batch.preauth,
+    OpKind.COMPLETE: _Batch.complete,
+    OpKind.RELEASE: _Batch.release,
+    OpKind.REVERSE: _Batch.reverse,
+    OpKind.VOID: _Batch.void,
+    OpKind.REFUND: _Batch.refund,
+    OpKind.EXPIRE_HOLDS: _Batch.expire_holds,
+    OpKind.OPEN_ACCOUNT: _Batch.open_account,
+    OpKind.TRANSFER: _Batch.transfer,
+}

@@ -1,0 +1,216 @@
+"""The one table of result codes, and the small enums stored in records.
+
+Owns: ResultCode (every answer the core gives), OpKind, CardStatus, CardType,
+AccountKind, TxnState, TxnFlag, Channel, Movement, Reason.
+Used by: records, kernel, reference, server (which maps ResultCode one to one
+onto tally.v1.ResultCode; a test keeps the two identical).
+
+A decline is not an error: it is an answer with one of these codes.
+"""
+
+import enum
+
+
+class ResultCode(enum.IntEnum):
+    """Outcome of one operation. Ordered: the first failing check wins."""
+
+    UNSPECIFIED = 0
+    APPROVED = 1
+    # The operation is waiting for an external channel; never a final answer.
+    PENDING = 2
+    INSUFFICIENT_FUNDS = 3
+    LIMIT_PER_TRANSACTION_EXCEEDED = 4
+    LIMIT_PER_DAY_EXCEEDED = 5
+    CARD_NOT_FOUND = 6
+    CARD_LOST = 7
+    CARD_FROZEN = 8
+    CARD_CANCELLED = 9
+    CARD_NOT_ALLOWED_HERE = 10
+    CARD_EXISTS = 11
+    HOLD_EXPIRED = 12
+    HOLD_CLOSED = 13
+    AMOUNT_EXCEEDS_HOLD = 14
+    ORIGINAL_NOT_FOUND = 15
+    ALREADY_REVERSED = 16
+    ALREADY_VOIDED = 17
+    ALREADY_REFUNDED = 18
+    VOID_NOT_SAME_DAY = 19
+    REFUND_EXCEEDS_PAID = 20
+    NOT_REVERSIBLE = 21
+    WRONG_TRANSACTION_KIND = 22
+    STATION_MISMATCH = 23
+    DUPLICATE_MISMATCH = 24
+    CHANNEL_DECLINED = 25
+    CHANNEL_UNAVAILABLE = 26
+    BALANCE_LIMIT = 27
+    ACCOUNT_NOT_FOUND = 28
+    ACCOUNT_EXISTS = 29
+    TRANSACTION_NOT_POSTED = 30
+    # The operation's fields break a limit of core.limits; the server refuses
+    # such requests before they reach the kernel, so this marks a bug there.
+    INVALID_OPERATION = 31
+
+
+class OpKind(enum.IntEnum):
+    """What one kernel operation does. Stored in transactions and results."""
+
+    NONE = 0
+    OPEN_CARD = 1
+    SET_CARD_STATUS = 2
+    SET_CARD_LIMITS = 3
+    ALLOW_STATION = 4
+    TOPUP = 5
+    PAY = 6
+    CAPTURE = 7
+    ABORT = 8
+    PREAUTH = 9
+    COMPLETE = 10
+    RELEASE = 11
+    REVERSE = 12
+    VOID = 13
+    REFUND = 14
+    EXPIRE_HOLDS = 15
+    OPEN_ACCOUNT = 16
+    TRANSFER = 17
+
+
+class CardStatus(enum.IntEnum):
+    ACTIVE = 1
+    LOST = 2
+    FROZEN = 3
+    CANCELLED = 4
+
+
+class CardType(enum.IntEnum):
+    COMPANY = 1
+    PERSONAL = 2
+
+
+class CardFlag(enum.IntFlag):
+    # Only stations in the card's allow list accept it.
+    RESTRICTED_STATIONS = 1
+
+
+class AccountKind(enum.IntEnum):
+    """The first byte of an account key. Below 16: a card's own accounts."""
+
+    FLEET = 1
+    PERSONAL = 2
+    POINTS = 3
+    # System accounts: the other side of every movement. They may go negative.
+    STATION_RECEIVABLE = 16
+    CHANNEL_CLEARING = 17
+    POINTS_LIABILITY = 18
+    POINTS_FUNDING = 19
+    TOPUP_FUNDING = 20
+    # Plain accounts opened with OPEN_ACCOUNT (benchmarks, adjustments).
+    GENERAL = 32
+
+
+CARD_ACCOUNT_KINDS = (AccountKind.FLEET, AccountKind.PERSONAL, AccountKind.POINTS)
+SYSTEM_ACCOUNT_KIND_MIN = 16
+
+
+class Unit(enum.IntEnum):
+    MONEY = 1
+    POINTS = 2
+
+
+def unit_of(kind: int) -> int:
+    """Points accounts count points; every other account counts minor units."""
+    if kind == AccountKind.POINTS or kind == AccountKind.POINTS_LIABILITY:
+        return Unit.POINTS
+    return Unit.MONEY
+
+
+class TxnState(enum.IntEnum):
+    # Funds are held: a pre-authorization, or a payment or refund waiting for
+    # its external channel.
+    HELD = 1
+    POSTED = 2
+    RELEASED = 3
+    EXPIRED = 4
+    # The channel declined or timed out; the hold was released.
+    ABORTED = 5
+
+
+class TxnFlag(enum.IntFlag):
+    VOIDED = 1
+    REVERSED = 2
+
+
+class Channel(enum.IntEnum):
+    NONE = 0
+    BANK_CARD = 1
+    WECHAT_PAY = 2
+    ALIPAY = 3
+
+
+class PlanFlag(enum.IntFlag):
+    """Which internal sources a payment plan allows, taken in this order."""
+
+    USE_FLEET = 1
+    USE_PERSONAL = 2
+    USE_POINTS = 4
+
+
+class Movement(enum.IntEnum):
+    """What a journal entry moves (the source of the money)."""
+
+    FLEET = 1
+    PERSONAL = 2
+    POINTS = 3
+    POINTS_CASH = 4
+    CHANNEL = 5
+    EARN = 6
+    TOPUP = 7
+    TRANSFER = 8
+
+
+class Reason(enum.IntEnum):
+    """Why a journal entry was written."""
+
+    SALE = 1
+    COMPLETE = 2
+    TOPUP = 3
+    REVERSAL = 4
+    VOID = 5
+    REFUND = 6
+    TRANSFER = 7
+
+
+# What each code means, in words for a terminal's display. One table.
+RESULT_TEXT = {
+    ResultCode.UNSPECIFIED: "unspecified",
+    ResultCode.APPROVED: "approved",
+    ResultCode.PENDING: "waiting for the payment channel",
+    ResultCode.INSUFFICIENT_FUNDS: "insufficient funds: the card does not cover the amount and no channel pays the rest",
+    ResultCode.LIMIT_PER_TRANSACTION_EXCEEDED: "declined by the card's per-transaction limit",
+    ResultCode.LIMIT_PER_DAY_EXCEEDED: "declined by the card's per-day limit",
+    ResultCode.CARD_NOT_FOUND: "no such card",
+    ResultCode.CARD_LOST: "card reported lost",
+    ResultCode.CARD_FROZEN: "card frozen",
+    ResultCode.CARD_CANCELLED: "card cancelled",
+    ResultCode.CARD_NOT_ALLOWED_HERE: "card not allowed at this station",
+    ResultCode.CARD_EXISTS: "a card with this id exists",
+    ResultCode.HOLD_EXPIRED: "the pre-authorization expired",
+    ResultCode.HOLD_CLOSED: "the pre-authorization was already completed or released",
+    ResultCode.AMOUNT_EXCEEDS_HOLD: "the final amount is above the amount held",
+    ResultCode.ORIGINAL_NOT_FOUND: "no such original transaction",
+    ResultCode.ALREADY_REVERSED: "the original was reversed",
+    ResultCode.ALREADY_VOIDED: "the sale was voided",
+    ResultCode.ALREADY_REFUNDED: "the sale has refunds: refund the rest instead of voiding",
+    ResultCode.VOID_NOT_SAME_DAY: "a sale of an earlier business day cannot be voided: refund it",
+    ResultCode.REFUND_EXCEEDS_PAID: "refunds would exceed what was paid",
+    ResultCode.NOT_REVERSIBLE: "the original cannot be reversed",
+    ResultCode.WRONG_TRANSACTION_KIND: "the transaction is of the wrong kind for this request",
+    ResultCode.STATION_MISMATCH: "the original transaction belongs to another station",
+    ResultCode.DUPLICATE_MISMATCH: "the serial was used before for a different request",
+    ResultCode.CHANNEL_DECLINED: "the payment channel declined",
+    ResultCode.CHANNEL_UNAVAILABLE: "the payment channel did not answer in time; nothing was taken",
+    ResultCode.BALANCE_LIMIT: "a balance would leave the range the ledger allows",
+    ResultCode.ACCOUNT_NOT_FOUND: "no such account",
+    ResultCode.ACCOUNT_EXISTS: "the account exists",
+    ResultCode.TRANSACTION_NOT_POSTED: "the transaction is not posted",
+    ResultCode.INVALID_OPERATION: "the core refused an operation outside its limits",
+}

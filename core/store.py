@@ -1,0 +1,83 @@
+"""The LMDB environment: the one place that opens the store.
+
+Owns: the data directory, the environment's settings (durable commits), the
+named databases and what their keys and values are.
+Used by: ledger.py (the writer), audit.py, the server's read paths, tests.
+
+Named databases (keys big-endian, values in core.records layouts):
+  accounts        (kind u8, owner u64)       -> Account
+  cards           card_id u64                -> Card
+  card_stations   (card_id u64, station u32) -> b""   allow list of a card
+  txns            txn_id u64                 -> Txn
+  idem            (terminal u32, serial u64) -> Idem
+  journal         seq u64                    -> JournalEntry
+  hold_expiry     (expires_ms u64, txn u64)  -> b""   open pre-authorizations
+  pending         txn_id u64                 -> b""   waiting for a channel
+  meta            name                       -> u64   counters
+"""
+
+import os
+
+import lmdb
+
+DATABASE_NAMES = (
+    "accounts",
+    "cards",
+    "card_stations",
+    "txns",
+    "idem",
+    "journal",
+    "hold_expiry",
+    "pending",
+    "meta",
+)
+
+# The map is a reservation of address space, not of disk: LMDB files grow as
+# data is written. 64 GiB holds well over 10 million transactions.
+MAP_SIZE_BYTES_DEFAULT = 64 * 2**30
+# Readers: gRPC read paths, the audit and batch exports at once.
+READERS_MAX = 512
+
+
+class Store:
+    """An open data directory: the environment plus its named databases."""
+
+    def __init__(self, env: lmdb.Environment, path: str, readonly: bool):
+        self.env = env
+        self.path = path
+        self.dbs = {name: env.open_db(name.encode(), create=not readonly) for name in DATABASE_NAMES}
+
+    def __getattr__(self, name):
+        # store.accounts, store.journal, ... : the named database handles.
+        try:
+            return self.__dict__["dbs"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def close(self):
+        self.env.close()
+
+
+def open_store(path: str, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT, readonly: bool = False) -> Store:
+    """Open (creating if needed) the data directory at `path`.
+
+    sync and metasync are on: a commit returns only when its data and the
+    meta page are on disk (fdatasync), which is what lets the server answer
+    a request only after its commit is durable.
+    """
+    if not readonly:
+        os.makedirs(path, exist_ok=True)
+    env = lmdb.open(
+        path,
+        map_size=map_size_bytes,
+        max_dbs=len(DATABASE_NAMES),
+        max_readers=READERS_MAX,
+        sync=True,
+        metasync=True,
+        readonly=readonly,
+        readahead=False,
+        # Several server processes may open the same files (issue 7); LMDB
+        # serialises their writers with its own lock.
+        lock=True,
+    )
+    return Store(env, path, readonly)

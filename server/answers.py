@@ -1,0 +1,151 @@
+"""From kernel results and stored records to gRPC answers and receipts.
+
+Owns: PaymentAnswer, Transaction and Card messages, and the receipt text.
+Used by: server/payments.py and server/cards.py.
+"""
+
+from core.records import Account, Card, Result, Txn
+from core.results import RESULT_TEXT, CardFlag, OpKind, ResultCode, TxnFlag
+from tally.v1 import card_pb2, common_pb2, payment_pb2
+
+RECEIPT_TITLES = {
+    OpKind.PAY: "SALE",
+    OpKind.PREAUTH: "PRE-AUTHORIZATION",
+    OpKind.COMPLETE: "COMPLETION",
+    OpKind.RELEASE: "RELEASE",
+    OpKind.REVERSE: "REVERSAL",
+    OpKind.VOID: "VOID",
+    OpKind.REFUND: "REFUND",
+    OpKind.TOPUP: "TOP-UP",
+}
+
+
+def money(amount_minor: int) -> str:
+    """Minor units as a decimal string, without floats: 12345 -> '123.45'."""
+    sign = "-" if amount_minor < 0 else ""
+    units, cents = divmod(abs(amount_minor), 100)
+    return f"{sign}{units}.{cents:02d}"
+
+
+def quantity(quantity_milli: int) -> str:
+    """Thousandths as a decimal string, without floats: 40125 -> '40.125'."""
+    units, milli = divmod(quantity_milli, 1000)
+    return f"{units}.{milli:03d}".rstrip("0").rstrip(".")
+
+
+def result_text(code: int) -> str:
+    return RESULT_TEXT.get(code, f"result {code}")
+
+
+def sources(result: Result, channel: int) -> payment_pb2.Sources:
+    return payment_pb2.Sources(
+        fleet_minor=result.fleet,
+        personal_minor=result.personal,
+        points_cash_minor=result.points_cash,
+        points_used=result.points_used,
+        channel_minor=result.channel_amount,
+        channel=channel if result.channel_amount else 0,
+    )
+
+
+def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0) -> payment_pb2.PaymentAnswer:
+    return payment_pb2.PaymentAnswer(
+        result=result.code,
+        result_text=result_text(result.code),
+        txn_id=result.txn_id,
+        amount_minor=result.amount,
+        sources=sources(result, channel),
+        points_earned=result.points_earned,
+        points_clawed_back=result.points_clawed_back,
+        balances=common_pb2.Balances(
+            fleet_minor=result.fleet_balance,
+            personal_minor=result.personal_balance,
+            points=result.points_balance,
+        ),
+        receipt=receipt(result, terminal, basket, channel) if terminal is not None else "",
+        business_day=result.business_day,
+    )
+
+
+def receipt(result: Result, terminal, basket, channel: int) -> str:
+    title = RECEIPT_TITLES.get(result.kind, "TRANSACTION")
+    lines = [
+        f"TALLY {title}",
+        f"station {terminal.station_id}  terminal {terminal.terminal_id}  operator {terminal.operator_id}",
+        f"serial {terminal.serial}  txn {result.txn_id}  day {result.business_day}",
+    ]
+    for line in basket:
+        lines.append(f"{line.name or line.goods_code}  {quantity(line.quantity_milli)} x {money(line.unit_price_minor)}  {money(line.amount_minor)}")
+    lines.append(f"AMOUNT {money(result.amount)}")
+    if result.code == ResultCode.APPROVED:
+        for label, value in (
+            ("fleet account", result.fleet),
+            ("personal account", result.personal),
+            (f"points ({result.points_used})", result.points_cash),
+            ("channel", result.channel_amount),
+        ):
+            if value:
+                lines.append(f"  {label}  {money(value)}")
+        if result.points_earned:
+            lines.append(f"points earned {result.points_earned}")
+        if result.points_clawed_back:
+            lines.append(f"points taken back {result.points_clawed_back}")
+        if result.card_id:
+            lines.append(
+                f"balance fleet {money(result.fleet_balance)}  personal {money(result.personal_balance)}  points {result.points_balance}"
+            )
+    lines.append(f"{ResultCode(result.code).name}: {result_text(result.code)}")
+    return "\n".join(lines)
+
+
+def leg_sources(record: Txn, prefix: str) -> payment_pb2.Sources:
+    return payment_pb2.Sources(
+        fleet_minor=getattr(record, prefix + "fleet"),
+        personal_minor=getattr(record, prefix + "personal"),
+        points_cash_minor=getattr(record, prefix + "points_cash"),
+        points_used=getattr(record, prefix + "points_used"),
+        channel_minor=getattr(record, prefix + "channel"),
+        channel=record.channel,
+    )
+
+
+def transaction(record: Txn) -> payment_pb2.Transaction:
+    return payment_pb2.Transaction(
+        txn_id=record.txn_id,
+        kind=record.kind,
+        state=record.state,
+        voided=bool(record.flags & TxnFlag.VOIDED),
+        reversed=bool(record.flags & TxnFlag.REVERSED),
+        card_id=record.card_id,
+        station_id=record.station_id,
+        terminal_id=record.terminal_id,
+        serial=record.serial,
+        operator_id=record.operator_id,
+        business_day=record.business_day,
+        created_ms=record.created_ms,
+        expires_ms=record.expires_ms,
+        amount_minor=record.amount,
+        held=leg_sources(record, "held_"),
+        posted=leg_sources(record, "posted_"),
+        refunded=leg_sources(record, "refunded_"),
+        points_earned=record.points_earned,
+        points_clawed_back=record.points_clawed_back,
+        points_shortfall=record.points_shortfall,
+        original_txn_id=record.ref_txn_id if record.kind == OpKind.REFUND else 0,
+    )
+
+
+def card_message(card: Card, accounts: tuple[Account, Account, Account]) -> card_pb2.Card:
+    fleet, personal, points = accounts
+    return card_pb2.Card(
+        card_id=card.card_id,
+        card_type=card.card_type,
+        status=card.status,
+        limit_per_transaction_minor=card.limit_per_txn,
+        limit_per_day_minor=card.limit_per_day,
+        spent_today_minor=card.day_spent,
+        spent_day=card.day,
+        restricted_to_stations=bool(card.flags & CardFlag.RESTRICTED_STATIONS),
+        balances=common_pb2.Balances(fleet_minor=fleet.balance, personal_minor=personal.balance, points=points.balance),
+        held=common_pb2.Balances(fleet_minor=fleet.held, personal_minor=personal.held, points=points.held),
+    )

@@ -1,0 +1,56 @@
+"""CardService: opening cards, top-ups, status, limits, station allow lists.
+
+Owns: the RPC handlers of tally.v1.CardService.
+"""
+
+from core.commit import GroupCommitter
+from core.ledger import Ledger
+from core.results import CARD_ACCOUNT_KINDS, ResultCode
+from server import answers, requests
+from server.errors import rpc
+from tally.v1 import card_pb2, card_pb2_grpc
+
+
+class CardService(card_pb2_grpc.CardServiceServicer):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter):
+        self.ledger = ledger
+        self.committer = committer
+
+    def _card_answer(self, code: int, card_id: int) -> card_pb2.CardAnswer:
+        answer = card_pb2.CardAnswer(result=code, result_text=answers.result_text(code))
+        card = self.ledger.card(card_id)
+        if card is not None:
+            accounts = tuple(self.ledger.account(kind, card_id) for kind in CARD_ACCOUNT_KINDS)
+            answer.card.CopyFrom(answers.card_message(card, accounts))
+        return answer
+
+    async def _change(self, op) -> card_pb2.CardAnswer:
+        result = await self.committer.submit(op)
+        return self._card_answer(result.code, op.card_id)
+
+    @rpc
+    async def OpenCard(self, request, context):
+        return await self._change(requests.open_card_op(request))
+
+    @rpc
+    async def TopUp(self, request, context):
+        result = await self.committer.submit(requests.topup_op(request))
+        return answers.payment_answer(result, request.terminal)
+
+    @rpc
+    async def SetCardStatus(self, request, context):
+        return await self._change(requests.set_card_status_op(request))
+
+    @rpc
+    async def SetCardLimits(self, request, context):
+        return await self._change(requests.set_card_limits_op(request))
+
+    @rpc
+    async def AllowStation(self, request, context):
+        return await self._change(requests.allow_station_op(request))
+
+    @rpc
+    async def GetCard(self, request, context):
+        requests.require_range(request.card_id, "card_id", 1, 2**64 - 1)
+        found = self.ledger.card(request.card_id) is not None
+        return self._card_answer(ResultCode.APPROVED if found else ResultCode.CARD_NOT_FOUND, request.card_id)

@@ -1,0 +1,43 @@
+"""Settings of one server process, from the command line.
+
+Owns: the business parameters a request needs that the terminal does not
+send (points rates, hold timeout, time zone) and the operating ones.
+Used by: server/app.py (builds it from flags), the servicers.
+"""
+
+import msgspec
+
+from core import limits
+from core.channels import SimulatorSettings
+
+
+class ServerSettings(msgspec.Struct, frozen=True):
+    data_dir: str
+    listen: str = "127.0.0.1:50051"
+    kernel: str = "auto"
+    map_size_bytes: int = 64 * 2**30
+    # Business day boundary: minutes east of UTC (480 for China, UTC+8).
+    utc_offset_minutes: int = 0
+    # Points as cash: points that make one currency unit.
+    points_per_unit: int = limits.POINTS_PER_UNIT_DEFAULT
+    # Points earned per currency unit paid (not counting points).
+    earn_points_per_unit: int = limits.EARN_POINTS_PER_UNIT_DEFAULT
+    hold_timeout_s_default: int = limits.HOLD_TIMEOUT_S_DEFAULT
+    # Longest wait for an external channel before the payment is abandoned
+    # (and the channel side reversed).
+    channel_timeout_ms: int = 5000
+    # How often expired pre-authorizations are swept.
+    hold_sweep_interval_s: float = 5.0
+    # Seconds a stopping server gives calls in flight to finish.
+    shutdown_grace_s: float = 10.0
+    simulator: SimulatorSettings = SimulatorSettings()
+
+    def __post_init__(self):
+        if not 0 < self.points_per_unit <= limits.POINTS_PER_UNIT_MAX:
+            raise ValueError(f"points_per_unit must be within 1 .. {limits.POINTS_PER_UNIT_MAX}")
+        if not 0 <= self.earn_points_per_unit <= limits.EARN_POINTS_PER_UNIT_MAX:
+            raise ValueError(f"earn_points_per_unit must be within 0 .. {limits.EARN_POINTS_PER_UNIT_MAX}")
+        if not 0 < self.hold_timeout_s_default <= limits.HOLD_TIMEOUT_S_MAX:
+            raise ValueError(f"hold_timeout_s_default must be within 1 .. {limits.HOLD_TIMEOUT_S_MAX}")
+        if not -14 * 60 <= self.utc_offset_minutes <= 14 * 60:
+            raise ValueError("utc_offset_minutes must be within -840 .. 840")
