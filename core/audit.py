@@ -156,7 +156,9 @@ def _check_txn(record: Txn, journal: _JournalTotals, expected_held: collections.
     return_money = int(journal.return_money[txn_id])
     posted = _money(record, "posted_")
     name = f"txn {txn_id}"
-    if record.state == TxnState.HELD:
+    if record.state == TxnState.HELD and record.kind in (OpKind.PAY, OpKind.PREAUTH):
+        # A refund waiting for its channel reserves money on its sale; it
+        # holds nothing on the card's accounts.
         expected_held[(AccountKind.FLEET, record.card_id)] += record.held_fleet
         expected_held[(AccountKind.PERSONAL, record.card_id)] += record.held_personal
         expected_held[(AccountKind.POINTS, record.card_id)] += record.held_points_used
@@ -173,8 +175,9 @@ def _check_txn(record: Txn, journal: _JournalTotals, expected_held: collections.
             report.problem(f"{name}: returned {return_money} by void/reversal, expected {expected_return}")
         if _money(record, "refunded_") > posted:
             report.problem(f"{name}: refunded {_money(record, 'refunded_')} exceeds posted {posted}")
-        if record.refunds_posted > _money(record, "refunded_"):
-            report.problem(f"{name}: refunds posted {record.refunds_posted} exceed refunds reserved")
+        returned_max = posted if undone else _money(record, "refunded_")
+        if record.refunds_posted > returned_max or (undone and record.state == TxnState.POSTED and record.refunds_posted != posted):
+            report.problem(f"{name}: returned {record.refunds_posted} by posted refunds or undo, expected at most {returned_max}")
     elif record.kind == OpKind.REFUND:
         expected = posted if record.state == TxnState.POSTED else 0
         if return_money != expected:

@@ -572,6 +572,8 @@ cdef class _Batch:
         cdef uint64_t owner
         cdef int64_t delta
         for i in range(count):
+            if postings[i].amount == 0:
+                continue
             for side in range(2):
                 if side == 0:
                     kind = postings[i].debit_kind

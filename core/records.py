@@ -145,7 +145,8 @@ class Txn(msgspec.Struct):
     held_*: what was authorized (held, or taken at once);
     posted_*: what was finally posted; refunded_*: cumulative refunds
     (including a refund still waiting for its channel); refunds_posted: the
-    sum of refunds actually posted. points_clawed_back + points_shortfall is
+    money given back by posted refunds, or by a void or reversal (then all
+    that was posted). points_clawed_back + points_shortfall is
     what refunds and undos have taken back of points_earned so far.
     For a REFUND transaction, held_* are its legs and ref_txn_id the sale.
     """

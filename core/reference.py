@@ -273,6 +273,8 @@ class _Batch:
         """
         running = {}
         for debit_kind, debit_owner, credit_kind, credit_owner, amount, _, _ in postings:
+            if amount == 0:
+                continue
             for kind, owner, delta in ((debit_kind, debit_owner, -amount), (credit_kind, credit_owner, amount)):
                 key = (kind, owner)
                 if key not in running:
@@ -797,7 +799,7 @@ class _Batch:
     def undo_posted(self, op: Op, record: Txn, flag: int, reason: int) -> Result:
         """Return everything a posted sale took, and its earned points."""
         amount = posted_total(record)
-        undo = Txn(txn_id=record.txn_id, card_id=record.card_id, station_id=record.station_id, amount=amount)
+        undo = Txn(txn_id=record.txn_id, card_id=record.card_id, station_id=record.station_id, channel=record.channel, amount=amount)
         for field in LEG_FIELDS:
             setattr(undo, "held_" + field, getattr(record, "posted_" + field))
         if not self.postings_fit(return_postings(undo, 0)):

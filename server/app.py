@@ -87,7 +87,9 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     sweeper = asyncio.create_task(sweep_expired_holds(committer, settings.hold_sweep_interval_s))
-    log.info("serving on %s (kernel: %s, data: %s)", settings.listen, kernel.name, settings.data_dir)
+    host = settings.listen.rsplit(":", 1)[0]
+    # Tests and benchmarks read the bound port from this line (--listen HOST:0).
+    log.info("serving on %s:%d (kernel: %s, data: %s)", host, port, kernel.name, settings.data_dir)
     if ready is not None:
         ready(port)
 

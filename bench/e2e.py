@@ -1,0 +1,704 @@
+"""`python -m bench e2e`: Pay over gRPC at N concurrent terminals, against a baseline.
+
+Owns: the end-to-end benchmark. It starts the real server (`python -m server`)
+in a subprocess on a free 127.0.0.1 port, opens and funds one card per client,
+drives PaymentService.Pay closed-loop from several client processes (grpc.aio
+on uvloop), stops the server, then runs the same load against the echo
+servicer (bench/echo.py) on the same gRPC stack. It reports requests,
+throughput, latency percentiles, errors and declines of both, and the ratios
+pay/echo, as a table and optionally as JSON.
+Used by: `python -m bench e2e` (bench/__main__.py), tests/test_bench.py.
+May call: the server and the echo servicer only through gRPC, in subprocesses.
+
+The two runs are sequential, never concurrent: the machine has two cores and
+the clients already share them with the server under test.
+"""
+
+import argparse
+import asyncio
+import collections
+import datetime
+import math
+import multiprocessing
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+import msgspec
+import numpy
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tally.v1 import card_pb2, card_pb2_grpc, common_pb2, payment_pb2, payment_pb2_grpc
+
+# Bench cards and terminals live in their own id ranges, far from the demo
+# cards (6200000000000001..3) and demo terminals (1, 101, 102, 201).
+CARD_ID_BASE = 6_290_000_000_000_000
+TERMINAL_ID_BASE = 1000
+STATION_ID = 1
+OPERATOR_ID = 1
+# One top-up per card covers any run: 10^12 minor units pay 10^10 sales of 100.
+TOPUP_AMOUNT_MINOR = 10**12
+
+CONCURRENCY_MAX = 5000
+CLIENT_PROCESSES_MAX = 64
+# A grpc.aio client process tops out near 2,400 calls/s; ~100 calls in flight
+# per HTTP/2 connection keeps each connection's frames small and spreads the
+# server's reads over several sockets.
+CLIENTS_PER_CHANNEL_DEFAULT = 100
+
+SERVER_READY_TIMEOUT_S = 60.0
+SERVER_STOP_TIMEOUT_S = 30.0
+HEALTH_POLL_INTERVAL_S = 0.05
+# Client processes must all be set up (connected, cards funded) before any
+# starts; this much slack lets every event loop be waiting when the start
+# time arrives.
+START_DELAY_S = 0.3
+CLIENT_SETUP_TIMEOUT_S = 300.0
+LOG_TAIL_LINES = 30
+
+KERNEL_PATTERN = re.compile(r"\(kernel: (\w+)")
+
+# Every channel gets its own subchannel pool: without it, channels to the
+# same target with equal arguments share one TCP connection, and "several
+# channels" would be one. Message limits match the server's.
+CLIENT_CHANNEL_OPTIONS = (
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.max_receive_message_length", 64 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024),
+)
+
+
+class Parameters(msgspec.Struct, frozen=True):
+    concurrency: int
+    duration_s: float
+    warmup_s: float
+    client_processes: int
+    clients_per_channel: int
+    amount_minor: int
+    call_timeout_s: float
+    server_args: list[str]
+    data_dir: str | None
+    skip_echo: bool
+
+
+class ClientPlan(msgspec.Struct, frozen=True):
+    """What one client process does: clients [client_index_first,
+    client_index_first + client_count) of the run."""
+
+    address: str
+    fund_cards: bool
+    client_index_first: int
+    client_count: int
+    clients_per_channel: int
+    # Serial of each card's top-up; Pay serials count up from the next one.
+    serial_first: int
+    amount_minor: int
+    warmup_s: float
+    duration_s: float
+    call_timeout_s: float
+
+
+class Window(msgspec.Struct, frozen=True):
+    """The run in this process's time.perf_counter seconds: clients start
+    at start_s, requests completing in [measure_start_s, end_s) count."""
+
+    start_s: float
+    measure_start_s: float
+    end_s: float
+
+    def measures(self, done_s: float) -> bool:
+        return self.measure_start_s <= done_s < self.end_s
+
+
+class ProcessSamples(msgspec.Struct):
+    """What one client process sends back to the parent."""
+
+    latency_s: list[float]
+    # Seconds since the measurement started, at which each sample completed.
+    done_second: list[int]
+    declines: int
+    errors: int
+    # Errors in the warm-up or after the end: not measured, still failures.
+    errors_unmeasured: int
+    error_codes: dict[str, int]
+
+
+class LatencyMs(msgspec.Struct):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+
+
+class TargetReport(msgspec.Struct):
+    """One run (pay or echo)."""
+
+    requests: int
+    throughput_per_s: float
+    latency_ms: LatencyMs
+    errors: int
+    declines: int
+    errors_unmeasured: int
+    error_codes: dict[str, int]
+    # Requests completed in each second of the measurement (the last one is
+    # partial if the duration is not a whole number of seconds).
+    completions_by_second: list[int]
+    # CPU the server process used during the measurement (all its threads),
+    # from /proc; null where there is no /proc. On two shared cores the
+    # clients can be the bottleneck, and then throughput says more about the
+    # clients than the server: CPU per request still says what a call costs.
+    server_cpu_s: float | None
+    server_cpu_ms_per_request: float | None
+    server_exit_code: int | None
+
+
+class Ratios(msgspec.Struct):
+    """pay / echo."""
+
+    throughput: float | None
+    latency_p99: float | None
+    server_cpu_per_request: float | None
+
+
+class Report(msgspec.Struct, omit_defaults=True):
+    date: str
+    parameters: Parameters
+    pay: TargetReport
+    echo: TargetReport | None
+    ratios: Ratios
+    cpu_count: int
+    grpc_version: str
+    # Read from the server's log; omitted when the log does not say.
+    kernel: str | None = None
+
+
+class Measured(msgspec.Struct):
+    samples: list[ProcessSamples]
+    server_cpu_s: float | None
+
+
+class BenchFailure(Exception):
+    """The run could not complete (server did not start, a client process
+    failed); the message says why."""
+
+
+# ----------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench e2e",
+        description="End-to-end benchmark: starts the Tally server on a free 127.0.0.1 port, drives "
+        "PaymentService.Pay closed-loop at N concurrent clients (one card and one terminal each), then "
+        "runs the same load against an echo PaymentService on the same gRPC stack (bench/echo.py). "
+        "Prints requests, throughput, latency p50/p95/p99/max, errors and declines of both, and the "
+        "ratios pay/echo. Exit code 0 if both runs completed with zero gRPC errors, 1 otherwise.",
+    )
+    parser.add_argument("--concurrency", type=int, default=100, metavar="N",
+                        help=f"concurrent clients (terminals), each sending its next request when the "
+                        f"previous answer arrives; 1 .. {CONCURRENCY_MAX} (default %(default)s)")
+    parser.add_argument("--duration", type=float, default=10.0, metavar="S",
+                        help="measured seconds of each run, pay and echo (default %(default)s)")
+    parser.add_argument("--warmup", type=float, default=2.0, metavar="S",
+                        help="seconds of load before the measurement starts, not counted (default %(default)s)")
+    parser.add_argument("--client-processes", type=int, default=2, metavar="P",
+                        help="client processes sharing the N clients; one process drives about 2,400 calls/s "
+                        "(default %(default)s, at most N)")
+    parser.add_argument("--clients-per-channel", type=int, default=CLIENTS_PER_CHANNEL_DEFAULT, metavar="C",
+                        help="clients sharing one gRPC channel (one HTTP/2 connection) (default %(default)s)")
+    parser.add_argument("--amount-minor", type=int, default=100, metavar="MINOR",
+                        help="amount of each sale, integer minor units (default %(default)s)")
+    parser.add_argument("--call-timeout", type=float, default=30.0, metavar="S",
+                        help="deadline of each call; a call past it counts as an error (default %(default)s)")
+    parser.add_argument("--data", metavar="DIR",
+                        help="server data directory (kept afterwards); default: a fresh temporary one, removed")
+    parser.add_argument("--server-args", default="", metavar='"FLAGS"',
+                        help='extra flags for `python -m server`, one shell-quoted string; write it with "=" '
+                        'since it starts with a dash: --server-args="--kernel reference" '
+                        '(--data and --listen are set by this tool)')
+    parser.add_argument("--skip-echo", action="store_true",
+                        help="run Pay only, without the echo baseline (echo and ratios are null in the JSON)")
+    parser.add_argument("--json", metavar="FILE", help="also write the whole report as JSON to FILE")
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser, args):
+    if not 1 <= args.concurrency <= CONCURRENCY_MAX:
+        parser.error(f"--concurrency must be within 1 .. {CONCURRENCY_MAX}")
+    if not 1 <= args.client_processes <= CLIENT_PROCESSES_MAX:
+        parser.error(f"--client-processes must be within 1 .. {CLIENT_PROCESSES_MAX}")
+    if args.clients_per_channel < 1:
+        parser.error("--clients-per-channel must be at least 1")
+    if not 1 <= args.amount_minor <= 10**12:
+        parser.error("--amount-minor must be within 1 .. 10^12")
+    if args.duration <= 0 or args.warmup < 0 or args.call_timeout <= 0:
+        parser.error("--duration and --call-timeout must be positive, --warmup not negative")
+
+
+def parameters_of(args) -> Parameters:
+    return Parameters(
+        concurrency=args.concurrency,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        client_processes=min(args.client_processes, args.concurrency),
+        clients_per_channel=args.clients_per_channel,
+        amount_minor=args.amount_minor,
+        call_timeout_s=args.call_timeout,
+        server_args=shlex.split(args.server_args),
+        data_dir=args.data,
+        skip_echo=args.skip_echo,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Servers under test (subprocesses)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(command: list[str], log_path: str) -> subprocess.Popen:
+    with open(log_path, "wb") as log_file:
+        return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def wait_until_serving(process: subprocess.Popen, address: str, log_path: str):
+    """Poll gRPC health until SERVING: the server opens its store, recovers
+    and seeds before it listens, and that takes as long as it takes."""
+    deadline_s = time.monotonic() + SERVER_READY_TIMEOUT_S
+    request = health_pb2.HealthCheckRequest(service="")
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline_s:
+            if process.poll() is not None:
+                raise BenchFailure(f"server exited with code {process.returncode}\n{log_tail(log_path)}")
+            try:
+                if stub.Check(request, timeout=1.0).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(HEALTH_POLL_INTERVAL_S)
+    raise BenchFailure(f"server not serving after {SERVER_READY_TIMEOUT_S:.0f} s\n{log_tail(log_path)}")
+
+
+def stop_server(process: subprocess.Popen) -> int:
+    """SIGTERM and wait: the server finishes calls in flight and commits."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=SERVER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return -signal.SIGKILL
+
+
+def log_tail(log_path: str) -> str:
+    try:
+        with open(log_path, errors="replace") as log_file:
+            return "".join(log_file.readlines()[-LOG_TAIL_LINES:])
+    except OSError:
+        return ""
+
+
+def kernel_name(log_path: str) -> str | None:
+    try:
+        with open(log_path, errors="replace") as log_file:
+            found = KERNEL_PATTERN.search(log_file.read())
+    except OSError:
+        return None
+    return found.group(1) if found else None
+
+
+def server_command(target: str, address: str, parameters: Parameters, data_dir: str) -> list[str]:
+    if target == "echo":
+        return [sys.executable, "-m", "bench.echo", "--listen", address, "--log-level", "WARNING"]
+    # The tool's own flags come first so that --server-args may add to them.
+    return [sys.executable, "-m", "server", "--data", data_dir, "--listen", address, *parameters.server_args]
+
+
+def run_target(target: str, parameters: Parameters, data_dir: str, log_path: str) -> TargetReport:
+    address = f"127.0.0.1:{free_port()}"
+    process = start_server(server_command(target, address, parameters, data_dir), log_path)
+    try:
+        wait_until_serving(process, address, log_path)
+        measured = drive_load(address, parameters, fund_cards=(target == "pay"), server_pid=process.pid)
+    finally:
+        exit_code = stop_server(process)
+    return summarize(measured, parameters.duration_s, exit_code)
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User plus system CPU seconds of a process and all its threads."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            fields = stat_file.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3, utime 14 and stime 15 (man 5 proc).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_in_window(server_pid: int, start_at_wall_s: float, parameters: Parameters) -> float | None:
+    """Sleep through the run, reading the server's CPU when the measurement
+    starts and when it ends."""
+    time.sleep(max(0.0, start_at_wall_s + parameters.warmup_s - time.time()))
+    cpu_s_first = process_cpu_s(server_pid)
+    time.sleep(max(0.0, start_at_wall_s + parameters.warmup_s + parameters.duration_s - time.time()))
+    cpu_s_last = process_cpu_s(server_pid)
+    if cpu_s_first is None or cpu_s_last is None:
+        return None
+    return cpu_s_last - cpu_s_first
+
+
+# ----------------------------------------------------------------------------
+# Client processes: the parent's side
+
+
+def client_plans(address: str, parameters: Parameters, fund_cards: bool) -> list[ClientPlan]:
+    # A serial base from the clock: a reused --data directory already holds
+    # the serials of earlier runs for these terminals, and a reused serial
+    # would be answered from the idempotency table instead of being paid.
+    serial_first = time.time_ns()
+    plans = []
+    first = 0
+    for index in range(parameters.client_processes):
+        count = parameters.concurrency // parameters.client_processes
+        count += 1 if index < parameters.concurrency % parameters.client_processes else 0
+        plans.append(
+            ClientPlan(
+                address=address,
+                fund_cards=fund_cards,
+                client_index_first=first,
+                client_count=count,
+                clients_per_channel=parameters.clients_per_channel,
+                serial_first=serial_first,
+                amount_minor=parameters.amount_minor,
+                warmup_s=parameters.warmup_s,
+                duration_s=parameters.duration_s,
+                call_timeout_s=parameters.call_timeout_s,
+            )
+        )
+        first += count
+    assert first == parameters.concurrency
+    return plans
+
+
+def drive_load(address: str, parameters: Parameters, fund_cards: bool, server_pid: int) -> Measured:
+    # spawn, not fork: the parent has used gRPC (health checks), and gRPC's
+    # threads and sockets do not survive a fork.
+    context = multiprocessing.get_context("spawn")
+    workers = []
+    for plan in client_plans(address, parameters, fund_cards):
+        parent_end, child_end = context.Pipe()
+        process = context.Process(target=client_process_main, args=(plan, child_end), daemon=True)
+        process.start()
+        child_end.close()
+        workers.append((process, parent_end))
+    try:
+        for _, pipe in workers:
+            receive(pipe, "ready", CLIENT_SETUP_TIMEOUT_S)
+        start_at_wall_s = time.time() + START_DELAY_S
+        for _, pipe in workers:
+            pipe.send(start_at_wall_s)
+        server_cpu_s = server_cpu_in_window(server_pid, start_at_wall_s, parameters)
+        run_timeout_s = parameters.call_timeout_s + 30.0
+        samples = [receive(pipe, "samples", run_timeout_s) for _, pipe in workers]
+        return Measured(samples=samples, server_cpu_s=server_cpu_s)
+    finally:
+        for process, pipe in workers:
+            process.join(timeout=5.0)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+            pipe.close()
+
+
+def receive(pipe, kind: str, timeout_s: float):
+    if not pipe.poll(timeout_s):
+        raise BenchFailure(f"a client process sent no {kind} within {timeout_s:.0f} s")
+    try:
+        received_kind, payload = pipe.recv()
+    except EOFError:
+        raise BenchFailure(f"a client process died before sending {kind}") from None
+    if received_kind == "failed":
+        raise BenchFailure(f"a client process failed: {payload}")
+    assert received_kind == kind, (received_kind, kind)
+    return payload
+
+
+# ----------------------------------------------------------------------------
+# Client processes: the child's side
+
+
+def client_process_main(plan: ClientPlan, pipe):
+    import uvloop
+
+    try:
+        samples = uvloop.run(run_clients(plan, pipe))
+    except Exception as error:  # the parent must hear of it, not wait for a timeout
+        pipe.send(("failed", f"{type(error).__name__}: {error}"))
+        return
+    pipe.send(("samples", samples))
+
+
+async def run_clients(plan: ClientPlan, pipe) -> ProcessSamples:
+    channel_count = math.ceil(plan.client_count / plan.clients_per_channel)
+    channels = [grpc.aio.insecure_channel(plan.address, options=CLIENT_CHANNEL_OPTIONS) for _ in range(channel_count)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(channel.channel_ready() for channel in channels)), SERVER_READY_TIMEOUT_S)
+        clients = range(plan.client_index_first, plan.client_index_first + plan.client_count)
+        if plan.fund_cards:
+            await asyncio.gather(*(fund_card(channels[i % channel_count], i, plan.serial_first) for i in clients))
+        pipe.send(("ready", None))
+        start_at_wall_s = await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+        window = window_of(plan, start_at_wall_s)
+        tally = Tally(window)
+        pays = [payment_pb2_grpc.PaymentServiceStub(channel).Pay for channel in channels]
+        await asyncio.gather(
+            *(drive_client(pays[i % channel_count], pay_request(plan, i), window, tally, plan.call_timeout_s) for i in clients)
+        )
+        return tally.samples()
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
+
+
+def window_of(plan: ClientPlan, start_at_wall_s: float) -> Window:
+    # The start time crosses processes as wall-clock time; latency is measured
+    # with perf_counter, which does not jump when the clock is adjusted.
+    start_s = time.perf_counter() + (start_at_wall_s - time.time())
+    measure_start_s = start_s + plan.warmup_s
+    return Window(start_s=start_s, measure_start_s=measure_start_s, end_s=measure_start_s + plan.duration_s)
+
+
+def terminal_of(client_index: int, serial: int) -> common_pb2.TerminalContext:
+    return common_pb2.TerminalContext(
+        station_id=STATION_ID, terminal_id=TERMINAL_ID_BASE + client_index, serial=serial, operator_id=OPERATOR_ID
+    )
+
+
+async def fund_card(channel, client_index: int, serial: int):
+    """Open the client's card (it may exist from an earlier run on the same
+    data) and top up its personal account so Pay never runs out."""
+    card_id = CARD_ID_BASE + client_index
+    cards = card_pb2_grpc.CardServiceStub(channel)
+    opened = await cards.OpenCard(card_pb2.OpenCardRequest(card_id=card_id, card_type=card_pb2.PERSONAL_CARD))
+    if opened.result not in (common_pb2.APPROVED, common_pb2.CARD_EXISTS):
+        raise RuntimeError(f"OpenCard {card_id}: {common_pb2.ResultCode.Name(opened.result)}")
+    topped = await cards.TopUp(
+        card_pb2.TopUpRequest(
+            terminal=terminal_of(client_index, serial), card_id=card_id, account=common_pb2.PERSONAL, amount=TOPUP_AMOUNT_MINOR
+        )
+    )
+    if topped.result != common_pb2.APPROVED:
+        raise RuntimeError(f"TopUp {card_id}: {common_pb2.ResultCode.Name(topped.result)}")
+
+
+def pay_request(plan: ClientPlan, client_index: int) -> payment_pb2.PayRequest:
+    return payment_pb2.PayRequest(
+        terminal=terminal_of(client_index, plan.serial_first),
+        amount_minor=plan.amount_minor,
+        plan=payment_pb2.PaymentPlan(card_id=CARD_ID_BASE + client_index, use_personal=True),
+    )
+
+
+class Tally:
+    """Samples and counts of one client process, in its window."""
+
+    def __init__(self, window: Window):
+        self.window = window
+        self.latency_s = []
+        self.done_second = []
+        self.declines = 0
+        self.errors = 0
+        self.errors_unmeasured = 0
+        self.error_codes = collections.Counter()
+
+    def add_answer(self, sent_s: float, done_s: float, result: int):
+        if not self.window.measures(done_s):
+            return
+        self.latency_s.append(done_s - sent_s)
+        self.done_second.append(int(done_s - self.window.measure_start_s))
+        if result != common_pb2.APPROVED:
+            self.declines += 1
+
+    def add_error(self, done_s: float, code: grpc.StatusCode):
+        self.error_codes[code.name] += 1
+        if self.window.measures(done_s):
+            self.errors += 1
+        else:
+            self.errors_unmeasured += 1
+
+    def samples(self) -> ProcessSamples:
+        return ProcessSamples(
+            latency_s=self.latency_s,
+            done_second=self.done_second,
+            declines=self.declines,
+            errors=self.errors,
+            errors_unmeasured=self.errors_unmeasured,
+            error_codes=dict(self.error_codes),
+        )
+
+
+async def drive_client(pay, request: payment_pb2.PayRequest, window: Window, tally: Tally, call_timeout_s: float):
+    """One terminal, closed loop: the next sale goes out when the answer to
+    the last one is in, until the window ends. Each sale has a new serial;
+    the request is reused because it is serialized when sent."""
+    await asyncio.sleep(max(0.0, window.start_s - time.perf_counter()))
+    terminal = request.terminal
+    while (sent_s := time.perf_counter()) < window.end_s:
+        terminal.serial += 1
+        try:
+            answer = await pay(request, timeout=call_timeout_s)
+        except grpc.aio.AioRpcError as error:
+            tally.add_error(time.perf_counter(), error.code())
+            continue
+        tally.add_answer(sent_s, time.perf_counter(), answer.result)
+
+
+# ----------------------------------------------------------------------------
+# Report
+
+
+def summarize(measured: Measured, duration_s: float, server_exit_code: int | None) -> TargetReport:
+    samples = measured.samples
+    latency_ms = numpy.concatenate([numpy.asarray(s.latency_s, dtype=numpy.float64) for s in samples]) * 1000.0
+    done_second = numpy.concatenate([numpy.asarray(s.done_second, dtype=numpy.int64) for s in samples])
+    seconds = math.ceil(duration_s)
+    server_cpu_ms = None if measured.server_cpu_s is None else measured.server_cpu_s * 1000.0
+    error_codes = collections.Counter()
+    for s in samples:
+        error_codes.update(s.error_codes)
+    return TargetReport(
+        requests=int(latency_ms.size),
+        throughput_per_s=latency_ms.size / duration_s,
+        latency_ms=latency_summary(latency_ms),
+        errors=sum(s.errors for s in samples),
+        declines=sum(s.declines for s in samples),
+        errors_unmeasured=sum(s.errors_unmeasured for s in samples),
+        error_codes=dict(error_codes),
+        completions_by_second=numpy.bincount(done_second, minlength=seconds)[:seconds].tolist(),
+        server_cpu_s=measured.server_cpu_s,
+        server_cpu_ms_per_request=ratio(server_cpu_ms, latency_ms.size),
+        server_exit_code=server_exit_code,
+    )
+
+
+def latency_summary(latency_ms: numpy.ndarray) -> LatencyMs:
+    if latency_ms.size == 0:
+        return LatencyMs(p50=None, p95=None, p99=None, max=None)
+    p50, p95, p99 = numpy.percentile(latency_ms, (50, 95, 99)).tolist()
+    return LatencyMs(p50=p50, p95=p95, p99=p99, max=float(latency_ms.max()))
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def ratios_of(pay: TargetReport, echo: TargetReport | None) -> Ratios:
+    if echo is None:
+        return Ratios(throughput=None, latency_p99=None, server_cpu_per_request=None)
+    return Ratios(
+        throughput=ratio(pay.throughput_per_s, echo.throughput_per_s),
+        latency_p99=ratio(pay.latency_ms.p99, echo.latency_ms.p99),
+        server_cpu_per_request=ratio(pay.server_cpu_ms_per_request, echo.server_cpu_ms_per_request),
+    )
+
+
+def succeeded(report: TargetReport | None) -> bool:
+    if report is None:
+        return True
+    return report.errors == 0 and report.errors_unmeasured == 0 and report.server_exit_code == 0
+
+
+def cell(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_table(report: Report):
+    parameters = report.parameters
+    print(
+        f"e2e Pay: {parameters.concurrency} clients in {parameters.client_processes} processes, "
+        f"{parameters.duration_s:g} s measured after {parameters.warmup_s:g} s warm-up, "
+        f"kernel {report.kernel or 'unknown'}, {report.cpu_count} CPUs"
+    )
+    print(
+        f"{'':9}{'requests':>10}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'errors':>8}{'declines':>10}{'srv cpu ms/req':>16}"
+    )
+    for name, target in (("pay", report.pay), ("echo", report.echo)):
+        if target is None:
+            continue
+        latency = target.latency_ms
+        print(
+            f"{name:9}{target.requests:>10}{target.throughput_per_s:>10.0f}{cell(latency.p50, 2):>9}"
+            f"{cell(latency.p95, 2):>9}{cell(latency.p99, 2):>9}{cell(latency.max, 2):>9}"
+            f"{target.errors:>8}{target.declines:>10}{cell(target.server_cpu_ms_per_request, 3):>16}"
+        )
+        if target.errors_unmeasured or target.error_codes:
+            print(f"{'':9}errors outside the window: {target.errors_unmeasured}; by code: {target.error_codes}")
+    if report.echo is None:
+        return
+    print(f"{'pay/echo':9}{'':10}{cell(report.ratios.throughput, 3):>10}{'':18}{cell(report.ratios.latency_p99, 2):>9}"
+          f"{'':35}{cell(report.ratios.server_cpu_per_request, 2):>16}")
+
+
+def write_json(report: Report, path: str):
+    with open(path, "wb") as json_file:
+        json_file.write(msgspec.json.format(msgspec.json.encode(report), indent=2))
+        json_file.write(b"\n")
+
+
+# ----------------------------------------------------------------------------
+# Entry point
+
+
+def run(parameters: Parameters, work_dir: str) -> Report:
+    data_dir = parameters.data_dir or os.path.join(work_dir, "data")
+    pay_log_path = os.path.join(work_dir, "pay-server.log")
+    pay = run_target("pay", parameters, data_dir, pay_log_path)
+    echo = None if parameters.skip_echo else run_target("echo", parameters, data_dir, os.path.join(work_dir, "echo-server.log"))
+    return Report(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        parameters=parameters,
+        pay=pay,
+        echo=echo,
+        ratios=ratios_of(pay, echo),
+        cpu_count=os.cpu_count() or 0,
+        grpc_version=grpc.__version__,
+        kernel=kernel_name(pay_log_path),
+    )
+
+
+def main(argv) -> int:
+    args = parse_args(argv)
+    parameters = parameters_of(args)
+    with tempfile.TemporaryDirectory(prefix="tally-e2e-") as work_dir:
+        try:
+            report = run(parameters, work_dir)
+        except BenchFailure as failure:
+            print(f"python -m bench e2e: {failure}", file=sys.stderr)
+            return 1
+    print_table(report)
+    if args.json:
+        write_json(report, args.json)
+    return 0 if succeeded(report.pay) and succeeded(report.echo) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

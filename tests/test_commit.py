@@ -1,0 +1,78 @@
+"""Group commit: bounded queue, batching, one failure fails alone."""
+
+import asyncio
+
+import pytest
+
+from core.commit import GroupCommitter, KernelFailure, QueueFull, ShuttingDown
+from core.records import Op
+from core.results import AccountKind, OpKind, ResultCode
+from tests.conftest import open_ledger
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    opened = open_ledger(str(tmp_path / "data"), "cython")
+    yield opened
+    opened.store.close()
+
+
+def topup(serial: int) -> Op:
+    return Op(kind=OpKind.TOPUP, terminal_id=1, station_id=1, serial=serial, card_id=9, account_kind=AccountKind.PERSONAL, amount=10, fingerprint=serial.to_bytes(16, "big"))
+
+
+def test_requests_share_commits_and_each_gets_its_own_result(ledger):
+    batches = []
+
+    async def scenario():
+        committer = GroupCommitter(ledger, on_batch=lambda size, seconds: batches.append(size))
+        committer.start()
+        await committer.submit(Op(kind=OpKind.OPEN_CARD, card_id=9, card_status=2))
+        results = await asyncio.gather(*(committer.submit(topup(serial)) for serial in range(1, 2_001)))
+        committer.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert [r.code for r in results] == [ResultCode.APPROVED] * 2_000
+    assert len({r.txn_id for r in results}) == 2_000
+    assert sum(batches) == 2_001
+    assert len(batches) < 100, "2,000 concurrent requests should need far fewer commits"
+    assert ledger.account(AccountKind.PERSONAL, 9).balance == 20_000
+
+
+def test_a_full_queue_refuses_at_once(ledger):
+    async def scenario():
+        committer = GroupCommitter(ledger, queue_length_max=3)
+        committer._loop = asyncio.get_running_loop()  # queue without a writer yet
+        waiting = [committer.submit(topup(serial)) for serial in range(1, 4)]
+        with pytest.raises(QueueFull):
+            committer.submit(topup(4))
+        # The second half of an admitted request is never refused.
+        waiting.append(committer.submit(Op(kind=OpKind.OPEN_CARD, card_id=9, card_status=2), bypass_limit=True))
+        committer.start()
+        results = await asyncio.gather(*waiting)
+        committer.stop()
+        with pytest.raises(ShuttingDown):
+            committer.submit(topup(5))
+        return results
+
+    results = asyncio.run(scenario())
+    assert [r.code for r in results] == [ResultCode.CARD_NOT_FOUND] * 3 + [ResultCode.APPROVED]
+
+
+def test_an_operation_the_kernel_raises_on_fails_alone(ledger):
+    async def scenario():
+        committer = GroupCommitter(ledger)
+        committer._loop = asyncio.get_running_loop()
+        good = committer.submit(Op(kind=OpKind.OPEN_CARD, card_id=9, card_status=2))
+        bad = committer.submit(Op(kind=99))
+        also_good = committer.submit(Op(kind=OpKind.OPEN_CARD, card_id=10, card_status=2))
+        committer.start()
+        outcomes = await asyncio.gather(good, bad, also_good, return_exceptions=True)
+        committer.stop()
+        return outcomes
+
+    good, bad, also_good = asyncio.run(scenario())
+    assert isinstance(bad, KernelFailure)
+    assert good.code == also_good.code == ResultCode.APPROVED
+    assert ledger.card(9) is not None and ledger.card(10) is not None

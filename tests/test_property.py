@@ -1,0 +1,185 @@
+"""The Cython kernel and the plain-Python reference agree on every input.
+
+Hypothesis draws sequences of batches of operations (valid and invalid,
+retries, reused serials, reversals before originals, expiring holds, day
+changes) over a few cards, so that they collide. Both kernels apply the same
+batches to their own LMDB directory; every result must be equal, and at the
+end every stored byte. The audit must pass on both.
+"""
+
+import hashlib
+import tempfile
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core import limits
+from core.audit import audit
+import msgspec
+
+from core.records import Account, Card, Idem, JournalEntry, Op, Txn, decode
+from core.results import AccountKind, CardStatus, Channel, OpKind, ResultCode
+from core.store import DATABASE_NAMES
+from tests.conftest import open_ledger
+from tests.ledger_driver import DAY_MS, START_MS
+
+CARDS = (11, 12, 13)
+AMOUNTS = st.one_of(
+    st.sampled_from([1, 99, 100, 101, 500, 1_000, 5_000]), st.integers(1, 20_000), st.sampled_from([0, -5, limits.AMOUNT_MINOR_MAX + 1])
+)
+STATIONS = st.sampled_from([1, 1, 1, 2])
+ADVANCES_MS = st.sampled_from([0, 0, 1_000, 59_000, 3_600_000, DAY_MS])
+
+
+class _History:
+    """What the sequence produced so far, so later operations can refer to
+    real transactions and serials (and sometimes to ones that do not exist)."""
+
+    def __init__(self):
+        self.txn_ids = [999]
+        self.serials = [1]
+        self.next_serial = 1
+
+    def new_serial(self, data) -> int:
+        if data.draw(st.integers(0, 9)) == 0:  # a retry, or a reused serial
+            return data.draw(st.sampled_from(self.serials))
+        self.next_serial += 1
+        self.serials.append(self.next_serial)
+        return self.next_serial
+
+    def txn_id(self, data) -> int:
+        return data.draw(st.sampled_from(self.txn_ids[-12:]))
+
+
+def _fingerprint(op: Op) -> bytes:
+    content = repr((op.kind, op.station_id, op.card_id, op.amount, op.ref_txn_id, op.ref_serial, op.plan_flags, op.channel, op.account_kind))
+    return hashlib.blake2b(content.encode(), digest_size=16).digest()
+
+
+def _request(kind, serial, station, **fields) -> Op:
+    op = Op(kind=kind, terminal_id=101, station_id=station, operator_id=7, serial=serial, **fields)
+    op.fingerprint = _fingerprint(op)
+    return op
+
+
+def _draw_op(data, history: _History) -> Op:
+    family = data.draw(st.sampled_from(["pay", "pay", "pay", "topup", "preauth", "by_txn", "by_txn", "by_txn", "reverse", "channel", "card"]))
+    if family == "pay":
+        return _request(
+            OpKind.PAY, history.new_serial(data), data.draw(STATIONS),
+            card_id=data.draw(st.sampled_from((0, *CARDS, *CARDS))), amount=data.draw(AMOUNTS), plan_flags=data.draw(st.integers(0, 7)),
+            channel=data.draw(st.sampled_from([Channel.NONE, Channel.NONE, Channel.WECHAT_PAY, Channel.BANK_CARD])),
+            points_max=data.draw(st.sampled_from([0, 0, 50, 300])), points_per_unit=data.draw(st.sampled_from([100, 100, 7, 1_000])),
+            earn_points_per_unit=1,
+        )
+    if family == "topup":
+        kind = data.draw(st.sampled_from([AccountKind.FLEET, AccountKind.PERSONAL, AccountKind.POINTS]))
+        return _request(OpKind.TOPUP, history.new_serial(data), 1, card_id=data.draw(st.sampled_from(CARDS)), account_kind=kind, amount=data.draw(AMOUNTS))
+    if family == "preauth":
+        return _request(
+            OpKind.PREAUTH, history.new_serial(data), data.draw(STATIONS), card_id=data.draw(st.sampled_from(CARDS)),
+            amount=data.draw(AMOUNTS), hold_timeout_s=data.draw(st.sampled_from([1, 60, 3_600])),
+        )
+    if family == "by_txn":
+        kind = data.draw(st.sampled_from([OpKind.COMPLETE, OpKind.RELEASE, OpKind.VOID, OpKind.REFUND, OpKind.REFUND]))
+        return _request(kind, history.new_serial(data), data.draw(STATIONS), ref_txn_id=history.txn_id(data), amount=data.draw(AMOUNTS), earn_points_per_unit=1)
+    if family == "reverse":
+        return _request(OpKind.REVERSE, history.new_serial(data), 1, ref_serial=data.draw(st.sampled_from([*history.serials[-10:], 10**6])))
+    if family == "channel":
+        code = data.draw(st.sampled_from([ResultCode.CHANNEL_DECLINED, ResultCode.CHANNEL_UNAVAILABLE]))
+        return Op(kind=data.draw(st.sampled_from([OpKind.CAPTURE, OpKind.CAPTURE, OpKind.ABORT])), ref_txn_id=history.txn_id(data), abort_code=code)
+    card = data.draw(st.sampled_from(CARDS))
+    return data.draw(
+        st.sampled_from(
+            [
+                Op(kind=OpKind.SET_CARD_STATUS, card_id=card, card_status=data.draw(st.sampled_from([CardStatus.ACTIVE, CardStatus.FROZEN, CardStatus.LOST]))),
+                Op(kind=OpKind.SET_CARD_LIMITS, card_id=card, limit_per_txn=data.draw(st.sampled_from([0, 1_000, 5_000])), limit_per_day=data.draw(st.sampled_from([0, 3_000, 20_000]))),
+                Op(kind=OpKind.ALLOW_STATION, card_id=card, station_id=data.draw(STATIONS)),
+                Op(kind=OpKind.EXPIRE_HOLDS),
+            ]
+        )
+    )
+
+
+def _open_cards() -> list[Op]:
+    ops = [Op(kind=OpKind.OPEN_CARD, card_id=card, card_status=1) for card in CARDS]
+    serial = 1_000
+    for card in CARDS:
+        for kind in (AccountKind.FLEET, AccountKind.PERSONAL, AccountKind.POINTS):
+            serial += 1
+            ops.append(_request(OpKind.TOPUP, serial, 1, card_id=card, account_kind=kind, amount=3_000))
+    return ops
+
+
+RECORD_TYPES = {"accounts": Account, "cards": Card, "txns": Txn, "idem": Idem, "journal": JournalEntry}
+
+
+def _first_difference(ours: dict, theirs: dict):
+    for name in DATABASE_NAMES:
+        if ours[name] == theirs[name]:
+            continue
+        keys = sorted(set(dict(ours[name])) | set(dict(theirs[name])))
+        for key in keys:
+            a, b = dict(ours[name]).get(key), dict(theirs[name]).get(key)
+            if a != b:
+                decode_value = (lambda v: v if v is None or name not in RECORD_TYPES else decode(RECORD_TYPES[name], v))
+                return f"{name} {key.hex()}:\n kernel    {decode_value(a)}\n reference {decode_value(b)}"
+    return None
+
+
+def _describe(applied) -> str:
+    lines = []
+    for now_ms, ops in applied[1:]:
+        lines.append(f"  at {now_ms - START_MS} ms:")
+        for op in ops:
+            fields = {k: v for k, v in msgspec.structs.asdict(op).items() if v and k != "fingerprint"}
+            lines.append(f"    {OpKind(op.kind).name} {fields}")
+    return "\n".join(lines)
+
+
+def _dump(ledger) -> dict:
+    with ledger.store.env.begin() as txn:
+        return {name: list(txn.cursor(db=ledger.store.dbs[name])) for name in DATABASE_NAMES}
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_kernel_and_reference_agree(data):
+    history = _History()
+    with tempfile.TemporaryDirectory() as directory:
+        cython = open_ledger(f"{directory}/cython", "cython")
+        reference = open_ledger(f"{directory}/reference", "reference")
+        now_ms = START_MS
+        applied = []
+        batch_count = data.draw(st.integers(1, 25))
+        for index in range(batch_count + 1):
+            if index == 0:
+                ops = _open_cards()
+            else:
+                now_ms += data.draw(ADVANCES_MS)
+                ops = [_draw_op(data, history) for _ in range(data.draw(st.integers(1, 6)))]
+            day = now_ms // DAY_MS
+            applied.append((now_ms, ops))
+            results_reference = reference.apply(ops, now_ms, day)
+            try:
+                results_cython = cython.apply(ops, now_ms, day)
+            except AssertionError as error:
+                raise AssertionError(f"kernel raised {error} after:\n{_describe(applied)}") from error
+            for op, ours, theirs in zip(ops, results_cython, results_reference):
+                assert ours == theirs, f"results differ for {op}:\n kernel    {ours}\n reference {theirs}\nafter:\n{_describe(applied)}"
+                if ours.txn_id:
+                    history.txn_ids.append(ours.txn_id)
+        difference = _first_difference(_dump(cython), _dump(reference))
+        assert difference is None, f"{difference}\nafter:\n{_describe(applied)}"
+        for ledger in (cython, reference):
+            report = audit(ledger.store)
+            assert report.ok, report.problems
+            ledger.store.close()
+
+
+def test_batch_size_is_bounded(ledger):
+    import pytest
+
+    ops = [Op(kind=OpKind.EXPIRE_HOLDS)] * (limits.BATCH_SIZE_MAX + 1)
+    with pytest.raises(AssertionError):
+        ledger.apply(ops, START_MS, START_MS // DAY_MS)

@@ -1,0 +1,398 @@
+"""The ledger's rules, each as a terminal would meet it, on both kernels."""
+
+import pytest
+
+from core import limits
+from core.audit import audit
+from core.records import Account, Op, account_key, encode
+from core.results import AccountKind, CardStatus, Channel, OpKind, PlanFlag, ResultCode as R, TxnFlag, TxnState, Unit
+from tests.ledger_driver import DAY_MS, Driver
+
+CARD = 6200000000000001
+OTHER_CARD = 6200000000000002
+
+
+@pytest.fixture
+def books(ledger):
+    driver = Driver(ledger)
+    yield driver
+    report = audit(ledger.store)
+    assert report.ok, report.problems
+
+
+def test_mixed_payment_takes_fleet_then_personal_then_points_then_channel(books):
+    books.open_card(CARD, fleet=5_000, personal=3_000, points=1_000)
+    result = books.pay(CARD, 9_500, channel=Channel.WECHAT_PAY)
+    assert result.code == R.PENDING
+    assert (result.fleet, result.personal, result.points_cash, result.points_used, result.channel_amount) == (5_000, 3_000, 1_000, 1_000, 500)
+    assert books.held(CARD) == (5_000, 3_000, 1_000)
+    final = books.capture(result.txn_id)
+    assert final.code == R.APPROVED
+    # Earned on what was not paid with points: (9,500 - 1,000) / 100 = 85.
+    assert final.points_earned == 85
+    assert books.balances(CARD) == (0, 0, 85)
+    assert books.held(CARD) == (0, 0, 0)
+
+
+def test_each_source_gives_only_what_it_has_up_to_the_rest(books):
+    books.open_card(CARD, fleet=300, personal=10_000)
+    result = books.pay(CARD, 1_000)
+    assert result.code == R.APPROVED
+    assert (result.fleet, result.personal, result.points_cash, result.channel_amount) == (300, 700, 0, 0)
+    assert (result.fleet_balance, result.personal_balance) == (0, 9_300)
+
+
+def test_points_as_cash_follow_the_rate_and_round_in_the_networks_favour(books):
+    books.open_card(CARD, points=1_001)
+    # 1,000 points per unit: 1,001 points buy 100 minor units (rounded down).
+    result = books.pay(CARD, 100, plan_flags=PlanFlag.USE_POINTS, points_per_unit=1_000)
+    assert (result.code, result.points_cash, result.points_used) == (R.APPROVED, 100, 1_000)
+    # 33 minor units at 1,000 points per unit cost 330 points, not 329.
+    books.topup(CARD, AccountKind.POINTS, 1_000)
+    result = books.pay(CARD, 33, plan_flags=PlanFlag.USE_POINTS, points_per_unit=1_000)
+    assert (result.code, result.points_used) == (R.APPROVED, 330)
+
+
+def test_points_max_caps_points_spent(books):
+    books.open_card(CARD, personal=2_000, points=5_000)
+    result = books.pay(CARD, 3_000, plan_flags=PlanFlag.USE_POINTS | PlanFlag.USE_PERSONAL, points_max=200, channel=Channel.BANK_CARD)
+    assert (result.code, result.personal, result.points_used, result.channel_amount) == (R.PENDING, 2_000, 200, 800)
+
+
+def test_insufficient_funds_without_channel_moves_nothing(books):
+    books.open_card(CARD, fleet=100, personal=100)
+    before = books.balances(CARD)
+    result = books.pay(CARD, 201)
+    assert (result.code, result.txn_id) == (R.INSUFFICIENT_FUNDS, 0)
+    assert books.balances(CARD) == before
+
+
+def test_payment_by_channel_alone_needs_no_card(books):
+    result = books.pay(0, 1_234, plan_flags=0, channel=Channel.ALIPAY)
+    assert (result.code, result.channel_amount) == (R.PENDING, 1_234)
+    final = books.capture(result.txn_id)
+    assert (final.code, final.channel_amount, final.points_earned) == (R.APPROVED, 1_234, 0)
+
+
+def test_channel_decline_releases_the_hold_and_is_the_stored_answer(books):
+    books.open_card(CARD, fleet=100)
+    op = books.pay_op(CARD, 500, channel=Channel.BANK_CARD)
+    pending = books.one(op)
+    final = books.abort(pending.txn_id, R.CHANNEL_DECLINED)
+    assert final.code == R.CHANNEL_DECLINED
+    assert books.held(CARD) == (0, 0, 0) and books.balances(CARD) == (100, 0, 0)
+    # A retry of the same request gets the same final answer.
+    assert books.one(op) == final
+    assert books.ledger.txn(pending.txn_id).state == TxnState.ABORTED
+
+
+def test_per_transaction_and_per_day_limits(books):
+    books.open_card(CARD, personal=100_000, limit_per_txn=5_000, limit_per_day=8_000)
+    assert books.pay(CARD, 5_001).code == R.LIMIT_PER_TRANSACTION_EXCEEDED
+    assert books.pay(CARD, 5_000).code == R.APPROVED
+    assert books.pay(CARD, 3_001).code == R.LIMIT_PER_DAY_EXCEEDED
+    assert books.pay(CARD, 3_000).code == R.APPROVED
+    books.advance(DAY_MS)
+    assert books.pay(CARD, 5_000).code == R.APPROVED
+
+
+def test_a_void_gives_back_the_days_limit(books):
+    books.open_card(CARD, personal=100_000, limit_per_day=5_000)
+    sale = books.pay(CARD, 5_000)
+    assert books.pay(CARD, 1).code == R.LIMIT_PER_DAY_EXCEEDED
+    assert books.void(sale.txn_id).code == R.APPROVED
+    assert books.pay(CARD, 5_000).code == R.APPROVED
+
+
+@pytest.mark.parametrize(
+    "status, code",
+    [(CardStatus.LOST, R.CARD_LOST), (CardStatus.FROZEN, R.CARD_FROZEN), (CardStatus.CANCELLED, R.CARD_CANCELLED)],
+)
+def test_a_card_that_is_not_active_is_declined(books, status, code):
+    books.open_card(CARD, personal=1_000)
+    assert books.one(Op(kind=OpKind.SET_CARD_STATUS, card_id=CARD, card_status=status)).code == R.APPROVED
+    assert books.pay(CARD, 10).code == code
+    assert books.preauth(CARD, 10).code == code
+
+
+def test_a_cancelled_card_stays_cancelled(books):
+    books.open_card(CARD)
+    books.one(Op(kind=OpKind.SET_CARD_STATUS, card_id=CARD, card_status=CardStatus.CANCELLED))
+    result = books.one(Op(kind=OpKind.SET_CARD_STATUS, card_id=CARD, card_status=CardStatus.ACTIVE))
+    assert result.code == R.CARD_CANCELLED
+
+
+def test_station_allow_list(books):
+    books.open_card(CARD, personal=1_000)
+    books.one(Op(kind=OpKind.ALLOW_STATION, card_id=CARD, station_id=2))
+    assert books.pay(CARD, 10, station_id=1).code == R.CARD_NOT_ALLOWED_HERE
+    assert books.pay(CARD, 10, station_id=2).code == R.APPROVED
+
+
+def test_unknown_card(books):
+    assert books.pay(CARD, 10).code == R.CARD_NOT_FOUND
+    assert books.one(Op(kind=OpKind.OPEN_CARD, card_id=CARD, card_status=1)).code == R.APPROVED
+    assert books.one(Op(kind=OpKind.OPEN_CARD, card_id=CARD, card_status=1)).code == R.CARD_EXISTS
+
+
+# ---------------------------------------------------------------- idempotency
+
+
+def test_a_retry_gets_the_first_answer_and_moves_nothing(books):
+    books.open_card(CARD, personal=1_000)
+    op = books.pay_op(CARD, 400)
+    first = books.one(op)
+    again = books.apply(op, op)
+    assert again == [first, first]
+    assert books.balances(CARD)[1] == 600
+
+
+def test_a_used_serial_with_other_content_is_a_duplicate_mismatch(books):
+    books.open_card(CARD, personal=1_000)
+    first = books.pay(CARD, 400, serial=77)
+    assert books.pay(CARD, 401, serial=77).code == R.DUPLICATE_MISMATCH
+    assert books.ledger.idem(101, 77).result == first
+    assert books.balances(CARD)[1] == 600
+
+
+def test_a_declined_request_keeps_its_answer(books):
+    books.open_card(CARD, personal=100)
+    op = books.pay_op(CARD, 400)
+    assert books.one(op).code == R.INSUFFICIENT_FUNDS
+    books.topup(CARD, AccountKind.PERSONAL, 1_000)
+    assert books.one(op).code == R.INSUFFICIENT_FUNDS
+
+
+# ---------------------------------------------------------------- pre-authorization
+
+
+def test_preauth_holds_fleet_then_personal_and_complete_posts_the_final_amount(books):
+    books.open_card(CARD, fleet=3_000, personal=5_000)
+    hold = books.preauth(CARD, 6_000)
+    assert (hold.code, hold.fleet, hold.personal) == (R.APPROVED, 3_000, 3_000)
+    assert books.held(CARD) == (3_000, 3_000, 0)
+    # The hold counts against what else the card can pay at once.
+    assert books.pay(CARD, 2_001, plan_flags=PlanFlag.USE_PERSONAL).code == R.INSUFFICIENT_FUNDS
+    done = books.complete(hold.txn_id, 4_000)
+    assert (done.code, done.amount, done.fleet, done.personal, done.points_earned) == (R.APPROVED, 4_000, 3_000, 1_000, 40)
+    assert books.held(CARD) == (0, 0, 0)
+    assert books.balances(CARD) == (0, 4_000, 40)
+
+
+def test_complete_above_the_hold_is_declined(books):
+    books.open_card(CARD, fleet=3_000)
+    hold = books.preauth(CARD, 1_000)
+    assert books.complete(hold.txn_id, 1_001).code == R.AMOUNT_EXCEEDS_HOLD
+    assert books.complete(hold.txn_id, 1_000).code == R.APPROVED
+
+
+def test_a_hold_closes_once(books):
+    books.open_card(CARD, fleet=3_000)
+    hold = books.preauth(CARD, 1_000)
+    assert books.release(hold.txn_id).code == R.APPROVED
+    assert books.release(hold.txn_id).code == R.HOLD_CLOSED
+    assert books.complete(hold.txn_id, 10).code == R.HOLD_CLOSED
+    assert books.held(CARD) == (0, 0, 0)
+
+
+def test_an_expired_hold_can_be_neither_completed_nor_released(books):
+    books.open_card(CARD, fleet=3_000)
+    hold = books.preauth(CARD, 1_000, hold_timeout_s=60)
+    books.advance(60_000)
+    assert books.complete(hold.txn_id, 500).code == R.HOLD_EXPIRED
+    assert books.release(hold.txn_id).code == R.HOLD_EXPIRED
+    assert books.held(CARD) == (0, 0, 0)
+    assert books.balances(CARD) == (3_000, 0, 0)
+
+
+def test_the_sweep_expires_holds_nobody_touches(books):
+    books.open_card(CARD, fleet=3_000)
+    early = books.preauth(CARD, 1_000, hold_timeout_s=60)
+    late = books.preauth(CARD, 1_000, hold_timeout_s=600)
+    books.advance(61_000)
+    assert books.one(Op(kind=OpKind.EXPIRE_HOLDS)).amount == 1
+    assert books.ledger.txn(early.txn_id).state == TxnState.EXPIRED
+    assert books.ledger.txn(late.txn_id).state == TxnState.HELD
+    assert books.held(CARD) == (1_000, 0, 0)
+
+
+def test_complete_only_at_the_station_of_the_hold(books):
+    books.open_card(CARD, fleet=3_000)
+    hold = books.preauth(CARD, 1_000)
+    assert books.complete(hold.txn_id, 100, station_id=9).code == R.STATION_MISMATCH
+    assert books.complete(hold.txn_id, 100).code == R.APPROVED
+
+
+# ---------------------------------------------------------------- reversal
+
+
+def test_reversal_undoes_a_sale_and_its_points(books):
+    books.open_card(CARD, fleet=1_000, personal=1_000)
+    sale = books.pay(CARD, 1_500, serial=10)
+    assert books.balances(CARD) == (0, 500, 15)
+    undo = books.reverse(10)
+    assert (undo.code, undo.amount, undo.points_clawed_back) == (R.APPROVED, 1_500, 15)
+    assert books.balances(CARD) == (1_000, 1_000, 0)
+    assert books.ledger.txn(sale.txn_id).flags & TxnFlag.REVERSED
+    # Repeated: approved again, nothing more moves.
+    assert books.reverse(10).code == R.APPROVED
+    assert books.balances(CARD) == (1_000, 1_000, 0)
+
+
+def test_reversal_before_the_original_refuses_the_late_original(books):
+    books.open_card(CARD, fleet=1_000)
+    assert books.reverse(10).code == R.APPROVED
+    late = books.pay(CARD, 500, serial=10)
+    assert (late.code, late.txn_id) == (R.ALREADY_REVERSED, 0)
+    assert books.balances(CARD) == (1_000, 0, 0)
+
+
+def test_reversal_of_a_declined_request_is_approved_and_moves_nothing(books):
+    books.open_card(CARD, fleet=100)
+    assert books.pay(CARD, 500, serial=10).code == R.INSUFFICIENT_FUNDS
+    assert books.reverse(10).code == R.APPROVED
+    assert books.balances(CARD) == (100, 0, 0)
+
+
+def test_reversal_of_a_preauth_releases_the_hold(books):
+    books.open_card(CARD, fleet=1_000)
+    hold = books.preauth(CARD, 600, serial=10)
+    assert books.reverse(10).code == R.APPROVED
+    assert books.held(CARD) == (0, 0, 0)
+    assert books.complete(hold.txn_id, 100).code == R.ALREADY_REVERSED
+
+
+def test_reversal_while_the_channel_works_refuses_the_capture(books):
+    books.open_card(CARD, fleet=100)
+    pending = books.pay(CARD, 500, channel=Channel.WECHAT_PAY, serial=10)
+    assert books.reverse(10).code == R.APPROVED
+    assert books.held(CARD) == (0, 0, 0)
+    assert books.capture(pending.txn_id).code == R.ALREADY_REVERSED
+    assert books.balances(CARD) == (100, 0, 0)
+    assert books.ledger.pending_txn_ids() == []
+    assert books.ledger.idem(101, 10).result.code == R.ALREADY_REVERSED
+
+
+def test_reversal_of_a_topup_takes_the_money_back_if_it_is_still_there(books):
+    books.open_card(CARD)
+    books.topup(CARD, AccountKind.PERSONAL, 1_000, serial=50)
+    books.pay(CARD, 600)
+    assert books.reverse(50).code == R.INSUFFICIENT_FUNDS
+    books.topup(CARD, AccountKind.PERSONAL, 600)
+    assert books.reverse(50).code == R.APPROVED
+    assert books.balances(CARD)[1] == 0
+
+
+def test_a_refund_cannot_be_reversed(books):
+    books.open_card(CARD, personal=1_000)
+    sale = books.pay(CARD, 500)
+    books.refund(sale.txn_id, 100, serial=60)
+    assert books.reverse(60).code == R.NOT_REVERSIBLE
+
+
+# ---------------------------------------------------------------- void and refund
+
+
+def test_void_same_day_only(books):
+    books.open_card(CARD, personal=10_000)
+    today = books.pay(CARD, 1_000)
+    yesterday = books.pay(CARD, 1_000)
+    assert books.void(today.txn_id).code == R.APPROVED
+    assert books.void(today.txn_id).code == R.ALREADY_VOIDED
+    books.advance(DAY_MS)
+    assert books.void(yesterday.txn_id).code == R.VOID_NOT_SAME_DAY
+    assert books.refund(yesterday.txn_id, 1_000).code == R.APPROVED
+    assert books.balances(CARD)[1] == 10_000
+
+
+def test_refunds_are_cumulative_and_never_above_what_was_paid(books):
+    books.open_card(CARD, fleet=1_000, personal=1_000)
+    sale = books.pay(CARD, 1_500)
+    first = books.refund(sale.txn_id, 1_200)
+    # Back to the sources in payment order: fleet first.
+    assert (first.code, first.fleet, first.personal) == (R.APPROVED, 1_000, 200)
+    assert books.refund(sale.txn_id, 301).code == R.REFUND_EXCEEDS_PAID
+    assert books.refund(sale.txn_id, 300).code == R.APPROVED
+    assert books.refund(sale.txn_id, 1).code == R.REFUND_EXCEEDS_PAID
+    assert books.balances(CARD)[:2] == (1_000, 1_000)
+    assert books.void(sale.txn_id).code == R.ALREADY_REFUNDED
+
+
+def test_refund_takes_back_earned_points_in_proportion(books):
+    books.open_card(CARD, personal=10_000)
+    sale = books.pay(CARD, 10_000, earn_points_per_unit=1)
+    assert sale.points_earned == 100
+    assert books.refund(sale.txn_id, 3_333).points_clawed_back == 33
+    assert books.refund(sale.txn_id, 6_667).points_clawed_back == 67
+    assert books.balances(CARD) == (0, 10_000, 0)
+
+
+def test_points_already_spent_are_recorded_as_a_shortfall(books):
+    books.open_card(CARD, personal=10_000)
+    sale = books.pay(CARD, 10_000)
+    books.pay(CARD, 100, plan_flags=PlanFlag.USE_POINTS, points_per_unit=100)  # spends the 100 points
+    result = books.refund(sale.txn_id, 10_000)
+    assert result.points_clawed_back == 0
+    assert books.ledger.txn(sale.txn_id).points_shortfall == 100
+
+
+def test_refund_of_a_channel_part_waits_for_the_channel(books):
+    books.open_card(CARD, fleet=1_000)
+    sale = books.capture(books.pay(CARD, 3_000, channel=Channel.ALIPAY).txn_id)
+    pending = books.refund(sale.txn_id, 1_500)
+    assert (pending.code, pending.fleet, pending.channel_amount) == (R.PENDING, 1_000, 500)
+    # Reserved: a second refund cannot take the same money.
+    assert books.refund(sale.txn_id, 1_501).code == R.REFUND_EXCEEDS_PAID
+    assert books.abort(pending.txn_id, R.CHANNEL_UNAVAILABLE).code == R.CHANNEL_UNAVAILABLE
+    assert books.balances(CARD)[0] == 0
+    again = books.refund(sale.txn_id, 3_000)
+    assert books.capture(again.txn_id).code == R.APPROVED
+    assert books.balances(CARD)[0] == 1_000
+
+
+def test_void_and_refund_only_at_the_sales_station(books):
+    books.open_card(CARD, personal=1_000)
+    sale = books.pay(CARD, 500)
+    assert books.void(sale.txn_id, station_id=2).code == R.STATION_MISMATCH
+    assert books.refund(sale.txn_id, 100, station_id=2).code == R.STATION_MISMATCH
+
+
+def test_unknown_originals(books):
+    assert books.void(999).code == R.ORIGINAL_NOT_FOUND
+    assert books.refund(999, 1).code == R.ORIGINAL_NOT_FOUND
+    assert books.complete(999, 1).code == R.ORIGINAL_NOT_FOUND
+    assert books.release(999).code == R.ORIGINAL_NOT_FOUND
+
+
+def test_wrong_kinds(books):
+    books.open_card(CARD, personal=1_000)
+    sale = books.pay(CARD, 500)
+    assert books.complete(sale.txn_id, 10).code == R.WRONG_TRANSACTION_KIND
+    hold = books.preauth(CARD, 100)
+    assert books.void(hold.txn_id).code == R.TRANSACTION_NOT_POSTED
+
+
+# ---------------------------------------------------------------- limits
+
+
+def test_amounts_outside_the_limits_are_refused_by_the_kernel_too(books):
+    books.open_card(CARD, personal=1_000)
+    for amount in (0, -1, limits.AMOUNT_MINOR_MAX + 1):
+        assert books.pay(CARD, amount).code == R.INVALID_OPERATION
+    assert books.ledger.idem(101, books.serial) is None
+
+
+def test_balances_never_leave_the_allowed_range(ledger):
+    """A station's funding account near the floor: one more top-up would
+    take it past -BALANCE_ABS_MAX, so it is declined and nothing moves.
+    (Reaching the floor honestly takes millions of maximal top-ups, so the
+    account is written there directly; the audit is not run on this store.)"""
+    books = Driver(ledger)
+    books.open_card(CARD)
+    funding = Account(kind=AccountKind.TOPUP_FUNDING, unit=Unit.MONEY, owner=1, balance=-limits.BALANCE_ABS_MAX + 5, debits=limits.BALANCE_ABS_MAX - 5)
+    with ledger.store.env.begin(write=True) as txn:
+        txn.put(account_key(AccountKind.TOPUP_FUNDING, 1), encode(funding), db=ledger.store.accounts)
+    assert books.topup(CARD, AccountKind.PERSONAL, 6).code == R.BALANCE_LIMIT
+    assert books.topup(CARD, AccountKind.PERSONAL, 5).code == R.APPROVED
+    assert ledger.account(AccountKind.TOPUP_FUNDING, 1).balance == -limits.BALANCE_ABS_MAX
+    assert books.balances(CARD) == (0, 5, 0)
