@@ -47,6 +47,7 @@ class GroupCommitter:
         utc_offset_minutes: int = 0,
         queue_length_max: int = limits.QUEUE_LENGTH_MAX,
         batch_size_max: int = limits.BATCH_SIZE_MAX,
+        batch_wait_ms: float = limits.BATCH_WAIT_MS_MAX,
         clock=clock_ms,
         on_batch=None,
     ):
@@ -56,6 +57,8 @@ class GroupCommitter:
         self.utc_offset_minutes = utc_offset_minutes
         self.queue_length_max = queue_length_max
         self.batch_size_max = batch_size_max
+        assert 0 <= batch_wait_ms <= limits.BATCH_WAIT_MS_MAX
+        self.batch_wait_s = batch_wait_ms / 1000
         self.clock = clock
         # Called in the writer thread after each commit with (size, seconds);
         # the server's metrics hook in here.
@@ -109,7 +112,7 @@ class GroupCommitter:
             if len(self._queue) >= self.queue_length_max and not bypass_limit:
                 raise QueueFull()
             self._queue.append((op, future))
-            if len(self._queue) == 1:
+            if len(self._queue) == 1 or len(self._queue) == self.batch_size_max:
                 self._ready.notify()
         return future
 
@@ -119,6 +122,18 @@ class GroupCommitter:
         with self._ready:
             while not self._queue and not self._stopping:
                 self._ready.wait()
+            # Requests come in bursts (the event loop reads many at once); the
+            # first of a burst wakes the writer. Lingering a moment lets the
+            # rest join the same commit: measured at 1,500 clients, batches
+            # went from a median of 2 to hundreds, and CPU per request fell,
+            # since a commit costs about half a millisecond of CPU however
+            # small it is.
+            deadline = time.monotonic() + self.batch_wait_s
+            while len(self._queue) < self.batch_size_max and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._ready.wait(remaining)
             count = min(len(self._queue), self.batch_size_max)
             return [self._queue.popleft() for _ in range(count)]
 

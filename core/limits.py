@@ -26,9 +26,10 @@ BATCH_SIZE_MAX = 8189
 # Requests waiting for the writer. Beyond this the server answers
 # RESOURCE_EXHAUSTED at once instead of queueing without bound.
 QUEUE_LENGTH_MAX = 16384
-# How long the writer waits for more requests before committing a batch that
-# is not full. Short: latency matters more than batch size at low load.
-BATCH_WAIT_MS_MAX = 2
+# How long the writer lingers for more requests before committing a batch
+# that is not full. Short, since it adds to every answer's latency; long
+# enough to gather a burst the event loop read at once (see commit.py).
+BATCH_WAIT_MS_MAX = 1
 
 # Basket lines in one sale.
 BASKET_LINES_MAX = 64

@@ -8,6 +8,7 @@ from core.records import Account, Card, Result, Txn
 from core.results import RESULT_TEXT, CardFlag, OpKind, ResultCode, TxnFlag
 from tally.v1 import card_pb2, common_pb2, payment_pb2
 
+RESULT_NAMES = {int(code): code.name for code in ResultCode}
 RECEIPT_TITLES = {
     OpKind.PAY: "SALE",
     OpKind.PREAUTH: "PRE-AUTHORIZATION",
@@ -22,9 +23,9 @@ RECEIPT_TITLES = {
 
 def money(amount_minor: int) -> str:
     """Minor units as a decimal string, without floats: 12345 -> '123.45'."""
-    sign = "-" if amount_minor < 0 else ""
-    units, cents = divmod(abs(amount_minor), 100)
-    return f"{sign}{units}.{cents:02d}"
+    if amount_minor < 0:
+        return "-" + money(-amount_minor)
+    return f"{amount_minor // 100}.{amount_minor % 100:02d}"
 
 
 def quantity(quantity_milli: int) -> str:
@@ -94,7 +95,7 @@ def receipt(result: Result, terminal, basket, channel: int) -> str:
             lines.append(
                 f"balance fleet {money(result.fleet_balance)}  personal {money(result.personal_balance)}  points {result.points_balance}"
             )
-    lines.append(f"{ResultCode(result.code).name}: {result_text(result.code)}")
+    lines.append(f"{RESULT_NAMES.get(result.code, result.code)}: {result_text(result.code)}")
     return "\n".join(lines)
 
 
