@@ -5,6 +5,7 @@ import asyncio
 import logging
 import sys
 
+from core import limits
 from core.channels import SimulatorSettings
 from core.store import MAP_SIZE_BYTES_DEFAULT
 from server.settings import ServerSettings
@@ -32,6 +33,8 @@ def parse_args(argv):
                         help="simulated channel latency range")
     parser.add_argument("--channel-decline-ppm", type=int, default=0, help="simulated channel declines, per million")
     parser.add_argument("--channel-timeout-ppm", type=int, default=0, help="simulated channel time-outs, per million")
+    parser.add_argument("--queue-length-max", type=int, default=limits.QUEUE_LENGTH_MAX,
+                        help="requests waiting for the writer before RESOURCE_EXHAUSTED (default %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser.parse_args(argv)
 
@@ -49,6 +52,7 @@ def main(argv=None):
             points_per_unit=args.points_per_unit,
             earn_points_per_unit=args.earn_points_per_unit,
             channel_timeout_ms=args.channel_timeout_ms,
+            queue_length_max=args.queue_length_max,
             simulator=SimulatorSettings(
                 latency_ms_min=args.channel_latency_ms[0],
                 latency_ms_max=args.channel_latency_ms[1],

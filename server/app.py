@@ -66,7 +66,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     ledger = Ledger(store, kernel)
     if kernel.name == "reference":
         log.warning("running the plain-Python reference kernel: correct, but far slower than the Cython kernel")
-    committer = GroupCommitter(ledger, settings.utc_offset_minutes)
+    committer = GroupCommitter(ledger, settings.utc_offset_minutes, queue_length_max=settings.queue_length_max)
     committer.start()
     channels = build_channels(settings.simulator)
     flow = ChannelFlow(ledger, committer, channels, settings.channel_timeout_ms)

@@ -28,6 +28,8 @@ class ServerSettings(msgspec.Struct, frozen=True):
     channel_timeout_ms: int = 5000
     # How often expired pre-authorizations are swept.
     hold_sweep_interval_s: float = 5.0
+    # Requests waiting for the writer before new ones get RESOURCE_EXHAUSTED.
+    queue_length_max: int = limits.QUEUE_LENGTH_MAX
     # Seconds a stopping server gives calls in flight to finish.
     shutdown_grace_s: float = 10.0
     simulator: SimulatorSettings = SimulatorSettings()
@@ -39,5 +41,7 @@ class ServerSettings(msgspec.Struct, frozen=True):
             raise ValueError(f"earn_points_per_unit must be within 0 .. {limits.EARN_POINTS_PER_UNIT_MAX}")
         if not 0 < self.hold_timeout_s_default <= limits.HOLD_TIMEOUT_S_MAX:
             raise ValueError(f"hold_timeout_s_default must be within 1 .. {limits.HOLD_TIMEOUT_S_MAX}")
+        if not 0 < self.queue_length_max <= limits.QUEUE_LENGTH_MAX:
+            raise ValueError(f"queue_length_max must be within 1 .. {limits.QUEUE_LENGTH_MAX}")
         if not -14 * 60 <= self.utc_offset_minutes <= 14 * 60:
             raise ValueError("utc_offset_minutes must be within -840 .. 840")

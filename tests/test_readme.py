@@ -44,3 +44,39 @@ def test_every_entry_point_has_help():
         result = subprocess.run([sys.executable, "-m", *command.split(), "--help"], capture_output=True, text=True, cwd=REPO)
         assert result.returncode == 0, result.stderr
         assert expected in result.stdout
+
+
+def test_make_run_serves_the_demo_until_interrupted(tmp_path):
+    """The README's first command, with the address and data moved aside so
+    that it cannot collide with anything on 127.0.0.1:50051."""
+    import signal
+    import threading
+
+    from tests.support import SERVING_LINE, DEMO_COMPANY_CARD, Terminal
+
+    data_dir = tmp_path / "demo"
+    make = subprocess.Popen(
+        ["make", "--no-print-directory", "run", "LISTEN=127.0.0.1:0", f"DEMO_DATA={data_dir}"],
+        cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    address = []
+    ready = threading.Event()
+
+    def read():
+        for line in make.stderr:
+            match = SERVING_LINE.search(line)
+            if match:
+                address.append(match.group(1))
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert ready.wait(120), "make run did not serve"
+        import grpc
+
+        terminal = Terminal(grpc.insecure_channel(address[0]))
+        assert terminal.card(DEMO_COMPANY_CARD).balances.fleet_minor == 500_000
+    finally:
+        os.killpg(make.pid, signal.SIGINT)  # Ctrl-C reaches make and the server
+        make.wait(60)
+    assert (data_dir / "data.mdb").exists()

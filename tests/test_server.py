@@ -197,3 +197,42 @@ def test_the_reference_kernel_is_announced(server_factory):
     process = server_factory("--kernel", "reference")
     assert process.kernel == "reference"
     assert "running the plain-Python reference kernel" in process.log
+
+
+def test_a_full_queue_answers_resource_exhausted_at_once_and_nothing_half_done(server_factory):
+    import asyncio
+    import subprocess
+    import sys
+
+    process = server_factory("--queue-length-max", "1")
+
+    async def flood():
+        async with grpc.aio.insecure_channel(process.address) as channel:
+            from tally.v1 import payment_pb2_grpc
+
+            payments = payment_pb2_grpc.PaymentServiceStub(channel)
+
+            async def one(serial):
+                request = payment_pb2.PayRequest(
+                    terminal=common_pb2.TerminalContext(station_id=1, terminal_id=909, serial=serial, operator_id=1),
+                    amount_minor=1,
+                    plan=payment_pb2.PaymentPlan(card_id=DEMO_COMPANY_CARD, use_fleet=True),
+                )
+                try:
+                    return (await payments.Pay(request)).result
+                except grpc.aio.AioRpcError as error:
+                    assert "queue full" in error.details()
+                    return error.code()
+
+            return await asyncio.gather(*(one(serial) for serial in range(1, 401)))
+
+    outcomes = asyncio.run(flood())
+    refused = outcomes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    approved = outcomes.count(R.APPROVED)
+    assert refused > 0 and approved > 0 and refused + approved == 400
+    terminal = Terminal(process.channel(), terminal_id=910)
+    assert terminal.card(DEMO_COMPANY_CARD).balances.fleet_minor == 500_000 - approved
+    assert terminal.pay(1)[0].result == R.APPROVED
+    assert process.stop() == 0
+    audit = subprocess.run([sys.executable, "-m", "core.audit", process.data_dir], capture_output=True, text=True)
+    assert audit.returncode == 0, audit.stdout
