@@ -30,9 +30,12 @@ from core.records import (
     Account,
     Idem,
     JournalEntry,
+    Lot,
     Txn,
     decode,
+    lot_key,
     parse_account_key,
+    parse_lot_expiry_key,
 )
 from core.results import (
     SYSTEM_ACCOUNT_KIND_MIN,
@@ -170,7 +173,7 @@ def _check_txn(record: Txn, journal: _JournalTotals, expected_held: collections.
         undone = record.flags & (TxnFlag.VOIDED | TxnFlag.REVERSED)
         if undone == (TxnFlag.VOIDED | TxnFlag.REVERSED):
             report.problem(f"{name}: both voided and reversed")
-        expected_return = posted if undone and record.state == TxnState.POSTED else 0
+        expected_return = posted - record.shortfall_settled if undone and record.state == TxnState.POSTED else 0
         if return_money != expected_return:
             report.problem(f"{name}: returned {return_money} by void/reversal, expected {expected_return}")
         if _money(record, "refunded_") > posted:
@@ -215,6 +218,29 @@ def _check_accounts(store: Store, txn, journal: _JournalTotals, expected_held, r
             report.problem(f"balances in unit {unit} sum to {total}, not zero")
 
 
+def _check_lots(store: Store, txn, report: AuditReport):
+    """A card's points balance is the sum of its open lots; the expiry index
+    lists exactly the open lots."""
+    lots_total = collections.Counter()
+    open_keys = set()
+    for key, value in txn.cursor(db=store.point_lots):
+        lot = decode(Lot, value)
+        report.counts["open_lots"] += 1
+        open_keys.add((lot.expires_day, lot.card_id))
+        if key != lot_key(lot.card_id, lot.expires_day):
+            report.problem(f"lot of card {lot.card_id} stored under the wrong key")
+        if not 0 < lot.remaining <= lot.original:
+            report.problem(f"open lot {lot.card_id}/{lot.expires_day} has {lot.remaining} of {lot.original} points left")
+        lots_total[lot.card_id] += lot.remaining
+    indexed = {parse_lot_expiry_key(key) for key in txn.cursor(db=store.lot_expiry).iternext(values=False)}
+    if indexed != open_keys:
+        report.problem(f"lot expiry index differs from the open lots: {len(indexed - open_keys)} extra, {len(open_keys - indexed)} missing")
+    for _, value in txn.cursor(db=store.accounts):
+        account = decode(Account, value)
+        if account.kind == AccountKind.POINTS and account.balance != lots_total[account.owner]:
+            report.problem(f"card {account.owner}: points balance {account.balance} but its lots hold {lots_total[account.owner]}")
+
+
 def audit(store: Store) -> AuditReport:
     report = AuditReport()
     with store.env.begin() as txn:
@@ -237,6 +263,7 @@ def audit(store: Store) -> AuditReport:
                 _check_txn(record, journal, expected_held, report)
                 bar.update(1)
         _check_accounts(store, txn, journal, expected_held, report)
+        _check_lots(store, txn, report)
         for _, value in txn.cursor(db=store.idem):
             entry = decode(Idem, value)
             report.counts["requests"] += 1

@@ -28,7 +28,7 @@ cdef struct OpRec:
     uint32_t operator_id
     uint32_t hold_timeout_s
     uint32_t points_per_unit
-    uint32_t earn_points_per_unit
+    uint32_t lot_validity_days
     uint64_t serial
     uint64_t card_id
     uint64_t ref_txn_id
@@ -37,6 +37,7 @@ cdef struct OpRec:
     uint64_t credit_owner
     int64_t amount
     int64_t points_max
+    int64_t earn_points
     int64_t limit_per_txn
     int64_t limit_per_day
     char fingerprint[16]
@@ -56,6 +57,7 @@ cdef struct ResultRec:
     int64_t channel_amount
     int64_t points_earned
     int64_t points_clawed_back
+    int64_t shortfall_settled
     int64_t fleet_balance
     int64_t personal_balance
     int64_t points_balance
@@ -92,7 +94,7 @@ cdef struct TxnRec:
     uint32_t terminal_id
     uint32_t operator_id
     uint32_t business_day
-    uint32_t reserved
+    uint32_t points_per_unit
     uint64_t serial
     uint64_t card_id
     uint64_t ref_txn_id
@@ -106,6 +108,7 @@ cdef struct TxnRec:
     int64_t points_clawed_back
     int64_t points_shortfall
     int64_t refunds_posted
+    int64_t shortfall_settled
 
 cdef struct IdemRec:
     char fingerprint[16]
@@ -125,6 +128,14 @@ cdef struct JournalRec:
     uint32_t business_day
     uint32_t station_id
     uint32_t reserved
+
+cdef struct LotRec:
+    uint64_t card_id
+    uint32_t expires_day
+    uint32_t earned_day
+    int64_t original
+    int64_t remaining
+    uint64_t first_txn_id
 
 # One transfer of an operation, before it is applied.
 cdef struct Posting:

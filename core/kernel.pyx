@@ -37,7 +37,9 @@ cdef int64_t AMOUNT_MINOR_MAX = _limits.AMOUNT_MINOR_MAX
 cdef int64_t BALANCE_ABS_MAX = _limits.BALANCE_ABS_MAX
 cdef int64_t POINTS_MAX = _limits.POINTS_MAX
 cdef uint32_t POINTS_PER_UNIT_MAX = _limits.POINTS_PER_UNIT_MAX
-cdef uint32_t EARN_POINTS_PER_UNIT_MAX = _limits.EARN_POINTS_PER_UNIT_MAX
+cdef int64_t EARN_POINTS_MAX = _limits.EARN_POINTS_MAX
+cdef uint32_t LOT_VALIDITY_DAYS_DEFAULT = _limits.LOT_VALIDITY_DAYS_DEFAULT
+cdef uint32_t LOT_VALIDITY_DAYS_MAX = _limits.LOT_VALIDITY_DAYS_MAX
 cdef uint32_t HOLD_TIMEOUT_S_MAX = _limits.HOLD_TIMEOUT_S_MAX
 cdef Py_ssize_t BATCH_SIZE_MAX = _limits.BATCH_SIZE_MAX
 cdef Py_ssize_t EXPIRE_SWEEP_HOLDS_MAX = _limits.EXPIRE_SWEEP_HOLDS_MAX
@@ -91,6 +93,7 @@ cdef uint8_t OP_REFUND = _K.REFUND
 cdef uint8_t OP_EXPIRE_HOLDS = _K.EXPIRE_HOLDS
 cdef uint8_t OP_OPEN_ACCOUNT = _K.OPEN_ACCOUNT
 cdef uint8_t OP_TRANSFER = _K.TRANSFER
+cdef uint8_t OP_EXPIRE_POINTS = _K.EXPIRE_POINTS
 
 _A = _results.AccountKind
 cdef uint8_t FLEET = _A.FLEET
@@ -137,6 +140,8 @@ cdef uint8_t MOVE_CHANNEL = _results.Movement.CHANNEL
 cdef uint8_t MOVE_EARN = _results.Movement.EARN
 cdef uint8_t MOVE_TOPUP = _results.Movement.TOPUP
 cdef uint8_t MOVE_TRANSFER = _results.Movement.TRANSFER
+cdef uint8_t MOVE_EXPIRY = _results.Movement.EXPIRY
+cdef uint8_t MOVE_SHORTFALL = _results.Movement.SHORTFALL
 cdef uint8_t REASON_SALE = _results.Reason.SALE
 cdef uint8_t REASON_COMPLETE = _results.Reason.COMPLETE
 cdef uint8_t REASON_TOPUP = _results.Reason.TOPUP
@@ -144,6 +149,7 @@ cdef uint8_t REASON_REVERSAL = _results.Reason.REVERSAL
 cdef uint8_t REASON_VOID = _results.Reason.VOID
 cdef uint8_t REASON_REFUND = _results.Reason.REFUND
 cdef uint8_t REASON_TRANSFER = _results.Reason.TRANSFER
+cdef uint8_t REASON_EXPIRY = _results.Reason.EXPIRY
 
 cdef bytes META_NEXT_TXN_ID = _records.META_NEXT_TXN_ID
 cdef bytes META_NEXT_JOURNAL_SEQ = _records.META_NEXT_JOURNAL_SEQ
@@ -176,6 +182,7 @@ def record_sizes():
         "Txn": sizeof(TxnRec),
         "Idem": sizeof(IdemRec),
         "JournalEntry": sizeof(JournalRec),
+        "Lot": sizeof(LotRec),
     }
 
 
@@ -221,6 +228,33 @@ cdef inline bytes card_station_key(uint64_t card_id, uint32_t station_id):
     return PyBytes_FromStringAndSize(buffer, 12)
 
 
+cdef inline bytes lot_key(uint64_t card_id, uint32_t expires_day):
+    cdef char buffer[12]
+    cdef uint64_t big_card = bswap64(card_id)
+    cdef uint32_t big_day = bswap32(expires_day)
+    memcpy(buffer, &big_card, 8)
+    memcpy(buffer + 8, &big_day, 4)
+    return PyBytes_FromStringAndSize(buffer, 12)
+
+
+cdef inline bytes lot_expiry_key(uint32_t expires_day, uint64_t card_id):
+    cdef char buffer[12]
+    cdef uint32_t big_day = bswap32(expires_day)
+    cdef uint64_t big_card = bswap64(card_id)
+    memcpy(buffer, &big_day, 4)
+    memcpy(buffer + 4, &big_card, 8)
+    return PyBytes_FromStringAndSize(buffer, 12)
+
+
+cdef inline bytes points_history_key(uint64_t card_id, uint64_t seq):
+    cdef char buffer[16]
+    cdef uint64_t big_card = bswap64(card_id)
+    cdef uint64_t big_seq = bswap64(seq)
+    memcpy(buffer, &big_card, 8)
+    memcpy(buffer + 8, &big_seq, 8)
+    return PyBytes_FromStringAndSize(buffer, 16)
+
+
 cdef inline uint64_t parse_u64(const char* data):
     cdef uint64_t big
     memcpy(&big, data, 8)
@@ -247,8 +281,12 @@ cdef inline int64_t cash_for_points(int64_t points, int64_t points_per_unit):
     return points * 100 // points_per_unit
 
 
-cdef inline int64_t earned_points(int64_t paid_minor, int64_t earn_points_per_unit):
-    return paid_minor * earn_points_per_unit // 100
+cdef int64_t share(int64_t points, int64_t part, int64_t whole) except? -1:
+    """Mirror of reference.share, in Python integers: points * part can pass
+    2^63 (a trillion points times a trillion minor units)."""
+    if whole == 0:
+        return 0
+    return (<object>points) * part // whole
 
 
 cdef inline bint is_idempotent_kind(uint8_t kind):
@@ -280,7 +318,11 @@ cdef bint op_is_valid(const OpRec* op):
             return False
         if op.channel > CHANNEL_LAST:
             return False
-    if op.earn_points_per_unit > EARN_POINTS_PER_UNIT_MAX:
+    if op.earn_points < 0 or op.earn_points > EARN_POINTS_MAX:
+        return False
+    if op.lot_validity_days > LOT_VALIDITY_DAYS_MAX:
+        return False
+    if (kind == OP_REFUND or kind == OP_VOID or kind == OP_REVERSE) and op.points_per_unit > POINTS_PER_UNIT_MAX:
         return False
     if kind == OP_PREAUTH and not (0 < op.hold_timeout_s <= HOLD_TIMEOUT_S_MAX):
         return False
@@ -385,6 +427,8 @@ cdef class _Batch:
     cdef object txn
     cdef object accounts_db, cards_db, card_stations_db, txns_db, idem_db
     cdef object journal_db, hold_expiry_db, pending_db, meta_db
+    cdef object point_lots_db, closed_lots_db, lot_expiry_db, points_history_db
+    cdef uint32_t lot_validity_days
     # key -> bytearray holding the record, or None when LMDB has none
     cdef dict accounts, cards, txns, idems
     # key -> the same bytearray, for records this batch changed
@@ -406,6 +450,11 @@ cdef class _Batch:
         self.hold_expiry_db = store.hold_expiry
         self.pending_db = store.pending
         self.meta_db = store.meta
+        self.point_lots_db = store.point_lots
+        self.closed_lots_db = store.closed_lots
+        self.lot_expiry_db = store.lot_expiry
+        self.points_history_db = store.points_history
+        self.lot_validity_days = LOT_VALIDITY_DAYS_DEFAULT
         self.accounts = {}
         self.cards = {}
         self.txns = {}
@@ -642,6 +691,103 @@ cdef class _Batch:
             entry.reserved = 0
             self.next_journal_seq += 1
             self.journal_count += 1
+            # Mirror of the lots hook in reference.post.
+            if postings[i].debit_kind == POINTS:
+                self.take_from_lots(postings[i].debit_owner, postings[i].amount)
+                self.txn.put(points_history_key(postings[i].debit_owner, self.next_journal_seq - 1), b"", db=self.points_history_db)
+            if postings[i].credit_kind == POINTS:
+                self.add_to_lot(postings[i].credit_owner, postings[i].amount, txn_id)
+                self.txn.put(points_history_key(postings[i].credit_owner, self.next_journal_seq - 1), b"", db=self.points_history_db)
+
+    # -------------------------------------------------------- points lots
+
+    cdef list open_lots(self, uint64_t card_id, bint expired_only):
+        """Mirror of reference.open_lots: the card's open lots as bytes."""
+        cdef bytes prefix = u64_key(card_id)
+        cdef list found = []
+        cdef const LotRec* lot
+        cursor = self.txn.cursor(db=self.point_lots_db)
+        if cursor.set_range(prefix):
+            for key, value in cursor.iternext():
+                if not key.startswith(prefix):
+                    break
+                lot = <const LotRec*>PyBytes_AS_STRING(value)
+                if expired_only and lot.expires_day > self.day:
+                    break
+                found.append(value)
+        cursor.close()
+        return found
+
+    cdef add_to_lot(self, uint64_t card_id, int64_t amount, uint64_t txn_id):
+        cdef uint32_t expires_day = self.day + self.lot_validity_days
+        cdef bytes key = lot_key(card_id, expires_day)
+        cdef LotRec lot
+        value = self.txn.get(key, None, self.point_lots_db)
+        if value is None:
+            value = self.txn.get(key, None, self.closed_lots_db)
+            if value is None:
+                memset(&lot, 0, sizeof(LotRec))
+                lot.card_id = card_id
+                lot.expires_day = expires_day
+                lot.earned_day = self.day
+                lot.first_txn_id = txn_id
+            else:
+                memcpy(&lot, PyBytes_AS_STRING(value), sizeof(LotRec))
+                self.txn.delete(key, db=self.closed_lots_db)
+            self.txn.put(lot_expiry_key(expires_day, card_id), b"", db=self.lot_expiry_db)
+        else:
+            memcpy(&lot, PyBytes_AS_STRING(value), sizeof(LotRec))
+        lot.original += amount
+        lot.remaining += amount
+        self.txn.put(key, PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)), db=self.point_lots_db)
+
+    cdef take_from_lots(self, uint64_t card_id, int64_t amount):
+        cdef int64_t left = amount
+        cdef int64_t taken
+        cdef LotRec lot
+        cdef bytes key
+        for value in self.open_lots(card_id, False):
+            if left == 0:
+                break
+            memcpy(&lot, PyBytes_AS_STRING(value), sizeof(LotRec))
+            taken = lot.remaining if lot.remaining < left else left
+            lot.remaining -= taken
+            left -= taken
+            key = lot_key(card_id, lot.expires_day)
+            if lot.remaining == 0:
+                self.txn.delete(key, db=self.point_lots_db)
+                self.txn.delete(lot_expiry_key(lot.expires_day, card_id), db=self.lot_expiry_db)
+                self.txn.put(key, PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)), db=self.closed_lots_db)
+            else:
+                self.txn.put(key, PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)), db=self.point_lots_db)
+        assert left == 0, "points balance and lots disagree"
+
+    cdef int64_t expire_lots(self, uint64_t card_id) except -1:
+        """Mirror of reference.expire_lots."""
+        cdef AccountRec* account = self.load_account(POINTS, card_id)
+        if account == NULL:
+            return 0
+        cdef int64_t expirable = 0
+        for value in self.open_lots(card_id, True):
+            expirable += (<const LotRec*>PyBytes_AS_STRING(value)).remaining
+        cdef int64_t free = account.balance - account.held
+        cdef int64_t amount = expirable if expirable < free else free
+        cdef Posting posting
+        if amount > 0:
+            set_posting(&posting, POINTS, card_id, POINTS_LIABILITY, 0, amount, MOVE_EXPIRY, REASON_EXPIRY)
+            self.post(0, 0, &posting, 1)
+        return amount if amount > 0 else 0
+
+    cdef expire_points(self, const OpRec* op, ResultRec* r):
+        if self.load_card(op.card_id) == NULL:
+            self.init_result(op, r, CARD_NOT_FOUND)
+            r.card_id = op.card_id
+            return
+        cdef int64_t expired = self.expire_lots(op.card_id)
+        self.init_result(op, r, APPROVED)
+        r.card_id = op.card_id
+        r.amount = expired
+        self.set_card_balances(r, op.card_id)
 
     cdef change_held(self, uint64_t card_id, int64_t fleet, int64_t personal, int64_t points):
         cdef uint8_t kinds[3]
@@ -702,6 +848,7 @@ cdef class _Batch:
         if not op_is_valid(op):
             self.init_result(op, r, INVALID_OPERATION)
             return
+        self.lot_validity_days = op.lot_validity_days if op.lot_validity_days else LOT_VALIDITY_DAYS_DEFAULT
         cdef bint idempotent = op.serial != 0 and is_idempotent_kind(op.kind)
         cdef bytes key = None
         cdef IdemRec* stored
@@ -759,6 +906,8 @@ cdef class _Batch:
             self.expire_holds(op, r)
         elif kind == OP_OPEN_ACCOUNT:
             self.open_account(op, r)
+        elif kind == OP_EXPIRE_POINTS:
+            self.expire_points(op, r)
         else:
             raise KeyError(kind)
 
@@ -883,6 +1032,8 @@ cdef class _Batch:
                 self.init_result(op, r, decline)
                 r.card_id = op.card_id
                 return
+        if card != NULL and op.plan_flags & USE_POINTS:
+            self.expire_lots(op.card_id)
         cdef TxnRec draft
         self.txn_draft(op, OP_PAY, HELD, &draft)
         if card != NULL:
@@ -895,7 +1046,7 @@ cdef class _Batch:
         draft.channel = op.channel if channel_amount > 0 else CHANNEL_NONE
         draft.held[LEG_CHANNEL] = channel_amount
         if card != NULL:
-            draft.points_earned = earned_points(op.amount - draft.held[LEG_POINTS_CASH], op.earn_points_per_unit)
+            draft.points_earned = share(op.earn_points, op.amount - draft.held[LEG_POINTS_CASH], op.amount)
         cdef Posting postings[POSTINGS_MAX]
         cdef int count
         if channel_amount == 0:
@@ -930,6 +1081,8 @@ cdef class _Batch:
             rest -= legs[LEG_PERSONAL]
         if op.plan_flags & USE_POINTS:
             points_available = self.available(POINTS, op.card_id)
+            if points_available > POINTS_MAX:
+                points_available = POINTS_MAX
             if op.points_max and op.points_max < points_available:
                 points_available = op.points_max
             taken = cash_for_points(points_available, op.points_per_unit)
@@ -991,7 +1144,7 @@ cdef class _Batch:
         if record.kind == OP_REFUND:
             sale = self.load_txn(record.ref_txn_id)
             self.mark_txn(sale.txn_id)
-            self.post_return(record, sale, record.held, record.amount, REASON_REFUND)
+            self.post_return(record, sale, record.held, record.amount, REASON_REFUND, record.points_per_unit)
         else:
             self.change_held(record.card_id, -record.held[LEG_FLEET], -record.held[LEG_PERSONAL], -record.held[LEG_POINTS_USED])
             self.post_sale(record)
@@ -1107,7 +1260,7 @@ cdef class _Batch:
         self.return_spent(record.card_id, record.business_day, record.amount - op.amount)
         record.posted[LEG_FLEET] = op.amount if op.amount < record.held[LEG_FLEET] else record.held[LEG_FLEET]
         record.posted[LEG_PERSONAL] = op.amount - record.posted[LEG_FLEET]
-        record.points_earned = earned_points(op.amount, op.earn_points_per_unit)
+        record.points_earned = op.earn_points
         cdef Posting postings[POSTINGS_MAX]
         cdef int count = sale_postings(postings, record.card_id, record.station_id, record.channel,
                                        record.posted, record.points_earned, REASON_COMPLETE)
@@ -1202,7 +1355,7 @@ cdef class _Batch:
                 self.save_idem(idem_key(record.terminal_id, record.serial), original.fingerprint, &final)
             record.flags |= FLAG_REVERSED
             self.mark_txn(record.txn_id)
-            self.undo_result(op, record, record.held, 0, r)
+            self.undo_result(op, record, r)
             return
         self.undo_posted(op, record, FLAG_REVERSED, REASON_REVERSAL, r)
 
@@ -1218,6 +1371,8 @@ cdef class _Batch:
         else:
             kind = POINTS
             amount = record.posted[LEG_POINTS_USED]
+        if kind == POINTS:
+            self.expire_lots(record.card_id)
         if self.available(kind, record.card_id) < amount:
             self.init_result(op, r, INSUFFICIENT_FUNDS)
             r.txn_id = record.txn_id
@@ -1289,13 +1444,18 @@ cdef class _Batch:
         undo.channel = record.channel
         undo.amount = amount
         memcpy(undo.held, record.posted, LEG_COUNT * sizeof(int64_t))
-        self.post_return(&undo, record, undo.held, amount, reason)
+        self.post_return(&undo, record, undo.held, amount, reason, op.points_per_unit)
+        record.shortfall_settled = undo.shortfall_settled
         self.return_spent(record.card_id, record.business_day, amount)
         record.flags |= flag
         self.mark_txn(record.txn_id)
-        self.undo_result(op, &undo, undo.held, undo.points_clawed_back, r)
+        self.undo_result(op, &undo, r)
 
-    cdef undo_result(self, const OpRec* op, const TxnRec* record, const int64_t* legs, int64_t clawed, ResultRec* r):
+    cdef undo_result(self, const OpRec* op, const TxnRec* record, ResultRec* r):
+        """Mirror of reference.undo_result."""
+        cdef const int64_t* legs = &record.held[0]
+        if record.state == POSTED:
+            legs = &record.posted[0]
         self.init_result(op, r, APPROVED)
         r.txn_id = record.txn_id
         r.card_id = record.card_id
@@ -1305,7 +1465,8 @@ cdef class _Batch:
         r.points_cash = legs[LEG_POINTS_CASH]
         r.points_used = legs[LEG_POINTS_USED]
         r.channel_amount = legs[LEG_CHANNEL]
-        r.points_clawed_back = clawed
+        r.points_clawed_back = record.points_clawed_back
+        r.shortfall_settled = record.shortfall_settled
         self.set_card_balances(r, record.card_id)
 
     # -------------------------------------------------------- refund
@@ -1323,6 +1484,7 @@ cdef class _Batch:
         self.txn_draft(op, OP_REFUND, HELD, &draft)
         draft.card_id = sale.card_id
         draft.channel = sale.channel
+        draft.points_per_unit = op.points_per_unit
         cdef int64_t rest = op.amount
         cdef int64_t part
         cdef int i, leg
@@ -1354,7 +1516,7 @@ cdef class _Batch:
         self.mark_txn(sale.txn_id)
         cdef TxnRec* record = self.store_txn(&draft)
         if record.held[LEG_CHANNEL] == 0:
-            self.post_return(record, sale, record.held, op.amount, REASON_REFUND)
+            self.post_return(record, sale, record.held, op.amount, REASON_REFUND, op.points_per_unit)
             code = APPROVED
         else:
             self.txn.put(u64_key(record.txn_id), b"", db=self.pending_db)
@@ -1370,33 +1532,49 @@ cdef class _Batch:
         r.txn_id = record.txn_id
         r.card_id = record.card_id
         r.amount = record.amount
-        r.fleet = record.held[LEG_FLEET]
-        r.personal = record.held[LEG_PERSONAL]
-        r.points_cash = record.held[LEG_POINTS_CASH]
-        r.points_used = record.held[LEG_POINTS_USED]
-        r.channel_amount = record.held[LEG_CHANNEL]
+        cdef const int64_t* legs = &record.held[0]
+        if record.state == POSTED:
+            legs = &record.posted[0]
+        r.fleet = legs[LEG_FLEET]
+        r.personal = legs[LEG_PERSONAL]
+        r.points_cash = legs[LEG_POINTS_CASH]
+        r.points_used = legs[LEG_POINTS_USED]
+        r.channel_amount = legs[LEG_CHANNEL]
         r.points_clawed_back = record.points_clawed_back
+        r.shortfall_settled = record.shortfall_settled
         self.set_card_balances(r, record.card_id)
 
-    cdef post_return(self, TxnRec* record, TxnRec* sale, const int64_t* legs, int64_t amount, uint8_t reason):
+    cdef post_return(self, TxnRec* record, TxnRec* sale, const int64_t* legs, int64_t amount, uint8_t reason, uint32_t points_per_unit):
         """Mirror of reference.post_return."""
         cdef int64_t refunds_after = sale.refunds_posted + amount
-        cdef int64_t total = money_total(sale.posted)
-        cdef int64_t claw_target = (sale.points_earned * refunds_after // total if total else 0) - sale.points_clawed_back - sale.points_shortfall
+        cdef int64_t claw_target = share(sale.points_earned, refunds_after, money_total(sale.posted)) - sale.points_clawed_back - sale.points_shortfall
         cdef int64_t points_free = 0
         if sale.card_id:
+            self.expire_lots(sale.card_id)
             points_free = self.available(POINTS, sale.card_id) + legs[LEG_POINTS_USED]
         cdef int64_t claw = claw_target if claw_target < points_free else points_free
+        cdef int64_t shortfall = claw_target - claw
+        cdef int64_t settled = 0
+        cdef int64_t coverable = legs[LEG_FLEET] + legs[LEG_PERSONAL]
+        if points_per_unit:
+            settled = share(shortfall, 100, points_per_unit)
+            if settled > coverable:
+                settled = coverable
+        memmove(record.posted, legs, LEG_COUNT * sizeof(int64_t))
+        cdef int64_t from_fleet = settled if settled < record.posted[LEG_FLEET] else record.posted[LEG_FLEET]
+        record.posted[LEG_FLEET] -= from_fleet
+        record.posted[LEG_PERSONAL] -= settled - from_fleet
         record.points_clawed_back = claw
-        record.points_shortfall = claw_target - claw
+        record.points_shortfall = shortfall
+        record.shortfall_settled = settled
         sale.points_clawed_back += claw
-        sale.points_shortfall += claw_target - claw
+        sale.points_shortfall += shortfall
         sale.refunds_posted = refunds_after
-        memcpy(record.posted, legs, LEG_COUNT * sizeof(int64_t))
         record.state = POSTED
         cdef Posting postings[POSTINGS_MAX]
-        cdef int count = return_postings(postings, record.card_id, record.station_id, record.channel, legs, claw, reason)
-        self.post(record.txn_id, sale.station_id, postings, count)
+        cdef int count = return_postings(postings, record.card_id, record.station_id, record.channel, record.posted, claw, reason)
+        set_posting(&postings[count], STATION_RECEIVABLE, sale.station_id, POINTS_FUNDING, 0, settled, MOVE_SHORTFALL, reason)
+        self.post(record.txn_id, sale.station_id, postings, count + 1)
 
     # -------------------------------------------------------- general
 

@@ -59,6 +59,11 @@ POINTS_PER_UNIT_MAX = 1_000_000
 # Points earned per currency unit paid (not counting what points paid).
 EARN_POINTS_PER_UNIT_DEFAULT = 1
 EARN_POINTS_PER_UNIT_MAX = 1000
+# Points the rules may give one sale.
+EARN_POINTS_MAX = POINTS_MAX
+# Validity of a points lot: 24 months, as days.
+LOT_VALIDITY_DAYS_DEFAULT = 730
+LOT_VALIDITY_DAYS_MAX = 20 * 366
 
 # Holds expired by one sweep operation; the sweep is repeated until done.
 EXPIRE_SWEEP_HOLDS_MAX = 1024

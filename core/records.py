@@ -30,8 +30,10 @@ class Op(msgspec.Struct):
     abort_code           ABORT: the ResultCode recorded for the request
     station_id, terminal_id, operator_id   who asks
     hold_timeout_s       PREAUTH: seconds until the hold expires
-    points_per_unit      points that make one currency unit when paying with points
-    earn_points_per_unit points earned per currency unit paid
+    points_per_unit      points that make one currency unit when paying with
+                         points (PAY), or settling a points shortfall (REFUND,
+                         VOID, REVERSE)
+    lot_validity_days    days a points lot this operation creates stays valid
     serial               the terminal's serial; 0 for operations without one
     card_id              the card
     ref_txn_id           CAPTURE, ABORT, COMPLETE, RELEASE, VOID, REFUND: target
@@ -40,12 +42,14 @@ class Op(msgspec.Struct):
     credit_owner         TRANSFER: credit account owner
     amount               minor units (points for TOPUP of a points account)
     points_max           PAY: most points to spend; 0 means no cap
+    earn_points          PAY, COMPLETE: points the loyalty rules give the whole
+                         sale; PAY earns the share paid with money (see kernel)
     limit_per_txn        OPEN_CARD, SET_CARD_LIMITS: 0 means no limit
     limit_per_day        OPEN_CARD, SET_CARD_LIMITS: 0 means no limit
     fingerprint          16 bytes identifying the request's content
     """
 
-    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BBBBBBHIIIIIIQQQQQQqqqq16s")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BBBBBBHIIIIIIQQQQQQqqqqq16s")
     kind: int = 0
     channel: int = 0
     plan_flags: int = 0
@@ -58,7 +62,7 @@ class Op(msgspec.Struct):
     operator_id: int = 0
     hold_timeout_s: int = 0
     points_per_unit: int = 0
-    earn_points_per_unit: int = 0
+    lot_validity_days: int = 0
     serial: int = 0
     card_id: int = 0
     ref_txn_id: int = 0
@@ -67,6 +71,7 @@ class Op(msgspec.Struct):
     credit_owner: int = 0
     amount: int = 0
     points_max: int = 0
+    earn_points: int = 0
     limit_per_txn: int = 0
     limit_per_day: int = 0
     fingerprint: bytes = bytes(16)
@@ -79,7 +84,7 @@ class Result(msgspec.Struct):
     Balances are those of the card after the operation (0 without a card).
     """
 
-    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<HBBIQQqqqqqqqqqqq")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<HBBIQQqqqqqqqqqqqq")
     code: int = 0
     kind: int = 0
     final: int = 1
@@ -94,6 +99,8 @@ class Result(msgspec.Struct):
     channel_amount: int = 0
     points_earned: int = 0
     points_clawed_back: int = 0
+    # Earned points a return could not take back, settled in money instead.
+    shortfall_settled: int = 0
     fleet_balance: int = 0
     personal_balance: int = 0
     points_balance: int = 0
@@ -149,9 +156,12 @@ class Txn(msgspec.Struct):
     that was posted). points_clawed_back + points_shortfall is
     what refunds and undos have taken back of points_earned so far.
     For a REFUND transaction, held_* are its legs and ref_txn_id the sale.
+    shortfall_settled: money kept back from a refund (on the refund) or an
+    undo (on the sale) because earned points were already spent;
+    points_per_unit: the rate a pending refund settles that shortfall at.
     """
 
-    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<QBBBBIIIIIQQQQQq" + "q" * 19)
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<QBBBBIIIIIQQQQQq" + "q" * 20)
     txn_id: int = 0
     kind: int = 0
     state: int = 0
@@ -161,7 +171,7 @@ class Txn(msgspec.Struct):
     terminal_id: int = 0
     operator_id: int = 0
     business_day: int = 0
-    reserved: int = 0
+    points_per_unit: int = 0
     serial: int = 0
     card_id: int = 0
     ref_txn_id: int = 0
@@ -187,6 +197,7 @@ class Txn(msgspec.Struct):
     points_clawed_back: int = 0
     points_shortfall: int = 0
     refunds_posted: int = 0
+    shortfall_settled: int = 0
 
 
 class Idem(msgspec.Struct):
@@ -220,6 +231,20 @@ class JournalEntry(msgspec.Struct):
     reserved: int = 0
 
 
+class Lot(msgspec.Struct):
+    """Open points of a card that expire together: every earning of one day
+    with the same validity shares a lot. Usable while day < expires_day.
+    A lot leaves point_lots when its last point is spent or expires."""
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<QIIqqQ")
+    card_id: int = 0
+    expires_day: int = 0
+    earned_day: int = 0
+    original: int = 0
+    remaining: int = 0
+    first_txn_id: int = 0
+
+
 TOMBSTONE_FINGERPRINT = bytes(16)
 
 RECORD_SIZES = {
@@ -230,6 +255,7 @@ RECORD_SIZES = {
     "Txn": Txn.LAYOUT.size,
     "Idem": Idem.LAYOUT.size,
     "JournalEntry": JournalEntry.LAYOUT.size,
+    "Lot": Lot.LAYOUT.size,
 }
 
 
@@ -292,6 +318,32 @@ def parse_hold_expiry_key(key: bytes) -> tuple[int, int]:
 
 def card_station_key(card_id: int, station_id: int) -> bytes:
     return _CARD_STATION_KEY.pack(card_id, station_id)
+
+
+_LOT_KEY = struct.Struct(">QI")
+_LOT_EXPIRY_KEY = struct.Struct(">IQ")
+_HISTORY_KEY = struct.Struct(">QQ")
+
+
+def lot_key(card_id: int, expires_day: int) -> bytes:
+    """Lots of a card in key order are oldest (closest to expiry) first."""
+    return _LOT_KEY.pack(card_id, expires_day)
+
+
+def lot_expiry_key(expires_day: int, card_id: int) -> bytes:
+    return _LOT_EXPIRY_KEY.pack(expires_day, card_id)
+
+
+def parse_lot_expiry_key(key: bytes) -> tuple[int, int]:
+    return _LOT_EXPIRY_KEY.unpack(key)
+
+
+def points_history_key(card_id: int, seq: int) -> bytes:
+    return _HISTORY_KEY.pack(card_id, seq)
+
+
+def parse_points_history_key(key: bytes) -> tuple[int, int]:
+    return _HISTORY_KEY.unpack(key)
 
 
 # Meta keys: counters the kernel advances, stored as little-endian u64.

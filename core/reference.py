@@ -26,6 +26,7 @@ from core.records import (
     Card,
     Idem,
     JournalEntry,
+    Lot,
     Op,
     Result,
     Txn,
@@ -35,7 +36,10 @@ from core.records import (
     encode,
     hold_expiry_key,
     idem_key,
+    lot_expiry_key,
+    lot_key,
     parse_hold_expiry_key,
+    points_history_key,
     u64_key,
 )
 from core.results import (
@@ -102,9 +106,11 @@ def cash_for_points(points: int, points_per_unit: int) -> int:
     return points * 100 // points_per_unit
 
 
-def earned_points(paid_minor: int, earn_points_per_unit: int) -> int:
-    """Points earned on `paid_minor`, rounded down to whole points."""
-    return paid_minor * earn_points_per_unit // 100
+def share(points: int, part: int, whole: int) -> int:
+    """points * part / whole, rounded down; 0 when whole is 0. Exact for any
+    size (the kernel computes it with Python integers too: the product of a
+    points count and an amount can pass 2^63)."""
+    return points * part // whole if whole else 0
 
 
 def op_is_valid(op: Op) -> bool:
@@ -121,7 +127,11 @@ def op_is_valid(op: Op) -> bool:
             return False
         if op.channel > Channel.ALIPAY:
             return False
-    if op.earn_points_per_unit > limits.EARN_POINTS_PER_UNIT_MAX:
+    if not 0 <= op.earn_points <= limits.EARN_POINTS_MAX:
+        return False
+    if op.lot_validity_days > limits.LOT_VALIDITY_DAYS_MAX:
+        return False
+    if op.kind in (OpKind.REFUND, OpKind.VOID, OpKind.REVERSE) and op.points_per_unit > limits.POINTS_PER_UNIT_MAX:
         return False
     if op.kind == OpKind.PREAUTH and not 0 < op.hold_timeout_s <= limits.HOLD_TIMEOUT_S_MAX:
         return False
@@ -186,6 +196,7 @@ class _Batch:
     def apply(self, op: Op) -> Result:
         if not op_is_valid(op):
             return self.result(op, R.INVALID_OPERATION)
+        self.lot_validity_days = op.lot_validity_days or limits.LOT_VALIDITY_DAYS_DEFAULT
         idempotent = op.serial != 0 and op.kind in IDEMPOTENT_KINDS
         if idempotent:
             stored = self.load_idem(op.terminal_id, op.serial)
@@ -314,6 +325,84 @@ class _Batch:
             )
             self.txn.put(u64_key(entry.seq), encode(entry), db=self.store.journal, append=True)
             self.next_journal_seq += 1
+            # A card's points live in lots: every point in follows the
+            # lot of its expiry, every point out leaves the oldest lot.
+            if debit_kind == K.POINTS:
+                self.take_from_lots(debit_owner, amount)
+                self.txn.put(points_history_key(debit_owner, entry.seq), b"", db=self.store.points_history)
+            if credit_kind == K.POINTS:
+                self.add_to_lot(credit_owner, amount, txn_id)
+                self.txn.put(points_history_key(credit_owner, entry.seq), b"", db=self.store.points_history)
+
+    # ------------------------------------------------------------ points lots
+
+    def open_lots(self, card_id: int, expired_only: bool = False):
+        """The card's open lots, oldest (closest to expiry) first."""
+        prefix = u64_key(card_id)
+        found = []
+        cursor = self.txn.cursor(db=self.store.point_lots)
+        if cursor.set_range(prefix):
+            for key, value in cursor.iternext():
+                if not key.startswith(prefix):
+                    break
+                lot = decode(Lot, value)
+                if expired_only and lot.expires_day > self.day:
+                    break
+                found.append(lot)
+        cursor.close()
+        return found
+
+    def add_to_lot(self, card_id: int, amount: int, txn_id: int):
+        expires_day = self.day + self.lot_validity_days
+        key = lot_key(card_id, expires_day)
+        lot = self.load(Lot, self.store.point_lots, key)
+        if lot is None:
+            # A lot of the same day closed earlier opens again.
+            lot = self.load(Lot, self.store.closed_lots, key)
+            if lot is None:
+                lot = Lot(card_id=card_id, expires_day=expires_day, earned_day=self.day, first_txn_id=txn_id)
+            else:
+                self.txn.delete(key, db=self.store.closed_lots)
+            self.txn.put(lot_expiry_key(expires_day, card_id), b"", db=self.store.lot_expiry)
+        lot.original += amount
+        lot.remaining += amount
+        self.txn.put(key, encode(lot), db=self.store.point_lots)
+
+    def take_from_lots(self, card_id: int, amount: int):
+        left = amount
+        for lot in self.open_lots(card_id):
+            if left == 0:
+                break
+            taken = min(lot.remaining, left)
+            lot.remaining -= taken
+            left -= taken
+            key = lot_key(card_id, lot.expires_day)
+            if lot.remaining == 0:
+                self.txn.delete(key, db=self.store.point_lots)
+                self.txn.delete(lot_expiry_key(lot.expires_day, card_id), db=self.store.lot_expiry)
+                self.txn.put(key, encode(lot), db=self.store.closed_lots)
+            else:
+                self.txn.put(key, encode(lot), db=self.store.point_lots)
+        assert left == 0, "points balance and lots disagree"
+
+    def expire_lots(self, card_id: int) -> int:
+        """Expire what is left of the card's lots whose day has come, never
+        below what open holds need. Runs before anything spends points, so
+        that an expired point is never spent."""
+        account = self.load_account(K.POINTS, card_id)
+        if account is None:
+            return 0
+        expirable = sum(lot.remaining for lot in self.open_lots(card_id, expired_only=True))
+        amount = min(expirable, account.balance - account.held)
+        if amount > 0:
+            self.post(0, 0, [(K.POINTS, card_id, K.POINTS_LIABILITY, 0, amount, Movement.EXPIRY, Reason.EXPIRY)])
+        return amount
+
+    def expire_points(self, op: Op) -> Result:
+        if self.load_card(op.card_id) is None:
+            return self.result(op, R.CARD_NOT_FOUND, card_id=op.card_id)
+        expired = self.expire_lots(op.card_id)
+        return self.result(op, R.APPROVED, card_id=op.card_id, amount=expired, **self.card_balances(op.card_id))
 
     def change_held(self, card_id: int, fleet: int, personal: int, points: int):
         """Add to (or, negative, release from) the held amounts of a card."""
@@ -472,6 +561,8 @@ class _Batch:
                 decline = self.limit_decline(card, op.amount)
             if decline != R.APPROVED:
                 return self.result(op, decline, card_id=op.card_id)
+        if card is not None and op.plan_flags & PlanFlag.USE_POINTS:
+            self.expire_lots(op.card_id)
         fleet, personal, points_cash, points_used = self.split_internal(op, card)
         channel_amount = op.amount - fleet - personal - points_cash
         if channel_amount > 0 and op.channel == Channel.NONE:
@@ -484,7 +575,8 @@ class _Batch:
         record.held_points_used = points_used
         record.held_channel = channel_amount
         if card is not None:
-            record.points_earned = earned_points(op.amount - points_cash, op.earn_points_per_unit)
+            # Points are earned on what money paid, not on what points paid.
+            record.points_earned = share(op.earn_points, op.amount - points_cash, op.amount)
         if channel_amount == 0 and not self.postings_fit(sale_postings(record)):
             return self.result(op, R.BALANCE_LIMIT, card_id=op.card_id)
         record.txn_id = self.new_txn_id()
@@ -513,7 +605,7 @@ class _Batch:
             personal = min(rest, self.available(K.PERSONAL, op.card_id))
             rest -= personal
         if op.plan_flags & PlanFlag.USE_POINTS:
-            points_available = self.available(K.POINTS, op.card_id)
+            points_available = min(self.available(K.POINTS, op.card_id), limits.POINTS_MAX)
             if op.points_max:
                 points_available = min(points_available, op.points_max)
             points_cash = min(rest, cash_for_points(points_available, op.points_per_unit))
@@ -557,7 +649,7 @@ class _Batch:
             return self.result(op, code, txn_id=record.txn_id)
         if record.kind == OpKind.REFUND:
             sale = self.load_txn(record.ref_txn_id)
-            self.post_return(record, sale, record.amount, Reason.REFUND)
+            self.post_return(record, sale, record.amount, Reason.REFUND, record.points_per_unit)
             self.save_txn(sale)
         else:
             self.change_held(record.card_id, -record.held_fleet, -record.held_personal, -record.held_points_used)
@@ -673,7 +765,7 @@ class _Batch:
         self.return_spent(record.card_id, record.business_day, record.amount - op.amount)
         record.posted_fleet = min(op.amount, record.held_fleet)
         record.posted_personal = op.amount - record.posted_fleet
-        record.points_earned = earned_points(op.amount, op.earn_points_per_unit)
+        record.points_earned = op.earn_points
         self.post(record.txn_id, record.station_id, sale_postings(_posted_view(record), Reason.COMPLETE))
         record.state = TxnState.POSTED
         self.save_txn(record)
@@ -758,6 +850,8 @@ class _Batch:
 
     def reverse_topup(self, op: Op, record: Txn) -> Result:
         kind, amount = topup_leg(record)
+        if kind == K.POINTS:
+            self.expire_lots(record.card_id)
         if self.available(kind, record.card_id) < amount:
             return self.result(op, R.INSUFFICIENT_FUNDS, txn_id=record.txn_id, card_id=record.card_id)
         source = (K.POINTS_LIABILITY, 0) if kind == K.POINTS else (K.TOPUP_FUNDING, record.station_id)
@@ -804,25 +898,30 @@ class _Batch:
             setattr(undo, "held_" + field, getattr(record, "posted_" + field))
         if not self.postings_fit(return_postings(undo, 0)):
             return self.result(op, R.BALANCE_LIMIT, txn_id=record.txn_id)
-        self.post_return(undo, record, amount, reason)
+        self.post_return(undo, record, amount, reason, op.points_per_unit)
+        record.shortfall_settled = undo.shortfall_settled
         self.return_spent(record.card_id, record.business_day, amount)
         record.flags |= flag
         self.save_txn(record)
         return self.undo_result(op, undo)
 
     def undo_result(self, op: Op, record: Txn) -> Result:
+        """What a reversal or void gave back: a posted return's legs, or the
+        released legs of a hold."""
+        prefix = "posted_" if record.state == TxnState.POSTED else "held_"
         return self.result(
             op,
             R.APPROVED,
             txn_id=record.txn_id,
             card_id=record.card_id,
-            amount=leg_total(record, "held_"),
-            fleet=record.held_fleet,
-            personal=record.held_personal,
-            points_cash=record.held_points_cash,
-            points_used=record.held_points_used,
-            channel_amount=record.held_channel,
+            amount=leg_total(record, prefix),
+            fleet=getattr(record, prefix + "fleet"),
+            personal=getattr(record, prefix + "personal"),
+            points_cash=getattr(record, prefix + "points_cash"),
+            points_used=getattr(record, prefix + "points_used"),
+            channel_amount=getattr(record, prefix + "channel"),
             points_clawed_back=record.points_clawed_back,
+            shortfall_settled=record.shortfall_settled,
             **self.card_balances(record.card_id),
         )
 
@@ -837,6 +936,7 @@ class _Batch:
         record = self.txn_draft(op, OpKind.REFUND, TxnState.HELD)
         record.card_id = sale.card_id
         record.channel = sale.channel
+        record.points_per_unit = op.points_per_unit
         rest = op.amount
         for field in ("fleet", "personal", "points_cash", "channel"):
             part = min(rest, getattr(sale, "posted_" + field) - getattr(sale, "refunded_" + field))
@@ -851,7 +951,7 @@ class _Batch:
         for field in LEG_FIELDS:
             setattr(sale, "refunded_" + field, getattr(sale, "refunded_" + field) + getattr(record, "held_" + field))
         if record.held_channel == 0:
-            self.post_return(record, sale, op.amount, Reason.REFUND)
+            self.post_return(record, sale, op.amount, Reason.REFUND, op.points_per_unit)
             code = R.APPROVED
         else:
             self.txn.put(u64_key(record.txn_id), b"", db=self.store.pending)
@@ -861,6 +961,7 @@ class _Batch:
         return self.refund_result(op, record, code)
 
     def refund_result(self, op: Op, record: Txn, code: int) -> Result:
+        prefix = "posted_" if record.state == TxnState.POSTED else "held_"
         return self.result(
             op,
             code,
@@ -868,34 +969,49 @@ class _Batch:
             txn_id=record.txn_id,
             card_id=record.card_id,
             amount=record.amount,
-            fleet=record.held_fleet,
-            personal=record.held_personal,
-            points_cash=record.held_points_cash,
-            points_used=record.held_points_used,
-            channel_amount=record.held_channel,
+            fleet=getattr(record, prefix + "fleet"),
+            personal=getattr(record, prefix + "personal"),
+            points_cash=getattr(record, prefix + "points_cash"),
+            points_used=getattr(record, prefix + "points_used"),
+            channel_amount=getattr(record, prefix + "channel"),
             points_clawed_back=record.points_clawed_back,
+            shortfall_settled=record.shortfall_settled,
             **self.card_balances(record.card_id),
         )
 
-    def post_return(self, record: Txn, sale: Txn, amount: int, reason: int):
+    def post_return(self, record: Txn, sale: Txn, amount: int, reason: int, points_per_unit: int):
         """Post the return of `record`'s legs (a refund, or an undo of all of
         `sale`) and take back the share of earned points that `amount` of
-        refunds entitles, as far as the points account allows."""
+        refunds entitles, as far as the points account allows. Points already
+        spent (the shortfall) are settled from the returned money at
+        `points_per_unit`, rounded down, from the fleet then the personal leg;
+        what those legs cannot cover stays recorded as shortfall."""
         refunds_after = sale.refunds_posted + amount
-        total = posted_total(sale)
-        claw_target_total = sale.points_earned * refunds_after // total if total else 0
-        claw_target = claw_target_total - sale.points_clawed_back - sale.points_shortfall
-        points_free = self.available(K.POINTS, sale.card_id) + record.held_points_used if sale.card_id else 0
+        claw_target = share(sale.points_earned, refunds_after, posted_total(sale)) - sale.points_clawed_back - sale.points_shortfall
+        points_free = 0
+        if sale.card_id:
+            self.expire_lots(sale.card_id)
+            points_free = self.available(K.POINTS, sale.card_id) + record.held_points_used
         claw = min(claw_target, points_free)
-        record.points_clawed_back = claw
-        record.points_shortfall = claw_target - claw
-        sale.points_clawed_back += claw
-        sale.points_shortfall += claw_target - claw
-        sale.refunds_posted = refunds_after
+        shortfall = claw_target - claw
+        settled = 0
+        if points_per_unit:
+            settled = min(share(shortfall, 100, points_per_unit), record.held_fleet + record.held_personal)
         for field in LEG_FIELDS:
             setattr(record, "posted_" + field, getattr(record, "held_" + field))
+        from_fleet = min(settled, record.posted_fleet)
+        record.posted_fleet -= from_fleet
+        record.posted_personal -= settled - from_fleet
+        record.points_clawed_back = claw
+        record.points_shortfall = shortfall
+        record.shortfall_settled = settled
+        sale.points_clawed_back += claw
+        sale.points_shortfall += shortfall
+        sale.refunds_posted = refunds_after
         record.state = TxnState.POSTED
-        self.post(record.txn_id, sale.station_id, return_postings(record, claw, reason))
+        postings = return_postings(_posted_view(record), claw, reason)
+        postings.append((K.STATION_RECEIVABLE, sale.station_id, K.POINTS_FUNDING, 0, settled, Movement.SHORTFALL, reason))
+        self.post(record.txn_id, sale.station_id, postings)
 
     # ------------------------------------------------------------ general
 
@@ -995,5 +1111,6 @@ HANDLERS = {
     OpKind.REFUND: _Batch.refund,
     OpKind.EXPIRE_HOLDS: _Batch.expire_holds,
     OpKind.OPEN_ACCOUNT: _Batch.open_account,
+    OpKind.EXPIRE_POINTS: _Batch.expire_points,
     OpKind.TRANSFER: _Batch.transfer,
 }

@@ -72,6 +72,7 @@ class OpKind(enum.IntEnum):
     EXPIRE_HOLDS = 15
     OPEN_ACCOUNT = 16
     TRANSFER = 17
+    EXPIRE_POINTS = 18
 
 
 class CardStatus(enum.IntEnum):
@@ -165,6 +166,10 @@ class Movement(enum.IntEnum):
     EARN = 6
     TOPUP = 7
     TRANSFER = 8
+    # Points that reached their lot's expiry.
+    EXPIRY = 9
+    # Money kept back from a return because earned points were spent.
+    SHORTFALL = 10
 
 
 class Reason(enum.IntEnum):
@@ -177,6 +182,7 @@ class Reason(enum.IntEnum):
     VOID = 5
     REFUND = 6
     TRANSFER = 7
+    EXPIRY = 8
 
 
 # What each code means, in words for a terminal's display. One table.

@@ -14,6 +14,10 @@ Named databases (keys big-endian, values in core.records layouts):
   hold_expiry     (expires_ms u64, txn u64)  -> b""   open pre-authorizations
   pending         txn_id u64                 -> b""   waiting for a channel
   meta            name                       -> u64   counters
+  point_lots      (card_id u64, expires u32) -> Lot   open points lots, oldest first
+  closed_lots     (card_id u64, expires u32) -> Lot   lots spent or expired to zero
+  lot_expiry      (expires u32, card_id u64) -> b""   open lots by expiry (the expiry job)
+  points_history  (card_id u64, seq u64)     -> b""   journal entries of a card's points
 """
 
 import os
@@ -30,6 +34,10 @@ DATABASE_NAMES = (
     "hold_expiry",
     "pending",
     "meta",
+    "point_lots",
+    "closed_lots",
+    "lot_expiry",
+    "points_history",
 )
 
 # The map is a reservation of address space, not of disk: LMDB files grow as

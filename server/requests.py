@@ -20,6 +20,12 @@ USE_FLEET, USE_PERSONAL, USE_POINTS = int(PlanFlag.USE_FLEET), int(PlanFlag.USE_
 KIND_PAY = int(OpKind.PAY)
 
 
+def base_points(amount_minor: int, settings: ServerSettings) -> int:
+    """Points a sale earns before any loyalty rule: earn_points_per_unit per
+    whole currency unit, rounded down."""
+    return amount_minor * settings.earn_points_per_unit // 100
+
+
 def require_range(value: int, field: str, low: int, high: int):
     if not low <= value <= high:
         raise InvalidRequest(field, f"must be within {low} .. {high}, got {value}")
@@ -107,7 +113,8 @@ def pay_op(request, settings: ServerSettings) -> Op:
         channel=plan.channel,
         points_max=plan.points_max,
         points_per_unit=settings.points_per_unit,
-        earn_points_per_unit=settings.earn_points_per_unit,
+        earn_points=base_points(request.amount_minor, settings),
+        lot_validity_days=settings.lot_validity_days,
         fingerprint=fingerprint(KIND_PAY, request),
     )
 
@@ -137,7 +144,8 @@ def complete_op(request, settings: ServerSettings) -> Op:
         **terminal_fields(request.terminal),
         ref_txn_id=request.txn_id,
         amount=request.amount_minor,
-        earn_points_per_unit=settings.earn_points_per_unit,
+        earn_points=base_points(request.amount_minor, settings),
+        lot_validity_days=settings.lot_validity_days,
         fingerprint=fingerprint(OpKind.COMPLETE, request),
     )
 

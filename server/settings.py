@@ -23,6 +23,8 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # Points earned per currency unit paid (not counting points).
     earn_points_per_unit: int = limits.EARN_POINTS_PER_UNIT_DEFAULT
     hold_timeout_s_default: int = limits.HOLD_TIMEOUT_S_DEFAULT
+    # Days a points lot stays valid (24 months).
+    lot_validity_days: int = limits.LOT_VALIDITY_DAYS_DEFAULT
     # Longest wait for an external channel before the payment is abandoned
     # (and the channel side reversed).
     channel_timeout_ms: int = 5000

@@ -59,7 +59,7 @@ class Driver:
 
     def pay_op(self, card_id: int, amount: int, plan_flags: int = ALL_SOURCES, channel: int = Channel.NONE, **fields) -> Op:
         fields.setdefault("points_per_unit", 100)
-        fields.setdefault("earn_points_per_unit", 1)
+        fields.setdefault("earn_points", amount // 100 if 0 < amount <= 10**12 else 0)
         return self.request(OpKind.PAY, card_id=card_id, amount=amount, plan_flags=plan_flags, channel=channel, **fields)
 
     def pay(self, card_id: int, amount: int, **fields) -> Result:
@@ -69,7 +69,7 @@ class Driver:
         return self.one(self.request(OpKind.PREAUTH, card_id=card_id, amount=amount, hold_timeout_s=hold_timeout_s, **fields))
 
     def complete(self, txn_id: int, amount: int, **fields) -> Result:
-        fields.setdefault("earn_points_per_unit", 1)
+        fields.setdefault("earn_points", amount // 100 if 0 <= amount <= 10**12 else 0)
         return self.one(self.request(OpKind.COMPLETE, ref_txn_id=txn_id, amount=amount, **fields))
 
     def release(self, txn_id: int, **fields) -> Result:

@@ -17,7 +17,7 @@ from core import limits
 from core.audit import audit
 import msgspec
 
-from core.records import Account, Card, Idem, JournalEntry, Op, Txn, decode
+from core.records import Account, Card, Idem, JournalEntry, Lot, Op, Txn, decode
 from core.results import AccountKind, CardStatus, Channel, OpKind, ResultCode
 from core.store import DATABASE_NAMES
 from tests.conftest import open_ledger
@@ -62,6 +62,18 @@ def _request(kind, serial, station, **fields) -> Op:
     return op
 
 
+def _draw_ops(data, history: _History) -> list[Op]:
+    """One operation, or now and then a sale whose points are spent at once
+    (so that its refund or void meets a points shortfall)."""
+    if data.draw(st.integers(0, 14)) > 0:
+        return [_draw_op(data, history)]
+    card = data.draw(st.sampled_from(CARDS))
+    sale = _request(OpKind.PAY, history.new_serial(data), 1, card_id=card, amount=5_000, plan_flags=3, points_per_unit=100, earn_points=500)
+    spend = _request(OpKind.PAY, history.new_serial(data), 1, card_id=card, amount=10_000, plan_flags=4, points_per_unit=100, channel=Channel.WECHAT_PAY)
+    # The sale is the next transaction: its id is the counter's next value.
+    return [sale, spend]
+
+
 def _draw_op(data, history: _History) -> Op:
     family = data.draw(st.sampled_from(["pay", "pay", "pay", "topup", "preauth", "by_txn", "by_txn", "by_txn", "reverse", "channel", "card"]))
     if family == "pay":
@@ -70,11 +82,15 @@ def _draw_op(data, history: _History) -> Op:
             card_id=data.draw(st.sampled_from((0, *CARDS, *CARDS))), amount=data.draw(AMOUNTS), plan_flags=data.draw(st.integers(0, 7)),
             channel=data.draw(st.sampled_from([Channel.NONE, Channel.NONE, Channel.WECHAT_PAY, Channel.BANK_CARD])),
             points_max=data.draw(st.sampled_from([0, 0, 50, 300])), points_per_unit=data.draw(st.sampled_from([100, 100, 7, 1_000])),
-            earn_points_per_unit=1,
+            earn_points=data.draw(st.sampled_from([0, 1, 10, 57, 10**12])),
+            lot_validity_days=data.draw(st.sampled_from([0, 1, 30])),
         )
     if family == "topup":
         kind = data.draw(st.sampled_from([AccountKind.FLEET, AccountKind.PERSONAL, AccountKind.POINTS]))
-        return _request(OpKind.TOPUP, history.new_serial(data), 1, card_id=data.draw(st.sampled_from(CARDS)), account_kind=kind, amount=data.draw(AMOUNTS))
+        return _request(
+            OpKind.TOPUP, history.new_serial(data), 1, card_id=data.draw(st.sampled_from(CARDS)), account_kind=kind, amount=data.draw(AMOUNTS),
+            lot_validity_days=data.draw(st.sampled_from([0, 1, 2])),
+        )
     if family == "preauth":
         return _request(
             OpKind.PREAUTH, history.new_serial(data), data.draw(STATIONS), card_id=data.draw(st.sampled_from(CARDS)),
@@ -82,9 +98,14 @@ def _draw_op(data, history: _History) -> Op:
         )
     if family == "by_txn":
         kind = data.draw(st.sampled_from([OpKind.COMPLETE, OpKind.RELEASE, OpKind.VOID, OpKind.REFUND, OpKind.REFUND]))
-        return _request(kind, history.new_serial(data), data.draw(STATIONS), ref_txn_id=history.txn_id(data), amount=data.draw(AMOUNTS), earn_points_per_unit=1)
+        return _request(kind, history.new_serial(data), data.draw(STATIONS), ref_txn_id=history.txn_id(data), amount=data.draw(AMOUNTS),
+                        earn_points=data.draw(st.sampled_from([0, 3, 10**12])), points_per_unit=data.draw(st.sampled_from([0, 100, 7])),
+                        lot_validity_days=data.draw(st.sampled_from([0, 1, 30])))
     if family == "reverse":
-        return _request(OpKind.REVERSE, history.new_serial(data), 1, ref_serial=data.draw(st.sampled_from([*history.serials[-10:], 10**6])))
+        return _request(
+            OpKind.REVERSE, history.new_serial(data), 1, ref_serial=data.draw(st.sampled_from([*history.serials[-10:], 10**6])),
+            points_per_unit=data.draw(st.sampled_from([0, 100])),
+        )
     if family == "channel":
         code = data.draw(st.sampled_from([ResultCode.CHANNEL_DECLINED, ResultCode.CHANNEL_UNAVAILABLE]))
         return Op(kind=data.draw(st.sampled_from([OpKind.CAPTURE, OpKind.CAPTURE, OpKind.ABORT])), ref_txn_id=history.txn_id(data), abort_code=code)
@@ -96,6 +117,7 @@ def _draw_op(data, history: _History) -> Op:
                 Op(kind=OpKind.SET_CARD_LIMITS, card_id=card, limit_per_txn=data.draw(st.sampled_from([0, 1_000, 5_000])), limit_per_day=data.draw(st.sampled_from([0, 3_000, 20_000]))),
                 Op(kind=OpKind.ALLOW_STATION, card_id=card, station_id=data.draw(STATIONS)),
                 Op(kind=OpKind.EXPIRE_HOLDS),
+                Op(kind=OpKind.EXPIRE_POINTS, card_id=card),
             ]
         )
     )
@@ -111,7 +133,7 @@ def _open_cards() -> list[Op]:
     return ops
 
 
-RECORD_TYPES = {"accounts": Account, "cards": Card, "txns": Txn, "idem": Idem, "journal": JournalEntry}
+RECORD_TYPES = {"accounts": Account, "cards": Card, "txns": Txn, "idem": Idem, "journal": JournalEntry, "point_lots": Lot, "closed_lots": Lot}
 
 
 def _first_difference(ours: dict, theirs: dict):
@@ -157,7 +179,7 @@ def test_kernel_and_reference_agree(data):
                 ops = _open_cards()
             else:
                 now_ms += data.draw(ADVANCES_MS)
-                ops = [_draw_op(data, history) for _ in range(data.draw(st.integers(1, 6)))]
+                ops = [op for _ in range(data.draw(st.integers(1, 5))) for op in _draw_ops(data, history)]
             day = now_ms // DAY_MS
             applied.append((now_ms, ops))
             results_reference = reference.apply(ops, now_ms, day)

@@ -5,7 +5,7 @@ import pytest
 from core import limits
 from core.audit import audit
 from core.records import Account, Op, account_key, encode
-from core.results import AccountKind, CardStatus, Channel, OpKind, PlanFlag, ResultCode as R, TxnFlag, TxnState, Unit
+from core.results import AccountKind, CardStatus, Channel, Movement, OpKind, PlanFlag, ResultCode as R, TxnFlag, TxnState, Unit
 from tests.ledger_driver import DAY_MS, Driver
 
 CARD = 6200000000000001
@@ -320,7 +320,7 @@ def test_refunds_are_cumulative_and_never_above_what_was_paid(books):
 
 def test_refund_takes_back_earned_points_in_proportion(books):
     books.open_card(CARD, personal=10_000)
-    sale = books.pay(CARD, 10_000, earn_points_per_unit=1)
+    sale = books.pay(CARD, 10_000, earn_points=100)
     assert sale.points_earned == 100
     assert books.refund(sale.txn_id, 3_333).points_clawed_back == 33
     assert books.refund(sale.txn_id, 6_667).points_clawed_back == 67
@@ -396,3 +396,104 @@ def test_balances_never_leave_the_allowed_range(ledger):
     assert books.topup(CARD, AccountKind.PERSONAL, 5).code == R.APPROVED
     assert ledger.account(AccountKind.TOPUP_FUNDING, 1).balance == -limits.BALANCE_ABS_MAX
     assert books.balances(CARD) == (0, 5, 0)
+
+
+# ---------------------------------------------------------------- points lots
+
+
+def lots(books, card_id):
+    from core.records import Lot, decode
+
+    with books.ledger.store.env.begin() as txn:
+        return [decode(Lot, value) for key, value in txn.cursor(db=books.ledger.store.point_lots) if key[:8] == card_id.to_bytes(8, "big")]
+
+
+def test_earned_points_form_a_lot_that_expires_after_its_validity(books):
+    books.open_card(CARD, personal=20_000)
+    sale = books.pay(CARD, 10_000, earn_points=100, lot_validity_days=730)
+    assert sale.points_earned == 100
+    (lot,) = lots(books, CARD)
+    assert (lot.earned_day, lot.expires_day, lot.original, lot.remaining) == (books.day, books.day + 730, 100, 100)
+
+
+def test_points_paid_with_points_earn_nothing(books):
+    books.open_card(CARD, personal=5_000, points=5_000)
+    # 10,000 sale: 5,000 personal, 5,000 by points; the rules gave 100 points.
+    sale = books.pay(CARD, 10_000, earn_points=100)
+    assert (sale.points_cash, sale.points_earned) == (5_000, 50)
+
+
+def test_spending_takes_the_lot_closest_to_expiry_first(books):
+    books.open_card(CARD)
+    books.topup(CARD, AccountKind.POINTS, 300, lot_validity_days=100)
+    books.topup(CARD, AccountKind.POINTS, 200, lot_validity_days=10)
+    books.pay(CARD, 250, plan_flags=PlanFlag.USE_POINTS)
+    remaining = {lot.expires_day - books.day: lot.remaining for lot in lots(books, CARD)}
+    assert remaining == {100: 250}
+
+
+def test_an_expired_point_is_never_spent(books):
+    books.open_card(CARD)
+    books.topup(CARD, AccountKind.POINTS, 500, lot_validity_days=1)
+    books.topup(CARD, AccountKind.POINTS, 100, lot_validity_days=30)
+    books.advance(DAY_MS)
+    result = books.pay(CARD, 400, plan_flags=PlanFlag.USE_POINTS, channel=Channel.WECHAT_PAY)
+    # The day-old lot expired on this very touch: only 100 points were left.
+    assert (result.code, result.points_used, result.channel_amount) == (R.PENDING, 100, 300)
+    expiry = [e for e in books.ledger.journal() if e.movement == Movement.EXPIRY]
+    assert [(e.amount, e.debit_owner) for e in expiry] == [(500, CARD)]
+
+
+def test_the_expiry_operation_expires_without_a_sale(books):
+    books.open_card(CARD)
+    books.topup(CARD, AccountKind.POINTS, 500, lot_validity_days=1)
+    assert books.one(Op(kind=OpKind.EXPIRE_POINTS, card_id=CARD)).amount == 0
+    books.advance(DAY_MS)
+    result = books.one(Op(kind=OpKind.EXPIRE_POINTS, card_id=CARD))
+    assert (result.amount, result.points_balance) == (500, 0)
+    assert books.one(Op(kind=OpKind.EXPIRE_POINTS, card_id=CARD)).amount == 0
+    assert lots(books, CARD) == []
+
+
+def test_points_held_for_a_channel_payment_do_not_expire_under_it(books):
+    books.open_card(CARD)
+    books.topup(CARD, AccountKind.POINTS, 500, lot_validity_days=1)
+    pending = books.pay(CARD, 1_000, plan_flags=PlanFlag.USE_POINTS, channel=Channel.ALIPAY)
+    assert pending.points_used == 500
+    books.advance(DAY_MS)
+    assert books.one(Op(kind=OpKind.EXPIRE_POINTS, card_id=CARD)).amount == 0
+    captured = books.capture(pending.txn_id)
+    assert captured.code == R.APPROVED
+    # Only the 5 points earned on the money-paid half are left.
+    assert books.balances(CARD)[2] == captured.points_earned == 5
+
+
+def test_a_refund_after_the_points_were_spent_settles_them_from_the_money(books):
+    books.open_card(CARD, personal=20_000)
+    sale = books.pay(CARD, 10_000, plan_flags=PlanFlag.USE_PERSONAL, earn_points=100)
+    books.pay(CARD, 100, plan_flags=PlanFlag.USE_POINTS)  # spends the 100 points
+    refund = books.refund(sale.txn_id, 10_000, points_per_unit=100)
+    # 100 points at 100 points per unit are worth 100 minor units.
+    assert (refund.code, refund.points_clawed_back, refund.shortfall_settled, refund.personal) == (R.APPROVED, 0, 100, 9_900)
+    assert books.balances(CARD) == (0, 20_000 - 10_000 + 9_900, 0)
+    assert books.ledger.account(AccountKind.POINTS_FUNDING, 0).balance == -100 + 100
+
+
+def test_a_void_settles_a_shortfall_too(books):
+    books.open_card(CARD, personal=20_000)
+    sale = books.pay(CARD, 10_000, plan_flags=PlanFlag.USE_PERSONAL, earn_points=100)
+    books.pay(CARD, 60, plan_flags=PlanFlag.USE_POINTS)  # spends 60 of the 100
+    void = books.void(sale.txn_id, points_per_unit=100)
+    assert (void.points_clawed_back, void.shortfall_settled, void.personal, void.amount) == (40, 60, 9_940, 9_940)
+
+
+def test_huge_earnings_do_not_overflow(books):
+    # Products of points and amounts pass 2^63; the kernel must get them exact.
+    top = limits.AMOUNT_MINOR_MAX
+    books.open_card(CARD, personal=top * 9 // 10, points=top)
+    sale = books.pay(CARD, top, plan_flags=PlanFlag.USE_POINTS | PlanFlag.USE_PERSONAL, earn_points=limits.EARN_POINTS_MAX, points_per_unit=1_000)
+    # Money pays nine tenths, points (10^12 at 1,000 a unit) the last tenth.
+    assert (sale.personal, sale.points_cash, sale.points_used) == (top * 9 // 10, top // 10, top)
+    assert sale.points_earned == limits.EARN_POINTS_MAX * 9 // 10
+    refund = books.refund(sale.txn_id, top // 3)
+    assert refund.points_clawed_back == sale.points_earned * (top // 3) // top
