@@ -43,6 +43,7 @@ from core.results import (
     Movement,
     OpKind,
     Reason,
+    ResultCode,
     TxnFlag,
     TxnState,
     unit_of,
@@ -72,6 +73,8 @@ JOURNAL_CHUNK_ENTRIES = 262_144
 MONEY_MOVEMENTS = (Movement.FLEET, Movement.PERSONAL, Movement.POINTS_CASH, Movement.CHANNEL)
 PROBLEMS_SHOWN_MAX = 50
 CLOSED_HOLD_STATES = (TxnState.RELEASED, TxnState.EXPIRED, TxnState.ABORTED)
+# Operations whose transaction id names journal entries only, no Txn record.
+JOURNAL_ONLY_KINDS = (OpKind.TRANSFER, OpKind.CHECKIN, OpKind.TASK, OpKind.REDEEM, OpKind.PARTNER_EXCHANGE)
 
 
 class AuditReport:
@@ -268,10 +271,12 @@ def audit(store: Store) -> AuditReport:
             entry = decode(Idem, value)
             report.counts["requests"] += 1
             result = entry.result
-            if entry.fingerprint == TOMBSTONE_FINGERPRINT or result.kind == OpKind.TRANSFER or result.txn_id == 0:
+            if entry.fingerprint == TOMBSTONE_FINGERPRINT or result.kind in JOURNAL_ONLY_KINDS or result.txn_id == 0:
                 continue
+            if result.code == ResultCode.NOT_REVERSIBLE:
+                continue  # may name a journal-only original (a check-in, a redemption)
             if result.txn_id not in txn_ids:
-                report.problem(f"a stored answer names txn {result.txn_id}, which does not exist")
+                report.problem(f"a stored {OpKind(result.kind).name} answer names txn {result.txn_id}, which does not exist")
     return report
 
 

@@ -4,7 +4,7 @@
 # not be packed; tests/test_records.py checks the sizes and the property
 # tests check every byte written.
 
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 # Leg indexes of the held/posted/refunded arrays, in payment order.
 cdef enum:
@@ -41,6 +41,14 @@ cdef struct OpRec:
     int64_t limit_per_txn
     int64_t limit_per_day
     char fingerprint[16]
+    uint64_t item_id
+    int64_t bonus_points
+    uint32_t period
+    uint32_t period_start
+    uint32_t count_limit
+    uint8_t tier
+    uint8_t reason
+    int16_t tz_offset_minutes
 
 cdef struct ResultRec:
     uint16_t code
@@ -136,6 +144,37 @@ cdef struct LotRec:
     int64_t original
     int64_t remaining
     uint64_t first_txn_id
+
+cdef struct MemberRec:
+    uint64_t card_id
+    uint8_t tier
+    uint8_t flags
+    int16_t tz_offset_minutes
+    uint32_t checkin_day
+    uint32_t checkin_streak
+    uint32_t task_day
+    int64_t task_points_today
+    uint32_t extended_month
+    uint32_t cleared_year
+
+cdef struct TierChangeRec:
+    uint64_t card_id
+    uint32_t day
+    uint8_t old_tier
+    uint8_t new_tier
+    uint16_t reason
+    int64_t spend_minor
+
+cdef struct GiftRec:
+    uint64_t gift_id
+    int64_t points_price
+    int64_t cash_price
+    int64_t stock
+    int64_t redeemed
+    uint32_t per_customer_limit
+    uint32_t tier_mask
+    uint32_t valid_from_day
+    uint32_t valid_to_day
 
 # One transfer of an operation, before it is applied.
 cdef struct Posting:

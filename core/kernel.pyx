@@ -40,6 +40,13 @@ cdef uint32_t POINTS_PER_UNIT_MAX = _limits.POINTS_PER_UNIT_MAX
 cdef int64_t EARN_POINTS_MAX = _limits.EARN_POINTS_MAX
 cdef uint32_t LOT_VALIDITY_DAYS_DEFAULT = _limits.LOT_VALIDITY_DAYS_DEFAULT
 cdef uint32_t LOT_VALIDITY_DAYS_MAX = _limits.LOT_VALIDITY_DAYS_MAX
+cdef int TZ_OFFSET_MINUTES_MAX = _limits.TZ_OFFSET_MINUTES_MAX
+cdef uint32_t STREAK_DAYS_MAX = _limits.STREAK_DAYS_MAX
+cdef int64_t GIFT_STOCK_MAX = _limits.GIFT_STOCK_MAX
+cdef int64_t REDEEM_QUANTITY_MAX = _limits.REDEEM_QUANTITY_MAX
+cdef int64_t PARTNER_RATE_TERM_MAX = _limits.PARTNER_RATE_TERM_MAX
+cdef int64_t LOT_EXTENSION_DAYS_MAX = _limits.LOT_EXTENSION_DAYS_MAX
+cdef int64_t MS_PER_DAY = 86_400_000
 cdef uint32_t HOLD_TIMEOUT_S_MAX = _limits.HOLD_TIMEOUT_S_MAX
 cdef Py_ssize_t BATCH_SIZE_MAX = _limits.BATCH_SIZE_MAX
 cdef Py_ssize_t EXPIRE_SWEEP_HOLDS_MAX = _limits.EXPIRE_SWEEP_HOLDS_MAX
@@ -74,6 +81,14 @@ cdef uint16_t ACCOUNT_NOT_FOUND = _R.ACCOUNT_NOT_FOUND
 cdef uint16_t ACCOUNT_EXISTS = _R.ACCOUNT_EXISTS
 cdef uint16_t TRANSACTION_NOT_POSTED = _R.TRANSACTION_NOT_POSTED
 cdef uint16_t INVALID_OPERATION = _R.INVALID_OPERATION
+cdef uint16_t ALREADY_CHECKED_IN = _R.ALREADY_CHECKED_IN
+cdef uint16_t TASK_CAP_REACHED = _R.TASK_CAP_REACHED
+cdef uint16_t GIFT_NOT_FOUND = _R.GIFT_NOT_FOUND
+cdef uint16_t GIFT_NOT_AVAILABLE = _R.GIFT_NOT_AVAILABLE
+cdef uint16_t GIFT_OUT_OF_STOCK = _R.GIFT_OUT_OF_STOCK
+cdef uint16_t GIFT_LIMIT_REACHED = _R.GIFT_LIMIT_REACHED
+cdef uint16_t TIER_NOT_ALLOWED = _R.TIER_NOT_ALLOWED
+cdef uint16_t INSUFFICIENT_POINTS = _R.INSUFFICIENT_POINTS
 
 _K = _results.OpKind
 cdef uint8_t OP_OPEN_CARD = _K.OPEN_CARD
@@ -94,6 +109,19 @@ cdef uint8_t OP_EXPIRE_HOLDS = _K.EXPIRE_HOLDS
 cdef uint8_t OP_OPEN_ACCOUNT = _K.OPEN_ACCOUNT
 cdef uint8_t OP_TRANSFER = _K.TRANSFER
 cdef uint8_t OP_EXPIRE_POINTS = _K.EXPIRE_POINTS
+cdef uint8_t OP_SET_MEMBER = _K.SET_MEMBER
+cdef uint8_t OP_CHECKIN = _K.CHECKIN
+cdef uint8_t OP_TASK = _K.TASK
+cdef uint8_t OP_SET_TIER = _K.SET_TIER
+cdef uint8_t OP_GIFT_SET = _K.GIFT_SET
+cdef uint8_t OP_GIFT_STOCK = _K.GIFT_STOCK
+cdef uint8_t OP_REDEEM = _K.REDEEM
+cdef uint8_t OP_PARTNER_EXCHANGE = _K.PARTNER_EXCHANGE
+cdef uint8_t OP_EXTEND_LOTS = _K.EXTEND_LOTS
+cdef uint8_t OP_CLEAR_LOTS = _K.CLEAR_LOTS
+cdef frozenset TIERS = frozenset(int(t) for t in _results.Tier)
+cdef frozenset TIER_REASONS = frozenset(int(r) for r in _results.TierReason)
+cdef uint8_t TIER_REGULAR = _results.Tier.REGULAR
 
 _A = _results.AccountKind
 cdef uint8_t FLEET = _A.FLEET
@@ -104,6 +132,7 @@ cdef uint8_t CHANNEL_CLEARING = _A.CHANNEL_CLEARING
 cdef uint8_t POINTS_LIABILITY = _A.POINTS_LIABILITY
 cdef uint8_t POINTS_FUNDING = _A.POINTS_FUNDING
 cdef uint8_t TOPUP_FUNDING = _A.TOPUP_FUNDING
+cdef uint8_t PARTNER_CLEARING = _A.PARTNER_CLEARING
 cdef uint8_t GENERAL = _A.GENERAL
 cdef uint8_t SYSTEM_ACCOUNT_KIND_MIN = _results.SYSTEM_ACCOUNT_KIND_MIN
 cdef uint8_t UNIT_MONEY = _results.Unit.MONEY
@@ -142,6 +171,10 @@ cdef uint8_t MOVE_TOPUP = _results.Movement.TOPUP
 cdef uint8_t MOVE_TRANSFER = _results.Movement.TRANSFER
 cdef uint8_t MOVE_EXPIRY = _results.Movement.EXPIRY
 cdef uint8_t MOVE_SHORTFALL = _results.Movement.SHORTFALL
+cdef uint8_t MOVE_CHECKIN = _results.Movement.CHECKIN
+cdef uint8_t MOVE_TASK = _results.Movement.TASK
+cdef uint8_t MOVE_GIFT = _results.Movement.GIFT
+cdef uint8_t MOVE_PARTNER = _results.Movement.PARTNER
 cdef uint8_t REASON_SALE = _results.Reason.SALE
 cdef uint8_t REASON_COMPLETE = _results.Reason.COMPLETE
 cdef uint8_t REASON_TOPUP = _results.Reason.TOPUP
@@ -150,6 +183,7 @@ cdef uint8_t REASON_VOID = _results.Reason.VOID
 cdef uint8_t REASON_REFUND = _results.Reason.REFUND
 cdef uint8_t REASON_TRANSFER = _results.Reason.TRANSFER
 cdef uint8_t REASON_EXPIRY = _results.Reason.EXPIRY
+cdef uint8_t REASON_LOYALTY = _results.Reason.LOYALTY
 
 cdef bytes META_NEXT_TXN_ID = _records.META_NEXT_TXN_ID
 cdef bytes META_NEXT_JOURNAL_SEQ = _records.META_NEXT_JOURNAL_SEQ
@@ -183,6 +217,9 @@ def record_sizes():
         "Idem": sizeof(IdemRec),
         "JournalEntry": sizeof(JournalRec),
         "Lot": sizeof(LotRec),
+        "Member": sizeof(MemberRec),
+        "TierChange": sizeof(TierChangeRec),
+        "Gift": sizeof(GiftRec),
     }
 
 
@@ -292,7 +329,8 @@ cdef int64_t share(int64_t points, int64_t part, int64_t whole) except? -1:
 cdef inline bint is_idempotent_kind(uint8_t kind):
     return (kind == OP_TOPUP or kind == OP_PAY or kind == OP_PREAUTH or kind == OP_COMPLETE
             or kind == OP_RELEASE or kind == OP_REVERSE or kind == OP_VOID or kind == OP_REFUND
-            or kind == OP_TRANSFER)
+            or kind == OP_TRANSFER or kind == OP_CHECKIN or kind == OP_TASK or kind == OP_REDEEM
+            or kind == OP_PARTNER_EXCHANGE)
 
 
 cdef inline bint is_reversible_kind(uint8_t kind):
@@ -344,6 +382,36 @@ cdef bint op_is_valid(const OpRec* op):
             return False
         if op.account_kind == op.credit_kind and op.account_owner == op.credit_owner:
             return False
+    return loyalty_op_is_valid(op)
+
+
+cdef bint loyalty_op_is_valid(const OpRec* op):
+    """Mirror of reference.loyalty_op_is_valid."""
+    cdef uint8_t kind = op.kind
+    if kind == OP_SET_MEMBER:
+        return -TZ_OFFSET_MINUTES_MAX <= op.tz_offset_minutes <= TZ_OFFSET_MINUTES_MAX
+    if kind == OP_CHECKIN:
+        return 0 <= op.amount <= POINTS_MAX and 0 <= op.bonus_points <= POINTS_MAX and op.period <= STREAK_DAYS_MAX
+    if kind == OP_TASK:
+        return 0 < op.amount <= POINTS_MAX and 0 <= op.bonus_points <= POINTS_MAX
+    if kind == OP_SET_TIER:
+        return op.tier in TIERS and op.reason in TIER_REASONS
+    if kind == OP_GIFT_SET:
+        if not (0 <= op.amount <= POINTS_MAX and 0 <= op.bonus_points <= AMOUNT_MINOR_MAX and op.amount + op.bonus_points > 0):
+            return False
+        return op.item_id > 0 and (op.period == 0 or op.period_start <= op.period)
+    if kind == OP_GIFT_STOCK:
+        return op.item_id > 0 and op.amount != 0 and -GIFT_STOCK_MAX <= op.amount <= GIFT_STOCK_MAX
+    if kind == OP_REDEEM:
+        return op.item_id > 0 and 0 < op.amount <= REDEEM_QUANTITY_MAX
+    if kind == OP_PARTNER_EXCHANGE:
+        if not (0 < op.earn_points <= PARTNER_RATE_TERM_MAX and 0 < op.period <= PARTNER_RATE_TERM_MAX):
+            return False
+        if not (op.reason == 1 or 0 < op.points_per_unit <= POINTS_PER_UNIT_MAX):
+            return False
+        return 0 < op.amount <= POINTS_MAX and (op.reason == 0 or op.reason == 1)
+    if kind == OP_EXTEND_LOTS:
+        return 0 < op.amount <= LOT_EXTENSION_DAYS_MAX
     return True
 
 
@@ -428,6 +496,7 @@ cdef class _Batch:
     cdef object accounts_db, cards_db, card_stations_db, txns_db, idem_db
     cdef object journal_db, hold_expiry_db, pending_db, meta_db
     cdef object point_lots_db, closed_lots_db, lot_expiry_db, points_history_db
+    cdef object members_db, tier_changes_db, gifts_db, gift_counts_db
     cdef uint32_t lot_validity_days
     # key -> bytearray holding the record, or None when LMDB has none
     cdef dict accounts, cards, txns, idems
@@ -454,6 +523,10 @@ cdef class _Batch:
         self.closed_lots_db = store.closed_lots
         self.lot_expiry_db = store.lot_expiry
         self.points_history_db = store.points_history
+        self.members_db = store.members
+        self.tier_changes_db = store.tier_changes
+        self.gifts_db = store.gifts
+        self.gift_counts_db = store.gift_counts
         self.lot_validity_days = LOT_VALIDITY_DAYS_DEFAULT
         self.accounts = {}
         self.cards = {}
@@ -908,6 +981,26 @@ cdef class _Batch:
             self.open_account(op, r)
         elif kind == OP_EXPIRE_POINTS:
             self.expire_points(op, r)
+        elif kind == OP_REDEEM:
+            self.redeem(op, r)
+        elif kind == OP_CHECKIN:
+            self.checkin(op, r)
+        elif kind == OP_TASK:
+            self.task(op, r)
+        elif kind == OP_PARTNER_EXCHANGE:
+            self.partner_exchange(op, r)
+        elif kind == OP_SET_MEMBER:
+            self.set_member(op, r)
+        elif kind == OP_SET_TIER:
+            self.set_tier(op, r)
+        elif kind == OP_GIFT_SET:
+            self.gift_set(op, r)
+        elif kind == OP_GIFT_STOCK:
+            self.gift_stock(op, r)
+        elif kind == OP_EXTEND_LOTS:
+            self.extend_lots(op, r)
+        elif kind == OP_CLEAR_LOTS:
+            self.clear_lots(op, r)
         else:
             raise KeyError(kind)
 
@@ -1575,6 +1668,322 @@ cdef class _Batch:
         cdef int count = return_postings(postings, record.card_id, record.station_id, record.channel, record.posted, claw, reason)
         set_posting(&postings[count], STATION_RECEIVABLE, sale.station_id, POINTS_FUNDING, 0, settled, MOVE_SHORTFALL, reason)
         self.post(record.txn_id, sale.station_id, postings, count + 1)
+
+    # -------------------------------------------------------- loyalty
+
+    cdef MemberRec load_member(self, uint64_t card_id) except *:
+        """Mirror of reference.load_member (a copy; save_member writes it)."""
+        cdef MemberRec member
+        value = self.txn.get(u64_key(card_id), None, self.members_db)
+        if value is None:
+            memset(&member, 0, sizeof(MemberRec))
+            member.card_id = card_id
+            member.tier = TIER_REGULAR
+        else:
+            memcpy(&member, PyBytes_AS_STRING(value), sizeof(MemberRec))
+        return member
+
+    cdef save_member(self, const MemberRec* member):
+        self.txn.put(u64_key(member.card_id), PyBytes_FromStringAndSize(<char*>member, sizeof(MemberRec)), db=self.members_db)
+
+    cdef inline uint32_t local_day(self, const MemberRec* member) noexcept:
+        return <uint32_t>((self.now_ms + <int64_t>member.tz_offset_minutes * 60_000) // MS_PER_DAY)
+
+    cdef uint16_t active_card_decline(self, uint64_t card_id) except 0:
+        cdef CardRec* card = self.load_card(card_id)
+        if card == NULL:
+            return CARD_NOT_FOUND
+        if card.status != CARD_ACTIVE:
+            return status_decline(card.status)
+        return APPROVED
+
+    cdef grant_points(self, const OpRec* op, int64_t points, uint8_t movement, ResultRec* r):
+        cdef Posting posting
+        set_posting(&posting, POINTS_LIABILITY, 0, POINTS, op.card_id, points, movement, REASON_LOYALTY)
+        if not self.postings_fit(&posting, 1):
+            self.init_result(op, r, BALANCE_LIMIT)
+            r.card_id = op.card_id
+            return
+        cdef uint64_t txn_id = self.new_txn_id()
+        self.post(txn_id, op.station_id, &posting, 1)
+        self.init_result(op, r, APPROVED)
+        r.txn_id = txn_id
+        r.card_id = op.card_id
+        r.amount = points
+        r.points_earned = points
+        self.set_card_balances(r, op.card_id)
+
+    cdef decline_for_card(self, const OpRec* op, uint16_t code, ResultRec* r):
+        self.init_result(op, r, code)
+        r.card_id = op.card_id
+
+    cdef set_member(self, const OpRec* op, ResultRec* r):
+        if self.load_card(op.card_id) == NULL:
+            self.decline_for_card(op, CARD_NOT_FOUND, r)
+            return
+        cdef MemberRec member = self.load_member(op.card_id)
+        member.tz_offset_minutes = op.tz_offset_minutes
+        self.save_member(&member)
+        self.decline_for_card(op, APPROVED, r)
+
+    cdef checkin(self, const OpRec* op, ResultRec* r):
+        cdef uint16_t decline = self.active_card_decline(op.card_id)
+        if decline != APPROVED:
+            self.decline_for_card(op, decline, r)
+            return
+        cdef MemberRec member = self.load_member(op.card_id)
+        cdef uint32_t today = self.local_day(&member)
+        if member.checkin_streak and member.checkin_day == today:
+            self.decline_for_card(op, ALREADY_CHECKED_IN, r)
+            return
+        cdef uint32_t streak = member.checkin_streak + 1 if member.checkin_streak and member.checkin_day + 1 == today else 1
+        cdef int64_t bonus = op.bonus_points if op.period and streak % op.period == 0 else 0
+        if op.amount + bonus:
+            self.grant_points(op, op.amount + bonus, MOVE_CHECKIN, r)
+        else:
+            self.decline_for_card(op, APPROVED, r)
+        if r.code == APPROVED:
+            member.checkin_day = today
+            member.checkin_streak = streak
+            self.save_member(&member)
+
+    cdef task(self, const OpRec* op, ResultRec* r):
+        cdef uint16_t decline = self.active_card_decline(op.card_id)
+        if decline != APPROVED:
+            self.decline_for_card(op, decline, r)
+            return
+        cdef MemberRec member = self.load_member(op.card_id)
+        cdef uint32_t today = self.local_day(&member)
+        cdef int64_t earned_today = member.task_points_today if member.task_day == today else 0
+        cdef int64_t award = op.amount
+        if op.bonus_points and op.bonus_points - earned_today < award:
+            award = op.bonus_points - earned_today
+        if award <= 0:
+            self.decline_for_card(op, TASK_CAP_REACHED, r)
+            return
+        self.grant_points(op, award, MOVE_TASK, r)
+        if r.code == APPROVED:
+            member.task_day = today
+            member.task_points_today = earned_today + award
+            self.save_member(&member)
+
+    cdef set_tier(self, const OpRec* op, ResultRec* r):
+        if self.load_card(op.card_id) == NULL:
+            self.decline_for_card(op, CARD_NOT_FOUND, r)
+            return
+        cdef MemberRec member = self.load_member(op.card_id)
+        cdef TierChangeRec change
+        cdef Py_ssize_t number
+        if member.tier != op.tier:
+            number = self.count_prefix(self.tier_changes_db, u64_key(op.card_id))
+            memset(&change, 0, sizeof(TierChangeRec))
+            change.card_id = op.card_id
+            change.day = self.day
+            change.old_tier = member.tier
+            change.new_tier = op.tier
+            change.reason = op.reason
+            change.spend_minor = op.amount
+            self.txn.put(points_history_key(op.card_id, number), PyBytes_FromStringAndSize(<char*>&change, sizeof(TierChangeRec)), db=self.tier_changes_db)
+            member.tier = op.tier
+            self.save_member(&member)
+        self.decline_for_card(op, APPROVED, r)
+
+    cdef Py_ssize_t count_prefix(self, object db, bytes prefix) except -1:
+        cdef Py_ssize_t count = 0
+        cursor = self.txn.cursor(db=db)
+        if cursor.set_range(prefix):
+            for key in cursor.iternext(values=False):
+                if not key.startswith(prefix):
+                    break
+                count += 1
+        cursor.close()
+        return count
+
+    cdef bint load_gift(self, uint64_t gift_id, GiftRec* gift) except? False:
+        value = self.txn.get(u64_key(gift_id), None, self.gifts_db)
+        if value is None:
+            return False
+        memcpy(gift, PyBytes_AS_STRING(value), sizeof(GiftRec))
+        return True
+
+    cdef save_gift(self, const GiftRec* gift):
+        self.txn.put(u64_key(gift.gift_id), PyBytes_FromStringAndSize(<char*>gift, sizeof(GiftRec)), db=self.gifts_db)
+
+    cdef gift_set(self, const OpRec* op, ResultRec* r):
+        cdef GiftRec gift
+        if not self.load_gift(op.item_id, &gift):
+            memset(&gift, 0, sizeof(GiftRec))
+            gift.gift_id = op.item_id
+        gift.points_price = op.amount
+        gift.cash_price = op.bonus_points
+        gift.per_customer_limit = op.count_limit
+        gift.tier_mask = op.tier
+        gift.valid_from_day = op.period_start
+        gift.valid_to_day = op.period
+        self.save_gift(&gift)
+        self.init_result(op, r, APPROVED)
+        r.amount = gift.stock
+
+    cdef gift_stock(self, const OpRec* op, ResultRec* r):
+        cdef GiftRec gift
+        if not self.load_gift(op.item_id, &gift):
+            self.init_result(op, r, GIFT_NOT_FOUND)
+            return
+        if gift.stock + op.amount < 0:
+            self.init_result(op, r, GIFT_OUT_OF_STOCK)
+            r.amount = gift.stock
+            return
+        gift.stock += op.amount
+        self.save_gift(&gift)
+        self.init_result(op, r, APPROVED)
+        r.amount = gift.stock
+
+    cdef redeem(self, const OpRec* op, ResultRec* r):
+        """Mirror of reference.redeem."""
+        cdef CardRec* card = self.load_card(op.card_id)
+        cdef uint16_t decline = self.card_decline(card, op.station_id)
+        if decline != APPROVED:
+            self.decline_for_card(op, decline, r)
+            return
+        cdef GiftRec gift
+        if not self.load_gift(op.item_id, &gift):
+            self.decline_for_card(op, GIFT_NOT_FOUND, r)
+            return
+        if self.day < gift.valid_from_day or (gift.valid_to_day and self.day > gift.valid_to_day):
+            self.decline_for_card(op, GIFT_NOT_AVAILABLE, r)
+            return
+        cdef MemberRec member = self.load_member(op.card_id)
+        if gift.tier_mask and not (gift.tier_mask >> member.tier) & 1:
+            self.decline_for_card(op, TIER_NOT_ALLOWED, r)
+            return
+        if gift.stock < op.amount:
+            self.decline_for_card(op, GIFT_OUT_OF_STOCK, r)
+            return
+        cdef bytes count_key = points_history_key(op.item_id, op.card_id)
+        raw = self.txn.get(count_key, None, self.gift_counts_db)
+        cdef uint32_t count = 0
+        if raw is not None:
+            memcpy(&count, PyBytes_AS_STRING(raw), 4)
+        if gift.per_customer_limit and count + op.amount > gift.per_customer_limit:
+            self.decline_for_card(op, GIFT_LIMIT_REACHED, r)
+            return
+        self.expire_lots(op.card_id)
+        cdef int64_t points = gift.points_price * op.amount
+        cdef int64_t cash = gift.cash_price * op.amount
+        if self.available(POINTS, op.card_id) < points:
+            self.decline_for_card(op, INSUFFICIENT_POINTS, r)
+            return
+        if self.available(PERSONAL, op.card_id) < cash:
+            self.decline_for_card(op, INSUFFICIENT_FUNDS, r)
+            return
+        cdef Posting postings[2]
+        set_posting(&postings[0], POINTS, op.card_id, POINTS_LIABILITY, 0, points, MOVE_GIFT, REASON_LOYALTY)
+        set_posting(&postings[1], PERSONAL, op.card_id, STATION_RECEIVABLE, op.station_id, cash, MOVE_GIFT, REASON_LOYALTY)
+        if not self.postings_fit(postings, 2):
+            self.decline_for_card(op, BALANCE_LIMIT, r)
+            return
+        cdef uint64_t txn_id = self.new_txn_id()
+        self.post(txn_id, op.station_id, postings, 2)
+        gift.stock -= op.amount
+        gift.redeemed += op.amount
+        self.save_gift(&gift)
+        count += op.amount
+        self.txn.put(count_key, PyBytes_FromStringAndSize(<char*>&count, 4), db=self.gift_counts_db)
+        self.init_result(op, r, APPROVED)
+        r.txn_id = txn_id
+        r.card_id = op.card_id
+        r.amount = cash
+        r.personal = cash
+        r.points_used = points
+        self.set_card_balances(r, op.card_id)
+
+    cdef partner_exchange(self, const OpRec* op, ResultRec* r):
+        """Mirror of reference.partner_exchange."""
+        cdef uint16_t decline = self.active_card_decline(op.card_id)
+        if decline != APPROVED:
+            self.decline_for_card(op, decline, r)
+            return
+        cdef int64_t converted = share(op.amount, op.earn_points, op.period)
+        if converted == 0:
+            self.decline_for_card(op, INSUFFICIENT_POINTS, r)
+            return
+        cdef Posting postings[2]
+        cdef int count
+        if op.reason == 1:
+            set_posting(&postings[0], PARTNER_CLEARING, op.item_id, PERSONAL, op.card_id, converted, MOVE_PARTNER, REASON_LOYALTY)
+            count = 1
+        else:
+            set_posting(&postings[0], POINTS_LIABILITY, 0, POINTS, op.card_id, converted, MOVE_PARTNER, REASON_LOYALTY)
+            set_posting(&postings[1], PARTNER_CLEARING, op.item_id, POINTS_FUNDING, 0, share(converted, 100, op.points_per_unit), MOVE_PARTNER, REASON_LOYALTY)
+            count = 2
+        if not self.postings_fit(postings, count):
+            self.decline_for_card(op, BALANCE_LIMIT, r)
+            return
+        cdef uint64_t txn_id = self.new_txn_id()
+        self.post(txn_id, op.station_id, postings, count)
+        self.init_result(op, r, APPROVED)
+        r.txn_id = txn_id
+        r.card_id = op.card_id
+        r.amount = op.amount
+        if op.reason == 1:
+            r.personal = converted
+        else:
+            r.points_earned = converted
+        self.set_card_balances(r, op.card_id)
+
+    cdef extend_lots(self, const OpRec* op, ResultRec* r):
+        """Mirror of reference.extend_lots."""
+        if self.load_card(op.card_id) == NULL:
+            self.decline_for_card(op, CARD_NOT_FOUND, r)
+            return
+        cdef MemberRec member = self.load_member(op.card_id)
+        if member.extended_month == op.period:
+            self.decline_for_card(op, APPROVED, r)
+            return
+        cdef list lots = self.open_lots(op.card_id, False)
+        cdef LotRec lot
+        for value in lots:
+            memcpy(&lot, PyBytes_AS_STRING(value), sizeof(LotRec))
+            self.txn.delete(lot_key(op.card_id, lot.expires_day), db=self.point_lots_db)
+            self.txn.delete(lot_expiry_key(lot.expires_day, op.card_id), db=self.lot_expiry_db)
+        for value in lots:
+            memcpy(&lot, PyBytes_AS_STRING(value), sizeof(LotRec))
+            lot.expires_day += <uint32_t>op.amount
+            self.txn.put(lot_key(op.card_id, lot.expires_day), PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)), db=self.point_lots_db)
+            self.txn.put(lot_expiry_key(lot.expires_day, op.card_id), b"", db=self.lot_expiry_db)
+        member.extended_month = op.period
+        self.save_member(&member)
+        self.decline_for_card(op, APPROVED, r)
+        r.amount = len(lots)
+
+    cdef clear_lots(self, const OpRec* op, ResultRec* r):
+        """Mirror of reference.clear_lots."""
+        if self.load_card(op.card_id) == NULL:
+            self.decline_for_card(op, CARD_NOT_FOUND, r)
+            return
+        cdef MemberRec member = self.load_member(op.card_id)
+        if member.cleared_year == op.period:
+            self.decline_for_card(op, APPROVED, r)
+            return
+        cdef int64_t old = 0
+        cdef const LotRec* lot
+        for value in self.open_lots(op.card_id, False):
+            lot = <const LotRec*>PyBytes_AS_STRING(value)
+            if lot.earned_day < op.period_start:
+                old += lot.remaining
+        cdef AccountRec* account = self.load_account(POINTS, op.card_id)
+        cdef int64_t amount = account.balance - account.held
+        if old < amount:
+            amount = old
+        cdef Posting posting
+        if amount > 0:
+            set_posting(&posting, POINTS, op.card_id, POINTS_LIABILITY, 0, amount, MOVE_EXPIRY, REASON_EXPIRY)
+            self.post(0, 0, &posting, 1)
+        member.cleared_year = op.period
+        self.save_member(&member)
+        self.decline_for_card(op, APPROVED, r)
+        r.amount = amount if amount > 0 else 0
+        self.set_card_balances(r, op.card_id)
 
     # -------------------------------------------------------- general
 

@@ -65,5 +65,14 @@ EARN_POINTS_MAX = POINTS_MAX
 LOT_VALIDITY_DAYS_DEFAULT = 730
 LOT_VALIDITY_DAYS_MAX = 20 * 366
 
+# Loyalty.
+TZ_OFFSET_MINUTES_MAX = 14 * 60
+STREAK_DAYS_MAX = 366
+GIFT_STOCK_MAX = 10**9
+REDEEM_QUANTITY_MAX = 1000
+# Partner conversion rates are a fraction numerator / denominator, each at most this.
+PARTNER_RATE_TERM_MAX = 10**6
+LOT_EXTENSION_DAYS_MAX = 3660
+
 # Holds expired by one sweep operation; the sweep is repeated until done.
 EXPIRE_SWEEP_HOLDS_MAX = 1024

@@ -47,9 +47,21 @@ class Op(msgspec.Struct):
     limit_per_txn        OPEN_CARD, SET_CARD_LIMITS: 0 means no limit
     limit_per_day        OPEN_CARD, SET_CARD_LIMITS: 0 means no limit
     fingerprint          16 bytes identifying the request's content
+    item_id              REDEEM, GIFT_*: the gift; PARTNER_EXCHANGE: the partner
+    bonus_points         CHECKIN: streak bonus; TASK: daily cap; GIFT_SET: cash price
+    period               CHECKIN: streak length in days; EXTEND_LOTS: month
+                         (year * 12 + month - 1); CLEAR_LOTS: year; GIFT_SET:
+                         last valid day; PARTNER_EXCHANGE: rate denominator
+    period_start         GIFT_SET: first valid day; CLEAR_LOTS: lots earned
+                         before this day are cleared
+    count_limit          GIFT_SET: most redemptions per customer (0: none)
+    tier                 SET_TIER: new tier; SET_MEMBER: initial tier;
+                         GIFT_SET: bitmask of tiers allowed (bit n = tier n)
+    reason               SET_TIER: why (TierReason); PARTNER_EXCHANGE: 1 cash
+    tz_offset_minutes    SET_MEMBER: the customer's time zone, minutes east of UTC
     """
 
-    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BBBBBBHIIIIIIQQQQQQqqqqq16s")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BBBBBBHIIIIIIQQQQQQqqqqq16sQqIIIBBh")
     kind: int = 0
     channel: int = 0
     plan_flags: int = 0
@@ -75,6 +87,14 @@ class Op(msgspec.Struct):
     limit_per_txn: int = 0
     limit_per_day: int = 0
     fingerprint: bytes = bytes(16)
+    item_id: int = 0
+    bonus_points: int = 0
+    period: int = 0
+    period_start: int = 0
+    count_limit: int = 0
+    tier: int = 0
+    reason: int = 0
+    tz_offset_minutes: int = 0
 
 
 class Result(msgspec.Struct):
@@ -245,6 +265,52 @@ class Lot(msgspec.Struct):
     first_txn_id: int = 0
 
 
+class Member(msgspec.Struct):
+    """A card's loyalty state. Days here are the customer's local days."""
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<QBBhIIIqII")
+    card_id: int = 0
+    tier: int = 0
+    flags: int = 0
+    tz_offset_minutes: int = 0
+    checkin_day: int = 0
+    checkin_streak: int = 0
+    task_day: int = 0
+    task_points_today: int = 0
+    # Month (year * 12 + month - 1) whose spend last extended the lots, and
+    # the last year cleared: each happens once.
+    extended_month: int = 0
+    cleared_year: int = 0
+
+
+class TierChange(msgspec.Struct):
+    """One tier change of a card, in order (key: card, change number)."""
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<QIBBHq")
+    card_id: int = 0
+    day: int = 0
+    old_tier: int = 0
+    new_tier: int = 0
+    reason: int = 0
+    spend_minor: int = 0
+
+
+class Gift(msgspec.Struct):
+    """A catalogue gift: a points price (plus cash, from the personal
+    account), stock that never goes below zero, a window, allowed tiers."""
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<QqqqqIIII")
+    gift_id: int = 0
+    points_price: int = 0
+    cash_price: int = 0
+    stock: int = 0
+    redeemed: int = 0
+    per_customer_limit: int = 0
+    tier_mask: int = 0
+    valid_from_day: int = 0
+    valid_to_day: int = 0
+
+
 TOMBSTONE_FINGERPRINT = bytes(16)
 
 RECORD_SIZES = {
@@ -256,6 +322,9 @@ RECORD_SIZES = {
     "Idem": Idem.LAYOUT.size,
     "JournalEntry": JournalEntry.LAYOUT.size,
     "Lot": Lot.LAYOUT.size,
+    "Member": Member.LAYOUT.size,
+    "TierChange": TierChange.LAYOUT.size,
+    "Gift": Gift.LAYOUT.size,
 }
 
 
@@ -336,6 +405,14 @@ def lot_expiry_key(expires_day: int, card_id: int) -> bytes:
 
 def parse_lot_expiry_key(key: bytes) -> tuple[int, int]:
     return _LOT_EXPIRY_KEY.unpack(key)
+
+
+def gift_count_key(gift_id: int, card_id: int) -> bytes:
+    return _HISTORY_KEY.pack(gift_id, card_id)
+
+
+def tier_change_key(card_id: int, number: int) -> bytes:
+    return _HISTORY_KEY.pack(card_id, number)
 
 
 def points_history_key(card_id: int, seq: int) -> bytes:

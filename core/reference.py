@@ -26,8 +26,11 @@ from core.records import (
     Card,
     Idem,
     JournalEntry,
+    Gift,
     Lot,
+    Member,
     Op,
+    TierChange,
     Result,
     Txn,
     account_key,
@@ -35,11 +38,13 @@ from core.records import (
     decode,
     encode,
     hold_expiry_key,
+    gift_count_key,
     idem_key,
     lot_expiry_key,
     lot_key,
     parse_hold_expiry_key,
     points_history_key,
+    tier_change_key,
     u64_key,
 )
 from core.results import (
@@ -54,6 +59,8 @@ from core.results import (
     PlanFlag,
     Reason,
     ResultCode,
+    Tier,
+    TierReason,
     TxnFlag,
     TxnState,
     unit_of,
@@ -76,10 +83,17 @@ IDEMPOTENT_KINDS = frozenset(
         OpKind.VOID,
         OpKind.REFUND,
         OpKind.TRANSFER,
+        OpKind.CHECKIN,
+        OpKind.TASK,
+        OpKind.REDEEM,
+        OpKind.PARTNER_EXCHANGE,
     )
 )
 REVERSIBLE_KINDS = frozenset((OpKind.PAY, OpKind.PREAUTH, OpKind.COMPLETE, OpKind.TOPUP))
 CARD_TYPES = frozenset(int(t) for t in CardType)
+TIERS = frozenset(int(t) for t in Tier)
+TIER_REASONS = frozenset(int(r) for r in TierReason)
+MS_PER_DAY = 86_400_000
 CARD_STATUSES = frozenset(int(s) for s in CardStatus)
 ACCOUNT_KINDS = frozenset(int(k) for k in AccountKind)
 CARD_STATUS_DECLINES = {
@@ -152,6 +166,32 @@ def op_is_valid(op: Op) -> bool:
             return False
         if (op.account_kind, op.account_owner) == (op.credit_kind, op.credit_owner):
             return False
+    return loyalty_op_is_valid(op)
+
+
+def loyalty_op_is_valid(op: Op) -> bool:
+    kind = op.kind
+    if kind == OpKind.SET_MEMBER:
+        return -limits.TZ_OFFSET_MINUTES_MAX <= op.tz_offset_minutes <= limits.TZ_OFFSET_MINUTES_MAX
+    if kind == OpKind.CHECKIN:
+        return 0 <= op.amount <= limits.POINTS_MAX and 0 <= op.bonus_points <= limits.POINTS_MAX and op.period <= limits.STREAK_DAYS_MAX
+    if kind == OpKind.TASK:
+        return 0 < op.amount <= limits.POINTS_MAX and 0 <= op.bonus_points <= limits.POINTS_MAX
+    if kind == OpKind.SET_TIER:
+        return op.tier in TIERS and op.reason in TIER_REASONS
+    if kind == OpKind.GIFT_SET:
+        prices_ok = 0 <= op.amount <= limits.POINTS_MAX and 0 <= op.bonus_points <= limits.AMOUNT_MINOR_MAX and op.amount + op.bonus_points > 0
+        return op.item_id > 0 and prices_ok and (op.period == 0 or op.period_start <= op.period)
+    if kind == OpKind.GIFT_STOCK:
+        return op.item_id > 0 and op.amount != 0 and -limits.GIFT_STOCK_MAX <= op.amount <= limits.GIFT_STOCK_MAX
+    if kind == OpKind.REDEEM:
+        return op.item_id > 0 and 0 < op.amount <= limits.REDEEM_QUANTITY_MAX
+    if kind == OpKind.PARTNER_EXCHANGE:
+        rate_ok = 0 < op.earn_points <= limits.PARTNER_RATE_TERM_MAX and 0 < op.period <= limits.PARTNER_RATE_TERM_MAX
+        funding_ok = op.reason == 1 or 0 < op.points_per_unit <= limits.POINTS_PER_UNIT_MAX
+        return 0 < op.amount <= limits.POINTS_MAX and rate_ok and op.reason in (0, 1) and funding_ok
+    if kind == OpKind.EXTEND_LOTS:
+        return 0 < op.amount <= limits.LOT_EXTENSION_DAYS_MAX
     return True
 
 
@@ -1013,6 +1053,240 @@ class _Batch:
         postings.append((K.STATION_RECEIVABLE, sale.station_id, K.POINTS_FUNDING, 0, settled, Movement.SHORTFALL, reason))
         self.post(record.txn_id, sale.station_id, postings)
 
+    # ------------------------------------------------------------ loyalty
+
+    def load_member(self, card_id: int) -> Member:
+        """The card's loyalty state; a card that never had one is REGULAR in UTC."""
+        member = self.load(Member, self.store.members, u64_key(card_id))
+        return member if member is not None else Member(card_id=card_id, tier=Tier.REGULAR)
+
+    def save_member(self, member: Member):
+        self.txn.put(u64_key(member.card_id), encode(member), db=self.store.members)
+
+    def local_day(self, member: Member) -> int:
+        return (self.now_ms + member.tz_offset_minutes * 60_000) // MS_PER_DAY
+
+    def active_card_decline(self, card_id: int) -> int:
+        card = self.load_card(card_id)
+        if card is None:
+            return R.CARD_NOT_FOUND
+        if card.status != CardStatus.ACTIVE:
+            return CARD_STATUS_DECLINES[card.status]
+        return R.APPROVED
+
+    def grant_points(self, op: Op, points: int, movement: int) -> Result:
+        """Give `points` from the points liability: check-ins, tasks."""
+        postings = [(K.POINTS_LIABILITY, 0, K.POINTS, op.card_id, points, movement, Reason.LOYALTY)]
+        if not self.postings_fit(postings):
+            return self.result(op, R.BALANCE_LIMIT, card_id=op.card_id)
+        txn_id = self.new_txn_id()
+        self.post(txn_id, op.station_id, postings)
+        return self.result(op, R.APPROVED, txn_id=txn_id, card_id=op.card_id, amount=points, points_earned=points, **self.card_balances(op.card_id))
+
+    def set_member(self, op: Op) -> Result:
+        if self.load_card(op.card_id) is None:
+            return self.result(op, R.CARD_NOT_FOUND, card_id=op.card_id)
+        member = self.load_member(op.card_id)
+        member.tz_offset_minutes = op.tz_offset_minutes
+        self.save_member(member)
+        return self.result(op, R.APPROVED, card_id=op.card_id)
+
+    def checkin(self, op: Op) -> Result:
+        """Points for today's check-in (once a local day), and a bonus on every
+        `period`-th day in a row."""
+        decline = self.active_card_decline(op.card_id)
+        if decline != R.APPROVED:
+            return self.result(op, decline, card_id=op.card_id)
+        member = self.load_member(op.card_id)
+        today = self.local_day(member)
+        if member.checkin_streak and member.checkin_day == today:
+            return self.result(op, R.ALREADY_CHECKED_IN, card_id=op.card_id)
+        streak = member.checkin_streak + 1 if member.checkin_streak and member.checkin_day + 1 == today else 1
+        bonus = op.bonus_points if op.period and streak % op.period == 0 else 0
+        result = self.grant_points(op, op.amount + bonus, Movement.CHECKIN) if op.amount + bonus else self.result(op, R.APPROVED, card_id=op.card_id)
+        if result.code == R.APPROVED:
+            member.checkin_day = today
+            member.checkin_streak = streak
+            self.save_member(member)
+        return result
+
+    def task(self, op: Op) -> Result:
+        """Points for a task, up to a cap per local day (bonus_points; 0: none)."""
+        decline = self.active_card_decline(op.card_id)
+        if decline != R.APPROVED:
+            return self.result(op, decline, card_id=op.card_id)
+        member = self.load_member(op.card_id)
+        today = self.local_day(member)
+        earned_today = member.task_points_today if member.task_day == today else 0
+        award = op.amount if op.bonus_points == 0 else min(op.amount, op.bonus_points - earned_today)
+        if award <= 0:
+            return self.result(op, R.TASK_CAP_REACHED, card_id=op.card_id)
+        result = self.grant_points(op, award, Movement.TASK)
+        if result.code == R.APPROVED:
+            member.task_day = today
+            member.task_points_today = earned_today + award
+            self.save_member(member)
+        return result
+
+    def set_tier(self, op: Op) -> Result:
+        if self.load_card(op.card_id) is None:
+            return self.result(op, R.CARD_NOT_FOUND, card_id=op.card_id)
+        member = self.load_member(op.card_id)
+        if member.tier != op.tier:
+            number = self.count_prefix(self.store.tier_changes, u64_key(op.card_id))
+            change = TierChange(card_id=op.card_id, day=self.day, old_tier=member.tier, new_tier=op.tier, reason=op.reason, spend_minor=op.amount)
+            self.txn.put(tier_change_key(op.card_id, number), encode(change), db=self.store.tier_changes)
+            member.tier = op.tier
+            self.save_member(member)
+        return self.result(op, R.APPROVED, card_id=op.card_id)
+
+    def count_prefix(self, db, prefix: bytes) -> int:
+        count = 0
+        cursor = self.txn.cursor(db=db)
+        if cursor.set_range(prefix):
+            for key in cursor.iternext(values=False):
+                if not key.startswith(prefix):
+                    break
+                count += 1
+        cursor.close()
+        return count
+
+    def load_gift(self, gift_id: int):
+        return self.load(Gift, self.store.gifts, u64_key(gift_id))
+
+    def gift_set(self, op: Op) -> Result:
+        """Create or change a gift's terms; its stock and count stay."""
+        gift = self.load_gift(op.item_id) or Gift(gift_id=op.item_id)
+        gift.points_price = op.amount
+        gift.cash_price = op.bonus_points
+        gift.per_customer_limit = op.count_limit
+        gift.tier_mask = op.tier
+        gift.valid_from_day = op.period_start
+        gift.valid_to_day = op.period
+        self.txn.put(u64_key(gift.gift_id), encode(gift), db=self.store.gifts)
+        return self.result(op, R.APPROVED, amount=gift.stock)
+
+    def gift_stock(self, op: Op) -> Result:
+        gift = self.load_gift(op.item_id)
+        if gift is None:
+            return self.result(op, R.GIFT_NOT_FOUND)
+        if gift.stock + op.amount < 0:
+            return self.result(op, R.GIFT_OUT_OF_STOCK, amount=gift.stock)
+        gift.stock += op.amount
+        self.txn.put(u64_key(gift.gift_id), encode(gift), db=self.store.gifts)
+        return self.result(op, R.APPROVED, amount=gift.stock)
+
+    def redeem(self, op: Op) -> Result:
+        """A gift for points (plus cash from the personal account). Stock and
+        the customer's count are checked and taken here, in the write
+        transaction, so no concurrency can oversell."""
+        card = self.load_card(op.card_id)
+        decline = self.card_decline(card, op.station_id)
+        if decline != R.APPROVED:
+            return self.result(op, decline, card_id=op.card_id)
+        gift = self.load_gift(op.item_id)
+        if gift is None:
+            return self.result(op, R.GIFT_NOT_FOUND, card_id=op.card_id)
+        if self.day < gift.valid_from_day or (gift.valid_to_day and self.day > gift.valid_to_day):
+            return self.result(op, R.GIFT_NOT_AVAILABLE, card_id=op.card_id)
+        member = self.load_member(op.card_id)
+        if gift.tier_mask and not (gift.tier_mask >> member.tier) & 1:
+            return self.result(op, R.TIER_NOT_ALLOWED, card_id=op.card_id)
+        if gift.stock < op.amount:
+            return self.result(op, R.GIFT_OUT_OF_STOCK, card_id=op.card_id)
+        count_key = gift_count_key(op.item_id, op.card_id)
+        raw = self.txn.get(count_key, db=self.store.gift_counts)
+        count = 0 if raw is None else int.from_bytes(raw, "little")
+        if gift.per_customer_limit and count + op.amount > gift.per_customer_limit:
+            return self.result(op, R.GIFT_LIMIT_REACHED, card_id=op.card_id)
+        self.expire_lots(op.card_id)
+        points = gift.points_price * op.amount
+        cash = gift.cash_price * op.amount
+        if self.available(K.POINTS, op.card_id) < points:
+            return self.result(op, R.INSUFFICIENT_POINTS, card_id=op.card_id)
+        if self.available(K.PERSONAL, op.card_id) < cash:
+            return self.result(op, R.INSUFFICIENT_FUNDS, card_id=op.card_id)
+        postings = [
+            (K.POINTS, op.card_id, K.POINTS_LIABILITY, 0, points, Movement.GIFT, Reason.LOYALTY),
+            (K.PERSONAL, op.card_id, K.STATION_RECEIVABLE, op.station_id, cash, Movement.GIFT, Reason.LOYALTY),
+        ]
+        if not self.postings_fit(postings):
+            return self.result(op, R.BALANCE_LIMIT, card_id=op.card_id)
+        txn_id = self.new_txn_id()
+        self.post(txn_id, op.station_id, postings)
+        gift.stock -= op.amount
+        gift.redeemed += op.amount
+        self.txn.put(u64_key(gift.gift_id), encode(gift), db=self.store.gifts)
+        self.txn.put(count_key, (count + op.amount).to_bytes(4, "little"), db=self.store.gift_counts)
+        return self.result(
+            op, R.APPROVED, txn_id=txn_id, card_id=op.card_id, amount=cash, personal=cash, points_used=points, **self.card_balances(op.card_id)
+        )
+
+    def partner_exchange(self, op: Op) -> Result:
+        """Partner points in, at earn_points / period: into standard points
+        (reason 0), whose value the partner owes the points funding at
+        points_per_unit, or into cash on the personal account (reason 1)."""
+        decline = self.active_card_decline(op.card_id)
+        if decline != R.APPROVED:
+            return self.result(op, decline, card_id=op.card_id)
+        converted = share(op.amount, op.earn_points, op.period)
+        if converted == 0:
+            return self.result(op, R.INSUFFICIENT_POINTS, card_id=op.card_id)
+        partner = (K.PARTNER_CLEARING, op.item_id)
+        if op.reason == 1:
+            postings = [(*partner, K.PERSONAL, op.card_id, converted, Movement.PARTNER, Reason.LOYALTY)]
+        else:
+            value = share(converted, 100, op.points_per_unit)
+            postings = [
+                (K.POINTS_LIABILITY, 0, K.POINTS, op.card_id, converted, Movement.PARTNER, Reason.LOYALTY),
+                (*partner, K.POINTS_FUNDING, 0, value, Movement.PARTNER, Reason.LOYALTY),
+            ]
+        if not self.postings_fit(postings):
+            return self.result(op, R.BALANCE_LIMIT, card_id=op.card_id)
+        txn_id = self.new_txn_id()
+        self.post(txn_id, op.station_id, postings)
+        fields = {"personal": converted} if op.reason == 1 else {"points_earned": converted}
+        return self.result(op, R.APPROVED, txn_id=txn_id, card_id=op.card_id, amount=op.amount, **fields, **self.card_balances(op.card_id))
+
+    def extend_lots(self, op: Op) -> Result:
+        """Move every open lot's expiry `amount` days later, once per month
+        (`period`), for a month whose spend qualified (the job decides)."""
+        if self.load_card(op.card_id) is None:
+            return self.result(op, R.CARD_NOT_FOUND, card_id=op.card_id)
+        member = self.load_member(op.card_id)
+        if member.extended_month == op.period:
+            return self.result(op, R.APPROVED, card_id=op.card_id, amount=0)
+        # Every lot moves by the same days, so no two meet: remove all, then
+        # put each back under its new expiry.
+        lots = self.open_lots(op.card_id)
+        for lot in lots:
+            self.txn.delete(lot_key(op.card_id, lot.expires_day), db=self.store.point_lots)
+            self.txn.delete(lot_expiry_key(lot.expires_day, op.card_id), db=self.store.lot_expiry)
+        for lot in lots:
+            lot.expires_day += op.amount
+            self.txn.put(lot_key(op.card_id, lot.expires_day), encode(lot), db=self.store.point_lots)
+            self.txn.put(lot_expiry_key(lot.expires_day, op.card_id), b"", db=self.store.lot_expiry)
+        member.extended_month = op.period
+        self.save_member(member)
+        return self.result(op, R.APPROVED, card_id=op.card_id, amount=len(lots))
+
+    def clear_lots(self, op: Op) -> Result:
+        """The yearly clearance: what is left of lots earned before
+        `period_start` expires now, once per year (`period`)."""
+        if self.load_card(op.card_id) is None:
+            return self.result(op, R.CARD_NOT_FOUND, card_id=op.card_id)
+        member = self.load_member(op.card_id)
+        if member.cleared_year == op.period:
+            return self.result(op, R.APPROVED, card_id=op.card_id, amount=0)
+        old = sum(lot.remaining for lot in self.open_lots(op.card_id) if lot.earned_day < op.period_start)
+        account = self.load_account(K.POINTS, op.card_id)
+        amount = min(old, account.balance - account.held)
+        if amount > 0:
+            self.post(0, 0, [(K.POINTS, op.card_id, K.POINTS_LIABILITY, 0, amount, Movement.EXPIRY, Reason.EXPIRY)])
+        member.cleared_year = op.period
+        self.save_member(member)
+        return self.result(op, R.APPROVED, card_id=op.card_id, amount=max(amount, 0), **self.card_balances(op.card_id))
+
     # ------------------------------------------------------------ general
 
     def open_account(self, op: Op) -> Result:
@@ -1112,5 +1386,15 @@ HANDLERS = {
     OpKind.EXPIRE_HOLDS: _Batch.expire_holds,
     OpKind.OPEN_ACCOUNT: _Batch.open_account,
     OpKind.EXPIRE_POINTS: _Batch.expire_points,
+    OpKind.SET_MEMBER: _Batch.set_member,
+    OpKind.CHECKIN: _Batch.checkin,
+    OpKind.TASK: _Batch.task,
+    OpKind.SET_TIER: _Batch.set_tier,
+    OpKind.GIFT_SET: _Batch.gift_set,
+    OpKind.GIFT_STOCK: _Batch.gift_stock,
+    OpKind.REDEEM: _Batch.redeem,
+    OpKind.PARTNER_EXCHANGE: _Batch.partner_exchange,
+    OpKind.EXTEND_LOTS: _Batch.extend_lots,
+    OpKind.CLEAR_LOTS: _Batch.clear_lots,
     OpKind.TRANSFER: _Batch.transfer,
 }

@@ -49,6 +49,14 @@ class ResultCode(enum.IntEnum):
     # The operation's fields break a limit of core.limits; the server refuses
     # such requests before they reach the kernel, so this marks a bug there.
     INVALID_OPERATION = 31
+    ALREADY_CHECKED_IN = 32
+    TASK_CAP_REACHED = 33
+    GIFT_NOT_FOUND = 34
+    GIFT_NOT_AVAILABLE = 35
+    GIFT_OUT_OF_STOCK = 36
+    GIFT_LIMIT_REACHED = 37
+    TIER_NOT_ALLOWED = 38
+    INSUFFICIENT_POINTS = 39
 
 
 class OpKind(enum.IntEnum):
@@ -73,6 +81,16 @@ class OpKind(enum.IntEnum):
     OPEN_ACCOUNT = 16
     TRANSFER = 17
     EXPIRE_POINTS = 18
+    SET_MEMBER = 19
+    CHECKIN = 20
+    TASK = 21
+    SET_TIER = 22
+    GIFT_SET = 23
+    GIFT_STOCK = 24
+    REDEEM = 25
+    PARTNER_EXCHANGE = 26
+    EXTEND_LOTS = 27
+    CLEAR_LOTS = 28
 
 
 class CardStatus(enum.IntEnum):
@@ -104,12 +122,27 @@ class AccountKind(enum.IntEnum):
     POINTS_LIABILITY = 18
     POINTS_FUNDING = 19
     TOPUP_FUNDING = 20
+    # What a partner programme owes for points or cash it sent us.
+    PARTNER_CLEARING = 21
     # Plain accounts opened with OPEN_ACCOUNT (benchmarks, adjustments).
     GENERAL = 32
 
 
 CARD_ACCOUNT_KINDS = (AccountKind.FLEET, AccountKind.PERSONAL, AccountKind.POINTS)
 SYSTEM_ACCOUNT_KIND_MIN = 16
+
+
+class Tier(enum.IntEnum):
+    REGULAR = 0
+    SILVER = 1
+    GOLD = 2
+    BLACK = 3
+
+
+class TierReason(enum.IntEnum):
+    ADMIN = 1
+    SPEND_UP = 2
+    SPEND_DOWN = 3
 
 
 class Unit(enum.IntEnum):
@@ -170,6 +203,10 @@ class Movement(enum.IntEnum):
     EXPIRY = 9
     # Money kept back from a return because earned points were spent.
     SHORTFALL = 10
+    CHECKIN = 11
+    TASK = 12
+    GIFT = 13
+    PARTNER = 14
 
 
 class Reason(enum.IntEnum):
@@ -183,6 +220,7 @@ class Reason(enum.IntEnum):
     REFUND = 6
     TRANSFER = 7
     EXPIRY = 8
+    LOYALTY = 9
 
 
 # What each code means, in words for a terminal's display. One table.
@@ -219,4 +257,12 @@ RESULT_TEXT = {
     ResultCode.ACCOUNT_EXISTS: "the account exists",
     ResultCode.TRANSACTION_NOT_POSTED: "the transaction is not posted",
     ResultCode.INVALID_OPERATION: "the core refused an operation outside its limits",
+    ResultCode.ALREADY_CHECKED_IN: "already checked in today",
+    ResultCode.TASK_CAP_REACHED: "today's cap on task points is reached",
+    ResultCode.GIFT_NOT_FOUND: "no such gift",
+    ResultCode.GIFT_NOT_AVAILABLE: "the gift is outside its validity window",
+    ResultCode.GIFT_OUT_OF_STOCK: "the gift is out of stock",
+    ResultCode.GIFT_LIMIT_REACHED: "the customer reached this gift's limit",
+    ResultCode.TIER_NOT_ALLOWED: "the gift is not offered to the customer's tier",
+    ResultCode.INSUFFICIENT_POINTS: "not enough points",
 }

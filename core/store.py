@@ -18,6 +18,17 @@ Named databases (keys big-endian, values in core.records layouts):
   closed_lots     (card_id u64, expires u32) -> Lot   lots spent or expired to zero
   lot_expiry      (expires u32, card_id u64) -> b""   open lots by expiry (the expiry job)
   points_history  (card_id u64, seq u64)     -> b""   journal entries of a card's points
+  members         card_id u64                -> Member      loyalty state of a card
+  tier_changes    (card_id u64, number u64)  -> TierChange  every tier change, in order
+  gifts           gift_id u64                -> Gift        catalogue, with stock
+  gift_counts     (gift_id u64, card_id u64) -> u32         redemptions per customer
+
+Settlement's databases (values msgpack of core.settlement.model records):
+  settlement_imports      (channel u8, day u32, sha256)  -> ImportRecord   files imported
+  settlement_statements   (channel u8, day u32)          -> StoredStatement
+  settlement_differences  (channel u8, day u32, item u8, reference u64) -> Difference
+  settlement_actions      seq u64                        -> Action   the queue's log
+  settlement_runs         (channel u8, day u32)          -> ReconcileRun
 """
 
 import os
@@ -38,6 +49,15 @@ DATABASE_NAMES = (
     "closed_lots",
     "lot_expiry",
     "points_history",
+    "members",
+    "tier_changes",
+    "gifts",
+    "gift_counts",
+    "settlement_imports",
+    "settlement_statements",
+    "settlement_differences",
+    "settlement_actions",
+    "settlement_runs",
 )
 
 # The map is a reservation of address space, not of disk: LMDB files grow as
@@ -66,12 +86,16 @@ class Store:
         self.env.close()
 
 
-def open_store(path: str, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT, readonly: bool = False) -> Store:
+def open_store(
+    path: str, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT, readonly: bool = False, durable: bool = True
+) -> Store:
     """Open (creating if needed) the data directory at `path`.
 
     sync and metasync are on: a commit returns only when its data and the
     meta page are on disk (fdatasync), which is what lets the server answer
-    a request only after its commit is durable.
+    a request only after its commit is durable. durable=False is for bulk
+    loading only (`bench seed`): commits skip the fsync, the loader calls
+    env.sync(True) once at the end; a crash in between loses the load.
     """
     if not readonly:
         os.makedirs(path, exist_ok=True)
@@ -80,8 +104,8 @@ def open_store(path: str, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT, readonly
         map_size=map_size_bytes,
         max_dbs=len(DATABASE_NAMES),
         max_readers=READERS_MAX,
-        sync=True,
-        metasync=True,
+        sync=durable,
+        metasync=durable,
         readonly=readonly,
         readahead=False,
         # Several server processes may open the same files (issue 7); LMDB

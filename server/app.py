@@ -27,13 +27,15 @@ from server.channel_flow import ChannelFlow
 from server.demo import seed_demo_data
 from server.payments import PaymentService
 from server.settings import ServerSettings
-from tally.v1 import card_pb2, card_pb2_grpc, payment_pb2, payment_pb2_grpc
+from server.settlement_service import SettlementService
+from tally.v1 import card_pb2, card_pb2_grpc, payment_pb2, payment_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 
 log = logging.getLogger("tally.server")
 
 SERVICE_NAMES = (
     payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name,
     card_pb2.DESCRIPTOR.services_by_name["CardService"].full_name,
+    settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
 )
 
 # gRPC core refuses calls beyond max_pending_requests (1,000 by default) when
@@ -77,6 +79,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     server = grpc.aio.server(options=GRPC_OPTIONS)
     payment_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentService(ledger, committer, flow, settings), server)
     card_pb2_grpc.add_CardServiceServicer_to_server(CardService(ledger, committer), server)
+    settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(ledger, committer), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -1,11 +1,13 @@
 import os
 
 import pytest
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 # `make test` runs the default profile; TALLY_HYPOTHESIS=deep searches longer
 # (used before changing the kernel: thousands of random sequences).
 settings.register_profile("deep", max_examples=3000)
+# For chasing a failure: no shrinking, first failure reported at once.
+settings.register_profile("find", phases=[Phase.explicit, Phase.reuse, Phase.generate])
 settings.load_profile(os.environ.get("TALLY_HYPOTHESIS", "default"))
 
 from core.ledger import Ledger, load_kernel

@@ -17,7 +17,7 @@ from core import limits
 from core.audit import audit
 import msgspec
 
-from core.records import Account, Card, Idem, JournalEntry, Lot, Op, Txn, decode
+from core.records import Account, Card, Gift, Idem, JournalEntry, Lot, Member, Op, TierChange, Txn, decode
 from core.results import AccountKind, CardStatus, Channel, OpKind, ResultCode
 from core.store import DATABASE_NAMES
 from tests.conftest import open_ledger
@@ -74,8 +74,46 @@ def _draw_ops(data, history: _History) -> list[Op]:
     return [sale, spend]
 
 
+GIFTS = (1, 2)
+
+
+def _draw_loyalty_op(data, history: _History) -> Op:
+    card = data.draw(st.sampled_from(CARDS))
+    kind = data.draw(st.sampled_from(["checkin", "task", "redeem", "redeem", "gift", "stock", "partner", "tier", "member", "extend", "clear"]))
+    if kind == "checkin":
+        return _request(OpKind.CHECKIN, history.new_serial(data), 1, card_id=card, amount=5, bonus_points=50, period=data.draw(st.sampled_from([0, 2, 7])))
+    if kind == "task":
+        return _request(OpKind.TASK, history.new_serial(data), 1, card_id=card, amount=data.draw(st.sampled_from([10, 30])), bonus_points=data.draw(st.sampled_from([0, 40])))
+    if kind == "redeem":
+        return _request(OpKind.REDEEM, history.new_serial(data), data.draw(STATIONS), card_id=card, item_id=data.draw(st.sampled_from(GIFTS)), amount=data.draw(st.sampled_from([1, 1, 2])))
+    if kind == "gift":
+        return Op(
+            kind=OpKind.GIFT_SET, item_id=data.draw(st.sampled_from(GIFTS)), amount=data.draw(st.sampled_from([0, 100, 1_000])),
+            bonus_points=data.draw(st.sampled_from([0, 0, 500])), count_limit=data.draw(st.sampled_from([0, 1, 3])),
+            tier=data.draw(st.sampled_from([0, 0b1, 0b110])), period_start=data.draw(st.sampled_from([0, 20_000])),
+            period=data.draw(st.sampled_from([0, 20_001, 30_000])),
+        )
+    if kind == "stock":
+        return Op(kind=OpKind.GIFT_STOCK, item_id=data.draw(st.sampled_from(GIFTS)), amount=data.draw(st.sampled_from([2, 5, -1, -10])))
+    if kind == "partner":
+        return _request(
+            OpKind.PARTNER_EXCHANGE, history.new_serial(data), 1, card_id=card, item_id=7, amount=data.draw(st.sampled_from([1, 999, 5_000])),
+            earn_points=data.draw(st.sampled_from([1, 3])), period=data.draw(st.sampled_from([1, 10])), reason=data.draw(st.sampled_from([0, 1])),
+            points_per_unit=100,
+        )
+    if kind == "tier":
+        return Op(kind=OpKind.SET_TIER, card_id=card, tier=data.draw(st.sampled_from([0, 1, 2])), reason=data.draw(st.sampled_from([1, 2, 3])), amount=12_345)
+    if kind == "member":
+        return Op(kind=OpKind.SET_MEMBER, card_id=card, tz_offset_minutes=data.draw(st.sampled_from([0, 480, -300])))
+    if kind == "extend":
+        return Op(kind=OpKind.EXTEND_LOTS, card_id=card, amount=data.draw(st.sampled_from([1, 90])), period=data.draw(st.sampled_from([24_300, 24_301])))
+    return Op(kind=OpKind.CLEAR_LOTS, card_id=card, period=data.draw(st.sampled_from([2026, 2027])), period_start=data.draw(st.sampled_from([20_000, 20_002])))
+
+
 def _draw_op(data, history: _History) -> Op:
-    family = data.draw(st.sampled_from(["pay", "pay", "pay", "topup", "preauth", "by_txn", "by_txn", "by_txn", "reverse", "channel", "card"]))
+    family = data.draw(st.sampled_from(["pay", "pay", "pay", "topup", "preauth", "by_txn", "by_txn", "by_txn", "reverse", "channel", "card", "loyalty", "loyalty"]))
+    if family == "loyalty":
+        return _draw_loyalty_op(data, history)
     if family == "pay":
         return _request(
             OpKind.PAY, history.new_serial(data), data.draw(STATIONS),
@@ -133,7 +171,10 @@ def _open_cards() -> list[Op]:
     return ops
 
 
-RECORD_TYPES = {"accounts": Account, "cards": Card, "txns": Txn, "idem": Idem, "journal": JournalEntry, "point_lots": Lot, "closed_lots": Lot}
+RECORD_TYPES = {
+    "accounts": Account, "cards": Card, "txns": Txn, "idem": Idem, "journal": JournalEntry, "point_lots": Lot, "closed_lots": Lot,
+    "members": Member, "gifts": Gift, "tier_changes": TierChange,
+}
 
 
 def _first_difference(ours: dict, theirs: dict):

@@ -3,11 +3,17 @@
 Latency, decline rate and time-outs are configurable; randomness is seeded so
 that a test can ask for exact behaviour. The simulator keeps what it was
 asked in memory, as a real channel would keep it on its side: payments by
-reference, their refunds and reversals.
+reference, their refunds and reversals, each with the time the channel
+booked it, so that it can write its day's statement in its channel's real
+format (`statement`), with the faults real statements have on demand:
+`script` (a payment the channel took after a time-out, a reversal that never
+arrives), `book_refund_late` (a refund the channel books later, even the next
+day) and `report_net_of_fee` (an amount reported less the channel's fee).
 """
 
 import asyncio
 import random
+import time
 
 import msgspec
 
@@ -26,9 +32,12 @@ class SimulatorSettings(msgspec.Struct, frozen=True):
     # How long a timed-out call waits before raising, milliseconds.
     timeout_ms: int = 50
     seed: int = 0
+    # The channel's fee on a payment, parts per million of the amount (6,000
+    # is 0.6%), rounded half up to the minor unit; refunds give back their share.
+    fee_ppm: int = 6000
 
     def __post_init__(self):
-        for name in ("decline_ppm", "timeout_ppm"):
+        for name in ("decline_ppm", "timeout_ppm", "fee_ppm"):
             value = getattr(self, name)
             if not 0 <= value <= 1_000_000:
                 raise ValueError(f"{name} must be within 0 .. 1000000 parts per million, got {value}")
@@ -41,6 +50,18 @@ class _Payment(msgspec.Struct):
     refunded_minor: int = 0
     reversed: bool = False
     refunds: dict = msgspec.field(default_factory=dict)
+    # When the channel booked the payment and the reversal, ms since the epoch.
+    paid_ms: int = 0
+    reversed_ms: int = 0
+    # refund reference -> when the channel booked that refund.
+    refund_times_ms: dict = msgspec.field(default_factory=dict)
+    # Fault: the statement shows the amount less the fee.
+    net_of_fee: bool = False
+
+
+# Scripted outcomes of the next calls (SimulatedChannel.script).
+TIMEOUT_AFTER_ACT = "timeout_after_act"
+TIMEOUT_BEFORE_ACT = "timeout_before_act"
 
 
 class SimulatedChannel:
@@ -50,6 +71,11 @@ class SimulatedChannel:
         self.random = random.Random(settings.seed)
         self.payments: dict[int, _Payment] = {}
         self.calls = 0
+        # The channel's clock; a generated day sets its own.
+        self.clock_ms = lambda: time.time_ns() // 1_000_000
+        self.scripted: dict[str, list[str]] = {}
+        # refund reference -> ms the channel books it after the call.
+        self.late_refunds_ms: dict[int, int] = {}
 
     async def _delay(self):
         self.calls += 1
@@ -60,9 +86,31 @@ class SimulatedChannel:
     def _roll(self, ppm: int) -> bool:
         return ppm > 0 and self.random.randrange(1_000_000) < ppm
 
-    async def _maybe_time_out(self, act):
+    def script(self, call: str, *outcomes: str):
+        """Force the outcome of the next calls of `call` ("pay", "reverse",
+        "refund"): TIMEOUT_AFTER_ACT (the channel acted, the answer was lost)
+        or TIMEOUT_BEFORE_ACT (the request was lost), one per call."""
+        assert all(outcome in (TIMEOUT_AFTER_ACT, TIMEOUT_BEFORE_ACT) for outcome in outcomes)
+        self.scripted.setdefault(call, []).extend(outcomes)
+
+    def book_refund_late(self, refund_reference: int, delay_ms: int):
+        """The channel will book this refund `delay_ms` after it is asked."""
+        self.late_refunds_ms[refund_reference] = delay_ms
+
+    def report_net_of_fee(self, reference: int):
+        """The statement will show this payment's amount less the fee."""
+        self.payments[reference].net_of_fee = True
+
+    async def _maybe_time_out(self, act, call: str = ""):
         """Run `act` (the channel's side effect), possibly timing out before
         or after it, as a real network would."""
+        forced = self.scripted.get(call)
+        if forced:
+            outcome = forced.pop(0)
+            if outcome == TIMEOUT_AFTER_ACT:
+                act()
+            await asyncio.sleep(self.settings.timeout_ms / 1000)
+            raise ChannelTimeout(f"{self.name}: no answer within {self.settings.timeout_ms} ms (scripted)")
         if self._roll(self.settings.timeout_ppm):
             acted_first = self.random.random() < 0.5
             if acted_first:
@@ -83,10 +131,10 @@ class SimulatedChannel:
                 return ChannelAnswer(ChannelOutcome.APPROVED, channel_reference=f"{self.name}-{reference}")
             if self._roll(self.settings.decline_ppm):
                 return ChannelAnswer(ChannelOutcome.DECLINED, reason="declined by issuer")
-            self.payments[reference] = _Payment(amount_minor)
+            self.payments[reference] = _Payment(amount_minor, paid_ms=self.clock_ms())
             return ChannelAnswer(ChannelOutcome.APPROVED, channel_reference=f"{self.name}-{reference}")
 
-        return await self._maybe_time_out(act)
+        return await self._maybe_time_out(act, "pay")
 
     async def query(self, reference: int) -> ChannelAnswer:
         await self._delay()
@@ -106,10 +154,12 @@ class SimulatedChannel:
 
         def act():
             payment = self.payments.setdefault(reference, _Payment(0))
-            payment.reversed = True
+            if not payment.reversed:
+                payment.reversed = True
+                payment.reversed_ms = self.clock_ms()
             return ChannelAnswer(ChannelOutcome.APPROVED, channel_reference=f"{self.name}-{reference}")
 
-        return await self._maybe_time_out(act)
+        return await self._maybe_time_out(act, "reverse")
 
     async def void(self, reference: int) -> ChannelAnswer:
         return await self.reverse(reference)
@@ -127,7 +177,65 @@ class SimulatedChannel:
             if payment.refunded_minor + amount_minor > payment.amount_minor:
                 return ChannelAnswer(ChannelOutcome.DECLINED, reason="refund exceeds payment")
             payment.refunds[refund_reference] = amount_minor
+            payment.refund_times_ms[refund_reference] = self.clock_ms() + self.late_refunds_ms.get(refund_reference, 0)
             payment.refunded_minor += amount_minor
             return ChannelAnswer(ChannelOutcome.APPROVED, channel_reference=f"{self.name}-r{refund_reference}")
 
-        return await self._maybe_time_out(act)
+        return await self._maybe_time_out(act, "refund")
+
+    # ------------------------------------------------------------ statements
+
+    def fee_minor(self, amount_minor: int) -> int:
+        return (amount_minor * self.settings.fee_ppm + 500_000) // 1_000_000
+
+    def statement_rows(self, day: int, utc_offset_minutes: int) -> list:
+        """What the channel booked on local calendar day `day`, as rows."""
+        from core.settlement.model import RowKind, RowStatus, StatementRow
+        from core.settlement.money import local_day
+
+        rows = []
+        for reference, payment in sorted(self.payments.items()):
+            if payment.amount_minor == 0:
+                continue  # a reversal of a payment the channel never took
+            fee = self.fee_minor(payment.amount_minor)
+            same_day_revoke = payment.reversed and local_day(payment.reversed_ms, utc_offset_minutes) == local_day(payment.paid_ms, utc_offset_minutes)
+            if local_day(payment.paid_ms, utc_offset_minutes) == day:
+                amount = payment.amount_minor - fee if payment.net_of_fee else payment.amount_minor
+                rows.append(StatementRow(
+                    line=0, kind=RowKind.PAYMENT, status=RowStatus.REVOKED if same_day_revoke else RowStatus.SUCCESS,
+                    reference=reference, refund_reference=0, channel_trade_no=f"{4200000000 + reference}",
+                    amount_minor=amount, fee_minor=fee, time_ms=payment.paid_ms,
+                ))
+            if payment.reversed and not same_day_revoke and local_day(payment.reversed_ms, utc_offset_minutes) == day:
+                rows.append(StatementRow(
+                    line=0, kind=RowKind.REFUND, status=RowStatus.SUCCESS, reference=reference, refund_reference=reference,
+                    channel_trade_no=f"{5000000000 + reference}", amount_minor=payment.amount_minor, fee_minor=-fee,
+                    time_ms=payment.reversed_ms,
+                ))
+            for refund_reference, amount in payment.refunds.items():
+                booked_ms = payment.refund_times_ms[refund_reference]
+                if local_day(booked_ms, utc_offset_minutes) == day:
+                    rows.append(StatementRow(
+                        line=0, kind=RowKind.REFUND, status=RowStatus.SUCCESS, reference=reference,
+                        refund_reference=refund_reference, channel_trade_no=f"{5000000000 + refund_reference}",
+                        amount_minor=amount, fee_minor=-self.fee_minor(amount), time_ms=booked_ms,
+                    ))
+        rows.sort(key=lambda row: (row.time_ms, row.reference, row.refund_reference))
+        return rows
+
+    def statement(self, day: int, utc_offset_minutes: int | None = None, merchant_id: str = "1900000001"):
+        """The channel's statement of local day `day` (core.settlement.model.Statement)."""
+        from core.results import Channel
+        from core.settlement.model import Statement, totals_of
+        from core.settlement.statements import FORMATS
+
+        channel = Channel[self.name.upper()]
+        offset = FORMATS[channel].UTC_OFFSET_MINUTES if utc_offset_minutes is None else utc_offset_minutes
+        rows = tuple(self.statement_rows(day, offset))
+        return Statement(channel=channel, day=day, merchant_id=merchant_id, rows=rows, totals=totals_of(rows))
+
+    def statement_file(self, day: int, utc_offset_minutes: int | None = None) -> bytes:
+        """The statement of `day` in the channel's real format, as downloaded."""
+        from core.settlement.statements import write_statement
+
+        return write_statement(self.statement(day, utc_offset_minutes), utc_offset_minutes)

@@ -1,0 +1,340 @@
+"""`python -m core.settlement COMMAND`: statements, reconciliation, the error
+queue, clearing, exports and reports for finance staff and batch clients.
+
+Every command works on a data directory (--data DIR, the server's) and may
+run while the server serves: LMDB serialises writers across processes.
+Days are dates (YYYY-MM-DD) or business day numbers. Re-running any command
+is safe: an import of a file already imported, or a reconciliation with
+nothing new, changes nothing, so a long batch that stopped resumes by being
+run again.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import msgspec
+
+from core.results import Channel
+from core.settlement import queue
+from core.settlement.model import DifferenceState, ResolutionAction
+from core.settlement.money import date_of_day, format_yuan, parse_day
+from core.settlement.reconcile import WINDOW_MS_DEFAULT, WINDOW_MS_MAX
+from core.settlement.statements import StatementError
+from core.store import open_store
+
+PROG = "python -m core.settlement"
+CHANNEL_CHOICES = {channel.name.lower(): channel for channel in (Channel.BANK_CARD, Channel.WECHAT_PAY, Channel.ALIPAY)}
+
+
+def _day(text: str) -> int:
+    try:
+        return parse_day(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _progress(total: int, description: str, unit: str = "rows"):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit=unit, disable=None, leave=False, file=sys.stderr)
+
+
+def _open(args):
+    return open_store(args.data, args.map_size_gib * 2**30)
+
+
+def _ledger(store, kernel: str):
+    from core.ledger import Ledger, load_kernel
+
+    return Ledger(store, load_kernel(kernel))
+
+
+def _channels(args) -> list[Channel]:
+    return [CHANNEL_CHOICES[args.channel]] if args.channel else list(CHANNEL_CHOICES.values())
+
+
+def _print_json(value):
+    print(json.dumps(msgspec.to_builtins(value), indent=2, ensure_ascii=False))
+
+
+# ------------------------------------------------------------------ commands
+
+
+def command_import(args) -> int:
+    store = _open(args)
+    failures = 0
+    with _progress(len(args.files), "import", "files") as bar:
+        for path in args.files:
+            with open(path, "rb") as file:
+                data = file.read()
+            try:
+                result, record = queue.import_statement(store, CHANNEL_CHOICES[args.channel], data, os.path.basename(path), args.by,
+                                                        day=args.day, utc_offset_minutes=args.utc_offset_minutes, replace=args.replace)
+            except (StatementError, queue.SettlementError) as error:
+                print(f"{path}: rejected, nothing imported: {error}", file=sys.stderr)
+                failures += 1
+            else:
+                print(f"{path}: {result.name.lower().replace('_', ' ')}: {args.channel} {date_of_day(record.day)}, "
+                      f"{record.rows} rows, payments {format_yuan(record.totals.payments_minor)}, "
+                      f"refunds {format_yuan(record.totals.refunds_minor)}, fees {format_yuan(record.totals.fees_minor)}")
+            bar.update(1)
+    store.close()
+    return 1 if failures else 0
+
+
+def command_reconcile(args) -> int:
+    store = _open(args)
+    status = 0
+    for channel in _channels(args):
+        try:
+            run = queue.reconcile_day(store, channel, args.day, args.window_s * 1000, args.utc_offset_minutes)
+        except queue.SettlementError as error:
+            print(f"{channel.name.lower()}: {error}", file=sys.stderr)
+            status = 1
+            continue
+        kinds = ", ".join(f"{count} {kind.lower()}" for kind, count in run.differences_by_kind.items() if count) or "none"
+        print(f"{channel.name.lower()} {date_of_day(run.day)}: {run.items_matched} matched, {run.items_waiting} waiting "
+              f"for the next statement, differences: {kinds}; fees {format_yuan(run.fees_minor)}")
+    store.close()
+    return status
+
+
+def command_queue_list(args) -> int:
+    store = _open(args)
+    state = None if args.all else DifferenceState.OPEN
+    channel = CHANNEL_CHOICES[args.channel] if args.channel else None
+    found = queue.differences(store, day=args.day, channel=channel, state=state)
+    store.close()
+    if args.json:
+        _print_json([dict(msgspec.to_builtins(item), id=item.key) for item in found])
+        return 0
+    for item in found:
+        resolution = f"  [{item.resolution.action.name.lower()} by {item.resolution.by}: {item.resolution.why}]" if item.resolution else ""
+        print(f"{item.key:<28} {item.state.name.lower():<8} {item.kind.name.lower():<15} station {item.station_id:<5} "
+              f"delta {format_yuan(item.delta_minor):>10}  {item.detail}{resolution}")
+    print(f"{len(found)} {'differences' if args.all else 'open differences'}")
+    return 0
+
+
+def command_queue_resolve(args) -> int:
+    store = _open(args)
+    action = ResolutionAction[args.action.upper()]
+    post = None
+    if action == ResolutionAction.ADJUST:
+        from core.ledger import business_day
+
+        ledger = _ledger(store, args.kernel)
+
+        def post(op):
+            now_ms = time.time_ns() // 1_000_000
+            return ledger.apply([op], now_ms, business_day(now_ms, args.utc_offset_minutes))[0]
+
+    try:
+        resolved = queue.resolve(store, args.id, action, args.by, args.why, post=post, station_id=args.station)
+    except queue.SettlementError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    extra = f", transfer txn {resolved.resolution.adjustment_txn_id}" if resolved.resolution.adjustment_txn_id else ""
+    print(f"{resolved.key}: resolved ({action.name.lower()} by {args.by}{extra})")
+    return 0
+
+
+def command_queue_log(args) -> int:
+    store = _open(args)
+    for action in queue.actions(store, args.id):
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(action.at_ms / 1000))
+        print(f"{action.seq:>6} {at}Z {action.key:<28} {action.what} -- {action.by}: {action.why}")
+    store.close()
+    return 0
+
+
+def command_clear(args) -> int:
+    from core.settlement.clearing import clear_day
+    from core.settlement.report import write_takings_csv
+
+    store = _open(args)
+    clearing = clear_day(store, args.day)
+    store.close()
+    if args.csv:
+        write_takings_csv(clearing, args.csv)
+    if args.json:
+        _print_json(clearing)
+        return 0
+    print(f"clearing of {date_of_day(args.day)}: + the station is owed, - it owes")
+    for line in clearing.lines:
+        print(f"  station {line.station_id:<6} {line.method:<22} {format_yuan(line.net_minor):>16}   {line.funded_by}")
+    for station, net in sorted(clearing.net_by_station().items()):
+        print(f"  station {station:<6} {'all methods':<22} {format_yuan(net):>16}")
+    print(f"  {'all stations':<29} {format_yuan(clearing.net_minor):>16}")
+    return 0
+
+
+def command_export(args) -> int:
+    from core.settlement.export import export_day
+
+    if args.benchmark:
+        from core.settlement.benchmark import run_export_benchmark
+
+        report = run_export_benchmark(args.rows)
+        print(json.dumps(report, indent=2))
+        return 0
+    if args.day is None or not (args.csv or args.parquet):
+        print(f"{PROG} export: give --day and at least one of --csv FILE, --parquet FILE (or --benchmark)", file=sys.stderr)
+        return 2
+    store = _open(args)
+    started = time.perf_counter()
+    with store.env.begin() as txn:
+        total = txn.stat(store.journal)["entries"]
+    with _progress(total, "journal") as bar:
+        rows = export_day(store, args.day, args.csv, args.parquet, progress=bar.update)
+    store.close()
+    elapsed = time.perf_counter() - started
+    print(f"exported {rows} journal rows of {date_of_day(args.day)} in {elapsed:.2f} s")
+    return 0
+
+
+def command_report(args) -> int:
+    from core.settlement.clearing import clear_day
+    from core.settlement.report import write_day_report
+
+    store = _open(args)
+    paths = write_day_report(store, clear_day(store, args.day), args.out)
+    store.close()
+    for path in paths:
+        print(path)
+    return 0
+
+
+def command_generate(args) -> int:
+    """Demo data: generated days through the kernel, and each channel's
+    statements in its real format, with one of each fault on the last day."""
+    from core.settlement.simulate import CHANNELS, Network
+
+    store = _open(args)
+    network = Network(_ledger(store, args.kernel), seed=args.seed)
+    first = args.day - args.days + 1
+    for day in range(first, args.day + 1):
+        network.run_day(day, sales=args.sales)
+    if args.faults:
+        network.fault_paid_after_timeout(1, Channel.WECHAT_PAY)
+        network.fault_void_lost(2, Channel.ALIPAY)
+        network.fault_net_of_fee(3, Channel.BANK_CARD)
+        network.fault_missing_on_statement(1, Channel.ALIPAY)
+    os.makedirs(args.statements, exist_ok=True)
+    names = {Channel.BANK_CARD: "bank_card-{date}.txt", Channel.WECHAT_PAY: "wechat_pay-{date}.csv", Channel.ALIPAY: "alipay-{date}.csv"}
+    for day in range(first, args.day + 1):
+        for channel in CHANNELS:
+            path = os.path.join(args.statements, names[channel].format(date=date_of_day(day)))
+            with open(path, "wb") as file:
+                file.write(network.statement_file(channel, day))
+            print(path)
+    for expected in network.expected:
+        print(f"injected: {expected.fault}: expect {expected.kind.name.lower()} for {expected.item.name.lower()} {expected.reference}")
+    network.close()
+    store.close()
+    return 0
+
+
+# ------------------------------------------------------------------ arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Tally settlement: channel statements, reconciliation, the error queue, clearing, "
+        "exports and reports. Each command has --help.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, function, help_text, data=True):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if data:
+            sub.add_argument("--data", required=True, metavar="DIR", help="the data directory (LMDB) of the server")
+            sub.add_argument("--map-size-gib", type=int, default=64, help="LMDB map size, GiB (as the server's)")
+        sub.set_defaults(function=function)
+        return sub
+
+    sub = command("import", command_import, "import channel statement files (each whole or not at all; idempotent by file hash)")
+    sub.add_argument("--channel", required=True, choices=CHANNEL_CHOICES)
+    sub.add_argument("files", nargs="+", metavar="FILE")
+    sub.add_argument("--day", type=_day, help="the statement's day, if the file does not say (WeChat bills)")
+    sub.add_argument("--by", default=os.environ.get("USER", "settlement"), help="who imports (logged)")
+    sub.add_argument("--replace", action="store_true", help="replace a different file imported for the same channel and day")
+    sub.add_argument("--utc-offset-minutes", type=int, help="the statement's time zone (default: the channel's, 480 = UTC+8)")
+
+    sub = command("reconcile", command_reconcile, "match the day's statements against the journal; differences go to the queue")
+    sub.add_argument("--day", type=_day, required=True)
+    sub.add_argument("--channel", choices=CHANNEL_CHOICES, help="one channel (default: each)")
+    sub.add_argument("--window-s", type=int, default=WINDOW_MS_DEFAULT // 1000,
+                     help="rows across midnight this close (seconds) are matched, not reported (default %(default)s)")
+    sub.add_argument("--utc-offset-minutes", type=int, help="the statements' time zone (default: the channel's)")
+
+    sub = command("queue", None, "the error queue: list, resolve, log", data=False)
+    queue_commands = sub.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    listing = queue_commands.add_parser("list", help="differences still open (--all: every state)")
+    listing.add_argument("--day", type=_day)
+    listing.add_argument("--channel", choices=CHANNEL_CHOICES)
+    listing.add_argument("--all", action="store_true", help="also resolved and cleared ones")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(function=command_queue_list)
+    resolving = queue_commands.add_parser("resolve", help="resolve one difference, with who and why")
+    resolving.add_argument("id", help="the difference's id, as listed (CHANNEL-DAY-ITEM-REFERENCE)")
+    resolving.add_argument("--action", required=True, choices=[action.name.lower() for action in ResolutionAction],
+                           help="accept: as is; adjust: post a correcting transfer; reverse: reversed at its source")
+    resolving.add_argument("--by", required=True, help="who resolves")
+    resolving.add_argument("--why", required=True, help="why")
+    resolving.add_argument("--station", type=int, default=0, help="adjust: the station, when the difference does not know it")
+    resolving.add_argument("--kernel", choices=("auto", "cython", "reference"), default="auto")
+    resolving.add_argument("--utc-offset-minutes", type=int, default=0, help="the ledger's business day boundary")
+    resolving.set_defaults(function=command_queue_resolve)
+    log = queue_commands.add_parser("log", help="every action on the queue, oldest first")
+    log.add_argument("id", nargs="?", help="only this difference")
+    log.set_defaults(function=command_queue_log)
+    for child in (listing, resolving, log):
+        child.add_argument("--data", required=True, metavar="DIR", help="the data directory (LMDB) of the server")
+        child.add_argument("--map-size-gib", type=int, default=64, help="LMDB map size, GiB (as the server's)")
+
+    sub = command("clear", command_clear, "what each station is owed or owes for the day, per payment method")
+    sub.add_argument("--day", type=_day, required=True)
+    sub.add_argument("--csv", metavar="FILE", help="also write the lines as CSV")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("export", command_export, "a day's journal as CSV and/or Parquet; --benchmark measures 1,000,000 rows", data=False)
+    sub.add_argument("--data", metavar="DIR", help="the data directory (LMDB) of the server")
+    sub.add_argument("--map-size-gib", type=int, default=64, help="LMDB map size, GiB (as the server's)")
+    sub.add_argument("--day", type=_day)
+    sub.add_argument("--csv", metavar="FILE")
+    sub.add_argument("--parquet", metavar="FILE")
+    sub.add_argument("--benchmark", action="store_true", help="build a journal of --rows rows in a temporary directory and time both exports")
+    sub.add_argument("--rows", type=int, default=1_000_000, help="benchmark: journal rows of the day (default %(default)s)")
+
+    sub = command("report", command_report, "CSV reports and PNG charts of a day: takings by method and station, differences by kind")
+    sub.add_argument("--day", type=_day, required=True)
+    sub.add_argument("--out", required=True, metavar="DIR")
+
+    sub = command("generate", command_generate, "demo: generated days through the kernel and simulators, and their statements")
+    sub.add_argument("--day", type=_day, required=True, help="the last day generated")
+    sub.add_argument("--days", type=int, default=2, help="days generated, ending with --day (default %(default)s)")
+    sub.add_argument("--sales", type=int, default=60, help="sales a day (default %(default)s)")
+    sub.add_argument("--faults", action="store_true", help="inject one of each statement fault on the last day")
+    sub.add_argument("--statements", required=True, metavar="DIR", help="where the statement files go")
+    sub.add_argument("--seed", type=int, default=1)
+    sub.add_argument("--kernel", choices=("auto", "cython", "reference"), default="auto")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "window_s", 0) is not None and not 0 <= getattr(args, "window_s", 0) * 1000 <= WINDOW_MS_MAX:
+        print(f"{PROG}: --window-s must be within 0 .. {WINDOW_MS_MAX // 1000}", file=sys.stderr)
+        return 2
+    return args.function(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

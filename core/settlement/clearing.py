@@ -1,0 +1,124 @@
+"""Clearing for a business day: what each station is owed or owes, per method.
+
+Owns: reading a day's journal and summing, per station and payment method,
+every money movement into or out of the station's two system accounts: its
+receivable (sales paid by fleet, personal, points as cash and each channel;
+voids, reversals, refunds and adjustments back) and its top-up funding (cash
+the station took for top-ups, which it owes headquarters).
+Used by: the CLI (`clear`, `report`), the gRPC service, tests.
+
+Sign: net_minor > 0, the station is owed that much by whoever funds the
+method; < 0, the station owes it. The lines add up exactly to the change of
+the station's accounts in the journal for the day (a test checks the sums
+against the journal and against account balances).
+
+Who funds each method:
+  fleet              the company behind the fleet card (its prepaid account)
+  personal           headquarters' stored-value float (the cardholder prepaid)
+  points             headquarters' points funding
+  <channel>          the channel (bank card acquirer, WeChat Pay, Alipay)
+  top-up             the station owes headquarters the cash it took
+  adjustment/<chan>  settlement's corrections after reconciliation
+  anything newer     named after its journal movement (e.g. shortfall)
+"""
+
+import msgspec
+import numpy as np
+
+from core.results import AccountKind, Channel, Movement, Unit, unit_of
+from core.settlement.journal import read_days
+
+STATION_ACCOUNT_KINDS = (AccountKind.STATION_RECEIVABLE, AccountKind.TOPUP_FUNDING)
+METHOD_NAMES = {
+    Movement.FLEET: "fleet",
+    Movement.PERSONAL: "personal",
+    Movement.POINTS_CASH: "points",
+    Movement.TOPUP: "top-up",
+    Movement.TRANSFER: "adjustment",
+}
+FUNDED_BY = {
+    "fleet": "company (fleet account)",
+    "personal": "headquarters (stored value)",
+    "points": "headquarters (points funding)",
+    "top-up": "station owes headquarters",
+}
+_GROUP_DTYPE = np.dtype([("station", "<u8"), ("movement", "u1"), ("channel", "<u8")])
+
+
+class ClearingLine(msgspec.Struct, frozen=True):
+    station_id: int
+    method: str
+    funded_by: str
+    # Money in (sales, reversed top-ups) and out (returns, top-ups), >= 0.
+    in_minor: int
+    out_minor: int
+    net_minor: int
+    entries: int
+
+
+class Clearing(msgspec.Struct, frozen=True):
+    day: int
+    lines: tuple[ClearingLine, ...]
+
+    def net_by_station(self) -> dict[int, int]:
+        totals: dict[int, int] = {}
+        for line in self.lines:
+            totals[line.station_id] = totals.get(line.station_id, 0) + line.net_minor
+        return totals
+
+    def net_by_method(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for line in self.lines:
+            totals[line.method] = totals.get(line.method, 0) + line.net_minor
+        return totals
+
+    @property
+    def net_minor(self) -> int:
+        return sum(line.net_minor for line in self.lines)
+
+
+def method_name(movement: int, channel: int) -> str:
+    try:
+        name = METHOD_NAMES.get(Movement(movement)) or Movement(movement).name.lower()
+    except ValueError:
+        name = f"movement {movement}"
+    if channel:
+        channel_name = Channel(channel).name.lower() if channel in set(Channel) else f"channel {channel}"
+        return channel_name if movement == Movement.CHANNEL else f"{name}/{channel_name}"
+    return name
+
+
+def _money_only(entries: np.ndarray) -> np.ndarray:
+    points_kinds = [kind for kind in AccountKind if unit_of(kind) == Unit.POINTS]
+    return entries[~np.isin(entries["debit_kind"], points_kinds) & ~np.isin(entries["credit_kind"], points_kinds)]
+
+
+def _side(entries: np.ndarray, side: str, other: str) -> tuple[np.ndarray, np.ndarray]:
+    """Group keys and amounts of entries whose `side` account is a station's."""
+    chosen = entries[np.isin(entries[side + "_kind"], STATION_ACCOUNT_KINDS)]
+    keys = np.empty(len(chosen), dtype=_GROUP_DTYPE)
+    keys["station"] = chosen[side + "_owner"]
+    keys["movement"] = chosen["movement"]
+    keys["channel"] = np.where(chosen[other + "_kind"] == AccountKind.CHANNEL_CLEARING, chosen[other + "_owner"], 0)
+    return keys, chosen["amount"]
+
+
+def clear_day(store, day: int) -> Clearing:
+    entries = _money_only(read_days(store, day, day))
+    credit_keys, credit_amounts = _side(entries, "credit", "debit")
+    debit_keys, debit_amounts = _side(entries, "debit", "credit")
+    keys = np.concatenate([credit_keys, debit_keys])
+    signed = np.concatenate([credit_amounts, -debit_amounts])
+    unique, inverse = np.unique(keys, return_inverse=True)
+    inverse = inverse.ravel()
+    in_sums = np.zeros(len(unique), dtype=np.int64)
+    out_sums = np.zeros(len(unique), dtype=np.int64)
+    counts = np.bincount(inverse, minlength=len(unique))
+    np.add.at(in_sums, inverse, np.where(signed > 0, signed, 0))
+    np.add.at(out_sums, inverse, np.where(signed < 0, -signed, 0))
+    lines = []
+    for (station, movement, channel), money_in, money_out, count in zip(unique.tolist(), in_sums.tolist(), out_sums.tolist(), counts.tolist()):
+        method = method_name(movement, channel)
+        funded_by = FUNDED_BY.get(method) or (f"the channel ({method})" if movement == Movement.CHANNEL else "see the journal")
+        lines.append(ClearingLine(station, method, funded_by, money_in, money_out, money_in - money_out, count))
+    return Clearing(day=day, lines=tuple(lines))

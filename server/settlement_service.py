@@ -1,0 +1,243 @@
+"""SettlementService: statements, reconciliation, the error queue, clearing.
+
+Owns: the RPC handlers of tally.v1.SettlementService. Each one validates,
+runs core.settlement (LMDB reads and writes of the settlement databases) in
+a worker thread so that the event loop keeps serving payments, and answers.
+An ADJUST resolution posts its correcting transfer through the group
+commit, like any other ledger write.
+Used by: server/app.py (registers it).
+
+A statement the parser refuses is an answer (REJECTED, with the line and the
+reason); malformed requests are INVALID_ARGUMENT naming the field; asking
+for what does not exist (a statement not imported, an unknown difference) is
+FAILED_PRECONDITION or NOT_FOUND with the reason.
+"""
+
+import asyncio
+import functools
+import logging
+
+import grpc
+
+from core.commit import GroupCommitter, QueueFull, ShuttingDown
+from core.ledger import Ledger
+from core.results import Channel
+from core.settlement import queue
+from core.settlement.clearing import clear_day
+from core.settlement.model import DifferenceState, ItemKind, ResolutionAction, parse_difference_key
+from core.settlement.reconcile import WINDOW_MS_DEFAULT, WINDOW_MS_MAX
+from core.settlement.statements import StatementError
+from core.settlement.statements.common import STATEMENT_BYTES_MAX
+from tally.v1 import settlement_pb2, settlement_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+STATEMENT_CHANNELS = (Channel.BANK_CARD, Channel.WECHAT_PAY, Channel.ALIPAY)
+CHUNK_BYTES_MAX = 32 * 1024
+LIST_LIMIT_DEFAULT = 1000
+LIST_LIMIT_MAX = 10_000
+FILE_NAME_LENGTH_MAX = 200
+DAY_MAX = 2**32 - 1
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _invalid(field: str, message: str) -> _Refused:
+    return _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}")
+
+
+def _handler(method):
+    """Map refusals to statuses; anything else is a bug (INTERNAL, logged)."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except _Refused as error:
+            await context.abort(error.code, str(error))
+        except queue.SettlementError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except QueueFull:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server queue full; retry (an adjustment is posted once)")
+        except ShuttingDown:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server shutting down; retry (an adjustment is posted once)")
+
+    return wrapper
+
+
+def _channel(value: int, field: str = "channel") -> int:
+    if value not in STATEMENT_CHANNELS:
+        raise _invalid(field, "BANK_CARD, WECHAT_PAY or ALIPAY")
+    return value
+
+
+def _text(value: str, field: str, length_max: int = queue.TEXT_LENGTH_MAX) -> str:
+    if not value.strip() or len(value) > length_max:
+        raise _invalid(field, f"required, 1 .. {length_max} characters")
+    return value
+
+
+# ------------------------------------------------------------------ messages
+
+
+def status_message(run) -> settlement_pb2.ReconcileStatus:
+    return settlement_pb2.ReconcileStatus(
+        channel=run.channel, day=run.day, at_ms=run.at_ms, items_matched=run.items_matched, items_waiting=run.items_waiting,
+        differences=run.differences,
+        differences_by_kind=[settlement_pb2.DifferenceCount(kind=settlement_pb2.DifferenceKind.Value(kind), count=count)
+                             for kind, count in run.differences_by_kind.items()],
+        fees_minor=run.fees_minor, ours_minor=run.ours_minor, channel_minor=run.channel_minor,
+        window_s=run.window_ms // 1000, statement_sha256=run.statement_sha256,
+    )
+
+
+_ITEMS = {ItemKind.PAYMENT: settlement_pb2.ITEM_PAYMENT, ItemKind.REFUND: settlement_pb2.ITEM_REFUND, ItemKind.UNDO: settlement_pb2.ITEM_UNDO}
+
+
+def difference_message(found) -> settlement_pb2.Difference:
+    message = settlement_pb2.Difference(
+        id=found.key, channel=found.channel, day=found.day, item=_ITEMS[found.item], reference=found.reference,
+        kind=int(found.kind), state=int(found.state), station_id=found.station_id, ours_minor=found.ours_minor,
+        channel_minor=found.channel_minor, delta_minor=found.delta_minor, ours_status=found.ours_status,
+        channel_status=found.channel_status, fee_minor=found.fee_minor, detail=found.detail, found_ms=found.found_ms,
+    )
+    if found.resolution is not None:
+        resolution = found.resolution
+        message.resolution.CopyFrom(settlement_pb2.Resolution(
+            action=int(resolution.action), by=resolution.by, why=resolution.why, at_ms=resolution.at_ms,
+            adjustment_txn_id=resolution.adjustment_txn_id, adjustment_minor=resolution.adjustment_minor,
+        ))
+    return message
+
+
+# ------------------------------------------------------------------ service
+
+
+class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter):
+        self.ledger = ledger
+        self.store = ledger.store
+        self.committer = committer
+
+    async def ImportStatement(self, request_iterator, context):
+        try:
+            header, data = await self._read_statement(request_iterator)
+        except _Refused as error:
+            await context.abort(error.code, str(error))
+        answer = settlement_pb2.ImportStatementAnswer()
+        try:
+            result, record = await asyncio.to_thread(
+                queue.import_statement, self.store, header.channel, data, header.file_name or "statement", header.by,
+                day=header.day or None, replace=header.replace,
+            )
+        except StatementError as error:
+            return settlement_pb2.ImportStatementAnswer(result=settlement_pb2.REJECTED, error_line=error.line, error_reason=error.reason)
+        except queue.SettlementError as error:
+            return settlement_pb2.ImportStatementAnswer(result=settlement_pb2.CONFLICT, error_reason=str(error))
+        answer.result = int(result)
+        answer.sha256, answer.day, answer.rows = record.sha256, record.day, record.rows
+        answer.payments_minor, answer.refunds_minor = record.totals.payments_minor, record.totals.refunds_minor
+        answer.fees_minor = record.totals.fees_minor
+        return answer
+
+    async def _read_statement(self, request_iterator):
+        header, parts, size = None, [], 0
+        async for chunk in request_iterator:
+            if chunk.HasField("header"):
+                if header is not None:
+                    raise _invalid("header", "only in the first message")
+                header = chunk.header
+            elif header is None:
+                raise _invalid("header", "the first message must carry the header")
+            if len(chunk.data) > CHUNK_BYTES_MAX:
+                raise _invalid("data", f"at most {CHUNK_BYTES_MAX} bytes a message")
+            size += len(chunk.data)
+            if size > STATEMENT_BYTES_MAX:
+                raise _invalid("data", f"a statement has at most {STATEMENT_BYTES_MAX} bytes")
+            parts.append(chunk.data)
+        if header is None:
+            raise _invalid("header", "no message was sent")
+        _channel(header.channel, "header.channel")
+        _text(header.by, "header.by")
+        if len(header.file_name) > FILE_NAME_LENGTH_MAX:
+            raise _invalid("header.file_name", f"at most {FILE_NAME_LENGTH_MAX} characters")
+        return header, b"".join(parts)
+
+    @_handler
+    async def Reconcile(self, request, context):
+        channel = _channel(request.channel)
+        window_ms = request.window_s * 1000 if request.window_s else WINDOW_MS_DEFAULT
+        if window_ms > WINDOW_MS_MAX:
+            raise _invalid("window_s", f"at most {WINDOW_MS_MAX // 1000}")
+        run = await asyncio.to_thread(queue.reconcile_day, self.store, channel, request.day, window_ms, txn_lookup=self.ledger.txn)
+        return status_message(run)
+
+    @_handler
+    async def GetReconcileStatus(self, request, context):
+        channels = [_channel(request.channel)] if request.channel else list(STATEMENT_CHANNELS)
+        runs = await asyncio.to_thread(lambda: [queue.last_run(self.store, channel, request.day) for channel in channels])
+        return settlement_pb2.ReconcileStatusAnswer(statuses=[status_message(run) for run in runs if run is not None])
+
+    @_handler
+    async def ListDifferences(self, request, context):
+        channel = _channel(request.channel) if request.channel else None
+        limit = request.limit or LIST_LIMIT_DEFAULT
+        if limit > LIST_LIMIT_MAX:
+            raise _invalid("limit", f"at most {LIST_LIMIT_MAX}")
+        state = None if request.all_states else (request.state or DifferenceState.OPEN)
+        day = request.day or None
+
+        def read():
+            listed = queue.differences(self.store, day=day, channel=channel, state=state, limit=limit)
+            open_count = len(queue.differences(self.store, day=day, channel=channel, state=DifferenceState.OPEN))
+            return listed, open_count
+
+        listed, open_count = await asyncio.to_thread(read)
+        return settlement_pb2.ListDifferencesAnswer(differences=[difference_message(found) for found in listed], open=open_count)
+
+    @_handler
+    async def ResolveDifference(self, request, context):
+        try:
+            parse_difference_key(request.id)
+        except ValueError as error:
+            raise _invalid("id", str(error)) from None
+        if request.action not in set(ResolutionAction):
+            raise _invalid("action", "ACCEPT, ADJUST or REVERSE")
+        _text(request.by, "by")
+        _text(request.why, "why")
+        loop = asyncio.get_running_loop()
+
+        async def submit(op):
+            return await self.committer.submit(op)
+
+        def post(op):
+            # Called from the worker thread; the group commit is fed from the event loop.
+            return asyncio.run_coroutine_threadsafe(submit(op), loop).result()
+
+        try:
+            resolved = await asyncio.to_thread(
+                queue.resolve, self.store, request.id, ResolutionAction(request.action), request.by, request.why,
+                post=post, station_id=request.station_id,
+            )
+        except queue.SettlementError as error:
+            try:
+                current = await asyncio.to_thread(queue.difference, self.store, request.id)
+            except queue.SettlementError:
+                raise _Refused(grpc.StatusCode.NOT_FOUND, str(error)) from None
+            return settlement_pb2.ResolveDifferenceAnswer(resolved=False, reason=str(error), difference=difference_message(current))
+        return settlement_pb2.ResolveDifferenceAnswer(resolved=True, difference=difference_message(resolved))
+
+    @_handler
+    async def GetClearing(self, request, context):
+        clearing = await asyncio.to_thread(clear_day, self.store, request.day)
+        return settlement_pb2.ClearingAnswer(
+            day=clearing.day,
+            lines=[settlement_pb2.ClearingLine(station_id=line.station_id, method=line.method, funded_by=line.funded_by,
+                                               in_minor=line.in_minor, out_minor=line.out_minor, net_minor=line.net_minor,
+                                               entries=line.entries) for line in clearing.lines],
+            net_minor=clearing.net_minor,
+        )
