@@ -48,7 +48,7 @@ from core.results import (
     TxnState,
     unit_of,
 )
-from core.store import Store, open_store
+from core.store import Store, entries, open_store, rows
 
 JOURNAL_DTYPE = np.dtype(
     [
@@ -137,9 +137,9 @@ class _JournalTotals:
 def _read_journal(store: Store, txn, txn_id_limit: int) -> _JournalTotals:
     totals = _JournalTotals(txn_id_limit)
     size = JournalEntry.LAYOUT.size
-    with _progress(txn.stat(store.journal)["entries"], "journal") as bar:
+    with _progress(entries(txn, store.journal), "journal") as bar:
         values = []
-        for value in txn.cursor(db=store.journal).iternext(keys=False):
+        for value in rows(txn, store.journal, keys=False):
             values.append(value)
             if len(values) == JOURNAL_CHUNK_ENTRIES:
                 totals.add_chunk(np.frombuffer(b"".join(values), dtype=JOURNAL_DTYPE))
@@ -193,7 +193,7 @@ def _check_txn(record: Txn, journal: _JournalTotals, expected_held: collections.
 def _check_accounts(store: Store, txn, journal: _JournalTotals, expected_held, report: AuditReport):
     unit_sums = collections.Counter()
     seen = set()
-    for key, value in txn.cursor(db=store.accounts):
+    for key, value in rows(txn, store.accounts):
         account = decode(Account, value)
         ident = (account.kind, account.owner)
         seen.add(ident)
@@ -226,7 +226,7 @@ def _check_lots(store: Store, txn, report: AuditReport):
     lists exactly the open lots."""
     lots_total = collections.Counter()
     open_keys = set()
-    for key, value in txn.cursor(db=store.point_lots):
+    for key, value in rows(txn, store.point_lots):
         lot = decode(Lot, value)
         report.counts["open_lots"] += 1
         open_keys.add((lot.expires_day, lot.card_id))
@@ -235,10 +235,10 @@ def _check_lots(store: Store, txn, report: AuditReport):
         if not 0 < lot.remaining <= lot.original:
             report.problem(f"open lot {lot.card_id}/{lot.expires_day} has {lot.remaining} of {lot.original} points left")
         lots_total[lot.card_id] += lot.remaining
-    indexed = {parse_lot_expiry_key(key) for key in txn.cursor(db=store.lot_expiry).iternext(values=False)}
+    indexed = {parse_lot_expiry_key(key) for key in rows(txn, store.lot_expiry, values=False)}
     if indexed != open_keys:
         report.problem(f"lot expiry index differs from the open lots: {len(indexed - open_keys)} extra, {len(open_keys - indexed)} missing")
-    for _, value in txn.cursor(db=store.accounts):
+    for _, value in rows(txn, store.accounts):
         account = decode(Account, value)
         if account.kind == AccountKind.POINTS and account.balance != lots_total[account.owner]:
             report.problem(f"card {account.owner}: points balance {account.balance} but its lots hold {lots_total[account.owner]}")
@@ -255,8 +255,8 @@ def audit(store: Store) -> AuditReport:
             report.problem(f"journal sequence has {journal.seq_gaps} entries out of order or missing")
         expected_held = collections.Counter()
         txn_ids = set()
-        with _progress(txn.stat(store.txns)["entries"], "transactions") as bar:
-            for _, value in txn.cursor(db=store.txns):
+        with _progress(entries(txn, store.txns), "transactions") as bar:
+            for _, value in rows(txn, store.txns):
                 record = decode(Txn, value)
                 txn_ids.add(record.txn_id)
                 report.counts["transactions"] += 1
@@ -267,7 +267,7 @@ def audit(store: Store) -> AuditReport:
                 bar.update(1)
         _check_accounts(store, txn, journal, expected_held, report)
         _check_lots(store, txn, report)
-        for _, value in txn.cursor(db=store.idem):
+        for _, value in rows(txn, store.idem):
             entry = decode(Idem, value)
             report.counts["requests"] += 1
             result = entry.result

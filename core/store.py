@@ -22,6 +22,7 @@ Named databases (keys big-endian, values in core.records layouts):
   tier_changes    (card_id u64, number u64)  -> TierChange  every tier change, in order
   gifts           gift_id u64                -> Gift        catalogue, with stock
   gift_counts     (gift_id u64, card_id u64) -> u32         redemptions per customer
+  loyalty_config  b"rules"                   -> JSON        core.loyalty.rules.LoyaltyRules
 
 Settlement's databases (values msgpack of core.settlement.model records):
   settlement_imports      (channel u8, day u32, sha256)  -> ImportRecord   files imported
@@ -53,6 +54,7 @@ DATABASE_NAMES = (
     "tier_changes",
     "gifts",
     "gift_counts",
+    "loyalty_config",
     "settlement_imports",
     "settlement_statements",
     "settlement_differences",
@@ -73,7 +75,15 @@ class Store:
     def __init__(self, env: lmdb.Environment, path: str, readonly: bool):
         self.env = env
         self.path = path
-        self.dbs = {name: env.open_db(name.encode(), create=not readonly) for name in DATABASE_NAMES}
+        self.dbs = {name: self._open_db(name, readonly) for name in DATABASE_NAMES}
+
+    def _open_db(self, name: str, readonly: bool):
+        """A read-only store of a directory made before a database was added
+        has None for it: readers treat it as empty (see rows)."""
+        try:
+            return self.env.open_db(name.encode(), create=not readonly)
+        except lmdb.NotFoundError:
+            return None
 
     def __getattr__(self, name):
         # store.accounts, store.journal, ... : the named database handles.
@@ -84,6 +94,17 @@ class Store:
 
     def close(self):
         self.env.close()
+
+
+def rows(txn, db, keys: bool = True, values: bool = True):
+    """Iterate a named database (nothing if a read-only store lacks it)."""
+    if db is None:
+        return iter(())
+    return txn.cursor(db=db).iternext(keys=keys, values=values)
+
+
+def entries(txn, db) -> int:
+    return 0 if db is None else txn.stat(db)["entries"]
 
 
 def open_store(

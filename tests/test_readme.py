@@ -37,6 +37,8 @@ def test_every_entry_point_has_help():
     for command, expected in (
         ("server", "--listen HOST:PORT"),
         ("core.audit", "usage: python -m core.audit"),
+        ("core.loyalty", "usage: python -m core.loyalty"),
+        ("core.settlement", "usage: python -m core.settlement"),
         ("bench", "python -m bench COMMAND"),
         ("bench kernel", "--transfers"),
         ("bench e2e", "--concurrency"),

@@ -1,0 +1,265 @@
+"""LoyaltyService: points, check-in, tasks, gifts, partner points, and the admin part.
+
+Owns: the RPC handlers of tally.v1.LoyaltyService: validation (naming the
+field and the limit), the operations they queue for the group commit, and
+the answers. Rules come from core.loyalty.rules (saved in LMDB, validated
+when saved); the kernel moves every point.
+"""
+
+import msgspec
+
+from core import limits
+from core.commit import GroupCommitter
+from core.ledger import Ledger
+from core.loyalty import jobs
+from core.loyalty.earning import SaleLine, quote
+from core.loyalty.rules import LoyaltyRules, RuleError, load_rules, save_rules
+from core.loyalty.statement import points_statement
+from core.records import Gift, Op, decode, u64_key
+from core.results import AccountKind, OpKind, ResultCode, Tier, TierReason
+from server import answers, requests
+from server.errors import InvalidRequest, rpc
+from tally.v1 import loyalty_pb2, loyalty_pb2_grpc
+
+CARD_ID_MAX = limits.CARD_ID_MAX
+
+
+class RulesHolder:
+    """The rules in force in this process, reloaded when saved here."""
+
+    def __init__(self, store):
+        self.store = store
+        self.rules = load_rules(store)
+
+    def save(self, rules: LoyaltyRules) -> LoyaltyRules:
+        self.rules = save_rules(self.store, rules)
+        return self.rules
+
+
+def lot_message(lot) -> loyalty_pb2.PointsLot:
+    return loyalty_pb2.PointsLot(earned_day=lot.earned_day, expires_day=lot.expires_day, original=lot.original, remaining=lot.remaining)
+
+
+def gift_message(gift: Gift) -> loyalty_pb2.GiftTerms:
+    return loyalty_pb2.GiftTerms(
+        gift_id=gift.gift_id,
+        points_price=gift.points_price,
+        cash_price_minor=gift.cash_price,
+        stock=gift.stock,
+        redeemed=gift.redeemed,
+        per_customer_limit=gift.per_customer_limit,
+        tiers=[tier for tier in Tier if gift.tier_mask >> tier & 1],
+        valid_from_day=gift.valid_from_day,
+        valid_to_day=gift.valid_to_day,
+    )
+
+
+def loyalty_answer(result, points: int, cash_minor: int = 0) -> loyalty_pb2.LoyaltyAnswer:
+    return loyalty_pb2.LoyaltyAnswer(
+        result=result.code,
+        result_text=answers.result_text(result.code),
+        txn_id=result.txn_id,
+        points=points if result.code == ResultCode.APPROVED else 0,
+        cash_minor=cash_minor if result.code == ResultCode.APPROVED else 0,
+        points_balance=result.points_balance,
+        personal_balance_minor=result.personal_balance,
+    )
+
+
+def require_card(card_id: int):
+    requests.require_range(card_id, "card_id", 1, CARD_ID_MAX)
+
+
+class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter, holder: RulesHolder):
+        self.ledger = ledger
+        self.committer = committer
+        self.holder = holder
+
+    # ------------------------------------------------------------ reads
+
+    @rpc
+    async def GetPoints(self, request, context):
+        require_card(request.card_id)
+        account = self.ledger.account(AccountKind.POINTS, request.card_id)
+        if account is None:
+            return loyalty_pb2.PointsAnswer(result=ResultCode.CARD_NOT_FOUND, result_text=answers.result_text(ResultCode.CARD_NOT_FOUND))
+        statement = points_statement(self.ledger.store, request.card_id, lines_max=0)
+        return loyalty_pb2.PointsAnswer(
+            result=ResultCode.APPROVED,
+            result_text=answers.result_text(ResultCode.APPROVED),
+            points_balance=account.balance,
+            points_held=account.held,
+            lots=[lot_message(lot) for lot in statement.open_lots],
+            tier=jobs.member_tier(self.ledger.store, request.card_id),
+        )
+
+    @rpc
+    async def GetStatement(self, request, context):
+        require_card(request.card_id)
+        if self.ledger.card(request.card_id) is None:
+            return loyalty_pb2.StatementAnswer(result=ResultCode.CARD_NOT_FOUND, result_text=answers.result_text(ResultCode.CARD_NOT_FOUND))
+        statement = points_statement(self.ledger.store, request.card_id)
+        return loyalty_pb2.StatementAnswer(
+            result=ResultCode.APPROVED,
+            result_text=answers.result_text(ResultCode.APPROVED),
+            points_balance=statement.balance,
+            open_lots=[lot_message(lot) for lot in statement.open_lots],
+            closed_lots=[lot_message(lot) for lot in statement.closed_lots],
+            lines=[loyalty_pb2.StatementLine(**msgspec.structs.asdict(line)) for line in statement.lines],
+            truncated=statement.truncated,
+        )
+
+    @rpc
+    async def ListCatalogue(self, request, context):
+        with self.ledger.store.env.begin() as txn:
+            gifts = [decode(Gift, value) for _, value in txn.cursor(db=self.ledger.store.gifts)]
+        return loyalty_pb2.CatalogueAnswer(gifts=[gift_message(gift) for gift in gifts])
+
+    @rpc
+    async def ListExpiringSoon(self, request, context):
+        requests.require_range(request.within_days, "within_days", 1, 3660)
+        today = self.committer.clock() // jobs.MS_PER_DAY
+        found = jobs.expiring_soon(self.ledger.store, today, request.within_days)
+        return loyalty_pb2.ExpiringSoonAnswer(
+            expiring=[loyalty_pb2.ExpiringPoints(card_id=f["card_id"], expires_day=f["expires_day"], points=f["points"]) for f in found]
+        )
+
+    @rpc
+    async def QuotePoints(self, request, context):
+        requests.require_range(request.amount_minor, "amount_minor", 0, limits.AMOUNT_MINOR_MAX)
+        lines = []
+        for index, line in enumerate(request.lines):
+            requests.require_length(line.category, f"lines[{index}].category", 0, limits.GOODS_CODE_LENGTH_MAX)
+            requests.require_range(line.amount_minor, f"lines[{index}].amount_minor", 0, limits.AMOUNT_MINOR_MAX)
+            lines.append(SaleLine(line.category, line.amount_minor))
+        tier = jobs.member_tier(self.ledger.store, request.card_id) if request.card_id else Tier.REGULAR
+        points = quote(self.holder.rules.earning, lines, request.amount_minor, tier, request.station_id, self.committer.clock())
+        return loyalty_pb2.QuoteAnswer(
+            items=[loyalty_pb2.PointsItem(rule=i.rule, description=i.description, points=i.points) for i in points.items], total=points.total
+        )
+
+    # ------------------------------------------------------------ points in and out
+
+    def _terminal_op(self, kind: int, request, **fields) -> Op:
+        requests.validate_terminal(request.terminal)
+        require_card(request.card_id)
+        return Op(kind=kind, **requests.terminal_fields(request.terminal), card_id=request.card_id,
+                  fingerprint=requests.fingerprint(kind, request), **fields)
+
+    @rpc
+    async def CheckIn(self, request, context):
+        rules = self.holder.rules.checkin
+        op = self._terminal_op(OpKind.CHECKIN, request, amount=rules.points, bonus_points=rules.streak_bonus, period=rules.streak_days,
+                               lot_validity_days=self.holder.rules.expiry.lot_validity_days)
+        result = await self.committer.submit(op)
+        return loyalty_answer(result, result.points_earned)
+
+    @rpc
+    async def CompleteTask(self, request, context):
+        tasks = self.holder.rules.tasks
+        if request.task not in tasks.points:
+            raise InvalidRequest("task", f"unknown task {request.task!r}; the rules name {sorted(tasks.points)}")
+        op = self._terminal_op(OpKind.TASK, request, amount=tasks.points[request.task], bonus_points=tasks.daily_cap,
+                               lot_validity_days=self.holder.rules.expiry.lot_validity_days)
+        result = await self.committer.submit(op)
+        return loyalty_answer(result, result.points_earned)
+
+    @rpc
+    async def RedeemGift(self, request, context):
+        requests.require_range(request.gift_id, "gift_id", 1, 2**64 - 1)
+        requests.require_range(request.quantity, "quantity", 1, limits.REDEEM_QUANTITY_MAX)
+        result = await self.committer.submit(self._terminal_op(OpKind.REDEEM, request, item_id=request.gift_id, amount=request.quantity))
+        return loyalty_answer(result, -result.points_used, result.personal)
+
+    @rpc
+    async def ExchangePartnerPoints(self, request, context):
+        require_card(request.card_id)
+        requests.require_range(request.partner_id, "partner_id", 1, limits.PARTNER_ID_MAX)
+        requests.require_range(request.partner_reference, "partner_reference", 1, 2**64 - 1)
+        requests.require_range(request.partner_points, "partner_points", 1, limits.POINTS_MAX)
+        partner = self.holder.rules.partners.get(request.partner_id)
+        if partner is None:
+            raise InvalidRequest("partner_id", f"no partner {request.partner_id} in the rules")
+        op = Op(
+            kind=OpKind.PARTNER_EXCHANGE,
+            terminal_id=limits.PARTNER_TERMINAL_ID_BASE + request.partner_id,
+            serial=request.partner_reference,
+            card_id=request.card_id,
+            item_id=request.partner_id,
+            amount=request.partner_points,
+            earn_points=partner.rate_numerator,
+            period=partner.rate_denominator,
+            reason=1 if partner.into_cash else 0,
+            points_per_unit=limits.POINTS_PER_UNIT_DEFAULT,
+            lot_validity_days=self.holder.rules.expiry.lot_validity_days,
+            fingerprint=requests.fingerprint(OpKind.PARTNER_EXCHANGE, request),
+        )
+        result = await self.committer.submit(op)
+        return loyalty_answer(result, result.points_earned, result.personal)
+
+    # ------------------------------------------------------------ admin
+
+    @rpc
+    async def GetRules(self, request, context):
+        rules = self.holder.rules
+        return loyalty_pb2.RulesAnswer(rules_json=msgspec.json.encode(rules).decode(), version=rules.version)
+
+    @rpc
+    async def SaveRules(self, request, context):
+        try:
+            rules = msgspec.json.decode(request.rules_json.encode(), type=LoyaltyRules)
+            saved = self.holder.save(rules)
+        except msgspec.ValidationError as error:
+            raise InvalidRequest("rules_json", str(error)) from None
+        except RuleError as error:
+            raise InvalidRequest(f"rules_json.{error.field}", str(error).split(": ", 1)[1]) from None
+        return loyalty_pb2.RulesAnswer(rules_json=msgspec.json.encode(saved).decode(), version=saved.version)
+
+    def _gift_answer(self, code: int, gift_id: int) -> loyalty_pb2.GiftAnswer:
+        with self.ledger.store.env.begin() as txn:
+            raw = txn.get(u64_key(gift_id), db=self.ledger.store.gifts)
+        answer = loyalty_pb2.GiftAnswer(result=code, result_text=answers.result_text(code))
+        if raw is not None:
+            answer.gift.CopyFrom(gift_message(decode(Gift, raw)))
+        return answer
+
+    @rpc
+    async def SetGift(self, request, context):
+        terms = request.terms
+        requests.require_range(terms.gift_id, "terms.gift_id", 1, 2**64 - 1)
+        requests.require_range(terms.points_price, "terms.points_price", 0, limits.POINTS_MAX)
+        requests.require_range(terms.cash_price_minor, "terms.cash_price_minor", 0, limits.AMOUNT_MINOR_MAX)
+        if terms.points_price + terms.cash_price_minor == 0:
+            raise InvalidRequest("terms", "a gift needs a points price or a cash price")
+        if terms.valid_to_day and terms.valid_from_day > terms.valid_to_day:
+            raise InvalidRequest("terms.valid_to_day", "must not be before valid_from_day")
+        mask = 0
+        for tier in terms.tiers:
+            mask |= 1 << tier
+        op = Op(kind=OpKind.GIFT_SET, item_id=terms.gift_id, amount=terms.points_price, bonus_points=terms.cash_price_minor,
+                count_limit=terms.per_customer_limit, tier=mask, period_start=terms.valid_from_day, period=terms.valid_to_day)
+        result = await self.committer.submit(op)
+        return self._gift_answer(result.code, terms.gift_id)
+
+    @rpc
+    async def AddGiftStock(self, request, context):
+        requests.require_range(request.gift_id, "gift_id", 1, 2**64 - 1)
+        requests.require_range(request.delta, "delta", -limits.GIFT_STOCK_MAX, limits.GIFT_STOCK_MAX)
+        if request.delta == 0:
+            raise InvalidRequest("delta", "must not be 0")
+        result = await self.committer.submit(Op(kind=OpKind.GIFT_STOCK, item_id=request.gift_id, amount=request.delta))
+        return self._gift_answer(result.code, request.gift_id)
+
+    @rpc
+    async def SetTier(self, request, context):
+        require_card(request.card_id)
+        result = await self.committer.submit(Op(kind=OpKind.SET_TIER, card_id=request.card_id, tier=request.tier, reason=TierReason.ADMIN))
+        return loyalty_answer(result, 0)
+
+    @rpc
+    async def SetTimeZone(self, request, context):
+        require_card(request.card_id)
+        requests.require_range(request.utc_offset_minutes, "utc_offset_minutes", -limits.TZ_OFFSET_MINUTES_MAX, limits.TZ_OFFSET_MINUTES_MAX)
+        result = await self.committer.submit(Op(kind=OpKind.SET_MEMBER, card_id=request.card_id, tz_offset_minutes=request.utc_offset_minutes))
+        return loyalty_answer(result, 0)
