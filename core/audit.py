@@ -73,8 +73,11 @@ JOURNAL_CHUNK_ENTRIES = 262_144
 MONEY_MOVEMENTS = (Movement.FLEET, Movement.PERSONAL, Movement.POINTS_CASH, Movement.CHANNEL)
 PROBLEMS_SHOWN_MAX = 50
 CLOSED_HOLD_STATES = (TxnState.RELEASED, TxnState.EXPIRED, TxnState.ABORTED)
-# Operations whose transaction id names journal entries only, no Txn record.
-JOURNAL_ONLY_KINDS = (OpKind.TRANSFER, OpKind.CHECKIN, OpKind.TASK, OpKind.REDEEM, OpKind.PARTNER_EXCHANGE)
+# Operations whose transaction id has no Txn record: it names journal
+# entries only (a transfer, points granted or spent) or a shift.
+KINDS_WITHOUT_TXN_RECORD = (
+    OpKind.TRANSFER, OpKind.CHECKIN, OpKind.TASK, OpKind.REDEEM, OpKind.PARTNER_EXCHANGE, OpKind.SIGN_ON, OpKind.SHIFT_CLOSE,
+)
 
 
 class AuditReport:
@@ -271,7 +274,7 @@ def audit(store: Store) -> AuditReport:
             entry = decode(Idem, value)
             report.counts["requests"] += 1
             result = entry.result
-            if entry.fingerprint == TOMBSTONE_FINGERPRINT or result.kind in JOURNAL_ONLY_KINDS or result.txn_id == 0:
+            if entry.fingerprint == TOMBSTONE_FINGERPRINT or result.kind in KINDS_WITHOUT_TXN_RECORD or result.txn_id == 0:
                 continue
             if result.code == ResultCode.NOT_REVERSIBLE:
                 continue  # may name a journal-only original (a check-in, a redemption)

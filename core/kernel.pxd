@@ -176,6 +176,19 @@ cdef struct GiftRec:
     uint32_t valid_from_day
     uint32_t valid_to_day
 
+cdef struct ShiftRec:
+    uint32_t terminal_id
+    uint32_t station_id
+    uint32_t operator_id
+    uint8_t state
+    uint8_t reserved
+    uint16_t reserved2
+    uint64_t shift_id
+    uint64_t opened_ms
+    uint64_t closed_ms
+    uint64_t first_txn_id
+    uint64_t last_txn_id
+
 # One transfer of an operation, before it is applied.
 cdef struct Posting:
     uint8_t debit_kind

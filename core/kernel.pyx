@@ -89,6 +89,10 @@ cdef uint16_t GIFT_OUT_OF_STOCK = _R.GIFT_OUT_OF_STOCK
 cdef uint16_t GIFT_LIMIT_REACHED = _R.GIFT_LIMIT_REACHED
 cdef uint16_t TIER_NOT_ALLOWED = _R.TIER_NOT_ALLOWED
 cdef uint16_t INSUFFICIENT_POINTS = _R.INSUFFICIENT_POINTS
+cdef uint16_t SHIFT_CLOSED = _R.SHIFT_CLOSED
+cdef uint16_t SHIFT_ALREADY_OPEN = _R.SHIFT_ALREADY_OPEN
+cdef uint16_t SHIFT_NOT_OPEN = _R.SHIFT_NOT_OPEN
+cdef uint16_t DAY_CLOSED = _R.DAY_CLOSED
 
 _K = _results.OpKind
 cdef uint8_t OP_OPEN_CARD = _K.OPEN_CARD
@@ -119,6 +123,11 @@ cdef uint8_t OP_REDEEM = _K.REDEEM
 cdef uint8_t OP_PARTNER_EXCHANGE = _K.PARTNER_EXCHANGE
 cdef uint8_t OP_EXTEND_LOTS = _K.EXTEND_LOTS
 cdef uint8_t OP_CLEAR_LOTS = _K.CLEAR_LOTS
+cdef uint8_t OP_SIGN_ON = _K.SIGN_ON
+cdef uint8_t OP_SHIFT_CLOSE = _K.SHIFT_CLOSE
+cdef uint8_t OP_DAY_END = _K.DAY_END
+cdef uint8_t SHIFT_OPEN = _results.ShiftState.OPEN
+cdef uint8_t SHIFT_STATE_CLOSED = _results.ShiftState.CLOSED
 cdef frozenset TIERS = frozenset(int(t) for t in _results.Tier)
 cdef frozenset TIER_REASONS = frozenset(int(r) for r in _results.TierReason)
 cdef uint8_t TIER_REGULAR = _results.Tier.REGULAR
@@ -220,6 +229,7 @@ def record_sizes():
         "Member": sizeof(MemberRec),
         "TierChange": sizeof(TierChangeRec),
         "Gift": sizeof(GiftRec),
+        "Shift": sizeof(ShiftRec),
     }
 
 
@@ -292,6 +302,11 @@ cdef inline bytes points_history_key(uint64_t card_id, uint64_t seq):
     return PyBytes_FromStringAndSize(buffer, 16)
 
 
+cdef inline bytes u32_key(uint32_t value):
+    cdef uint32_t big = bswap32(value)
+    return PyBytes_FromStringAndSize(<char*>&big, 4)
+
+
 cdef inline uint64_t parse_u64(const char* data):
     cdef uint64_t big
     memcpy(&big, data, 8)
@@ -330,7 +345,12 @@ cdef inline bint is_idempotent_kind(uint8_t kind):
     return (kind == OP_TOPUP or kind == OP_PAY or kind == OP_PREAUTH or kind == OP_COMPLETE
             or kind == OP_RELEASE or kind == OP_REVERSE or kind == OP_VOID or kind == OP_REFUND
             or kind == OP_TRANSFER or kind == OP_CHECKIN or kind == OP_TASK or kind == OP_REDEEM
-            or kind == OP_PARTNER_EXCHANGE)
+            or kind == OP_PARTNER_EXCHANGE or kind == OP_SIGN_ON or kind == OP_SHIFT_CLOSE)
+
+
+cdef inline bint is_shift_bound_kind(uint8_t kind):
+    return (kind == OP_PAY or kind == OP_PREAUTH or kind == OP_TOPUP or kind == OP_REFUND
+            or kind == OP_VOID or kind == OP_REDEEM)
 
 
 cdef inline bint is_reversible_kind(uint8_t kind):
@@ -497,6 +517,9 @@ cdef class _Batch:
     cdef object journal_db, hold_expiry_db, pending_db, meta_db
     cdef object point_lots_db, closed_lots_db, lot_expiry_db, points_history_db
     cdef object members_db, tier_changes_db, gifts_db, gift_counts_db
+    cdef object shifts_db, day_ends_db
+    # terminal id -> ShiftState (0: never signed on), read once per batch
+    cdef dict shift_states
     cdef uint32_t lot_validity_days
     # key -> bytearray holding the record, or None when LMDB has none
     cdef dict accounts, cards, txns, idems
@@ -527,6 +550,9 @@ cdef class _Batch:
         self.tier_changes_db = store.tier_changes
         self.gifts_db = store.gifts
         self.gift_counts_db = store.gift_counts
+        self.shifts_db = store.shifts
+        self.day_ends_db = store.day_ends
+        self.shift_states = {}
         self.lot_validity_days = LOT_VALIDITY_DAYS_DEFAULT
         self.accounts = {}
         self.cards = {}
@@ -931,7 +957,11 @@ cdef class _Batch:
             if stored != NULL:
                 self.replay(op, stored, r)
                 return
-        self.dispatch(op, r)
+        if is_shift_bound_kind(op.kind) and self.shift_closed(op.terminal_id):
+            self.init_result(op, r, SHIFT_CLOSED)
+            r.card_id = op.card_id
+        else:
+            self.dispatch(op, r)
         if idempotent:
             self.save_idem(key, op.fingerprint, r)
 
@@ -1001,6 +1031,12 @@ cdef class _Batch:
             self.extend_lots(op, r)
         elif kind == OP_CLEAR_LOTS:
             self.clear_lots(op, r)
+        elif kind == OP_SIGN_ON:
+            self.sign_on(op, r)
+        elif kind == OP_SHIFT_CLOSE:
+            self.shift_close(op, r)
+        elif kind == OP_DAY_END:
+            self.day_end(op, r)
         else:
             raise KeyError(kind)
 
@@ -1497,6 +1533,8 @@ cdef class _Batch:
             code = ALREADY_REFUNDED
         if code == APPROVED and record.business_day != self.day:
             code = VOID_NOT_SAME_DAY
+        if code == APPROVED and <int64_t>record.business_day <= self.closed_day(record.station_id):
+            code = DAY_CLOSED
         if code != APPROVED:
             self.init_result(op, r, code)
             r.txn_id = 0 if record == NULL else record.txn_id
@@ -1984,6 +2022,76 @@ cdef class _Batch:
         self.decline_for_card(op, APPROVED, r)
         r.amount = amount if amount > 0 else 0
         self.set_card_balances(r, op.card_id)
+
+    # -------------------------------------------------------- shifts and days
+
+    cdef bint load_shift(self, uint32_t terminal_id, ShiftRec* shift) except? False:
+        value = self.txn.get(u32_key(terminal_id), None, self.shifts_db)
+        if value is None:
+            return False
+        memcpy(shift, PyBytes_AS_STRING(value), sizeof(ShiftRec))
+        return True
+
+    cdef save_shift(self, const ShiftRec* shift):
+        self.txn.put(u32_key(shift.terminal_id), PyBytes_FromStringAndSize(<char*>shift, sizeof(ShiftRec)), db=self.shifts_db)
+        self.shift_states[shift.terminal_id] = shift.state
+
+    cdef bint shift_closed(self, uint32_t terminal_id) except? False:
+        """Mirror of reference.shift_closed."""
+        cdef ShiftRec shift
+        state = self.shift_states.get(terminal_id)
+        if state is None:
+            state = shift.state if self.load_shift(terminal_id, &shift) else 0
+            self.shift_states[terminal_id] = state
+        return state == SHIFT_STATE_CLOSED
+
+    cdef sign_on(self, const OpRec* op, ResultRec* r):
+        cdef ShiftRec shift
+        if self.load_shift(op.terminal_id, &shift) and shift.state == SHIFT_OPEN:
+            self.init_result(op, r, SHIFT_ALREADY_OPEN)
+            r.txn_id = shift.shift_id
+            return
+        memset(&shift, 0, sizeof(ShiftRec))
+        shift.terminal_id = op.terminal_id
+        shift.station_id = op.station_id
+        shift.operator_id = op.operator_id
+        shift.state = SHIFT_OPEN
+        shift.shift_id = self.new_txn_id()
+        shift.opened_ms = self.now_ms
+        shift.first_txn_id = shift.shift_id
+        self.save_shift(&shift)
+        self.init_result(op, r, APPROVED)
+        r.txn_id = shift.shift_id
+
+    cdef shift_close(self, const OpRec* op, ResultRec* r):
+        cdef ShiftRec shift
+        if not self.load_shift(op.terminal_id, &shift) or shift.state != SHIFT_OPEN:
+            self.init_result(op, r, SHIFT_NOT_OPEN)
+            return
+        shift.state = SHIFT_STATE_CLOSED
+        shift.closed_ms = self.now_ms
+        shift.last_txn_id = self.next_txn_id - 1
+        self.save_shift(&shift)
+        self.init_result(op, r, APPROVED)
+        r.txn_id = shift.shift_id
+        r.amount = shift.last_txn_id
+
+    cdef int64_t closed_day(self, uint32_t station_id) except? -2:
+        raw = self.txn.get(u32_key(station_id), None, self.day_ends_db)
+        if raw is None:
+            return -1
+        cdef uint32_t day
+        memcpy(&day, PyBytes_AS_STRING(raw), 4)
+        return day
+
+    cdef day_end(self, const OpRec* op, ResultRec* r):
+        cdef int64_t closed = self.closed_day(op.station_id)
+        if op.period > closed:
+            closed = op.period
+        cdef uint32_t day = <uint32_t>closed
+        self.txn.put(u32_key(op.station_id), PyBytes_FromStringAndSize(<char*>&day, 4), db=self.day_ends_db)
+        self.init_result(op, r, APPROVED)
+        r.amount = closed
 
     # -------------------------------------------------------- general
 

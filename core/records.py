@@ -311,6 +311,25 @@ class Gift(msgspec.Struct):
     valid_to_day: int = 0
 
 
+class Shift(msgspec.Struct):
+    """A terminal's shift: opened by SIGN_ON, closed by SHIFT_CLOSE. Its
+    transactions are those of the terminal with ids in first_txn_id ..
+    last_txn_id (last_txn_id is set when the shift closes)."""
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IIIBBHQQQQQ")
+    terminal_id: int = 0
+    station_id: int = 0
+    operator_id: int = 0
+    state: int = 0
+    reserved: int = 0
+    reserved2: int = 0
+    shift_id: int = 0
+    opened_ms: int = 0
+    closed_ms: int = 0
+    first_txn_id: int = 0
+    last_txn_id: int = 0
+
+
 TOMBSTONE_FINGERPRINT = bytes(16)
 
 RECORD_SIZES = {
@@ -325,6 +344,7 @@ RECORD_SIZES = {
     "Member": Member.LAYOUT.size,
     "TierChange": TierChange.LAYOUT.size,
     "Gift": Gift.LAYOUT.size,
+    "Shift": Shift.LAYOUT.size,
 }
 
 
@@ -383,6 +403,14 @@ def hold_expiry_key(expires_ms: int, txn_id: int) -> bytes:
 
 def parse_hold_expiry_key(key: bytes) -> tuple[int, int]:
     return _HOLD_KEY.unpack(key)
+
+
+_U32 = struct.Struct(">I")
+
+
+def u32_key(value: int) -> bytes:
+    """Key of a terminal's shift or a station's day-end."""
+    return _U32.pack(value)
 
 
 def card_station_key(card_id: int, station_id: int) -> bytes:

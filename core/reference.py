@@ -30,6 +30,7 @@ from core.records import (
     Lot,
     Member,
     Op,
+    Shift,
     TierChange,
     Result,
     Txn,
@@ -45,6 +46,7 @@ from core.records import (
     parse_hold_expiry_key,
     points_history_key,
     tier_change_key,
+    u32_key,
     u64_key,
 )
 from core.results import (
@@ -59,6 +61,7 @@ from core.results import (
     PlanFlag,
     Reason,
     ResultCode,
+    ShiftState,
     Tier,
     TierReason,
     TxnFlag,
@@ -87,8 +90,13 @@ IDEMPOTENT_KINDS = frozenset(
         OpKind.TASK,
         OpKind.REDEEM,
         OpKind.PARTNER_EXCHANGE,
+        OpKind.SIGN_ON,
+        OpKind.SHIFT_CLOSE,
     )
 )
+# Operator actions a closed shift refuses (a reversal, sent by the terminal
+# itself, and a completion of fuel already pumped are never refused).
+SHIFT_BOUND_KINDS = frozenset((OpKind.PAY, OpKind.PREAUTH, OpKind.TOPUP, OpKind.REFUND, OpKind.VOID, OpKind.REDEEM))
 REVERSIBLE_KINDS = frozenset((OpKind.PAY, OpKind.PREAUTH, OpKind.COMPLETE, OpKind.TOPUP))
 CARD_TYPES = frozenset(int(t) for t in CardType)
 TIERS = frozenset(int(t) for t in Tier)
@@ -242,7 +250,10 @@ class _Batch:
             stored = self.load_idem(op.terminal_id, op.serial)
             if stored is not None:
                 return self.replay(op, stored)
-        result = HANDLERS[op.kind](self, op)
+        if op.kind in SHIFT_BOUND_KINDS and self.shift_closed(op.terminal_id):
+            result = self.result(op, R.SHIFT_CLOSED, card_id=op.card_id)
+        else:
+            result = HANDLERS[op.kind](self, op)
         if idempotent:
             self.save_idem(op.terminal_id, op.serial, Idem(op.fingerprint, result))
         return result
@@ -909,6 +920,8 @@ class _Batch:
             code = R.ALREADY_REFUNDED
         if code == R.APPROVED and record.business_day != self.day:
             code = R.VOID_NOT_SAME_DAY
+        if code == R.APPROVED and record.business_day <= self.closed_day(record.station_id):
+            code = R.DAY_CLOSED
         if code != R.APPROVED:
             return self.result(op, code, txn_id=0 if record is None else record.txn_id)
         return self.undo_posted(op, record, TxnFlag.VOIDED, Reason.VOID)
@@ -1287,6 +1300,57 @@ class _Batch:
         self.save_member(member)
         return self.result(op, R.APPROVED, card_id=op.card_id, amount=max(amount, 0), **self.card_balances(op.card_id))
 
+    # ------------------------------------------------------------ shifts and days
+
+    def load_shift(self, terminal_id: int):
+        return self.load(Shift, self.store.shifts, u32_key(terminal_id))
+
+    def save_shift(self, shift: Shift):
+        self.txn.put(u32_key(shift.terminal_id), encode(shift), db=self.store.shifts)
+
+    def shift_closed(self, terminal_id: int) -> bool:
+        """A terminal that signed on and then closed its shift takes no more
+        sales until it signs on again; one that never signed on is free."""
+        shift = self.load_shift(terminal_id)
+        return shift is not None and shift.state == ShiftState.CLOSED
+
+    def sign_on(self, op: Op) -> Result:
+        shift = self.load_shift(op.terminal_id)
+        if shift is not None and shift.state == ShiftState.OPEN:
+            return self.result(op, R.SHIFT_ALREADY_OPEN, txn_id=shift.shift_id)
+        shift_id = self.new_txn_id()
+        shift = Shift(
+            terminal_id=op.terminal_id,
+            station_id=op.station_id,
+            operator_id=op.operator_id,
+            state=ShiftState.OPEN,
+            shift_id=shift_id,
+            opened_ms=self.now_ms,
+            first_txn_id=shift_id,
+        )
+        self.save_shift(shift)
+        return self.result(op, R.APPROVED, txn_id=shift_id)
+
+    def shift_close(self, op: Op) -> Result:
+        shift = self.load_shift(op.terminal_id)
+        if shift is None or shift.state != ShiftState.OPEN:
+            return self.result(op, R.SHIFT_NOT_OPEN)
+        shift.state = ShiftState.CLOSED
+        shift.closed_ms = self.now_ms
+        shift.last_txn_id = self.next_txn_id - 1
+        self.save_shift(shift)
+        return self.result(op, R.APPROVED, txn_id=shift.shift_id, amount=shift.last_txn_id)
+
+    def closed_day(self, station_id: int) -> int:
+        raw = self.txn.get(u32_key(station_id), db=self.store.day_ends)
+        return -1 if raw is None else int.from_bytes(raw, "little")
+
+    def day_end(self, op: Op) -> Result:
+        """Close business day `period` at the station (days only move forward)."""
+        closed = max(self.closed_day(op.station_id), op.period)
+        self.txn.put(u32_key(op.station_id), closed.to_bytes(4, "little"), db=self.store.day_ends)
+        return self.result(op, R.APPROVED, amount=closed)
+
     # ------------------------------------------------------------ general
 
     def open_account(self, op: Op) -> Result:
@@ -1396,5 +1460,8 @@ HANDLERS = {
     OpKind.PARTNER_EXCHANGE: _Batch.partner_exchange,
     OpKind.EXTEND_LOTS: _Batch.extend_lots,
     OpKind.CLEAR_LOTS: _Batch.clear_lots,
+    OpKind.SIGN_ON: _Batch.sign_on,
+    OpKind.SHIFT_CLOSE: _Batch.shift_close,
+    OpKind.DAY_END: _Batch.day_end,
     OpKind.TRANSFER: _Batch.transfer,
 }

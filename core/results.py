@@ -57,6 +57,10 @@ class ResultCode(enum.IntEnum):
     GIFT_LIMIT_REACHED = 37
     TIER_NOT_ALLOWED = 38
     INSUFFICIENT_POINTS = 39
+    SHIFT_CLOSED = 40
+    SHIFT_ALREADY_OPEN = 41
+    SHIFT_NOT_OPEN = 42
+    DAY_CLOSED = 43
 
 
 class OpKind(enum.IntEnum):
@@ -91,6 +95,9 @@ class OpKind(enum.IntEnum):
     PARTNER_EXCHANGE = 26
     EXTEND_LOTS = 27
     CLEAR_LOTS = 28
+    SIGN_ON = 29
+    SHIFT_CLOSE = 30
+    DAY_END = 31
 
 
 class CardStatus(enum.IntEnum):
@@ -130,6 +137,11 @@ class AccountKind(enum.IntEnum):
 
 CARD_ACCOUNT_KINDS = (AccountKind.FLEET, AccountKind.PERSONAL, AccountKind.POINTS)
 SYSTEM_ACCOUNT_KIND_MIN = 16
+
+
+class ShiftState(enum.IntEnum):
+    OPEN = 1
+    CLOSED = 2
 
 
 class Tier(enum.IntEnum):
@@ -265,4 +277,8 @@ RESULT_TEXT = {
     ResultCode.GIFT_LIMIT_REACHED: "the customer reached this gift's limit",
     ResultCode.TIER_NOT_ALLOWED: "the gift is not offered to the customer's tier",
     ResultCode.INSUFFICIENT_POINTS: "not enough points",
+    ResultCode.SHIFT_CLOSED: "the terminal's shift is closed: sign on first",
+    ResultCode.SHIFT_ALREADY_OPEN: "a shift is already open on this terminal",
+    ResultCode.SHIFT_NOT_OPEN: "no shift is open on this terminal",
+    ResultCode.DAY_CLOSED: "the business day is closed at this station: refund instead",
 }

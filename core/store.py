@@ -23,6 +23,8 @@ Named databases (keys big-endian, values in core.records layouts):
   gifts           gift_id u64                -> Gift        catalogue, with stock
   gift_counts     (gift_id u64, card_id u64) -> u32         redemptions per customer
   loyalty_config  b"rules"                   -> JSON        core.loyalty.rules.LoyaltyRules
+  shifts          terminal_id u32            -> Shift       the terminal's current or last shift
+  day_ends        station_id u32             -> u32         last business day closed at the station
 
 Settlement's databases (values msgpack of core.settlement.model records):
   settlement_imports      (channel u8, day u32, sha256)  -> ImportRecord   files imported
@@ -55,6 +57,8 @@ DATABASE_NAMES = (
     "gifts",
     "gift_counts",
     "loyalty_config",
+    "shifts",
+    "day_ends",
     "settlement_imports",
     "settlement_statements",
     "settlement_differences",

@@ -35,12 +35,12 @@ class Driver:
     def one(self, op: Op) -> Result:
         return self.apply(op)[0]
 
-    def request(self, kind: int, serial: int | None = None, station_id: int = STATION, terminal_id: int = TERMINAL, **fields) -> Op:
+    def request(self, kind: int, serial: int | None = None, station_id: int = STATION, terminal_id: int = TERMINAL, operator_id: int = 7, **fields) -> Op:
         """An idempotent terminal request; the fingerprint follows its content."""
         if serial is None:
             self.serial += 1
             serial = self.serial
-        op = Op(kind=kind, station_id=station_id, terminal_id=terminal_id, operator_id=7, serial=serial, **fields)
+        op = Op(kind=kind, station_id=station_id, terminal_id=terminal_id, operator_id=operator_id, serial=serial, **fields)
         content = repr((kind, station_id, sorted(fields.items())))
         op.fingerprint = hashlib.blake2b(content.encode(), digest_size=16).digest()
         return op

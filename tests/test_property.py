@@ -17,7 +17,7 @@ from core import limits
 from core.audit import audit
 import msgspec
 
-from core.records import Account, Card, Gift, Idem, JournalEntry, Lot, Member, Op, TierChange, Txn, decode
+from core.records import Account, Card, Gift, Idem, JournalEntry, Lot, Member, Op, Shift, TierChange, Txn, decode
 from core.results import AccountKind, CardStatus, Channel, OpKind, ResultCode
 from core.store import DATABASE_NAMES
 from tests.conftest import open_ledger
@@ -148,6 +148,16 @@ def _draw_op(data, history: _History) -> Op:
         code = data.draw(st.sampled_from([ResultCode.CHANNEL_DECLINED, ResultCode.CHANNEL_UNAVAILABLE]))
         return Op(kind=data.draw(st.sampled_from([OpKind.CAPTURE, OpKind.CAPTURE, OpKind.ABORT])), ref_txn_id=history.txn_id(data), abort_code=code)
     card = data.draw(st.sampled_from(CARDS))
+    if data.draw(st.integers(0, 3)) == 0:
+        return data.draw(
+            st.sampled_from(
+                [
+                    _request(OpKind.SIGN_ON, history.new_serial(data), data.draw(STATIONS)),
+                    _request(OpKind.SHIFT_CLOSE, history.new_serial(data), 1),
+                    Op(kind=OpKind.DAY_END, station_id=data.draw(STATIONS), period=data.draw(st.sampled_from([19_999, 20_000, 20_001]))),
+                ]
+            )
+        )
     return data.draw(
         st.sampled_from(
             [
@@ -173,7 +183,7 @@ def _open_cards() -> list[Op]:
 
 RECORD_TYPES = {
     "accounts": Account, "cards": Card, "txns": Txn, "idem": Idem, "journal": JournalEntry, "point_lots": Lot, "closed_lots": Lot,
-    "members": Member, "gifts": Gift, "tier_changes": TierChange,
+    "members": Member, "gifts": Gift, "tier_changes": TierChange, "shifts": Shift,
 }
 
 

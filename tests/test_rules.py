@@ -497,3 +497,37 @@ def test_huge_earnings_do_not_overflow(books):
     assert sale.points_earned == limits.EARN_POINTS_MAX * 9 // 10
     refund = books.refund(sale.txn_id, top // 3)
     assert refund.points_clawed_back == sale.points_earned * (top // 3) // top
+
+
+# ---------------------------------------------------------------- shifts and day-end
+
+
+def test_a_closed_shift_refuses_sales_until_the_next_sign_on(books):
+    books.open_card(CARD, personal=10_000)
+    assert books.pay(CARD, 100).code == R.APPROVED  # never signed on: not held to shifts
+    shift = books.one(books.request(OpKind.SIGN_ON))
+    assert shift.code == R.APPROVED
+    assert books.one(books.request(OpKind.SIGN_ON)).code == R.SHIFT_ALREADY_OPEN
+    sale = books.pay(CARD, 200)
+    closed = books.one(books.request(OpKind.SHIFT_CLOSE))
+    assert (closed.code, closed.txn_id, closed.amount) == (R.APPROVED, shift.txn_id, sale.txn_id)
+    assert books.pay(CARD, 300).code == R.SHIFT_CLOSED
+    assert books.void(sale.txn_id).code == R.SHIFT_CLOSED
+    assert books.one(books.request(OpKind.SHIFT_CLOSE)).code == R.SHIFT_NOT_OPEN
+    # A reversal from the terminal itself is never refused.
+    assert books.reverse(10**6).code == R.APPROVED
+    assert books.one(books.request(OpKind.SIGN_ON)).code == R.APPROVED
+    assert books.pay(CARD, 300).code == R.APPROVED
+    assert books.balances(CARD)[1] == 10_000 - 600
+
+
+def test_after_day_end_a_void_is_refused_and_a_refund_is_the_path(books):
+    books.open_card(CARD, personal=10_000)
+    sale = books.pay(CARD, 1_000)
+    assert books.one(Op(kind=OpKind.DAY_END, station_id=2, period=books.day)).code == R.APPROVED
+    other_station_sale = books.pay(CARD, 500)
+    assert books.one(Op(kind=OpKind.DAY_END, station_id=1, period=books.day)).amount == books.day
+    assert books.one(Op(kind=OpKind.DAY_END, station_id=1, period=books.day - 5)).amount == books.day  # never backwards
+    assert books.void(sale.txn_id).code == R.DAY_CLOSED
+    assert books.void(other_station_sale.txn_id).code == R.DAY_CLOSED
+    assert books.refund(sale.txn_id, 1_000).code == R.APPROVED
