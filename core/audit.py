@@ -77,6 +77,7 @@ CLOSED_HOLD_STATES = (TxnState.RELEASED, TxnState.EXPIRED, TxnState.ABORTED)
 # entries only (a transfer, points granted or spent) or a shift.
 KINDS_WITHOUT_TXN_RECORD = (
     OpKind.TRANSFER, OpKind.CHECKIN, OpKind.TASK, OpKind.REDEEM, OpKind.PARTNER_EXCHANGE, OpKind.SIGN_ON, OpKind.SHIFT_CLOSE,
+    OpKind.CANCEL_CARD,
 )
 
 

@@ -93,6 +93,8 @@ cdef uint16_t SHIFT_CLOSED = _R.SHIFT_CLOSED
 cdef uint16_t SHIFT_ALREADY_OPEN = _R.SHIFT_ALREADY_OPEN
 cdef uint16_t SHIFT_NOT_OPEN = _R.SHIFT_NOT_OPEN
 cdef uint16_t DAY_CLOSED = _R.DAY_CLOSED
+cdef uint16_t DOMAIN_NOT_ENABLED = _R.DOMAIN_NOT_ENABLED
+cdef uint16_t CARD_HAS_HOLDS = _R.CARD_HAS_HOLDS
 
 _K = _results.OpKind
 cdef uint8_t OP_OPEN_CARD = _K.OPEN_CARD
@@ -126,6 +128,9 @@ cdef uint8_t OP_CLEAR_LOTS = _K.CLEAR_LOTS
 cdef uint8_t OP_SIGN_ON = _K.SIGN_ON
 cdef uint8_t OP_SHIFT_CLOSE = _K.SHIFT_CLOSE
 cdef uint8_t OP_DAY_END = _K.DAY_END
+cdef uint8_t OP_ENABLE_DOMAIN = _K.ENABLE_DOMAIN
+cdef uint8_t OP_STATION_DOMAIN = _K.STATION_DOMAIN
+cdef uint8_t OP_CANCEL_CARD = _K.CANCEL_CARD
 cdef uint8_t SHIFT_OPEN = _results.ShiftState.OPEN
 cdef uint8_t SHIFT_STATE_CLOSED = _results.ShiftState.CLOSED
 cdef frozenset TIERS = frozenset(int(t) for t in _results.Tier)
@@ -142,6 +147,7 @@ cdef uint8_t POINTS_LIABILITY = _A.POINTS_LIABILITY
 cdef uint8_t POINTS_FUNDING = _A.POINTS_FUNDING
 cdef uint8_t TOPUP_FUNDING = _A.TOPUP_FUNDING
 cdef uint8_t PARTNER_CLEARING = _A.PARTNER_CLEARING
+cdef uint8_t REFUND_PAYABLE = _A.REFUND_PAYABLE
 cdef uint8_t GENERAL = _A.GENERAL
 cdef uint8_t SYSTEM_ACCOUNT_KIND_MIN = _results.SYSTEM_ACCOUNT_KIND_MIN
 cdef uint8_t UNIT_MONEY = _results.Unit.MONEY
@@ -155,6 +161,7 @@ cdef uint8_t CARD_STATUS_CANCELLED = _results.CardStatus.CANCELLED
 cdef uint8_t CARD_TYPE_COMPANY = _results.CardType.COMPANY
 cdef uint8_t CARD_TYPE_PERSONAL = _results.CardType.PERSONAL
 cdef uint16_t RESTRICTED_STATIONS = _results.CardFlag.RESTRICTED_STATIONS
+cdef uint16_t RESTRICTED_DOMAINS = _results.CardFlag.RESTRICTED_DOMAINS
 
 cdef uint8_t HELD = _results.TxnState.HELD
 cdef uint8_t POSTED = _results.TxnState.POSTED
@@ -184,6 +191,7 @@ cdef uint8_t MOVE_CHECKIN = _results.Movement.CHECKIN
 cdef uint8_t MOVE_TASK = _results.Movement.TASK
 cdef uint8_t MOVE_GIFT = _results.Movement.GIFT
 cdef uint8_t MOVE_PARTNER = _results.Movement.PARTNER
+cdef uint8_t MOVE_CANCEL = _results.Movement.CANCEL
 cdef uint8_t REASON_SALE = _results.Reason.SALE
 cdef uint8_t REASON_COMPLETE = _results.Reason.COMPLETE
 cdef uint8_t REASON_TOPUP = _results.Reason.TOPUP
@@ -193,6 +201,7 @@ cdef uint8_t REASON_REFUND = _results.Reason.REFUND
 cdef uint8_t REASON_TRANSFER = _results.Reason.TRANSFER
 cdef uint8_t REASON_EXPIRY = _results.Reason.EXPIRY
 cdef uint8_t REASON_LOYALTY = _results.Reason.LOYALTY
+cdef uint8_t REASON_CANCEL = _results.Reason.CANCEL
 
 cdef bytes META_NEXT_TXN_ID = _records.META_NEXT_TXN_ID
 cdef bytes META_NEXT_JOURNAL_SEQ = _records.META_NEXT_JOURNAL_SEQ
@@ -393,7 +402,7 @@ cdef bint op_is_valid(const OpRec* op):
         return False
     if kind == OP_OPEN_CARD and not (op.card_status == CARD_TYPE_COMPANY or op.card_status == CARD_TYPE_PERSONAL):
         return False
-    if kind == OP_SET_CARD_STATUS and not is_card_status(op.card_status):
+    if kind == OP_SET_CARD_STATUS and (not is_card_status(op.card_status) or op.card_status == CARD_STATUS_CANCELLED):
         return False
     if kind == OP_OPEN_ACCOUNT and not (op.account_kind in ACCOUNT_KINDS and op.account_kind >= SYSTEM_ACCOUNT_KIND_MIN):
         return False
@@ -517,7 +526,7 @@ cdef class _Batch:
     cdef object journal_db, hold_expiry_db, pending_db, meta_db
     cdef object point_lots_db, closed_lots_db, lot_expiry_db, points_history_db
     cdef object members_db, tier_changes_db, gifts_db, gift_counts_db
-    cdef object shifts_db, day_ends_db
+    cdef object shifts_db, day_ends_db, card_domains_db, station_domains_db
     # terminal id -> ShiftState (0: never signed on), read once per batch
     cdef dict shift_states
     cdef uint32_t lot_validity_days
@@ -552,6 +561,8 @@ cdef class _Batch:
         self.gift_counts_db = store.gift_counts
         self.shifts_db = store.shifts
         self.day_ends_db = store.day_ends
+        self.card_domains_db = store.card_domains
+        self.station_domains_db = store.station_domains
         self.shift_states = {}
         self.lot_validity_days = LOT_VALIDITY_DAYS_DEFAULT
         self.accounts = {}
@@ -916,6 +927,13 @@ cdef class _Batch:
         if card.flags & RESTRICTED_STATIONS:
             if self.txn.get(card_station_key(card.card_id, station_id), None, self.card_stations_db) is None:
                 return CARD_NOT_ALLOWED_HERE
+        cdef uint32_t domain = 0
+        if card.flags & RESTRICTED_DOMAINS:
+            raw = self.txn.get(u32_key(station_id), None, self.station_domains_db)
+            if raw is not None:
+                memcpy(&domain, PyBytes_AS_STRING(raw), 4)
+            if self.txn.get(card_station_key(card.card_id, domain), None, self.card_domains_db) is None:
+                return DOMAIN_NOT_ENABLED
         return APPROVED
 
     cdef inline int64_t spent_today(self, const CardRec* card) noexcept:
@@ -1037,6 +1055,12 @@ cdef class _Batch:
             self.shift_close(op, r)
         elif kind == OP_DAY_END:
             self.day_end(op, r)
+        elif kind == OP_ENABLE_DOMAIN:
+            self.enable_domain(op, r)
+        elif kind == OP_STATION_DOMAIN:
+            self.station_domain(op, r)
+        elif kind == OP_CANCEL_CARD:
+            self.cancel_card(op, r)
         else:
             raise KeyError(kind)
 
@@ -2022,6 +2046,58 @@ cdef class _Batch:
         self.decline_for_card(op, APPROVED, r)
         r.amount = amount if amount > 0 else 0
         self.set_card_balances(r, op.card_id)
+
+    # -------------------------------------------------------- domains and cancellation
+
+    cdef enable_domain(self, const OpRec* op, ResultRec* r):
+        """Mirror of reference.enable_domain."""
+        if self.load_card(op.card_id) == NULL:
+            self.decline_for_card(op, CARD_NOT_FOUND, r)
+            return
+        self.card_for_write(op.card_id).flags |= RESTRICTED_DOMAINS
+        self.txn.put(card_station_key(op.card_id, op.period), b"", db=self.card_domains_db)
+        self.decline_for_card(op, APPROVED, r)
+
+    cdef station_domain(self, const OpRec* op, ResultRec* r):
+        cdef uint32_t domain = op.period
+        self.txn.put(u32_key(op.station_id), PyBytes_FromStringAndSize(<char*>&domain, 4), db=self.station_domains_db)
+        self.init_result(op, r, APPROVED)
+
+    cdef cancel_card(self, const OpRec* op, ResultRec* r):
+        """Mirror of reference.cancel_card."""
+        cdef CardRec* card = self.load_card(op.card_id)
+        if card == NULL:
+            self.decline_for_card(op, CARD_NOT_FOUND, r)
+            return
+        if card.status == CARD_STATUS_CANCELLED:
+            self.decline_for_card(op, CARD_CANCELLED, r)
+            return
+        cdef AccountRec* fleet = self.load_account(FLEET, op.card_id)
+        cdef AccountRec* personal = self.load_account(PERSONAL, op.card_id)
+        cdef AccountRec* points = self.load_account(POINTS, op.card_id)
+        if fleet.held or personal.held or points.held:
+            self.decline_for_card(op, CARD_HAS_HOLDS, r)
+            return
+        cdef int64_t fleet_balance = fleet.balance
+        cdef int64_t personal_balance = personal.balance
+        cdef int64_t points_balance = points.balance
+        cdef Posting postings[3]
+        set_posting(&postings[0], FLEET, op.card_id, REFUND_PAYABLE, op.card_id, fleet_balance, MOVE_CANCEL, REASON_CANCEL)
+        set_posting(&postings[1], PERSONAL, op.card_id, REFUND_PAYABLE, op.card_id, personal_balance, MOVE_CANCEL, REASON_CANCEL)
+        set_posting(&postings[2], POINTS, op.card_id, POINTS_LIABILITY, 0, points_balance, MOVE_CANCEL, REASON_CANCEL)
+        if not self.postings_fit(postings, 3):
+            self.decline_for_card(op, BALANCE_LIMIT, r)
+            return
+        cdef uint64_t txn_id = self.new_txn_id()
+        self.post(txn_id, op.station_id, postings, 3)
+        self.card_for_write(op.card_id).status = CARD_STATUS_CANCELLED
+        self.init_result(op, r, APPROVED)
+        r.txn_id = txn_id
+        r.card_id = op.card_id
+        r.amount = fleet_balance + personal_balance
+        r.fleet = fleet_balance
+        r.personal = personal_balance
+        r.points_used = points_balance
 
     # -------------------------------------------------------- shifts and days
 

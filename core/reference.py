@@ -165,8 +165,8 @@ def op_is_valid(op: Op) -> bool:
         return False
     if op.kind == OpKind.OPEN_CARD and op.card_status not in CARD_TYPES:
         return False
-    if op.kind == OpKind.SET_CARD_STATUS and op.card_status not in CARD_STATUSES:
-        return False
+    if op.kind == OpKind.SET_CARD_STATUS and (op.card_status not in CARD_STATUSES or op.card_status == CardStatus.CANCELLED):
+        return False  # cancelling refunds the balance: CANCEL_CARD
     if op.kind == OpKind.OPEN_ACCOUNT and not (op.account_kind in ACCOUNT_KINDS and op.account_kind >= SYSTEM_ACCOUNT_KIND_MIN):
         return False
     if op.kind == OpKind.TRANSFER:
@@ -477,7 +477,55 @@ class _Batch:
             allowed = self.txn.get(card_station_key(card.card_id, station_id), db=self.store.card_stations)
             if allowed is None:
                 return R.CARD_NOT_ALLOWED_HERE
+        if card.flags & CardFlag.RESTRICTED_DOMAINS:
+            raw = self.txn.get(u32_key(station_id), db=self.store.station_domains)
+            domain = 0 if raw is None else int.from_bytes(raw, "little")
+            if self.txn.get(card_station_key(card.card_id, domain), db=self.store.card_domains) is None:
+                return R.DOMAIN_NOT_ENABLED
         return R.APPROVED
+
+    def enable_domain(self, op: Op) -> Result:
+        """Enable an application domain (op.period) for a card; once one is,
+        the card works only at stations of its enabled domains."""
+        card = self.load_card(op.card_id)
+        if card is None:
+            return self.result(op, R.CARD_NOT_FOUND, card_id=op.card_id)
+        card.flags |= CardFlag.RESTRICTED_DOMAINS
+        self.save_card(card)
+        self.txn.put(card_station_key(op.card_id, op.period), b"", db=self.store.card_domains)
+        return self.result(op, R.APPROVED, card_id=op.card_id)
+
+    def station_domain(self, op: Op) -> Result:
+        """The application domain (op.period) a station belongs to."""
+        self.txn.put(u32_key(op.station_id), op.period.to_bytes(4, "little"), db=self.store.station_domains)
+        return self.result(op, R.APPROVED)
+
+    def cancel_card(self, op: Op) -> Result:
+        """Cancel a card: its fleet and personal balances become owed back to
+        the holder (REFUND_PAYABLE, paid out outside the core), its points
+        lapse to the points liability. Refused while holds are open."""
+        card = self.load_card(op.card_id)
+        if card is None:
+            return self.result(op, R.CARD_NOT_FOUND, card_id=op.card_id)
+        if card.status == CardStatus.CANCELLED:
+            return self.result(op, R.CARD_CANCELLED, card_id=op.card_id)
+        accounts = {kind: self.load_account(kind, op.card_id) for kind in (K.FLEET, K.PERSONAL, K.POINTS)}
+        if any(account.held for account in accounts.values()):
+            return self.result(op, R.CARD_HAS_HOLDS, card_id=op.card_id)
+        postings = [
+            (K.FLEET, op.card_id, K.REFUND_PAYABLE, op.card_id, accounts[K.FLEET].balance, Movement.CANCEL, Reason.CANCEL),
+            (K.PERSONAL, op.card_id, K.REFUND_PAYABLE, op.card_id, accounts[K.PERSONAL].balance, Movement.CANCEL, Reason.CANCEL),
+            (K.POINTS, op.card_id, K.POINTS_LIABILITY, 0, accounts[K.POINTS].balance, Movement.CANCEL, Reason.CANCEL),
+        ]
+        if not self.postings_fit(postings):
+            return self.result(op, R.BALANCE_LIMIT, card_id=op.card_id)
+        txn_id = self.new_txn_id()
+        self.post(txn_id, op.station_id, postings)
+        card.status = CardStatus.CANCELLED
+        self.save_card(card)
+        refunded = accounts[K.FLEET].balance + accounts[K.PERSONAL].balance
+        return self.result(op, R.APPROVED, txn_id=txn_id, card_id=op.card_id, amount=refunded, fleet=accounts[K.FLEET].balance,
+                           personal=accounts[K.PERSONAL].balance, points_used=accounts[K.POINTS].balance)
 
     def spent_today(self, card: Card) -> int:
         return card.day_spent if card.day == self.day else 0
@@ -1463,5 +1511,8 @@ HANDLERS = {
     OpKind.SIGN_ON: _Batch.sign_on,
     OpKind.SHIFT_CLOSE: _Batch.shift_close,
     OpKind.DAY_END: _Batch.day_end,
+    OpKind.ENABLE_DOMAIN: _Batch.enable_domain,
+    OpKind.STATION_DOMAIN: _Batch.station_domain,
+    OpKind.CANCEL_CARD: _Batch.cancel_card,
     OpKind.TRANSFER: _Batch.transfer,
 }

@@ -61,6 +61,8 @@ class ResultCode(enum.IntEnum):
     SHIFT_ALREADY_OPEN = 41
     SHIFT_NOT_OPEN = 42
     DAY_CLOSED = 43
+    DOMAIN_NOT_ENABLED = 44
+    CARD_HAS_HOLDS = 45
 
 
 class OpKind(enum.IntEnum):
@@ -98,6 +100,9 @@ class OpKind(enum.IntEnum):
     SIGN_ON = 29
     SHIFT_CLOSE = 30
     DAY_END = 31
+    ENABLE_DOMAIN = 32
+    STATION_DOMAIN = 33
+    CANCEL_CARD = 34
 
 
 class CardStatus(enum.IntEnum):
@@ -115,6 +120,8 @@ class CardType(enum.IntEnum):
 class CardFlag(enum.IntFlag):
     # Only stations in the card's allow list accept it.
     RESTRICTED_STATIONS = 1
+    # Only stations of the application domains enabled for the card accept it.
+    RESTRICTED_DOMAINS = 2
 
 
 class AccountKind(enum.IntEnum):
@@ -131,6 +138,8 @@ class AccountKind(enum.IntEnum):
     TOPUP_FUNDING = 20
     # What a partner programme owes for points or cash it sent us.
     PARTNER_CLEARING = 21
+    # Balances of cancelled cards, owed back to their holders.
+    REFUND_PAYABLE = 22
     # Plain accounts opened with OPEN_ACCOUNT (benchmarks, adjustments).
     GENERAL = 32
 
@@ -219,6 +228,7 @@ class Movement(enum.IntEnum):
     TASK = 12
     GIFT = 13
     PARTNER = 14
+    CANCEL = 15
 
 
 class Reason(enum.IntEnum):
@@ -233,6 +243,7 @@ class Reason(enum.IntEnum):
     TRANSFER = 7
     EXPIRY = 8
     LOYALTY = 9
+    CANCEL = 10
 
 
 # What each code means, in words for a terminal's display. One table.
@@ -281,4 +292,6 @@ RESULT_TEXT = {
     ResultCode.SHIFT_ALREADY_OPEN: "a shift is already open on this terminal",
     ResultCode.SHIFT_NOT_OPEN: "no shift is open on this terminal",
     ResultCode.DAY_CLOSED: "the business day is closed at this station: refund instead",
+    ResultCode.DOMAIN_NOT_ENABLED: "the card is not enabled for this station's application domain",
+    ResultCode.CARD_HAS_HOLDS: "the card has open holds: complete or release them first",
 }

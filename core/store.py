@@ -25,6 +25,8 @@ Named databases (keys big-endian, values in core.records layouts):
   loyalty_config  b"rules"                   -> JSON        core.loyalty.rules.LoyaltyRules
   shifts          terminal_id u32            -> Shift       the terminal's current or last shift
   day_ends        station_id u32             -> u32         last business day closed at the station
+  card_domains    (card_id u64, domain u32)  -> b""         application domains enabled for a card
+  station_domains station_id u32             -> u32         the application domain of a station
 
 Settlement's databases (values msgpack of core.settlement.model records):
   settlement_imports      (channel u8, day u32, sha256)  -> ImportRecord   files imported
@@ -32,6 +34,18 @@ Settlement's databases (values msgpack of core.settlement.model records):
   settlement_differences  (channel u8, day u32, item u8, reference u64) -> Difference
   settlement_actions      seq u64                        -> Action   the queue's log
   settlement_runs         (channel u8, day u32)          -> ReconcileRun
+
+Administration's databases (values msgpack of core.admin.model records):
+  admin_orgs        org_id u32                 -> Organisation  the tree; a station's id is its org_id
+  admin_terminals   terminal_id u32            -> Terminal      keys sealed under the master key
+  admin_operators   operator_id u32            -> Operator
+  admin_categories  (org_id u32, code utf-8)   -> Category
+  admin_goods       (org_id u32, code utf-8)   -> Goods
+  admin_parameters  headquarters org_id u32    -> Parameters    a domain's system parameters
+  admin_users       username utf-8             -> User          argon2id password hash
+  admin_sessions    sha256(token)              -> Session       bearer tokens, stored hashed
+  admin_audit       seq u64                    -> AuditEntry    append-only, hash-chained
+  admin_meta        b"audit_head"              -> AuditHead     the chain's last seq and hash
 """
 
 import os
@@ -59,11 +73,23 @@ DATABASE_NAMES = (
     "loyalty_config",
     "shifts",
     "day_ends",
+    "card_domains",
+    "station_domains",
     "settlement_imports",
     "settlement_statements",
     "settlement_differences",
     "settlement_actions",
     "settlement_runs",
+    "admin_orgs",
+    "admin_terminals",
+    "admin_operators",
+    "admin_categories",
+    "admin_goods",
+    "admin_parameters",
+    "admin_users",
+    "admin_sessions",
+    "admin_audit",
+    "admin_meta",
 )
 
 # The map is a reservation of address space, not of disk: LMDB files grow as

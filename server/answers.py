@@ -49,7 +49,17 @@ def sources(result: Result, channel: int) -> payment_pb2.Sources:
     )
 
 
-def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0) -> payment_pb2.PaymentAnswer:
+def points_items(quote, points_earned: int) -> list:
+    """The rules' items, and what the sale did not earn because points paid."""
+    if quote is None:
+        return []
+    items = [common_pb2.PointsItem(rule=i.rule, description=i.description, points=i.points) for i in quote.items]
+    if quote.total != points_earned:
+        items.append(common_pb2.PointsItem(rule="paid_with_points", description="no points on what points paid", points=points_earned - quote.total))
+    return items
+
+
+def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0, quote=None) -> payment_pb2.PaymentAnswer:
     return payment_pb2.PaymentAnswer(
         result=result.code,
         result_text=result_text(result.code),
@@ -65,6 +75,8 @@ def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0) -
         ),
         receipt=receipt(result, terminal, basket, channel) if terminal is not None else "",
         business_day=result.business_day,
+        points_items=points_items(quote, result.points_earned) if result.code == ResultCode.APPROVED else [],
+        shortfall_settled_minor=result.shortfall_settled,
     )
 
 
@@ -91,6 +103,8 @@ def receipt(result: Result, terminal, basket, channel: int) -> str:
             lines.append(f"points earned {result.points_earned}")
         if result.points_clawed_back:
             lines.append(f"points taken back {result.points_clawed_back}")
+        if result.shortfall_settled:
+            lines.append(f"kept for points already spent {money(result.shortfall_settled)}")
         if result.card_id:
             lines.append(
                 f"balance fleet {money(result.fleet_balance)}  personal {money(result.personal_balance)}  points {result.points_balance}"

@@ -136,7 +136,7 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         tier = jobs.member_tier(self.ledger.store, request.card_id) if request.card_id else Tier.REGULAR
         points = quote(self.holder.rules.earning, lines, request.amount_minor, tier, request.station_id, self.committer.clock())
         return loyalty_pb2.QuoteAnswer(
-            items=[loyalty_pb2.PointsItem(rule=i.rule, description=i.description, points=i.points) for i in points.items], total=points.total
+            items=answers.points_items(points, points.total), total=points.total
         )
 
     # ------------------------------------------------------------ points in and out

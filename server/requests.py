@@ -150,14 +150,23 @@ def complete_op(request, settings: ServerSettings) -> Op:
     )
 
 
-def by_txn_op(kind: int, request) -> Op:
+def return_fields(settings: ServerSettings | None) -> dict:
+    """What an operation that gives money back needs: the rate that settles
+    a points shortfall, and the validity of lots for points it returns."""
+    if settings is None:
+        return {}
+    return {"points_per_unit": settings.points_per_unit, "lot_validity_days": settings.lot_validity_days}
+
+
+def by_txn_op(kind: int, request, settings: ServerSettings | None = None) -> Op:
     """Release and Void: a terminal and the transaction acted on."""
     validate_terminal(request.terminal)
     require_range(request.txn_id, "txn_id", 1, 2**64 - 1)
-    return Op(kind=kind, **terminal_fields(request.terminal), ref_txn_id=request.txn_id, fingerprint=fingerprint(kind, request))
+    return Op(kind=kind, **terminal_fields(request.terminal), ref_txn_id=request.txn_id, fingerprint=fingerprint(kind, request),
+              **return_fields(settings))
 
 
-def reverse_op(request) -> Op:
+def reverse_op(request, settings: ServerSettings | None = None) -> Op:
     validate_terminal(request.terminal)
     require_range(request.original_serial, "original_serial", 1, limits.SERIAL_MAX)
     if request.original_serial == request.terminal.serial:
@@ -167,10 +176,11 @@ def reverse_op(request) -> Op:
         **terminal_fields(request.terminal),
         ref_serial=request.original_serial,
         fingerprint=fingerprint(OpKind.REVERSE, request),
+        **return_fields(settings),
     )
 
 
-def refund_op(request) -> Op:
+def refund_op(request, settings: ServerSettings | None = None) -> Op:
     validate_terminal(request.terminal)
     require_range(request.txn_id, "txn_id", 1, 2**64 - 1)
     require_range(request.amount_minor, "amount_minor", 1, limits.AMOUNT_MINOR_MAX)
@@ -180,6 +190,7 @@ def refund_op(request) -> Op:
         ref_txn_id=request.txn_id,
         amount=request.amount_minor,
         fingerprint=fingerprint(OpKind.REFUND, request),
+        **return_fields(settings),
     )
 
 
@@ -223,6 +234,9 @@ def set_card_status_op(request) -> Op:
     require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
     if request.status not in CardStatus.__members__.values():
         raise InvalidRequest("status", "must be ACTIVE, LOST, FROZEN or CANCELLED")
+    if request.status == CardStatus.CANCELLED:
+        # Cancelling moves the balances to the refund owed to the holder.
+        return Op(kind=OpKind.CANCEL_CARD, card_id=request.card_id)
     return Op(kind=OpKind.SET_CARD_STATUS, card_id=request.card_id, card_status=request.status)
 
 

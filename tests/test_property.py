@@ -155,6 +155,9 @@ def _draw_op(data, history: _History) -> Op:
                     _request(OpKind.SIGN_ON, history.new_serial(data), data.draw(STATIONS)),
                     _request(OpKind.SHIFT_CLOSE, history.new_serial(data), 1),
                     Op(kind=OpKind.DAY_END, station_id=data.draw(STATIONS), period=data.draw(st.sampled_from([19_999, 20_000, 20_001]))),
+                    Op(kind=OpKind.ENABLE_DOMAIN, card_id=card, period=data.draw(st.sampled_from([0, 5]))),
+                    Op(kind=OpKind.STATION_DOMAIN, station_id=data.draw(STATIONS), period=data.draw(st.sampled_from([0, 5, 6]))),
+                    Op(kind=OpKind.CANCEL_CARD, card_id=card),
                 ]
             )
         )

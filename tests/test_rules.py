@@ -110,16 +110,20 @@ def test_a_void_gives_back_the_days_limit(books):
 )
 def test_a_card_that_is_not_active_is_declined(books, status, code):
     books.open_card(CARD, personal=1_000)
-    assert books.one(Op(kind=OpKind.SET_CARD_STATUS, card_id=CARD, card_status=status)).code == R.APPROVED
+    if status == CardStatus.CANCELLED:
+        assert books.one(Op(kind=OpKind.CANCEL_CARD, card_id=CARD)).code == R.APPROVED
+    else:
+        assert books.one(Op(kind=OpKind.SET_CARD_STATUS, card_id=CARD, card_status=status)).code == R.APPROVED
     assert books.pay(CARD, 10).code == code
     assert books.preauth(CARD, 10).code == code
 
 
 def test_a_cancelled_card_stays_cancelled(books):
     books.open_card(CARD)
-    books.one(Op(kind=OpKind.SET_CARD_STATUS, card_id=CARD, card_status=CardStatus.CANCELLED))
+    books.one(Op(kind=OpKind.CANCEL_CARD, card_id=CARD))
     result = books.one(Op(kind=OpKind.SET_CARD_STATUS, card_id=CARD, card_status=CardStatus.ACTIVE))
     assert result.code == R.CARD_CANCELLED
+    assert books.one(Op(kind=OpKind.SET_CARD_STATUS, card_id=CARD, card_status=CardStatus.CANCELLED)).code == R.INVALID_OPERATION
 
 
 def test_station_allow_list(books):
@@ -531,3 +535,30 @@ def test_after_day_end_a_void_is_refused_and_a_refund_is_the_path(books):
     assert books.void(sale.txn_id).code == R.DAY_CLOSED
     assert books.void(other_station_sale.txn_id).code == R.DAY_CLOSED
     assert books.refund(sale.txn_id, 1_000).code == R.APPROVED
+
+
+# ---------------------------------------------------------------- domains and cancellation
+
+
+def test_a_card_works_only_in_its_enabled_domains(books):
+    books.open_card(CARD, personal=1_000)
+    books.one(Op(kind=OpKind.STATION_DOMAIN, station_id=1, period=10))
+    books.one(Op(kind=OpKind.STATION_DOMAIN, station_id=2, period=20))
+    assert books.pay(CARD, 10, station_id=2).code == R.APPROVED  # not restricted yet
+    assert books.one(Op(kind=OpKind.ENABLE_DOMAIN, card_id=CARD, period=10)).code == R.APPROVED
+    assert books.pay(CARD, 10, station_id=1).code == R.APPROVED
+    assert books.pay(CARD, 10, station_id=2).code == R.DOMAIN_NOT_ENABLED
+    assert books.pay(CARD, 10, station_id=3).code == R.DOMAIN_NOT_ENABLED  # a station of no domain
+
+
+def test_cancelling_a_card_owes_its_balance_back_and_lapses_its_points(books):
+    books.open_card(CARD, fleet=300, personal=1_200, points=50)
+    hold = books.preauth(CARD, 100)
+    assert books.one(Op(kind=OpKind.CANCEL_CARD, card_id=CARD)).code == R.CARD_HAS_HOLDS
+    books.release(hold.txn_id)
+    cancelled = books.one(Op(kind=OpKind.CANCEL_CARD, card_id=CARD))
+    assert (cancelled.code, cancelled.amount, cancelled.fleet, cancelled.personal, cancelled.points_used) == (R.APPROVED, 1_500, 300, 1_200, 50)
+    assert books.balances(CARD) == (0, 0, 0)
+    assert books.ledger.account(AccountKind.REFUND_PAYABLE, CARD).balance == 1_500
+    assert books.pay(CARD, 1).code == R.CARD_CANCELLED
+    assert books.one(Op(kind=OpKind.CANCEL_CARD, card_id=CARD)).code == R.CARD_CANCELLED
