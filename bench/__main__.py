@@ -2,10 +2,16 @@
 
   kernel   the same transfer workload through the Cython kernel and the
            plain-Python reference, durable; transfers/s and their ratio
-  e2e      Pay over gRPC at N concurrent clients against an echo servicer
-           on the same gRPC stack, measured in the same run; ratios
+  e2e      Pay over gRPC (unary or stream, closed or open loop) at N
+           terminals against an echo servicer on the same gRPC stack,
+           measured in the same run; ratios
+  seed     a data directory of N realistic transactions, through the kernel
+  soak     a long mixed workload that checks every answer against its own
+           model of the balances, RSS and latency drift, then the audit
+  crash    SIGKILL under load K times; every acknowledged answer and the
+           audit checked after each restart
 
-Each command has --help and --json FILE.
+Each command has --help, --json FILE and (except kernel) --chart FILE.png.
 """
 
 import importlib
@@ -14,6 +20,9 @@ import sys
 COMMANDS = {
     "kernel": "bench.kernel",
     "e2e": "bench.e2e",
+    "seed": "bench.seed",
+    "soak": "bench.soak",
+    "crash": "bench.crash",
 }
 
 

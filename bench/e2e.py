@@ -2,11 +2,19 @@
 
 Owns: the end-to-end benchmark. It starts the real server (`python -m server`)
 in a subprocess on a free 127.0.0.1 port, opens and funds one card per client,
-drives PaymentService.Pay closed-loop from several client processes (grpc.aio
-on uvloop), stops the server, then runs the same load against the echo
-servicer (bench/echo.py) on the same gRPC stack. It reports requests,
-throughput, latency percentiles, errors and declines of both, and the ratios
-pay/echo, as a table and optionally as JSON.
+drives Pay from several client processes (grpc.aio on uvloop), stops the
+server, then runs the same load against the echo servicer (bench/echo.py) on
+the same gRPC stack. It reports requests, throughput, latency (average and
+percentiles), errors and declines of both, and the ratios pay/echo, as a
+table, optionally as JSON and as a PNG chart.
+
+Two transports (--mode): unary PaymentService.Pay calls, or GatewayService
+streams (each client process's terminals share a few streams; what they send
+in one event-loop turn goes out as one message). Two kinds of load: closed
+loop (each terminal sends its next sale when the last is answered: N in
+flight), or open loop (--rate R: sales arrive at R per second in total,
+spread round-robin over the N terminals, whatever the answers do; latency is
+counted from the arrival, so a slow server cannot hide its queue).
 Used by: `python -m bench e2e` (bench/__main__.py), tests/test_bench.py.
 May call: the server and the echo servicer only through gRPC, in subprocesses.
 
@@ -35,6 +43,8 @@ import msgspec
 import numpy
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench import charts
+from bench.gateway_client import GatewayStream, OperationError
 from tally.v1 import card_pb2, card_pb2_grpc, common_pb2, payment_pb2, payment_pb2_grpc
 
 # Bench cards and terminals live in their own id ranges, far from the demo
@@ -52,6 +62,15 @@ CLIENT_PROCESSES_MAX = 64
 # per HTTP/2 connection keeps each connection's frames small and spreads the
 # server's reads over several sockets.
 CLIENTS_PER_CHANNEL_DEFAULT = 100
+# Stream mode: terminals sharing one stream (one connection). The window per
+# stream is 2,048; 500 keeps each stream's messages batched yet spreads the
+# server's reads over a few sockets.
+CLIENTS_PER_STREAM_DEFAULT = 500
+RATE_PER_S_MAX = 1_000_000
+# Open loop: the arrival scheduler wakes this often and sends what is due.
+ARRIVAL_TICK_S = 0.001
+# Closed loop: pause after an error before the terminal's next sale.
+ERROR_BACKOFF_S = 0.01
 
 SERVER_READY_TIMEOUT_S = 60.0
 SERVER_STOP_TIMEOUT_S = 30.0
@@ -76,6 +95,9 @@ CLIENT_CHANNEL_OPTIONS = (
 
 
 class Parameters(msgspec.Struct, frozen=True):
+    mode: str
+    # Open loop: arrivals per second over all terminals; None: closed loop.
+    rate_per_s: float | None
     concurrency: int
     duration_s: float
     warmup_s: float
@@ -86,6 +108,7 @@ class Parameters(msgspec.Struct, frozen=True):
     server_args: list[str]
     data_dir: str | None
     skip_echo: bool
+    clients_per_stream: int = CLIENTS_PER_STREAM_DEFAULT
 
 
 class ClientPlan(msgspec.Struct, frozen=True):
@@ -93,6 +116,10 @@ class ClientPlan(msgspec.Struct, frozen=True):
     client_index_first + client_count) of the run."""
 
     address: str
+    mode: str
+    # Open loop: this process's share of the arrivals per second.
+    rate_per_s: float | None
+    clients_per_stream: int
     fund_cards: bool
     client_index_first: int
     client_count: int
@@ -122,7 +149,9 @@ class ProcessSamples(msgspec.Struct):
 
     latency_s: list[float]
     # Seconds since the measurement started, at which each sample completed.
-    done_second: list[int]
+    done_s: list[float]
+    # Same, of each measured error.
+    error_s: list[float]
     declines: int
     errors: int
     # Errors in the warm-up or after the end: not measured, still failures.
@@ -131,6 +160,7 @@ class ProcessSamples(msgspec.Struct):
 
 
 class LatencyMs(msgspec.Struct):
+    avg: float | None
     p50: float | None
     p95: float | None
     p99: float | None
@@ -202,9 +232,16 @@ def parse_args(argv) -> argparse.Namespace:
         "Prints requests, throughput, latency p50/p95/p99/max, errors and declines of both, and the "
         "ratios pay/echo. Exit code 0 if both runs completed with zero gRPC errors, 1 otherwise.",
     )
+    parser.add_argument("--mode", choices=("unary", "stream"), default="unary",
+                        help="unary: one PaymentService.Pay call per sale; stream: sales on GatewayService "
+                        "streams, many in flight per stream (default %(default)s)")
     parser.add_argument("--concurrency", type=int, default=100, metavar="N",
-                        help=f"concurrent clients (terminals), each sending its next request when the "
+                        help=f"concurrent clients (terminals); closed loop: each sends its next request when the "
                         f"previous answer arrives; 1 .. {CONCURRENCY_MAX} (default %(default)s)")
+    parser.add_argument("--rate", type=float, metavar="R",
+                        help="open loop: R sales per second in total, arriving at a fixed pace and spread "
+                        "round-robin over the N terminals, whether or not earlier ones were answered; latency "
+                        "counts from each arrival (default: closed loop)")
     parser.add_argument("--duration", type=float, default=10.0, metavar="S",
                         help="measured seconds of each run, pay and echo (default %(default)s)")
     parser.add_argument("--warmup", type=float, default=2.0, metavar="S",
@@ -213,13 +250,16 @@ def parse_args(argv) -> argparse.Namespace:
                         help="client processes sharing the N clients; one process drives about 2,400 calls/s "
                         "(default %(default)s, at most N)")
     parser.add_argument("--clients-per-channel", type=int, default=CLIENTS_PER_CHANNEL_DEFAULT, metavar="C",
-                        help="clients sharing one gRPC channel (one HTTP/2 connection) (default %(default)s)")
+                        help="unary mode: clients sharing one gRPC channel (one HTTP/2 connection) (default %(default)s)")
+    parser.add_argument("--clients-per-stream", type=int, default=CLIENTS_PER_STREAM_DEFAULT, metavar="C",
+                        help="stream mode: terminals sharing one gateway stream (one connection each) (default %(default)s)")
     parser.add_argument("--amount-minor", type=int, default=100, metavar="MINOR",
                         help="amount of each sale, integer minor units (default %(default)s)")
     parser.add_argument("--call-timeout", type=float, default=30.0, metavar="S",
                         help="deadline of each call; a call past it counts as an error (default %(default)s)")
     parser.add_argument("--data", metavar="DIR",
-                        help="server data directory (kept afterwards); default: a fresh temporary one, removed")
+                        help="server data directory, used as it is if it exists (e.g. one made by `bench seed`) "
+                        "and kept afterwards; default: a fresh temporary one, removed")
     parser.add_argument("--server-args", default="", metavar='"FLAGS"',
                         help='extra flags for `python -m server`, one shell-quoted string; write it with "=" '
                         'since it starts with a dash: --server-args="--kernel reference" '
@@ -227,6 +267,8 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--skip-echo", action="store_true",
                         help="run Pay only, without the echo baseline (echo and ratios are null in the JSON)")
     parser.add_argument("--json", metavar="FILE", help="also write the whole report as JSON to FILE")
+    parser.add_argument("--chart", metavar="FILE.png",
+                        help="also draw the Pay run: latency over time, throughput over time, latency histogram")
     args = parser.parse_args(argv)
     check_args(parser, args)
     return args
@@ -237,8 +279,10 @@ def check_args(parser, args):
         parser.error(f"--concurrency must be within 1 .. {CONCURRENCY_MAX}")
     if not 1 <= args.client_processes <= CLIENT_PROCESSES_MAX:
         parser.error(f"--client-processes must be within 1 .. {CLIENT_PROCESSES_MAX}")
-    if args.clients_per_channel < 1:
-        parser.error("--clients-per-channel must be at least 1")
+    if args.clients_per_channel < 1 or args.clients_per_stream < 1:
+        parser.error("--clients-per-channel and --clients-per-stream must be at least 1")
+    if args.rate is not None and not 0 < args.rate <= RATE_PER_S_MAX:
+        parser.error(f"--rate must be within 0 .. {RATE_PER_S_MAX} sales per second, got {args.rate:g}")
     if not 1 <= args.amount_minor <= 10**12:
         parser.error("--amount-minor must be within 1 .. 10^12")
     if args.duration <= 0 or args.warmup < 0 or args.call_timeout <= 0:
@@ -247,6 +291,8 @@ def check_args(parser, args):
 
 def parameters_of(args) -> Parameters:
     return Parameters(
+        mode=args.mode,
+        rate_per_s=args.rate,
         concurrency=args.concurrency,
         duration_s=args.duration,
         warmup_s=args.warmup,
@@ -257,6 +303,7 @@ def parameters_of(args) -> Parameters:
         server_args=shlex.split(args.server_args),
         data_dir=args.data,
         skip_echo=args.skip_echo,
+        clients_per_stream=args.clients_per_stream,
     )
 
 
@@ -330,7 +377,7 @@ def server_command(target: str, address: str, parameters: Parameters, data_dir: 
     return [sys.executable, "-m", "server", "--data", data_dir, "--listen", address, *parameters.server_args]
 
 
-def run_target(target: str, parameters: Parameters, data_dir: str, log_path: str) -> TargetReport:
+def run_target(target: str, parameters: Parameters, data_dir: str, log_path: str) -> tuple[TargetReport, Measured]:
     address = f"127.0.0.1:{free_port()}"
     process = start_server(server_command(target, address, parameters, data_dir), log_path)
     try:
@@ -338,18 +385,31 @@ def run_target(target: str, parameters: Parameters, data_dir: str, log_path: str
         measured = drive_load(address, parameters, fund_cards=(target == "pay"), server_pid=process.pid)
     finally:
         exit_code = stop_server(process)
-    return summarize(measured, parameters.duration_s, exit_code)
+    return summarize(measured, parameters.duration_s, exit_code), measured
 
 
 def process_cpu_s(pid: int) -> float | None:
-    """User plus system CPU seconds of a process and all its threads."""
+    """User plus system CPU seconds of a process, all its threads, and its
+    child processes (the workers of --workers N), alive or reaped."""
     try:
         with open(f"/proc/{pid}/stat") as stat_file:
             fields = stat_file.read().rpartition(")")[2].split()
     except OSError:
         return None
-    # After the command name: state is field 3, utime 14 and stime 15 (man 5 proc).
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    # After the command name: state is field 3, utime 14, stime 15, cutime
+    # 16 and cstime 17 (man 5 proc).
+    total = sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    for child in child_pids(pid):
+        total += process_cpu_s(child) or 0.0
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children_file:
+            return [int(child) for child in children_file.read().split()]
+    except OSError:
+        return []
 
 
 def server_cpu_in_window(server_pid: int, start_at_wall_s: float, parameters: Parameters) -> float | None:
@@ -381,6 +441,9 @@ def client_plans(address: str, parameters: Parameters, fund_cards: bool) -> list
         plans.append(
             ClientPlan(
                 address=address,
+                mode=parameters.mode,
+                rate_per_s=None if parameters.rate_per_s is None else parameters.rate_per_s / parameters.client_processes,
+                clients_per_stream=parameters.clients_per_stream,
                 fund_cards=fund_cards,
                 client_index_first=first,
                 client_count=count,
@@ -456,24 +519,40 @@ def client_process_main(plan: ClientPlan, pipe):
 
 
 async def run_clients(plan: ClientPlan, pipe) -> ProcessSamples:
-    channel_count = math.ceil(plan.client_count / plan.clients_per_channel)
+    per_channel = plan.clients_per_stream if plan.mode == "stream" else plan.clients_per_channel
+    channel_count = math.ceil(plan.client_count / per_channel)
     channels = [grpc.aio.insecure_channel(plan.address, options=CLIENT_CHANNEL_OPTIONS) for _ in range(channel_count)]
+    streams = []
     try:
         await asyncio.wait_for(asyncio.gather(*(channel.channel_ready() for channel in channels)), SERVER_READY_TIMEOUT_S)
         clients = range(plan.client_index_first, plan.client_index_first + plan.client_count)
         if plan.fund_cards:
             await asyncio.gather(*(fund_card(channels[i % channel_count], i, plan.serial_first) for i in clients))
+        if plan.mode == "stream":
+            streams = [await GatewayStream(channel).start() for channel in channels]
+            pays = [stream.pay for stream in streams]
+        else:
+            pays = [unary_pay(payment_pb2_grpc.PaymentServiceStub(channel).Pay, plan.call_timeout_s) for channel in channels]
         pipe.send(("ready", None))
         start_at_wall_s = await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
         window = window_of(plan, start_at_wall_s)
         tally = Tally(window)
-        pays = [payment_pb2_grpc.PaymentServiceStub(channel).Pay for channel in channels]
-        await asyncio.gather(
-            *(drive_client(pays[i % channel_count], pay_request(plan, i), window, tally, plan.call_timeout_s) for i in clients)
-        )
+        requests = {i: pay_request(plan, i) for i in clients}
+        if plan.rate_per_s is None:
+            await asyncio.gather(*(drive_client(pays[i % channel_count], requests[i], window, tally) for i in clients))
+        else:
+            await drive_open_loop(pays, requests, plan.rate_per_s, window, tally, plan.call_timeout_s)
         return tally.samples()
     finally:
+        await asyncio.gather(*(stream.close() for stream in streams))
         await asyncio.gather(*(channel.close() for channel in channels))
+
+
+def unary_pay(stub_pay, call_timeout_s: float):
+    async def pay(request):
+        return await stub_pay(request, timeout=call_timeout_s)
+
+    return pay
 
 
 def window_of(plan: ClientPlan, start_at_wall_s: float) -> Window:
@@ -521,7 +600,8 @@ class Tally:
     def __init__(self, window: Window):
         self.window = window
         self.latency_s = []
-        self.done_second = []
+        self.done_s = []
+        self.error_s = []
         self.declines = 0
         self.errors = 0
         self.errors_unmeasured = 0
@@ -531,7 +611,7 @@ class Tally:
         if not self.window.measures(done_s):
             return
         self.latency_s.append(done_s - sent_s)
-        self.done_second.append(int(done_s - self.window.measure_start_s))
+        self.done_s.append(done_s - self.window.measure_start_s)
         if result != common_pb2.APPROVED:
             self.declines += 1
 
@@ -539,13 +619,15 @@ class Tally:
         self.error_codes[code.name] += 1
         if self.window.measures(done_s):
             self.errors += 1
+            self.error_s.append(done_s - self.window.measure_start_s)
         else:
             self.errors_unmeasured += 1
 
     def samples(self) -> ProcessSamples:
         return ProcessSamples(
             latency_s=self.latency_s,
-            done_second=self.done_second,
+            done_s=self.done_s,
+            error_s=self.error_s,
             declines=self.declines,
             errors=self.errors,
             errors_unmeasured=self.errors_unmeasured,
@@ -553,20 +635,61 @@ class Tally:
         )
 
 
-async def drive_client(pay, request: payment_pb2.PayRequest, window: Window, tally: Tally, call_timeout_s: float):
+async def drive_client(pay, request: payment_pb2.PayRequest, window: Window, tally: Tally):
     """One terminal, closed loop: the next sale goes out when the answer to
     the last one is in, until the window ends. Each sale has a new serial;
-    the request is reused because it is serialized when sent."""
+    the request is reused because it is serialized (or copied into a stream
+    operation) when sent."""
     await asyncio.sleep(max(0.0, window.start_s - time.perf_counter()))
     terminal = request.terminal
     while (sent_s := time.perf_counter()) < window.end_s:
         terminal.serial += 1
         try:
-            answer = await pay(request, timeout=call_timeout_s)
-        except grpc.aio.AioRpcError as error:
+            answer = await pay(request)
+        except (grpc.aio.AioRpcError, OperationError) as error:
             tally.add_error(time.perf_counter(), error.code())
+            await asyncio.sleep(ERROR_BACKOFF_S)  # as a terminal would, rather than spin
             continue
         tally.add_answer(sent_s, time.perf_counter(), answer.result)
+
+
+async def drive_open_loop(pays, requests: dict, rate_per_s: float, window: Window, tally: Tally, call_timeout_s: float):
+    """Open loop: arrival k is due at start + k / rate; it goes to terminal
+    k mod N with that terminal's next serial, whether or not the terminal's
+    last sale was answered. Latency counts from the due time."""
+    terminals = list(requests)
+    interval_s = 1.0 / rate_per_s
+    in_flight = set()
+
+    async def one(pay, request, due_s):
+        try:
+            answer = await asyncio.wait_for(pay(request), call_timeout_s)
+        except (grpc.aio.AioRpcError, OperationError) as error:
+            tally.add_error(time.perf_counter(), error.code())
+            return
+        except asyncio.TimeoutError:
+            tally.add_error(time.perf_counter(), grpc.StatusCode.DEADLINE_EXCEEDED)
+            return
+        tally.add_answer(due_s, time.perf_counter(), answer.result)
+
+    loop = asyncio.get_running_loop()
+    arrival = 0
+    while True:
+        now_s = time.perf_counter()
+        if now_s >= window.end_s:
+            break
+        while (due_s := window.start_s + arrival * interval_s) <= now_s and due_s < window.end_s:
+            client = terminals[arrival % len(terminals)]
+            request = payment_pb2.PayRequest()
+            request.CopyFrom(requests[client])
+            request.terminal.serial += arrival // len(terminals) + 1
+            task = loop.create_task(one(pays[client % len(pays)], request, due_s))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            arrival += 1
+        await asyncio.sleep(min(ARRIVAL_TICK_S, max(0.0, due_s - time.perf_counter())))
+    if in_flight:
+        await asyncio.wait(in_flight, timeout=call_timeout_s + 1.0)
 
 
 # ----------------------------------------------------------------------------
@@ -576,7 +699,7 @@ async def drive_client(pay, request: payment_pb2.PayRequest, window: Window, tal
 def summarize(measured: Measured, duration_s: float, server_exit_code: int | None) -> TargetReport:
     samples = measured.samples
     latency_ms = numpy.concatenate([numpy.asarray(s.latency_s, dtype=numpy.float64) for s in samples]) * 1000.0
-    done_second = numpy.concatenate([numpy.asarray(s.done_second, dtype=numpy.int64) for s in samples])
+    done_second = numpy.concatenate([numpy.asarray(s.done_s, dtype=numpy.float64) for s in samples]).astype(numpy.int64)
     seconds = math.ceil(duration_s)
     server_cpu_ms = None if measured.server_cpu_s is None else measured.server_cpu_s * 1000.0
     error_codes = collections.Counter()
@@ -599,9 +722,9 @@ def summarize(measured: Measured, duration_s: float, server_exit_code: int | Non
 
 def latency_summary(latency_ms: numpy.ndarray) -> LatencyMs:
     if latency_ms.size == 0:
-        return LatencyMs(p50=None, p95=None, p99=None, max=None)
+        return LatencyMs(avg=None, p50=None, p95=None, p99=None, max=None)
     p50, p95, p99 = numpy.percentile(latency_ms, (50, 95, 99)).tolist()
-    return LatencyMs(p50=p50, p95=p95, p99=p99, max=float(latency_ms.max()))
+    return LatencyMs(avg=float(latency_ms.mean()), p50=p50, p95=p95, p99=p99, max=float(latency_ms.max()))
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -632,13 +755,14 @@ def cell(value: float | None, digits: int) -> str:
 
 def print_table(report: Report):
     parameters = report.parameters
+    load = "closed loop" if parameters.rate_per_s is None else f"open loop at {parameters.rate_per_s:g}/s"
     print(
-        f"e2e Pay: {parameters.concurrency} clients in {parameters.client_processes} processes, "
+        f"e2e Pay, {parameters.mode}, {load}: {parameters.concurrency} clients in {parameters.client_processes} processes, "
         f"{parameters.duration_s:g} s measured after {parameters.warmup_s:g} s warm-up, "
         f"kernel {report.kernel or 'unknown'}, {report.cpu_count} CPUs"
     )
     print(
-        f"{'':9}{'requests':>10}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'':9}{'requests':>10}{'req/s':>10}{'avg ms':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
         f"{'errors':>8}{'declines':>10}{'srv cpu ms/req':>16}"
     )
     for name, target in (("pay", report.pay), ("echo", report.echo)):
@@ -646,7 +770,7 @@ def print_table(report: Report):
             continue
         latency = target.latency_ms
         print(
-            f"{name:9}{target.requests:>10}{target.throughput_per_s:>10.0f}{cell(latency.p50, 2):>9}"
+            f"{name:9}{target.requests:>10}{target.throughput_per_s:>10.0f}{cell(latency.avg, 2):>9}{cell(latency.p50, 2):>9}"
             f"{cell(latency.p95, 2):>9}{cell(latency.p99, 2):>9}{cell(latency.max, 2):>9}"
             f"{target.errors:>8}{target.declines:>10}{cell(target.server_cpu_ms_per_request, 3):>16}"
         )
@@ -654,7 +778,7 @@ def print_table(report: Report):
             print(f"{'':9}errors outside the window: {target.errors_unmeasured}; by code: {target.error_codes}")
     if report.echo is None:
         return
-    print(f"{'pay/echo':9}{'':10}{cell(report.ratios.throughput, 3):>10}{'':18}{cell(report.ratios.latency_p99, 2):>9}"
+    print(f"{'pay/echo':9}{'':10}{cell(report.ratios.throughput, 3):>10}{'':27}{cell(report.ratios.latency_p99, 2):>9}"
           f"{'':35}{cell(report.ratios.server_cpu_per_request, 2):>16}")
 
 
@@ -668,12 +792,14 @@ def write_json(report: Report, path: str):
 # Entry point
 
 
-def run(parameters: Parameters, work_dir: str) -> Report:
+def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
     data_dir = parameters.data_dir or os.path.join(work_dir, "data")
     pay_log_path = os.path.join(work_dir, "pay-server.log")
-    pay = run_target("pay", parameters, data_dir, pay_log_path)
-    echo = None if parameters.skip_echo else run_target("echo", parameters, data_dir, os.path.join(work_dir, "echo-server.log"))
-    return Report(
+    pay, measured = run_target("pay", parameters, data_dir, pay_log_path)
+    echo = None
+    if not parameters.skip_echo:
+        echo, _ = run_target("echo", parameters, data_dir, os.path.join(work_dir, "echo-server.log"))
+    report = Report(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         parameters=parameters,
         pay=pay,
@@ -683,6 +809,20 @@ def run(parameters: Parameters, work_dir: str) -> Report:
         grpc_version=grpc.__version__,
         kernel=kernel_name(pay_log_path),
     )
+    return report, measured
+
+
+def draw(report: Report, measured: Measured, path: str):
+    parameters = report.parameters
+    load = "closed loop" if parameters.rate_per_s is None else f"open loop {parameters.rate_per_s:g}/s"
+    latency = report.pay.latency_ms
+    title = (f"Pay, {parameters.mode}, {load}, {parameters.concurrency} terminals: "
+             f"{report.pay.throughput_per_s:.0f}/s, avg {cell(latency.avg, 1)} ms, p99 {cell(latency.p99, 1)} ms, "
+             f"{report.pay.errors} errors")
+    done_s = [value for samples in measured.samples for value in samples.done_s]
+    latency_ms = [value * 1000.0 for samples in measured.samples for value in samples.latency_s]
+    error_s = [value for samples in measured.samples for value in samples.error_s]
+    charts.load_chart(path, title, done_s, latency_ms, parameters.duration_s, error_s)
 
 
 def main(argv) -> int:
@@ -690,13 +830,15 @@ def main(argv) -> int:
     parameters = parameters_of(args)
     with tempfile.TemporaryDirectory(prefix="tally-e2e-") as work_dir:
         try:
-            report = run(parameters, work_dir)
+            report, measured = run(parameters, work_dir)
         except BenchFailure as failure:
             print(f"python -m bench e2e: {failure}", file=sys.stderr)
             return 1
     print_table(report)
     if args.json:
         write_json(report, args.json)
+    if args.chart:
+        draw(report, measured, args.chart)
     return 0 if succeeded(report.pay) and succeeded(report.echo) else 1
 
 

@@ -1,7 +1,8 @@
 """`python -m bench.echo --listen HOST:PORT`: the gRPC stack without the ledger.
 
 Owns: an echo PaymentService whose Pay answers a fixed APPROVED PaymentAnswer
-at once, served by grpc.aio on uvloop with the real server's options and
+at once, and an echo GatewayService whose stream answers every operation of
+a message with that answer (the stream mode's baseline), served by grpc.aio on uvloop with the real server's options and
 health checking. It is the baseline of `python -m bench e2e`: the same client
 load against it shows what the transport alone costs, so the ratio pay/echo
 shows what the ledger, the group commit and the answer building add.
@@ -20,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server.app import GRPC_OPTIONS
-from tally.v1 import common_pb2, payment_pb2, payment_pb2_grpc
+from tally.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, payment_pb2, payment_pb2_grpc
 
 log = logging.getLogger("tally.bench.echo")
 
@@ -71,9 +72,25 @@ class EchoPaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return self.answer
 
 
+class EchoGatewayService(gateway_pb2_grpc.GatewayServiceServicer):
+    """Each message answered at once, in order, with one fixed result per
+    operation: what the stream transport alone costs."""
+
+    def __init__(self):
+        self.result = gateway_pb2.GatewayResult(payment=echo_answer())
+
+    async def Exchange(self, request_iterator, context):
+        await context.send_initial_metadata((("tally-stream-window", "2048"),))
+        async for message in request_iterator:
+            yield gateway_pb2.GatewayReply(
+                correlation_id=message.correlation_id, results=[self.result] * len(message.operations)
+            )
+
+
 async def serve_echo(listen: str):
     server = grpc.aio.server(options=GRPC_OPTIONS)
     payment_pb2_grpc.add_PaymentServiceServicer_to_server(EchoPaymentService(), server)
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(EchoGatewayService(), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if server.add_insecure_port(listen) == 0:

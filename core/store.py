@@ -158,7 +158,9 @@ def open_store(
         sync=durable,
         metasync=durable,
         readonly=readonly,
-        readahead=False,
+        # The server reads records at random (no readahead); a read-only
+        # open is the audit or an export scanning everything in order.
+        readahead=readonly,
         # Several server processes may open the same files (issue 7); LMDB
         # serialises their writers with its own lock.
         lock=True,

@@ -9,6 +9,8 @@ from core import limits
 from core.channels import SimulatorSettings
 from core.store import MAP_SIZE_BYTES_DEFAULT
 from server.settings import ServerSettings
+from server.stream import STREAM_WINDOW_MAX
+from server.workers import WORKERS_MAX
 
 
 def parse_args(argv):
@@ -35,13 +37,39 @@ def parse_args(argv):
     parser.add_argument("--channel-timeout-ppm", type=int, default=0, help="simulated channel time-outs, per million")
     parser.add_argument("--queue-length-max", type=int, default=limits.QUEUE_LENGTH_MAX,
                         help="requests waiting for the writer before RESOURCE_EXHAUSTED (default %(default)s)")
+    parser.add_argument("--stream-window", type=int, default=STREAM_WINDOW_MAX, metavar="OPS",
+                        help="operations in flight per GatewayService stream, 1 .. %(default)s (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help=f"server processes sharing the port (SO_REUSEPORT), 1 .. {WORKERS_MAX}; each opens "
+                        "the store itself after the fork (default %(default)s)")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics (HOST of --listen; 0 picks a "
+                        "free port); with --workers, one endpoint sums all workers; default: no endpoint")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="text lines, or JSON lines (one object a line) for log collectors (default %(default)s)")
+    parser.add_argument("--log-requests", action="store_true",
+                        help="log one line per answered request: request id (the client's x-request-id "
+                        "metadata, or a new one), RPC, transport, terminal, serial, outcome, latency")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    return parser.parse_args(argv)
+    parser.add_argument("--terminal-auth", action="store_true",
+                        help="refuse terminal requests without a valid MAC under the terminal's working key "
+                        "(x-tally-* metadata; see server/terminal_auth.py); needs --master-key-file")
+    parser.add_argument("--master-key-file", metavar="FILE",
+                        help="master key the terminals' keys are sealed under (python -m core.admin master-key); "
+                        "needed to register terminals and for sign-on")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve gRPC over TLS with this certificate (chain)")
+    parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    args = parser.parse_args(argv)
+    if not 1 <= args.workers <= WORKERS_MAX:
+        parser.error(f"--workers must be within 1 .. {WORKERS_MAX}, got {args.workers}")
+    return args
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from server.metrics import configure_logging
+
+    configure_logging(args.log_level, args.log_format)
     try:
         settings = ServerSettings(
             data_dir=args.data,
@@ -53,6 +81,13 @@ def main(argv=None):
             earn_points_per_unit=args.earn_points_per_unit,
             channel_timeout_ms=args.channel_timeout_ms,
             queue_length_max=args.queue_length_max,
+            stream_window=args.stream_window,
+            metrics_port=args.metrics_port,
+            log_requests=args.log_requests,
+            terminal_auth=args.terminal_auth,
+            master_key_file=args.master_key_file,
+            tls_cert_file=args.tls_cert,
+            tls_key_file=args.tls_key,
             simulator=SimulatorSettings(
                 latency_ms_min=args.channel_latency_ms[0],
                 latency_ms_max=args.channel_latency_ms[1],
@@ -62,12 +97,17 @@ def main(argv=None):
         )
     except ValueError as error:
         raise SystemExit(f"python -m server: {error}") from None
+    if args.workers > 1:
+        from server.workers import Supervisor
+
+        return Supervisor(settings, args.workers, args.demo).run()
     import uvloop
 
     from server.app import serve
 
     uvloop.run(serve(settings, demo=args.demo))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

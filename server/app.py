@@ -22,20 +22,28 @@ from core.ledger import Ledger, load_kernel
 from core.records import Op
 from core.results import OpKind
 from core.store import open_store
+from server import metrics as observability
+from server import admin_service, tls
 from server.cards import CardService
 from server.channel_flow import ChannelFlow
 from server.demo import seed_demo_data
+from server.loyalty_service import LoyaltyService, RulesHolder
 from server.payments import PaymentService
 from server.settings import ServerSettings
 from server.settlement_service import SettlementService
-from tally.v1 import card_pb2, card_pb2_grpc, payment_pb2, payment_pb2_grpc, settlement_pb2, settlement_pb2_grpc
+from server.stream import GatewayService
+from tally.v1 import card_pb2, card_pb2_grpc, gateway_pb2, gateway_pb2_grpc, payment_pb2, payment_pb2_grpc
+from tally.v1 import loyalty_pb2, loyalty_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 
 log = logging.getLogger("tally.server")
 
 SERVICE_NAMES = (
     payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name,
     card_pb2.DESCRIPTOR.services_by_name["CardService"].full_name,
+    gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
     settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
+    loyalty_pb2.DESCRIPTOR.services_by_name["LoyaltyService"].full_name,
+    *admin_service.SERVICE_NAMES,
 )
 
 # gRPC core refuses calls beyond max_pending_requests (1,000 by default) when
@@ -48,6 +56,19 @@ GRPC_OPTIONS = (
     ("grpc.server.max_pending_requests_hard_limit", limits.QUEUE_LENGTH_MAX),
     ("grpc.so_reuseport", 0),
 )
+
+
+def grpc_options(reuse_port: bool) -> tuple:
+    """GRPC_OPTIONS, with SO_REUSEPORT on only for --workers > 1: a single
+    server must fail to start on a port already taken, not share it."""
+    return tuple(("grpc.so_reuseport", int(reuse_port)) if name == "grpc.so_reuseport" else (name, value)
+                 for name, value in GRPC_OPTIONS)
+
+
+async def sample_gauges(metrics, committer: GroupCommitter, store):
+    while True:
+        observability.sample(metrics, committer, store.env)
+        await asyncio.sleep(observability.SAMPLE_INTERVAL_S)
 
 
 async def sweep_expired_holds(committer: GroupCommitter, interval_s: float):
@@ -68,31 +89,60 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     ledger = Ledger(store, kernel)
     if kernel.name == "reference":
         log.warning("running the plain-Python reference kernel: correct, but far slower than the Cython kernel")
-    committer = GroupCommitter(ledger, settings.utc_offset_minutes, queue_length_max=settings.queue_length_max)
+    metrics = None
+    if settings.metrics_port is not None or settings.metrics_multiprocess:
+        metrics = observability.Metrics()
+    observability.OBSERVER.configure(metrics, settings.log_requests)
+    committer = GroupCommitter(
+        ledger, settings.utc_offset_minutes, queue_length_max=settings.queue_length_max,
+        on_batch=metrics.batch if metrics is not None else None,
+    )
     committer.start()
     channels = build_channels(settings.simulator)
     flow = ChannelFlow(ledger, committer, channels, settings.channel_timeout_ms)
-    await flow.recover()
+    if settings.recover:
+        await flow.recover()
     if demo:
         await seed_demo_data(committer, ledger)
+    if settings.recover:
+        await admin_service.sync_station_domains(store, committer)
 
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    payment_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentService(ledger, committer, flow, settings), server)
-    card_pb2_grpc.add_CardServiceServicer_to_server(CardService(ledger, committer), server)
+    master_key = admin_service.load_master_key_of(settings)
+    server = grpc.aio.server(options=grpc_options(settings.reuse_port),
+                             interceptors=admin_service.interceptors_for(settings, store, master_key))
+    rules = RulesHolder(store)
+    payments = PaymentService(ledger, committer, flow, settings, rules)
+    cards = CardService(ledger, committer)
+    gateway = GatewayService(payments, cards, settings.stream_window)
+    payment_pb2_grpc.add_PaymentServiceServicer_to_server(payments, server)
+    card_pb2_grpc.add_CardServiceServicer_to_server(cards, server)
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway, server)
     settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(ledger, committer), server)
+    loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server(LoyaltyService(ledger, committer, rules), server)
+    admin_service.add_admin_services(server, store, master_key, committer)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(settings.listen)
+    try:
+        port = tls.add_port(server, settings)
+    except RuntimeError:  # grpcio raises where it used to return 0
+        port = 0
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.listen}")
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     sweeper = asyncio.create_task(sweep_expired_holds(committer, settings.hold_sweep_interval_s))
+    sampler = asyncio.create_task(sample_gauges(metrics, committer, store)) if metrics is not None else None
+    if settings.metrics_port is not None and not settings.metrics_multiprocess:
+        metrics_port = observability.serve_metrics(settings.metrics_port, host=settings.listen.rsplit(":", 1)[0])
+        # Tests read the bound port from this line (--metrics-port 0).
+        log.info("metrics on http://%s:%d/metrics", settings.listen.rsplit(":", 1)[0], metrics_port)
     host = settings.listen.rsplit(":", 1)[0]
     # Tests and benchmarks read the bound port from this line (--listen HOST:0).
-    log.info("serving on %s:%d (kernel: %s, data: %s)", host, port, kernel.name, settings.data_dir)
+    # With --workers the supervisor says "serving on" once all workers listen.
+    log.info("%s on %s:%d (kernel: %s, data: %s)", "worker listening" if settings.reuse_port else "serving",
+             host, port, kernel.name, settings.data_dir)
     if ready is not None:
         ready(port)
 
@@ -104,7 +154,10 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
 
     log.info("stopping: finishing calls in flight")
     await health_servicer.enter_graceful_shutdown()
+    gateway.stop()
     sweeper.cancel()
+    if sampler is not None:
+        sampler.cancel()
     await server.stop(settings.shutdown_grace_s)
     committer.stop()
     store.close()

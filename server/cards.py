@@ -32,10 +32,14 @@ class CardService(card_pb2_grpc.CardServiceServicer):
     async def OpenCard(self, request, context):
         return await self._change(requests.open_card_op(request))
 
-    @rpc
-    async def TopUp(self, request, context):
+    async def top_up(self, request):
+        """TopUp's one code path, shared with the gateway stream."""
         result = await self.committer.submit(requests.topup_op(request))
         return answers.payment_answer(result, request.terminal)
+
+    @rpc
+    async def TopUp(self, request, context):
+        return await self.top_up(request)
 
     @rpc
     async def SetCardStatus(self, request, context):

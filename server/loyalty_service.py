@@ -6,6 +6,8 @@ the answers. Rules come from core.loyalty.rules (saved in LMDB, validated
 when saved); the kernel moves every point.
 """
 
+import time
+
 import msgspec
 
 from core import limits
@@ -25,15 +27,34 @@ CARD_ID_MAX = limits.CARD_ID_MAX
 
 
 class RulesHolder:
-    """The rules in force in this process, reloaded when saved here."""
+    """The rules in force in this process: an in-memory snapshot, reloaded
+    when saved here and at most a second after another process (another
+    --workers worker, the CLI) saved them."""
+
+    REFRESH_INTERVAL_S = 1.0
 
     def __init__(self, store):
         self.store = store
-        self.rules = load_rules(store)
+        self._rules = load_rules(store)
+        self._loaded_at = time.monotonic()
+
+    @property
+    def rules(self) -> LoyaltyRules:
+        if time.monotonic() - self._loaded_at > self.REFRESH_INTERVAL_S:
+            self._rules = load_rules(self.store)
+            self._loaded_at = time.monotonic()
+        return self._rules
 
     def save(self, rules: LoyaltyRules) -> LoyaltyRules:
-        self.rules = save_rules(self.store, rules)
-        return self.rules
+        self._rules = save_rules(self.store, rules)
+        self._loaded_at = time.monotonic()
+        return self._rules
+
+    def quote(self, ledger, basket, amount_minor: int, card_id: int, station_id: int, now_ms: int):
+        """Points the rules give a sale (a basket of BasketLine messages)."""
+        lines = [SaleLine(line.category, line.amount_minor) for line in basket]
+        tier = jobs.member_tier(ledger.store, card_id) if card_id else Tier.REGULAR
+        return quote(self.rules.earning, lines, amount_minor, tier, station_id, now_ms)
 
 
 def lot_message(lot) -> loyalty_pb2.PointsLot:

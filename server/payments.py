@@ -4,6 +4,12 @@ Owns: the RPC handlers of tally.v1.PaymentService. Each one validates and
 translates (server/requests.py), queues the operation for the group commit,
 settles a channel part if there is one (server/channel_flow.py) and answers
 (server/answers.py).
+
+Each operation is a plain method (`pay`, `pre_authorize`, ...) taking the
+request message and returning the answer message or raising (server/errors.py
+maps the exception to a status). The unary RPCs (`Pay`, ...) and the gateway
+stream (server/stream.py) both call these methods: one code path, so the
+same validation, idempotency and result codes on both transports.
 """
 
 from core.commit import GroupCommitter
@@ -18,11 +24,20 @@ from tally.v1 import payment_pb2, payment_pb2_grpc
 
 
 class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
-    def __init__(self, ledger: Ledger, committer: GroupCommitter, flow: ChannelFlow, settings: ServerSettings):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter, flow: ChannelFlow, settings: ServerSettings, rules=None):
         self.ledger = ledger
         self.committer = committer
         self.flow = flow
         self.settings = settings
+        # The loyalty rules (server/loyalty_service.RulesHolder); None: base rate only.
+        self.rules = rules
+
+    def _quote(self, basket, amount_minor: int, card_id: int, station_id: int):
+        if self.rules is None:
+            return None
+        return self.rules.quote(self.ledger, basket, amount_minor, card_id, station_id, self.committer.clock())
+
+    # ------------------------------------------------------------ operations
 
     async def _run(self, op) -> Result:
         result = await self.committer.submit(op)
@@ -30,45 +45,42 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
             result = await self.flow.settle(result)
         return result
 
-    @rpc
-    async def Pay(self, request, context):
-        result = await self._run(requests.pay_op(request, self.settings))
-        return answers.payment_answer(result, request.terminal, request.basket, request.plan.channel)
+    async def pay(self, request):
+        quote = self._quote(request.basket, request.amount_minor, request.plan.card_id, request.terminal.station_id)
+        op = requests.pay_op(request, self.settings, None if quote is None else quote.total)
+        result = await self._run(op)
+        return answers.payment_answer(result, request.terminal, request.basket, request.plan.channel, quote=quote)
 
-    @rpc
-    async def PreAuthorize(self, request, context):
+    async def pre_authorize(self, request):
         result = await self._run(requests.preauth_op(request, self.settings))
         return answers.payment_answer(result, request.terminal)
 
-    @rpc
-    async def Complete(self, request, context):
-        result = await self._run(requests.complete_op(request, self.settings))
-        return answers.payment_answer(result, request.terminal, request.basket)
+    async def complete(self, request):
+        hold = self.ledger.txn(request.txn_id) if request.txn_id else None
+        quote = self._quote(request.basket, request.amount_minor, hold.card_id if hold else 0, request.terminal.station_id)
+        op = requests.complete_op(request, self.settings, None if quote is None else quote.total)
+        result = await self._run(op)
+        return answers.payment_answer(result, request.terminal, request.basket, quote=quote)
 
-    @rpc
-    async def Release(self, request, context):
+    async def release(self, request):
         result = await self._run(requests.by_txn_op(OpKind.RELEASE, request))
         return answers.payment_answer(result, request.terminal)
 
-    @rpc
-    async def Reverse(self, request, context):
-        result = await self._run(requests.reverse_op(request))
+    async def reverse(self, request):
+        result = await self._run(requests.reverse_op(request, self.settings))
         await self.flow.after_undo(result)
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
-    @rpc
-    async def Void(self, request, context):
-        result = await self._run(requests.by_txn_op(OpKind.VOID, request))
+    async def void(self, request):
+        result = await self._run(requests.by_txn_op(OpKind.VOID, request, self.settings))
         await self.flow.after_undo(result)
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
-    @rpc
-    async def Refund(self, request, context):
-        result = await self._run(requests.refund_op(request))
+    async def refund(self, request):
+        result = await self._run(requests.refund_op(request, self.settings))
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
-    @rpc
-    async def Query(self, request, context):
+    async def query(self, request):
         if request.txn_id:
             record = self.ledger.txn(request.txn_id)
             if record is None:
@@ -84,6 +96,40 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         if record is not None and entry.result.kind != OpKind.TRANSFER:
             answer.transaction.CopyFrom(answers.transaction(record))
         return answer
+
+    # ------------------------------------------------------------ unary RPCs
+
+    @rpc
+    async def Pay(self, request, context):
+        return await self.pay(request)
+
+    @rpc
+    async def PreAuthorize(self, request, context):
+        return await self.pre_authorize(request)
+
+    @rpc
+    async def Complete(self, request, context):
+        return await self.complete(request)
+
+    @rpc
+    async def Release(self, request, context):
+        return await self.release(request)
+
+    @rpc
+    async def Reverse(self, request, context):
+        return await self.reverse(request)
+
+    @rpc
+    async def Void(self, request, context):
+        return await self.void(request)
+
+    @rpc
+    async def Refund(self, request, context):
+        return await self.refund(request)
+
+    @rpc
+    async def Query(self, request, context):
+        return await self.query(request)
 
     def _channel_of(self, result: Result) -> int:
         if result.channel_amount == 0 or result.txn_id == 0:

@@ -86,7 +86,9 @@ def terminal_fields(terminal) -> dict:
 # ---------------------------------------------------------------- payments
 
 
-def pay_op(request, settings: ServerSettings) -> Op:
+def pay_op(request, settings: ServerSettings, earn_points: int | None = None) -> Op:
+    """earn_points: what the loyalty rules give the whole sale (the kernel
+    keeps the money-paid share); without rules, the base rate."""
     validate_terminal(request.terminal)
     require_range(request.amount_minor, "amount_minor", 1, limits.AMOUNT_MINOR_MAX)
     validate_basket(request.basket, request.amount_minor)
@@ -113,7 +115,7 @@ def pay_op(request, settings: ServerSettings) -> Op:
         channel=plan.channel,
         points_max=plan.points_max,
         points_per_unit=settings.points_per_unit,
-        earn_points=base_points(request.amount_minor, settings),
+        earn_points=base_points(request.amount_minor, settings) if earn_points is None else earn_points,
         lot_validity_days=settings.lot_validity_days,
         fingerprint=fingerprint(KIND_PAY, request),
     )
@@ -134,7 +136,7 @@ def preauth_op(request, settings: ServerSettings) -> Op:
     )
 
 
-def complete_op(request, settings: ServerSettings) -> Op:
+def complete_op(request, settings: ServerSettings, earn_points: int | None = None) -> Op:
     validate_terminal(request.terminal)
     require_range(request.txn_id, "txn_id", 1, 2**64 - 1)
     require_range(request.amount_minor, "amount_minor", 0, limits.AMOUNT_MINOR_MAX)
@@ -144,7 +146,7 @@ def complete_op(request, settings: ServerSettings) -> Op:
         **terminal_fields(request.terminal),
         ref_txn_id=request.txn_id,
         amount=request.amount_minor,
-        earn_points=base_points(request.amount_minor, settings),
+        earn_points=base_points(request.amount_minor, settings) if earn_points is None else earn_points,
         lot_validity_days=settings.lot_validity_days,
         fingerprint=fingerprint(OpKind.COMPLETE, request),
     )

@@ -35,6 +35,28 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # Seconds a stopping server gives calls in flight to finish.
     shutdown_grace_s: float = 10.0
     simulator: SimulatorSettings = SimulatorSettings()
+    # Operations in flight per gateway stream (GatewayService.Exchange).
+    stream_window: int = 2048
+    # Port of the Prometheus endpoint /metrics; None: no endpoint.
+    metrics_port: int | None = None
+    # Write each worker's metrics for the supervisor to serve (--workers).
+    metrics_multiprocess: bool = False
+    # One JSON-able log line per answered request, with its request id.
+    log_requests: bool = False
+    # Let several worker processes listen on the same port (--workers > 1).
+    reuse_port: bool = False
+    # Settle what a crash left waiting for a channel before serving. With
+    # --workers only the first worker does it, before the others start.
+    recover: bool = True
+    # Terminal authentication (server/terminal_auth.py): every terminal
+    # request must carry a MAC under its terminal's working key.
+    terminal_auth: bool = False
+    # The master key the terminals' keys are sealed under (core/admin/keys.py);
+    # needed by --terminal-auth, terminal registration and sign-on.
+    master_key_file: str | None = None
+    # TLS on the gRPC port when both are set (PEM files); then plaintext is refused.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     def __post_init__(self):
         if not 0 < self.points_per_unit <= limits.POINTS_PER_UNIT_MAX:
@@ -45,5 +67,15 @@ class ServerSettings(msgspec.Struct, frozen=True):
             raise ValueError(f"hold_timeout_s_default must be within 1 .. {limits.HOLD_TIMEOUT_S_MAX}")
         if not 0 < self.queue_length_max <= limits.QUEUE_LENGTH_MAX:
             raise ValueError(f"queue_length_max must be within 1 .. {limits.QUEUE_LENGTH_MAX}")
+        from server.stream import STREAM_WINDOW_MAX
+
+        if not 0 < self.stream_window <= STREAM_WINDOW_MAX:
+            raise ValueError(f"stream_window must be within 1 .. {STREAM_WINDOW_MAX}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError("metrics_port must be within 0 .. 65535")
         if not -14 * 60 <= self.utc_offset_minutes <= 14 * 60:
             raise ValueError("utc_offset_minutes must be within -840 .. 840")
+        if self.terminal_auth and not self.master_key_file:
+            raise ValueError("--terminal-auth needs --master-key-file")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("--tls-cert and --tls-key go together")

@@ -38,6 +38,7 @@ def test_every_entry_point_has_help():
         ("server", "--listen HOST:PORT"),
         ("core.audit", "usage: python -m core.audit"),
         ("core.loyalty", "usage: python -m core.loyalty"),
+        ("core.admin", "usage: python -m core.admin"),
         ("core.settlement", "usage: python -m core.settlement"),
         ("bench", "python -m bench COMMAND"),
         ("bench kernel", "--transfers"),

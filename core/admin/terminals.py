@@ -1,0 +1,220 @@
+"""Terminals: registration, disabling, daily sign-on, the working key check.
+
+Owns: the admin_terminals database and the life of a terminal's keys
+(core/admin/keys.py says how they are made and sealed):
+
+1. RegisterTerminal (an administrator): a terminal id at a station gets a
+   random 32-byte secret key, returned this once; the store keeps it sealed
+   under the master key.
+2. SignOn (the terminal, every day): MACed with the sign-on key derived from
+   its secret, with a serial above that of its last sign-on. It receives a
+   new working key wrapped under its secret, valid for the domain's
+   working_key_validity_s (a day by default). The previous working key is
+   dead from that moment: keys rotate at each sign-on and expire by
+   themselves.
+3. Every later request: `WorkingKeys.current` hands the interceptor
+   (server/terminal_auth.py) the terminal's record and current working key,
+   or refuses: unregistered (Unauthenticated), disabled (PermissionDenied),
+   no key, an old key id, an expired key (Unauthenticated).
+
+Disabling a terminal drops its working key: once enabled again it signs on
+before anything else.
+Used by: core.admin.Admin (its TerminalsMixin), server/admin_service.py,
+server/terminal_auth.py.
+"""
+
+import os
+
+import msgspec
+
+from core import limits
+from core.admin import keys
+from core.admin.access import Actor, require_range, require_text, require_visible, subtree, visible
+from core.admin.base import AdminBase
+from core.admin.directory import collect
+from core.admin.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied, Unauthenticated
+from core.admin.model import (
+    LIST_LIMIT_MAX,
+    NAME_LENGTH_MAX,
+    ORG_ID_MAX,
+    REASON_LENGTH_MAX,
+    OrgKind,
+    Terminal,
+    TerminalStatus,
+    pack,
+    u32_key,
+    unpack,
+)
+from core.store import Store, rows
+
+
+class SignedOn(msgspec.Struct, frozen=True):
+    """What a terminal receives at sign-on."""
+
+    key_id: int
+    # nonce || AES-256-GCM(wrap key, working key, aad=(terminal, key id, expires_ms)).
+    wrapped_key: bytes
+    expires_ms: int
+
+
+def terminal_record(txn, store: Store, terminal_id: int) -> Terminal | None:
+    db = store.admin_terminals
+    value = txn.get(u32_key(terminal_id), db=db) if db is not None else None
+    return None if value is None else unpack(Terminal, value)
+
+
+def require_registered(terminal: Terminal | None, terminal_id: int) -> Terminal:
+    if terminal is None:
+        raise Unauthenticated(f"terminal {terminal_id} is not registered")
+    if terminal.status != TerminalStatus.ACTIVE:
+        raise PermissionDenied(f"terminal {terminal_id} is disabled: {terminal.disabled_reason}")
+    return terminal
+
+
+class TerminalsMixin(AdminBase):
+    def _visible_terminal(self, txn, actor: Actor, terminal_id: int) -> Terminal:
+        terminal = terminal_record(txn, self.store, terminal_id)
+        if terminal is None or not visible(txn, self.store, actor, terminal.station_id):
+            raise NotFound(f"terminal {terminal_id} not found")
+        return terminal
+
+    def register_terminal(self, actor: Actor, terminal_id: int, station_id: int, name: str = "") -> tuple[Terminal, bytes]:
+        """(the record, the secret key): give the secret to the terminal now;
+        it is never shown again."""
+        require_range(terminal_id, "terminal_id", 1, limits.TERMINAL_ID_MAX)
+        require_range(station_id, "station_id", 1, ORG_ID_MAX)
+        require_text(name, "name", 0, NAME_LENGTH_MAX)
+        master_key = self._require_master_key()
+
+        def change(txn):
+            station = require_visible(txn, self.store, actor, station_id, "station")
+            if station.kind != OrgKind.STATION:
+                raise InvalidInput("station_id", f"organisation {station_id} is a {station.kind.name}, not a STATION")
+            if terminal_record(txn, self.store, terminal_id) is not None:
+                raise AlreadyExists(f"terminal id {terminal_id} is registered")
+            secret = os.urandom(keys.KEY_BYTES)
+            sealed = keys.seal(master_key, keys.Purpose.TERMINAL_SECRET, terminal_id, 0, secret)
+            terminal = Terminal(terminal_id, station_id, name, TerminalStatus.ACTIVE, sealed, self.clock())
+            txn.put(u32_key(terminal_id), pack(terminal), db=self.store.admin_terminals)
+            self._audit(txn, actor, "RegisterTerminal", f"terminal:{terminal_id}", station_id, None, terminal)
+            return terminal, secret
+
+        return self._write(change)
+
+    def disable_terminal(self, actor: Actor, terminal_id: int, reason: str) -> Terminal:
+        require_text(reason, "reason", 1, REASON_LENGTH_MAX)
+        return self._set_status(actor, terminal_id, TerminalStatus.DISABLED, reason, "DisableTerminal")
+
+    def enable_terminal(self, actor: Actor, terminal_id: int) -> Terminal:
+        return self._set_status(actor, terminal_id, TerminalStatus.ACTIVE, "", "EnableTerminal")
+
+    def _set_status(self, actor, terminal_id, status, reason, action) -> Terminal:
+        def change(txn):
+            before = self._visible_terminal(txn, actor, terminal_id)
+            # The working key dies with either change: the terminal signs on again.
+            after = msgspec.structs.replace(before, status=status, disabled_reason=reason, key_sealed=b"", key_expires_ms=0)
+            txn.put(u32_key(terminal_id), pack(after), db=self.store.admin_terminals)
+            self._audit(txn, actor, action, f"terminal:{terminal_id}", before.station_id, before, after)
+            return after
+
+        return self._write(change)
+
+    def get_terminal(self, actor: Actor, terminal_id: int) -> Terminal:
+        return self._read(lambda txn: self._visible_terminal(txn, actor, terminal_id))
+
+    def list_terminals(self, actor: Actor, station_id: int = 0, limit: int = LIST_LIMIT_MAX) -> tuple[list, bool]:
+        def look(txn):
+            if station_id:
+                require_visible(txn, self.store, actor, station_id, "station")
+            seen = subtree(txn, self.store, actor)
+            terminals = (unpack(Terminal, value) for _, value in rows(txn, self.store.admin_terminals))
+            return collect((t for t in terminals if (seen is None or t.station_id in seen) and station_id in (0, t.station_id)), limit)
+
+        return self._read(look)
+
+    # ------------------------------------------------------------ sign-on
+
+    def sign_on(self, method: str, terminal_id: int, station_id: int, serial: int, key_id: int, mac: bytes,
+                body: bytes) -> SignedOn:
+        """A terminal's daily sign-on (see the module's docstring). Checks,
+        in this order: registered, enabled, MACed with the sign-on key, at
+        its own station, a serial above its last sign-on's."""
+        master_key = self._require_master_key()
+
+        def change(txn):
+            terminal = require_registered(terminal_record(txn, self.store, terminal_id), terminal_id)
+            if key_id != keys.SIGN_ON_KEY_ID:
+                raise Unauthenticated(f"SignOn is MACed with the sign-on key: {keys.METADATA_KEY_ID} must be 0, got {key_id}")
+            secret = keys.unseal(master_key, keys.Purpose.TERMINAL_SECRET, terminal_id, 0, terminal.secret_sealed)
+            if not keys.mac_matches(keys.sign_on_key(secret), method, terminal_id, key_id, serial, body, mac):
+                raise Unauthenticated(f"MAC of terminal {terminal_id} does not verify")
+            if station_id != terminal.station_id:
+                raise PermissionDenied(f"terminal {terminal_id} is registered at station {terminal.station_id}, not {station_id}")
+            if serial <= terminal.signon_serial:
+                raise PermissionDenied(f"sign-on serial {serial} of terminal {terminal_id} is not above its last ({terminal.signon_serial}): a replay")
+            now = self.clock()
+            new_key_id = terminal.key_id + 1
+            expires_ms = now + self.parameters_of(txn, terminal.station_id).working_key_validity_s * 1000
+            working_key = os.urandom(keys.KEY_BYTES)
+            after = msgspec.structs.replace(
+                terminal, key_id=new_key_id, key_expires_ms=expires_ms, signon_serial=serial, signon_ms=now,
+                key_sealed=keys.seal(master_key, keys.Purpose.WORKING_KEY, terminal_id, new_key_id, working_key))
+            txn.put(u32_key(terminal_id), pack(after), db=self.store.admin_terminals)
+            self._audit(txn, Actor(f"terminal:{terminal_id}", terminal.station_id), "SignOn", f"terminal:{terminal_id}",
+                        terminal.station_id, terminal, after)
+            wrapped = keys.wrap_working_key(secret, terminal_id, new_key_id, expires_ms, working_key)
+            return SignedOn(new_key_id, wrapped, expires_ms)
+
+        return self._write(change)
+
+
+# Working keys opened, at most; then the cache starts over (a terminal costs
+# one AES-GCM open per key per process).
+KEY_CACHE_ENTRIES_MAX = 100_000
+
+
+class WorkingKeys:
+    """The interceptor's view of terminals: each request reads the
+    terminal's record (so a disable or a sign-on by any process counts at
+    once) and gets its current working key, opened once per process."""
+
+    def __init__(self, store: Store, master_key: bytes):
+        self.store = store
+        self.master_key = master_key
+        self._opened: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+        # terminal id -> (its stored bytes, decoded): decoded again only
+        # when the stored record changed.
+        self._decoded: dict[int, tuple[bytes, Terminal]] = {}
+
+    def _terminal(self, txn, terminal_id: int) -> Terminal | None:
+        value = txn.get(u32_key(terminal_id), db=self.store.admin_terminals)
+        if value is None:
+            return None
+        cached = self._decoded.get(terminal_id)
+        if cached is not None and cached[0] == value:
+            return cached[1]
+        if len(self._decoded) >= KEY_CACHE_ENTRIES_MAX:
+            self._decoded.clear()
+        terminal = unpack(Terminal, value)
+        self._decoded[terminal_id] = (value, terminal)
+        return terminal
+
+    def current(self, txn, terminal_id: int, key_id: int, now_ms: int) -> tuple[Terminal, bytes]:
+        """(the terminal, its working key), or Unauthenticated /
+        PermissionDenied saying why not."""
+        terminal = require_registered(self._terminal(txn, terminal_id), terminal_id)
+        if not terminal.key_sealed:
+            raise Unauthenticated(f"terminal {terminal_id} has no working key: sign on")
+        if key_id != terminal.key_id:
+            raise Unauthenticated(f"working key {key_id} of terminal {terminal_id} is not its current key "
+                                  f"({terminal.key_id}): keys rotate at each sign-on")
+        if terminal.key_expires_ms <= now_ms:
+            raise Unauthenticated(f"working key {key_id} of terminal {terminal_id} expired: sign on")
+        cached = self._opened.get((terminal_id, key_id))
+        if cached is not None and cached[0] == terminal.key_sealed:
+            return terminal, cached[1]
+        working_key = keys.unseal(self.master_key, keys.Purpose.WORKING_KEY, terminal_id, key_id, terminal.key_sealed)
+        if len(self._opened) >= KEY_CACHE_ENTRIES_MAX:
+            self._opened.clear()
+        self._opened[(terminal_id, key_id)] = (terminal.key_sealed, working_key)
+        return terminal, working_key

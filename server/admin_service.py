@@ -1,0 +1,409 @@
+"""AdminService and TerminalKeyService over gRPC.
+
+Owns: the RPC handlers of tally.v1.AdminService (each: the bearer token,
+the role's permission for the RPC, then core.admin in a worker thread so
+that password hashing and LMDB commits never hold up the event loop) and of
+tally.v1.TerminalKeyService.SignOn (registered by hand with no request
+deserializer: its MAC covers the request's bytes as they came). A station
+created here, and at start every station the kernel does not yet place, is
+told to the kernel with its application domain (its headquarters), through
+the group commit (kernel op STATION_DOMAIN).
+Used by: server/app.py.
+
+Errors: core.admin's exceptions map one to one (ERRORS below); refusals of
+authentication and permission are logged at WARNING.
+"""
+
+import asyncio
+import functools
+import logging
+
+import grpc
+import msgspec
+from google.protobuf.message import DecodeError
+
+from core.admin import Admin, audit, keys
+from core.admin.access import Actor, domain_of, require_role
+from core.admin.errors import (
+    AdminError,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from core.admin.directory import station_domain_op
+from core.admin.model import LIST_LIMIT_DEFAULT, Organisation, OrgKind, u32_key, unpack
+from core.commit import GroupCommitter
+from core.results import ResultCode
+from core.store import rows
+from server.errors import InvalidRequest
+from server.requests import validate_terminal
+from server.terminal_auth import Refusal, parse_metadata
+from tally.v1 import admin_pb2, admin_pb2_grpc
+
+log = logging.getLogger("tally.admin")
+
+ERRORS = (
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+)
+BEARER = "bearer "
+SIGN_ON_PATH = "/tally.v1.TerminalKeyService/SignOn"
+
+
+def status_of(error: AdminError) -> grpc.StatusCode:
+    for error_type, code in ERRORS:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def bearer_token(context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and value[: len(BEARER)].lower() == BEARER:
+            return value[len(BEARER):].strip()
+    return ""
+
+
+def limit_of(value: int) -> int:
+    return value or LIST_LIMIT_DEFAULT
+
+
+class Call(msgspec.Struct, frozen=True):
+    actor: Actor | None
+    token: str
+
+
+def admin_rpc(method):
+    """Authenticate (all but Login), check the role's permission, run the
+    handler in a worker thread, map core.admin's errors to statuses."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            token = bearer_token(context)
+            actor = None
+            if name != "Login":
+                actor = self.admin.authenticate(token)
+                require_role(actor, name)
+            answer = await asyncio.to_thread(method, self, Call(actor, token), request)
+            if name == "CreateOrganisation":
+                await self.tell_kernel_station_domain(answer)
+            return answer
+        except AdminError as error:
+            code = status_of(error)
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                log.warning("admin call refused: %s %s: %s", name, code.name, error)
+            await context.abort(code, str(error))
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- messages
+
+
+def organisation_message(org) -> admin_pb2.Organisation:
+    return admin_pb2.Organisation(org_id=org.org_id, parent_id=org.parent_id, kind=int(org.kind), name=org.name,
+                                  address=org.address, created_ms=org.created_ms)
+
+
+def terminal_message(terminal) -> admin_pb2.TerminalRecord:
+    return admin_pb2.TerminalRecord(
+        terminal_id=terminal.terminal_id, station_id=terminal.station_id, name=terminal.name, status=int(terminal.status),
+        disabled_reason=terminal.disabled_reason, registered_ms=terminal.registered_ms,
+        key_id=terminal.key_id, key_expires_ms=terminal.key_expires_ms, signon_ms=terminal.signon_ms)
+
+
+def user_message(user) -> admin_pb2.User:
+    return admin_pb2.User(username=user.username, org_id=user.org_id, role=int(user.role), enabled=user.enabled,
+                          created_ms=user.created_ms, password_changed_ms=user.password_changed_ms)
+
+
+def operator_message(operator) -> admin_pb2.Operator:
+    return admin_pb2.Operator(operator_id=operator.operator_id, org_id=operator.org_id, name=operator.name,
+                              enabled=operator.enabled)
+
+
+def category_message(category) -> admin_pb2.Category:
+    return admin_pb2.Category(org_id=category.org_id, code=category.code, name=category.name)
+
+
+def goods_message(goods) -> admin_pb2.Goods:
+    return admin_pb2.Goods(org_id=goods.org_id, code=goods.code, name=goods.name, category=goods.category,
+                           unit=goods.unit, price_minor=goods.price_minor)
+
+
+def audit_message(entry) -> admin_pb2.AuditEntry:
+    return admin_pb2.AuditEntry(seq=entry.seq, time_ms=entry.time_ms, actor=entry.actor, org_id=entry.org_id,
+                                action=entry.action, object=entry.object, before=entry.before, after=entry.after,
+                                prev_hash=entry.prev_hash, hash=entry.hash)
+
+
+def parameters_message(headquarters_id: int, parameters) -> admin_pb2.Parameters:
+    return admin_pb2.Parameters(headquarters_id=headquarters_id, token_validity_s=parameters.token_validity_s,
+                                working_key_validity_s=parameters.working_key_validity_s)
+
+
+# ---------------------------------------------------------------- AdminService
+
+
+class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, admin: Admin, committer: GroupCommitter | None = None):
+        self.admin = admin
+        self.committer = committer
+
+    async def tell_kernel_station_domain(self, org: admin_pb2.Organisation):
+        """A new station's application domain (its headquarters) goes to the
+        kernel, which refuses there the cards not enabled for that domain."""
+        if self.committer is not None and org.kind == admin_pb2.ORGANISATION_KIND_STATION:
+            await set_station_domain(self.committer, org.org_id, self.admin.domain_of(org.org_id))
+
+    @admin_rpc
+    def Login(self, call, request):
+        token, user, expires_ms = self.admin.login(request.username, request.password)
+        return admin_pb2.LoginAnswer(token=token, expires_ms=expires_ms, user=user_message(user))
+
+    @admin_rpc
+    def Logout(self, call, request):
+        self.admin.logout(call.actor, call.token)
+        return admin_pb2.LogoutAnswer()
+
+    @admin_rpc
+    def WhoAmI(self, call, request):
+        return user_message(self.admin.get_user(call.actor, call.actor.name.removeprefix("user:")))
+
+    # ------------------------------------------------------------ organisations
+
+    @admin_rpc
+    def CreateOrganisation(self, call, request):
+        return organisation_message(self.admin.create_organisation(
+            call.actor, request.parent_id, request.kind, request.name, request.address, request.org_id))
+
+    @admin_rpc
+    def UpdateOrganisation(self, call, request):
+        return organisation_message(self.admin.update_organisation(call.actor, request.org_id, request.name, request.address))
+
+    @admin_rpc
+    def GetOrganisation(self, call, request):
+        return organisation_message(self.admin.get_organisation(call.actor, request.org_id))
+
+    @admin_rpc
+    def ListOrganisations(self, call, request):
+        found, truncated = self.admin.list_organisations(call.actor, request.kind, limit_of(request.limit))
+        return admin_pb2.ListOrganisationsAnswer(organisations=map(organisation_message, found), truncated=truncated)
+
+    # ------------------------------------------------------------ terminals
+
+    @admin_rpc
+    def RegisterTerminal(self, call, request):
+        terminal, secret = self.admin.register_terminal(call.actor, request.terminal_id, request.station_id, request.name)
+        return admin_pb2.RegisterTerminalAnswer(terminal=terminal_message(terminal), secret_key=secret)
+
+    @admin_rpc
+    def DisableTerminal(self, call, request):
+        return terminal_message(self.admin.disable_terminal(call.actor, request.terminal_id, request.reason))
+
+    @admin_rpc
+    def EnableTerminal(self, call, request):
+        return terminal_message(self.admin.enable_terminal(call.actor, request.terminal_id))
+
+    @admin_rpc
+    def GetTerminal(self, call, request):
+        return terminal_message(self.admin.get_terminal(call.actor, request.terminal_id))
+
+    @admin_rpc
+    def ListTerminals(self, call, request):
+        found, truncated = self.admin.list_terminals(call.actor, request.station_id, limit_of(request.limit))
+        return admin_pb2.ListTerminalsAnswer(terminals=map(terminal_message, found), truncated=truncated)
+
+    # ------------------------------------------------------------ operators, goods
+
+    @admin_rpc
+    def SetOperator(self, call, request):
+        operator = request.operator
+        return operator_message(self.admin.set_operator(call.actor, operator.operator_id, operator.org_id, operator.name,
+                                                        operator.enabled))
+
+    @admin_rpc
+    def ListOperators(self, call, request):
+        found, truncated = self.admin.list_operators(call.actor, request.org_id, limit_of(request.limit))
+        return admin_pb2.ListOperatorsAnswer(operators=map(operator_message, found), truncated=truncated)
+
+    @admin_rpc
+    def SetCategory(self, call, request):
+        category = request.category
+        return category_message(self.admin.set_category(call.actor, category.org_id, category.code, category.name))
+
+    @admin_rpc
+    def ListCategories(self, call, request):
+        found, truncated = self.admin.list_categories(call.actor, request.org_id, limit_of(request.limit))
+        return admin_pb2.ListCategoriesAnswer(categories=map(category_message, found), truncated=truncated)
+
+    @admin_rpc
+    def SetGoods(self, call, request):
+        goods = request.goods
+        return goods_message(self.admin.set_goods(call.actor, goods.org_id, goods.code, goods.name, goods.category,
+                                                  goods.unit, goods.price_minor))
+
+    @admin_rpc
+    def ListGoods(self, call, request):
+        found, truncated = self.admin.list_goods(call.actor, request.org_id, limit_of(request.limit))
+        return admin_pb2.ListGoodsAnswer(goods=map(goods_message, found), truncated=truncated)
+
+    # ------------------------------------------------------------ parameters
+
+    @admin_rpc
+    def GetParameters(self, call, request):
+        return parameters_message(*self.admin.get_parameters(call.actor))
+
+    @admin_rpc
+    def SetParameters(self, call, request):
+        changes = {name: getattr(request, name) for name in ("token_validity_s", "working_key_validity_s")
+                   if request.HasField(name)}
+        parameters = self.admin.set_parameters(call.actor, changes)
+        return parameters_message(call.actor.org_id, parameters)
+
+    # ------------------------------------------------------------ users
+
+    @admin_rpc
+    def CreateUser(self, call, request):
+        return user_message(self.admin.create_user(call.actor, request.username, request.password, request.org_id,
+                                                   request.role))
+
+    @admin_rpc
+    def UpdateUser(self, call, request):
+        role = request.role if request.HasField("role") else None
+        enabled = request.enabled if request.HasField("enabled") else None
+        return user_message(self.admin.update_user(call.actor, request.username, role, enabled))
+
+    @admin_rpc
+    def SetPassword(self, call, request):
+        return user_message(self.admin.set_password(call.actor, request.username, request.new_password,
+                                                    request.old_password))
+
+    @admin_rpc
+    def GetUser(self, call, request):
+        return user_message(self.admin.get_user(call.actor, request.username))
+
+    @admin_rpc
+    def ListUsers(self, call, request):
+        found, truncated = self.admin.list_users(call.actor, request.org_id, limit_of(request.limit))
+        return admin_pb2.ListUsersAnswer(users=map(user_message, found), truncated=truncated)
+
+    # ------------------------------------------------------------ audit
+
+    @admin_rpc
+    def ReadAudit(self, call, request):
+        found, truncated = self.admin.read_audit(call.actor, request.after_seq, limit_of(request.limit))
+        return admin_pb2.ReadAuditAnswer(entries=map(audit_message, found), truncated=truncated)
+
+    @admin_rpc
+    def VerifyAudit(self, call, request):
+        result: audit.Verification = self.admin.verify_audit()
+        return admin_pb2.VerifyAuditAnswer(
+            intact=result.intact, entries=result.entries, head_seq=result.head_seq, head_hash=result.head_hash,
+            breaches=[admin_pb2.AuditBreach(seq=breach.seq, reason=breach.reason) for breach in result.breaches])
+
+
+# ---------------------------------------------------------------- TerminalKeyService
+
+
+def terminal_key_handler(admin: Admin) -> grpc.GenericRpcHandler:
+    """TerminalKeyService, with SignOn receiving its request's wire bytes."""
+
+    async def sign_on(body: bytes, context):
+        try:
+            terminal_id, key_id, serial, mac = parse_metadata(context.invocation_metadata())
+            try:
+                request = admin_pb2.KeySignOnRequest.FromString(body)
+            except DecodeError:
+                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "request: does not parse") from None
+            context_ = request.terminal
+            try:
+                validate_terminal(context_)
+            except InvalidRequest as error:
+                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+            if (context_.terminal_id, context_.serial) != (terminal_id, serial):
+                raise Refusal(grpc.StatusCode.UNAUTHENTICATED,
+                              f"terminal.terminal_id and terminal.serial must equal {keys.METADATA_TERMINAL} and {keys.METADATA_SERIAL}")
+            signed_on = await asyncio.to_thread(admin.sign_on, SIGN_ON_PATH, terminal_id, context_.station_id, serial,
+                                                key_id, mac, body)
+        except Refusal as refusal:
+            log.warning("sign-on refused: %s: %s", refusal.code.name, refusal)
+            await context.abort(refusal.code, str(refusal))
+        except AdminError as error:
+            log.warning("sign-on refused: %s: %s", status_of(error).name, error)
+            await context.abort(status_of(error), str(error))
+        log.info("terminal %d signed on: working key %d", terminal_id, signed_on.key_id)
+        return admin_pb2.KeySignOnAnswer(key_id=signed_on.key_id, wrapped_key=signed_on.wrapped_key,
+                                         expires_ms=signed_on.expires_ms)
+
+    return grpc.method_handlers_generic_handler("tally.v1.TerminalKeyService", {
+        "SignOn": grpc.unary_unary_rpc_method_handler(sign_on, response_serializer=admin_pb2.KeySignOnAnswer.SerializeToString),
+    })
+
+
+# ---------------------------------------------------------------- wiring
+
+
+def load_master_key_of(settings) -> bytes | None:
+    if settings.master_key_file is None:
+        return None
+    try:
+        return keys.load_master_key(settings.master_key_file)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+
+
+def interceptors_for(settings, store, master_key: bytes | None) -> tuple:
+    """The terminal-auth interceptor with --terminal-auth, else none."""
+    if not settings.terminal_auth:
+        return ()
+    from server.terminal_auth import TerminalAuthInterceptor, TerminalGuard
+
+    log.info("terminal authentication on: every terminal request needs its MAC")
+    return (TerminalAuthInterceptor(TerminalGuard(store, master_key)),)
+
+
+def add_admin_services(server, store, master_key: bytes | None, committer: GroupCommitter | None = None):
+    admin = Admin(store, master_key)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(admin, committer), server)
+    server.add_generic_rpc_handlers((terminal_key_handler(admin),))
+
+
+async def set_station_domain(committer: GroupCommitter, station_id: int, domain: int):
+    result = await committer.submit(station_domain_op(station_id, domain))
+    if result.code != ResultCode.APPROVED:
+        raise FailedPrecondition(f"the kernel refused the domain of station {station_id}: {ResultCode(result.code).name}")
+
+
+def stations_out_of_step(store) -> list[tuple[int, int]]:
+    """(station, its headquarters) for every station of the organisation
+    tree whose application domain the kernel does not know (yet)."""
+    with store.env.begin() as txn:
+        stations = [org.org_id for org in (unpack(Organisation, value) for _, value in rows(txn, store.admin_orgs))
+                    if org.kind == OrgKind.STATION]
+        wanted = [(station, domain_of(txn, store, station)) for station in stations]
+        return [(station, domain) for station, domain in wanted
+                if txn.get(u32_key(station), db=store.station_domains) != domain.to_bytes(4, "little")]
+
+
+async def sync_station_domains(store, committer: GroupCommitter):
+    """At start: tell the kernel each station's domain it is missing (a
+    station made by the command line, or one whose answer a crash lost)."""
+    for station, domain in stations_out_of_step(store):
+        await set_station_domain(committer, station, domain)
+        log.info("station %d: application domain %d", station, domain)
+
+
+SERVICE_NAMES = (
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["TerminalKeyService"].full_name,
+)

@@ -1,0 +1,208 @@
+"""The terminal-auth interceptor (`python -m server --terminal-auth`).
+
+Owns: checking every terminal request's MAC before anything else runs, even
+before the request is parsed: the interceptor takes the request's bytes as
+they came off the wire, and only a request that passes reaches the servicer.
+Used by: server/app.py (installs it with --terminal-auth).
+
+Guarded: PaymentService (every RPC), CardService.TopUp, LoyaltyService's
+terminal RPCs (CheckIn, CompleteTask, RedeemGift). Back-office RPCs (cards,
+loyalty rules, settlement) are not terminal requests and pass untouched.
+GatewayService.Exchange carries many terminals' requests in one stream with
+no per-request MAC, so with --terminal-auth it is refused whole
+(PERMISSION_DENIED) rather than left as a way around the check.
+
+A request carries x-tally-terminal, x-tally-key-id, x-tally-serial and
+x-tally-mac (core/admin/keys.py: what the MAC covers). Checks, in order; the
+first that fails answers, and is logged at WARNING with its reason:
+
+  metadata missing                               UNAUTHENTICATED
+  metadata malformed                             INVALID_ARGUMENT (names the key)
+  terminal not registered                        UNAUTHENTICATED
+  terminal disabled                              PERMISSION_DENIED
+  no working key, an old key id (rotated), expired   UNAUTHENTICATED
+  MAC does not verify (any byte changed)         UNAUTHENTICATED
+  request does not parse                         INVALID_ARGUMENT
+  TerminalContext names another terminal         PERMISSION_DENIED
+  TerminalContext.serial is not x-tally-serial   UNAUTHENTICATED
+  TerminalContext names another station          PERMISSION_DENIED
+  (terminal, serial) used by a different request PERMISSION_DENIED
+  Query of another terminal's serial             PERMISSION_DENIED
+
+Replays: an exact retry (same RPC, same content, same serial) passes, under
+the current key, even one newer than the first attempt's: the kernel's
+idempotency answers it with the stored answer and moves nothing, which is
+what a terminal retrying after a time-out needs. A different request under a
+used serial is refused here, before the kernel: the interceptor compares
+the request's fingerprint with the kernel's idempotency entry (durable,
+shared by every worker, kept across restarts). Two different requests with
+one serial in flight at the same moment both pass here; the kernel applies
+the first and declines the second (DUPLICATE_MISMATCH), so nothing moves
+twice either way. Query has no serial of its own (x-tally-serial may be 0)
+and is not replay-checked: it reads.
+"""
+
+import logging
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from core.admin import keys
+from core.admin.access import now_ms
+from core.admin.errors import AdminError, PermissionDenied
+from core.admin.terminals import WorkingKeys
+from core.records import Idem, decode, idem_key
+from core.results import OpKind
+from core.store import Store
+from server.requests import fingerprint
+
+log = logging.getLogger("tally.terminal_auth")
+
+# gRPC path -> the kernel operation whose idempotency entry guards its
+# serial (None: a read, not replay-checked).
+GUARDED: dict[str, int | None] = {
+    "/tally.v1.PaymentService/Pay": int(OpKind.PAY),
+    "/tally.v1.PaymentService/PreAuthorize": int(OpKind.PREAUTH),
+    "/tally.v1.PaymentService/Complete": int(OpKind.COMPLETE),
+    "/tally.v1.PaymentService/Release": int(OpKind.RELEASE),
+    "/tally.v1.PaymentService/Reverse": int(OpKind.REVERSE),
+    "/tally.v1.PaymentService/Void": int(OpKind.VOID),
+    "/tally.v1.PaymentService/Refund": int(OpKind.REFUND),
+    "/tally.v1.PaymentService/Query": None,
+    "/tally.v1.CardService/TopUp": int(OpKind.TOPUP),
+    "/tally.v1.LoyaltyService/CheckIn": int(OpKind.CHECKIN),
+    "/tally.v1.LoyaltyService/CompleteTask": int(OpKind.TASK),
+    "/tally.v1.LoyaltyService/RedeemGift": int(OpKind.REDEEM),
+}
+REFUSED_STREAMS = frozenset(("/tally.v1.GatewayService/Exchange",))
+GATEWAY_REFUSED_TEXT = ("GatewayService carries no per-request MAC: with --terminal-auth, terminals call the "
+                        "unary RPCs with x-tally-mac")
+DECIMAL_DIGITS_MAX = 20
+_FIELDS = (keys.METADATA_TERMINAL, keys.METADATA_KEY_ID, keys.METADATA_SERIAL, keys.METADATA_MAC)
+_NO_FINGERPRINT = bytes(16)
+
+
+class Refusal(Exception):
+    def __init__(self, code: grpc.StatusCode, text: str):
+        super().__init__(text)
+        self.code = code
+
+
+def _decimal(text: str, key: str) -> int:
+    if len(text) > DECIMAL_DIGITS_MAX or not (text.isascii() and text.isdigit()) or int(text) >= 2**64:
+        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{key}: must be a decimal number within 0 .. 2^64-1")
+    return int(text)
+
+
+def parse_metadata(metadata) -> tuple[int, int, int, bytes]:
+    """(terminal id, key id, serial, mac) from the call's metadata. One pass
+    over it: this runs for every terminal request."""
+    terminal = key_id = serial = mac = None
+    for key, value in metadata or ():
+        if key == keys.METADATA_MAC:
+            mac = value
+        elif key == keys.METADATA_SERIAL:
+            serial = value
+        elif key == keys.METADATA_KEY_ID:
+            key_id = value
+        elif key == keys.METADATA_TERMINAL:
+            terminal = value
+    if terminal is None or key_id is None or serial is None or mac is None:
+        missing = [key for key, value in zip(_FIELDS, (terminal, key_id, serial, mac)) if value is None]
+        raise Refusal(grpc.StatusCode.UNAUTHENTICATED,
+                      f"missing {', '.join(missing)}: this server authenticates terminals (see core/admin/terminal_client.py)")
+    try:
+        mac_bytes = bytes.fromhex(mac)
+    except ValueError:
+        mac_bytes = b""
+    if len(mac_bytes) != keys.MAC_BYTES:
+        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{keys.METADATA_MAC}: must be {2 * keys.MAC_BYTES} hex digits")
+    return (_decimal(terminal, keys.METADATA_TERMINAL), _decimal(key_id, keys.METADATA_KEY_ID),
+            _decimal(serial, keys.METADATA_SERIAL), mac_bytes)
+
+
+class TerminalGuard:
+    """The checks of the module's docstring, without gRPC around them."""
+
+    def __init__(self, store: Store, master_key: bytes, clock=now_ms):
+        self.store = store
+        self.working_keys = WorkingKeys(store, master_key)
+        self.clock = clock
+
+    def check(self, method: str, kind: int | None, metadata, body: bytes, parse):
+        """The parsed request, or Refusal."""
+        terminal_id, key_id, serial, mac = parse_metadata(metadata)
+        with self.store.env.begin() as txn:
+            try:
+                terminal, working_key = self.working_keys.current(txn, terminal_id, key_id, self.clock())
+            except AdminError as error:
+                code = grpc.StatusCode.PERMISSION_DENIED if isinstance(error, PermissionDenied) else grpc.StatusCode.UNAUTHENTICATED
+                raise Refusal(code, str(error)) from None
+            if not keys.mac_matches(working_key, method, terminal_id, key_id, serial, body, mac):
+                raise Refusal(grpc.StatusCode.UNAUTHENTICATED, f"MAC of terminal {terminal_id} does not verify")
+            try:
+                request = parse(body)
+            except DecodeError:
+                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "request: does not parse") from None
+            if kind is None:
+                if request.terminal_id not in (0, terminal_id):
+                    raise Refusal(grpc.StatusCode.PERMISSION_DENIED, f"terminal {terminal_id} may query only its own requests")
+                return request
+            context = request.terminal
+            if context.terminal_id != terminal_id:
+                raise Refusal(grpc.StatusCode.PERMISSION_DENIED,
+                              f"terminal.terminal_id is {context.terminal_id}, but the MAC is terminal {terminal_id}'s")
+            if context.serial != serial:
+                raise Refusal(grpc.StatusCode.UNAUTHENTICATED, f"terminal.serial is {context.serial}, {keys.METADATA_SERIAL} {serial}")
+            if context.station_id != terminal.station_id:
+                raise Refusal(grpc.StatusCode.PERMISSION_DENIED,
+                              f"terminal {terminal_id} is registered at station {terminal.station_id}, not {context.station_id}")
+            stored = txn.get(idem_key(terminal_id, serial), db=self.store.idem)
+        if stored is not None:
+            previous = decode(Idem, stored).fingerprint
+            if previous != _NO_FINGERPRINT and previous != fingerprint(kind, request):
+                raise Refusal(grpc.StatusCode.PERMISSION_DENIED,
+                              f"serial {serial} of terminal {terminal_id} was used for another request: a replay")
+        return request
+
+
+class TerminalAuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, guard: TerminalGuard):
+        self.guard = guard
+        # gRPC path -> its guarded handler, made at the method's first call:
+        # the servicers are fixed once the server runs.
+        self._guarded_handlers = {}
+
+    async def intercept_service(self, continuation, details):
+        method = details.method
+        guarded = self._guarded_handlers.get(method)
+        if guarded is not None:
+            return guarded
+        if method in GUARDED:
+            handler = await continuation(details)
+            if handler is None or handler.unary_unary is None:
+                return handler
+            guarded = self._guarded_handlers[method] = self._guarded(handler, method, GUARDED[method])
+            return guarded
+        if method in REFUSED_STREAMS:
+            return grpc.stream_stream_rpc_method_handler(_refuse_stream)
+        return await continuation(details)
+
+    def _guarded(self, handler, method: str, kind: int | None):
+        parse, inner, guard = handler.request_deserializer, handler.unary_unary, self.guard
+
+        async def behaviour(body: bytes, context):
+            try:
+                request = guard.check(method, kind, context.invocation_metadata(), body, parse)
+            except Refusal as refusal:
+                log.warning("terminal request refused: %s %s: %s", method, refusal.code.name, refusal)
+                await context.abort(refusal.code, str(refusal))
+            return await inner(request, context)
+
+        # No request_deserializer: the behaviour receives the wire bytes.
+        return grpc.unary_unary_rpc_method_handler(behaviour, response_serializer=handler.response_serializer)
+
+
+async def _refuse_stream(request_iterator, context):
+    log.warning("terminal request refused: GatewayService/Exchange PERMISSION_DENIED: %s", GATEWAY_REFUSED_TEXT)
+    await context.abort(grpc.StatusCode.PERMISSION_DENIED, GATEWAY_REFUSED_TEXT)
