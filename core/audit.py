@@ -46,6 +46,7 @@ from core.results import (
     ResultCode,
     TxnFlag,
     TxnState,
+    may_go_negative,
     unit_of,
 )
 from core.store import Store, entries, open_store, rows
@@ -77,7 +78,7 @@ CLOSED_HOLD_STATES = (TxnState.RELEASED, TxnState.EXPIRED, TxnState.ABORTED)
 # entries only (a transfer, points granted or spent) or a shift.
 KINDS_WITHOUT_TXN_RECORD = (
     OpKind.TRANSFER, OpKind.CHECKIN, OpKind.TASK, OpKind.REDEEM, OpKind.PARTNER_EXCHANGE, OpKind.SIGN_ON, OpKind.SHIFT_CLOSE,
-    OpKind.CANCEL_CARD,
+    OpKind.CANCEL_CARD, OpKind.PACKET_CLAIM,
 )
 
 
@@ -215,8 +216,7 @@ def _check_accounts(store: Store, txn, journal: _JournalTotals, expected_held, r
             )
         if account.held != expected_held[ident]:
             report.problem(f"{name}: held {account.held} but open holds total {expected_held[ident]}")
-        may_go_negative = account.kind >= SYSTEM_ACCOUNT_KIND_MIN and account.kind != AccountKind.GENERAL
-        if not may_go_negative and account.balance - account.held < 0:
+        if not may_go_negative(account.kind) and account.balance - account.held < 0:
             report.problem(f"{name}: overdrawn, balance {account.balance} held {account.held}")
     for ident in (set(journal.debits) | set(journal.credits)) - seen:
         report.problem(f"journal moves account {ident} that does not exist")

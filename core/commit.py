@@ -17,6 +17,7 @@ import collections
 import logging
 import threading
 import time
+from typing import NamedTuple
 
 from core import limits
 from core.ledger import Ledger, business_day, decode_results
@@ -25,6 +26,7 @@ from core.records import Op, encode
 log = logging.getLogger(__name__)
 
 OP_SIZE = Op.LAYOUT.size
+CHAIN_LENGTH_MAX = limits.COUNTER_TAKES_PER_SALE_MAX + 1
 
 
 class QueueFull(Exception):
@@ -105,13 +107,23 @@ class GroupCommitter:
 
     def submit_encoded(self, op: bytes, bypass_limit: bool = False) -> asyncio.Future:
         assert len(op) == OP_SIZE
+        return self._enqueue(op, 1, False, bypass_limit)
+
+    def submit_chain(self, ops: list[Op]) -> asyncio.Future:
+        """Queue a linked chain (core/counters.py) to be applied in one batch;
+        the future resolves to the list of its Results, in order."""
+        assert 0 < len(ops) <= CHAIN_LENGTH_MAX
+        assert all(op.link for op in ops[:-1]) and not ops[-1].link
+        return self._enqueue(b"".join(encode(op) for op in ops), len(ops), True, False)
+
+    def _enqueue(self, data: bytes, op_count: int, chained: bool, bypass_limit: bool) -> asyncio.Future:
         future = self._loop.create_future()
         with self._ready:
             if self._stopping and not bypass_limit:
                 raise ShuttingDown()
             if len(self._queue) >= self.queue_length_max and not bypass_limit:
                 raise QueueFull()
-            self._queue.append((op, future))
+            self._queue.append(_Entry(data, future, op_count, chained))
             if len(self._queue) == 1 or len(self._queue) == self.batch_size_max:
                 self._ready.notify()
         return future
@@ -134,8 +146,13 @@ class GroupCommitter:
                 if remaining <= 0:
                     break
                 self._ready.wait(remaining)
-            count = min(len(self._queue), self.batch_size_max)
-            return [self._queue.popleft() for _ in range(count)]
+            # A chain is never split across two batches (it commits whole).
+            batch, op_count = [], 0
+            while self._queue and op_count + self._queue[0].op_count <= self.batch_size_max:
+                entry = self._queue.popleft()
+                batch.append(entry)
+                op_count += entry.op_count
+            return batch
 
     def _run(self):
         while True:
@@ -146,7 +163,7 @@ class GroupCommitter:
             outcomes = self._apply(batch)
             if self.on_batch is not None:
                 self.on_batch(len(batch), time.perf_counter() - started)
-            self._loop.call_soon_threadsafe(_resolve, [future for _, future in batch], outcomes)
+            self._loop.call_soon_threadsafe(_resolve, [entry.future for entry in batch], outcomes)
 
     def _apply(self, batch):
         """Results (bytes) for the whole batch; if the kernel raises, each
@@ -155,20 +172,43 @@ class GroupCommitter:
         now_ms = self.clock()
         day = business_day(now_ms, self.utc_offset_minutes)
         try:
-            return decode_results(self.ledger.apply_encoded(b"".join(op for op, _ in batch), now_ms, day))
+            results = decode_results(self.ledger.apply_encoded(b"".join(entry.data for entry in batch), now_ms, day))
+            return _outcomes(batch, results)
         except Exception:
             if len(batch) == 1:
                 log.exception("kernel failed on an operation; nothing of it was stored")
                 return [_Failure()]
             log.exception("kernel failed on a batch of %d; retrying one by one", len(batch))
         outcomes = []
-        for op, _ in batch:
+        for entry in batch:
             try:
-                outcomes.extend(decode_results(self.ledger.apply_encoded(op, now_ms, day)))
+                outcomes.extend(_outcomes([entry], decode_results(self.ledger.apply_encoded(entry.data, now_ms, day))))
             except Exception:
                 log.exception("kernel failed on an operation; nothing of it was stored")
                 outcomes.append(_Failure())
         return outcomes
+
+
+class _Entry(NamedTuple):
+    """One waiter: an operation, or a linked chain of them."""
+
+    data: bytes
+    future: asyncio.Future
+    op_count: int
+    chained: bool
+
+
+def _outcomes(batch, results) -> list:
+    """Each waiter's outcome: its Result, or a chain's list of Results."""
+    outcomes, first = [], 0
+    for entry in batch:
+        if entry.chained:
+            outcomes.append(results[first : first + entry.op_count])
+        else:
+            outcomes.append(results[first])
+        first += entry.op_count
+    assert first == len(results)
+    return outcomes
 
 
 class _Failure:

@@ -49,6 +49,8 @@ cdef struct OpRec:
     uint8_t tier
     uint8_t reason
     int16_t tz_offset_minutes
+    uint8_t link
+    uint8_t reserved[7]
 
 cdef struct ResultRec:
     uint16_t code

@@ -22,6 +22,7 @@ from libc.string cimport memcmp, memcpy, memmove, memset
 
 import gc
 
+from core import counters as _counters
 from core import limits as _limits
 from core import records as _records
 from core import results as _results
@@ -95,6 +96,11 @@ cdef uint16_t SHIFT_NOT_OPEN = _R.SHIFT_NOT_OPEN
 cdef uint16_t DAY_CLOSED = _R.DAY_CLOSED
 cdef uint16_t DOMAIN_NOT_ENABLED = _R.DOMAIN_NOT_ENABLED
 cdef uint16_t CARD_HAS_HOLDS = _R.CARD_HAS_HOLDS
+cdef uint16_t COUNTER_LIMIT_REACHED = _R.COUNTER_LIMIT_REACHED
+cdef uint16_t COUNTER_EXHAUSTED = _R.COUNTER_EXHAUSTED
+cdef uint16_t LINKED_FAILED = _R.LINKED_FAILED
+cdef uint16_t PACKET_ALREADY_CLAIMED = _R.PACKET_ALREADY_CLAIMED
+cdef uint16_t PACKET_EMPTY = _R.PACKET_EMPTY
 
 _K = _results.OpKind
 cdef uint8_t OP_OPEN_CARD = _K.OPEN_CARD
@@ -131,6 +137,14 @@ cdef uint8_t OP_DAY_END = _K.DAY_END
 cdef uint8_t OP_ENABLE_DOMAIN = _K.ENABLE_DOMAIN
 cdef uint8_t OP_STATION_DOMAIN = _K.STATION_DOMAIN
 cdef uint8_t OP_CANCEL_CARD = _K.CANCEL_CARD
+cdef uint8_t OP_COUNTER = _K.COUNTER
+cdef uint8_t OP_PACKET_CLAIM = _K.PACKET_CLAIM
+cdef uint8_t SCOPE_PACKET_CLAIMS = _counters.CounterScope.PACKET_CLAIMS
+cdef uint8_t SCOPE_PACKET_CLAIMER = _counters.CounterScope.PACKET_CLAIMER
+cdef int64_t COUNTER_DELTA_ABS_MAX = _limits.COUNTER_DELTA_ABS_MAX
+cdef int64_t COUNTER_CEILING_MAX = _limits.COUNTER_CEILING_MAX
+cdef Py_ssize_t COUNTER_TAKES_PER_SALE_MAX = _limits.COUNTER_TAKES_PER_SALE_MAX
+cdef uint32_t PACKET_SHARES_MAX = _limits.PACKET_SHARES_MAX
 cdef uint8_t SHIFT_OPEN = _results.ShiftState.OPEN
 cdef uint8_t SHIFT_STATE_CLOSED = _results.ShiftState.CLOSED
 cdef frozenset TIERS = frozenset(int(t) for t in _results.Tier)
@@ -149,6 +163,7 @@ cdef uint8_t TOPUP_FUNDING = _A.TOPUP_FUNDING
 cdef uint8_t PARTNER_CLEARING = _A.PARTNER_CLEARING
 cdef uint8_t REFUND_PAYABLE = _A.REFUND_PAYABLE
 cdef uint8_t GENERAL = _A.GENERAL
+cdef uint8_t PROMOTION = _A.PROMOTION
 cdef uint8_t SYSTEM_ACCOUNT_KIND_MIN = _results.SYSTEM_ACCOUNT_KIND_MIN
 cdef uint8_t UNIT_MONEY = _results.Unit.MONEY
 cdef uint8_t UNIT_POINTS = _results.Unit.POINTS
@@ -192,6 +207,7 @@ cdef uint8_t MOVE_TASK = _results.Movement.TASK
 cdef uint8_t MOVE_GIFT = _results.Movement.GIFT
 cdef uint8_t MOVE_PARTNER = _results.Movement.PARTNER
 cdef uint8_t MOVE_CANCEL = _results.Movement.CANCEL
+cdef uint8_t MOVE_PROMOTION = _results.Movement.PROMOTION
 cdef uint8_t REASON_SALE = _results.Reason.SALE
 cdef uint8_t REASON_COMPLETE = _results.Reason.COMPLETE
 cdef uint8_t REASON_TOPUP = _results.Reason.TOPUP
@@ -202,6 +218,7 @@ cdef uint8_t REASON_TRANSFER = _results.Reason.TRANSFER
 cdef uint8_t REASON_EXPIRY = _results.Reason.EXPIRY
 cdef uint8_t REASON_LOYALTY = _results.Reason.LOYALTY
 cdef uint8_t REASON_CANCEL = _results.Reason.CANCEL
+cdef uint8_t REASON_PROMOTION = _results.Reason.PROMOTION
 
 cdef bytes META_NEXT_TXN_ID = _records.META_NEXT_TXN_ID
 cdef bytes META_NEXT_JOURNAL_SEQ = _records.META_NEXT_JOURNAL_SEQ
@@ -311,6 +328,27 @@ cdef inline bytes points_history_key(uint64_t card_id, uint64_t seq):
     return PyBytes_FromStringAndSize(buffer, 16)
 
 
+cdef inline bytes counter_key(uint8_t scope, uint64_t owner, uint64_t subject, uint32_t period):
+    cdef char buffer[21]
+    cdef uint64_t big_owner = bswap64(owner)
+    cdef uint64_t big_subject = bswap64(subject)
+    cdef uint32_t big_period = bswap32(period)
+    buffer[0] = <char>scope
+    memcpy(buffer + 1, &big_owner, 8)
+    memcpy(buffer + 9, &big_subject, 8)
+    memcpy(buffer + 17, &big_period, 4)
+    return PyBytes_FromStringAndSize(buffer, 21)
+
+
+cdef inline bytes packet_share_key(uint64_t packet_id, uint32_t index):
+    cdef char buffer[12]
+    cdef uint64_t big_packet = bswap64(packet_id)
+    cdef uint32_t big_index = bswap32(index)
+    memcpy(buffer, &big_packet, 8)
+    memcpy(buffer + 8, &big_index, 4)
+    return PyBytes_FromStringAndSize(buffer, 12)
+
+
 cdef inline bytes u32_key(uint32_t value):
     cdef uint32_t big = bswap32(value)
     return PyBytes_FromStringAndSize(<char*>&big, 4)
@@ -325,7 +363,7 @@ cdef inline uint64_t parse_u64(const char* data):
 # ------------------------------------------------------------ pure rules
 
 cdef inline bint may_go_negative(uint8_t kind):
-    return kind >= SYSTEM_ACCOUNT_KIND_MIN and kind != GENERAL
+    return kind >= SYSTEM_ACCOUNT_KIND_MIN and kind != GENERAL and kind != PROMOTION
 
 
 cdef inline uint8_t unit_of(uint8_t kind):
@@ -354,7 +392,12 @@ cdef inline bint is_idempotent_kind(uint8_t kind):
     return (kind == OP_TOPUP or kind == OP_PAY or kind == OP_PREAUTH or kind == OP_COMPLETE
             or kind == OP_RELEASE or kind == OP_REVERSE or kind == OP_VOID or kind == OP_REFUND
             or kind == OP_TRANSFER or kind == OP_CHECKIN or kind == OP_TASK or kind == OP_REDEEM
-            or kind == OP_PARTNER_EXCHANGE or kind == OP_SIGN_ON or kind == OP_SHIFT_CLOSE)
+            or kind == OP_PARTNER_EXCHANGE or kind == OP_SIGN_ON or kind == OP_SHIFT_CLOSE
+            or kind == OP_PACKET_CLAIM)
+
+
+cdef inline bint is_counter_returning_kind(uint8_t kind):
+    return kind == OP_PAY or kind == OP_PREAUTH or kind == OP_COMPLETE or kind == OP_TOPUP
 
 
 cdef inline bint is_shift_bound_kind(uint8_t kind):
@@ -411,7 +454,39 @@ cdef bint op_is_valid(const OpRec* op):
             return False
         if op.account_kind == op.credit_kind and op.account_owner == op.credit_owner:
             return False
-    return loyalty_op_is_valid(op)
+    return loyalty_op_is_valid(op) and counter_op_is_valid(op)
+
+
+cdef bint counter_op_is_valid(const OpRec* op):
+    """Mirror of reference.counter_op_is_valid."""
+    if op.kind == OP_COUNTER:
+        if not (op.account_kind > 0 and op.amount != 0 and -COUNTER_DELTA_ABS_MAX <= op.amount <= COUNTER_DELTA_ABS_MAX):
+            return False
+        return 0 <= op.limit_per_day <= COUNTER_CEILING_MAX
+    if op.kind == OP_PACKET_CLAIM:
+        return op.item_id > 0 and 0 < op.count_limit <= PACKET_SHARES_MAX
+    return True
+
+
+cdef bint chain_is_valid(const OpRec* ops, Py_ssize_t count):
+    """Mirror of reference.chain_is_valid."""
+    cdef Py_ssize_t i
+    if count > COUNTER_TAKES_PER_SALE_MAX + 1 or ops[count - 1].link:
+        return False
+    for i in range(count):
+        if i < count - 1 and ops[i].kind != OP_COUNTER:
+            return False
+        if not op_is_valid(&ops[i]):
+            return False
+    return True
+
+
+cdef Py_ssize_t chain_last(const char* op_data, Py_ssize_t first, Py_ssize_t count) noexcept:
+    """Mirror of reference.chain_last."""
+    cdef Py_ssize_t last = first
+    while (<const OpRec*>(op_data + last * sizeof(OpRec))).link and last + 1 < count:
+        last += 1
+    return last
 
 
 cdef bint loyalty_op_is_valid(const OpRec* op):
@@ -510,9 +585,16 @@ cdef class Kernel:
         # and over (a tenth of the kernel's time when measured).
         cdef bint collecting = gc.isenabled()
         gc.disable()
+        cdef Py_ssize_t last
         try:
-            for i in range(count):
-                batch.apply(<OpRec*>(op_data + i * op_size), <ResultRec*>(result_data + i * result_size))
+            i = 0
+            while i < count:
+                last = chain_last(op_data, i, count)
+                if last == i and (<OpRec*>(op_data + i * op_size)).kind != OP_COUNTER:
+                    batch.apply(<OpRec*>(op_data + i * op_size), <ResultRec*>(result_data + i * result_size))
+                else:
+                    batch.apply_chain(<OpRec*>(op_data + i * op_size), <ResultRec*>(result_data + i * result_size), last - i + 1)
+                i = last + 1
             batch.finish()
         finally:
             if collecting:
@@ -527,6 +609,7 @@ cdef class _Batch:
     cdef object point_lots_db, closed_lots_db, lot_expiry_db, points_history_db
     cdef object members_db, tier_changes_db, gifts_db, gift_counts_db
     cdef object shifts_db, day_ends_db, card_domains_db, station_domains_db
+    cdef object counters_db, txn_counters_db, packet_shares_db
     # terminal id -> ShiftState (0: never signed on), read once per batch
     cdef dict shift_states
     cdef uint32_t lot_validity_days
@@ -563,6 +646,9 @@ cdef class _Batch:
         self.day_ends_db = store.day_ends
         self.card_domains_db = store.card_domains
         self.station_domains_db = store.station_domains
+        self.counters_db = store.counters
+        self.txn_counters_db = store.txn_counters
+        self.packet_shares_db = store.packet_shares
         self.shift_states = {}
         self.lot_validity_days = LOT_VALIDITY_DAYS_DEFAULT
         self.accounts = {}
@@ -983,6 +1069,47 @@ cdef class _Batch:
         if idempotent:
             self.save_idem(key, op.fingerprint, r)
 
+    cdef apply_chain(self, const OpRec* ops, ResultRec* results, Py_ssize_t count):
+        """Mirror of reference.apply_chain."""
+        cdef Py_ssize_t k
+        cdef Py_ssize_t takes = count
+        cdef const OpRec* main = NULL
+        cdef ResultRec* answer = &results[count - 1]
+        if not chain_is_valid(ops, count):
+            for k in range(count):
+                self.init_result(&ops[k], &results[k], INVALID_OPERATION)
+            return
+        if ops[count - 1].kind != OP_COUNTER:
+            main = &ops[count - 1]
+            takes = count - 1
+        if main != NULL and self.is_replay(main):
+            self.apply(main, answer)
+            for k in range(takes):
+                self.init_result(&ops[k], &results[k], answer.code)
+            return
+        cdef Py_ssize_t refused = -1
+        cdef uint16_t code = self.counters_refusal(ops, takes, &refused)
+        if code != APPROVED:
+            for k in range(takes):
+                self.init_result(&ops[k], &results[k], code if k == refused else LINKED_FAILED)
+            if main != NULL:
+                self.init_result(main, answer, LINKED_FAILED)
+                answer.card_id = main.card_id
+            return
+        if main != NULL:
+            self.apply(main, answer)
+            if answer.code != APPROVED and answer.code != PENDING:
+                for k in range(takes):
+                    self.init_result(&ops[k], &results[k], LINKED_FAILED)
+                return
+        cdef uint64_t returned_by = answer.txn_id if main != NULL and is_counter_returning_kind(main.kind) else 0
+        self.take_counters(ops, results, takes, returned_by)
+
+    cdef bint is_replay(self, const OpRec* op) except? True:
+        if op.serial == 0 or not is_idempotent_kind(op.kind):
+            return False
+        return self.load_idem(idem_key(op.terminal_id, op.serial)) != NULL
+
     cdef replay(self, const OpRec* op, const IdemRec* stored, ResultRec* r):
         if memcmp(stored.fingerprint, ZERO_FINGERPRINT, 16) == 0:
             self.init_result(op, r, ALREADY_REVERSED)
@@ -1061,6 +1188,8 @@ cdef class _Batch:
             self.station_domain(op, r)
         elif kind == OP_CANCEL_CARD:
             self.cancel_card(op, r)
+        elif kind == OP_PACKET_CLAIM:
+            self.packet_claim(op, r)
         else:
             raise KeyError(kind)
 
@@ -1340,6 +1469,7 @@ cdef class _Batch:
     cdef release_hold(self, const TxnRec* record):
         self.change_held(record.card_id, -record.held[LEG_FLEET], -record.held[LEG_PERSONAL], -record.held[LEG_POINTS_USED])
         self.return_spent(record.card_id, record.business_day, record.amount)
+        self.return_counters(record.txn_id)
 
     # -------------------------------------------------------- pre-auth
 
@@ -1542,6 +1672,7 @@ cdef class _Batch:
             r.card_id = record.card_id
             return
         self.post(record.txn_id, record.station_id, &posting, 1)
+        self.return_counters(record.txn_id)
         record.flags |= FLAG_REVERSED
         self.mark_txn(record.txn_id)
         self.init_result(op, r, APPROVED)
@@ -1602,6 +1733,7 @@ cdef class _Batch:
         self.post_return(&undo, record, undo.held, amount, reason, op.points_per_unit)
         record.shortfall_settled = undo.shortfall_settled
         self.return_spent(record.card_id, record.business_day, amount)
+        self.return_counters(record.txn_id)
         record.flags |= flag
         self.mark_txn(record.txn_id)
         self.undo_result(op, &undo, r)
@@ -2170,6 +2302,112 @@ cdef class _Batch:
         r.amount = closed
 
     # -------------------------------------------------------- general
+
+    # -------------------------------------------------------- counters
+
+    cdef int64_t counter_value(self, bytes key) except? -1:
+        value = self.txn.get(key, None, self.counters_db)
+        if value is None:
+            return 0
+        cdef int64_t number
+        memcpy(&number, PyBytes_AS_STRING(value), 8)
+        return number
+
+    cdef save_counter(self, bytes key, int64_t value):
+        self.txn.put(key, PyBytes_FromStringAndSize(<char*>&value, 8), db=self.counters_db)
+
+    cdef uint16_t counters_refusal(self, const OpRec* takes, Py_ssize_t count, Py_ssize_t* refused) except 0:
+        """Mirror of reference.counters_refusal."""
+        cdef dict values = {}
+        cdef Py_ssize_t k
+        cdef int64_t value
+        cdef int64_t ceiling
+        for k in range(count):
+            key = counter_key(takes[k].account_kind, takes[k].item_id, takes[k].card_id, takes[k].period)
+            value = values[key] if key in values else self.counter_value(key)
+            value += takes[k].amount
+            ceiling = takes[k].limit_per_day if takes[k].limit_per_day else COUNTER_CEILING_MAX
+            if value < 0:
+                refused[0] = k
+                return COUNTER_EXHAUSTED
+            if value > ceiling:
+                refused[0] = k
+                return COUNTER_LIMIT_REACHED
+            values[key] = value
+        return APPROVED
+
+    cdef take_counters(self, const OpRec* takes, ResultRec* results, Py_ssize_t count, uint64_t returned_by):
+        """Mirror of reference.take_counters."""
+        cdef Py_ssize_t k
+        cdef int64_t value
+        cdef int64_t delta
+        cdef bytearray entries = bytearray()
+        for k in range(count):
+            key = counter_key(takes[k].account_kind, takes[k].item_id, takes[k].card_id, takes[k].period)
+            value = self.counter_value(key) + takes[k].amount
+            self.save_counter(key, value)
+            self.init_result(&takes[k], &results[k], APPROVED)
+            results[k].amount = value
+            delta = takes[k].amount
+            entries += key
+            entries += PyBytes_FromStringAndSize(<char*>&delta, 8)
+        if returned_by and count:
+            txn_key = u64_key(returned_by)
+            before = self.txn.get(txn_key, b"", self.txn_counters_db)
+            self.txn.put(txn_key, before + bytes(entries), db=self.txn_counters_db)
+
+    cdef return_counters(self, uint64_t txn_id):
+        """Mirror of reference.return_counters."""
+        cdef bytes txn_key = u64_key(txn_id)
+        entries = self.txn.get(txn_key, None, self.txn_counters_db)
+        if entries is None:
+            return
+        cdef const char* data = PyBytes_AS_STRING(entries)
+        cdef Py_ssize_t offset
+        cdef int64_t delta
+        for offset in range(0, PyBytes_GET_SIZE(entries), 29):
+            key = PyBytes_FromStringAndSize(data + offset, 21)
+            memcpy(&delta, data + offset + 21, 8)
+            self.save_counter(key, self.counter_value(key) - delta)
+        self.txn.delete(txn_key, db=self.txn_counters_db)
+
+    cdef packet_claim(self, const OpRec* op, ResultRec* r):
+        """Mirror of reference.packet_claim."""
+        cdef uint16_t code = self.card_decline(self.load_card(op.card_id), op.station_id)
+        if code != APPROVED:
+            self.decline_for_card(op, code, r)
+            return
+        cdef bytes claimer = counter_key(SCOPE_PACKET_CLAIMER, op.item_id, op.card_id, 0)
+        if self.counter_value(claimer) >= 1:
+            self.decline_for_card(op, PACKET_ALREADY_CLAIMED, r)
+            return
+        cdef bytes claims = counter_key(SCOPE_PACKET_CLAIMS, op.item_id, 0, 0)
+        cdef int64_t index = self.counter_value(claims)
+        share = None
+        if index < op.count_limit:
+            share = self.txn.get(packet_share_key(op.item_id, <uint32_t>index), None, self.packet_shares_db)
+        if share is None:
+            self.decline_for_card(op, PACKET_EMPTY, r)
+            return
+        cdef int64_t amount
+        memcpy(&amount, PyBytes_AS_STRING(share), 8)
+        if self.available(PROMOTION, op.item_id) < amount:
+            self.decline_for_card(op, INSUFFICIENT_FUNDS, r)
+            return
+        cdef Posting posting
+        set_posting(&posting, PROMOTION, op.item_id, PERSONAL, op.card_id, amount, MOVE_PROMOTION, REASON_PROMOTION)
+        if not self.postings_fit(&posting, 1):
+            self.decline_for_card(op, BALANCE_LIMIT, r)
+            return
+        cdef uint64_t txn_id = self.new_txn_id()
+        self.post(txn_id, op.station_id, &posting, 1)
+        self.save_counter(claimer, 1)
+        self.save_counter(claims, index + 1)
+        self.init_result(op, r, APPROVED)
+        r.txn_id = txn_id
+        r.card_id = op.card_id
+        r.amount = amount
+        self.set_card_balances(r, op.card_id)
 
     cdef open_account(self, const OpRec* op, ResultRec* r):
         if self.load_account(op.account_kind, op.account_owner) != NULL:

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator, Sequence
 
 from core import limits
+from core.counters import COUNTER_VALUE, counter_key
 from core.records import (
     Account,
     Card,
@@ -123,6 +124,12 @@ class Ledger:
                 entry = decode(JournalEntry, value)
                 if txn_id is None or entry.txn_id == txn_id:
                     yield entry
+
+    def counter(self, scope: int, owner: int, subject: int = 0, period: int = 0) -> int:
+        """A counter's value (core/counters.py); 0 if never touched."""
+        with self.store.env.begin() as txn:
+            value = txn.get(counter_key(scope, owner, subject, period), db=self.store.counters)
+        return 0 if value is None else COUNTER_VALUE.unpack(value)[0]
 
     def accounts(self) -> Iterator[Account]:
         with self.store.env.begin() as txn:

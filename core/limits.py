@@ -31,6 +31,15 @@ QUEUE_LENGTH_MAX = 16384
 # enough to gather a burst the event loop read at once (see commit.py).
 BATCH_WAIT_MS_MAX = 1
 
+# Counters (core/counters.py): a delta is at most one amount, a ceiling keeps
+# value + delta inside a signed 64-bit integer; a sale links at most this many
+# counters (promotion stock and budget, coupon, velocity rules) to itself.
+COUNTER_DELTA_ABS_MAX = AMOUNT_MINOR_MAX
+COUNTER_CEILING_MAX = 2**62
+COUNTER_TAKES_PER_SALE_MAX = 16
+# Shares of one red packet.
+PACKET_SHARES_MAX = 100_000
+
 # Basket lines in one sale.
 BASKET_LINES_MAX = 64
 # Quantity of one basket line, in thousandths (millilitres for fuel).

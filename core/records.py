@@ -59,9 +59,16 @@ class Op(msgspec.Struct):
                          GIFT_SET: bitmask of tiers allowed (bit n = tier n)
     reason               SET_TIER: why (TierReason); PARTNER_EXCHANGE: 1 cash
     tz_offset_minutes    SET_MEMBER: the customer's time zone, minutes east of UTC
+    link                 1: this operation is linked to the next one (a chain
+                         applies whole or not at all; see core/counters.py)
+
+    COUNTER (core/counters.py): account_kind scope, item_id owner, card_id
+    subject, period period, amount delta, limit_per_day ceiling.
+    PACKET_CLAIM: item_id the red packet, card_id the claimant, count_limit
+    the packet's number of shares.
     """
 
-    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BBBBBBHIIIIIIQQQQQQqqqqq16sQqIIIBBh")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BBBBBBHIIIIIIQQQQQQqqqqq16sQqIIIBBhB7x")
     kind: int = 0
     channel: int = 0
     plan_flags: int = 0
@@ -95,6 +102,7 @@ class Op(msgspec.Struct):
     tier: int = 0
     reason: int = 0
     tz_offset_minutes: int = 0
+    link: int = 0
 
 
 class Result(msgspec.Struct):

@@ -17,6 +17,14 @@ returns their results (core.records.Result layouts, concatenated).
 """
 
 from core import limits
+from core.counters import (
+    COUNTER_VALUE,
+    PACKET_SHARE_VALUE,
+    TXN_COUNTER_ENTRY,
+    CounterScope,
+    counter_key,
+    packet_share_key,
+)
 from core.records import (
     META_NEXT_JOURNAL_SEQ,
     META_NEXT_TXN_ID,
@@ -66,6 +74,7 @@ from core.results import (
     TierReason,
     TxnFlag,
     TxnState,
+    may_go_negative,
     unit_of,
 )
 
@@ -92,12 +101,16 @@ IDEMPOTENT_KINDS = frozenset(
         OpKind.PARTNER_EXCHANGE,
         OpKind.SIGN_ON,
         OpKind.SHIFT_CLOSE,
+        OpKind.PACKET_CLAIM,
     )
 )
 # Operator actions a closed shift refuses (a reversal, sent by the terminal
 # itself, and a completion of fuel already pumped are never refused).
 SHIFT_BOUND_KINDS = frozenset((OpKind.PAY, OpKind.PREAUTH, OpKind.TOPUP, OpKind.REFUND, OpKind.VOID, OpKind.REDEEM))
 REVERSIBLE_KINDS = frozenset((OpKind.PAY, OpKind.PREAUTH, OpKind.COMPLETE, OpKind.TOPUP))
+# Main operations of a chain whose counters are given back when the
+# transaction is voided, reversed, released or aborted.
+COUNTER_RETURNING_KINDS = frozenset((OpKind.PAY, OpKind.PREAUTH, OpKind.COMPLETE, OpKind.TOPUP))
 CARD_TYPES = frozenset(int(t) for t in CardType)
 TIERS = frozenset(int(t) for t in Tier)
 TIER_REASONS = frozenset(int(r) for r in TierReason)
@@ -109,12 +122,6 @@ CARD_STATUS_DECLINES = {
     CardStatus.FROZEN: R.CARD_FROZEN,
     CardStatus.CANCELLED: R.CARD_CANCELLED,
 }
-
-
-def may_go_negative(kind: int) -> bool:
-    """System accounts hold the other side and may go below zero; a card's
-    accounts and general accounts may not."""
-    return kind >= SYSTEM_ACCOUNT_KIND_MIN and kind != AccountKind.GENERAL
 
 
 def points_for_cash(cash_minor: int, points_per_unit: int) -> int:
@@ -174,7 +181,24 @@ def op_is_valid(op: Op) -> bool:
             return False
         if (op.account_kind, op.account_owner) == (op.credit_kind, op.credit_owner):
             return False
-    return loyalty_op_is_valid(op)
+    return loyalty_op_is_valid(op) and counter_op_is_valid(op)
+
+
+def counter_op_is_valid(op: Op) -> bool:
+    if op.kind == OpKind.COUNTER:
+        if not (op.account_kind > 0 and op.amount != 0 and abs(op.amount) <= limits.COUNTER_DELTA_ABS_MAX):
+            return False
+        return 0 <= op.limit_per_day <= limits.COUNTER_CEILING_MAX
+    if op.kind == OpKind.PACKET_CLAIM:
+        return op.item_id > 0 and 0 < op.count_limit <= limits.PACKET_SHARES_MAX
+    return True
+
+
+def chain_is_valid(ops: list[Op]) -> bool:
+    """A chain: counters, then at most one other operation, which ends it."""
+    if len(ops) > limits.COUNTER_TAKES_PER_SALE_MAX + 1 or ops[-1].link:
+        return False
+    return all(op.kind == OpKind.COUNTER for op in ops[:-1]) and all(op_is_valid(op) for op in ops)
 
 
 def loyalty_op_is_valid(op: Op) -> bool:
@@ -212,12 +236,29 @@ class ReferenceKernel:
         assert len(ops) % OP_SIZE == 0
         assert len(ops) // OP_SIZE <= limits.BATCH_SIZE_MAX
         batch = _Batch(txn, store, now_ms, business_day)
+        decoded = [decode(Op, ops[offset : offset + OP_SIZE]) for offset in range(0, len(ops), OP_SIZE)]
         results = bytearray()
-        for offset in range(0, len(ops), OP_SIZE):
-            op = decode(Op, ops[offset : offset + OP_SIZE])
-            results += encode(batch.apply(op))
+        first = 0
+        while first < len(decoded):
+            last = chain_last(decoded, first)
+            if last == first and decoded[first].kind != OpKind.COUNTER:
+                answers = [batch.apply(decoded[first])]
+            else:
+                answers = batch.apply_chain(decoded[first : last + 1])
+            for answer in answers:
+                results += encode(answer)
+            first = last + 1
         batch.finish()
         return bytes(results)
+
+
+def chain_last(ops: list[Op], first: int) -> int:
+    """Index of the last op of the chain starting at `first`: the first op
+    without `link`, or the batch's last op (a chain cut short is invalid)."""
+    last = first
+    while ops[last].link and last + 1 < len(ops):
+        last += 1
+    return last
 
 
 class _Batch:
@@ -257,6 +298,32 @@ class _Batch:
         if idempotent:
             self.save_idem(op.terminal_id, op.serial, Idem(op.fingerprint, result))
         return result
+
+    def apply_chain(self, ops: list[Op]) -> list[Result]:
+        """Counters, then the main operation: all applied or none. The
+        counters are checked first, the main operation applied, and the
+        counters taken only if it was approved (or waits for its channel)."""
+        if not chain_is_valid(ops):
+            return [self.result(op, R.INVALID_OPERATION) for op in ops]
+        takes, main = (ops, None) if ops[-1].kind == OpKind.COUNTER else (ops[:-1], ops[-1])
+        if main is not None and self.is_replay(main):
+            answer = self.apply(main)
+            return [self.result(op, answer.code) for op in takes] + [answer]
+        refusal = self.counters_refusal(takes)
+        if refusal is not None:
+            refused, code = refusal
+            answers = [self.result(op, code if index == refused else R.LINKED_FAILED) for index, op in enumerate(takes)]
+            return answers + ([] if main is None else [self.result(main, R.LINKED_FAILED, card_id=main.card_id)])
+        answer = None if main is None else self.apply(main)
+        if answer is not None and answer.code not in (R.APPROVED, R.PENDING):
+            return [self.result(op, R.LINKED_FAILED) for op in takes] + [answer]
+        returned_by = answer.txn_id if answer is not None and main.kind in COUNTER_RETURNING_KINDS else 0
+        values = self.take_counters(takes, returned_by)
+        answers = [self.result(op, R.APPROVED, amount=value) for op, value in zip(takes, values)]
+        return answers + ([] if answer is None else [answer])
+
+    def is_replay(self, op: Op) -> bool:
+        return op.serial != 0 and op.kind in IDEMPOTENT_KINDS and self.load_idem(op.terminal_id, op.serial) is not None
 
     def replay(self, op: Op, stored: Idem) -> Result:
         """A request seen before: its first answer, or why it is refused."""
@@ -802,6 +869,7 @@ class _Batch:
     def release_hold(self, record: Txn):
         self.change_held(record.card_id, -record.held_fleet, -record.held_personal, -record.held_points_used)
         self.return_spent(record.card_id, record.business_day, record.amount)
+        self.return_counters(record.txn_id)
 
     # ------------------------------------------------------------ pre-auth
 
@@ -958,6 +1026,7 @@ class _Batch:
         if not self.postings_fit(postings):
             return self.result(op, R.BALANCE_LIMIT, txn_id=record.txn_id, card_id=record.card_id)
         self.post(record.txn_id, record.station_id, postings)
+        self.return_counters(record.txn_id)
         record.flags |= TxnFlag.REVERSED
         self.save_txn(record)
         return self.result(op, R.APPROVED, txn_id=record.txn_id, card_id=record.card_id, amount=amount, **self.card_balances(record.card_id))
@@ -1002,6 +1071,7 @@ class _Batch:
         self.post_return(undo, record, amount, reason, op.points_per_unit)
         record.shortfall_settled = undo.shortfall_settled
         self.return_spent(record.card_id, record.business_day, amount)
+        self.return_counters(record.txn_id)
         record.flags |= flag
         self.save_txn(record)
         return self.undo_result(op, undo)
@@ -1399,6 +1469,79 @@ class _Batch:
         self.txn.put(u32_key(op.station_id), closed.to_bytes(4, "little"), db=self.store.day_ends)
         return self.result(op, R.APPROVED, amount=closed)
 
+    # ------------------------------------------------------------ counters
+
+    def counter_value(self, key: bytes) -> int:
+        value = self.txn.get(key, db=self.store.counters)
+        return 0 if value is None else COUNTER_VALUE.unpack(value)[0]
+
+    def save_counter(self, key: bytes, value: int):
+        self.txn.put(key, COUNTER_VALUE.pack(value), db=self.store.counters)
+
+    def counters_refusal(self, takes: list[Op]):
+        """(index, code) of the first take that would leave its bounds, with
+        the takes before it counted; None when all fit."""
+        values = {}
+        for index, op in enumerate(takes):
+            key = counter_key(op.account_kind, op.item_id, op.card_id, op.period)
+            value = values.get(key, self.counter_value(key)) + op.amount
+            if value < 0:
+                return index, R.COUNTER_EXHAUSTED
+            if value > (op.limit_per_day or limits.COUNTER_CEILING_MAX):
+                return index, R.COUNTER_LIMIT_REACHED
+            values[key] = value
+        return None
+
+    def take_counters(self, takes: list[Op], returned_by: int) -> list[int]:
+        """Add every take; remember them under `returned_by` (a transaction
+        id, 0 for none) so that undoing it gives them back."""
+        values = []
+        entries = b""
+        for op in takes:
+            key = counter_key(op.account_kind, op.item_id, op.card_id, op.period)
+            value = self.counter_value(key) + op.amount
+            self.save_counter(key, value)
+            values.append(value)
+            entries += TXN_COUNTER_ENTRY.pack(key, op.amount)
+        if returned_by and entries:
+            before = self.txn.get(u64_key(returned_by), db=self.store.txn_counters) or b""
+            self.txn.put(u64_key(returned_by), before + entries, db=self.store.txn_counters)
+        return values
+
+    def return_counters(self, txn_id: int):
+        """Give back what a voided, reversed, released or aborted
+        transaction took; a counter may go below zero (chances already used)."""
+        entries = self.txn.get(u64_key(txn_id), db=self.store.txn_counters)
+        if entries is None:
+            return
+        for key, delta in TXN_COUNTER_ENTRY.iter_unpack(entries):
+            self.save_counter(key, self.counter_value(key) - delta)
+        self.txn.delete(u64_key(txn_id), db=self.store.txn_counters)
+
+    def packet_claim(self, op: Op) -> Result:
+        decline = self.card_decline(self.load_card(op.card_id), op.station_id)
+        if decline != R.APPROVED:
+            return self.result(op, decline, card_id=op.card_id)
+        claimer = counter_key(CounterScope.PACKET_CLAIMER, op.item_id, op.card_id)
+        if self.counter_value(claimer) >= 1:
+            return self.result(op, R.PACKET_ALREADY_CLAIMED, card_id=op.card_id)
+        claims = counter_key(CounterScope.PACKET_CLAIMS, op.item_id)
+        index = self.counter_value(claims)
+        share = None if index >= op.count_limit else self.txn.get(packet_share_key(op.item_id, index), db=self.store.packet_shares)
+        if share is None:
+            return self.result(op, R.PACKET_EMPTY, card_id=op.card_id)
+        amount = PACKET_SHARE_VALUE.unpack(share)[0]
+        if self.available(K.PROMOTION, op.item_id) < amount:
+            return self.result(op, R.INSUFFICIENT_FUNDS, card_id=op.card_id)
+        postings = [(K.PROMOTION, op.item_id, K.PERSONAL, op.card_id, amount, Movement.PROMOTION, Reason.PROMOTION)]
+        if not self.postings_fit(postings):
+            return self.result(op, R.BALANCE_LIMIT, card_id=op.card_id)
+        txn_id = self.new_txn_id()
+        self.post(txn_id, op.station_id, postings)
+        self.save_counter(claimer, 1)
+        self.save_counter(claims, index + 1)
+        return self.result(op, R.APPROVED, txn_id=txn_id, card_id=op.card_id, amount=amount, **self.card_balances(op.card_id))
+
     # ------------------------------------------------------------ general
 
     def open_account(self, op: Op) -> Result:
@@ -1515,4 +1658,5 @@ HANDLERS = {
     OpKind.STATION_DOMAIN: _Batch.station_domain,
     OpKind.CANCEL_CARD: _Batch.cancel_card,
     OpKind.TRANSFER: _Batch.transfer,
+    OpKind.PACKET_CLAIM: _Batch.packet_claim,
 }

@@ -63,6 +63,17 @@ class ResultCode(enum.IntEnum):
     DAY_CLOSED = 43
     DOMAIN_NOT_ENABLED = 44
     CARD_HAS_HOLDS = 45
+    # A counter linked to the request would pass its ceiling (stock, budget,
+    # uses per customer, a velocity limit); the answer names the rule.
+    COUNTER_LIMIT_REACHED = 46
+    # A counter linked to the request would go below zero (no lottery chance left).
+    COUNTER_EXHAUSTED = 47
+    # Another operation of the same linked chain was refused; nothing applied.
+    LINKED_FAILED = 48
+    # This card has already claimed a share of the red packet.
+    PACKET_ALREADY_CLAIMED = 49
+    # Every share of the red packet is claimed, or the packet is unknown.
+    PACKET_EMPTY = 50
 
 
 class OpKind(enum.IntEnum):
@@ -103,6 +114,10 @@ class OpKind(enum.IntEnum):
     ENABLE_DOMAIN = 32
     STATION_DOMAIN = 33
     CANCEL_CARD = 34
+    # Add to a counter (core/counters.py), linked to the operation after it.
+    COUNTER = 35
+    # Claim the next share of a red packet for a card.
+    PACKET_CLAIM = 36
 
 
 class CardStatus(enum.IntEnum):
@@ -140,12 +155,21 @@ class AccountKind(enum.IntEnum):
     PARTNER_CLEARING = 21
     # Balances of cancelled cards, owed back to their holders.
     REFUND_PAYABLE = 22
+    # Money set aside for a promotion (owner: the promotion or red packet).
+    # Like a general account it may not go below zero.
+    PROMOTION = 23
     # Plain accounts opened with OPEN_ACCOUNT (benchmarks, adjustments).
     GENERAL = 32
 
 
 CARD_ACCOUNT_KINDS = (AccountKind.FLEET, AccountKind.PERSONAL, AccountKind.POINTS)
 SYSTEM_ACCOUNT_KIND_MIN = 16
+
+
+def may_go_negative(kind: int) -> bool:
+    """System accounts hold the other side and may go below zero; a card's
+    accounts, general accounts and promotion funds may not."""
+    return kind >= SYSTEM_ACCOUNT_KIND_MIN and kind != AccountKind.GENERAL and kind != AccountKind.PROMOTION
 
 
 class ShiftState(enum.IntEnum):
@@ -229,6 +253,8 @@ class Movement(enum.IntEnum):
     GIFT = 13
     PARTNER = 14
     CANCEL = 15
+    # Money paid out by a promotion (a red packet share).
+    PROMOTION = 16
 
 
 class Reason(enum.IntEnum):
@@ -244,6 +270,7 @@ class Reason(enum.IntEnum):
     EXPIRY = 8
     LOYALTY = 9
     CANCEL = 10
+    PROMOTION = 11
 
 
 # What each code means, in words for a terminal's display. One table.
@@ -294,4 +321,9 @@ RESULT_TEXT = {
     ResultCode.DAY_CLOSED: "the business day is closed at this station: refund instead",
     ResultCode.DOMAIN_NOT_ENABLED: "the card is not enabled for this station's application domain",
     ResultCode.CARD_HAS_HOLDS: "the card has open holds: complete or release them first",
+    ResultCode.COUNTER_LIMIT_REACHED: "declined by a promotion or risk limit",
+    ResultCode.COUNTER_EXHAUSTED: "nothing left to use (no chance, no stock)",
+    ResultCode.LINKED_FAILED: "not applied: another part of the same request was refused",
+    ResultCode.PACKET_ALREADY_CLAIMED: "this card has already claimed a share of the red packet",
+    ResultCode.PACKET_EMPTY: "every share of the red packet is claimed",
 }

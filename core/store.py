@@ -27,6 +27,10 @@ Named databases (keys big-endian, values in core.records layouts):
   day_ends        station_id u32             -> u32         last business day closed at the station
   card_domains    (card_id u64, domain u32)  -> b""         application domains enabled for a card
   station_domains station_id u32             -> u32         the application domain of a station
+  counters        (scope u8, owner u64, subject u64, period u32) -> i64  core/counters.py
+  txn_counters    txn_id u64                 -> (key 21 bytes, delta i64)*  counters a sale took,
+                                                 given back when it is voided, reversed or aborted
+  packet_shares   (packet u64, index u32)    -> i64         a red packet's shares, fixed at creation
 
 Settlement's databases (values msgpack of core.settlement.model records):
   settlement_imports      (channel u8, day u32, sha256)  -> ImportRecord   files imported
@@ -46,6 +50,21 @@ Administration's databases (values msgpack of core.admin.model records):
   admin_sessions    sha256(token)              -> Session       bearer tokens, stored hashed
   admin_audit       seq u64                    -> AuditEntry    append-only, hash-chained
   admin_meta        b"audit_head"              -> AuditHead     the chain's last seq and hash
+  admin_cards       card_id u64                -> CardOwner     the issuing organisation of a card
+  admin_customers   customer_id u64            -> Customer      card holders' profiles
+  admin_customer_cards (customer u64, card u64) -> b""          a customer's cards
+
+Promotions' and risk's databases (core/promotions/store.py, core/risk/):
+  promotion_records       promotion_id u64           -> JSON Promotion (core.promotions.model)
+  promotion_meta          name                       -> u64 sequences and version; b"policy" -> JSON StackingPolicy
+  promotion_coupons       coupon_id u64              -> msgpack Coupon
+  promotion_coupon_codes  code utf-8                 -> coupon_id u64
+  promotion_card_coupons  (card_id u64, coupon_id u64) -> b""   a card's coupons
+  promotion_packets       packet_id u64              -> msgpack Packet (its shares: packet_shares)
+  promotion_draws         seq u64                    -> msgpack Draw   every lottery draw
+  risk_config             b"rules"                   -> JSON RiskRules (core.risk.rules)
+  risk_blacklist          card_id u64                -> msgpack BlacklistEntry
+  risk_flags              seq u64                    -> msgpack Flag   patterns flagged for review
 """
 
 import os
@@ -75,6 +94,9 @@ DATABASE_NAMES = (
     "day_ends",
     "card_domains",
     "station_domains",
+    "counters",
+    "txn_counters",
+    "packet_shares",
     "settlement_imports",
     "settlement_statements",
     "settlement_differences",
@@ -90,6 +112,19 @@ DATABASE_NAMES = (
     "admin_sessions",
     "admin_audit",
     "admin_meta",
+    "admin_cards",
+    "admin_customers",
+    "admin_customer_cards",
+    "promotion_records",
+    "promotion_meta",
+    "promotion_coupons",
+    "promotion_coupon_codes",
+    "promotion_card_coupons",
+    "promotion_packets",
+    "promotion_draws",
+    "risk_config",
+    "risk_blacklist",
+    "risk_flags",
 )
 
 # The map is a reservation of address space, not of disk: LMDB files grow as

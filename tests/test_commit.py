@@ -76,3 +76,31 @@ def test_an_operation_the_kernel_raises_on_fails_alone(ledger):
     assert isinstance(bad, KernelFailure)
     assert good.code == also_good.code == ResultCode.APPROVED
     assert ledger.card(9) is not None and ledger.card(10) is not None
+
+
+def test_concurrent_chains_never_pass_a_counters_ceiling(ledger):
+    """500 sales race for a promotion with stock 37, in small batches so
+    that chains sit next to each other in many commits: exactly 37 take it,
+    and each chain comes back whole, in order."""
+    from core.counters import CounterScope, CounterTake
+    from server.counter_client import CounterClient
+
+    stock = CounterTake(CounterScope.PROMOTION_STOCK, 5, ceiling=37, rule="goods promotion 5")
+
+    async def scenario():
+        committer = GroupCommitter(ledger, batch_size_max=64)
+        committer.start()
+        await committer.submit(Op(kind=OpKind.OPEN_CARD, card_id=9, card_status=2))
+        client = CounterClient(committer, ledger)
+        outcomes = await asyncio.gather(*(client.take([stock], topup(serial)) for serial in range(1, 501)))
+        committer.stop()
+        return outcomes, client.read([stock])
+
+    outcomes, (value,) = asyncio.run(scenario())
+    approved = [o for o in outcomes if o.code == ResultCode.APPROVED]
+    refused = [o for o in outcomes if o.code == ResultCode.COUNTER_LIMIT_REACHED]
+    assert (len(approved), len(refused), value) == (37, 463, 37)
+    assert sorted(o.values[0] for o in approved) == list(range(1, 38))
+    assert {o.refused_by for o in refused} == {"goods promotion 5"}
+    assert all(o.main.code == ResultCode.LINKED_FAILED for o in refused)
+    assert ledger.account(AccountKind.PERSONAL, 9).balance == 37 * 10

@@ -10,13 +10,13 @@ end every stored byte. The audit must pass on both.
 import hashlib
 import tempfile
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core import limits
 from core.audit import audit
-import msgspec
-
+from core.counters import PACKET_SHARE_VALUE, CounterScope, CounterTake, chain, packet_claim_op, packet_share_key
 from core.records import Account, Card, Gift, Idem, JournalEntry, Lot, Member, Op, Shift, TierChange, Txn, decode
 from core.results import AccountKind, CardStatus, Channel, OpKind, ResultCode
 from core.store import DATABASE_NAMES
@@ -62,10 +62,36 @@ def _request(kind, serial, station, **fields) -> Op:
     return op
 
 
+COUNTER_KEYS = ((CounterScope.PROMOTION_STOCK, 1, 0), (CounterScope.PROMOTION_BUDGET, 1, 0), (CounterScope.LOTTERY_CHANCES, 2, CARDS[0]))
+PACKET_ID = 900
+PACKET_SHARES = (100, 50, 25)
+
+
+def _draw_chain(data, history: _History) -> list[Op]:
+    """Counters linked to a drawn operation (or to none), now and then
+    malformed: a link left on the last op, a zero delta."""
+    takes = []
+    for _ in range(data.draw(st.integers(1, 3))):
+        scope, owner, subject = data.draw(st.sampled_from(COUNTER_KEYS))
+        takes.append(CounterTake(scope, owner, subject, delta=data.draw(st.sampled_from([1, 1, 2, -1, 250, 0])), ceiling=data.draw(st.sampled_from([0, 2, 3, 500]))))
+    main = data.draw(st.sampled_from([None, "op", "op", "op"]))
+    ops = chain(takes, None if main is None else _draw_op(data, history))
+    if data.draw(st.integers(0, 9)) == 0:
+        ops[-1] = msgspec.structs.replace(ops[-1], link=1)
+    return ops
+
+
 def _draw_ops(data, history: _History) -> list[Op]:
-    """One operation, or now and then a sale whose points are spent at once
-    (so that its refund or void meets a points shortfall)."""
-    if data.draw(st.integers(0, 14)) > 0:
+    """One operation, a chain of counters linked to one, a red packet claim,
+    or now and then a sale whose points are spent at once (so that its
+    refund or void meets a points shortfall)."""
+    choice = data.draw(st.integers(0, 19))
+    if choice == 0:
+        return _draw_chain(data, history)
+    if choice == 1:
+        card = data.draw(st.sampled_from((*CARDS, 404)))
+        return [packet_claim_op(PACKET_ID, card, data.draw(st.sampled_from([2, 3, 4])), 101, history.new_serial(data), 1)]
+    if choice > 2:
         return [_draw_op(data, history)]
     card = data.draw(st.sampled_from(CARDS))
     sale = _request(OpKind.PAY, history.new_serial(data), 1, card_id=card, amount=5_000, plan_flags=3, points_per_unit=100, earn_points=500)
@@ -181,7 +207,15 @@ def _open_cards() -> list[Op]:
         for kind in (AccountKind.FLEET, AccountKind.PERSONAL, AccountKind.POINTS):
             serial += 1
             ops.append(_request(OpKind.TOPUP, serial, 1, card_id=card, account_kind=kind, amount=3_000))
+    ops.append(Op(kind=OpKind.OPEN_ACCOUNT, account_kind=AccountKind.PROMOTION, account_owner=PACKET_ID))
+    ops.append(Op(kind=OpKind.TRANSFER, account_kind=AccountKind.TOPUP_FUNDING, account_owner=1, credit_kind=AccountKind.PROMOTION, credit_owner=PACKET_ID, amount=sum(PACKET_SHARES) - 10))
     return ops
+
+
+def _write_packet_shares(ledger):
+    with ledger.store.env.begin(write=True) as txn:
+        for index, amount in enumerate(PACKET_SHARES):
+            txn.put(packet_share_key(PACKET_ID, index), PACKET_SHARE_VALUE.pack(amount), db=ledger.store.packet_shares)
 
 
 RECORD_TYPES = {
@@ -225,6 +259,8 @@ def test_kernel_and_reference_agree(data):
     with tempfile.TemporaryDirectory() as directory:
         cython = open_ledger(f"{directory}/cython", "cython")
         reference = open_ledger(f"{directory}/reference", "reference")
+        for ledger in (cython, reference):
+            _write_packet_shares(ledger)
         now_ms = START_MS
         applied = []
         batch_count = data.draw(st.integers(1, 25))
