@@ -13,6 +13,7 @@ out leaves no money moved: its side is reversed and ours released.
 import asyncio
 import logging
 
+from core import limits
 from core.channels import ChannelAnswer, ChannelOutcome, ChannelTimeout
 from core.commit import GroupCommitter
 from core.ledger import Ledger
@@ -27,11 +28,16 @@ CHANNEL_UNDO_ATTEMPTS = 3
 
 
 class ChannelFlow:
-    def __init__(self, ledger: Ledger, committer: GroupCommitter, channels: dict, channel_timeout_ms: int):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter, channels: dict, channel_timeout_ms: int,
+                 lot_validity_days=lambda: limits.LOT_VALIDITY_DAYS_DEFAULT):
         self.ledger = ledger
         self.committer = committer
         self.channels = channels
         self.timeout_s = channel_timeout_ms / 1000
+        # A capture posts the sale's earned points: their lot gets the
+        # validity in force (a callable: the loyalty rules can change it),
+        # like a sale paid without a channel.
+        self.lot_validity_days = lot_validity_days
         # txn_id -> the task settling it; a retry of a waiting request joins it.
         self.inflight: dict[int, asyncio.Task] = {}
 
@@ -59,7 +65,7 @@ class ChannelFlow:
                 await self.undo_on_channel(record.channel, txn_id)
             return await self._finish(Op(kind=OpKind.ABORT, ref_txn_id=txn_id, abort_code=ResultCode.CHANNEL_UNAVAILABLE))
         if answer.outcome == ChannelOutcome.APPROVED:
-            result = await self._finish(Op(kind=OpKind.CAPTURE, ref_txn_id=txn_id))
+            result = await self._finish(Op(kind=OpKind.CAPTURE, ref_txn_id=txn_id, lot_validity_days=self.lot_validity_days()))
             if result.code == ResultCode.ALREADY_REVERSED:
                 # The terminal reversed the payment while the channel worked.
                 await self.undo_on_channel(record.channel, txn_id)
@@ -107,7 +113,7 @@ class ChannelFlow:
             if record.kind == OpKind.PAY and not record.flags & TxnFlag.REVERSED:
                 answer = await self._query(record.channel, txn_id)
                 if answer is not None and answer.outcome == ChannelOutcome.APPROVED and not answer.reversed:
-                    await self._finish(Op(kind=OpKind.CAPTURE, ref_txn_id=txn_id))
+                    await self._finish(Op(kind=OpKind.CAPTURE, ref_txn_id=txn_id, lot_validity_days=self.lot_validity_days()))
                     continue
                 await self.undo_on_channel(record.channel, txn_id)
                 await self._finish(Op(kind=OpKind.ABORT, ref_txn_id=txn_id, abort_code=ResultCode.CHANNEL_UNAVAILABLE))

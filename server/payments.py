@@ -12,6 +12,8 @@ stream (server/stream.py) both call these methods: one code path, so the
 same validation, idempotency and result codes on both transports.
 """
 
+import msgspec
+
 from core.commit import GroupCommitter
 from core.ledger import Ledger
 from core.records import Result
@@ -31,6 +33,17 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         self.settings = settings
         # The loyalty rules (server/loyalty_service.RulesHolder); None: base rate only.
         self.rules = rules
+        self._op_settings = settings
+
+    @property
+    def op_settings(self) -> ServerSettings:
+        """The settings ops are built with: the points lots' validity comes
+        from the loyalty rules in force, when there are rules."""
+        if self.rules is not None:
+            days = self.rules.rules.expiry.lot_validity_days
+            if days != self._op_settings.lot_validity_days:
+                self._op_settings = msgspec.structs.replace(self.settings, lot_validity_days=days)
+        return self._op_settings
 
     def _quote(self, basket, amount_minor: int, card_id: int, station_id: int):
         if self.rules is None:
@@ -47,18 +60,18 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
 
     async def pay(self, request):
         quote = self._quote(request.basket, request.amount_minor, request.plan.card_id, request.terminal.station_id)
-        op = requests.pay_op(request, self.settings, None if quote is None else quote.total)
+        op = requests.pay_op(request, self.op_settings, None if quote is None else quote.total)
         result = await self._run(op)
         return answers.payment_answer(result, request.terminal, request.basket, request.plan.channel, quote=quote)
 
     async def pre_authorize(self, request):
-        result = await self._run(requests.preauth_op(request, self.settings))
+        result = await self._run(requests.preauth_op(request, self.op_settings))
         return answers.payment_answer(result, request.terminal)
 
     async def complete(self, request):
         hold = self.ledger.txn(request.txn_id) if request.txn_id else None
         quote = self._quote(request.basket, request.amount_minor, hold.card_id if hold else 0, request.terminal.station_id)
-        op = requests.complete_op(request, self.settings, None if quote is None else quote.total)
+        op = requests.complete_op(request, self.op_settings, None if quote is None else quote.total)
         result = await self._run(op)
         return answers.payment_answer(result, request.terminal, request.basket, quote=quote)
 
@@ -67,17 +80,17 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return answers.payment_answer(result, request.terminal)
 
     async def reverse(self, request):
-        result = await self._run(requests.reverse_op(request, self.settings))
+        result = await self._run(requests.reverse_op(request, self.op_settings))
         await self.flow.after_undo(result)
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def void(self, request):
-        result = await self._run(requests.by_txn_op(OpKind.VOID, request, self.settings))
+        result = await self._run(requests.by_txn_op(OpKind.VOID, request, self.op_settings))
         await self.flow.after_undo(result)
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def refund(self, request):
-        result = await self._run(requests.refund_op(request, self.settings))
+        result = await self._run(requests.refund_op(request, self.op_settings))
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def query(self, request):

@@ -99,3 +99,21 @@ def test_many_customers_race_for_a_small_stock_and_it_is_never_oversold(loyalty,
     assert all(answer.points == -100 for answer in answers if answer.result == R.APPROVED)
     (gift,) = [g for g in loyalty.ListCatalogue(loyalty_pb2.ListCatalogueRequest()).gifts if g.gift_id == GIFT]
     assert (gift.stock, gift.redeemed) == (0, STOCK)
+
+
+def test_points_lots_get_the_validity_of_the_rules_in_force_on_every_path(loyalty, terminal):
+    """A sale paid by card and one paid through a channel (posted by the
+    channel flow's capture) both put their points in lots valid for the
+    rules' lot_validity_days, not the built-in 730."""
+    save_rules(loyalty, {"expiry": {"lot_validity_days": 45}})
+    card = 9_045
+    terminal.open_card(card)
+    terminal.topup(card, 10_000)
+    by_card, _ = terminal.pay(5_000, card_id=card, use_fleet=False, use_personal=True)
+    by_channel, _ = terminal.pay(3_000, card_id=card, use_fleet=False, channel=common_pb2.WECHAT_PAY)
+    assert (by_card.result, by_channel.result) == (R.APPROVED, R.APPROVED)
+    assert by_card.points_earned > 0 and by_channel.points_earned > 0
+    points = loyalty.GetPoints(loyalty_pb2.GetPointsRequest(card_id=card))
+    today = by_card.business_day
+    assert [(lot.expires_day, lot.remaining) for lot in points.lots] == [(today + 45, by_card.points_earned + by_channel.points_earned)]
+    save_rules(loyalty, {})
