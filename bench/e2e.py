@@ -18,7 +18,16 @@ counted from the arrival, so a slow server cannot hide its queue).
 Used by: `python -m bench e2e` (bench/__main__.py), tests/test_bench.py.
 May call: the server and the echo servicer only through gRPC, in subprocesses.
 
-The two runs are sequential, never concurrent: the machine has two cores and
+With --terminal-auth, the Pay load also runs against a server started
+with --terminal-auth, each client signed on as a registered terminal and
+every request MACed (core/admin/terminal_client.py; the bench registers its
+terminals and writes a master key first). The report adds that run and
+auth_ratio = its throughput / the plain Pay run's: the terminal-auth
+interceptor's cost, measured in the same run. The two alternate as plain,
+auth, auth, plain, each for half of --duration, so that a load that drifts
+during the run (other work on the machine) weighs on both sides alike.
+
+The runs are sequential, never concurrent: the machine has two cores and
 the clients already share them with the server under test.
 """
 
@@ -45,7 +54,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import charts
 from bench.gateway_client import GatewayStream, OperationError
-from tally.v1 import card_pb2, card_pb2_grpc, common_pb2, payment_pb2, payment_pb2_grpc
+from tally.v1 import admin_pb2, card_pb2, card_pb2_grpc, common_pb2, payment_pb2, payment_pb2_grpc
 
 # Bench cards and terminals live in their own id ranges, far from the demo
 # cards (6200000000000001..3) and demo terminals (1, 101, 102, 201).
@@ -55,6 +64,17 @@ STATION_ID = 1
 OPERATOR_ID = 1
 # One top-up per card covers any run: 10^12 minor units pay 10^10 sales of 100.
 TOPUP_AMOUNT_MINOR = 10**12
+# --terminal-auth: the bench's application domain (its headquarters) above
+# station STATION_ID, whose terminals it registers.
+AUTH_HEADQUARTERS_ID = 900_000
+PAY_METHOD = "/tally.v1.PaymentService/Pay"
+TOP_UP_METHOD = "/tally.v1.CardService/TopUp"
+# Issue 6: the interceptor costs under 10% of Pay's throughput, so
+# auth_ratio is at least this.
+AUTH_RATIO_TARGET = 0.9
+# What server/admin_service.py logs when it installs the interceptor.
+AUTH_LOG_LINE = "terminal authentication on"
+SIGNED_TOP_UP_TIMEOUT_S = 30.0
 
 CONCURRENCY_MAX = 5000
 CLIENT_PROCESSES_MAX = 64
@@ -109,6 +129,8 @@ class Parameters(msgspec.Struct, frozen=True):
     data_dir: str | None
     skip_echo: bool
     clients_per_stream: int = CLIENTS_PER_STREAM_DEFAULT
+    # Also run Pay against a server with --terminal-auth, MACed clients.
+    terminal_auth: bool = False
 
 
 class ClientPlan(msgspec.Struct, frozen=True):
@@ -130,6 +152,9 @@ class ClientPlan(msgspec.Struct, frozen=True):
     warmup_s: float
     duration_s: float
     call_timeout_s: float
+    # --terminal-auth run: the 32-byte secret of each of this process's
+    # terminals, in client order; empty: requests carry no MAC.
+    terminal_secrets: tuple[bytes, ...] = ()
 
 
 class Window(msgspec.Struct, frozen=True):
@@ -197,6 +222,14 @@ class Ratios(msgspec.Struct):
     server_cpu_per_request: float | None
 
 
+class AuthRatios(msgspec.Struct):
+    """Pay with the terminal-auth interceptor / Pay without it."""
+
+    throughput: float | None
+    latency_p99: float | None
+    server_cpu_per_request: float | None
+
+
 class Report(msgspec.Struct, omit_defaults=True):
     date: str
     parameters: Parameters
@@ -207,6 +240,12 @@ class Report(msgspec.Struct, omit_defaults=True):
     grpc_version: str
     # Read from the server's log; omitted when the log does not say.
     kernel: str | None = None
+    # --terminal-auth only: the Pay run with the interceptor, its ratios to
+    # the plain Pay run, and auth_ratio (= auth_ratios.throughput; issue 6
+    # asks for at least AUTH_RATIO_TARGET).
+    pay_auth: TargetReport | None = None
+    auth_ratios: AuthRatios | None = None
+    auth_ratio: float | None = None
 
 
 class Measured(msgspec.Struct):
@@ -266,6 +305,11 @@ def parse_args(argv) -> argparse.Namespace:
                         '(--data and --listen are set by this tool)')
     parser.add_argument("--skip-echo", action="store_true",
                         help="run Pay only, without the echo baseline (echo and ratios are null in the JSON)")
+    parser.add_argument("--terminal-auth", action="store_true",
+                        help="also run Pay against a server with --terminal-auth (terminals registered and signed "
+                        "on, every request MACed) and report auth_ratio = its throughput / plain Pay's; the two "
+                        "alternate (plain, auth, auth, plain, each half of --duration); unary mode only, on a data "
+                        "directory whose station 1 and bench terminals are not registered yet")
     parser.add_argument("--json", metavar="FILE", help="also write the whole report as JSON to FILE")
     parser.add_argument("--chart", metavar="FILE.png",
                         help="also draw the Pay run: latency over time, throughput over time, latency histogram")
@@ -287,6 +331,8 @@ def check_args(parser, args):
         parser.error("--amount-minor must be within 1 .. 10^12")
     if args.duration <= 0 or args.warmup < 0 or args.call_timeout <= 0:
         parser.error("--duration and --call-timeout must be positive, --warmup not negative")
+    if args.terminal_auth and args.mode != "unary":
+        parser.error("--terminal-auth needs --mode unary: with it the server refuses GatewayService streams")
 
 
 def parameters_of(args) -> Parameters:
@@ -304,6 +350,7 @@ def parameters_of(args) -> Parameters:
         data_dir=args.data,
         skip_echo=args.skip_echo,
         clients_per_stream=args.clients_per_stream,
+        terminal_auth=args.terminal_auth,
     )
 
 
@@ -361,6 +408,14 @@ def log_tail(log_path: str) -> str:
         return ""
 
 
+def log_says(log_path: str, text: str) -> bool:
+    try:
+        with open(log_path, errors="replace") as log_file:
+            return text in log_file.read()
+    except OSError:
+        return False
+
+
 def kernel_name(log_path: str) -> str | None:
     try:
         with open(log_path, errors="replace") as log_file:
@@ -370,22 +425,62 @@ def kernel_name(log_path: str) -> str | None:
     return found.group(1) if found else None
 
 
-def server_command(target: str, address: str, parameters: Parameters, data_dir: str) -> list[str]:
+class TerminalAuth(msgspec.Struct, frozen=True):
+    """What the --terminal-auth run needs: the server's master key file and
+    each client's terminal secret (client index order)."""
+
+    master_key_file: str
+    secrets: tuple[bytes, ...]
+
+
+def server_command(target: str, address: str, parameters: Parameters, data_dir: str,
+                   auth: TerminalAuth | None = None) -> list[str]:
     if target == "echo":
         return [sys.executable, "-m", "bench.echo", "--listen", address, "--log-level", "WARNING"]
     # The tool's own flags come first so that --server-args may add to them.
-    return [sys.executable, "-m", "server", "--data", data_dir, "--listen", address, *parameters.server_args]
+    secured = ["--terminal-auth", "--master-key-file", auth.master_key_file] if auth is not None else []
+    return [sys.executable, "-m", "server", "--data", data_dir, "--listen", address, *secured, *parameters.server_args]
 
 
-def run_target(target: str, parameters: Parameters, data_dir: str, log_path: str) -> tuple[TargetReport, Measured]:
+def run_target(target: str, parameters: Parameters, data_dir: str, log_path: str,
+               auth: TerminalAuth | None = None) -> tuple[TargetReport, Measured]:
     address = f"127.0.0.1:{free_port()}"
-    process = start_server(server_command(target, address, parameters, data_dir), log_path)
+    process = start_server(server_command(target, address, parameters, data_dir, auth), log_path)
     try:
         wait_until_serving(process, address, log_path)
-        measured = drive_load(address, parameters, fund_cards=(target == "pay"), server_pid=process.pid)
+        measured = drive_load(address, parameters, fund_cards=(target == "pay"), server_pid=process.pid,
+                              secrets=auth.secrets if auth is not None else ())
     finally:
         exit_code = stop_server(process)
     return summarize(measured, parameters.duration_s, exit_code), measured
+
+
+def register_terminals(data_dir: str, work_dir: str, concurrency: int) -> TerminalAuth:
+    """A master key, the bench's headquarters and station STATION_ID, and
+    one registered terminal per client, written to the data directory
+    before the server starts (as `python -m core.admin` would)."""
+    from core.admin import Admin, keys
+    from core.admin.access import cli_actor
+    from core.admin.errors import AdminError
+    from core.admin.model import OrgKind
+    from core.store import MAP_SIZE_BYTES_DEFAULT, open_store
+
+    master_key_file = os.path.join(work_dir, "master.key")
+    keys.new_master_key_file(master_key_file)
+    store = open_store(data_dir, MAP_SIZE_BYTES_DEFAULT)
+    try:
+        admin, actor = Admin(store, keys.load_master_key(master_key_file)), cli_actor()
+        try:
+            admin.create_headquarters(actor, "Bench", org_id=AUTH_HEADQUARTERS_ID)
+            admin.create_organisation(actor, AUTH_HEADQUARTERS_ID, OrgKind.STATION, "Bench station", org_id=STATION_ID)
+            secrets = tuple(admin.register_terminal(actor, TERMINAL_ID_BASE + index, STATION_ID, f"bench {index}")[1]
+                            for index in range(concurrency))
+        except AdminError as error:
+            raise BenchFailure(f"--terminal-auth registers station {STATION_ID} and terminals {TERMINAL_ID_BASE}.. in "
+                               f"{data_dir}: {error} (use a data directory without them)") from None
+    finally:
+        store.close()
+    return TerminalAuth(master_key_file, secrets)
 
 
 def process_cpu_s(pid: int) -> float | None:
@@ -428,7 +523,8 @@ def server_cpu_in_window(server_pid: int, start_at_wall_s: float, parameters: Pa
 # Client processes: the parent's side
 
 
-def client_plans(address: str, parameters: Parameters, fund_cards: bool) -> list[ClientPlan]:
+def client_plans(address: str, parameters: Parameters, fund_cards: bool,
+                 secrets: tuple[bytes, ...] = ()) -> list[ClientPlan]:
     # A serial base from the clock: a reused --data directory already holds
     # the serials of earlier runs for these terminals, and a reused serial
     # would be answered from the idempotency table instead of being paid.
@@ -453,6 +549,7 @@ def client_plans(address: str, parameters: Parameters, fund_cards: bool) -> list
                 warmup_s=parameters.warmup_s,
                 duration_s=parameters.duration_s,
                 call_timeout_s=parameters.call_timeout_s,
+                terminal_secrets=secrets[first:first + count],
             )
         )
         first += count
@@ -460,12 +557,13 @@ def client_plans(address: str, parameters: Parameters, fund_cards: bool) -> list
     return plans
 
 
-def drive_load(address: str, parameters: Parameters, fund_cards: bool, server_pid: int) -> Measured:
+def drive_load(address: str, parameters: Parameters, fund_cards: bool, server_pid: int,
+               secrets: tuple[bytes, ...] = ()) -> Measured:
     # spawn, not fork: the parent has used gRPC (health checks), and gRPC's
     # threads and sockets do not survive a fork.
     context = multiprocessing.get_context("spawn")
     workers = []
-    for plan in client_plans(address, parameters, fund_cards):
+    for plan in client_plans(address, parameters, fund_cards, secrets):
         parent_end, child_end = context.Pipe()
         process = context.Process(target=client_process_main, args=(plan, child_end), daemon=True)
         process.start()
@@ -526,11 +624,18 @@ async def run_clients(plan: ClientPlan, pipe) -> ProcessSamples:
     try:
         await asyncio.wait_for(asyncio.gather(*(channel.channel_ready() for channel in channels)), SERVER_READY_TIMEOUT_S)
         clients = range(plan.client_index_first, plan.client_index_first + plan.client_count)
+        signers = None
+        if plan.terminal_secrets:
+            signers = await sign_on_terminals(channels, plan)
         if plan.fund_cards:
-            await asyncio.gather(*(fund_card(channels[i % channel_count], i, plan.serial_first) for i in clients))
+            await asyncio.gather(*(fund_card(channels[i % channel_count], i, plan.serial_first, signers)
+                                   for i in clients))
         if plan.mode == "stream":
             streams = [await GatewayStream(channel).start() for channel in channels]
             pays = [stream.pay for stream in streams]
+        elif signers is not None:
+            pays = [signed_unary(channel, PAY_METHOD, payment_pb2.PaymentAnswer, signers, plan.call_timeout_s)
+                    for channel in channels]
         else:
             pays = [unary_pay(payment_pb2_grpc.PaymentServiceStub(channel).Pay, plan.call_timeout_s) for channel in channels]
         pipe.send(("ready", None))
@@ -555,6 +660,36 @@ def unary_pay(stub_pay, call_timeout_s: float):
     return pay
 
 
+async def sign_on_terminals(channels, plan: ClientPlan) -> dict:
+    """terminal id -> its TerminalKeys, each signed on (a serial from the
+    clock, above any earlier run's sign-on)."""
+    from core.admin.terminal_client import SIGN_ON_METHOD, TerminalKeys
+
+    signers = {}
+    for offset, secret in enumerate(plan.terminal_secrets):
+        client_index = plan.client_index_first + offset
+        terminal = TerminalKeys(TERMINAL_ID_BASE + client_index, STATION_ID, secret)
+        body, metadata = terminal.sign_on_request(plan.serial_first, OPERATOR_ID)
+        sign_on = channels[client_index % len(channels)].unary_unary(
+            SIGN_ON_METHOD, request_serializer=None, response_deserializer=admin_pb2.KeySignOnAnswer.FromString)
+        terminal.accept(await sign_on(body, metadata=metadata, timeout=plan.call_timeout_s))
+        signers[terminal.terminal_id] = terminal
+    return signers
+
+
+def signed_unary(channel, method: str, answer_type, signers: dict, call_timeout_s: float):
+    """A unary call whose request goes out as the bytes its MAC covers,
+    with the four x-tally-* metadata of its terminal's working key."""
+    call = channel.unary_unary(method, request_serializer=None, response_deserializer=answer_type.FromString)
+
+    async def send(request):
+        body = request.SerializeToString()
+        metadata = signers[request.terminal.terminal_id].metadata(method, request.terminal.serial, body)
+        return await call(body, metadata=metadata, timeout=call_timeout_s)
+
+    return send
+
+
 def window_of(plan: ClientPlan, start_at_wall_s: float) -> Window:
     # The start time crosses processes as wall-clock time; latency is measured
     # with perf_counter, which does not jump when the clock is adjusted.
@@ -569,15 +704,19 @@ def terminal_of(client_index: int, serial: int) -> common_pb2.TerminalContext:
     )
 
 
-async def fund_card(channel, client_index: int, serial: int):
+async def fund_card(channel, client_index: int, serial: int, signers: dict | None = None):
     """Open the client's card (it may exist from an earlier run on the same
-    data) and top up its personal account so Pay never runs out."""
+    data) and top up its personal account so Pay never runs out (a top-up
+    is a terminal request: MACed when the server authenticates terminals)."""
     card_id = CARD_ID_BASE + client_index
     cards = card_pb2_grpc.CardServiceStub(channel)
     opened = await cards.OpenCard(card_pb2.OpenCardRequest(card_id=card_id, card_type=card_pb2.PERSONAL_CARD))
     if opened.result not in (common_pb2.APPROVED, common_pb2.CARD_EXISTS):
         raise RuntimeError(f"OpenCard {card_id}: {common_pb2.ResultCode.Name(opened.result)}")
-    topped = await cards.TopUp(
+    top_up = cards.TopUp
+    if signers is not None:
+        top_up = signed_unary(channel, TOP_UP_METHOD, payment_pb2.PaymentAnswer, signers, SIGNED_TOP_UP_TIMEOUT_S)
+    topped = await top_up(
         card_pb2.TopUpRequest(
             terminal=terminal_of(client_index, serial), card_id=card_id, account=common_pb2.PERSONAL, amount=TOPUP_AMOUNT_MINOR
         )
@@ -743,6 +882,14 @@ def ratios_of(pay: TargetReport, echo: TargetReport | None) -> Ratios:
     )
 
 
+def auth_ratios_of(pay: TargetReport, pay_auth: TargetReport) -> AuthRatios:
+    return AuthRatios(
+        throughput=ratio(pay_auth.throughput_per_s, pay.throughput_per_s),
+        latency_p99=ratio(pay_auth.latency_ms.p99, pay.latency_ms.p99),
+        server_cpu_per_request=ratio(pay_auth.server_cpu_ms_per_request, pay.server_cpu_ms_per_request),
+    )
+
+
 def succeeded(report: TargetReport | None) -> bool:
     if report is None:
         return True
@@ -765,7 +912,7 @@ def print_table(report: Report):
         f"{'':9}{'requests':>10}{'req/s':>10}{'avg ms':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
         f"{'errors':>8}{'declines':>10}{'srv cpu ms/req':>16}"
     )
-    for name, target in (("pay", report.pay), ("echo", report.echo)):
+    for name, target in (("pay", report.pay), ("pay+auth", report.pay_auth), ("echo", report.echo)):
         if target is None:
             continue
         latency = target.latency_ms
@@ -776,6 +923,13 @@ def print_table(report: Report):
         )
         if target.errors_unmeasured or target.error_codes:
             print(f"{'':9}errors outside the window: {target.errors_unmeasured}; by code: {target.error_codes}")
+    if report.auth_ratios is not None:
+        auth = report.auth_ratios
+        verdict = "" if auth.throughput is None else (
+            f"   auth_ratio {auth.throughput:.3f} ({'meets' if auth.throughput >= AUTH_RATIO_TARGET else 'misses'} "
+            f"the target >= {AUTH_RATIO_TARGET})")
+        print(f"{'auth/pay':9}{'':10}{cell(auth.throughput, 3):>10}{'':27}{cell(auth.latency_p99, 2):>9}"
+              f"{'':35}{cell(auth.server_cpu_per_request, 2):>16}{verdict}")
     if report.echo is None:
         return
     print(f"{'pay/echo':9}{'':10}{cell(report.ratios.throughput, 3):>10}{'':27}{cell(report.ratios.latency_p99, 2):>9}"
@@ -795,7 +949,12 @@ def write_json(report: Report, path: str):
 def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
     data_dir = parameters.data_dir or os.path.join(work_dir, "data")
     pay_log_path = os.path.join(work_dir, "pay-server.log")
-    pay, measured = run_target("pay", parameters, data_dir, pay_log_path)
+    auth = register_terminals(data_dir, work_dir, parameters.concurrency) if parameters.terminal_auth else None
+    pay_auth = None
+    if auth is None:
+        pay, measured = run_target("pay", parameters, data_dir, pay_log_path)
+    else:
+        (pay, measured), (pay_auth, _) = run_with_and_without_auth(parameters, data_dir, work_dir, auth)
     echo = None
     if not parameters.skip_echo:
         echo, _ = run_target("echo", parameters, data_dir, os.path.join(work_dir, "echo-server.log"))
@@ -809,7 +968,40 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
         grpc_version=grpc.__version__,
         kernel=kernel_name(pay_log_path),
     )
+    if pay_auth is not None:
+        report.pay_auth = pay_auth
+        report.auth_ratios = auth_ratios_of(pay, pay_auth)
+        report.auth_ratio = report.auth_ratios.throughput
     return report, measured
+
+
+def run_with_and_without_auth(parameters: Parameters, data_dir: str, work_dir: str, auth: TerminalAuth) -> tuple:
+    """(plain Pay, Pay with terminal auth), run as plain, auth, auth, plain,
+    each for half the duration, each side's halves merged."""
+    half = msgspec.structs.replace(parameters, duration_s=parameters.duration_s / 2)
+    parts = {False: [], True: []}
+    for index, secured in enumerate((False, True, True, False)):
+        name = "pay-auth-server" if secured else "pay-server"
+        log_path = os.path.join(work_dir, f"{name}.log" if index < 2 else f"{name}-2.log")
+        parts[secured].append(run_target("pay", half, data_dir, log_path, auth if secured else None))
+        if secured and not log_says(log_path, AUTH_LOG_LINE):
+            raise BenchFailure(f"the --terminal-auth server never said {AUTH_LOG_LINE!r}: no interceptor was measured")
+    return merged(parts[False], half.duration_s), merged(parts[True], half.duration_s)
+
+
+def merged(parts: list[tuple[TargetReport, Measured]], part_duration_s: float) -> tuple[TargetReport, Measured]:
+    """Several runs of one target as one: each run's seconds follow the
+    last's, CPU adds up, the first failing exit code stands."""
+    samples = []
+    for index, (_, measured) in enumerate(parts):
+        shift_s = index * part_duration_s
+        samples.extend(msgspec.structs.replace(one, done_s=[value + shift_s for value in one.done_s],
+                                               error_s=[value + shift_s for value in one.error_s])
+                       for one in measured.samples)
+    cpu_s = [measured.server_cpu_s for _, measured in parts]
+    measured = Measured(samples=samples, server_cpu_s=None if None in cpu_s else sum(cpu_s))
+    exit_code = next((report.server_exit_code for report, _ in parts if report.server_exit_code != 0), 0)
+    return summarize(measured, part_duration_s * len(parts), exit_code), measured
 
 
 def draw(report: Report, measured: Measured, path: str):
@@ -839,7 +1031,7 @@ def main(argv) -> int:
         write_json(report, args.json)
     if args.chart:
         draw(report, measured, args.chart)
-    return 0 if succeeded(report.pay) and succeeded(report.echo) else 1
+    return 0 if succeeded(report.pay) and succeeded(report.pay_auth) and succeeded(report.echo) else 1
 
 
 if __name__ == "__main__":

@@ -122,3 +122,18 @@ def packet_claim_op(packet_id: int, card_id: int, share_count: int, terminal_id:
         station_id=station_id,
         fingerprint=fingerprint,
     )
+
+
+def budget_takes(txn, store, txn_id: int) -> list[tuple[int, int]]:
+    """(promotion_id, minor units) of every promotion budget a transaction
+    took and still holds: the discounts it was given (core/promotions:
+    a promotion's budget take is its discount)."""
+    entries = txn.get(txn_id.to_bytes(8, "big"), db=store.txn_counters)
+    if entries is None:
+        return []
+    found = []
+    for key, delta in TXN_COUNTER_ENTRY.iter_unpack(entries):
+        scope, owner, _, _ = parse_counter_key(key)
+        if scope == CounterScope.PROMOTION_BUDGET:
+            found.append((owner, delta))
+    return found

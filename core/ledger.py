@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterator, Sequence
 
 from core import limits
-from core.counters import COUNTER_VALUE, counter_key
+from core.counters import COUNTER_VALUE, TXN_COUNTER_ENTRY, counter_key, parse_counter_key
 from core.records import (
     Account,
     Card,
@@ -130,6 +130,15 @@ class Ledger:
         with self.store.env.begin() as txn:
             value = txn.get(counter_key(scope, owner, subject, period), db=self.store.counters)
         return 0 if value is None else COUNTER_VALUE.unpack(value)[0]
+
+    def txn_counters(self, txn_id: int) -> list[tuple[tuple[int, int, int, int], int]]:
+        """What a transaction took from counters and has not given back:
+        ((scope, owner, subject, period), delta) in the order taken."""
+        with self.store.env.begin() as txn:
+            entries = txn.get(u64_key(txn_id), db=self.store.txn_counters)
+        if entries is None:
+            return []
+        return [(parse_counter_key(key), delta) for key, delta in TXN_COUNTER_ENTRY.iter_unpack(entries)]
 
     def accounts(self) -> Iterator[Account]:
         with self.store.env.begin() as txn:

@@ -54,10 +54,12 @@ MESSAGE_BYTES_MAX = 64 * 1024
 # and serials are unsigned 64-bit (a 19-digit card number fits).
 STATION_ID_MAX = 2**32 - 1
 # Terminal ids above TERMINAL_ID_MAX are the system's own request sources:
-# partner programmes (PARTNER_TERMINAL_ID_BASE + partner id, so an exchange
-# is idempotent on the partner's reference) and, last, settlement adjustments.
+# promotions (red packets funded and returned), partner programmes
+# (PARTNER_TERMINAL_ID_BASE + partner id from 1, so an exchange is idempotent
+# on the partner's reference) and, last, settlement adjustments.
 TERMINAL_ID_MAX = 0xFFFEFFFF
 PARTNER_TERMINAL_ID_BASE = 0xFFFF0000
+PROMOTION_TERMINAL_ID = PARTNER_TERMINAL_ID_BASE
 PARTNER_ID_MAX = 0xFFFE
 OPERATOR_ID_MAX = 2**32 - 1
 CARD_ID_MAX = 2**64 - 1

@@ -74,6 +74,8 @@ class ResultCode(enum.IntEnum):
     PACKET_ALREADY_CLAIMED = 49
     # Every share of the red packet is claimed, or the packet is unknown.
     PACKET_EMPTY = 50
+    # The card is on the risk blacklist (permanently or until a date).
+    CARD_BLACKLISTED = 51
 
 
 class OpKind(enum.IntEnum):
@@ -326,4 +328,5 @@ RESULT_TEXT = {
     ResultCode.LINKED_FAILED: "not applied: another part of the same request was refused",
     ResultCode.PACKET_ALREADY_CLAIMED: "this card has already claimed a share of the red packet",
     ResultCode.PACKET_EMPTY: "every share of the red packet is claimed",
+    ResultCode.CARD_BLACKLISTED: "card refused by the risk blacklist",
 }

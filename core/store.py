@@ -65,6 +65,7 @@ Promotions' and risk's databases (core/promotions/store.py, core/risk/):
   risk_config             b"rules"                   -> JSON RiskRules (core.risk.rules)
   risk_blacklist          card_id u64                -> msgpack BlacklistEntry
   risk_flags              seq u64                    -> msgpack Flag   patterns flagged for review
+  promotion_issued        txn_id u64                 -> b""  a sale or top-up whose coupons were issued (once)
 """
 
 import os
@@ -125,6 +126,7 @@ DATABASE_NAMES = (
     "risk_config",
     "risk_blacklist",
     "risk_flags",
+    "promotion_issued",
 )
 
 # The map is a reservation of address space, not of disk: LMDB files grow as

@@ -2,7 +2,9 @@
 
 Owns: the RPC handlers of tally.v1.AdminService (each: the bearer token,
 the role's permission for the RPC, then core.admin in a worker thread so
-that password hashing and LMDB commits never hold up the event loop) and of
+that password hashing and LMDB commits never hold up the event loop; card
+changes run the kernel inside core.admin's own write transaction, with the
+server's kernel and UTC offset) and of
 tally.v1.TerminalKeyService.SignOn (registered by hand with no request
 deserializer: its MAC covers the request's bytes as they came). A station
 created here, and at start every station the kernel does not yet place, is
@@ -33,6 +35,8 @@ from core.admin.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from core.admin.cards import CardView
+from core.admin.customers import CustomerProfile, CustomerView
 from core.admin.directory import station_domain_op
 from core.admin.model import LIST_LIMIT_DEFAULT, Organisation, OrgKind, u32_key, unpack
 from core.commit import GroupCommitter
@@ -41,7 +45,7 @@ from core.store import rows
 from server.errors import InvalidRequest
 from server.requests import validate_terminal
 from server.terminal_auth import Refusal, parse_metadata
-from tally.v1 import admin_pb2, admin_pb2_grpc
+from tally.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 log = logging.getLogger("tally.admin")
 
@@ -54,6 +58,8 @@ ERRORS = (
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
 )
 BEARER = "bearer "
+# ExportCustomer's chunks: half the largest message the server sends.
+EXPORT_CHUNK_BYTES = 32 * 1024
 SIGN_ON_PATH = "/tally.v1.TerminalKeyService/SignOn"
 
 
@@ -80,6 +86,23 @@ class Call(msgspec.Struct, frozen=True):
     token: str
 
 
+def authorized_call(admin: Admin, name: str, context) -> Call:
+    """The caller of RPC `name` (none for Login), allowed by its role."""
+    token = bearer_token(context)
+    if name == "Login":
+        return Call(None, token)
+    actor = admin.authenticate(token)
+    require_role(actor, name)
+    return Call(actor, token)
+
+
+async def refuse(name: str, error: AdminError, context):
+    code = status_of(error)
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        log.warning("admin call refused: %s %s: %s", name, code.name, error)
+    await context.abort(code, str(error))
+
+
 def admin_rpc(method):
     """Authenticate (all but Login), check the role's permission, run the
     handler in a worker thread, map core.admin's errors to statuses."""
@@ -88,20 +111,32 @@ def admin_rpc(method):
     @functools.wraps(method)
     async def wrapper(self, request, context):
         try:
-            token = bearer_token(context)
-            actor = None
-            if name != "Login":
-                actor = self.admin.authenticate(token)
-                require_role(actor, name)
-            answer = await asyncio.to_thread(method, self, Call(actor, token), request)
+            call = authorized_call(self.admin, name, context)
+            answer = await asyncio.to_thread(method, self, call, request)
             if name == "CreateOrganisation":
                 await self.tell_kernel_station_domain(answer)
             return answer
         except AdminError as error:
-            code = status_of(error)
-            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                log.warning("admin call refused: %s %s: %s", name, code.name, error)
-            await context.abort(code, str(error))
+            await refuse(name, error, context)
+
+    return wrapper
+
+
+def admin_stream(method):
+    """admin_rpc for a server-streaming RPC: the handler returns the list
+    of messages to send, made whole before the first is sent."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            call = authorized_call(self.admin, name, context)
+            answers = await asyncio.to_thread(method, self, call, request)
+        except AdminError as error:
+            await refuse(name, error, context)
+            return
+        for answer in answers:
+            yield answer
 
     return wrapper
 
@@ -144,6 +179,35 @@ def audit_message(entry) -> admin_pb2.AuditEntry:
     return admin_pb2.AuditEntry(seq=entry.seq, time_ms=entry.time_ms, actor=entry.actor, org_id=entry.org_id,
                                 action=entry.action, object=entry.object, before=entry.before, after=entry.after,
                                 prev_hash=entry.prev_hash, hash=entry.hash)
+
+
+def card_message(view: CardView) -> admin_pb2.CardRecord:
+    return admin_pb2.CardRecord(
+        card_id=view.card_id, org_id=view.org_id, customer_id=view.customer_id, card_type=int(view.card_type),
+        status=int(view.status), activated=view.activated, limit_per_transaction_minor=view.limit_per_transaction_minor,
+        limit_per_day_minor=view.limit_per_day_minor,
+        balances=common_pb2.Balances(fleet_minor=view.fleet_minor, personal_minor=view.personal_minor,
+                                     points=view.points),
+        held=common_pb2.Balances(fleet_minor=view.held_fleet_minor, personal_minor=view.held_personal_minor,
+                                 points=view.held_points),
+        refund_payable_minor=view.refund_payable_minor, tier=int(view.tier), vehicle_plate=view.vehicle_plate,
+        allowed_goods=view.allowed_goods, allowed_stations=view.allowed_stations, domains=view.domains,
+        status_reason=view.status_reason, issued_ms=view.issued_ms, activated_ms=view.activated_ms)
+
+
+def customer_message(view: CustomerView) -> admin_pb2.Customer:
+    customer = view.customer
+    return admin_pb2.Customer(
+        customer_id=customer.customer_id, org_id=customer.org_id,
+        profile=admin_pb2.CustomerProfile(name=customer.name, phone=customer.phone, email=customer.email,
+                                          address=customer.address, birth_date=customer.birth_date),
+        tier=int(view.tier), card_ids=view.card_ids, created_ms=customer.created_ms, updated_ms=customer.updated_ms,
+        erased_ms=customer.erased_ms, erasure_reference=customer.erasure_reference)
+
+
+def profile_of(message: admin_pb2.CustomerProfile) -> CustomerProfile:
+    return CustomerProfile(name=message.name, phone=message.phone, email=message.email, address=message.address,
+                           birth_date=message.birth_date)
 
 
 def parameters_message(headquarters_id: int, parameters) -> admin_pb2.Parameters:
@@ -312,6 +376,109 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             breaches=[admin_pb2.AuditBreach(seq=breach.seq, reason=breach.reason) for breach in result.breaches])
 
 
+    # ------------------------------------------------------------ cards
+    # Here rather than in CardService: see the service's comment in
+    # proto/tally/v1/admin.proto (a back-office change needs the user, the
+    # role, the domain and an audit entry; CardService has no caller).
+
+    @admin_rpc
+    def IssueCard(self, call, request):
+        return card_message(self.admin.issue_card(
+            call.actor, request.card_id, request.org_id, request.card_type, request.limit_per_transaction_minor,
+            request.limit_per_day_minor, request.customer_id, request.vehicle_plate))
+
+    @admin_rpc
+    def ActivateCard(self, call, request):
+        return card_message(self.admin.activate_card(call.actor, request.card_id))
+
+    @admin_rpc
+    def TopUpCard(self, call, request):
+        done = self.admin.top_up_card(call.actor, request.card_id, request.account, request.amount_minor,
+                                      request.request_id)
+        return admin_pb2.TopUpCardAnswer(txn_id=done.txn_id, card=card_message(done.card), replayed=done.replayed)
+
+    @admin_rpc
+    def ReportCardLost(self, call, request):
+        return card_message(self.admin.report_card_lost(call.actor, request.card_id, request.reason))
+
+    @admin_rpc
+    def FreezeCard(self, call, request):
+        return card_message(self.admin.freeze_card(call.actor, request.card_id, request.reason))
+
+    @admin_rpc
+    def UnfreezeCard(self, call, request):
+        return card_message(self.admin.unfreeze_card(call.actor, request.card_id))
+
+    @admin_rpc
+    def CancelCard(self, call, request):
+        done = self.admin.cancel_card(call.actor, request.card_id, request.reason)
+        return admin_pb2.CancelCardAnswer(txn_id=done.txn_id, refund_minor=done.amount, fleet_minor=done.fleet,
+                                          personal_minor=done.personal, points_lapsed=done.points,
+                                          card=card_message(done.card))
+
+    @admin_rpc
+    def ChangeCardLimits(self, call, request):
+        return card_message(self.admin.change_card_limits(
+            call.actor, request.card_id, request.limit_per_transaction_minor, request.limit_per_day_minor))
+
+    @admin_rpc
+    def SetVehiclePlate(self, call, request):
+        return card_message(self.admin.set_vehicle_plate(call.actor, request.card_id, request.vehicle_plate))
+
+    @admin_rpc
+    def AllowCardStation(self, call, request):
+        return card_message(self.admin.allow_card_station(call.actor, request.card_id, request.station_id))
+
+    @admin_rpc
+    def SetAllowedGoods(self, call, request):
+        return card_message(self.admin.set_allowed_goods(call.actor, request.card_id, request.allowed_goods))
+
+    @admin_rpc
+    def EnableCardDomain(self, call, request):
+        return card_message(self.admin.enable_card_domain(call.actor, request.card_id, request.domain_id))
+
+    @admin_rpc
+    def GetCardRecord(self, call, request):
+        return card_message(self.admin.get_card(call.actor, request.card_id))
+
+    @admin_rpc
+    def ListCardRecords(self, call, request):
+        found, truncated = self.admin.list_cards(call.actor, request.org_id, request.customer_id,
+                                                 limit_of(request.limit))
+        return admin_pb2.ListCardRecordsAnswer(cards=map(card_message, found), truncated=truncated)
+
+    # ------------------------------------------------------------ customers
+
+    @admin_rpc
+    def CreateCustomer(self, call, request):
+        return customer_message(self.admin.create_customer(call.actor, request.org_id, profile_of(request.profile),
+                                                           request.customer_id))
+
+    @admin_rpc
+    def UpdateCustomer(self, call, request):
+        return customer_message(self.admin.update_customer(call.actor, request.customer_id,
+                                                           profile_of(request.profile)))
+
+    @admin_rpc
+    def GetCustomer(self, call, request):
+        return customer_message(self.admin.get_customer(call.actor, request.customer_id))
+
+    @admin_rpc
+    def ListCustomers(self, call, request):
+        found, truncated = self.admin.list_customers(call.actor, request.org_id, limit_of(request.limit))
+        return admin_pb2.ListCustomersAnswer(customers=map(customer_message, found), truncated=truncated)
+
+    @admin_stream
+    def ExportCustomer(self, call, request):
+        document = self.admin.export_customer(call.actor, request.customer_id)
+        return [admin_pb2.ExportChunk(data=document[offset:offset + EXPORT_CHUNK_BYTES])
+                for offset in range(0, len(document), EXPORT_CHUNK_BYTES)]
+
+    @admin_rpc
+    def EraseCustomer(self, call, request):
+        return customer_message(self.admin.erase_customer(call.actor, request.customer_id, request.reason))
+
+
 # ---------------------------------------------------------------- TerminalKeyService
 
 
@@ -373,7 +540,9 @@ def interceptors_for(settings, store, master_key: bytes | None) -> tuple:
 
 
 def add_admin_services(server, store, master_key: bytes | None, committer: GroupCommitter | None = None):
-    admin = Admin(store, master_key)
+    kernel = committer.ledger.kernel if committer is not None else None
+    utc_offset_minutes = committer.utc_offset_minutes if committer is not None else 0
+    admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=utc_offset_minutes)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(admin, committer), server)
     server.add_generic_rpc_handlers((terminal_key_handler(admin),))
 

@@ -4,6 +4,7 @@ Owns: PaymentAnswer, Transaction and Card messages, and the receipt text.
 Used by: server/payments.py and server/cards.py.
 """
 
+from core.promotions.model import funder_name
 from core.records import Account, Card, Result, Txn
 from core.results import RESULT_TEXT, CardFlag, OpKind, ResultCode, TxnFlag
 from tally.v1 import card_pb2, common_pb2, payment_pb2
@@ -59,10 +60,12 @@ def points_items(quote, points_earned: int) -> list:
     return items
 
 
-def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0, quote=None) -> payment_pb2.PaymentAnswer:
+def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0, quote=None, promotions=(), declined_by: str = "") -> payment_pb2.PaymentAnswer:
+    """promotions: PromotionApplied messages of the sale; declined_by: the
+    rule that declined it (a risk limit, the blacklist, a promotion's limit)."""
     return payment_pb2.PaymentAnswer(
         result=result.code,
-        result_text=result_text(result.code),
+        result_text=result_text(result.code) + (f": {declined_by}" if declined_by else ""),
         txn_id=result.txn_id,
         amount_minor=result.amount,
         sources=sources(result, channel),
@@ -73,14 +76,17 @@ def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0, q
             personal_minor=result.personal_balance,
             points=result.points_balance,
         ),
-        receipt=receipt(result, terminal, basket, channel) if terminal is not None else "",
+        receipt=receipt(result, terminal, basket, channel, promotions) if terminal is not None else "",
         business_day=result.business_day,
         points_items=points_items(quote, result.points_earned) if result.code == ResultCode.APPROVED else [],
         shortfall_settled_minor=result.shortfall_settled,
+        promotions=promotions,
+        discount_minor=sum(item.discount_minor for item in promotions),
+        declined_by=declined_by,
     )
 
 
-def receipt(result: Result, terminal, basket, channel: int) -> str:
+def receipt(result: Result, terminal, basket, channel: int, promotions=()) -> str:
     title = RECEIPT_TITLES.get(result.kind, "TRANSACTION")
     lines = [
         f"TALLY {title}",
@@ -89,6 +95,8 @@ def receipt(result: Result, terminal, basket, channel: int) -> str:
     ]
     for line in basket:
         lines.append(f"{line.name or line.goods_code}  {quantity(line.quantity_milli)} x {money(line.unit_price_minor)}  {money(line.amount_minor)}")
+    for item in promotions:
+        lines.append(f"  {item.name or 'promotion ' + str(item.promotion_id)}  -{money(item.discount_minor)}  ({funder_name(item.funder)})")
     lines.append(f"AMOUNT {money(result.amount)}")
     if result.code == ResultCode.APPROVED:
         for label, value in (

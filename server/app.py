@@ -29,6 +29,8 @@ from server.channel_flow import ChannelFlow
 from server.demo import seed_demo_data
 from server.loyalty_service import LoyaltyService, RulesHolder
 from server.payments import PaymentService
+from server import promotion_service
+from server.promotion_flow import PromotionFlow
 from server.settings import ServerSettings
 from server.settlement_service import SettlementService
 from server.stream import GatewayService
@@ -44,6 +46,7 @@ SERVICE_NAMES = (
     settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
     loyalty_pb2.DESCRIPTOR.services_by_name["LoyaltyService"].full_name,
     *admin_service.SERVICE_NAMES,
+    *promotion_service.SERVICE_NAMES,
 )
 
 # gRPC core refuses calls beyond max_pending_requests (1,000 by default) when
@@ -99,7 +102,8 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     )
     committer.start()
     channels = build_channels(settings.simulator)
-    flow = ChannelFlow(ledger, committer, channels, settings.channel_timeout_ms)
+    rules = RulesHolder(store)
+    flow = ChannelFlow(ledger, committer, channels, settings.channel_timeout_ms, lambda: rules.rules.expiry.lot_validity_days)
     if settings.recover:
         await flow.recover()
     if demo:
@@ -110,15 +114,16 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     master_key = admin_service.load_master_key_of(settings)
     server = grpc.aio.server(options=grpc_options(settings.reuse_port),
                              interceptors=admin_service.interceptors_for(settings, store, master_key))
-    rules = RulesHolder(store)
-    payments = PaymentService(ledger, committer, flow, settings, rules)
-    cards = CardService(ledger, committer)
+    promotions = promotion_service.add_promotion_services(server, ledger, committer, settings)
+    sale_promotions = PromotionFlow(ledger, promotions.service, promotions.risk, committer.clock)
+    payments = PaymentService(ledger, committer, flow, settings, rules, sale_promotions)
+    cards = CardService(ledger, committer, sale_promotions)
     gateway = GatewayService(payments, cards, settings.stream_window)
     payment_pb2_grpc.add_PaymentServiceServicer_to_server(payments, server)
     card_pb2_grpc.add_CardServiceServicer_to_server(cards, server)
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway, server)
-    settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(ledger, committer), server)
-    loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server(LoyaltyService(ledger, committer, rules), server)
+    settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(ledger, committer, payments), server)
+    loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server(LoyaltyService(ledger, committer, rules, promotions.risk), server)
     admin_service.add_admin_services(server, store, master_key, committer)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -156,6 +161,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     await health_servicer.enter_graceful_shutdown()
     gateway.stop()
     sweeper.cancel()
+    promotions.job.cancel()
     if sampler is not None:
         sampler.cancel()
     await server.stop(settings.shutdown_grace_s)

@@ -5,6 +5,7 @@ Owns: the RPC handlers of tally.v1.CardService.
 
 from core.commit import GroupCommitter
 from core.ledger import Ledger
+from core.promotions.model import CouponTrigger
 from core.results import CARD_ACCOUNT_KINDS, ResultCode
 from server import answers, requests
 from server.errors import rpc
@@ -12,9 +13,11 @@ from tally.v1 import card_pb2, card_pb2_grpc
 
 
 class CardService(card_pb2_grpc.CardServiceServicer):
-    def __init__(self, ledger: Ledger, committer: GroupCommitter):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter, promotions=None):
         self.ledger = ledger
         self.committer = committer
+        # server/promotion_flow.PromotionFlow: coupons issued on top-up.
+        self.promotions = promotions
 
     def _card_answer(self, code: int, card_id: int) -> card_pb2.CardAnswer:
         answer = card_pb2.CardAnswer(result=code, result_text=answers.result_text(code))
@@ -35,7 +38,10 @@ class CardService(card_pb2_grpc.CardServiceServicer):
     async def top_up(self, request):
         """TopUp's one code path, shared with the gateway stream."""
         result = await self.committer.submit(requests.topup_op(request))
-        return answers.payment_answer(result, request.terminal)
+        answer = answers.payment_answer(result, request.terminal)
+        if self.promotions is not None:
+            answer.coupons_issued.extend(await self.promotions.issue_coupons(CouponTrigger.TOPUP, result, request.terminal.station_id))
+        return answer
 
     @rpc
     async def TopUp(self, request, context):

@@ -17,9 +17,10 @@ from core.loyalty import jobs
 from core.loyalty.earning import SaleLine, quote
 from core.loyalty.rules import LoyaltyRules, RuleError, load_rules, save_rules
 from core.loyalty.statement import points_statement
-from core.records import Gift, Op, decode, u64_key
+from core.records import Gift, Op, Result, decode, u64_key
 from core.results import AccountKind, OpKind, ResultCode, Tier, TierReason
 from server import answers, requests
+from server.counter_client import CounterClient
 from server.errors import InvalidRequest, rpc
 from tally.v1 import loyalty_pb2, loyalty_pb2_grpc
 
@@ -75,10 +76,11 @@ def gift_message(gift: Gift) -> loyalty_pb2.GiftTerms:
     )
 
 
-def loyalty_answer(result, points: int, cash_minor: int = 0) -> loyalty_pb2.LoyaltyAnswer:
+def loyalty_answer(result, points: int, cash_minor: int = 0, declined_by: str = "") -> loyalty_pb2.LoyaltyAnswer:
     return loyalty_pb2.LoyaltyAnswer(
         result=result.code,
-        result_text=answers.result_text(result.code),
+        result_text=answers.result_text(result.code) + (f": {declined_by}" if declined_by else ""),
+        declined_by=declined_by,
         txn_id=result.txn_id,
         points=points if result.code == ResultCode.APPROVED else 0,
         cash_minor=cash_minor if result.code == ResultCode.APPROVED else 0,
@@ -92,10 +94,14 @@ def require_card(card_id: int):
 
 
 class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
-    def __init__(self, ledger: Ledger, committer: GroupCommitter, holder: RulesHolder):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter, holder: RulesHolder, risk=None):
         self.ledger = ledger
         self.committer = committer
         self.holder = holder
+        # Risk rules (server/risk_service.RiskHolder): redemptions per hour
+        # and the blacklist. None: neither is checked.
+        self.risk = risk
+        self.counters = CounterClient(committer, ledger)
 
     # ------------------------------------------------------------ reads
 
@@ -190,8 +196,17 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
     async def RedeemGift(self, request, context):
         requests.require_range(request.gift_id, "gift_id", 1, 2**64 - 1)
         requests.require_range(request.quantity, "quantity", 1, limits.REDEEM_QUANTITY_MAX)
-        result = await self.committer.submit(self._terminal_op(OpKind.REDEEM, request, item_id=request.gift_id, amount=request.quantity))
-        return loyalty_answer(result, -result.points_used, result.personal)
+        op = self._terminal_op(OpKind.REDEEM, request, item_id=request.gift_id, amount=request.quantity)
+        if self.risk is None:
+            result = await self.committer.submit(op)
+            return loyalty_answer(result, -result.points_used, result.personal)
+        now_ms = self.committer.clock()
+        entry = self.risk.blocking_entry(op.card_id, now_ms)
+        if entry is not None:
+            return loyalty_answer(Result(code=ResultCode.CARD_BLACKLISTED, kind=OpKind.REDEEM), 0, declined_by=entry.rule)
+        outcome = await self.counters.take(self.risk.redemption_takes(op.card_id, now_ms), op)
+        result = outcome.main if not outcome.refused_by else msgspec.structs.replace(outcome.main, code=outcome.code)
+        return loyalty_answer(result, -result.points_used, result.personal, declined_by=outcome.refused_by)
 
     @rpc
     async def ExchangePartnerPoints(self, request, context):

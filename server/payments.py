@@ -16,7 +16,8 @@ import msgspec
 
 from core.commit import GroupCommitter
 from core.ledger import Ledger
-from core.records import Result
+from core.promotions.model import CouponTrigger
+from core.records import Op, Result
 from core.results import OpKind, ResultCode
 from server import answers, requests
 from server.channel_flow import ChannelFlow
@@ -26,13 +27,17 @@ from tally.v1 import payment_pb2, payment_pb2_grpc
 
 
 class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
-    def __init__(self, ledger: Ledger, committer: GroupCommitter, flow: ChannelFlow, settings: ServerSettings, rules=None):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter, flow: ChannelFlow, settings: ServerSettings, rules=None,
+                 promotions=None):
         self.ledger = ledger
         self.committer = committer
         self.flow = flow
         self.settings = settings
         # The loyalty rules (server/loyalty_service.RulesHolder); None: base rate only.
         self.rules = rules
+        # Promotions and risk (server/promotion_flow.PromotionFlow); None: Pay
+        # prices nothing and checks no limits beyond the card's own.
+        self.promotions = promotions
         self._op_settings = settings
 
     @property
@@ -59,10 +64,31 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return result
 
     async def pay(self, request):
-        quote = self._quote(request.basket, request.amount_minor, request.plan.card_id, request.terminal.station_id)
-        op = requests.pay_op(request, self.op_settings, None if quote is None else quote.total)
-        result = await self._run(op)
-        return answers.payment_answer(result, request.terminal, request.basket, request.plan.channel, quote=quote)
+        if self.promotions is None:
+            quote = self._quote(request.basket, request.amount_minor, request.plan.card_id, request.terminal.station_id)
+            op = requests.pay_op(request, self.op_settings, None if quote is None else quote.total)
+            result = await self._run(op)
+            return answers.payment_answer(result, request.terminal, request.basket, request.plan.channel, quote=quote)
+        base = requests.pay_op(request, self.op_settings)  # validates the request first
+        quotes = []
+
+        def build_op(amount_minor: int, lines) -> Op:
+            """The PAY for what is left after discounts, earning on it."""
+            quote = self._quote(lines, amount_minor, request.plan.card_id, request.terminal.station_id)
+            quotes.append(quote)
+            earn = requests.base_points(amount_minor, self.op_settings) if quote is None else quote.total
+            return msgspec.structs.replace(base, amount=amount_minor, earn_points=earn)
+
+        outcome = await self.promotions.pay(request, build_op)
+        result = outcome.result
+        if result.code == ResultCode.PENDING:
+            result = await self.flow.settle(result)
+        answer = answers.payment_answer(
+            result, request.terminal, request.basket, request.plan.channel, quote=quotes[-1] if quotes else None,
+            promotions=self.promotions.applied(result) if outcome.priced else (), declined_by=outcome.declined_by,
+        )
+        answer.coupons_issued.extend(await self.promotions.issue_coupons(CouponTrigger.PURCHASE, result, request.terminal.station_id))
+        return answer
 
     async def pre_authorize(self, request):
         result = await self._run(requests.preauth_op(request, self.op_settings))

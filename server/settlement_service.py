@@ -5,6 +5,9 @@ runs core.settlement (LMDB reads and writes of the settlement databases) in
 a worker thread so that the event loop keeps serving payments, and answers.
 An ADJUST resolution posts its correcting transfer through the group
 commit, like any other ledger write.
+Shifts, day-end and offline batches (SignOn, ShiftClose, DayEnd,
+BatchUpload) are handled in server/shift_service.py; this class only
+answers them with it.
 Used by: server/app.py (registers it).
 
 A statement the parser refuses is an answer (REJECTED, with the line and the
@@ -18,6 +21,7 @@ import functools
 import logging
 
 import grpc
+import msgspec
 
 from core.commit import GroupCommitter, QueueFull, ShuttingDown
 from core.ledger import Ledger
@@ -28,6 +32,7 @@ from core.settlement.model import DifferenceState, ItemKind, ResolutionAction, p
 from core.settlement.reconcile import WINDOW_MS_DEFAULT, WINDOW_MS_MAX
 from core.settlement.statements import StatementError
 from core.settlement.statements.common import STATEMENT_BYTES_MAX
+from server.shift_service import ShiftHandlers
 from tally.v1 import settlement_pb2, settlement_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -118,10 +123,13 @@ def difference_message(found) -> settlement_pb2.Difference:
 
 
 class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
-    def __init__(self, ledger: Ledger, committer: GroupCommitter):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter, payments):
+        """payments: the server's PaymentService (server/payments.py), whose
+        `pay` applies each item of a BatchUpload."""
         self.ledger = ledger
         self.store = ledger.store
         self.committer = committer
+        self.shifts = ShiftHandlers(ledger, committer, payments)
 
     async def ImportStatement(self, request_iterator, context):
         try:
@@ -240,4 +248,19 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
                                                in_minor=line.in_minor, out_minor=line.out_minor, net_minor=line.net_minor,
                                                entries=line.entries) for line in clearing.lines],
             net_minor=clearing.net_minor,
+            discounts=[settlement_pb2.DiscountLine(**msgspec.structs.asdict(line)) for line in clearing.discounts],
         )
+
+    # ------------------------------------------------------------ shifts, days, offline batches
+
+    async def SignOn(self, request, context):
+        return await self.shifts.SignOn(request, context)
+
+    async def ShiftClose(self, request, context):
+        return await self.shifts.ShiftClose(request, context)
+
+    async def DayEnd(self, request, context):
+        return await self.shifts.DayEnd(request, context)
+
+    async def BatchUpload(self, request, context):
+        return await self.shifts.BatchUpload(request, context)

@@ -6,10 +6,12 @@ they came off the wire, and only a request that passes reaches the servicer.
 Used by: server/app.py (installs it with --terminal-auth).
 
 Guarded: PaymentService (every RPC), CardService.TopUp, LoyaltyService's
-terminal RPCs (CheckIn, CompleteTask, RedeemGift). Back-office RPCs (cards,
-loyalty rules, settlement) are not terminal requests and pass untouched.
+terminal RPCs (CheckIn, CompleteTask, RedeemGift), SettlementService's
+SignOn and ShiftClose. Back-office RPCs (cards, loyalty rules, the rest of
+settlement) are not terminal requests and pass untouched.
 GatewayService.Exchange carries many terminals' requests in one stream with
-no per-request MAC, so with --terminal-auth it is refused whole
+no per-request MAC, and SettlementService.BatchUpload many Pay requests in
+one message, so with --terminal-auth both are refused whole
 (PERMISSION_DENIED) rather than left as a way around the check.
 
 A request carries x-tally-terminal, x-tally-key-id, x-tally-serial and
@@ -73,10 +75,17 @@ GUARDED: dict[str, int | None] = {
     "/tally.v1.LoyaltyService/CheckIn": int(OpKind.CHECKIN),
     "/tally.v1.LoyaltyService/CompleteTask": int(OpKind.TASK),
     "/tally.v1.LoyaltyService/RedeemGift": int(OpKind.REDEEM),
+    "/tally.v1.SettlementService/SignOn": int(OpKind.SIGN_ON),
+    "/tally.v1.SettlementService/ShiftClose": int(OpKind.SHIFT_CLOSE),
+    "/tally.v1.PromotionService/ClaimPacket": int(OpKind.PACKET_CLAIM),
+    "/tally.v1.PromotionService/BuyChances": int(OpKind.PAY),
 }
 REFUSED_STREAMS = frozenset(("/tally.v1.GatewayService/Exchange",))
 GATEWAY_REFUSED_TEXT = ("GatewayService carries no per-request MAC: with --terminal-auth, terminals call the "
                         "unary RPCs with x-tally-mac")
+REFUSED_UNARY = frozenset(("/tally.v1.SettlementService/BatchUpload",))
+BATCH_REFUSED_TEXT = ("BatchUpload carries no per-sale MAC: with --terminal-auth, terminals send offline sales one by one "
+                      "with Pay (same serials: each is applied once)")
 DECIMAL_DIGITS_MAX = 20
 _FIELDS = (keys.METADATA_TERMINAL, keys.METADATA_KEY_ID, keys.METADATA_SERIAL, keys.METADATA_MAC)
 _NO_FINGERPRINT = bytes(16)
@@ -186,6 +195,8 @@ class TerminalAuthInterceptor(grpc.aio.ServerInterceptor):
             return guarded
         if method in REFUSED_STREAMS:
             return grpc.stream_stream_rpc_method_handler(_refuse_stream)
+        if method in REFUSED_UNARY:
+            return grpc.unary_unary_rpc_method_handler(_refuse_batch)
         return await continuation(details)
 
     def _guarded(self, handler, method: str, kind: int | None):
@@ -206,3 +217,8 @@ class TerminalAuthInterceptor(grpc.aio.ServerInterceptor):
 async def _refuse_stream(request_iterator, context):
     log.warning("terminal request refused: GatewayService/Exchange PERMISSION_DENIED: %s", GATEWAY_REFUSED_TEXT)
     await context.abort(grpc.StatusCode.PERMISSION_DENIED, GATEWAY_REFUSED_TEXT)
+
+
+async def _refuse_batch(request, context):
+    log.warning("terminal request refused: SettlementService/BatchUpload PERMISSION_DENIED: %s", BATCH_REFUSED_TEXT)
+    await context.abort(grpc.StatusCode.PERMISSION_DENIED, BATCH_REFUSED_TEXT)

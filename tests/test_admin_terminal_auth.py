@@ -236,3 +236,18 @@ def test_a_sign_on_with_a_malformed_terminal_context_names_the_field(secured):
     terminal_keys = TerminalKeys(101, 12, secrets[101])
     text = refused(lambda: terminal_keys.sign_on(process.channel(), 10**11, operator_id=0), grpc.StatusCode.INVALID_ARGUMENT)
     assert text == "terminal.operator_id: must be within 1 .. 4294967295, got 0"
+
+
+def test_every_terminal_rpc_without_a_mac_is_refused(secured):
+    """Each guarded RPC (payments, top-up, loyalty, shifts, red packet claims,
+    lottery chances bought with points) refuses a call that carries no MAC."""
+    from server.terminal_auth import GUARDED
+
+    process, _ = secured
+    channel = process.channel()
+    assert "/tally.v1.PromotionService/ClaimPacket" in GUARDED and "/tally.v1.PromotionService/BuyChances" in GUARDED
+    for method in GUARDED:
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as error:
+            call(b"", timeout=10)
+        assert error.value.code() == UNAUTHENTICATED, method

@@ -117,3 +117,24 @@ def test_points_lots_get_the_validity_of_the_rules_in_force_on_every_path(loyalt
     today = by_card.business_day
     assert [(lot.expires_day, lot.remaining) for lot in points.lots] == [(today + 45, by_card.points_earned + by_channel.points_earned)]
     save_rules(loyalty, {})
+
+
+def test_redemptions_per_hour_are_limited_and_the_decline_names_the_rule(loyalty, terminal, server):
+    from tally.v1 import promotion_pb2, promotion_pb2_grpc
+
+    risk = promotion_pb2_grpc.RiskServiceStub(server.channel())
+    card = 9_077
+    terminal.open_card(card)
+    terminal.cards.TopUp(card_pb2.TopUpRequest(terminal=terminal.context(), card_id=card, account=R.POINTS, amount=10_000))
+    loyalty.SetGift(loyalty_pb2.SetGiftRequest(terms=loyalty_pb2.GiftTerms(gift_id=78, points_price=100)))
+    loyalty.AddGiftStock(loyalty_pb2.AddGiftStockRequest(gift_id=78, delta=10))
+    risk.SetLimits(promotion_pb2.SetLimitsRequest(limits=[promotion_pb2.VelocityLimit(
+        limit_id=9, name="two gifts an hour", measure=promotion_pb2.RISK_MEASURE_REDEMPTION_COUNT, window=promotion_pb2.RISK_WINDOW_HOUR, ceiling=2)]))
+    try:
+        redeem = lambda: loyalty.RedeemGift(loyalty_pb2.RedeemGiftRequest(terminal=terminal.context(), card_id=card, gift_id=78, quantity=1))
+        answers = [redeem() for _ in range(3)]
+    finally:
+        risk.SetLimits(promotion_pb2.SetLimitsRequest(limits=[]))
+    assert [a.result for a in answers] == [R.APPROVED, R.APPROVED, R.COUNTER_LIMIT_REACHED]
+    assert "two gifts an hour" in answers[2].declined_by
+    assert loyalty.GetPoints(loyalty_pb2.GetPointsRequest(card_id=card)).points_balance == 10_000 - 200

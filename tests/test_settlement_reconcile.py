@@ -342,7 +342,7 @@ def test_the_command_line_runs_a_whole_day(tmp_path, capsys):
     assert main(["clear", "--data", data, "--day", "2024-06-01", "--csv", str(tmp_path / "clear.csv")]) == 0
     assert main(["export", "--data", data, "--day", "2024-06-01", "--csv", str(tmp_path / "j.csv"), "--parquet", str(tmp_path / "j.parquet")]) == 0
     assert main(["report", "--data", data, "--day", "2024-06-01", "--out", reports]) == 0
-    assert sorted(os.listdir(reports)) == ["differences.csv", "differences.png", "reconciliation.csv", "takings.csv", "takings.png"]
+    assert sorted(os.listdir(reports)) == ["differences.csv", "differences.png", "discounts.csv", "reconciliation.csv", "takings.csv", "takings.png"]
 
 
 def test_every_settlement_command_has_help():

@@ -8,6 +8,8 @@ Owns (one module each):
                  goods and categories, a domain's parameters
   users.py       users, argon2id passwords (passwords.py), bearer tokens
   terminals.py   registration, disabling, daily sign-on, working keys
+  cards.py       cards for back-office users: issue to cancel, owner records
+  customers.py   card holders: profile, tier, export, erasure on request
   keys.py        master key, sealing, key derivation, the terminal MAC
   audit.py       the hash-chained audit log and its check
   terminal_client.py   the POS side: sign on, MAC every request
@@ -23,13 +25,15 @@ one LMDB write transaction.
 
 from core.admin import audit
 from core.admin.access import Actor, require_range, subtree
+from core.admin.cards import CardsMixin
+from core.admin.customers import CustomersMixin
 from core.admin.directory import DirectoryMixin
 from core.admin.model import LIST_LIMIT_MAX, AuditEntry
 from core.admin.terminals import TerminalsMixin
 from core.admin.users import UsersMixin
 
 
-class Admin(DirectoryMixin, UsersMixin, TerminalsMixin):
+class Admin(DirectoryMixin, UsersMixin, TerminalsMixin, CardsMixin, CustomersMixin):
     """Administration over an open store (see the mixins for each part)."""
 
     def read_audit(self, actor: Actor, after_seq: int = 0, limit: int = LIST_LIMIT_MAX) -> tuple[list[AuditEntry], bool]:

@@ -3,8 +3,10 @@
 Owns: `Actor` (who acts: a user with a role, a terminal, or the command line),
 `PERMISSIONS` (AdminService RPC -> roles allowed), the organisation tree
 walks that decide what a caller may see (its own organisation's subtree,
-nothing else), and the shared input checks of core.admin.
-Used by: directory.py, users.py, terminals.py, server/admin_service.py.
+nothing else; a card or customer is its organisation's), and the shared
+input checks of core.admin.
+Used by: directory.py, users.py, terminals.py, cards.py, customers.py,
+server/admin_service.py.
 """
 
 import re
@@ -13,7 +15,7 @@ import time
 import msgspec
 
 from core.admin.errors import InvalidInput, NotFound, PermissionDenied
-from core.admin.model import ORG_DEPTH_MAX, Organisation, Role, u32_key, unpack
+from core.admin.model import ORG_DEPTH_MAX, Customer, Organisation, Role, u32_key, u64_key, unpack
 from core.store import Store, rows
 
 ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE, AUDITOR = (
@@ -54,6 +56,32 @@ PERMISSIONS: dict[str, frozenset] = {
     "ListUsers": frozenset((ADMINISTRATOR, AUDITOR)),
     "ReadAudit": frozenset((AUDITOR,)),
     "VerifyAudit": frozenset((AUDITOR, ADMINISTRATOR)),
+    # Cards (core/admin/cards.py). Customer service handles a holder's card
+    # (issue, activate, lost, freeze, unfreeze, plate) but moves no money:
+    # top-ups and cancelling (which owes the balance back) are operations'.
+    "IssueCard": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
+    "ActivateCard": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
+    "TopUpCard": frozenset((ADMINISTRATOR, OPERATIONS)),
+    "ReportCardLost": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
+    "FreezeCard": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
+    "UnfreezeCard": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
+    "CancelCard": frozenset((ADMINISTRATOR, OPERATIONS)),
+    "ChangeCardLimits": frozenset((ADMINISTRATOR, OPERATIONS)),
+    "SetVehiclePlate": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
+    "AllowCardStation": frozenset((ADMINISTRATOR, OPERATIONS)),
+    "SetAllowedGoods": frozenset((ADMINISTRATOR, OPERATIONS)),
+    # Opening a card to another domain's stations is a business decision.
+    "EnableCardDomain": frozenset((ADMINISTRATOR,)),
+    "GetCardRecord": EVERY_ROLE,
+    "ListCardRecords": EVERY_ROLE,
+    # Customers (core/admin/customers.py): personal data, so auditors and
+    # operations staff do not read it; erasing it is for administrators.
+    "CreateCustomer": frozenset((ADMINISTRATOR, CUSTOMER_SERVICE)),
+    "UpdateCustomer": frozenset((ADMINISTRATOR, CUSTOMER_SERVICE)),
+    "GetCustomer": frozenset((ADMINISTRATOR, CUSTOMER_SERVICE)),
+    "ListCustomers": frozenset((ADMINISTRATOR, CUSTOMER_SERVICE)),
+    "ExportCustomer": frozenset((ADMINISTRATOR, CUSTOMER_SERVICE)),
+    "EraseCustomer": frozenset((ADMINISTRATOR,)),
 }
 
 
@@ -146,6 +174,21 @@ def subtree(txn, store: Store, actor: Actor) -> set[int] | None:
         found.update(below)
         frontier = below
     return found
+
+
+def customer_record(txn, store: Store, customer_id: int) -> Customer | None:
+    db = store.admin_customers
+    value = txn.get(u64_key(customer_id), db=db) if db is not None else None
+    return None if value is None else unpack(Customer, value)
+
+
+def visible_customer(txn, store: Store, actor: Actor, customer_id: int) -> Customer:
+    """The customer, if the actor's subtree holds its organisation; NotFound
+    otherwise, as for an id nobody uses."""
+    customer = customer_record(txn, store, customer_id)
+    if customer is None or not visible(txn, store, actor, customer.org_id):
+        raise NotFound(f"customer {customer_id} not found")
+    return customer
 
 
 # ---------------------------------------------------------------- input

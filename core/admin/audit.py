@@ -2,7 +2,7 @@
 
 Owns: the admin_audit and admin_meta databases. An entry says who, when,
 what (the action and its object) and the object before and after, as JSON
-without secrets. Each entry's SHA-256 covers all its fields and the
+without secrets or personal data. Each entry's SHA-256 covers all its fields and the
 previous entry's hash (the first entry's predecessor is 32 zero bytes), and
 the head (last seq and hash) is kept apart, so `verify` finds an edited,
 removed, inserted or cut-off entry and names it.
@@ -30,16 +30,26 @@ HEAD_KEY = b"audit_head"
 SECRET_FIELDS = frozenset(("password_hash", "secret_sealed", "key_sealed"))
 
 
+# What stands in an entry for a personal field that has a value: the log
+# is append-only, so a person's data written into it could never be erased
+# (core/admin/customers.py: EraseCustomer).
+PERSONAL_MARK = "[personal]"
+
+
 def view(record) -> str:
-    """JSON of a record for an audit entry: enums by name, secrets left out;
+    """JSON of a record for an audit entry: enums by name, secrets left out,
+    personal fields (a record's PERSONAL_FIELDS) as PERSONAL_MARK when set;
     "" for None."""
     if record is None:
         return ""
+    personal = getattr(type(record), "PERSONAL_FIELDS", frozenset())
     fields = {}
     for name in record.__struct_fields__:
         if name in SECRET_FIELDS:
             continue
         value = getattr(record, name)
+        if name in personal:
+            value = PERSONAL_MARK if value else ""
         fields[name] = value.name if isinstance(value, enum.Enum) else value
     return msgspec.json.encode(fields).decode()
 

@@ -1,23 +1,38 @@
 """What every part of the admin API shares: the open store, the master key,
-the clock, one write transaction per change with its audit entry.
+the clock, one write transaction per change with its audit entry, and the
+kernel for the changes to cards.
 
-Used by: directory.py, users.py, terminals.py (their mixins make up
-core.admin.Admin).
+Used by: directory.py, users.py, terminals.py, cards.py, customers.py (their
+mixins make up core.admin.Admin).
+
+A change to a card (issue, status, limits, top-up, cancel, domains) runs
+its kernel operations inside the admin write transaction itself
+(`_apply_kernel`), not through the group commit: the kernel's records, the
+card's owner record and the audit entry are then stored together or not at
+all. LMDB serialises this writer with the group commit's, and the kernel
+keeps no state between batches, so the two never see each other half done.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from core.admin import audit
 from core.admin.access import Actor, now_ms
 from core.admin.errors import FailedPrecondition
+from core.records import Op, Result
 from core.store import Store
 
 
 class AdminBase:
-    def __init__(self, store: Store, master_key: bytes | None = None, clock: Callable[[], int] = now_ms):
+    def __init__(self, store: Store, master_key: bytes | None = None, clock: Callable[[], int] = now_ms,
+                 kernel=None, utc_offset_minutes: int = 0):
         self.store = store
         self.master_key = master_key
         self.clock = clock
+        # None: core.ledger.load_kernel() at the first card change.
+        self.kernel = kernel
+        # Of the business day the kernel stamps on what it posts, as the
+        # server's group commit does (--utc-offset-minutes).
+        self.utc_offset_minutes = utc_offset_minutes
 
     def _write(self, change):
         """Run change(txn) in one durable write transaction: the change and
@@ -31,6 +46,17 @@ class AdminBase:
 
     def _audit(self, txn, actor: Actor, action: str, object_: str, org_id: int, before=None, after=None):
         return audit.append(txn, self.store, self.clock(), actor.name, org_id, action, object_, before, after)
+
+    def _apply_kernel(self, txn, ops: Sequence[Op]) -> list[Result]:
+        """The kernel's results for `ops`, applied inside `txn` (see the
+        module's docstring)."""
+        from core.ledger import business_day, decode_results, encode_ops, load_kernel
+
+        if self.kernel is None:
+            self.kernel = load_kernel()
+        now = self.clock()
+        return decode_results(self.kernel.apply_batch(txn, self.store, encode_ops(ops), now,
+                                                      business_day(now, self.utc_offset_minutes)))
 
     def _require_master_key(self) -> bytes:
         if self.master_key is None:

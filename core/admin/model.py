@@ -2,7 +2,7 @@
 
 Owns: organisations (a tree: headquarters, regions, stations), terminals,
 operators, goods and categories, a domain's parameters, users and their
-sessions, audit entries; the limits on every field; the key scheme of each
+sessions, audit entries, cards' owners and customers; the limits on every field; the key scheme of each
 admin_* named database (see core/store.py). Values are msgpack of these
 structs.
 Used by: every module of core.admin, server/admin_service.py,
@@ -18,6 +18,7 @@ that domain's, and nobody outside its subtree sees it.
 
 import enum
 import struct
+from typing import ClassVar
 
 import msgspec
 
@@ -46,6 +47,14 @@ WORKING_KEY_VALIDITY_S_MAX = 7 * 86400
 # Rows one list call returns at most.
 LIST_LIMIT_DEFAULT = 1000
 LIST_LIMIT_MAX = 10_000
+# Cards and customers (core/admin/cards.py, customers.py).
+CUSTOMER_ID_MAX = 2**64 - 1
+VEHICLE_PLATE_LENGTH_MAX = 16
+ALLOWED_GOODS_MAX = 64
+PHONE_LENGTH_MAX = 32
+EMAIL_LENGTH_MAX = 254
+# An export lists at most this many transactions per card (the most recent).
+EXPORT_TRANSACTIONS_PER_CARD_MAX = 10_000
 
 
 class OrgKind(enum.IntEnum):
@@ -177,6 +186,49 @@ class Session(msgspec.Struct):
     created_ms: int
 
 
+class CardOwner(msgspec.Struct):
+    """What administration keeps of a card the kernel holds (status, limits,
+    balances, allowed stations and domains live in the kernel's records):
+    the organisation that issued it, whose subtree alone sees and changes
+    it, and what the kernel has no field for."""
+
+    card_id: int
+    org_id: int
+    # 0: no customer.
+    customer_id: int = 0
+    # Fleet (COMPANY) cards only: the vehicle the card is for.
+    vehicle_plate: str = ""
+    # Goods or category codes the card may buy; empty: anything.
+    allowed_goods: tuple[str, ...] = ()
+    # Why it was last reported lost, frozen or cancelled; "" once unfrozen.
+    status_reason: str = ""
+    issued_ms: int = 0
+    # 0 until ActivateCard: the kernel holds the card FROZEN till then.
+    activated_ms: int = 0
+
+
+class Customer(msgspec.Struct):
+    """A card holder. PERSONAL_FIELDS are what EraseCustomer blanks and
+    what the audit log never holds (it shows "[personal]" instead)."""
+
+    PERSONAL_FIELDS: ClassVar[frozenset] = frozenset(("name", "phone", "email", "address", "birth_date"))
+
+    customer_id: int
+    org_id: int
+    name: str = ""
+    phone: str = ""
+    email: str = ""
+    address: str = ""
+    # "YYYY-MM-DD" or "".
+    birth_date: str = ""
+    created_ms: int = 0
+    updated_ms: int = 0
+    # When the personal fields were erased on request; 0: never.
+    erased_ms: int = 0
+    # The erasure request's reference (a ticket number, no personal data).
+    erasure_reference: str = ""
+
+
 class AuditEntry(msgspec.Struct, frozen=True):
     """One administrative action. `hash` is the SHA-256 of every other field
     including `prev_hash`, the previous entry's hash (core/admin/audit.py)."""
@@ -223,6 +275,18 @@ def u64_key(value: int) -> bytes:
 
 def parse_u32_key(key: bytes) -> int:
     return _U32.unpack(key)[0]
+
+
+_CUSTOMER_CARD = struct.Struct(">QQ")
+
+
+def customer_card_key(customer_id: int, card_id: int) -> bytes:
+    """(customer u64, card u64): admin_customer_cards, a customer's cards."""
+    return _CUSTOMER_CARD.pack(customer_id, card_id)
+
+
+def parse_customer_card_key(key: bytes) -> tuple[int, int]:
+    return _CUSTOMER_CARD.unpack(key)
 
 
 def coded_key(org_id: int, code: str) -> bytes:

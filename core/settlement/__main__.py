@@ -1,5 +1,6 @@
 """`python -m core.settlement COMMAND`: statements, reconciliation, the error
-queue, clearing, exports and reports for finance staff and batch clients.
+queue, clearing, day-end, exports and reports for finance staff and batch
+clients.
 
 Every command works on a data directory (--data DIR, the server's) and may
 run while the server serves: LMDB serialises writers across processes.
@@ -171,6 +172,54 @@ def command_clear(args) -> int:
     for station, net in sorted(clearing.net_by_station().items()):
         print(f"  station {station:<6} {'all methods':<22} {format_yuan(net):>16}")
     print(f"  {'all stations':<29} {format_yuan(clearing.net_minor):>16}")
+    if clearing.discounts:
+        print("promotions' discounts (not journal movements: owed to the station by the funder)")
+    for line in clearing.discounts:
+        print(f"  station {line.station_id:<6} promotion {line.promotion_id:<12} {format_yuan(line.discount_minor):>16}   "
+              f"{line.sales} sales, funded by {line.funded_by} {line.funder_id or ''}".rstrip())
+    return 0
+
+
+def _print_totals(name: str, totals) -> None:
+    sales = totals.sales
+    channels = "".join(f", {channel.lower()} {format_yuan(amount)}" for channel, amount in sorted(sales.channels.items()))
+    print(f"  {name:<16} {totals.sales_count:>5} sales {format_yuan(sales.total):>14} (fleet {format_yuan(sales.fleet)}, "
+          f"personal {format_yuan(sales.personal)}, points {format_yuan(sales.points_cash)}{channels}); "
+          f"{totals.refunds_count} refunds {format_yuan(totals.refunds.total)}, {totals.voided_count} voided "
+          f"{format_yuan(totals.voided_minor)}, {totals.reversed_count} reversed {format_yuan(totals.reversed_minor)}, "
+          f"{totals.topups_count} top-ups {format_yuan(totals.topups_minor)}")
+
+
+def command_close_day(args) -> int:
+    """DAY_END straight through the ledger, like `queue resolve --action
+    adjust`: LMDB lets one writer in at a time across processes, so this
+    works whether the server runs or not (the server's DayEnd RPC does the
+    same through its group commit). Safe to repeat: days only move forward."""
+    from core.ledger import business_day
+    from core.settlement.shifts import day_end_op, day_totals
+
+    now_ms = time.time_ns() // 1_000_000
+    today = business_day(now_ms, args.utc_offset_minutes)
+    if not 1 <= args.day <= today or not 1 <= args.station <= 2**32 - 1:
+        print(f"{PROG} close-day: --day must be within 1 .. today ({date_of_day(today)}), --station within 1 .. 2^32-1",
+              file=sys.stderr)
+        return 2
+    store = _open(args)
+    try:
+        result = _ledger(store, args.kernel).apply([day_end_op(args.station, args.day)], now_ms, today)[0]
+        totals = day_totals(store, args.station, args.day)
+    finally:
+        store.close()
+    if args.json:
+        _print_json({"closed_through_day": result.amount, "by": args.by, "totals": totals})
+        return 0
+    print(f"station {args.station} {date_of_day(args.day)}: closed by {args.by} (closed through {date_of_day(result.amount)}); "
+          "voids of the day are refused from now on, refunds still work")
+    _print_totals("station", totals.station)
+    for terminal_id, part in sorted(totals.by_terminal.items()):
+        _print_totals(f"terminal {terminal_id}", part)
+    for operator_id, part in sorted(totals.by_operator.items()):
+        _print_totals(f"operator {operator_id}", part)
     return 0
 
 
@@ -302,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("clear", command_clear, "what each station is owed or owes for the day, per payment method")
     sub.add_argument("--day", type=_day, required=True)
     sub.add_argument("--csv", metavar="FILE", help="also write the lines as CSV")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("close-day", command_close_day, "close a station's business day (voids of it are refused from then on; "
+                  "refunds work) and print its totals by method, terminal and operator")
+    sub.add_argument("--station", type=int, required=True)
+    sub.add_argument("--day", type=_day, required=True, help="the business day to close (and every day before it)")
+    sub.add_argument("--by", default=os.environ.get("USER", "settlement"), help="who closes the day (printed)")
+    sub.add_argument("--kernel", choices=("auto", "cython", "reference"), default="auto")
+    sub.add_argument("--utc-offset-minutes", type=int, default=0, help="the ledger's business day boundary (as the server's)")
     sub.add_argument("--json", action="store_true")
 
     sub = command("export", command_export, "a day's journal as CSV and/or Parquet; --benchmark measures 1,000,000 rows", data=False)

@@ -25,8 +25,13 @@ Who funds each method:
 import msgspec
 import numpy as np
 
-from core.results import AccountKind, Channel, Movement, Unit, unit_of
+from core.counters import budget_takes
+from core.promotions.model import funder_name
+from core.promotions.store import load_promotion
+from core.records import Txn, decode, u64_key
+from core.results import AccountKind, Channel, Movement, TxnState, Unit, unit_of
 from core.settlement.journal import read_days
+from core.settlement.shifts import first_txn_of_day
 
 STATION_ACCOUNT_KINDS = (AccountKind.STATION_RECEIVABLE, AccountKind.TOPUP_FUNDING)
 METHOD_NAMES = {
@@ -56,9 +61,25 @@ class ClearingLine(msgspec.Struct, frozen=True):
     entries: int
 
 
+class DiscountLine(msgspec.Struct, frozen=True):
+    """Discounts a promotion gave on a station's sales of the day (posted,
+    not voided or reversed): the customers paid that much less, and the
+    funder owes it to the station (a station-funded promotion is the
+    station's own cost). Not a journal movement, so not in `lines`."""
+
+    station_id: int
+    promotion_id: int
+    name: str
+    funded_by: str
+    funder_id: int
+    sales: int
+    discount_minor: int
+
+
 class Clearing(msgspec.Struct, frozen=True):
     day: int
     lines: tuple[ClearingLine, ...]
+    discounts: tuple[DiscountLine, ...] = ()
 
     def net_by_station(self) -> dict[int, int]:
         totals: dict[int, int] = {}
@@ -121,4 +142,33 @@ def clear_day(store, day: int) -> Clearing:
         method = method_name(movement, channel)
         funded_by = FUNDED_BY.get(method) or (f"the channel ({method})" if movement == Movement.CHANNEL else "see the journal")
         lines.append(ClearingLine(station, method, funded_by, money_in, money_out, money_in - money_out, count))
-    return Clearing(day=day, lines=tuple(lines))
+    return Clearing(day=day, lines=tuple(lines), discounts=discounts_of_day(store, day))
+
+
+def discounts_of_day(store, day: int) -> tuple[DiscountLine, ...]:
+    """Per station and promotion, from what the day's sales took from the
+    promotions' budgets (core/counters.budget_takes)."""
+    sums: dict[tuple[int, int], list[int]] = {}
+    with store.env.begin() as txn:
+        cursor = txn.cursor(db=store.txn_counters)
+        if cursor.set_range(u64_key(first_txn_of_day(txn, store, day))):
+            for key in cursor.iternext(values=False):
+                record = txn.get(key, db=store.txns)
+                if record is None:
+                    continue
+                sale = decode(Txn, record)
+                if sale.business_day > day:
+                    break
+                if sale.business_day != day or sale.state != TxnState.POSTED or sale.flags:
+                    continue
+                for promotion_id, minor in budget_takes(txn, store, sale.txn_id):
+                    total = sums.setdefault((sale.station_id, promotion_id), [0, 0])
+                    total[0] += 1
+                    total[1] += minor
+    lines = []
+    for (station_id, promotion_id), (sales, minor) in sorted(sums.items()):
+        promotion = load_promotion(store, promotion_id)
+        funder = funder_name(promotion.funder) if promotion else "unknown (promotion deleted)"
+        lines.append(DiscountLine(station_id, promotion_id, promotion.name if promotion else "", funder,
+                                  promotion.funder_id if promotion else 0, sales, minor))
+    return tuple(lines)

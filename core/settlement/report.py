@@ -131,14 +131,24 @@ def plot_differences(differences, day: int, path: str):
     plt.close(figure)
 
 
+def write_discounts_csv(clearing: Clearing, path: str):
+    """Promotions' discounts per station and promotion, with who funds them."""
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["day", "station_id", "promotion_id", "name", "funded_by", "funder_id", "sales", "discount_minor"])
+        for line in clearing.discounts:
+            writer.writerow([clearing.day, line.station_id, line.promotion_id, line.name, line.funded_by, line.funder_id, line.sales, line.discount_minor])
+
+
 def write_day_report(store, clearing: Clearing, directory: str) -> list[str]:
     """Every report of clearing.day into `directory`; returns the paths."""
     os.makedirs(directory, exist_ok=True)
     day = clearing.day
     differences = queue.differences(store, day=day)
     paths = {name: os.path.join(directory, name) for name in
-             ("takings.csv", "differences.csv", "reconciliation.csv", "takings.png", "differences.png")}
+             ("takings.csv", "discounts.csv", "differences.csv", "reconciliation.csv", "takings.png", "differences.png")}
     write_takings_csv(clearing, paths["takings.csv"])
+    write_discounts_csv(clearing, paths["discounts.csv"])
     write_differences_csv(differences, paths["differences.csv"])
     write_reconciliation_csv(queue.runs(store, day), paths["reconciliation.csv"])
     plot_takings(clearing, paths["takings.png"])

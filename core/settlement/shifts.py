@@ -2,8 +2,9 @@
 
 Owns: reading the transactions of a shift (the terminal's transactions with
 ids in the shift's range) or of a business day, and summing them per payment
-method, per terminal and per operator, for the hand-over and the day-end.
-Used by: server/settlement_service.py (ShiftClose, DayEnd), tests.
+method, per terminal and per operator, for the hand-over and the day-end;
+the DAY_END operation that closes a day.
+Used by: server/shift_service.py (ShiftClose, DayEnd), the CLI (close-day), tests.
 
 A sale counts at its posted amounts; a voided or reversed sale counts in
 `voided` / `reversed`, not in sales; refunds count where they were made.
@@ -13,7 +14,8 @@ import collections
 
 import msgspec
 
-from core.records import Shift, Txn, decode, u32_key, u64_key
+from core.counters import budget_takes
+from core.records import Op, Shift, Txn, decode, u32_key, u64_key
 from core.results import Channel, OpKind, TxnFlag, TxnState
 
 SALE_KINDS = (OpKind.PAY, OpKind.PREAUTH)
@@ -55,10 +57,11 @@ class Totals(msgspec.Struct):
     reversed_minor: int = 0
     topups_count: int = 0
     topups_minor: int = 0
-    # Promotions are not there yet: discounts stay zero until they are.
+    # Promotions' discounts on the sales counted (voided and reversed sales
+    # gave their promotions back): what the customers did not pay.
     discounts_minor: int = 0
 
-    def add(self, record: Txn):
+    def add(self, record: Txn, discount_minor: int = 0):
         posted = sum(getattr(record, "posted_" + method) for method in METHODS)
         if record.state != TxnState.POSTED:
             return
@@ -72,6 +75,7 @@ class Totals(msgspec.Struct):
             else:
                 self.sales_count += 1
                 self.sales.add(record, "posted_")
+                self.discounts_minor += discount_minor
         elif record.kind == OpKind.REFUND:
             self.refunds_count += 1
             self.refunds.add(record, "posted_")
@@ -86,6 +90,12 @@ class DayTotals(msgspec.Struct):
     station: Totals
     by_terminal: dict[int, Totals]
     by_operator: dict[int, Totals]
+
+
+def _discount(txn, store, record: Txn) -> int:
+    if record.kind not in SALE_KINDS:
+        return 0
+    return sum(minor for _, minor in budget_takes(txn, store, record.txn_id))
 
 
 def _txns_from(txn, store, first_id: int):
@@ -109,11 +119,11 @@ def shift_totals(store, shift: Shift) -> Totals:
             if shift.last_txn_id and record.txn_id > shift.last_txn_id:
                 break
             if record.terminal_id == shift.terminal_id:
-                totals.add(record)
+                totals.add(record, _discount(txn, store, record))
     return totals
 
 
-def _first_txn_of_day(txn, store, day: int) -> int:
+def first_txn_of_day(txn, store, day: int) -> int:
     """Transaction ids grow with time, so the day's first one is found by
     bisection over the ids (skipping ids that name no transaction)."""
     low, high = 1, 1
@@ -133,17 +143,26 @@ def _first_txn_of_day(txn, store, day: int) -> int:
     return low
 
 
+def day_end_op(station_id: int, day: int) -> Op:
+    """The kernel operation that closes business day `day` at the station
+    (and so every day before it: days only move forward). It has no serial:
+    repeating it changes nothing."""
+    assert station_id > 0 and day > 0
+    return Op(kind=OpKind.DAY_END, station_id=station_id, period=day)
+
+
 def day_totals(store, station_id: int, day: int) -> DayTotals:
     """Totals of a station's business day: all, per terminal, per operator."""
     station = Totals()
     by_terminal = collections.defaultdict(Totals)
     by_operator = collections.defaultdict(Totals)
     with store.env.begin() as txn:
-        for record in _txns_from(txn, store, _first_txn_of_day(txn, store, day)):
+        for record in _txns_from(txn, store, first_txn_of_day(txn, store, day)):
             if record.business_day > day:
                 break
             if record.station_id != station_id or record.business_day != day:
                 continue
+            discount = _discount(txn, store, record)
             for totals in (station, by_terminal[record.terminal_id], by_operator[record.operator_id]):
-                totals.add(record)
+                totals.add(record, discount)
     return DayTotals(station_id, day, station, dict(by_terminal), dict(by_operator))

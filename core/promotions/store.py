@@ -1,0 +1,307 @@
+"""Promotions, coupons, red packets and draws in LMDB; the snapshot pricing reads.
+
+Owns: the promotion_* named databases (core/store.py lists them), saving a
+promotion only after validation.py passed it, its life-cycle steps, the
+sequences that number packets, coupons and the system's own requests, and
+the in-memory Snapshot of promotions that pricing runs from.
+Used by: server/promotion_service.py, server/payments.py (the snapshot).
+
+Values: promotions and the stacking policy as JSON (readable by people and
+by `GetPromotion`), coupons, packets and draws as msgpack. Counters live in
+the kernel's `counters` database, never here: nothing here decides stock.
+
+Every write is its own short write transaction; LMDB serialises it with the
+kernel's batches. Several server processes (--workers) share the files: the
+version under promotion_meta b"version" tells each that its snapshot is old.
+"""
+
+import struct
+from collections.abc import Iterable
+
+import msgspec
+
+from core.counters import PACKET_SHARE_VALUE, packet_share_key
+from core.promotions.model import (
+    RUNNING_STAGES,
+    Coupon,
+    Draw,
+    Packet,
+    PacketState,
+    Promotion,
+    PromotionKind,
+    StackingPolicy,
+    Stage,
+    StageChange,
+    step,
+)
+from core.promotions.validation import PromotionError, validate, validate_policy
+from core.records import u64_key
+from core.store import rows
+
+U64 = struct.Struct(">Q")
+CARD_COUPON_KEY = struct.Struct(">QQ")
+VERSION_KEY = b"version"
+POLICY_KEY = b"policy"
+# Sequences: the last number given out.
+PROMOTION_SEQUENCE = b"promotion_id"
+PACKET_SEQUENCE = b"packet_id"
+COUPON_SEQUENCE = b"coupon_id"
+DRAW_SEQUENCE = b"draw_seq"
+SERIAL_SEQUENCE = b"serial"
+LIST_LIMIT_MAX = 10_000
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(ValueError):
+    """The request does not fit the record's current state."""
+
+
+def _get_u64(txn, db, key: bytes) -> int:
+    raw = txn.get(key, db=db)
+    return 0 if raw is None else U64.unpack(raw)[0]
+
+
+def _bump(txn, db, key: bytes, count: int = 1) -> int:
+    """Add count to a sequence; the first of the numbers given out."""
+    last = _get_u64(txn, db, key)
+    txn.put(key, U64.pack(last + count), db=db)
+    return last + 1
+
+
+def next_numbers(store, sequence: bytes, count: int = 1) -> int:
+    """Reserve `count` numbers of a sequence; the first of them. Numbers
+    start at 1 and are never given out twice, even across processes."""
+    with store.env.begin(write=True) as txn:
+        return _bump(txn, store.promotion_meta, sequence, count)
+
+
+# ---------------------------------------------------------------- promotions
+
+
+def load_promotion(store, promotion_id: int) -> Promotion | None:
+    with store.env.begin() as txn:
+        raw = txn.get(u64_key(promotion_id), db=store.promotion_records)
+    return None if raw is None else msgspec.json.decode(raw, type=Promotion)
+
+
+def list_promotions(store, kind: int = 0, stage: int = 0, limit: int = LIST_LIMIT_MAX) -> list[Promotion]:
+    found = []
+    with store.env.begin() as txn:
+        for _, raw in rows(txn, store.promotion_records):
+            promotion = msgspec.json.decode(raw, type=Promotion)
+            if (not kind or promotion.kind == kind) and (not stage or promotion.stage == stage):
+                found.append(promotion)
+                if len(found) >= limit:
+                    break
+    return found
+
+
+def _put_promotion(txn, store, promotion: Promotion):
+    txn.put(u64_key(promotion.promotion_id), msgspec.json.encode(promotion), db=store.promotion_records)
+    _bump(txn, store.promotion_meta, VERSION_KEY)
+
+
+def save_draft(store, promotion: Promotion, by: str, now_ms: int) -> Promotion:
+    """Create a promotion as a DRAFT (promotion_id 0: the next free id), or
+    replace a draft's terms. Anything past DRAFT is refused: a submitted or
+    approved promotion changes only by its life-cycle steps."""
+    with store.env.begin(write=True) as txn:
+        if promotion.promotion_id == 0:
+            promotion_id = _bump(txn, store.promotion_meta, PROMOTION_SEQUENCE)
+            while txn.get(u64_key(promotion_id), db=store.promotion_records) is not None:
+                promotion_id = _bump(txn, store.promotion_meta, PROMOTION_SEQUENCE)
+            promotion = msgspec.structs.replace(promotion, promotion_id=promotion_id)
+        raw = txn.get(u64_key(promotion.promotion_id), db=store.promotion_records)
+        if raw is not None:
+            current = msgspec.json.decode(raw, type=Promotion)
+            if current.stage != Stage.DRAFT:
+                raise Conflict(f"promotion {promotion.promotion_id} is {current.stage.name}: only a draft can be changed")
+            history = current.history
+        else:
+            history = ()
+        draft = msgspec.structs.replace(promotion, stage=Stage.DRAFT, history=(*history, step_record(Stage.DRAFT, by, now_ms)))
+        validate(draft)
+        _put_promotion(txn, store, draft)
+    return draft
+
+
+def step_record(stage: Stage, by: str, now_ms: int) -> StageChange:
+    if not by:
+        raise PromotionError("by", "who saves the promotion must be named")
+    return StageChange(stage, by, now_ms)
+
+
+def step_promotion(store, promotion_id: int, stage: Stage, by: str, now_ms: int) -> Promotion:
+    """Move a promotion one step (model.step: the allowed steps, four eyes)."""
+    with store.env.begin(write=True) as txn:
+        raw = txn.get(u64_key(promotion_id), db=store.promotion_records)
+        if raw is None:
+            raise NotFound(f"no promotion {promotion_id}")
+        moved = step(msgspec.json.decode(raw, type=Promotion), stage, by, now_ms)
+        _put_promotion(txn, store, moved)
+    return moved
+
+
+# ---------------------------------------------------------------- policy and snapshot
+
+
+def load_policy(store) -> StackingPolicy:
+    with store.env.begin() as txn:
+        raw = txn.get(POLICY_KEY, db=store.promotion_meta)
+    return StackingPolicy() if raw is None else msgspec.json.decode(raw, type=StackingPolicy)
+
+
+def save_policy(store, policy: StackingPolicy) -> StackingPolicy:
+    validate_policy(policy)
+    with store.env.begin(write=True) as txn:
+        raw = txn.get(POLICY_KEY, db=store.promotion_meta)
+        current = 0 if raw is None else msgspec.json.decode(raw, type=StackingPolicy).version
+        saved = msgspec.structs.replace(policy, version=current + 1)
+        txn.put(POLICY_KEY, msgspec.json.encode(saved), db=store.promotion_meta)
+        _bump(txn, store.promotion_meta, VERSION_KEY)
+    return saved
+
+
+def version(store) -> int:
+    with store.env.begin() as txn:
+        return _get_u64(txn, store.promotion_meta, VERSION_KEY)
+
+
+class Snapshot:
+    """The promotions pricing reads, in memory: `priced` are the goods and
+    discount promotions that are approved or active (pricing checks their
+    window against the sale's time), `by_id` every promotion not ENDED
+    (coupons, packets and lotteries look theirs up), `policy` the
+    stacking policy."""
+
+    def __init__(self, promotions: Iterable[Promotion], policy: StackingPolicy = StackingPolicy(), version: int = 0):
+        alive = sorted((p for p in promotions if p.stage != Stage.ENDED), key=lambda p: p.promotion_id)
+        self.version = version
+        self.policy = policy
+        self.by_id = {p.promotion_id: p for p in alive}
+        priceable = [p for p in alive if p.kind in (PromotionKind.GOODS, PromotionKind.DISCOUNT)]
+        self.priced = tuple(p for p in priceable if p.stage in RUNNING_STAGES)
+        self.unapproved = tuple(p for p in priceable if p.stage not in RUNNING_STAGES)
+
+    def running(self, promotion_id: int, kind: PromotionKind, now_ms: int) -> Promotion | None:
+        promotion = self.by_id.get(promotion_id)
+        if promotion is None or promotion.kind != kind or not promotion.runs_at(now_ms):
+            return None
+        return promotion
+
+
+def load_snapshot(store) -> Snapshot:
+    with store.env.begin() as txn:
+        current = _get_u64(txn, store.promotion_meta, VERSION_KEY)
+        promotions = [msgspec.json.decode(raw, type=Promotion) for _, raw in rows(txn, store.promotion_records)]
+        raw = txn.get(POLICY_KEY, db=store.promotion_meta)
+    policy = StackingPolicy() if raw is None else msgspec.json.decode(raw, type=StackingPolicy)
+    return Snapshot(promotions, policy, current)
+
+
+# ---------------------------------------------------------------- coupons
+
+
+def put_coupons(store, coupons: list[Coupon]):
+    with store.env.begin(write=True) as txn:
+        for coupon in coupons:
+            if not txn.put(coupon.code.encode(), U64.pack(coupon.coupon_id), db=store.promotion_coupon_codes, overwrite=False):
+                raise Conflict(f"coupon code {coupon.code} exists")
+            txn.put(u64_key(coupon.coupon_id), msgspec.msgpack.encode(coupon), db=store.promotion_coupons)
+            if coupon.card_id:
+                txn.put(CARD_COUPON_KEY.pack(coupon.card_id, coupon.coupon_id), b"", db=store.promotion_card_coupons)
+
+
+def mark_issued(store, txn_id: int) -> bool:
+    """Record that the transaction's coupons are being issued; False if
+    they were already (a retried request issues nothing twice)."""
+    with store.env.begin(write=True) as txn:
+        return txn.put(u64_key(txn_id), b"", db=store.promotion_issued, overwrite=False)
+
+
+def coupon_by_code(store, code: str) -> Coupon | None:
+    with store.env.begin() as txn:
+        raw_id = txn.get(code.encode(), db=store.promotion_coupon_codes)
+        raw = None if raw_id is None else txn.get(raw_id, db=store.promotion_coupons)
+    return None if raw is None else msgspec.msgpack.decode(raw, type=Coupon)
+
+
+def coupons_of_card(store, card_id: int, limit: int = LIST_LIMIT_MAX) -> list[Coupon]:
+    found = []
+    with store.env.begin() as txn:
+        cursor = txn.cursor(db=store.promotion_card_coupons)
+        if cursor.set_range(CARD_COUPON_KEY.pack(card_id, 0)):
+            for key in cursor.iternext(values=False):
+                owner, coupon_id = CARD_COUPON_KEY.unpack(key)
+                if owner != card_id or len(found) >= limit:
+                    break
+                found.append(msgspec.msgpack.decode(txn.get(u64_key(coupon_id), db=store.promotion_coupons), type=Coupon))
+    return found
+
+
+# ---------------------------------------------------------------- packets and draws
+
+
+def put_packet(store, packet: Packet, shares: list[int] | None = None):
+    """Save a packet; with shares, also write them where the kernel reads
+    them (packet_shares, key (packet_id, index), value i64 minor units),
+    in the same transaction."""
+    with store.env.begin(write=True) as txn:
+        if shares is not None:
+            assert len(shares) == packet.share_count and sum(shares) == packet.total_minor
+            for index, share in enumerate(shares):
+                txn.put(packet_share_key(packet.packet_id, index), PACKET_SHARE_VALUE.pack(share), db=store.packet_shares)
+        txn.put(u64_key(packet.packet_id), msgspec.msgpack.encode(packet), db=store.promotion_packets)
+
+
+def finish_packet(store, packet_id: int, returned_minor: int) -> bool:
+    """Mark an OPEN packet RETURNED with what went back; False if it was
+    not OPEN any more (another process finished it)."""
+    with store.env.begin(write=True) as txn:
+        raw = txn.get(u64_key(packet_id), db=store.promotion_packets)
+        packet = msgspec.msgpack.decode(raw, type=Packet)
+        if packet.state != PacketState.OPEN:
+            return False
+        finished = msgspec.structs.replace(packet, state=PacketState.RETURNED, returned_minor=returned_minor)
+        txn.put(u64_key(packet_id), msgspec.msgpack.encode(finished), db=store.promotion_packets)
+    return True
+
+
+def load_packet(store, packet_id: int) -> Packet | None:
+    with store.env.begin() as txn:
+        raw = txn.get(u64_key(packet_id), db=store.promotion_packets)
+    return None if raw is None else msgspec.msgpack.decode(raw, type=Packet)
+
+
+def packet_shares(store, packet_id: int, share_count: int) -> list[int]:
+    with store.env.begin() as txn:
+        return [PACKET_SHARE_VALUE.unpack(txn.get(packet_share_key(packet_id, index), db=store.packet_shares))[0]
+                for index in range(share_count)]
+
+
+def list_packets(store, limit: int = LIST_LIMIT_MAX) -> list[Packet]:
+    with store.env.begin() as txn:
+        return [msgspec.msgpack.decode(raw, type=Packet) for _, (_, raw) in zip(range(limit), rows(txn, store.promotion_packets))]
+
+
+def append_draw(store, draw: Draw) -> Draw:
+    with store.env.begin(write=True) as txn:
+        seq = _bump(txn, store.promotion_meta, DRAW_SEQUENCE)
+        draw = msgspec.structs.replace(draw, seq=seq)
+        txn.put(u64_key(seq), msgspec.msgpack.encode(draw), db=store.promotion_draws)
+    return draw
+
+
+def list_draws(store, promotion_id: int = 0, limit: int = LIST_LIMIT_MAX) -> list[Draw]:
+    found = []
+    with store.env.begin() as txn:
+        for _, raw in rows(txn, store.promotion_draws):
+            draw = msgspec.msgpack.decode(raw, type=Draw)
+            if not promotion_id or draw.promotion_id == promotion_id:
+                found.append(draw)
+                if len(found) >= limit:
+                    break
+    return found

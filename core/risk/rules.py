@@ -1,0 +1,171 @@
+"""Risk rules: velocity limits and the thresholds of flags, typed and validated.
+
+Owns: the velocity limits (what they measure, over which window, the most
+allowed), the counter takes they ask of the kernel, the flag thresholds,
+their validation (a rule that cannot work is refused when saved, naming the
+field) and their storage (the `risk_config` database, JSON with a version).
+Used by: server/risk_service.py (admin RPCs), server/promotion_service.py
+and server/payments.py (the takes linked to their operations), flags.py.
+
+A velocity limit is a RISK_VELOCITY counter: owner the limit's id, subject
+the card, period the number of the window (minutes, hours or days since
+1970-01-01 in the network's local time), ceiling the limit. Linked to the
+operation, the kernel counts and checks it in that operation's write
+transaction: a request that would pass the limit is declined
+COUNTER_LIMIT_REACHED naming the rule, and nothing of it is applied.
+"""
+
+import enum
+
+import msgspec
+
+from core import limits
+from core.counters import CounterScope, CounterTake
+
+RULES_KEY = b"rules"
+LIMITS_MAX = 64
+NAME_LENGTH_MAX = limits.GOODS_NAME_LENGTH_MAX
+LIMIT_ID_MAX = 2**63 - 1
+
+
+class RiskRuleError(ValueError):
+    """A rule that cannot be saved, naming the field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class Measure(enum.IntEnum):
+    """What a velocity limit counts, per card."""
+
+    # Minor units of sales.
+    SALE_AMOUNT = 1
+    # Sales.
+    SALE_COUNT = 2
+    # Points earned.
+    POINTS_EARNED = 3
+    # Gift redemptions (and points spent outside a sale).
+    REDEMPTION_COUNT = 4
+
+
+class Window(enum.IntEnum):
+    MINUTE = 1
+    HOUR = 2
+    DAY = 3
+
+
+WINDOW_MS = {Window.MINUTE: 60_000, Window.HOUR: 3_600_000, Window.DAY: 86_400_000}
+
+
+class VelocityLimit(msgspec.Struct, frozen=True):
+    """At most `ceiling` of `measure` per card per `window`."""
+
+    limit_id: int
+    name: str
+    measure: Measure
+    window: Window
+    ceiling: int
+
+    @property
+    def rule(self) -> str:
+        return f"risk {self.limit_id} {self.name}"
+
+
+class FlagRules(msgspec.Struct, frozen=True):
+    """small_sales_count sales of at most small_sale_max_minor by one card
+    within small_sales_window_s raise a flag; so does a sale in the quiet
+    hours quiet_from_hour .. quiet_to_hour (local time; from > to wraps
+    midnight; equal: no quiet hours)."""
+
+    small_sale_max_minor: int = 1_000
+    small_sales_count: int = 5
+    small_sales_window_s: int = 600
+    quiet_from_hour: int = 1
+    quiet_to_hour: int = 5
+
+
+class RiskRules(msgspec.Struct, frozen=True):
+    version: int = 0
+    limits: tuple[VelocityLimit, ...] = ()
+    flags: FlagRules = FlagRules()
+
+
+def period_of(window: Window, now_ms: int, utc_offset_minutes: int = 0) -> int:
+    return (now_ms + utc_offset_minutes * 60_000) // WINDOW_MS[window]
+
+
+def velocity_takes(rules: RiskRules, card_id: int, now_ms: int, *, sale_minor: int = 0, points_earned: int = 0,
+                   redemptions: int = 0, utc_offset_minutes: int = 0) -> list[CounterTake]:
+    """The RISK_VELOCITY takes of one operation by card_id: a sale of
+    sale_minor (counts one sale), points_earned, redemptions. A measure the
+    operation does not touch takes nothing. No card, no takes."""
+    if not card_id:
+        return []
+    deltas = {
+        Measure.SALE_AMOUNT: sale_minor,
+        Measure.SALE_COUNT: 1 if sale_minor > 0 else 0,
+        Measure.POINTS_EARNED: points_earned,
+        Measure.REDEMPTION_COUNT: redemptions,
+    }
+    takes = []
+    for limit in rules.limits:
+        delta = deltas[limit.measure]
+        if delta > 0:
+            takes.append(CounterTake(CounterScope.RISK_VELOCITY, limit.limit_id, subject=card_id,
+                                     period=period_of(limit.window, now_ms, utc_offset_minutes), delta=delta,
+                                     ceiling=limit.ceiling, rule=limit.rule))
+    return takes
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _range(value: int, field: str, low: int, high: int):
+    if not low <= value <= high:
+        raise RiskRuleError(field, f"must be within {low} .. {high}, got {value}")
+
+
+def validate(rules: RiskRules):
+    if len(rules.limits) > LIMITS_MAX:
+        raise RiskRuleError("limits", f"at most {LIMITS_MAX} limits, got {len(rules.limits)}")
+    seen = set()
+    for index, limit in enumerate(rules.limits):
+        where = f"limits[{index}]"
+        _range(limit.limit_id, f"{where}.limit_id", 1, LIMIT_ID_MAX)
+        if limit.limit_id in seen:
+            raise RiskRuleError(f"{where}.limit_id", f"{limit.limit_id} is used twice")
+        seen.add(limit.limit_id)
+        if not 1 <= len(limit.name) <= NAME_LENGTH_MAX:
+            raise RiskRuleError(f"{where}.name", f"length must be within 1 .. {NAME_LENGTH_MAX}")
+        if limit.measure not in Measure.__members__.values():
+            raise RiskRuleError(f"{where}.measure", f"unknown measure {limit.measure}")
+        if limit.window not in Window.__members__.values():
+            raise RiskRuleError(f"{where}.window", f"unknown window {limit.window}")
+        _range(limit.ceiling, f"{where}.ceiling", 1, limits.COUNTER_CEILING_MAX)
+    flags = rules.flags
+    _range(flags.small_sale_max_minor, "flags.small_sale_max_minor", 0, limits.AMOUNT_MINOR_MAX)
+    _range(flags.small_sales_count, "flags.small_sales_count", 2, 10_000)
+    _range(flags.small_sales_window_s, "flags.small_sales_window_s", 1, 86_400)
+    _range(flags.quiet_from_hour, "flags.quiet_from_hour", 0, 23)
+    _range(flags.quiet_to_hour, "flags.quiet_to_hour", 0, 23)
+
+
+# ---------------------------------------------------------------- storage
+
+
+def load_rules(store) -> RiskRules:
+    with store.env.begin() as txn:
+        raw = txn.get(RULES_KEY, db=store.risk_config)
+    return RiskRules() if raw is None else msgspec.json.decode(raw, type=RiskRules)
+
+
+def save_rules(store, rules: RiskRules) -> RiskRules:
+    """Validate and save; the saved rules carry the next version number."""
+    validate(rules)
+    with store.env.begin(write=True) as txn:
+        raw = txn.get(RULES_KEY, db=store.risk_config)
+        current = 0 if raw is None else msgspec.json.decode(raw, type=RiskRules).version
+        saved = msgspec.structs.replace(rules, version=current + 1)
+        txn.put(RULES_KEY, msgspec.json.encode(saved), db=store.risk_config)
+    return saved

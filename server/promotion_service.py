@@ -1,0 +1,687 @@
+"""PromotionService: promotions, pricing dry runs, coupons, red packets, lotteries.
+
+Owns: the RPC handlers of tally.v1.PromotionService (validation naming the
+field, answers), PromotionHolder (the in-memory snapshot of promotions that
+pricing reads, refreshed when promotions change), the red packet expiry job,
+and `add_promotion_services` (the wiring server/app.py calls).
+Used by: server/app.py; server/payments.py prices a Pay with
+`PromotionHolder.price` and links `Pricing.takes` to the PAY.
+
+Rules are core/promotions/ and core/risk/ (pure Python); every counter that
+must not oversell is taken by the kernel through server/counter_client.py,
+linked to the operation it belongs to. Money moves only through the kernel.
+"""
+
+import asyncio
+import functools
+import logging
+import time
+
+import grpc
+import msgspec
+from google.protobuf import json_format
+
+from core import limits
+from core.commit import GroupCommitter, QueueFull
+from core.counters import CounterScope, CounterTake, packet_claim_op
+from core.ledger import Ledger, business_day
+from core.loyalty import jobs
+from core.promotions import coupons, lottery, packets
+from core.promotions import store as promotion_store
+from core.promotions.model import (
+    CouponTrigger,
+    Draw,
+    Packet,
+    PacketState,
+    Promotion,
+    PromotionKind,
+    StackingPolicy,
+    Stage,
+    StepError,
+)
+from core.promotions.pricing import Pricing, Sale, SaleLine, price_basket
+from core.promotions.validation import PromotionError
+from core.records import Op
+from core.results import AccountKind, OpKind, PlanFlag, ResultCode, Tier
+from server import answers, requests
+from server.counter_client import CounterClient
+from server.errors import InvalidRequest, rpc
+from server.risk_service import RiskHolder, RiskService, require_by
+from tally.v1 import promotion_pb2, promotion_pb2_grpc
+
+log = logging.getLogger("tally.promotions")
+
+PACKET_JOB_INTERVAL_S = 60.0
+LIST_LIMIT_DEFAULT = 1000
+ID_MAX = 2**63 - 1
+OUTPUT_ONLY = ("stage", "history")
+
+
+class NotFound(LookupError):
+    pass
+
+
+class FailedPrecondition(ValueError):
+    pass
+
+
+def promotion_rpc(method):
+    """rpc (server/errors.py) plus this service's own errors: NOT_FOUND,
+    FAILED_PRECONDITION, and a refused promotion as INVALID_ARGUMENT."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except (NotFound, promotion_store.NotFound) as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        except (FailedPrecondition, promotion_store.Conflict, StepError) as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except PromotionError as error:
+            raise InvalidRequest(f"promotion.{error.field}", str(error).split(": ", 1)[1]) from None
+        except packets.PacketError as error:
+            raise InvalidRequest(error.field, str(error).split(": ", 1)[1]) from None
+
+    return rpc(wrapper)
+
+
+# ---------------------------------------------------------------- messages
+
+
+def promotion_from_message(message: promotion_pb2.Promotion) -> Promotion:
+    """The typed promotion of a message. proto3 leaves out fields at zero,
+    so a zero takes the record's default (1 coupon per issue, 30 days, ...)."""
+    given = json_format.MessageToDict(message, preserving_proto_field_name=True, use_integers_for_enums=True)
+    for name in OUTPUT_ONLY:
+        given.pop(name, None)
+    try:
+        return msgspec.convert(with_zeros(given, msgspec.inspect.type_info(Promotion)), Promotion, strict=False)
+    except msgspec.ValidationError as error:
+        raise InvalidRequest(validation_field("promotion", error), str(error)) from None
+
+
+ZEROS = {msgspec.inspect.IntType: 0, msgspec.inspect.StrType: "", msgspec.inspect.BoolType: False, msgspec.inspect.VarTupleType: []}
+
+
+def with_zeros(given: dict, info: msgspec.inspect.StructType) -> dict:
+    """`given` with the zeros proto3 leaves out put back where the record
+    has no default (so that validation, not decoding, names a bad zero),
+    in nested records too."""
+    filled = dict(given)
+    for field in info.fields:
+        kind = type(field.type)
+        if field.name not in filled:
+            if field.required and kind in ZEROS:
+                filled[field.name] = ZEROS[kind]
+            continue
+        nested = field.type
+        if isinstance(nested, msgspec.inspect.UnionType):
+            nested = next((t for t in nested.types if isinstance(t, msgspec.inspect.StructType)), nested)
+        if isinstance(nested, msgspec.inspect.StructType) and isinstance(filled[field.name], dict):
+            filled[field.name] = with_zeros(filled[field.name], nested)
+        elif isinstance(nested, msgspec.inspect.VarTupleType) and isinstance(nested.item_type, msgspec.inspect.StructType):
+            filled[field.name] = [with_zeros(item, nested.item_type) if isinstance(item, dict) else item for item in filled[field.name]]
+    return filled
+
+
+def validation_field(prefix: str, error: msgspec.ValidationError) -> str:
+    """msgspec says "... - at `$.goods.off_permille`": name that field."""
+    text = str(error)
+    if "`$." in text:
+        return prefix + "." + text.rsplit("`$.", 1)[1].rstrip("`")
+    if "missing required field `" in text:
+        return prefix + "." + text.split("missing required field `", 1)[1].split("`", 1)[0]
+    return prefix
+
+
+def to_message(record, message_type):
+    """A message from a record whose field names it shares."""
+    data = msgspec.to_builtins(record)
+    return json_format.ParseDict(_without_none(data), message_type(), ignore_unknown_fields=True)
+
+
+def _without_none(data):
+    if isinstance(data, dict):
+        return {key: _without_none(value) for key, value in data.items() if value is not None}
+    if isinstance(data, list):
+        return [_without_none(value) for value in data]
+    return data
+
+
+def coupon_message(coupon, used: bool) -> promotion_pb2.Coupon:
+    message = to_message(coupon, promotion_pb2.Coupon)
+    message.used = used
+    return message
+
+
+def pricing_answer(pricing: Pricing, unknown_codes) -> promotion_pb2.PriceBasketAnswer:
+    answer = to_message(pricing, promotion_pb2.PriceBasketAnswer)
+    answer.unknown_codes.extend(unknown_codes)
+    return answer
+
+
+def decline(answer_type, code: int, rule: str = "", **fields):
+    return answer_type(result=code, result_text=answers.result_text(code), rule=rule, **fields)
+
+
+# ---------------------------------------------------------------- the snapshot
+
+
+class PromotionHolder:
+    """The promotions in force in this process, as a pricing Snapshot:
+    rebuilt when saved here, and at most a second after another process
+    (another --workers worker) saved a change (promotion_meta's version)."""
+
+    REFRESH_INTERVAL_S = 1.0
+
+    def __init__(self, store):
+        self.store = store
+        self._snapshot = promotion_store.load_snapshot(store)
+        self._checked_at = time.monotonic()
+
+    @property
+    def snapshot(self) -> promotion_store.Snapshot:
+        if time.monotonic() - self._checked_at > self.REFRESH_INTERVAL_S:
+            self._checked_at = time.monotonic()
+            if promotion_store.version(self.store) != self._snapshot.version:
+                self._snapshot = promotion_store.load_snapshot(self.store)
+        return self._snapshot
+
+    def reload(self):
+        self._snapshot = promotion_store.load_snapshot(self.store)
+        self._checked_at = time.monotonic()
+
+    def coupons_by_code(self, codes) -> tuple[list, list[str]]:
+        """(coupons found, codes that name none), codes normalised."""
+        found, unknown = [], []
+        for code in codes:
+            coupon = promotion_store.coupon_by_code(self.store, coupons.normalise_code(code))
+            (unknown.append(code) if coupon is None else found.append(coupon))
+        return found, unknown
+
+    def price(self, ledger: Ledger, basket, amount_minor: int, station_id: int, card_id: int, now_ms: int, coupon_codes=(),
+              partner_id: int = 0, refused=None, takes_max: int = limits.COUNTER_TAKES_PER_SALE_MAX,
+              explain: bool = False) -> tuple[Pricing, list[str]]:
+        """Price a sale (basket: BasketLine messages, already validated by
+        requests.validate_basket) under the stacking policy; returns the
+        Pricing (its `takes` are to be linked to the PAY) and the coupon
+        codes that name no coupon. explain: also list the promotions not
+        yet approved, with why (PriceBasket); a Pay leaves it False.
+        On a COUNTER_LIMIT_REACHED outcome, price again with
+        refused={pricing.refusal_key(outcome.refused_by): reason}."""
+        snapshot = self.snapshot
+        if not snapshot.priced and not coupon_codes and not explain:
+            # Nothing could apply: no reads, no arithmetic (the Pay hot path).
+            return Pricing(applied=(), skipped=(), discount_minor=0, amount_minor=amount_minor), []
+        card = ledger.card(card_id) if card_id else None
+        sale = Sale(
+            amount_minor=amount_minor,
+            station_id=station_id,
+            now_ms=now_ms,
+            lines=tuple(SaleLine(line.goods_code, line.category, line.quantity_milli, line.amount_minor) for line in basket),
+            card_id=card_id if card is not None else 0,
+            card_type=card.card_type if card is not None else 0,
+            tier=jobs.member_tier(self.store, card_id) if card is not None else Tier.REGULAR,
+            partner_id=partner_id,
+        )
+        found, unknown = self.coupons_by_code(coupon_codes)
+        promotions = snapshot.priced + snapshot.unapproved if explain else snapshot.priced
+        pricing = price_basket(promotions, sale, found, snapshot.by_id, snapshot.policy, refused, takes_max)
+        return pricing, unknown
+
+
+# ---------------------------------------------------------------- the service
+
+
+class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter, holder: PromotionHolder, risk: RiskHolder, settings):
+        self.ledger = ledger
+        self.store = ledger.store
+        self.committer = committer
+        self.counters = CounterClient(committer, ledger)
+        self.holder = holder
+        self.risk = risk
+        self.settings = settings
+        # The expiry job and ReturnExpiredPackets never run at once here.
+        self._returning = asyncio.Lock()
+
+    def now_ms(self) -> int:
+        return self.committer.clock()
+
+    # ------------------------------------------------------------ promotions
+
+    def _counters(self, promotion: Promotion) -> promotion_pb2.PromotionCounters:
+        owner = promotion.promotion_id
+        takes = [CounterTake(CounterScope.PROMOTION_BUDGET, owner), CounterTake(CounterScope.PROMOTION_STOCK, owner),
+                 CounterTake(CounterScope.COUPON_ISSUED, owner)]
+        prizes = promotion.lottery.prizes if promotion.lottery else ()
+        takes += [CounterTake(CounterScope.LOTTERY_PRIZE, owner, subject=prize.prize_id) for prize in prizes]
+        values = self.counters.read(takes)
+        return promotion_pb2.PromotionCounters(
+            budget_used_minor=values[0], stock_used=values[1], coupons_issued=values[2],
+            prizes_given=[promotion_pb2.PrizeCount(prize_id=prize.prize_id, given=given, left=prize.stock - given if prize.stock else -1)
+                          for prize, given in zip(prizes, values[3:])],
+        )
+
+    def _answer(self, promotion: Promotion) -> promotion_pb2.PromotionAnswer:
+        return promotion_pb2.PromotionAnswer(promotion=to_message(promotion, promotion_pb2.Promotion), counters=self._counters(promotion))
+
+    @promotion_rpc
+    async def CreatePromotion(self, request, context):
+        require_by(request.by)
+        promotion = promotion_from_message(request.promotion)
+        saved = promotion_store.save_draft(self.store, promotion, request.by, self.now_ms())
+        self.holder.reload()
+        return self._answer(saved)
+
+    async def _step(self, request, stage: Stage):
+        requests.require_range(request.promotion_id, "promotion_id", 1, ID_MAX)
+        require_by(request.by)
+        moved = promotion_store.step_promotion(self.store, request.promotion_id, stage, request.by, self.now_ms())
+        self.holder.reload()
+        log.info("promotion %d is %s (by %s)", moved.promotion_id, stage.name, request.by)
+        return self._answer(moved)
+
+    @promotion_rpc
+    async def SubmitPromotion(self, request, context):
+        return await self._step(request, Stage.SUBMITTED)
+
+    @promotion_rpc
+    async def ApprovePromotion(self, request, context):
+        return await self._step(request, Stage.APPROVED)
+
+    @promotion_rpc
+    async def ActivatePromotion(self, request, context):
+        return await self._step(request, Stage.ACTIVE)
+
+    @promotion_rpc
+    async def EndPromotion(self, request, context):
+        return await self._step(request, Stage.ENDED)
+
+    @promotion_rpc
+    async def ListPromotions(self, request, context):
+        limit = request.limit or LIST_LIMIT_DEFAULT
+        requests.require_range(limit, "limit", 1, promotion_store.LIST_LIMIT_MAX)
+        found = promotion_store.list_promotions(self.store, request.kind, request.stage, limit)
+        return promotion_pb2.ListPromotionsAnswer(promotions=[self._answer(promotion) for promotion in found])
+
+    def _promotion(self, promotion_id: int) -> Promotion:
+        promotion = promotion_store.load_promotion(self.store, promotion_id)
+        if promotion is None:
+            raise NotFound(f"no promotion {promotion_id}")
+        return promotion
+
+    @promotion_rpc
+    async def GetPromotion(self, request, context):
+        return self._answer(self._promotion(request.promotion_id))
+
+    @promotion_rpc
+    async def GetStackingPolicy(self, request, context):
+        return to_message(promotion_store.load_policy(self.store), promotion_pb2.StackingPolicy)
+
+    @promotion_rpc
+    async def SetStackingPolicy(self, request, context):
+        try:
+            saved = promotion_store.save_policy(self.store, StackingPolicy(coupons_per_sale_max=request.coupons_per_sale_max))
+        except PromotionError as error:
+            raise InvalidRequest(error.field, str(error).split(": ", 1)[1]) from None
+        self.holder.reload()
+        return to_message(saved, promotion_pb2.StackingPolicy)
+
+    def _running(self, promotion_id: int, kind: PromotionKind, now_ms: int) -> Promotion:
+        requests.require_range(promotion_id, "promotion_id", 1, ID_MAX)
+        promotion = self.holder.snapshot.running(promotion_id, kind, now_ms)
+        if promotion is None:
+            promotion = self._promotion(promotion_id)  # NOT_FOUND if none at all
+            if promotion.kind != kind:
+                raise FailedPrecondition(f"promotion {promotion_id} is {promotion.kind.name}, not {kind.name}")
+            self.holder.reload()
+            promotion = self.holder.snapshot.running(promotion_id, kind, now_ms)
+            if promotion is None:
+                raise FailedPrecondition(f"promotion {promotion_id} is not running (approved or active, inside its window)")
+        return promotion
+
+    # ------------------------------------------------------------ pricing
+
+    @promotion_rpc
+    async def PriceBasket(self, request, context):
+        requests.require_range(request.station_id, "station_id", 1, limits.STATION_ID_MAX)
+        requests.require_range(request.amount_minor, "amount_minor", 1, limits.AMOUNT_MINOR_MAX)
+        requests.validate_basket(request.basket, request.amount_minor)
+        if len(request.coupon_codes) > limits.COUNTER_TAKES_PER_SALE_MAX:
+            raise InvalidRequest("coupon_codes", f"at most {limits.COUNTER_TAKES_PER_SALE_MAX} codes")
+        for index, code in enumerate(request.coupon_codes):
+            requests.require_length(code, f"coupon_codes[{index}]", 1, 2 * coupons.CODE_LENGTH)
+        if request.card_id and self.ledger.card(request.card_id) is None:
+            raise NotFound(f"no card {request.card_id}")
+        pricing, unknown = self.holder.price(self.ledger, request.basket, request.amount_minor, request.station_id, request.card_id,
+                                             request.at_ms or self.now_ms(), request.coupon_codes, request.partner_id, explain=True)
+        return pricing_answer(pricing, unknown)
+
+    # ------------------------------------------------------------ coupons
+
+    def _card_decline(self, card_id: int, now_ms: int):
+        """(code, rule) refusing the card before anything is built, or None."""
+        card = self.ledger.card(card_id)
+        if card is None:
+            return ResultCode.CARD_NOT_FOUND, ""
+        entry = self.risk.blocking_entry(card_id, now_ms)
+        if entry is not None:
+            return ResultCode.CARD_BLACKLISTED, entry.rule
+        return None
+
+    async def issue(self, promotion: Promotion, card_id: int, station_id: int, trigger: CouponTrigger, now_ms: int):
+        """Issue one batch of the promotion's coupons: (code, rule, coupons).
+        The count is taken by the kernel first; coupons are written after."""
+        count = promotion.coupon.per_issue_count
+        outcome = await self.counters.take([coupons.issue_take(promotion, count)])
+        if outcome.code != ResultCode.APPROVED:
+            return outcome.code, outcome.refused_by, []
+        first = promotion_store.next_numbers(self.store, promotion_store.COUPON_SEQUENCE, count)
+        made = coupons.make_coupons(promotion, first, count, card_id, now_ms, station_id, trigger)
+        await asyncio.to_thread(promotion_store.put_coupons, self.store, made)
+        return ResultCode.APPROVED, "", made
+
+    async def issue_on_event(self, trigger: CouponTrigger, amount_minor: int, station_id: int, card_id: int, txn_id: int) -> list:
+        """Coupons an approved top-up or purchase (transaction txn_id) issues
+        to its card (server/promotion_flow.py calls it after the operation):
+        one batch of each COUPON promotion issued on this trigger, in range,
+        here; once per transaction, however often the request is retried."""
+        now_ms = self.now_ms()
+        card = self.ledger.card(card_id) if card_id else None
+        if card is None or self.risk.blocking_entry(card_id, now_ms) is not None:
+            return []
+        tier = jobs.member_tier(self.store, card_id)
+        promotions = self.holder.snapshot.by_id.values()
+        issuing = coupons.issuing(promotions, trigger, amount_minor, station_id, now_ms, card.card_type, tier)
+        if not issuing or not await asyncio.to_thread(promotion_store.mark_issued, self.store, txn_id):
+            return []
+        issued = []
+        for promotion in issuing:
+            issued += (await self.issue(promotion, card_id, station_id, trigger, now_ms))[2]
+        return issued
+
+    @promotion_rpc
+    async def IssueCoupons(self, request, context):
+        require_by(request.by)
+        requests.require_range(request.card_id, "card_id", 0, limits.CARD_ID_MAX)
+        requests.require_range(request.station_id, "station_id", 0, limits.STATION_ID_MAX)
+        now_ms = self.now_ms()
+        promotion = self._running(request.promotion_id, PromotionKind.COUPON, now_ms)
+        issue_stations = promotion.coupon.issue_stations
+        if issue_stations and request.station_id not in issue_stations:
+            raise InvalidRequest("station_id", f"promotion {promotion.promotion_id} issues at stations {list(issue_stations)} only")
+        if request.card_id:
+            refusal = self._card_decline(request.card_id, now_ms)
+            if refusal is not None:
+                return decline(promotion_pb2.IssueCouponsAnswer, *refusal)
+        code, rule, made = await self.issue(promotion, request.card_id, request.station_id, CouponTrigger.CAMPAIGN, now_ms)
+        if made:
+            log.info("%d coupons of promotion %d issued by %s", len(made), promotion.promotion_id, request.by)
+        return decline(promotion_pb2.IssueCouponsAnswer, code, rule, coupons=[coupon_message(coupon, False) for coupon in made])
+
+    def _used(self, coupon) -> bool:
+        return self.counters.read([coupons.use_take(coupon)])[0] >= 1
+
+    @promotion_rpc
+    async def GetCoupon(self, request, context):
+        requests.require_length(request.code, "code", 1, 2 * coupons.CODE_LENGTH)
+        coupon = promotion_store.coupon_by_code(self.store, coupons.normalise_code(request.code))
+        if coupon is None:
+            raise NotFound("no coupon with this code")
+        return promotion_pb2.CouponAnswer(coupon=coupon_message(coupon, self._used(coupon)))
+
+    @promotion_rpc
+    async def ListCoupons(self, request, context):
+        requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
+        found = promotion_store.coupons_of_card(self.store, request.card_id)
+        return promotion_pb2.ListCouponsAnswer(coupons=[coupon_message(coupon, self._used(coupon)) for coupon in found])
+
+    # ------------------------------------------------------------ red packets
+
+    @promotion_rpc
+    async def CreatePacket(self, request, context):
+        require_by(request.by)
+        requests.require_range(request.total_minor, "total_minor", 1, limits.AMOUNT_MINOR_MAX)
+        requests.require_range(request.issuer_owner, "issuer_owner", 0, limits.CARD_ID_MAX)
+        now_ms = self.now_ms()
+        promotion = self._running(request.promotion_id, PromotionKind.RED_PACKET, now_ms)
+        packet_id = promotion_store.next_numbers(self.store, promotion_store.PACKET_SEQUENCE)
+        packet = packets.new_packet(promotion, packet_id, request.total_minor, request.issuer_kind, request.issuer_owner, now_ms,
+                                    request.by)
+        terms = promotion.packet
+        shares = packets.split_shares(packet.total_minor, packet.share_count, terms.split, terms.min_share_minor, lottery.SECURE_RANDOM)
+        await asyncio.to_thread(promotion_store.put_packet, self.store, packet, shares)
+        opened = await self.committer.submit(packets.open_account_op(packet))
+        assert opened.code in (ResultCode.APPROVED, ResultCode.ACCOUNT_EXISTS), opened
+        serial = promotion_store.next_numbers(self.store, promotion_store.SERIAL_SEQUENCE)
+        funded = await self.committer.submit(packets.fund_op(packet, serial))
+        if funded.code == ResultCode.APPROVED:
+            packet = msgspec.structs.replace(packet, state=PacketState.OPEN, funding_txn_id=funded.txn_id)
+        else:
+            packet = msgspec.structs.replace(packet, state=PacketState.FAILED)
+        promotion_store.put_packet(self.store, packet)
+        log.info("red packet %d of promotion %d: %d in %d shares by %s: %s", packet_id, promotion.promotion_id, packet.total_minor,
+                 packet.share_count, request.by, ResultCode(funded.code).name)
+        return self._packet_answer(packet, funded.code)
+
+    def _packet_answer(self, packet: Packet, code: int = ResultCode.APPROVED, with_shares: bool = False) -> promotion_pb2.PacketAnswer:
+        claimed = self.ledger.counter(CounterScope.PACKET_CLAIMS, packet.packet_id)
+        shares = promotion_store.packet_shares(self.store, packet.packet_id, packet.share_count)
+        account = self.ledger.account(AccountKind.PROMOTION, packet.packet_id)
+        return promotion_pb2.PacketAnswer(
+            result=code, result_text=answers.result_text(code), packet=to_message(packet, promotion_pb2.Packet),
+            claimed_count=claimed, claimed_minor=sum(shares[:claimed]), balance_minor=account.balance if account else 0,
+            shares=shares if with_shares else [],
+        )
+
+    @promotion_rpc
+    async def GetPacket(self, request, context):
+        packet = promotion_store.load_packet(self.store, request.packet_id)
+        if packet is None:
+            raise NotFound(f"no red packet {request.packet_id}")
+        return self._packet_answer(packet, with_shares=request.with_shares)
+
+    def _claim_refusal(self, request, packet: Packet | None, now_ms: int):
+        """(code, rule) refusing a claim before the kernel, or None."""
+        if packet is None:
+            return ResultCode.PACKET_EMPTY, f"no red packet {request.packet_id}"
+        if now_ms >= packet.expires_ms:
+            return ResultCode.PACKET_EMPTY, f"red packet {packet.packet_id} expired at {packet.expires_ms}"
+        if packet.state != PacketState.OPEN:
+            return ResultCode.PACKET_EMPTY, f"red packet {packet.packet_id} is {packet.state.name}"
+        promotion = self.holder.snapshot.running(packet.promotion_id, PromotionKind.RED_PACKET, now_ms)
+        if promotion is None:
+            return ResultCode.PACKET_EMPTY, f"promotion {packet.promotion_id} is not running"
+        refusal = self._card_decline(request.card_id, now_ms)
+        if refusal is not None:
+            return refusal
+        card = self.ledger.card(request.card_id)
+        today = business_day(now_ms, self.committer.utc_offset_minutes)
+        spent = card.day_spent if card.day == today else 0
+        tier = jobs.member_tier(self.store, card.card_id)
+        reason = packets.claim_refusal(promotion, request.terminal.station_id, card.card_type, tier, spent)
+        if reason:
+            return ResultCode.COUNTER_LIMIT_REACHED, f"{promotion.rule('claim condition')}: {reason}"
+        return None
+
+    @promotion_rpc
+    async def ClaimPacket(self, request, context):
+        requests.validate_terminal(request.terminal)
+        requests.require_range(request.packet_id, "packet_id", 1, ID_MAX)
+        requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
+        packet = promotion_store.load_packet(self.store, request.packet_id)
+        terminal = request.terminal
+        # A retry of a claim the kernel saw gets its stored answer, whatever changed since.
+        if packet is None or self.ledger.idem(terminal.terminal_id, terminal.serial) is None:
+            refusal = self._claim_refusal(request, packet, self.now_ms())
+            if refusal is not None:
+                return decline(promotion_pb2.ClaimPacketAnswer, *refusal)
+        op = packet_claim_op(packet.packet_id, request.card_id, packet.share_count, terminal.terminal_id, terminal.serial,
+                             terminal.station_id, requests.fingerprint(OpKind.PACKET_CLAIM, request))
+        op.operator_id = terminal.operator_id
+        result = await self.committer.submit(op)
+        approved = result.code == ResultCode.APPROVED
+        return decline(promotion_pb2.ClaimPacketAnswer, result.code, amount_minor=result.amount if approved else 0,
+                       txn_id=result.txn_id, personal_balance_minor=result.personal_balance)
+
+    async def return_expired_packets(self) -> list[tuple[int, int]]:
+        """The expiry job: every expired open packet's balance back to its
+        issuer; (packet_id, amount) of those returned. A claim racing the
+        return is refused by the kernel for lack of funds, or it lands
+        first and the return fails for lack of funds and is retried."""
+        async with self._returning:
+            now_ms = self.now_ms()
+            returned = []
+            for packet in promotion_store.list_packets(self.store):
+                if packet.state != PacketState.OPEN or now_ms < packet.expires_ms:
+                    continue
+                account = self.ledger.account(AccountKind.PROMOTION, packet.packet_id)
+                rest = account.balance - account.held if account else 0
+                if rest > 0:
+                    serial = promotion_store.next_numbers(self.store, promotion_store.SERIAL_SEQUENCE)
+                    result = await self.committer.submit(packets.return_op(packet, rest, serial))
+                    if result.code != ResultCode.APPROVED:
+                        log.warning("red packet %d: returning %d declined %s; retried next time", packet.packet_id, rest,
+                                    ResultCode(result.code).name)
+                        continue
+                # What went back is what no claim took, whoever moved it (another worker's job).
+                claimed = self.ledger.counter(CounterScope.PACKET_CLAIMS, packet.packet_id)
+                shares = promotion_store.packet_shares(self.store, packet.packet_id, packet.share_count)
+                unclaimed = packet.total_minor - sum(shares[:claimed])
+                if promotion_store.finish_packet(self.store, packet.packet_id, unclaimed):
+                    returned.append((packet.packet_id, unclaimed))
+                    log.info("red packet %d expired: %d back to its issuer", packet.packet_id, unclaimed)
+            return returned
+
+    @promotion_rpc
+    async def ReturnExpiredPackets(self, request, context):
+        returned = await self.return_expired_packets()
+        return promotion_pb2.ReturnExpiredPacketsAnswer(
+            returned=[promotion_pb2.ReturnedPacket(packet_id=packet_id, returned_minor=amount) for packet_id, amount in returned])
+
+    # ------------------------------------------------------------ lottery
+
+    @promotion_rpc
+    async def GrantChances(self, request, context):
+        require_by(request.by)
+        requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
+        requests.require_range(request.count, "count", 0, lottery.CHANCES_PER_GRANT_MAX)
+        requests.require_range(request.spend_minor, "spend_minor", 0, limits.AMOUNT_MINOR_MAX)
+        if (request.count == 0) == (request.spend_minor == 0):
+            raise InvalidRequest("count", "give either count or spend_minor")
+        now_ms = self.now_ms()
+        promotion = self._running(request.promotion_id, PromotionKind.LOTTERY, now_ms)
+        count = request.count or lottery.chances_for_spend(promotion.lottery, request.spend_minor)
+        refusal = self._card_decline(request.card_id, now_ms)
+        if refusal is not None:
+            return decline(promotion_pb2.ChancesAnswer, *refusal)
+        if count == 0:
+            chances = self.counters.read([lottery.chances_take(promotion, request.card_id, 1)])[0]
+            return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, chances=chances)
+        outcome = await self.counters.take([lottery.chances_take(promotion, request.card_id, count)])
+        if outcome.code != ResultCode.APPROVED:
+            return decline(promotion_pb2.ChancesAnswer, outcome.code, outcome.refused_by)
+        return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, granted=count, chances=outcome.values[0])
+
+    @promotion_rpc
+    async def BuyChances(self, request, context):
+        requests.validate_terminal(request.terminal)
+        requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
+        requests.require_range(request.count, "count", 1, lottery.CHANCES_PER_GRANT_MAX)
+        now_ms = self.now_ms()
+        promotion = self._running(request.promotion_id, PromotionKind.LOTTERY, now_ms)
+        price_minor = promotion.lottery.chance_price_minor
+        if not price_minor:
+            raise FailedPrecondition(f"promotion {promotion.promotion_id} does not sell chances")
+        terminal = request.terminal
+        if self.ledger.idem(terminal.terminal_id, terminal.serial) is None:
+            refusal = self._card_decline(request.card_id, now_ms)
+            if refusal is not None:
+                return decline(promotion_pb2.ChancesAnswer, *refusal)
+        amount_minor = request.count * price_minor
+        pay = Op(kind=OpKind.PAY, **requests.terminal_fields(terminal), card_id=request.card_id, amount=amount_minor,
+                 plan_flags=PlanFlag.USE_POINTS, points_per_unit=self.settings.points_per_unit,
+                 lot_validity_days=self.settings.lot_validity_days, fingerprint=requests.fingerprint(OpKind.PAY, request))
+        takes = [lottery.chances_take(promotion, request.card_id, request.count),
+                 *self.risk.sale_takes(request.card_id, now_ms, amount_minor)]
+        outcome = await self.counters.take(takes, pay)
+        if outcome.code != ResultCode.APPROVED:
+            return decline(promotion_pb2.ChancesAnswer, outcome.code, outcome.refused_by)
+        self.risk.observe_sale(request.card_id, terminal.station_id, amount_minor, now_ms)
+        chances = self.counters.read(takes[:1])[0]
+        return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, granted=request.count, chances=chances,
+                       txn_id=outcome.main.txn_id, points_used=outcome.main.points_used)
+
+    @promotion_rpc
+    async def Draw(self, request, context):
+        requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
+        now_ms = self.now_ms()
+        promotion = self._running(request.promotion_id, PromotionKind.LOTTERY, now_ms)
+        refusal = self._card_decline(request.card_id, now_ms)
+        if refusal is not None:
+            return decline(promotion_pb2.DrawAnswer, *refusal)
+        terms = promotion.lottery
+        drawn = lottery.pick_prize(terms)
+        consolation = lottery.consolation(terms)
+        # The prize drawn, else the consolation prize, else none: each try
+        # is one linked chain, refused whole if its prize is out of stock.
+        tries = [drawn] if drawn.prize_id == consolation.prize_id else [drawn, consolation]
+        for prize in (*tries, None):
+            outcome = await self.counters.take(lottery.draw_chain(promotion, request.card_id, prize))
+            if outcome.code == ResultCode.APPROVED:
+                break
+            if outcome.code != ResultCode.COUNTER_LIMIT_REACHED or prize is None:
+                return decline(promotion_pb2.DrawAnswer, outcome.code, outcome.refused_by)
+        is_consolation = prize is None or prize.prize_id != drawn.prize_id or drawn.prize_id == consolation.prize_id
+        draw = promotion_store.append_draw(self.store, Draw(0, promotion.promotion_id, request.card_id, prize.prize_id if prize else 0,
+                                                            now_ms, is_consolation))
+        return decline(promotion_pb2.DrawAnswer, ResultCode.APPROVED, prize_id=draw.prize_id, prize_name=prize.name if prize else "",
+                       consolation=is_consolation, chances_left=outcome.values[0], draw_seq=draw.seq)
+
+    @promotion_rpc
+    async def ListDraws(self, request, context):
+        limit = request.limit or LIST_LIMIT_DEFAULT
+        requests.require_range(limit, "limit", 1, promotion_store.LIST_LIMIT_MAX)
+        found = promotion_store.list_draws(self.store, request.promotion_id, limit)
+        return promotion_pb2.ListDrawsAnswer(draws=[to_message(draw, promotion_pb2.DrawRecord) for draw in found])
+
+
+# ---------------------------------------------------------------- wiring
+
+
+async def packet_job(service: PromotionService, interval_s: float = PACKET_JOB_INTERVAL_S):
+    """Return the rest of expired red packets, every interval_s."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await service.return_expired_packets()
+        except QueueFull:
+            continue
+        except Exception:
+            log.exception("the red packet expiry job failed; retried next time")
+
+
+class PromotionWiring(msgspec.Struct):
+    """What server/app.py keeps: the holders (PaymentService prices and
+    checks with them) and the job to cancel at shutdown."""
+
+    holder: PromotionHolder
+    risk: RiskHolder
+    service: PromotionService
+    job: asyncio.Task
+
+
+def add_promotion_services(server, ledger: Ledger, committer: GroupCommitter, settings) -> PromotionWiring:
+    holder = PromotionHolder(ledger.store)
+    risk = RiskHolder(ledger.store, settings.utc_offset_minutes)
+    service = PromotionService(ledger, committer, holder, risk, settings)
+    promotion_pb2_grpc.add_PromotionServiceServicer_to_server(service, server)
+    promotion_pb2_grpc.add_RiskServiceServicer_to_server(RiskService(risk, committer.clock), server)
+    return PromotionWiring(holder, risk, service, asyncio.create_task(packet_job(service)))
+
+
+SERVICE_NAMES = (
+    promotion_pb2.DESCRIPTOR.services_by_name["PromotionService"].full_name,
+    promotion_pb2.DESCRIPTOR.services_by_name["RiskService"].full_name,
+)

@@ -1,0 +1,250 @@
+"""Shifts, day-end and offline batches: the terminal side of SettlementService.
+
+Owns: the handlers of SignOn, ShiftClose, DayEnd and BatchUpload
+(tally.v1.SettlementService): validation, the kernel operations SIGN_ON,
+SHIFT_CLOSE and DAY_END through the group commit, their totals
+(core/settlement/shifts.py, read in a worker thread), and applying an
+offline batch's sales one by one through PaymentService.pay, the very path
+of the Pay RPC (same validation, pricing, idempotency and result codes).
+Used by: server/settlement_service.py (its RPC methods call these).
+May call: core.settlement.shifts, server.requests (validation),
+server.payments (pay), server.errors (statuses).
+
+Offline batches. Each item is a Pay request with its own (terminal,
+serial), so the kernel's idempotency applies it at most once, however often
+the batch is sent: a batch cut short by a crash is completed by sending it
+again, never doubled. An item is DUPLICATE when the kernel already held an
+idempotency entry for its (terminal, serial) with the same fingerprint
+before this upload submitted it. The kernel answers a replay with the
+stored result and nothing in the result tells a replay from a first
+application, so the entry is read just before the item is submitted. The
+race: if another request with the same (terminal, serial) commits between
+that read and the item's commit (the same sale sent online at that moment,
+or by another server process), the item is reported ACCEPTED although the
+other request applied it. Money still moves once; only the label is off.
+Uploads of one terminal are serialised in this process (a terminal
+re-sending a batch whose first upload is still running gets exact labels).
+A kernel flag "replayed" in the result would close the race for good.
+"""
+
+import asyncio
+import functools
+import logging
+import weakref
+
+from core import limits
+from core.commit import GroupCommitter, QueueFull, ShuttingDown
+from core.ledger import Ledger, business_day
+from core.records import Op, Shift
+from core.results import Channel, OpKind, ResultCode
+from core.settlement.shifts import MethodTotals, Totals, day_end_op, day_totals, load_shift, shift_totals
+from server import requests
+from server.answers import result_text
+from server.errors import InvalidRequest, status_of
+from tally.v1 import settlement_pb2
+
+log = logging.getLogger(__name__)
+
+# Items in one BatchUpload. The answer's worst case (every item declined
+# with the longest reason, 64-bit serials and ids) must fit the 64 KiB
+# message limit (core.limits.MESSAGE_BYTES_MAX): 500 items take about 63 KB.
+# tests/test_settlement_rpc.py checks it.
+BATCH_UPLOAD_ITEMS_MAX = 500
+# Items of a batch in flight at once. They enter the group-commit queue in
+# item order (each item's task submits before its first suspension), so the
+# kernel applies them in the order the terminal approved them, and a window
+# costs about one commit instead of one commit per item.
+BATCH_UPLOAD_WINDOW = 64
+BY_LENGTH_MAX = 500
+# What an overloaded or stopping server advises a BatchUpload.
+BATCH_RETRY_TEXT = "; send the whole batch again: items applied already answer DUPLICATE"
+KIND_PAY = int(OpKind.PAY)
+
+
+def answered(retry_text: str | None = None):
+    """Map exceptions to statuses as the payment RPCs do (server/errors.py),
+    with `retry_text` in place of their advice on overload and shutdown;
+    anything else is a bug (INTERNAL, logged by gRPC)."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        async def wrapper(self, request, context):
+            try:
+                return await method(self, request, context)
+            except Exception as error:
+                status = status_of(error)
+                if status is None:
+                    raise
+                code, text = status
+                if retry_text is not None and isinstance(error, (QueueFull, ShuttingDown)):
+                    text = text.split(";")[0] + retry_text
+                await context.abort(code, text)
+
+        return wrapper
+
+    return decorate
+
+
+# ------------------------------------------------------------------ messages
+
+
+def method_totals_message(totals: MethodTotals) -> settlement_pb2.MethodTotals:
+    channels = sorted((int(Channel[name]), amount) for name, amount in totals.channels.items())
+    return settlement_pb2.MethodTotals(
+        fleet_minor=totals.fleet, personal_minor=totals.personal, points_cash_minor=totals.points_cash,
+        points=totals.points,
+        channels=[settlement_pb2.ChannelTotal(channel=channel, amount_minor=amount) for channel, amount in channels],
+        total_minor=totals.total,
+    )
+
+
+def totals_message(totals: Totals) -> settlement_pb2.Totals:
+    return settlement_pb2.Totals(
+        sales_count=totals.sales_count, sales=method_totals_message(totals.sales),
+        refunds_count=totals.refunds_count, refunds=method_totals_message(totals.refunds),
+        voided_count=totals.voided_count, voided_minor=totals.voided_minor,
+        reversed_count=totals.reversed_count, reversed_minor=totals.reversed_minor,
+        topups_count=totals.topups_count, topups_minor=totals.topups_minor, discounts_minor=totals.discounts_minor,
+    )
+
+
+def shift_op(kind: int, request) -> Op:
+    """SIGN_ON or SHIFT_CLOSE: idempotent by (terminal, serial), like a Pay."""
+    requests.validate_terminal(request.terminal)
+    return Op(kind=kind, **requests.terminal_fields(request.terminal), fingerprint=requests.fingerprint(kind, request))
+
+
+# ------------------------------------------------------------------ validation
+
+
+def validate_batch(request, settings) -> None:
+    """Every item well formed, the batch's terminal's, serials distinct: or
+    INVALID_ARGUMENT naming the item's field, before anything is applied."""
+    requests.require_range(request.terminal_id, "terminal_id", 1, limits.TERMINAL_ID_MAX)
+    requests.require_range(request.station_id, "station_id", 1, limits.STATION_ID_MAX)
+    if not 1 <= len(request.items) <= BATCH_UPLOAD_ITEMS_MAX:
+        raise InvalidRequest("items", f"1 .. {BATCH_UPLOAD_ITEMS_MAX} Pay requests, got {len(request.items)}")
+    first_index_of_serial = {}
+    for index, item in enumerate(request.items):
+        where = f"items[{index}]"
+        try:
+            requests.pay_op(item, settings)
+        except InvalidRequest as error:
+            raise InvalidRequest(f"{where}.{error.field}", str(error)[len(error.field) + 2 :]) from None
+        if item.terminal.terminal_id != request.terminal_id:
+            raise InvalidRequest(f"{where}.terminal.terminal_id",
+                                 f"must be the batch's terminal_id {request.terminal_id}, got {item.terminal.terminal_id}")
+        if item.terminal.station_id != request.station_id:
+            raise InvalidRequest(f"{where}.terminal.station_id",
+                                 f"must be the batch's station_id {request.station_id}, got {item.terminal.station_id}")
+        earlier = first_index_of_serial.setdefault(item.terminal.serial, index)
+        if earlier != index:
+            raise InvalidRequest(f"{where}.terminal.serial", f"{item.terminal.serial} is items[{earlier}]'s serial too")
+
+
+# ------------------------------------------------------------------ handlers
+
+
+class ShiftHandlers:
+    def __init__(self, ledger: Ledger, committer: GroupCommitter, payments):
+        self.ledger = ledger
+        self.store = ledger.store
+        self.committer = committer
+        # server.payments.PaymentService: BatchUpload applies items with its `pay`.
+        self.payments = payments
+        # terminal id -> the lock its uploads take in turn (gone when unused).
+        self._upload_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def today(self) -> int:
+        return business_day(self.committer.clock(), self.committer.utc_offset_minutes)
+
+    @answered()
+    async def SignOn(self, request, context):
+        result = await self.committer.submit(shift_op(OpKind.SIGN_ON, request))
+        answer = settlement_pb2.SignOnAnswer(result=result.code, result_text=result_text(result.code),
+                                             shift_id=result.txn_id, business_day=result.business_day)
+        shift = load_shift(self.store, request.terminal.terminal_id) if result.txn_id else None
+        if shift is not None and shift.shift_id == result.txn_id:
+            answer.opened_ms, answer.operator_id = shift.opened_ms, shift.operator_id
+        return answer
+
+    @answered()
+    async def ShiftClose(self, request, context):
+        result = await self.committer.submit(shift_op(OpKind.SHIFT_CLOSE, request))
+        if result.code != ResultCode.APPROVED:
+            return settlement_pb2.ShiftCloseAnswer(result=result.code, result_text=result_text(result.code))
+        terminal_id = request.terminal.terminal_id
+        shift = load_shift(self.store, terminal_id)
+        if shift is None or shift.shift_id != result.txn_id:
+            # A late retry: the terminal signed on again since. The result
+            # still names the shift's range (SHIFT_CLOSE answers last_txn_id).
+            shift = Shift(terminal_id=terminal_id, shift_id=result.txn_id, first_txn_id=result.txn_id,
+                          last_txn_id=result.amount)
+        totals = await asyncio.to_thread(shift_totals, self.store, shift)
+        return settlement_pb2.ShiftCloseAnswer(
+            result=result.code, result_text=result_text(result.code), shift_id=shift.shift_id,
+            station_id=shift.station_id, terminal_id=terminal_id, operator_id=shift.operator_id,
+            opened_ms=shift.opened_ms, closed_ms=shift.closed_ms, first_txn_id=shift.first_txn_id,
+            last_txn_id=shift.last_txn_id, totals=totals_message(totals),
+        )
+
+    @answered()
+    async def DayEnd(self, request, context):
+        requests.require_range(request.station_id, "station_id", 1, limits.STATION_ID_MAX)
+        requests.require_range(request.business_day, "business_day", 1, self.today())
+        if not request.by.strip() or len(request.by) > BY_LENGTH_MAX:
+            raise InvalidRequest("by", f"required, 1 .. {BY_LENGTH_MAX} characters")
+        result = await self.committer.submit(day_end_op(request.station_id, request.business_day))
+        answer = settlement_pb2.DayEndAnswer(result=result.code, result_text=result_text(result.code),
+                                             station_id=request.station_id, business_day=request.business_day)
+        if result.code != ResultCode.APPROVED:
+            return answer
+        log.info("day %d of station %d closed by %s (closed through day %d)", request.business_day, request.station_id,
+                 request.by, result.amount)
+        totals = await asyncio.to_thread(day_totals, self.store, request.station_id, request.business_day)
+        answer.closed_through_day = result.amount
+        answer.station.CopyFrom(totals_message(totals.station))
+        answer.terminals.extend(settlement_pb2.TerminalTotals(terminal_id=terminal_id, totals=totals_message(part))
+                                for terminal_id, part in sorted(totals.by_terminal.items()))
+        answer.operators.extend(settlement_pb2.OperatorTotals(operator_id=operator_id, totals=totals_message(part))
+                                for operator_id, part in sorted(totals.by_operator.items()))
+        return answer
+
+    @answered(BATCH_RETRY_TEXT)
+    async def BatchUpload(self, request, context):
+        validate_batch(request, self.payments.settings)
+        lock = self._upload_locks.get(request.terminal_id)
+        if lock is None:
+            lock = self._upload_locks[request.terminal_id] = asyncio.Lock()
+        answer = settlement_pb2.BatchUploadAnswer()
+        async with lock:
+            items = request.items
+            for start in range(0, len(items), BATCH_UPLOAD_WINDOW):
+                window = items[start : start + BATCH_UPLOAD_WINDOW]
+                outcomes = await asyncio.gather(*(self._apply_item(item) for item in window), return_exceptions=True)
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome  # the items applied are applied: a retry answers them DUPLICATE
+                answer.results.extend(outcomes)
+        statuses = [item.status for item in answer.results]
+        answer.accepted = statuses.count(settlement_pb2.ACCEPTED)
+        answer.duplicates = statuses.count(settlement_pb2.DUPLICATE)
+        answer.declined = statuses.count(settlement_pb2.DECLINED)
+        return answer
+
+    async def _apply_item(self, item) -> settlement_pb2.BatchItemResult:
+        # No await before payments.pay submits: the items enter the queue in order.
+        terminal = item.terminal
+        stored = self.ledger.idem(terminal.terminal_id, terminal.serial)
+        seen = stored is not None and stored.fingerprint == requests.fingerprint(KIND_PAY, item)
+        paid = await self.payments.pay(item)
+        approved = paid.result == ResultCode.APPROVED
+        if seen:
+            status = settlement_pb2.DUPLICATE
+        else:
+            status = settlement_pb2.ACCEPTED if approved else settlement_pb2.DECLINED
+        return settlement_pb2.BatchItemResult(
+            serial=terminal.serial, status=status, result=paid.result,
+            result_text="" if approved else paid.result_text, txn_id=paid.txn_id, amount_minor=paid.amount_minor,
+            business_day=paid.business_day,
+        )

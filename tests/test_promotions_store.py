@@ -1,0 +1,134 @@
+"""Promotions in LMDB (core/promotions/store.py), coupons and the lottery's
+pure parts (core/promotions/coupons.py, lottery.py)."""
+
+import random
+
+import msgspec
+import pytest
+
+from core.counters import CounterScope, CounterTake
+from core.promotions import coupons, lottery
+from core.promotions import store as promotion_store
+from core.promotions.model import (
+    CouponTerms,
+    CouponTrigger,
+    DiscountTerms,
+    LotteryTerms,
+    Prize,
+    Promotion,
+    PromotionKind,
+    StackingPolicy,
+    Stage,
+)
+from core.promotions.validation import PromotionError
+from core.store import open_store
+
+DAY_MS = 86_400_000
+T0 = 1_750_000_000_000
+DISCOUNT = Promotion(promotion_id=0, kind=PromotionKind.DISCOUNT, name="ten off", valid_from_ms=T0, valid_to_ms=T0 + DAY_MS,
+                     discount=DiscountTerms(off_permille=100))
+COUPON = msgspec.structs.replace(DISCOUNT, promotion_id=5, kind=PromotionKind.COUPON, discount=None, stage=Stage.APPROVED,
+                                 amount_min_minor=10_000, amount_max_minor=50_000,
+                                 coupon=CouponTerms(face_value_minor=500, issue_on=CouponTrigger.TOPUP, issue_stations=(1,), per_issue_count=3,
+                                                    total_count=90, valid_days=7))
+LOTTERY = msgspec.structs.replace(DISCOUNT, promotion_id=8, kind=PromotionKind.LOTTERY, discount=None, stage=Stage.APPROVED, lottery=LotteryTerms(
+    prizes=(Prize(3, "bike", 100_000, stock=2), Prize(1, "car", 10_000, stock=1), Prize(2, "thanks", 0)), consolation_prize_id=2,
+    chance_per_spend_minor=20_000))
+
+
+@pytest.fixture
+def store(tmp_path):
+    opened = open_store(str(tmp_path / "data"), 2**28)
+    yield opened
+    opened.close()
+
+
+def test_drafts_are_numbered_validated_and_only_drafts_change(store):
+    first = promotion_store.save_draft(store, DISCOUNT, "alice", T0)
+    second = promotion_store.save_draft(store, DISCOUNT, "alice", T0)
+    assert (first.promotion_id, second.promotion_id) == (1, 2)
+    assert first.stage == Stage.DRAFT and [(c.stage, c.by) for c in first.history] == [(Stage.DRAFT, "alice")]
+    with pytest.raises(PromotionError) as error:
+        promotion_store.save_draft(store, msgspec.structs.replace(first, valid_to_ms=T0), "alice", T0)
+    assert error.value.field == "valid_to_ms"
+    assert promotion_store.load_promotion(store, 1) == first, "nothing of a refused promotion is saved"
+    changed = promotion_store.save_draft(store, msgspec.structs.replace(first, name="eleven off"), "bob", T0 + 1)
+    assert [c.by for c in changed.history] == ["alice", "bob"]
+    promotion_store.step_promotion(store, 1, Stage.SUBMITTED, "bob", T0 + 2)
+    with pytest.raises(promotion_store.Conflict, match="SUBMITTED: only a draft can be changed"):
+        promotion_store.save_draft(store, changed, "bob", T0 + 3)
+    with pytest.raises(promotion_store.NotFound):
+        promotion_store.step_promotion(store, 99, Stage.SUBMITTED, "bob", T0)
+    # An id chosen by the caller is kept; the sequence skips ids taken.
+    promotion_store.save_draft(store, msgspec.structs.replace(DISCOUNT, promotion_id=3), "alice", T0)
+    assert promotion_store.save_draft(store, DISCOUNT, "alice", T0).promotion_id == 4
+
+
+def test_the_snapshot_follows_the_version(store):
+    before = promotion_store.version(store)
+    saved = promotion_store.save_draft(store, DISCOUNT, "alice", T0)
+    promotion_store.step_promotion(store, saved.promotion_id, Stage.SUBMITTED, "alice", T0)
+    promotion_store.step_promotion(store, saved.promotion_id, Stage.APPROVED, "bob", T0)
+    policy = promotion_store.save_policy(store, StackingPolicy(coupons_per_sale_max=2))
+    assert promotion_store.version(store) == before + 4
+    snapshot = promotion_store.load_snapshot(store)
+    assert [p.promotion_id for p in snapshot.priced] == [saved.promotion_id]
+    assert (snapshot.policy.coupons_per_sale_max, snapshot.policy.version, snapshot.version) == (2, policy.version, before + 4)
+    with pytest.raises(PromotionError) as error:
+        promotion_store.save_policy(store, StackingPolicy(coupons_per_sale_max=17))
+    assert error.value.field == "coupons_per_sale_max"
+
+
+def test_coupon_codes_are_unguessable_unique_and_found_by_code(store):
+    made = coupons.make_coupons(COUPON, first_coupon_id=10, count=3, card_id=42, now_ms=T0, station_id=1, trigger=CouponTrigger.TOPUP)
+    assert [c.coupon_id for c in made] == [10, 11, 12]
+    assert all(coupons.code_is_well_formed(c.code) for c in made) and len({c.code for c in made}) == 3
+    assert all(c.expires_ms == T0 + 7 * DAY_MS for c in made)
+    promotion_store.put_coupons(store, made)
+    typed = "-".join(made[1].code[i:i + 4] for i in range(0, 16, 4)).lower()
+    assert promotion_store.coupon_by_code(store, coupons.normalise_code(typed)) == made[1]
+    assert promotion_store.coupon_by_code(store, "0" * 16) is None
+    assert promotion_store.coupons_of_card(store, 42) == made
+    assert promotion_store.coupons_of_card(store, 43) == []
+    with pytest.raises(promotion_store.Conflict):
+        promotion_store.put_coupons(store, [msgspec.structs.replace(made[0], coupon_id=13)])
+    codes = {coupons.new_code() for _ in range(10_000)}
+    assert len(codes) == 10_000, "80 random bits do not repeat"
+    assert coupons.issue_take(COUPON, 3) == CounterTake(CounterScope.COUPON_ISSUED, 5, delta=3, ceiling=90, rule="promotion 5 coupons issued")
+    assert coupons.use_take(made[0]) == CounterTake(CounterScope.COUPON_USED, 10, delta=1, ceiling=1, rule="coupon 10 used")
+
+
+@pytest.mark.parametrize("trigger, amount, station, expected", [
+    (CouponTrigger.TOPUP, 10_000, 1, [5]),
+    (CouponTrigger.TOPUP, 50_000, 1, [5]),
+    (CouponTrigger.TOPUP, 9_999, 1, []),
+    (CouponTrigger.TOPUP, 50_001, 1, []),
+    (CouponTrigger.TOPUP, 20_000, 2, []),
+    (CouponTrigger.PURCHASE, 20_000, 1, []),
+])
+def test_which_coupons_a_top_up_or_purchase_issues(trigger, amount, station, expected):
+    found = coupons.issuing([COUPON, LOTTERY], trigger, amount, station, T0 + 1)
+    assert [p.promotion_id for p in found] == expected
+
+
+def test_the_draw_follows_the_probabilities_in_prize_id_order():
+    rng = random.Random(7)
+    draws = [lottery.pick_prize(LOTTERY.lottery, rng).prize_id for _ in range(100_000)]
+    # car 1%, thanks 0% of its own, bike 10%, the rest (89%) consolation (thanks).
+    assert abs(draws.count(1) - 1_000) <= 100
+    assert abs(draws.count(3) - 10_000) <= 300
+    assert draws.count(1) + draws.count(2) + draws.count(3) == 100_000
+
+
+def test_the_counter_chains_of_the_lottery():
+    car = LOTTERY.lottery.prizes[1]
+    assert lottery.draw_chain(LOTTERY, 42, car) == [
+        CounterTake(CounterScope.LOTTERY_CHANCES, 8, subject=42, delta=-1, rule="promotion 8 chances"),
+        CounterTake(CounterScope.LOTTERY_PRIZE, 8, subject=1, delta=1, ceiling=1, rule="promotion 8 prize 1"),
+    ]
+    assert lottery.draw_chain(LOTTERY, 42, None) == lottery.draw_chain(LOTTERY, 42, car)[:1]
+    assert lottery.chances_for_spend(LOTTERY.lottery, 59_999) == 2
+    assert lottery.chance_takes([LOTTERY, COUPON], 42, 60_000, 1, T0 + 1) == [
+        CounterTake(CounterScope.LOTTERY_CHANCES, 8, subject=42, delta=3, rule="promotion 8 chances")]
+    assert lottery.chance_takes([LOTTERY], 0, 60_000, 1, T0 + 1) == [], "no card, no chances"
+    assert lottery.chance_takes([LOTTERY], 42, 60_000, 1, T0 + DAY_MS) == [], "outside the window"
