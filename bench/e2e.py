@@ -26,6 +26,8 @@ auth_ratio = its throughput / the plain Pay run's: the terminal-auth
 interceptor's cost, measured in the same run. The two alternate as plain,
 auth, auth, plain, each for half of --duration, so that a load that drifts
 during the run (other work on the machine) weighs on both sides alike.
+With --promotions, likewise with promotions active (bench/promotions_load.py)
+and promotions_ratio.
 
 The runs are sequential, never concurrent: the machine has two cores and
 the clients already share them with the server under test.
@@ -52,7 +54,7 @@ import msgspec
 import numpy
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import charts
+from bench import charts, promotions_load
 from bench.gateway_client import GatewayStream, OperationError
 from tally.v1 import admin_pb2, card_pb2, card_pb2_grpc, common_pb2, payment_pb2, payment_pb2_grpc
 
@@ -72,6 +74,9 @@ TOP_UP_METHOD = "/tally.v1.CardService/TopUp"
 # Issue 6: the interceptor costs under 10% of Pay's throughput, so
 # auth_ratio is at least this.
 AUTH_RATIO_TARGET = 0.9
+# --promotions: Pay with promotions active keeps at least this share of the
+# plain Pay throughput (issue 4: within 20%).
+PROMOTIONS_RATIO_TARGET = 0.8
 # What server/admin_service.py logs when it installs the interceptor.
 AUTH_LOG_LINE = "terminal authentication on"
 SIGNED_TOP_UP_TIMEOUT_S = 30.0
@@ -131,6 +136,8 @@ class Parameters(msgspec.Struct, frozen=True):
     clients_per_stream: int = CLIENTS_PER_STREAM_DEFAULT
     # Also run Pay against a server with --terminal-auth, MACed clients.
     terminal_auth: bool = False
+    # Also run Pay with promotions and a velocity limit active.
+    promotions: bool = False
 
 
 class ClientPlan(msgspec.Struct, frozen=True):
@@ -223,7 +230,8 @@ class Ratios(msgspec.Struct):
 
 
 class AuthRatios(msgspec.Struct):
-    """Pay with the terminal-auth interceptor / Pay without it."""
+    """Pay with the terminal-auth interceptor (or with promotions) / Pay
+    without it."""
 
     throughput: float | None
     latency_p99: float | None
@@ -246,6 +254,12 @@ class Report(msgspec.Struct, omit_defaults=True):
     pay_auth: TargetReport | None = None
     auth_ratios: AuthRatios | None = None
     auth_ratio: float | None = None
+    # --promotions only: the Pay run with promotions active, its ratios to
+    # the plain Pay run, and promotions_ratio (issue 4 asks for at least
+    # PROMOTIONS_RATIO_TARGET).
+    pay_promotions: TargetReport | None = None
+    promotions_ratios: AuthRatios | None = None
+    promotions_ratio: float | None = None
 
 
 class Measured(msgspec.Struct):
@@ -310,6 +324,10 @@ def parse_args(argv) -> argparse.Namespace:
                         "on, every request MACed) and report auth_ratio = its throughput / plain Pay's; the two "
                         "alternate (plain, auth, auth, plain, each half of --duration); unary mode only, on a data "
                         "directory whose station 1 and bench terminals are not registered yet")
+    parser.add_argument("--promotions", action="store_true",
+                        help="also run Pay with promotions active (a 5%% discount, a lottery chance per sale and a "
+                        "velocity limit: three counters linked to every PAY; bench/promotions_load.py) and report "
+                        "promotions_ratio = its throughput / plain Pay's; the two alternate like --terminal-auth")
     parser.add_argument("--json", metavar="FILE", help="also write the whole report as JSON to FILE")
     parser.add_argument("--chart", metavar="FILE.png",
                         help="also draw the Pay run: latency over time, throughput over time, latency histogram")
@@ -331,6 +349,8 @@ def check_args(parser, args):
         parser.error("--amount-minor must be within 1 .. 10^12")
     if args.duration <= 0 or args.warmup < 0 or args.call_timeout <= 0:
         parser.error("--duration and --call-timeout must be positive, --warmup not negative")
+    if args.terminal_auth and args.promotions:
+        parser.error("--terminal-auth and --promotions each compare with plain Pay: run them one at a time")
     if args.terminal_auth and args.mode != "unary":
         parser.error("--terminal-auth needs --mode unary: with it the server refuses GatewayService streams")
 
@@ -351,6 +371,7 @@ def parameters_of(args) -> Parameters:
         skip_echo=args.skip_echo,
         clients_per_stream=args.clients_per_stream,
         terminal_auth=args.terminal_auth,
+        promotions=args.promotions,
     )
 
 
@@ -912,7 +933,7 @@ def print_table(report: Report):
         f"{'':9}{'requests':>10}{'req/s':>10}{'avg ms':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
         f"{'errors':>8}{'declines':>10}{'srv cpu ms/req':>16}"
     )
-    for name, target in (("pay", report.pay), ("pay+auth", report.pay_auth), ("echo", report.echo)):
+    for name, target in (("pay", report.pay), ("pay+auth", report.pay_auth), ("pay+promo", report.pay_promotions), ("echo", report.echo)):
         if target is None:
             continue
         latency = target.latency_ms
@@ -923,17 +944,22 @@ def print_table(report: Report):
         )
         if target.errors_unmeasured or target.error_codes:
             print(f"{'':9}errors outside the window: {target.errors_unmeasured}; by code: {target.error_codes}")
-    if report.auth_ratios is not None:
-        auth = report.auth_ratios
-        verdict = "" if auth.throughput is None else (
-            f"   auth_ratio {auth.throughput:.3f} ({'meets' if auth.throughput >= AUTH_RATIO_TARGET else 'misses'} "
-            f"the target >= {AUTH_RATIO_TARGET})")
-        print(f"{'auth/pay':9}{'':10}{cell(auth.throughput, 3):>10}{'':27}{cell(auth.latency_p99, 2):>9}"
-              f"{'':35}{cell(auth.server_cpu_per_request, 2):>16}{verdict}")
+    print_variant_ratios("auth/pay", "auth_ratio", report.auth_ratios, AUTH_RATIO_TARGET)
+    print_variant_ratios("promo/pay", "promotions_ratio", report.promotions_ratios, PROMOTIONS_RATIO_TARGET)
     if report.echo is None:
         return
     print(f"{'pay/echo':9}{'':10}{cell(report.ratios.throughput, 3):>10}{'':27}{cell(report.ratios.latency_p99, 2):>9}"
           f"{'':35}{cell(report.ratios.server_cpu_per_request, 2):>16}")
+
+
+def print_variant_ratios(label: str, name: str, ratios: AuthRatios | None, target: float):
+    """The ratio line of a --terminal-auth or --promotions run, with its verdict."""
+    if ratios is None:
+        return
+    verdict = "" if ratios.throughput is None else (
+        f"   {name} {ratios.throughput:.3f} ({'meets' if ratios.throughput >= target else 'misses'} the target >= {target})")
+    print(f"{label:9}{'':10}{cell(ratios.throughput, 3):>10}{'':27}{cell(ratios.latency_p99, 2):>9}"
+          f"{'':35}{cell(ratios.server_cpu_per_request, 2):>16}{verdict}")
 
 
 def write_json(report: Report, path: str):
@@ -950,11 +976,13 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
     data_dir = parameters.data_dir or os.path.join(work_dir, "data")
     pay_log_path = os.path.join(work_dir, "pay-server.log")
     auth = register_terminals(data_dir, work_dir, parameters.concurrency) if parameters.terminal_auth else None
-    pay_auth = None
-    if auth is None:
-        pay, measured = run_target("pay", parameters, data_dir, pay_log_path)
-    else:
+    pay_auth = pay_promotions = None
+    if auth is not None:
         (pay, measured), (pay_auth, _) = run_with_and_without_auth(parameters, data_dir, work_dir, auth)
+    elif parameters.promotions:
+        (pay, measured), (pay_promotions, _) = run_with_and_without_promotions(parameters, data_dir, work_dir)
+    else:
+        pay, measured = run_target("pay", parameters, data_dir, pay_log_path)
     echo = None
     if not parameters.skip_echo:
         echo, _ = run_target("echo", parameters, data_dir, os.path.join(work_dir, "echo-server.log"))
@@ -972,6 +1000,10 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
         report.pay_auth = pay_auth
         report.auth_ratios = auth_ratios_of(pay, pay_auth)
         report.auth_ratio = report.auth_ratios.throughput
+    if pay_promotions is not None:
+        report.pay_promotions = pay_promotions
+        report.promotions_ratios = auth_ratios_of(pay, pay_promotions)
+        report.promotions_ratio = report.promotions_ratios.throughput
     return report, measured
 
 
@@ -986,6 +1018,25 @@ def run_with_and_without_auth(parameters: Parameters, data_dir: str, work_dir: s
         parts[secured].append(run_target("pay", half, data_dir, log_path, auth if secured else None))
         if secured and not log_says(log_path, AUTH_LOG_LINE):
             raise BenchFailure(f"the --terminal-auth server never said {AUTH_LOG_LINE!r}: no interceptor was measured")
+    return merged(parts[False], half.duration_s), merged(parts[True], half.duration_s)
+
+
+def run_with_and_without_promotions(parameters: Parameters, data_dir: str, work_dir: str) -> tuple:
+    """(plain Pay, Pay with promotions active), run as plain, promotions,
+    promotions, plain, each for half the duration; the promotions are
+    switched on and off in the data directory between the runs."""
+    half = msgspec.structs.replace(parameters, duration_s=parameters.duration_s / 2)
+    parts = {False: [], True: []}
+    for index, active in enumerate((False, True, True, False)):
+        name = "pay-promotions-server" if active else "pay-server"
+        log_path = os.path.join(work_dir, f"{name}.log" if index < 2 else f"{name}-2.log")
+        if active:
+            promotions_load.switch_on(data_dir)
+        try:
+            parts[active].append(run_target("pay", half, data_dir, log_path))
+        finally:
+            if active:
+                promotions_load.switch_off(data_dir)
     return merged(parts[False], half.duration_s), merged(parts[True], half.duration_s)
 
 
@@ -1031,7 +1082,7 @@ def main(argv) -> int:
         write_json(report, args.json)
     if args.chart:
         draw(report, measured, args.chart)
-    return 0 if succeeded(report.pay) and succeeded(report.pay_auth) and succeeded(report.echo) else 1
+    return 0 if all(succeeded(target) for target in (report.pay, report.pay_auth, report.pay_promotions, report.echo)) else 1
 
 
 if __name__ == "__main__":
