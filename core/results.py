@@ -76,6 +76,8 @@ class ResultCode(enum.IntEnum):
     PACKET_EMPTY = 50
     # The card is on the risk blacklist (permanently or until a date).
     CARD_BLACKLISTED = 51
+    # A basket line is not among the goods the card may buy.
+    GOODS_NOT_ALLOWED = 52
 
 
 class OpKind(enum.IntEnum):
@@ -329,4 +331,5 @@ RESULT_TEXT = {
     ResultCode.PACKET_ALREADY_CLAIMED: "this card has already claimed a share of the red packet",
     ResultCode.PACKET_EMPTY: "every share of the red packet is claimed",
     ResultCode.CARD_BLACKLISTED: "card refused by the risk blacklist",
+    ResultCode.GOODS_NOT_ALLOWED: "the card may not buy these goods",
 }

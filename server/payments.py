@@ -14,6 +14,7 @@ same validation, idempotency and result codes on both transports.
 
 import msgspec
 
+from core.admin.cards import basket_refusal
 from core.commit import GroupCommitter
 from core.ledger import Ledger
 from core.promotions.model import CouponTrigger
@@ -64,6 +65,11 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return result
 
     async def pay(self, request):
+        refusal = basket_refusal(self.ledger.store, request.plan.card_id, request.basket)
+        if refusal:
+            requests.pay_op(request, self.op_settings)  # bad input is still INVALID_ARGUMENT first
+            declined = Result(code=ResultCode.GOODS_NOT_ALLOWED, kind=OpKind.PAY, card_id=request.plan.card_id)
+            return answers.payment_answer(declined, request.terminal, request.basket, request.plan.channel, declined_by=refusal)
         if self.promotions is None:
             quote = self._quote(request.basket, request.amount_minor, request.plan.card_id, request.terminal.station_id)
             op = requests.pay_op(request, self.op_settings, None if quote is None else quote.total)

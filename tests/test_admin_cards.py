@@ -223,3 +223,26 @@ def test_issuing_refuses_a_taken_id_and_malformed_input(served):
     # Nothing of a refused issue is left behind.
     assert refused(lambda: root.GetCardRecord(card_id=CARD_BASE + 8), NOT_FOUND) == f"card {CARD_BASE + 8} not found"
     assert Terminal(process.channel()).card(CARD_BASE + 8).card_id == 0
+
+
+def test_pay_refuses_goods_the_card_may_not_buy_naming_the_line(served):
+    process, clients = served
+    card_id = CARD_BASE + 20
+    issued_and_funded(clients, card_id)
+    clients["root"].SetAllowedGoods(card_id=card_id, allowed_goods=["fuel"])
+    terminal = terminal_at(process, 12)
+
+    def pay_basket(*lines):
+        request = payment_pb2.PayRequest(
+            terminal=terminal.context(), amount_minor=sum(amount for _, _, amount in lines),
+            basket=[common_pb2.BasketLine(goods_code=code, category=category, quantity_milli=1_000, unit_price_minor=amount, amount_minor=amount)
+                    for code, category, amount in lines],
+            plan=payment_pb2.PaymentPlan(card_id=card_id, use_personal=True),
+        )
+        return terminal.payments.Pay(request)
+
+    assert pay_basket(("92", "fuel", 500)).result == R.APPROVED
+    refused_answer = pay_basket(("92", "fuel", 500), ("cola", "shop", 300))
+    assert refused_answer.result == R.GOODS_NOT_ALLOWED and refused_answer.txn_id == 0
+    assert refused_answer.declined_by.startswith("basket[1]: goods 'cola' (shop)")
+    assert terminal.card(card_id).balances.personal_minor == 10_000 - 500

@@ -168,9 +168,23 @@ def card_view(txn, store: Store, owner: CardOwner) -> CardView:
 
 def goods_allowed(allowed_goods: tuple[str, ...], goods_code: str, category: str) -> bool:
     """Whether a basket line may be bought with a card whose allowed goods
-    are `allowed_goods` (goods or category codes; empty: anything). For the
-    pricing step of Pay, which does not call it yet (see README)."""
+    are `allowed_goods` (goods or category codes; empty: anything)."""
     return not allowed_goods or goods_code in allowed_goods or category in allowed_goods
+
+
+def basket_refusal(store: Store, card_id: int, basket) -> str:
+    """Why Pay must refuse this basket on this card (its first line the
+    card may not buy), or "" (server/payments.py calls it before pricing)."""
+    if not card_id or not basket:
+        return ""
+    with store.env.begin() as txn:
+        owner = card_owner(txn, store, card_id)
+    if owner is None or not owner.allowed_goods:
+        return ""
+    for index, line in enumerate(basket):
+        if not goods_allowed(owner.allowed_goods, line.goods_code, line.category):
+            return f"basket[{index}]: goods {line.goods_code!r} ({line.category}) is not among the card's allowed goods"
+    return ""
 
 
 # ---------------------------------------------------------------- input
