@@ -65,7 +65,15 @@ class PromotionFlow:
 
     async def pay(self, request, build_op: Callable[[int, list], Op]) -> SaleOutcome:
         """build_op(amount_minor, lines) -> the PAY for what is left to pay,
-        with the basket lines after discounts (for the points it earns)."""
+        with the basket lines after discounts (for the points it earns).
+        An approved sale is shown to the risk flags (which never decline)."""
+        outcome = await self._pay(request, build_op)
+        result = outcome.result
+        if result.code == ResultCode.APPROVED and result.card_id:
+            await self.risk.observe_sale(result.card_id, request.terminal.station_id, result.amount, self.clock())
+        return outcome
+
+    async def _pay(self, request, build_op: Callable[[int, list], Op]) -> SaleOutcome:
         if len(request.coupon_codes) > COUPON_CODES_PER_SALE_MAX:
             raise InvalidRequest("coupon_codes", f"at most {COUPON_CODES_PER_SALE_MAX} codes")
         card_id = request.plan.card_id

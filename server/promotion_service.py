@@ -608,7 +608,7 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         outcome = await self.counters.take(takes, pay)
         if outcome.code != ResultCode.APPROVED:
             return decline(promotion_pb2.ChancesAnswer, outcome.code, outcome.refused_by)
-        self.risk.observe_sale(request.card_id, terminal.station_id, amount_minor, now_ms)
+        await self.risk.observe_sale(request.card_id, terminal.station_id, amount_minor, now_ms)
         chances = self.counters.read(takes[:1])[0]
         return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, granted=request.count, chances=chances,
                        txn_id=outcome.main.txn_id, points_used=outcome.main.points_used)

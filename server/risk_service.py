@@ -11,6 +11,7 @@ The kernel counts velocity limits (core/risk/rules.py); nothing here decides
 a limit from a value it read.
 """
 
+import asyncio
 import logging
 import time
 
@@ -40,6 +41,8 @@ class RiskHolder:
         self.watch = flags.FlagWatch(utc_offset_minutes)
         self._rules = load_rules(store)
         self._loaded_at = time.monotonic()
+        self._blacklist_checked_at = None
+        self._blacklist_is_empty = False
 
     @property
     def rules(self) -> RiskRules:
@@ -64,13 +67,32 @@ class RiskHolder:
         return velocity_takes(self.rules, card_id, now_ms, redemptions=1, utc_offset_minutes=self.utc_offset_minutes)
 
     def blocking_entry(self, card_id: int, now_ms: int):
-        """The blacklist entry refusing the card now, or None."""
+        """The blacklist entry refusing the card now, or None. While the
+        blacklist is empty (checked at most every REFRESH_INTERVAL_S, and at
+        once after a change here) no sale pays for a lookup."""
+        if self._blacklist_empty():
+            return None
         return blacklist.blocking_entry(self.store, card_id, now_ms)
 
-    def observe_sale(self, card_id: int, station_id: int, amount_minor: int, now_ms: int) -> list[flags.Flag]:
-        """After an approved sale: record the flags it raises (never declines)."""
-        raised = self.watch.observe(self.rules.flags, card_id, station_id, amount_minor, now_ms)
-        return flags.record(self.store, raised) if raised else []
+    def blacklist_changed(self):
+        self._blacklist_checked_at = None
+
+    def _blacklist_empty(self) -> bool:
+        now = time.monotonic()
+        if self._blacklist_checked_at is None or now - self._blacklist_checked_at > self.REFRESH_INTERVAL_S:
+            with self.store.env.begin() as txn:
+                self._blacklist_is_empty = txn.stat(self.store.risk_blacklist)["entries"] == 0
+            self._blacklist_checked_at = now
+        return self._blacklist_is_empty
+
+    async def observe_sale(self, card_id: int, station_id: int, amount_minor: int, now_ms: int) -> list[flags.Flag]:
+        """After an approved sale: record the flags it raises (never declines;
+        the write runs off the event loop)."""
+        rules = self.rules.flags
+        if not rules.enabled:
+            return []
+        raised = self.watch.observe(rules, card_id, station_id, amount_minor, now_ms)
+        return await asyncio.to_thread(flags.record, self.store, raised) if raised else []
 
 
 def limit_message(limit: VelocityLimit) -> promotion_pb2.VelocityLimit:
@@ -132,6 +154,7 @@ class RiskService(promotion_pb2_grpc.RiskServiceServicer):
                                          added_ms=self.clock(), until_ms=request.until_ms)
         try:
             blacklist.add(self.holder.store, entry)
+            self.holder.blacklist_changed()
         except blacklist.BlacklistError as error:
             raise InvalidRequest(error.field, str(error).split(": ", 1)[1]) from None
         log.info("card %d blacklisted by %s: %s", entry.card_id, entry.added_by, entry.rule)
@@ -145,6 +168,7 @@ class RiskService(promotion_pb2_grpc.RiskServiceServicer):
         if entry is None:
             return promotion_pb2.BlacklistAnswer(found=False)
         blacklist.remove(self.holder.store, request.card_id)
+        self.holder.blacklist_changed()
         log.info("card %d off the blacklist (by %s; it was: %s)", request.card_id, request.by, entry.rule)
         return promotion_pb2.BlacklistAnswer(found=True, entry=entry_message(entry))
 

@@ -330,6 +330,8 @@ def test_a_velocity_limit_hit_by_many_concurrent_requests_is_never_exceeded(prom
     open_cards(server, card, 1, points=10_000)
     limit = P.VelocityLimit(limit_id=9, name="sales per card per day", measure=P.RISK_MEASURE_SALE_COUNT, window=P.RISK_WINDOW_DAY, ceiling=5)
     assert risk.SetLimits(P.SetLimitsRequest(limits=[limit])).limits == [limit]
+    # Flags are off until set: five small sales within ten minutes flag a card.
+    risk.SetFlagRules(P.SetFlagRulesRequest(flags=P.FlagRules(small_sale_max_minor=1_000, small_sales_count=5, small_sales_window_s=600)))
     try:
         buy = lambda index: lambda stub, _: stub.BuyChances(P.BuyChancesRequest(terminal=context(606, index + 1), promotion_id=pid,
                                                                                  card_id=card, count=1))
@@ -350,6 +352,7 @@ def test_a_velocity_limit_hit_by_many_concurrent_requests_is_never_exceeded(prom
         assert [f.kind for f in flags if f.kind == P.FLAG_KIND_SMALL_SALES] == [P.FLAG_KIND_SMALL_SALES]
     finally:
         risk.SetLimits(P.SetLimitsRequest())
+        risk.SetFlagRules(P.SetFlagRulesRequest(flags=P.FlagRules(small_sale_max_minor=1_000, small_sales_window_s=600)))
     with pytest.raises(grpc.RpcError) as error:
         risk.SetLimits(P.SetLimitsRequest(limits=[P.VelocityLimit(limit_id=1, name="x", measure=P.RISK_MEASURE_SALE_COUNT,
                                                                   window=P.RISK_WINDOW_DAY, ceiling=0)]))

@@ -48,7 +48,7 @@ class FlagWatch:
     def observe(self, rules: FlagRules, card_id: int, station_id: int, amount_minor: int, now_ms: int) -> list[Flag]:
         """Flags an approved sale raises (seq 0 until recorded)."""
         flags = []
-        if card_id and amount_minor <= rules.small_sale_max_minor:
+        if card_id and rules.small_sales_count and amount_minor <= rules.small_sale_max_minor:
             times = self._small_sales.pop(card_id, None) or collections.deque()
             window_ms = rules.small_sales_window_s * 1000
             while times and times[0] <= now_ms - window_ms:

@@ -74,15 +74,20 @@ class VelocityLimit(msgspec.Struct, frozen=True):
 
 class FlagRules(msgspec.Struct, frozen=True):
     """small_sales_count sales of at most small_sale_max_minor by one card
-    within small_sales_window_s raise a flag; so does a sale in the quiet
-    hours quiet_from_hour .. quiet_to_hour (local time; from > to wraps
-    midnight; equal: no quiet hours)."""
+    within small_sales_window_s raise a flag (small_sales_count 0: never);
+    so does a sale in the quiet hours quiet_from_hour .. quiet_to_hour
+    (local time; from > to wraps midnight; equal: no quiet hours). Off until
+    set: each flag is a write, and only staff know what is unusual here."""
 
     small_sale_max_minor: int = 1_000
-    small_sales_count: int = 5
+    small_sales_count: int = 0
     small_sales_window_s: int = 600
-    quiet_from_hour: int = 1
-    quiet_to_hour: int = 5
+    quiet_from_hour: int = 0
+    quiet_to_hour: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.small_sales_count > 0 or self.quiet_from_hour != self.quiet_to_hour
 
 
 class RiskRules(msgspec.Struct, frozen=True):
@@ -145,7 +150,8 @@ def validate(rules: RiskRules):
         _range(limit.ceiling, f"{where}.ceiling", 1, limits.COUNTER_CEILING_MAX)
     flags = rules.flags
     _range(flags.small_sale_max_minor, "flags.small_sale_max_minor", 0, limits.AMOUNT_MINOR_MAX)
-    _range(flags.small_sales_count, "flags.small_sales_count", 2, 10_000)
+    if flags.small_sales_count != 0:
+        _range(flags.small_sales_count, "flags.small_sales_count", 2, 10_000)
     _range(flags.small_sales_window_s, "flags.small_sales_window_s", 1, 86_400)
     _range(flags.quiet_from_hour, "flags.quiet_from_hour", 0, 23)
     _range(flags.quiet_to_hour, "flags.quiet_to_hour", 0, 23)
