@@ -54,8 +54,11 @@ class RulesHolder:
     def quote(self, ledger, basket, amount_minor: int, card_id: int, station_id: int, now_ms: int):
         """Points the rules give a sale (a basket of BasketLine messages)."""
         lines = [SaleLine(line.category, line.amount_minor) for line in basket]
-        tier = jobs.member_tier(ledger.store, card_id) if card_id else Tier.REGULAR
-        return quote(self.rules.earning, lines, amount_minor, tier, station_id, now_ms)
+        earning = self.rules.earning
+        # The member's tier matters only to tier multipliers: without any,
+        # a sale reads no member record.
+        tier = jobs.member_tier(ledger.store, card_id) if card_id and earning.tier_permille else Tier.REGULAR
+        return quote(earning, lines, amount_minor, tier, station_id, now_ms)
 
 
 def lot_message(lot) -> loyalty_pb2.PointsLot:
