@@ -59,6 +59,12 @@ class _Payment(msgspec.Struct):
     net_of_fee: bool = False
 
 
+# Payments a simulated channel remembers (for queries, refunds and its daily
+# statement); beyond this the oldest are forgotten, as a real channel's
+# online window ends. Without a bound a soak would measure the simulator's
+# history growing inside the server process, not the server.
+SIMULATED_PAYMENTS_MAX = 50_000
+
 # Scripted outcomes of the next calls (SimulatedChannel.script).
 TIMEOUT_AFTER_ACT = "timeout_after_act"
 TIMEOUT_BEFORE_ACT = "timeout_before_act"
@@ -132,6 +138,8 @@ class SimulatedChannel:
             if self._roll(self.settings.decline_ppm):
                 return ChannelAnswer(ChannelOutcome.DECLINED, reason="declined by issuer")
             self.payments[reference] = _Payment(amount_minor, paid_ms=self.clock_ms())
+            if len(self.payments) > SIMULATED_PAYMENTS_MAX:
+                del self.payments[next(iter(self.payments))]
             return ChannelAnswer(ChannelOutcome.APPROVED, channel_reference=f"{self.name}-{reference}")
 
         return await self._maybe_time_out(act, "pay")

@@ -1,0 +1,23 @@
+"""The shipped channel simulator (the mock of the banks and wallets outside
+the system): its memory of payments is bounded, oldest forgotten first."""
+
+import asyncio
+
+from core.channels import simulator
+from core.channels.base import ChannelOutcome
+from core.channels.simulator import SimulatedChannel, SimulatorSettings
+
+
+def test_the_simulator_forgets_its_oldest_payments_beyond_its_bound(monkeypatch):
+    monkeypatch.setattr(simulator, "SIMULATED_PAYMENTS_MAX", 3)
+    channel = SimulatedChannel("wechat", SimulatorSettings())
+
+    async def scenario():
+        for reference in range(1, 6):
+            assert (await channel.pay(reference, 100)).outcome == ChannelOutcome.APPROVED
+        return [(await channel.query(reference)).outcome for reference in range(1, 6)]
+
+    outcomes = asyncio.run(scenario())
+    assert sorted(channel.payments) == [3, 4, 5]
+    assert outcomes[2:] == [ChannelOutcome.APPROVED] * 3
+    assert ChannelOutcome.APPROVED not in outcomes[:2]
