@@ -529,14 +529,15 @@ def load_master_key_of(settings) -> bytes | None:
         raise SystemExit(str(error)) from None
 
 
-def interceptors_for(settings, store, master_key: bytes | None) -> tuple:
-    """The terminal-auth interceptor with --terminal-auth, else none."""
+def registrar_for(settings, store, master_key: bytes | None, server):
+    """What services register with: with --terminal-auth, the server behind
+    the terminal-auth interceptor (server/terminal_auth.py); else the server."""
     if not settings.terminal_auth:
-        return ()
+        return server
     from server.terminal_auth import TerminalAuthInterceptor, TerminalGuard
 
     log.info("terminal authentication on: every terminal request needs its MAC")
-    return (TerminalAuthInterceptor(TerminalGuard(store, master_key)),)
+    return TerminalAuthInterceptor(TerminalGuard(store, master_key)).registrar(server)
 
 
 def add_admin_services(server, store, master_key: bytes | None, committer: GroupCommitter | None = None):

@@ -112,21 +112,24 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         await admin_service.sync_station_domains(store, committer)
 
     master_key = admin_service.load_master_key_of(settings)
-    server = grpc.aio.server(options=grpc_options(settings.reuse_port),
-                             interceptors=admin_service.interceptors_for(settings, store, master_key))
-    promotions = promotion_service.add_promotion_services(server, ledger, committer, settings)
+    server = grpc.aio.server(options=grpc_options(settings.reuse_port))
+    # Every service registers through this: with --terminal-auth it puts the
+    # terminal-auth interceptor in front of the terminal RPCs.
+    services = admin_service.registrar_for(settings, store, master_key, server)
+    promotions = promotion_service.add_promotion_services(services, ledger, committer, settings)
     sale_promotions = PromotionFlow(ledger, promotions.service, promotions.risk, committer.clock)
     payments = PaymentService(ledger, committer, flow, settings, rules, sale_promotions)
     cards = CardService(ledger, committer, sale_promotions)
     gateway = GatewayService(payments, cards, settings.stream_window)
-    payment_pb2_grpc.add_PaymentServiceServicer_to_server(payments, server)
-    card_pb2_grpc.add_CardServiceServicer_to_server(cards, server)
-    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway, server)
-    settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(ledger, committer, payments), server)
-    loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server(LoyaltyService(ledger, committer, rules, promotions.risk), server)
-    admin_service.add_admin_services(server, store, master_key, committer)
+    payment_pb2_grpc.add_PaymentServiceServicer_to_server(payments, services)
+    card_pb2_grpc.add_CardServiceServicer_to_server(cards, services)
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway, services)
+    settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(ledger, committer, payments), services)
+    loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server(LoyaltyService(ledger, committer, rules, promotions.risk), services)
+    admin_service.add_admin_services(services, store, master_key, committer)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
+    # Reflection wants the aio server itself (it checks the type); it is no terminal RPC.
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         port = tls.add_port(server, settings)
