@@ -71,6 +71,7 @@ Promotions' and risk's databases (core/promotions/store.py, core/risk/):
 import os
 
 import lmdb
+import msgspec
 
 DATABASE_NAMES = (
     "accounts",
@@ -203,3 +204,23 @@ def open_store(
         lock=True,
     )
     return Store(env, path, readonly)
+
+
+def load_json(store: Store, db, key: bytes, record_type):
+    """A configuration record saved as JSON (rules, policies), or its
+    defaults (record_type()) when none was saved."""
+    with store.env.begin() as txn:
+        raw = txn.get(key, db=db)
+    return record_type() if raw is None else msgspec.json.decode(raw, type=record_type)
+
+
+def put_versioned_json(txn, db, key: bytes, record):
+    """Save a configuration record (a msgspec Struct with a `version` field)
+    under the next version number, inside the caller's write transaction;
+    returns what was saved. Readers in other processes reload when the
+    version they hold is behind."""
+    raw = txn.get(key, db=db)
+    current = 0 if raw is None else msgspec.json.decode(raw, type=type(record)).version
+    saved = msgspec.structs.replace(record, version=current + 1)
+    txn.put(key, msgspec.json.encode(saved), db=db)
+    return saved

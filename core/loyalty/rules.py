@@ -14,6 +14,7 @@ import msgspec
 
 from core import limits
 from core.results import Tier
+from core.store import load_json, put_versioned_json
 
 PERMILLE_ONE = 1000
 MULTIPLIER_PERMILLE_MAX = 100_000
@@ -204,17 +205,11 @@ def _validate_campaigns(campaigns):
 
 def load_rules(store) -> LoyaltyRules:
     """The saved rules, or the defaults if none were saved."""
-    with store.env.begin() as txn:
-        raw = txn.get(RULES_KEY, db=store.loyalty_config)
-    return LoyaltyRules() if raw is None else msgspec.json.decode(raw, type=LoyaltyRules)
+    return load_json(store, store.loyalty_config, RULES_KEY, LoyaltyRules)
 
 
 def save_rules(store, rules: LoyaltyRules) -> LoyaltyRules:
     """Validate and save; the saved rules carry the next version number."""
     validate(rules)
     with store.env.begin(write=True) as txn:
-        raw = txn.get(RULES_KEY, db=store.loyalty_config)
-        current = 0 if raw is None else msgspec.json.decode(raw, type=LoyaltyRules).version
-        saved = msgspec.structs.replace(rules, version=current + 1)
-        txn.put(RULES_KEY, msgspec.json.encode(saved), db=store.loyalty_config)
-    return saved
+        return put_versioned_json(txn, store.loyalty_config, RULES_KEY, rules)

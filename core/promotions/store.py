@@ -36,7 +36,7 @@ from core.promotions.model import (
 )
 from core.promotions.validation import PromotionError, validate, validate_policy
 from core.records import u64_key
-from core.store import rows
+from core.store import load_json, put_versioned_json, rows
 
 U64 = struct.Struct(">Q")
 CARD_COUPON_KEY = struct.Struct(">QQ")
@@ -149,18 +149,13 @@ def step_promotion(store, promotion_id: int, stage: Stage, by: str, now_ms: int)
 
 
 def load_policy(store) -> StackingPolicy:
-    with store.env.begin() as txn:
-        raw = txn.get(POLICY_KEY, db=store.promotion_meta)
-    return StackingPolicy() if raw is None else msgspec.json.decode(raw, type=StackingPolicy)
+    return load_json(store, store.promotion_meta, POLICY_KEY, StackingPolicy)
 
 
 def save_policy(store, policy: StackingPolicy) -> StackingPolicy:
     validate_policy(policy)
     with store.env.begin(write=True) as txn:
-        raw = txn.get(POLICY_KEY, db=store.promotion_meta)
-        current = 0 if raw is None else msgspec.json.decode(raw, type=StackingPolicy).version
-        saved = msgspec.structs.replace(policy, version=current + 1)
-        txn.put(POLICY_KEY, msgspec.json.encode(saved), db=store.promotion_meta)
+        saved = put_versioned_json(txn, store.promotion_meta, POLICY_KEY, policy)
         _bump(txn, store.promotion_meta, VERSION_KEY)
     return saved
 

@@ -21,6 +21,7 @@ import msgspec
 
 from core import limits
 from core.counters import CounterScope, CounterTake
+from core.store import load_json, put_versioned_json
 
 RULES_KEY = b"rules"
 LIMITS_MAX = 64
@@ -161,17 +162,11 @@ def validate(rules: RiskRules):
 
 
 def load_rules(store) -> RiskRules:
-    with store.env.begin() as txn:
-        raw = txn.get(RULES_KEY, db=store.risk_config)
-    return RiskRules() if raw is None else msgspec.json.decode(raw, type=RiskRules)
+    return load_json(store, store.risk_config, RULES_KEY, RiskRules)
 
 
 def save_rules(store, rules: RiskRules) -> RiskRules:
     """Validate and save; the saved rules carry the next version number."""
     validate(rules)
     with store.env.begin(write=True) as txn:
-        raw = txn.get(RULES_KEY, db=store.risk_config)
-        current = 0 if raw is None else msgspec.json.decode(raw, type=RiskRules).version
-        saved = msgspec.structs.replace(rules, version=current + 1)
-        txn.put(RULES_KEY, msgspec.json.encode(saved), db=store.risk_config)
-    return saved
+        return put_versioned_json(txn, store.risk_config, RULES_KEY, rules)
