@@ -27,6 +27,7 @@ from core.ledger import Ledger
 from core.promotions import lottery
 from core.promotions.model import PromotionKind
 from core.promotions.pricing import Pricing, refusal_key
+from core.risk.rules import LIMITS_PER_OPERATION_MAX
 from core.records import Op, Result
 from core.results import OpKind, ResultCode
 from server.counter_client import CounterClient
@@ -37,6 +38,9 @@ from server.risk_service import RiskHolder
 from tally.v1 import payment_pb2
 
 PRICING_ATTEMPTS_MAX = 4
+# Lotteries whose chances one sale earns (the first ones, by id); with
+# LIMITS_PER_OPERATION_MAX velocity takes this leaves pricing six takes.
+CHANCE_TAKES_MAX = 2
 COUPON_CODES_PER_SALE_MAX = 4
 REFUSED_REASON = "used up: the kernel refused its counter (stock, budget or uses)"
 
@@ -91,7 +95,10 @@ class PromotionFlow:
             op = build_op(pricing.amount_minor, discounted_lines(request.basket, pricing))
             risk_takes = self.risk.sale_takes(card_id, now_ms, pricing.amount_minor, op.earn_points)
             chance_takes = lottery.chance_takes(lotteries, card_id, pricing.amount_minor, request.terminal.station_id, now_ms)
-            takes = [*pricing.takes, *chance_takes, *risk_takes][: limits.COUNTER_TAKES_PER_SALE_MAX]
+            # Velocity takes first and never dropped; pricing left room for
+            # them and for CHANCE_TAKES_MAX lotteries' chances.
+            takes = [*risk_takes, *chance_takes[:CHANCE_TAKES_MAX], *pricing.takes]
+            assert len(takes) <= limits.COUNTER_TAKES_PER_SALE_MAX, "pricing was given the room the other takes leave"
             outcome = await self.counters.take(takes, op)
             if not outcome.refused_by:
                 return SaleOutcome(outcome.main)
@@ -124,7 +131,7 @@ class PromotionFlow:
         pricing, unknown = self.holder.price(
             self.ledger, request.basket, request.amount_minor, request.terminal.station_id, request.plan.card_id, now_ms,
             coupon_codes=list(request.coupon_codes), refused=refused,
-            takes_max=limits.COUNTER_TAKES_PER_SALE_MAX - RISK_AND_CHANCE_TAKES_RESERVED,
+            takes_max=limits.COUNTER_TAKES_PER_SALE_MAX - LIMITS_PER_OPERATION_MAX - CHANCE_TAKES_MAX,
         )
         if unknown:
             index = list(request.coupon_codes).index(unknown[0])
@@ -155,11 +162,6 @@ class PromotionFlow:
             if 0 <= index < len(items):
                 items[index].coupon_id = coupon_id
         return items
-
-
-# Counter takes kept free for velocity limits and lottery chances when
-# pricing picks promotions (their takes come first in the chain).
-RISK_AND_CHANCE_TAKES_RESERVED = 6
 
 
 def _declined(result: Result, code: int) -> Result:

@@ -130,3 +130,14 @@ def test_a_sale_in_the_quiet_hours_is_flagged_not_declined(store):
     saved = flags.record(store, [flag, flag])
     assert [f.seq for f in saved] == [1, 2]
     assert [f.seq for f in flags.list_flags(store, after_seq=1)] == [2]
+
+
+def test_more_velocity_limits_on_one_operation_than_its_chain_can_link_are_refused():
+    from core.risk.rules import LIMITS_PER_OPERATION_MAX
+
+    too_many = tuple(VelocityLimit(limit_id=index + 1, name=f"sales {index}", measure=Measure.SALE_COUNT, window=Window.DAY, ceiling=10)
+                     for index in range(LIMITS_PER_OPERATION_MAX + 1))
+    with pytest.raises(RiskRuleError) as error:
+        validate(RiskRules(limits=too_many))
+    assert error.value.field == "limits" and f"at most {LIMITS_PER_OPERATION_MAX} limits on sale measures" in str(error.value)
+    validate(RiskRules(limits=too_many[:-1]))

@@ -132,9 +132,21 @@ def _range(value: int, field: str, low: int, high: int):
         raise RiskRuleError(field, f"must be within {low} .. {high}, got {value}")
 
 
+# Velocity takes one operation may link (core/counters.py): every limit of
+# the operation's measures takes, so they are bounded per operation, with
+# room left in the chain for the sale's promotions.
+SALE_MEASURES = (Measure.SALE_AMOUNT, Measure.SALE_COUNT, Measure.POINTS_EARNED)
+LIMITS_PER_OPERATION_MAX = limits.COUNTER_TAKES_PER_SALE_MAX // 2
+
+
 def validate(rules: RiskRules):
     if len(rules.limits) > LIMITS_MAX:
         raise RiskRuleError("limits", f"at most {LIMITS_MAX} limits, got {len(rules.limits)}")
+    for measures, what in ((SALE_MEASURES, "sale"), ((Measure.REDEMPTION_COUNT,), "redemption")):
+        count = sum(1 for limit in rules.limits if limit.measure in measures)
+        if count > LIMITS_PER_OPERATION_MAX:
+            raise RiskRuleError("limits", f"at most {LIMITS_PER_OPERATION_MAX} limits on {what} measures (each "
+                                f"links a counter to the operation), got {count}")
     seen = set()
     for index, limit in enumerate(rules.limits):
         where = f"limits[{index}]"
