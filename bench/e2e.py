@@ -1008,35 +1008,40 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
 
 
 def run_with_and_without_auth(parameters: Parameters, data_dir: str, work_dir: str, auth: TerminalAuth) -> tuple:
-    """(plain Pay, Pay with terminal auth), run as plain, auth, auth, plain,
-    each for half the duration, each side's halves merged."""
-    half = msgspec.structs.replace(parameters, duration_s=parameters.duration_s / 2)
-    parts = {False: [], True: []}
-    for index, secured in enumerate((False, True, True, False)):
-        name = "pay-auth-server" if secured else "pay-server"
-        log_path = os.path.join(work_dir, f"{name}.log" if index < 2 else f"{name}-2.log")
-        parts[secured].append(run_target("pay", half, data_dir, log_path, auth if secured else None))
-        if secured and not log_says(log_path, AUTH_LOG_LINE):
+    """(plain Pay, Pay with terminal auth): the server of the variant runs
+    with --terminal-auth and must say so in its log."""
+    def run_secured(half: Parameters, log_path: str):
+        part = run_target("pay", half, data_dir, log_path, auth)
+        if not log_says(log_path, AUTH_LOG_LINE):
             raise BenchFailure(f"the --terminal-auth server never said {AUTH_LOG_LINE!r}: no interceptor was measured")
-    return merged(parts[False], half.duration_s), merged(parts[True], half.duration_s)
+        return part
+
+    return run_alternating(parameters, data_dir, work_dir, "pay-auth-server", run_secured)
 
 
 def run_with_and_without_promotions(parameters: Parameters, data_dir: str, work_dir: str) -> tuple:
-    """(plain Pay, Pay with promotions active), run as plain, promotions,
-    promotions, plain, each for half the duration; the promotions are
-    switched on and off in the data directory between the runs."""
+    """(plain Pay, Pay with promotions active): the promotions are switched
+    on in the data directory before each variant run and off after it."""
+    def run_promoted(half: Parameters, log_path: str):
+        promotions_load.switch_on(data_dir)
+        try:
+            return run_target("pay", half, data_dir, log_path)
+        finally:
+            promotions_load.switch_off(data_dir)
+
+    return run_alternating(parameters, data_dir, work_dir, "pay-promotions-server", run_promoted)
+
+
+def run_alternating(parameters: Parameters, data_dir: str, work_dir: str, variant_name: str, run_variant) -> tuple:
+    """(plain Pay, the variant), run as plain, variant, variant, plain, each
+    for half the duration, each side's halves merged: a load that drifts
+    during the run weighs on both sides alike."""
     half = msgspec.structs.replace(parameters, duration_s=parameters.duration_s / 2)
     parts = {False: [], True: []}
-    for index, active in enumerate((False, True, True, False)):
-        name = "pay-promotions-server" if active else "pay-server"
+    for index, variant in enumerate((False, True, True, False)):
+        name = variant_name if variant else "pay-server"
         log_path = os.path.join(work_dir, f"{name}.log" if index < 2 else f"{name}-2.log")
-        if active:
-            promotions_load.switch_on(data_dir)
-        try:
-            parts[active].append(run_target("pay", half, data_dir, log_path))
-        finally:
-            if active:
-                promotions_load.switch_off(data_dir)
+        parts[variant].append(run_variant(half, log_path) if variant else run_target("pay", half, data_dir, log_path))
     return merged(parts[False], half.duration_s), merged(parts[True], half.duration_s)
 
 
