@@ -21,6 +21,8 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memmove, memset
 
 import gc
+from bisect import bisect_right, insort
+from operator import itemgetter
 
 from core import counters as _counters
 from core import limits as _limits
@@ -559,6 +561,36 @@ cdef int return_postings(Posting* p, uint64_t card, uint32_t station, uint8_t ch
     return 6
 
 
+# ------------------------------------------------------------ writing
+
+cdef object record_key = itemgetter(0)
+
+
+cdef put_in_key_order(object txn, object db, list items):
+    """Put the (key, value) pairs of `items` (unique keys) in key order.
+
+    In key order, each put finds its page next to the previous one (LMDB
+    checks the cursor's page before searching from the root). The keys past
+    the last one stored (new transactions, journal entries, idempotency
+    records of a terminal's rising serials) are appended: no search at all,
+    and full pages instead of pages split in half.
+    """
+    if not items:
+        return
+    items.sort(key=record_key)
+    cursor = txn.cursor(db)
+    cdef Py_ssize_t first_appended = 0
+    if cursor.last():
+        first_appended = bisect_right(items, cursor.key(), key=record_key)
+    cdef Py_ssize_t appended = len(items) - first_appended
+    if first_appended:
+        cursor.putmulti(items[:first_appended] if appended else items)
+    if appended:
+        consumed, added = cursor.putmulti(items[first_appended:] if first_appended else items, append=True)
+        assert added == appended, "an appended key was not past the last one"
+    cursor.close()
+
+
 # ------------------------------------------------------------ the kernel
 
 cdef class Kernel:
@@ -578,7 +610,9 @@ cdef class Kernel:
         cdef bytearray results = PyByteArray_FromStringAndSize(NULL, count * result_size)
         cdef char* op_data = PyBytes_AS_STRING(ops)
         cdef char* result_data = PyByteArray_AS_STRING(results)
-        cdef _Batch batch = _Batch(txn, store, now_ms, business_day)
+        cdef _Records records = _Records(store)
+        records.begin(txn)
+        cdef _Batch batch = _Batch(txn, store, records, now_ms, business_day)
         cdef Py_ssize_t i
         # A batch allocates tens of thousands of short-lived tuples and keys,
         # none of them in cycles; the cyclic collector would walk them over
@@ -602,18 +636,118 @@ cdef class Kernel:
         return bytes(results)
 
 
+cdef class _Table:
+    """One named database read and written through a cache for a batch.
+
+    Every key is read from LMDB at most once; puts and deletes stay in
+    memory until `flush`, which writes them in key order at the end of the
+    batch. A record rewritten by many operations of a batch (a gift's stock,
+    a card's points lot) costs one LMDB write instead of one per operation,
+    and sorted writes walk the B-tree's pages in order instead of at random.
+    """
+
+    cdef object txn
+    cdef object db
+    # key -> the record as bytes, or None when the database has none
+    cdef dict values
+    # keys put or deleted since the last flush (the value is unused)
+    cdef dict changed
+
+    def __init__(self, db):
+        self.txn = None
+        self.db = db
+        self.values = {}
+        self.changed = {}
+
+    cdef bytes get(self, bytes key):
+        cdef PyObject* cached = PyDict_GetItem(self.values, key)
+        if cached != NULL:
+            return <object>cached
+        value = self.txn.get(key, None, self.db)
+        self.values[key] = value
+        return value
+
+    cdef put(self, bytes key, bytes value):
+        self.values[key] = value
+        self.changed[key] = None
+
+    cdef delete(self, bytes key):
+        self.values[key] = None
+        self.changed[key] = None
+
+    cdef remember(self, bytes key, bytes value):
+        """Record what a cursor read from LMDB, so that `get` need not read it again."""
+        if PyDict_GetItem(self.values, key) == NULL:
+            self.values[key] = value
+
+    cdef flush(self):
+        if not self.changed:
+            return
+        cdef list puts = []
+        for key in sorted(self.changed):
+            value = self.values[key]
+            if value is None:
+                self.txn.delete(key, db=self.db)
+            else:
+                puts.append((key, value))
+        put_in_key_order(self.txn, self.db, puts)
+        self.changed = {}
+
+
+cdef class _Records:
+    """The records a batch reads and changes: each dict maps a key to the
+    record, or to None when LMDB has none."""
+
+    # key -> bytearray holding the record, or None
+    cdef dict accounts, cards
+    cdef _Table point_lots, closed_lots, lot_expiry, members, gifts, gift_counts
+    # card id -> expiry days of the card's open lots, ascending (the order of
+    # their keys in point_lots), for the cards whose lots have been listed
+    cdef dict lot_days
+
+    def __init__(self, store):
+        self.accounts = {}
+        self.cards = {}
+        self.point_lots = _Table(store.point_lots)
+        self.closed_lots = _Table(store.closed_lots)
+        self.lot_expiry = _Table(store.lot_expiry)
+        self.members = _Table(store.members)
+        self.gifts = _Table(store.gifts)
+        self.gift_counts = _Table(store.gift_counts)
+        self.lot_days = {}
+
+    cdef begin(self, txn):
+        for table in self.tables():
+            (<_Table>table).txn = txn
+
+    cdef tuple tables(self):
+        return (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts)
+
+    cdef Py_ssize_t count(self):
+        cdef Py_ssize_t total = len(self.accounts) + len(self.cards) + len(self.lot_days)
+        for table in self.tables():
+            total += len((<_Table>table).values)
+        return total
+
+
 cdef class _Batch:
     cdef object txn
     cdef object accounts_db, cards_db, card_stations_db, txns_db, idem_db
     cdef object journal_db, hold_expiry_db, pending_db, meta_db
-    cdef object point_lots_db, closed_lots_db, lot_expiry_db, points_history_db
-    cdef object members_db, tier_changes_db, gifts_db, gift_counts_db
+    cdef object points_history_db, tier_changes_db
+    # Read and written through per-batch caches, flushed in key order by finish.
+    cdef _Table point_lots, closed_lots, lot_expiry, members, gifts, gift_counts
+    # card id -> expiry days of the card's open lots (see _Records)
+    cdef dict lot_days
+    # points_history keys this batch adds (their values are empty)
+    cdef list points_history_keys
     cdef object shifts_db, day_ends_db, card_domains_db, station_domains_db
     cdef object counters_db, txn_counters_db, packet_shares_db
     # terminal id -> ShiftState (0: never signed on), read once per batch
     cdef dict shift_states
     cdef uint32_t lot_validity_days
     # key -> bytearray holding the record, or None when LMDB has none
+    # (accounts and cards are the _Records' own dicts)
     cdef dict accounts, cards, txns, idems
     # key -> the same bytearray, for records this batch changed
     cdef dict accounts_dirty, cards_dirty, txns_dirty, idems_dirty
@@ -623,7 +757,7 @@ cdef class _Batch:
     cdef uint32_t day
     cdef uint64_t next_txn_id, next_journal_seq
 
-    def __init__(self, txn, store, int64_t now_ms, uint32_t business_day):
+    def __init__(self, txn, store, _Records records, int64_t now_ms, uint32_t business_day):
         self.txn = txn
         self.accounts_db = store.accounts
         self.cards_db = store.cards
@@ -634,14 +768,16 @@ cdef class _Batch:
         self.hold_expiry_db = store.hold_expiry
         self.pending_db = store.pending
         self.meta_db = store.meta
-        self.point_lots_db = store.point_lots
-        self.closed_lots_db = store.closed_lots
-        self.lot_expiry_db = store.lot_expiry
         self.points_history_db = store.points_history
-        self.members_db = store.members
         self.tier_changes_db = store.tier_changes
-        self.gifts_db = store.gifts
-        self.gift_counts_db = store.gift_counts
+        self.point_lots = records.point_lots
+        self.closed_lots = records.closed_lots
+        self.lot_expiry = records.lot_expiry
+        self.members = records.members
+        self.gifts = records.gifts
+        self.gift_counts = records.gift_counts
+        self.lot_days = records.lot_days
+        self.points_history_keys = []
         self.shifts_db = store.shifts
         self.day_ends_db = store.day_ends
         self.card_domains_db = store.card_domains
@@ -651,8 +787,8 @@ cdef class _Batch:
         self.packet_shares_db = store.packet_shares
         self.shift_states = {}
         self.lot_validity_days = LOT_VALIDITY_DAYS_DEFAULT
-        self.accounts = {}
-        self.cards = {}
+        self.accounts = records.accounts
+        self.cards = records.cards
         self.txns = {}
         self.idems = {}
         self.accounts_dirty = {}
@@ -677,8 +813,7 @@ cdef class _Batch:
         cdef Py_ssize_t entry_size = sizeof(JournalRec)
         for db, dirty in ((self.accounts_db, self.accounts_dirty), (self.cards_db, self.cards_dirty),
                           (self.txns_db, self.txns_dirty), (self.idem_db, self.idems_dirty)):
-            if dirty:
-                self.txn.cursor(db).putmulti(dirty.items())
+            put_in_key_order(self.txn, db, list(dirty.items()))
         if self.journal_count:
             view = memoryview(self.journal)
             first_seq = self.next_journal_seq - self.journal_count
@@ -686,6 +821,9 @@ cdef class _Batch:
                 [(u64_key(first_seq + i), view[i * entry_size:(i + 1) * entry_size]) for i in range(self.journal_count)],
                 append=True,
             )
+        for table in (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts):
+            (<_Table>table).flush()
+        put_in_key_order(self.txn, self.points_history_db, [(key, b"") for key in self.points_history_keys])
         self.txn.put(META_NEXT_TXN_ID, (<char*>&self.next_txn_id)[:8], db=self.meta_db)
         self.txn.put(META_NEXT_JOURNAL_SEQ, (<char*>&self.next_journal_seq)[:8], db=self.meta_db)
 
@@ -890,37 +1028,50 @@ cdef class _Batch:
             # Mirror of the lots hook in reference.post.
             if postings[i].debit_kind == POINTS:
                 self.take_from_lots(postings[i].debit_owner, postings[i].amount)
-                self.txn.put(points_history_key(postings[i].debit_owner, self.next_journal_seq - 1), b"", db=self.points_history_db)
+                self.points_history_keys.append(points_history_key(postings[i].debit_owner, self.next_journal_seq - 1))
             if postings[i].credit_kind == POINTS:
                 self.add_to_lot(postings[i].credit_owner, postings[i].amount, txn_id)
-                self.txn.put(points_history_key(postings[i].credit_owner, self.next_journal_seq - 1), b"", db=self.points_history_db)
+                self.points_history_keys.append(points_history_key(postings[i].credit_owner, self.next_journal_seq - 1))
 
     # -------------------------------------------------------- points lots
 
-    cdef list open_lots(self, uint64_t card_id, bint expired_only):
-        """Mirror of reference.open_lots: the card's open lots as bytes."""
+    cdef list open_lot_days(self, uint64_t card_id):
+        """The expiry days of the card's open lots, ascending, read from LMDB
+        once per batch. Every change to a card's lots goes through this list
+        (and the point_lots table), so it stays exact for the whole batch."""
+        cdef PyObject* cached = PyDict_GetItem(self.lot_days, card_id)
+        if cached != NULL:
+            return <list>cached
         cdef bytes prefix = u64_key(card_id)
-        cdef list found = []
-        cdef const LotRec* lot
-        cursor = self.txn.cursor(db=self.point_lots_db)
+        cdef list days = []
+        cursor = self.txn.cursor(db=self.point_lots.db)
         if cursor.set_range(prefix):
             for key, value in cursor.iternext():
                 if not key.startswith(prefix):
                     break
-                lot = <const LotRec*>PyBytes_AS_STRING(value)
-                if expired_only and lot.expires_day > self.day:
-                    break
-                found.append(value)
+                days.append((<const LotRec*>PyBytes_AS_STRING(value)).expires_day)
+                self.point_lots.remember(key, value)
         cursor.close()
+        self.lot_days[card_id] = days
+        return days
+
+    cdef list open_lots(self, uint64_t card_id, bint expired_only):
+        """Mirror of reference.open_lots: the card's open lots as bytes."""
+        cdef list found = []
+        for day in self.open_lot_days(card_id):
+            if expired_only and <uint32_t>day > self.day:
+                break
+            found.append(self.point_lots.get(lot_key(card_id, day)))
         return found
 
     cdef add_to_lot(self, uint64_t card_id, int64_t amount, uint64_t txn_id):
         cdef uint32_t expires_day = self.day + self.lot_validity_days
         cdef bytes key = lot_key(card_id, expires_day)
         cdef LotRec lot
-        value = self.txn.get(key, None, self.point_lots_db)
+        cdef list days = self.open_lot_days(card_id)
+        value = self.point_lots.get(key)
         if value is None:
-            value = self.txn.get(key, None, self.closed_lots_db)
+            value = self.closed_lots.get(key)
             if value is None:
                 memset(&lot, 0, sizeof(LotRec))
                 lot.card_id = card_id
@@ -929,13 +1080,14 @@ cdef class _Batch:
                 lot.first_txn_id = txn_id
             else:
                 memcpy(&lot, PyBytes_AS_STRING(value), sizeof(LotRec))
-                self.txn.delete(key, db=self.closed_lots_db)
-            self.txn.put(lot_expiry_key(expires_day, card_id), b"", db=self.lot_expiry_db)
+                self.closed_lots.delete(key)
+            self.lot_expiry.put(lot_expiry_key(expires_day, card_id), b"")
+            insort(days, expires_day)
         else:
             memcpy(&lot, PyBytes_AS_STRING(value), sizeof(LotRec))
         lot.original += amount
         lot.remaining += amount
-        self.txn.put(key, PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)), db=self.point_lots_db)
+        self.point_lots.put(key, PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)))
 
     cdef take_from_lots(self, uint64_t card_id, int64_t amount):
         cdef int64_t left = amount
@@ -951,11 +1103,12 @@ cdef class _Batch:
             left -= taken
             key = lot_key(card_id, lot.expires_day)
             if lot.remaining == 0:
-                self.txn.delete(key, db=self.point_lots_db)
-                self.txn.delete(lot_expiry_key(lot.expires_day, card_id), db=self.lot_expiry_db)
-                self.txn.put(key, PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)), db=self.closed_lots_db)
+                self.point_lots.delete(key)
+                self.open_lot_days(card_id).remove(lot.expires_day)
+                self.lot_expiry.delete(lot_expiry_key(lot.expires_day, card_id))
+                self.closed_lots.put(key, PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)))
             else:
-                self.txn.put(key, PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)), db=self.point_lots_db)
+                self.point_lots.put(key, PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)))
         assert left == 0, "points balance and lots disagree"
 
     cdef int64_t expire_lots(self, uint64_t card_id) except -1:
@@ -1868,7 +2021,7 @@ cdef class _Batch:
     cdef MemberRec load_member(self, uint64_t card_id) except *:
         """Mirror of reference.load_member (a copy; save_member writes it)."""
         cdef MemberRec member
-        value = self.txn.get(u64_key(card_id), None, self.members_db)
+        value = self.members.get(u64_key(card_id))
         if value is None:
             memset(&member, 0, sizeof(MemberRec))
             member.card_id = card_id
@@ -1878,7 +2031,7 @@ cdef class _Batch:
         return member
 
     cdef save_member(self, const MemberRec* member):
-        self.txn.put(u64_key(member.card_id), PyBytes_FromStringAndSize(<char*>member, sizeof(MemberRec)), db=self.members_db)
+        self.members.put(u64_key(member.card_id), PyBytes_FromStringAndSize(<char*>member, sizeof(MemberRec)))
 
     cdef inline uint32_t local_day(self, const MemberRec* member) noexcept:
         return <uint32_t>((self.now_ms + <int64_t>member.tz_offset_minutes * 60_000) // MS_PER_DAY)
@@ -1994,14 +2147,14 @@ cdef class _Batch:
         return count
 
     cdef bint load_gift(self, uint64_t gift_id, GiftRec* gift) except? False:
-        value = self.txn.get(u64_key(gift_id), None, self.gifts_db)
+        value = self.gifts.get(u64_key(gift_id))
         if value is None:
             return False
         memcpy(gift, PyBytes_AS_STRING(value), sizeof(GiftRec))
         return True
 
     cdef save_gift(self, const GiftRec* gift):
-        self.txn.put(u64_key(gift.gift_id), PyBytes_FromStringAndSize(<char*>gift, sizeof(GiftRec)), db=self.gifts_db)
+        self.gifts.put(u64_key(gift.gift_id), PyBytes_FromStringAndSize(<char*>gift, sizeof(GiftRec)))
 
     cdef gift_set(self, const OpRec* op, ResultRec* r):
         cdef GiftRec gift
@@ -2054,7 +2207,7 @@ cdef class _Batch:
             self.decline_for_card(op, GIFT_OUT_OF_STOCK, r)
             return
         cdef bytes count_key = points_history_key(op.item_id, op.card_id)
-        raw = self.txn.get(count_key, None, self.gift_counts_db)
+        raw = self.gift_counts.get(count_key)
         cdef uint32_t count = 0
         if raw is not None:
             memcpy(&count, PyBytes_AS_STRING(raw), 4)
@@ -2082,7 +2235,7 @@ cdef class _Batch:
         gift.redeemed += op.amount
         self.save_gift(&gift)
         count += op.amount
-        self.txn.put(count_key, PyBytes_FromStringAndSize(<char*>&count, 4), db=self.gift_counts_db)
+        self.gift_counts.put(count_key, PyBytes_FromStringAndSize(<char*>&count, 4))
         self.init_result(op, r, APPROVED)
         r.txn_id = txn_id
         r.card_id = op.card_id
@@ -2135,16 +2288,20 @@ cdef class _Batch:
             self.decline_for_card(op, APPROVED, r)
             return
         cdef list lots = self.open_lots(op.card_id, False)
+        cdef list days = self.open_lot_days(op.card_id)
         cdef LotRec lot
         for value in lots:
             memcpy(&lot, PyBytes_AS_STRING(value), sizeof(LotRec))
-            self.txn.delete(lot_key(op.card_id, lot.expires_day), db=self.point_lots_db)
-            self.txn.delete(lot_expiry_key(lot.expires_day, op.card_id), db=self.lot_expiry_db)
+            self.point_lots.delete(lot_key(op.card_id, lot.expires_day))
+            self.lot_expiry.delete(lot_expiry_key(lot.expires_day, op.card_id))
+        # Every lot moves by the same number of days: the order stays.
+        days.clear()
         for value in lots:
             memcpy(&lot, PyBytes_AS_STRING(value), sizeof(LotRec))
             lot.expires_day += <uint32_t>op.amount
-            self.txn.put(lot_key(op.card_id, lot.expires_day), PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)), db=self.point_lots_db)
-            self.txn.put(lot_expiry_key(lot.expires_day, op.card_id), b"", db=self.lot_expiry_db)
+            self.point_lots.put(lot_key(op.card_id, lot.expires_day), PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)))
+            self.lot_expiry.put(lot_expiry_key(lot.expires_day, op.card_id), b"")
+            days.append(lot.expires_day)
         member.extended_month = op.period
         self.save_member(&member)
         self.decline_for_card(op, APPROVED, r)
