@@ -52,6 +52,7 @@ cdef int64_t LOT_EXTENSION_DAYS_MAX = _limits.LOT_EXTENSION_DAYS_MAX
 cdef int64_t MS_PER_DAY = 86_400_000
 cdef uint32_t HOLD_TIMEOUT_S_MAX = _limits.HOLD_TIMEOUT_S_MAX
 cdef Py_ssize_t BATCH_SIZE_MAX = _limits.BATCH_SIZE_MAX
+cdef Py_ssize_t KERNEL_RECORDS_CACHED_MAX = _limits.KERNEL_RECORDS_CACHED_MAX
 cdef Py_ssize_t EXPIRE_SWEEP_HOLDS_MAX = _limits.EXPIRE_SWEEP_HOLDS_MAX
 
 _R = _results.ResultCode
@@ -594,12 +595,55 @@ cdef put_in_key_order(object txn, object db, list items):
 # ------------------------------------------------------------ the kernel
 
 cdef class Kernel:
-    """Same interface as core.reference.ReferenceKernel."""
+    """Same interface as core.reference.ReferenceKernel.
+
+    Unlike the reference, it keeps the records its batches read (cards,
+    accounts, points lots, members, gifts) from one batch to the next, so a
+    card seen in an earlier batch costs no LMDB search. They are trusted only
+    while nothing else has written to the store: the next batch's write
+    transaction must be the one LMDB numbers right after the batch that
+    filled them, and that batch must have committed (the ledger says so by
+    calling `batch_committed`). Any other writer, in this process or another
+    sharing the files (`--workers N`), or an aborted batch, makes the kernel
+    forget them all.
+    """
 
     cdef readonly str name
+    # What the last batch left, or None; see records_for.
+    cdef _Records records
+    cdef object records_store
+    # LMDB id of the last batch's write transaction, and the same id once
+    # that transaction is known to have committed (0 until then).
+    cdef uint64_t batch_txn_id
+    cdef uint64_t committed_txn_id
 
     def __init__(self):
         self.name = "cython"
+        self.records = None
+
+    def batch_committed(self):
+        """The write transaction of the last apply_batch committed: its
+        records may serve the next batch."""
+        self.committed_txn_id = self.batch_txn_id
+
+    def forget_records(self):
+        """Drop every record kept between batches (tests; memory)."""
+        self.records = None
+        self.committed_txn_id = 0
+
+    cdef _Records records_for(self, txn, store):
+        """The records of the previous batch if they still hold, else none."""
+        cdef _Records records = self.records
+        cdef uint64_t committed = self.committed_txn_id
+        # Until this batch commits, nothing of it may be trusted.
+        self.records = None
+        self.committed_txn_id = 0
+        self.batch_txn_id = 0
+        if (records is None or store is not self.records_store or committed == 0
+                or <uint64_t>txn.id() != committed + 1 or records.count() > KERNEL_RECORDS_CACHED_MAX):
+            records = _Records(store)
+        records.begin(txn)
+        return records
 
     def apply_batch(self, txn, store, bytes ops, int64_t now_ms, uint32_t business_day):
         cdef Py_ssize_t op_size = sizeof(OpRec)
@@ -610,8 +654,7 @@ cdef class Kernel:
         cdef bytearray results = PyByteArray_FromStringAndSize(NULL, count * result_size)
         cdef char* op_data = PyBytes_AS_STRING(ops)
         cdef char* result_data = PyByteArray_AS_STRING(results)
-        cdef _Records records = _Records(store)
-        records.begin(txn)
+        cdef _Records records = self.records_for(txn, store)
         cdef _Batch batch = _Batch(txn, store, records, now_ms, business_day)
         cdef Py_ssize_t i
         # A batch allocates tens of thousands of short-lived tuples and keys,
@@ -633,6 +676,9 @@ cdef class Kernel:
         finally:
             if collecting:
                 gc.enable()
+        self.records = records
+        self.records_store = store
+        self.batch_txn_id = txn.id()
         return bytes(results)
 
 
@@ -695,8 +741,9 @@ cdef class _Table:
 
 
 cdef class _Records:
-    """The records a batch reads and changes: each dict maps a key to the
-    record, or to None when LMDB has none."""
+    """The records batches read and change, as they stand after the last
+    batch (see Kernel): each dict maps a key to the record, or to None when
+    LMDB has none."""
 
     # key -> bytearray holding the record, or None
     cdef dict accounts, cards
@@ -747,7 +794,7 @@ cdef class _Batch:
     cdef dict shift_states
     cdef uint32_t lot_validity_days
     # key -> bytearray holding the record, or None when LMDB has none
-    # (accounts and cards are the _Records' own dicts)
+    # (accounts and cards are the _Records' own dicts, kept between batches)
     cdef dict accounts, cards, txns, idems
     # key -> the same bytearray, for records this batch changed
     cdef dict accounts_dirty, cards_dirty, txns_dirty, idems_dirty

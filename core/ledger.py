@@ -90,7 +90,10 @@ class Ledger:
         """
         assert len(ops) // Op.LAYOUT.size <= limits.BATCH_SIZE_MAX
         with self.store.env.begin(write=True) as txn:
-            return self.kernel.apply_batch(txn, self.store, ops, now_ms, day)
+            results = self.kernel.apply_batch(txn, self.store, ops, now_ms, day)
+        # Only now may the kernel keep this batch's records for the next one.
+        self.kernel.batch_committed()
+        return results
 
     def apply(self, ops: Sequence[Op], now_ms: int, day: int) -> list[Result]:
         return decode_results(self.apply_encoded(encode_ops(ops), now_ms, day))

@@ -232,6 +232,12 @@ class ReferenceKernel:
 
     name = "reference"
 
+    def batch_committed(self):
+        """Nothing to do: this kernel keeps nothing between batches."""
+
+    def forget_records(self):
+        """Nothing to do: this kernel keeps nothing between batches."""
+
     def apply_batch(self, txn, store, ops: bytes, now_ms: int, business_day: int) -> bytes:
         assert len(ops) % OP_SIZE == 0
         assert len(ops) // OP_SIZE <= limits.BATCH_SIZE_MAX
