@@ -232,6 +232,24 @@ memset(ZERO_FINGERPRINT, 0, 16)
 cdef enum:
     POSTINGS_MAX = 8
 
+# Accounts a batch remembers by (kind, owner) without building a key or
+# searching a dict: one sale looks up its card's accounts a dozen times
+# (checks, postings_fit, post, the balances in its result).
+cdef enum:
+    ACCOUNT_MEMO_SLOTS = 64
+
+
+cdef struct AccountMemo:
+    AccountRec* record  # NULL: an empty slot
+    PyObject* holder    # the bytearray holding it, owned by the batch's accounts dict
+    uint64_t owner
+    uint8_t kind
+    bint dirty          # already in accounts_dirty
+
+
+cdef inline Py_ssize_t account_memo_slot(uint8_t kind, uint64_t owner) noexcept:
+    return <Py_ssize_t>(((owner * <uint64_t>0x9E3779B97F4A7C15) >> 58) ^ kind) & (ACCOUNT_MEMO_SLOTS - 1)
+
 
 cdef bytes JOURNAL_BLANK = bytes(sizeof(JournalRec))
 
@@ -786,6 +804,9 @@ cdef class _Batch:
     cdef _Table point_lots, closed_lots, lot_expiry, members, gifts, gift_counts
     # card id -> expiry days of the card's open lots (see _Records)
     cdef dict lot_days
+    # Zeroed with the object; a slot is only ever set to a record of
+    # self.accounts, whose entries this batch never removes.
+    cdef AccountMemo account_memo[ACCOUNT_MEMO_SLOTS]
     # points_history keys this batch adds (their values are empty)
     cdef list points_history_keys
     cdef object shifts_db, day_ends_db, card_domains_db, station_domains_db
@@ -901,15 +922,40 @@ cdef class _Batch:
         self.cards_dirty[key] = record
         return <CardRec*>PyByteArray_AS_STRING(record)
 
+    cdef AccountMemo* remembered_account(self, uint8_t kind, uint64_t owner) noexcept:
+        """The memo slot holding the account, or NULL."""
+        cdef AccountMemo* memo = &self.account_memo[account_memo_slot(kind, owner)]
+        if memo.record != NULL and memo.owner == owner and memo.kind == kind:
+            return memo
+        return NULL
+
+    cdef AccountRec* remember_account(self, uint8_t kind, uint64_t owner, bytearray record, bint dirty) noexcept:
+        cdef AccountMemo* memo = &self.account_memo[account_memo_slot(kind, owner)]
+        memo.record = <AccountRec*>PyByteArray_AS_STRING(record)
+        memo.holder = <PyObject*>record
+        memo.owner = owner
+        memo.kind = kind
+        memo.dirty = dirty
+        return memo.record
+
     cdef AccountRec* load_account(self, uint8_t kind, uint64_t owner) except? NULL:
+        cdef AccountMemo* memo = self.remembered_account(kind, owner)
+        if memo != NULL:
+            return memo.record
         cdef bytearray record = self.fetch(self.accounts, self.accounts_db, account_key(kind, owner))
         if record is None:
             return NULL
-        return <AccountRec*>PyByteArray_AS_STRING(record)
+        return self.remember_account(kind, owner, record, False)
 
     cdef AccountRec* account_or_new(self, uint8_t kind, uint64_t owner, bint for_write) except NULL:
         """The account, created empty if it is a system account LMDB lacks.
         A created account is stored only if the batch writes to it."""
+        cdef AccountMemo* memo = self.remembered_account(kind, owner)
+        if memo != NULL:
+            if for_write and not memo.dirty:
+                self.accounts_dirty[account_key(kind, owner)] = <object>memo.holder
+                memo.dirty = True
+            return memo.record
         cdef bytes key = account_key(kind, owner)
         cdef bytearray record = self.fetch(self.accounts, self.accounts_db, key)
         cdef AccountRec* account
@@ -924,7 +970,7 @@ cdef class _Batch:
             self.accounts[key] = record
         if for_write:
             self.accounts_dirty[key] = record
-        return <AccountRec*>PyByteArray_AS_STRING(record)
+        return self.remember_account(kind, owner, record, for_write)
 
     cdef new_account(self, uint8_t kind, uint64_t owner):
         cdef bytes key = account_key(kind, owner)
@@ -936,6 +982,7 @@ cdef class _Batch:
         account.owner = owner
         self.accounts[key] = record
         self.accounts_dirty[key] = record
+        self.remember_account(kind, owner, record, True)
 
     cdef TxnRec* load_txn(self, uint64_t txn_id) except? NULL:
         cdef bytearray record = self.fetch(self.txns, self.txns_db, u64_key(txn_id))
