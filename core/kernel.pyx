@@ -587,6 +587,7 @@ cdef object record_key = itemgetter(0)
 
 
 cdef struct KeyedRecord:
+    uint64_t prefix       # the key's first 8 bytes as a number: most comparisons end here
     const char* key
     PyObject* key_object  # borrowed from the dict being sorted, as is value
     PyObject* value
@@ -598,7 +599,11 @@ cdef Py_ssize_t compared_key_length = 0
 
 
 cdef int compare_keys(const void* a, const void* b) noexcept nogil:
-    return memcmp((<const KeyedRecord*>a).key, (<const KeyedRecord*>b).key, compared_key_length)
+    cdef const KeyedRecord* left = <const KeyedRecord*>a
+    cdef const KeyedRecord* right = <const KeyedRecord*>b
+    if left.prefix != right.prefix:
+        return -1 if left.prefix < right.prefix else 1
+    return memcmp(left.key + 8, right.key + 8, compared_key_length - 8)
 
 
 cdef list sorted_items(dict records):
@@ -621,18 +626,25 @@ cdef list sorted_items(dict records):
     cdef PyObject* key
     cdef PyObject* value
     cdef Py_ssize_t length = -1
+    cdef bint ascending = True
     cdef list items = None
     try:
         while PyDict_Next(records, &position, &key, &value):
-            if type(<object>key) is not bytes or (length != -1 and PyBytes_GET_SIZE(<object>key) != length):
+            if type(<object>key) is not bytes or PyBytes_GET_SIZE(<object>key) < 8 or (length != -1 and PyBytes_GET_SIZE(<object>key) != length):
                 return sorted(records.items(), key=record_key)
             length = PyBytes_GET_SIZE(<object>key)
+            sorting[i].prefix = parse_u64(PyBytes_AS_STRING(<object>key))
             sorting[i].key = PyBytes_AS_STRING(<object>key)
             sorting[i].key_object = key
             sorting[i].value = value
+            compared_key_length = length
+            # Records made in key order (new transactions, idempotency
+            # records of rising serials) need no sort.
+            if i and ascending and compare_keys(&sorting[i - 1], &sorting[i]) > 0:
+                ascending = False
             i += 1
-        compared_key_length = length
-        qsort(sorting, count, sizeof(KeyedRecord), compare_keys)
+        if not ascending:
+            qsort(sorting, count, sizeof(KeyedRecord), compare_keys)
         items = [(<object>sorting[i].key_object, <object>sorting[i].value) for i in range(count)]
     finally:
         free(sorting)
@@ -935,11 +947,11 @@ cdef class _Batch:
         for db, dirty in ((self.accounts_db, self.accounts_dirty), (self.cards_db, self.cards_dirty),
                           (self.txns_db, self.txns_dirty), (self.idem_db, self.idems_dirty)):
             put_in_key_order(self.txn, db, sorted_items(dirty))
+        cdef const char* entries = PyByteArray_AS_STRING(self.journal)
+        cdef uint64_t first_seq = self.next_journal_seq - self.journal_count
         if self.journal_count:
-            view = memoryview(self.journal)
-            first_seq = self.next_journal_seq - self.journal_count
             self.txn.cursor(self.journal_db).putmulti(
-                [(u64_key(first_seq + i), view[i * entry_size:(i + 1) * entry_size]) for i in range(self.journal_count)],
+                [(u64_key(first_seq + i), PyBytes_FromStringAndSize(entries + i * entry_size, entry_size)) for i in range(self.journal_count)],
                 append=True,
             )
         for table in (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts):
