@@ -4,8 +4,10 @@
 Owns: the same rules as core/reference.py, function for function, on C
 structs. Every record a batch touches is read from LMDB once into a buffer
 that the C code changes in place; at the end of the batch every changed
-record is written back with one putmulti per database, and journal entries
-are appended in key order.
+record is written back in key order with one putmulti per database (keys
+past the last stored one appended). Cards, accounts, points lots, members
+and gifts stay in memory for the next batch while no one else writes to the
+store (see Kernel).
 Used by: core.ledger (which falls back to the reference when this module is
 not built). The property tests hold the two to identical results and bytes.
 
@@ -686,9 +688,12 @@ cdef class Kernel:
     while nothing else has written to the store: the next batch's write
     transaction must be the one LMDB numbers right after the batch that
     filled them, and that batch must have committed (the ledger says so by
-    calling `batch_committed`). Any other writer, in this process or another
-    sharing the files (`--workers N`), or an aborted batch, makes the kernel
-    forget them all.
+    calling `batch_committed` with its transaction's id). Any other writer,
+    in this process or another sharing the files (`--workers N`), or an
+    aborted batch, makes the kernel forget them all. The admin service runs
+    this same kernel in its own write transactions from other threads and
+    never confirms them: LMDB's writer lock keeps batches from overlapping,
+    and a confirmation for any transaction but the last batch's is ignored.
     """
 
     cdef readonly str name
@@ -704,15 +709,11 @@ cdef class Kernel:
         self.name = "cython"
         self.records = None
 
-    def batch_committed(self):
-        """The write transaction of the last apply_batch committed: its
-        records may serve the next batch."""
-        self.committed_txn_id = self.batch_txn_id
-
-    def forget_records(self):
-        """Drop every record kept between batches (tests; memory)."""
-        self.records = None
-        self.committed_txn_id = 0
+    def batch_committed(self, uint64_t txn_id):
+        """The write transaction `txn_id` (its txn.id()) committed: if it was
+        the last batch's, that batch's records may serve the next one."""
+        if txn_id == self.batch_txn_id:
+            self.committed_txn_id = txn_id
 
     cdef _Records records_for(self, txn, store):
         """The records of the previous batch if they still hold, else none."""
@@ -766,7 +767,8 @@ cdef class Kernel:
 
 
 cdef class _Table:
-    """One named database read and written through a cache for a batch.
+    """One named database read and written through a cache (kept from batch
+    to batch as Kernel explains).
 
     Every key is read from LMDB at most once; puts and deletes stay in
     memory until `flush`, which writes them in key order at the end of the

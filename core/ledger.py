@@ -91,8 +91,9 @@ class Ledger:
         assert len(ops) // Op.LAYOUT.size <= limits.BATCH_SIZE_MAX
         with self.store.env.begin(write=True) as txn:
             results = self.kernel.apply_batch(txn, self.store, ops, now_ms, day)
+            txn_id = txn.id()
         # Only now may the kernel keep this batch's records for the next one.
-        self.kernel.batch_committed()
+        self.kernel.batch_committed(txn_id)
         return results
 
     def apply(self, ops: Sequence[Op], now_ms: int, day: int) -> list[Result]:

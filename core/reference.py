@@ -232,10 +232,7 @@ class ReferenceKernel:
 
     name = "reference"
 
-    def batch_committed(self):
-        """Nothing to do: this kernel keeps nothing between batches."""
-
-    def forget_records(self):
+    def batch_committed(self, txn_id: int):
         """Nothing to do: this kernel keeps nothing between batches."""
 
     def apply_batch(self, txn, store, ops: bytes, now_ms: int, business_day: int) -> bytes:

@@ -36,12 +36,15 @@ def pay_personal(driver: Driver, amount: int):
     return driver.pay(CARD, amount, plan_flags=PlanFlag.USE_PERSONAL)
 
 
-def abort_batch(ledger: Ledger, driver: Driver, ops):
-    """Apply `ops` through the kernel in a write transaction that aborts."""
+def abort_batch(ledger: Ledger, driver: Driver, ops) -> int:
+    """Apply `ops` through the kernel in a write transaction that aborts;
+    the transaction's id."""
     with pytest.raises(Aborted):
         with ledger.store.env.begin(write=True) as txn:
             ledger.kernel.apply_batch(txn, ledger.store, encode_ops(ops), driver.now_ms, driver.day)
+            txn_id = txn.id()
             raise Aborted()
+    return txn_id
 
 
 def test_a_change_by_another_writer_is_seen(ledger):
@@ -96,3 +99,22 @@ def test_redeeming_sees_gift_stock_changed_by_another_writer(ledger):
     other = other_writer(ledger)
     other.one(other.request(OpKind.GIFT_STOCK, item_id=1, amount=-1, serial=0))
     assert driver.one(driver.request(OpKind.REDEEM, card_id=CARD, item_id=1, amount=1)).code == ResultCode.GIFT_OUT_OF_STOCK
+
+
+def test_a_late_confirmation_of_an_earlier_batch_is_ignored(ledger):
+    """The admin service runs the server's kernel from another thread: the
+    ledger's confirmation of its own batch may come after the admin's batch
+    ran (and aborted); it must not vouch for the admin's records."""
+    driver = Driver(ledger)
+    driver.open_card(CARD, personal=1_000)
+    with ledger.store.env.begin(write=True) as txn:
+        ledger.kernel.apply_batch(txn, ledger.store, encode_ops([driver.pay_op(CARD, 100, plan_flags=PlanFlag.USE_PERSONAL)]),
+                                  driver.now_ms, driver.day)
+        committed_txn_id = txn.id()
+    aborted_txn_id = abort_batch(ledger, driver, [driver.pay_op(CARD, 600, plan_flags=PlanFlag.USE_PERSONAL)])
+    assert aborted_txn_id == committed_txn_id + 1
+    ledger.kernel.batch_committed(committed_txn_id)
+    other_writer(ledger).topup(CARD, AccountKind.PERSONAL, 1)  # takes the aborted transaction's number
+    paid = pay_personal(driver, 901)
+    assert paid.code == ResultCode.APPROVED
+    assert paid.personal_balance == 0
