@@ -87,6 +87,7 @@ async def sweep_expired_holds(committer: GroupCommitter, interval_s: float):
 
 
 async def serve(settings: ServerSettings, demo: bool = False, ready=None):
+    heap.configure_malloc()
     store = open_store(settings.data_dir, settings.map_size_bytes)
     kernel = load_kernel(settings.kernel)
     ledger = Ledger(store, kernel)
