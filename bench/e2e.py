@@ -92,6 +92,9 @@ CLIENTS_PER_CHANNEL_DEFAULT = 100
 # server's reads over a few sockets.
 CLIENTS_PER_STREAM_DEFAULT = 500
 RATE_PER_S_MAX = 1_000_000
+# --rounds: each round restarts both servers four times.
+ROUNDS_MAX = 20
+FIRST_PLAIN_LOG = "pay-server-1-1.log"
 # Open loop: the arrival scheduler wakes this often and sends what is due.
 ARRIVAL_TICK_S = 0.001
 # Closed loop: pause after an error before the terminal's next sale.
@@ -138,6 +141,9 @@ class Parameters(msgspec.Struct, frozen=True):
     terminal_auth: bool = False
     # Also run Pay with promotions and a velocity limit active.
     promotions: bool = False
+    # --terminal-auth / --promotions: how many times the plain, variant,
+    # variant, plain sequence runs (each run lasts duration / (2 * rounds)).
+    rounds: int = 1
 
 
 class ClientPlan(msgspec.Struct, frozen=True):
@@ -236,6 +242,9 @@ class AuthRatios(msgspec.Struct):
     throughput: float | None
     latency_p99: float | None
     server_cpu_per_request: float | None
+    # The throughput ratio of each round (--rounds): how far one round's
+    # figure can be trusted on a shared machine.
+    throughput_by_round: list[float] = []
 
 
 class Report(msgspec.Struct, omit_defaults=True):
@@ -328,6 +337,10 @@ def parse_args(argv) -> argparse.Namespace:
                         help="also run Pay with promotions active (a 5%% discount, a lottery chance per sale and a "
                         "velocity limit: three counters linked to every PAY; bench/promotions_load.py) and report "
                         "promotions_ratio = its throughput / plain Pay's; the two alternate like --terminal-auth")
+    parser.add_argument("--rounds", type=int, default=1, metavar="R",
+                        help="with --terminal-auth or --promotions: run the plain, variant, variant, plain sequence R "
+                        "times, each run lasting --duration / (2 R); the ratio counts every run, and each round's "
+                        "ratio is printed too, showing how much one round wanders on a shared machine (default 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the whole report as JSON to FILE")
     parser.add_argument("--chart", metavar="FILE.png",
                         help="also draw the Pay run: latency over time, throughput over time, latency histogram")
@@ -351,6 +364,8 @@ def check_args(parser, args):
         parser.error("--duration and --call-timeout must be positive, --warmup not negative")
     if args.terminal_auth and args.promotions:
         parser.error("--terminal-auth and --promotions each compare with plain Pay: run them one at a time")
+    if not 1 <= args.rounds <= ROUNDS_MAX:
+        parser.error(f"--rounds must be within 1 .. {ROUNDS_MAX}")
     if args.terminal_auth and args.mode != "unary":
         parser.error("--terminal-auth needs --mode unary: with it the server refuses GatewayService streams")
 
@@ -372,6 +387,7 @@ def parameters_of(args) -> Parameters:
         clients_per_stream=args.clients_per_stream,
         terminal_auth=args.terminal_auth,
         promotions=args.promotions,
+        rounds=args.rounds,
     )
 
 
@@ -903,11 +919,12 @@ def ratios_of(pay: TargetReport, echo: TargetReport | None) -> Ratios:
     )
 
 
-def auth_ratios_of(pay: TargetReport, pay_auth: TargetReport) -> AuthRatios:
+def auth_ratios_of(pay: TargetReport, pay_auth: TargetReport, by_round: list) -> AuthRatios:
     return AuthRatios(
         throughput=ratio(pay_auth.throughput_per_s, pay.throughput_per_s),
         latency_p99=ratio(pay_auth.latency_ms.p99, pay.latency_ms.p99),
         server_cpu_per_request=ratio(pay_auth.server_cpu_ms_per_request, pay.server_cpu_ms_per_request),
+        throughput_by_round=[value for value in by_round if value is not None],
     )
 
 
@@ -960,6 +977,8 @@ def print_variant_ratios(label: str, name: str, ratios: AuthRatios | None, targe
         f"   {name} {ratios.throughput:.3f} ({'meets' if ratios.throughput >= target else 'misses'} the target >= {target})")
     print(f"{label:9}{'':10}{cell(ratios.throughput, 3):>10}{'':27}{cell(ratios.latency_p99, 2):>9}"
           f"{'':35}{cell(ratios.server_cpu_per_request, 2):>16}{verdict}")
+    if len(ratios.throughput_by_round) > 1:
+        print(f"{'':9}{name} by round: {' '.join(f'{value:.3f}' for value in ratios.throughput_by_round)}")
 
 
 def write_json(report: Report, path: str):
@@ -974,13 +993,16 @@ def write_json(report: Report, path: str):
 
 def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
     data_dir = parameters.data_dir or os.path.join(work_dir, "data")
-    pay_log_path = os.path.join(work_dir, "pay-server.log")
+    alternating = parameters.terminal_auth or parameters.promotions
+    # The log the kernel's name is read from: the first plain Pay run's.
+    pay_log_path = os.path.join(work_dir, FIRST_PLAIN_LOG if alternating else "pay-server.log")
     auth = register_terminals(data_dir, work_dir, parameters.concurrency) if parameters.terminal_auth else None
     pay_auth = pay_promotions = None
+    by_round = []
     if auth is not None:
-        (pay, measured), (pay_auth, _) = run_with_and_without_auth(parameters, data_dir, work_dir, auth)
+        (pay, measured), (pay_auth, _), by_round = run_with_and_without_auth(parameters, data_dir, work_dir, auth)
     elif parameters.promotions:
-        (pay, measured), (pay_promotions, _) = run_with_and_without_promotions(parameters, data_dir, work_dir)
+        (pay, measured), (pay_promotions, _), by_round = run_with_and_without_promotions(parameters, data_dir, work_dir)
     else:
         pay, measured = run_target("pay", parameters, data_dir, pay_log_path)
     echo = None
@@ -998,11 +1020,11 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
     )
     if pay_auth is not None:
         report.pay_auth = pay_auth
-        report.auth_ratios = auth_ratios_of(pay, pay_auth)
+        report.auth_ratios = auth_ratios_of(pay, pay_auth, by_round)
         report.auth_ratio = report.auth_ratios.throughput
     if pay_promotions is not None:
         report.pay_promotions = pay_promotions
-        report.promotions_ratios = auth_ratios_of(pay, pay_promotions)
+        report.promotions_ratios = auth_ratios_of(pay, pay_promotions, by_round)
         report.promotions_ratio = report.promotions_ratios.throughput
     return report, measured
 
@@ -1033,16 +1055,21 @@ def run_with_and_without_promotions(parameters: Parameters, data_dir: str, work_
 
 
 def run_alternating(parameters: Parameters, data_dir: str, work_dir: str, variant_name: str, run_variant) -> tuple:
-    """(plain Pay, the variant), run as plain, variant, variant, plain, each
-    for half the duration, each side's halves merged: a load that drifts
+    """(plain Pay, the variant, each round's throughput ratio), run as
+    plain, variant, variant, plain (--rounds times), each run for
+    duration / (2 * rounds), each side's runs merged: a load that drifts
     during the run weighs on both sides alike."""
-    half = msgspec.structs.replace(parameters, duration_s=parameters.duration_s / 2)
+    part = msgspec.structs.replace(parameters, duration_s=parameters.duration_s / (2 * parameters.rounds))
     parts = {False: [], True: []}
-    for index, variant in enumerate((False, True, True, False)):
-        name = variant_name if variant else "pay-server"
-        log_path = os.path.join(work_dir, f"{name}.log" if index < 2 else f"{name}-2.log")
-        parts[variant].append(run_variant(half, log_path) if variant else run_target("pay", half, data_dir, log_path))
-    return merged(parts[False], half.duration_s), merged(parts[True], half.duration_s)
+    by_round = []
+    for round_number in range(1, parameters.rounds + 1):
+        for index, variant in enumerate((False, True, True, False)):
+            name = variant_name if variant else "pay-server"
+            log_path = os.path.join(work_dir, f"{name}-{round_number}-{index // 2 + 1}.log")
+            parts[variant].append(run_variant(part, log_path) if variant else run_target("pay", part, data_dir, log_path))
+        by_round.append(ratio(sum(report.requests for report, _ in parts[True][-2:]),
+                              sum(report.requests for report, _ in parts[False][-2:])))
+    return merged(parts[False], part.duration_s), merged(parts[True], part.duration_s), by_round
 
 
 def merged(parts: list[tuple[TargetReport, Measured]], part_duration_s: float) -> tuple[TargetReport, Measured]:

@@ -8,7 +8,7 @@ import sys
 from core import limits
 from core.channels import SimulatorSettings
 from core.store import MAP_SIZE_BYTES_DEFAULT
-from server.settings import ServerSettings
+from server.settings import HEAP_TRIM_INTERVAL_S_DEFAULT, ServerSettings
 from server.stream import STREAM_WINDOW_MAX
 from server.workers import WORKERS_MAX
 
@@ -59,6 +59,9 @@ def parse_args(argv):
                         "needed to register terminals and for sign-on")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve gRPC over TLS with this certificate (chain)")
     parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument("--heap-trim-interval", type=float, default=HEAP_TRIM_INTERVAL_S_DEFAULT, metavar="S",
+                        help="hand the heap's free pages back to the OS every S seconds, so that RSS shows memory "
+                        "in use, not a past burst's (glibc malloc_trim; server/heap.py); 0: never (default %(default)g)")
     args = parser.parse_args(argv)
     if not 1 <= args.workers <= WORKERS_MAX:
         parser.error(f"--workers must be within 1 .. {WORKERS_MAX}, got {args.workers}")
@@ -88,6 +91,7 @@ def main(argv=None):
             master_key_file=args.master_key_file,
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,
+            heap_trim_interval_s=args.heap_trim_interval,
             simulator=SimulatorSettings(
                 latency_ms_min=args.channel_latency_ms[0],
                 latency_ms_max=args.channel_latency_ms[1],

@@ -23,7 +23,7 @@ from core.records import Op
 from core.results import OpKind
 from core.store import open_store
 from server import metrics as observability
-from server import admin_service, tls
+from server import admin_service, heap, tls
 from server.cards import CardService
 from server.channel_flow import ChannelFlow
 from server.demo import seed_demo_data
@@ -87,6 +87,7 @@ async def sweep_expired_holds(committer: GroupCommitter, interval_s: float):
 
 
 async def serve(settings: ServerSettings, demo: bool = False, ready=None):
+    heap.configure_malloc()
     store = open_store(settings.data_dir, settings.map_size_bytes)
     kernel = load_kernel(settings.kernel)
     ledger = Ledger(store, kernel)
@@ -141,6 +142,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     sweeper = asyncio.create_task(sweep_expired_holds(committer, settings.hold_sweep_interval_s))
+    trimmer = asyncio.create_task(heap.release_free_heap_every(settings.heap_trim_interval_s)) if settings.heap_trim_interval_s else None
     sampler = asyncio.create_task(sample_gauges(metrics, committer, store)) if metrics is not None else None
     if settings.metrics_port is not None and not settings.metrics_multiprocess:
         metrics_port = observability.serve_metrics(settings.metrics_port, host=settings.listen.rsplit(":", 1)[0])
@@ -164,6 +166,8 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     await health_servicer.enter_graceful_shutdown()
     gateway.stop()
     sweeper.cancel()
+    if trimmer is not None:
+        trimmer.cancel()
     promotions.job.cancel()
     if sampler is not None:
         sampler.cancel()

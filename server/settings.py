@@ -11,6 +11,10 @@ from core import limits
 from core.channels import SimulatorSettings
 
 
+HEAP_TRIM_INTERVAL_S_DEFAULT = 60.0
+HEAP_TRIM_INTERVAL_S_MAX = 86_400.0
+
+
 class ServerSettings(msgspec.Struct, frozen=True):
     data_dir: str
     listen: str = "127.0.0.1:50051"
@@ -57,6 +61,9 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # TLS on the gRPC port when both are set (PEM files); then plaintext is refused.
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    # Seconds between handing the heap's free pages back to the OS
+    # (server/heap.py); 0: never.
+    heap_trim_interval_s: float = HEAP_TRIM_INTERVAL_S_DEFAULT
 
     def __post_init__(self):
         if not 0 < self.points_per_unit <= limits.POINTS_PER_UNIT_MAX:
@@ -79,3 +86,5 @@ class ServerSettings(msgspec.Struct, frozen=True):
             raise ValueError("--terminal-auth needs --master-key-file")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("--tls-cert and --tls-key go together")
+        if not 0 <= self.heap_trim_interval_s <= HEAP_TRIM_INTERVAL_S_MAX:
+            raise ValueError(f"--heap-trim-interval must be within 0 .. {HEAP_TRIM_INTERVAL_S_MAX:g} seconds")

@@ -21,3 +21,17 @@ def test_the_simulator_forgets_its_oldest_payments_beyond_its_bound(monkeypatch)
     assert sorted(channel.payments) == [3, 4, 5]
     assert outcomes[2:] == [ChannelOutcome.APPROVED] * 3
     assert ChannelOutcome.APPROVED not in outcomes[:2]
+
+
+def test_reversals_of_payments_it_never_took_count_against_the_same_bound(monkeypatch):
+    monkeypatch.setattr(simulator, "SIMULATED_PAYMENTS_MAX", 3)
+    channel = SimulatedChannel("alipay", SimulatorSettings())
+
+    async def scenario():
+        for reference in range(1, 6):
+            assert (await channel.reverse(reference)).outcome == ChannelOutcome.APPROVED
+        # A payment that arrives after its reversal is still declined.
+        return (await channel.pay(5, 100)).outcome
+
+    assert asyncio.run(scenario()) == ChannelOutcome.DECLINED
+    assert sorted(channel.payments) == [3, 4, 5]

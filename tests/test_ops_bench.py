@@ -166,3 +166,22 @@ def test_crash_20_cycles_with_two_workers(tmp_path):
                    "--json", str(tmp_path / "crash.json"), timeout_s=1800)
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads((tmp_path / "crash.json").read_text())["lost"] == 0
+
+
+def soak_parameters(duration_s: float, warmup_s: float, interval_s: float) -> soak.Parameters:
+    return soak.Parameters(mode="unary", concurrency=1, duration_s=duration_s, warmup_s=warmup_s, interval_s=interval_s,
+                           client_processes=1, data_dir=None, server_args=[], rss_growth_max_percent=10.0, seed=1)
+
+
+def test_soak_heap_growth_compares_interval_medians_so_one_spike_does_not_fail_it_but_a_trend_does():
+    parameters = soak_parameters(duration_s=600, warmup_s=60, interval_s=60)
+    mib = 2**20
+    # Flat at 50 MiB after the warm-up, with a burst caught by the very last sample.
+    flat = [(at_s, (80 if at_s < 60 else 50) * mib) for at_s in range(0, 601, 5)]
+    flat[-1] = (600, 58 * mib)
+    assert soak.heap_at_start_and_end(parameters, flat) == (50 * mib, 50 * mib)
+    # A steady leak of 1 MiB a minute shows: 10 minutes later, about 9 MiB more.
+    leaking = [(at_s, 50 * mib + at_s * mib // 60) for at_s in range(0, 601, 5)]
+    start, end = soak.heap_at_start_and_end(parameters, leaking)
+    assert (end - start) * 100 / start > 10
+    assert soak.heap_at_start_and_end(parameters, [(0, 50 * mib)]) == (None, None)

@@ -49,12 +49,12 @@ class _Payment(msgspec.Struct):
     amount_minor: int
     refunded_minor: int = 0
     reversed: bool = False
-    refunds: dict = msgspec.field(default_factory=dict)
+    # refund reference -> (amount, when the channel booked it); None until
+    # the first refund (most payments have none: no empty dict each).
+    refunds: dict | None = None
     # When the channel booked the payment and the reversal, ms since the epoch.
     paid_ms: int = 0
     reversed_ms: int = 0
-    # refund reference -> when the channel booked that refund.
-    refund_times_ms: dict = msgspec.field(default_factory=dict)
     # Fault: the statement shows the amount less the fee.
     net_of_fee: bool = False
 
@@ -62,8 +62,10 @@ class _Payment(msgspec.Struct):
 # Payments a simulated channel remembers (for queries, refunds and its daily
 # statement); beyond this the oldest are forgotten, as a real channel's
 # online window ends. Without a bound a soak would measure the simulator's
-# history growing inside the server process, not the server.
-SIMULATED_PAYMENTS_MAX = 50_000
+# history growing inside the server process, not the server; at 50,000 it
+# still did (about 350 bytes a payment, filling for the first hour of a
+# soak): 10,000 is about 2 MB.
+SIMULATED_PAYMENTS_MAX = 10_000
 
 # Scripted outcomes of the next calls (SimulatedChannel.script).
 TIMEOUT_AFTER_ACT = "timeout_after_act"
@@ -107,6 +109,13 @@ class SimulatedChannel:
         """The statement will show this payment's amount less the fee."""
         self.payments[reference].net_of_fee = True
 
+    def _remember(self, reference: int, payment: _Payment) -> _Payment:
+        """Keep a new payment, forgetting the oldest beyond the bound."""
+        self.payments[reference] = payment
+        if len(self.payments) > SIMULATED_PAYMENTS_MAX:
+            del self.payments[next(iter(self.payments))]
+        return payment
+
     async def _maybe_time_out(self, act, call: str = ""):
         """Run `act` (the channel's side effect), possibly timing out before
         or after it, as a real network would."""
@@ -137,9 +146,7 @@ class SimulatedChannel:
                 return ChannelAnswer(ChannelOutcome.APPROVED, channel_reference=f"{self.name}-{reference}")
             if self._roll(self.settings.decline_ppm):
                 return ChannelAnswer(ChannelOutcome.DECLINED, reason="declined by issuer")
-            self.payments[reference] = _Payment(amount_minor, paid_ms=self.clock_ms())
-            if len(self.payments) > SIMULATED_PAYMENTS_MAX:
-                del self.payments[next(iter(self.payments))]
+            self._remember(reference, _Payment(amount_minor, paid_ms=self.clock_ms()))
             return ChannelAnswer(ChannelOutcome.APPROVED, channel_reference=f"{self.name}-{reference}")
 
         return await self._maybe_time_out(act, "pay")
@@ -161,7 +168,9 @@ class SimulatedChannel:
         await self._delay()
 
         def act():
-            payment = self.payments.setdefault(reference, _Payment(0))
+            payment = self.payments.get(reference)
+            if payment is None:
+                payment = self._remember(reference, _Payment(0))
             if not payment.reversed:
                 payment.reversed = True
                 payment.reversed_ms = self.clock_ms()
@@ -180,12 +189,13 @@ class SimulatedChannel:
             payment = self.payments.get(reference)
             if payment is None or payment.reversed:
                 return ChannelAnswer(ChannelOutcome.DECLINED, reason="no such payment")
-            if refund_reference in payment.refunds:
+            if payment.refunds is not None and refund_reference in payment.refunds:
                 return ChannelAnswer(ChannelOutcome.APPROVED, channel_reference=f"{self.name}-r{refund_reference}")
             if payment.refunded_minor + amount_minor > payment.amount_minor:
                 return ChannelAnswer(ChannelOutcome.DECLINED, reason="refund exceeds payment")
-            payment.refunds[refund_reference] = amount_minor
-            payment.refund_times_ms[refund_reference] = self.clock_ms() + self.late_refunds_ms.get(refund_reference, 0)
+            if payment.refunds is None:
+                payment.refunds = {}
+            payment.refunds[refund_reference] = (amount_minor, self.clock_ms() + self.late_refunds_ms.get(refund_reference, 0))
             payment.refunded_minor += amount_minor
             return ChannelAnswer(ChannelOutcome.APPROVED, channel_reference=f"{self.name}-r{refund_reference}")
 
@@ -220,8 +230,7 @@ class SimulatedChannel:
                     channel_trade_no=f"{5000000000 + reference}", amount_minor=payment.amount_minor, fee_minor=-fee,
                     time_ms=payment.reversed_ms,
                 ))
-            for refund_reference, amount in payment.refunds.items():
-                booked_ms = payment.refund_times_ms[refund_reference]
+            for refund_reference, (amount, booked_ms) in (payment.refunds or {}).items():
                 if local_day(booked_ms, utc_offset_minutes) == day:
                     rows.append(StatementRow(
                         line=0, kind=RowKind.REFUND, status=RowStatus.SUCCESS, reference=reference,
