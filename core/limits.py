@@ -31,12 +31,13 @@ QUEUE_LENGTH_MAX = 16384
 # enough to gather a burst the event loop read at once (see commit.py).
 BATCH_WAIT_MS_MAX = 1
 # Records the Cython kernel keeps in memory from one batch to the next
-# (cards, accounts, points lots, members, gifts): 300 to 400 bytes each with
-# their keys and dict slots, so at most about 40 MB of the server's heap.
-# Enough for the cards of the last few seconds of any station network's
-# traffic (what a next batch meets again); past this the kernel forgets them
-# all and starts over.
-KERNEL_RECORDS_CACHED_MAX = 100_000
+# (cards, accounts, points lots, members, gifts): a few hundred bytes each
+# with their keys and dict slots, so on the order of 150 MB of heap at most.
+# Past this the kernel forgets them all and starts over. Not lower: points
+# lots pile up with every earning sale, and at 100,000 the loyalty mix of
+# `bench kernel --mixed` (10,000 cards) kept starting over and ran at 30,000
+# operations/s instead of 66,000 to 80,000.
+KERNEL_RECORDS_CACHED_MAX = 500_000
 
 # Counters (core/counters.py): a delta is at most one amount, a ceiling keeps
 # value + delta inside a signed 64-bit integer; a sale links at most this many
