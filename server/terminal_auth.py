@@ -99,24 +99,20 @@ class Refusal(Exception):
 
 
 def _decimal(text: str, key: str) -> int:
-    if len(text) > DECIMAL_DIGITS_MAX or not (text.isascii() and text.isdigit()) or int(text) >= 2**64:
-        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{key}: must be a decimal number within 0 .. 2^64-1")
-    return int(text)
+    if len(text) <= DECIMAL_DIGITS_MAX and text.isdigit() and text.isascii():
+        value = int(text)
+        if value < 2**64:
+            return value
+    raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{key}: must be a decimal number within 0 .. 2^64-1")
 
 
 def parse_metadata(metadata) -> tuple[int, int, int, bytes]:
-    """(terminal id, key id, serial, mac) from the call's metadata. One pass
-    over it: this runs for every terminal request."""
-    terminal = key_id = serial = mac = None
-    for key, value in metadata or ():
-        if key == keys.METADATA_MAC:
-            mac = value
-        elif key == keys.METADATA_SERIAL:
-            serial = value
-        elif key == keys.METADATA_KEY_ID:
-            key_id = value
-        elif key == keys.METADATA_TERMINAL:
-            terminal = value
+    """(terminal id, key id, serial, mac) from the call's metadata. This runs
+    for every terminal request: the pairs go into a dict in C, and a key
+    sent twice counts once (its last value), as with any metadata lookup."""
+    found = dict(metadata or ())
+    terminal, key_id = found.get(keys.METADATA_TERMINAL), found.get(keys.METADATA_KEY_ID)
+    serial, mac = found.get(keys.METADATA_SERIAL), found.get(keys.METADATA_MAC)
     if terminal is None or key_id is None or serial is None or mac is None:
         missing = [key for key, value in zip(_FIELDS, (terminal, key_id, serial, mac)) if value is None]
         raise Refusal(grpc.StatusCode.UNAUTHENTICATED,
@@ -138,11 +134,13 @@ class TerminalGuard:
         self.store = store
         self.working_keys = WorkingKeys(store, master_key)
         self.clock = clock
+        # The handles themselves: Store finds a database by name on each access.
+        self._env, self._idem = store.env, store.idem
 
     def check(self, method: str, kind: int | None, metadata, body: bytes, parse):
         """The parsed request, or Refusal."""
         terminal_id, key_id, serial, mac = parse_metadata(metadata)
-        with self.store.env.begin() as txn:
+        with self._env.begin() as txn:
             try:
                 terminal, working_key = self.working_keys.current(txn, terminal_id, key_id, self.clock())
             except AdminError as error:
@@ -167,7 +165,7 @@ class TerminalGuard:
             if context.station_id != terminal.station_id:
                 raise Refusal(grpc.StatusCode.PERMISSION_DENIED,
                               f"terminal {terminal_id} is registered at station {terminal.station_id}, not {context.station_id}")
-            stored = txn.get(idem_key(terminal_id, serial), db=self.store.idem)
+            stored = txn.get(idem_key(terminal_id, serial), db=self._idem)
         if stored is not None:
             previous = decode(Idem, stored).fingerprint
             if previous != _NO_FINGERPRINT and previous != fingerprint(kind, request):

@@ -185,9 +185,10 @@ class WorkingKeys:
         # terminal id -> (its stored bytes, decoded): decoded again only
         # when the stored record changed.
         self._decoded: dict[int, tuple[bytes, Terminal]] = {}
+        self._terminals_db = store.admin_terminals
 
     def _terminal(self, txn, terminal_id: int) -> Terminal | None:
-        value = txn.get(u32_key(terminal_id), db=self.store.admin_terminals)
+        value = txn.get(u32_key(terminal_id), db=self._terminals_db)
         if value is None:
             return None
         cached = self._decoded.get(terminal_id)
