@@ -47,13 +47,21 @@ def per_interval(done_s: numpy.ndarray, latency_ms: numpy.ndarray, duration_s: f
     return starts, throughput, p50, p99, peak
 
 
-def load_chart(path: str, title: str, done_s, latency_ms, duration_s: float, errors_s=None):
-    """Three panels: latency p50/p99 over time, throughput over time, latency histogram."""
+def load_chart(path: str, title: str, done_s, latency_ms, duration_s: float, errors_s=None, heap=None):
+    """Three panels: latency p50/p99 over time, throughput over time, latency
+    histogram; a fourth with `heap` ((seconds, bytes) samples): the server's
+    heap over time, where a leak would show as a slope."""
     pyplot = _pyplot()
     done_s = numpy.asarray(done_s, dtype=numpy.float64)
     latency_ms = numpy.asarray(latency_ms, dtype=numpy.float64)
     interval_s = bucket_seconds(duration_s)
-    figure, (latency_axes, throughput_axes, histogram_axes) = pyplot.subplots(3, 1, figsize=(9, 10))
+    heap = [(at_s, value) for at_s, value in heap or () if value is not None]
+    figure, panels = pyplot.subplots(4 if heap else 3, 1, figsize=(9, 13 if heap else 10))
+    latency_axes, throughput_axes, histogram_axes = panels[:3]
+    if heap:
+        panels[3].plot([at_s for at_s, _ in heap], [value / 2**20 for _, value in heap], label="RssAnon")
+        panels[3].set(xlabel="seconds", ylabel="MiB", title="server heap over time")
+        panels[3].legend()
     figure.suptitle(title)
     if latency_ms.size:
         starts, throughput, p50, p99, peak = per_interval(done_s, latency_ms, duration_s, interval_s)

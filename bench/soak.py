@@ -796,7 +796,7 @@ def main(argv=None) -> int:
             json_file.write(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")
     if args.chart:
         charts.load_chart(args.chart, f"soak, {parameters.mode}, {parameters.concurrency} terminals, {report.errors} errors, "
-                          f"{report.violations} violations", done_s, latency_ms, parameters.duration_s, error_s)
+                          f"{report.violations} violations", done_s, latency_ms, parameters.duration_s, error_s, heap=rss)
     return 0 if not report.failures else 1
 
 
