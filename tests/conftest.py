@@ -32,6 +32,15 @@ def ledger(request, tmp_path):
     opened.store.close()
 
 
+@pytest.fixture
+def cython_ledger(tmp_path):
+    """A real LMDB ledger on disk with the Cython kernel alone: for what only
+    it has (the group commit's tests, its record cache)."""
+    opened = open_ledger(str(tmp_path / "data"), "cython")
+    yield opened
+    opened.store.close()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One real server with demo data for a test module."""

@@ -7,25 +7,17 @@ import pytest
 from core.commit import GroupCommitter, KernelFailure, QueueFull, ShuttingDown
 from core.records import Op
 from core.results import AccountKind, OpKind, ResultCode
-from tests.conftest import open_ledger
-
-
-@pytest.fixture
-def ledger(tmp_path):
-    opened = open_ledger(str(tmp_path / "data"), "cython")
-    yield opened
-    opened.store.close()
 
 
 def topup(serial: int) -> Op:
     return Op(kind=OpKind.TOPUP, terminal_id=1, station_id=1, serial=serial, card_id=9, account_kind=AccountKind.PERSONAL, amount=10, fingerprint=serial.to_bytes(16, "big"))
 
 
-def test_requests_share_commits_and_each_gets_its_own_result(ledger):
+def test_requests_share_commits_and_each_gets_its_own_result(cython_ledger):
     batches = []
 
     async def scenario():
-        committer = GroupCommitter(ledger, on_batch=lambda size, seconds: batches.append(size))
+        committer = GroupCommitter(cython_ledger, on_batch=lambda size, seconds: batches.append(size))
         committer.start()
         await committer.submit(Op(kind=OpKind.OPEN_CARD, card_id=9, card_status=2))
         results = await asyncio.gather(*(committer.submit(topup(serial)) for serial in range(1, 2_001)))
@@ -37,12 +29,12 @@ def test_requests_share_commits_and_each_gets_its_own_result(ledger):
     assert len({r.txn_id for r in results}) == 2_000
     assert sum(batches) == 2_001
     assert len(batches) < 100, "2,000 concurrent requests should need far fewer commits"
-    assert ledger.account(AccountKind.PERSONAL, 9).balance == 20_000
+    assert cython_ledger.account(AccountKind.PERSONAL, 9).balance == 20_000
 
 
-def test_a_full_queue_refuses_at_once(ledger):
+def test_a_full_queue_refuses_at_once(cython_ledger):
     async def scenario():
-        committer = GroupCommitter(ledger, queue_length_max=3)
+        committer = GroupCommitter(cython_ledger, queue_length_max=3)
         committer._loop = asyncio.get_running_loop()  # queue without a writer yet
         waiting = [committer.submit(topup(serial)) for serial in range(1, 4)]
         with pytest.raises(QueueFull):
@@ -60,9 +52,9 @@ def test_a_full_queue_refuses_at_once(ledger):
     assert [r.code for r in results] == [ResultCode.CARD_NOT_FOUND] * 3 + [ResultCode.APPROVED]
 
 
-def test_an_operation_the_kernel_raises_on_fails_alone(ledger):
+def test_an_operation_the_kernel_raises_on_fails_alone(cython_ledger):
     async def scenario():
-        committer = GroupCommitter(ledger)
+        committer = GroupCommitter(cython_ledger)
         committer._loop = asyncio.get_running_loop()
         good = committer.submit(Op(kind=OpKind.OPEN_CARD, card_id=9, card_status=2))
         bad = committer.submit(Op(kind=99))
@@ -75,10 +67,10 @@ def test_an_operation_the_kernel_raises_on_fails_alone(ledger):
     good, bad, also_good = asyncio.run(scenario())
     assert isinstance(bad, KernelFailure)
     assert good.code == also_good.code == ResultCode.APPROVED
-    assert ledger.card(9) is not None and ledger.card(10) is not None
+    assert cython_ledger.card(9) is not None and cython_ledger.card(10) is not None
 
 
-def test_concurrent_chains_never_pass_a_counters_ceiling(ledger):
+def test_concurrent_chains_never_pass_a_counters_ceiling(cython_ledger):
     """500 sales race for a promotion with stock 37, in small batches so
     that chains sit next to each other in many commits: exactly 37 take it,
     and each chain comes back whole, in order."""
@@ -88,10 +80,10 @@ def test_concurrent_chains_never_pass_a_counters_ceiling(ledger):
     stock = CounterTake(CounterScope.PROMOTION_STOCK, 5, ceiling=37, rule="goods promotion 5")
 
     async def scenario():
-        committer = GroupCommitter(ledger, batch_size_max=64)
+        committer = GroupCommitter(cython_ledger, batch_size_max=64)
         committer.start()
         await committer.submit(Op(kind=OpKind.OPEN_CARD, card_id=9, card_status=2))
-        client = CounterClient(committer, ledger)
+        client = CounterClient(committer, cython_ledger)
         outcomes = await asyncio.gather(*(client.take([stock], topup(serial)) for serial in range(1, 501)))
         committer.stop()
         return outcomes, client.read([stock])
@@ -103,4 +95,4 @@ def test_concurrent_chains_never_pass_a_counters_ceiling(ledger):
     assert sorted(o.values[0] for o in approved) == list(range(1, 38))
     assert {o.refused_by for o in refused} == {"goods promotion 5"}
     assert all(o.main.code == ResultCode.LINKED_FAILED for o in refused)
-    assert ledger.account(AccountKind.PERSONAL, 9).balance == 37 * 10
+    assert cython_ledger.account(AccountKind.PERSONAL, 9).balance == 37 * 10

@@ -7,7 +7,6 @@ import pytest
 from core.ledger import Ledger, encode_ops
 from core.reference import ReferenceKernel
 from core.results import AccountKind, OpKind, PlanFlag, ResultCode
-from tests.conftest import open_ledger
 from tests.ledger_driver import Driver
 
 CARD = 5
@@ -15,13 +14,6 @@ CARD = 5
 
 class Aborted(Exception):
     pass
-
-
-@pytest.fixture
-def ledger(tmp_path):
-    opened = open_ledger(str(tmp_path / "data"), "cython")
-    yield opened
-    opened.store.close()
 
 
 def other_writer(ledger: Ledger) -> Driver:
@@ -47,74 +39,74 @@ def abort_batch(ledger: Ledger, driver: Driver, ops) -> int:
     return txn_id
 
 
-def test_a_change_by_another_writer_is_seen(ledger):
-    driver = Driver(ledger)
+def test_a_change_by_another_writer_is_seen(cython_ledger):
+    driver = Driver(cython_ledger)
     driver.open_card(CARD, personal=1_000)
     assert pay_personal(driver, 100).code == ResultCode.APPROVED  # the card's records are now kept
-    other_writer(ledger).topup(CARD, AccountKind.PERSONAL, 500)
+    other_writer(cython_ledger).topup(CARD, AccountKind.PERSONAL, 500)
     paid = pay_personal(driver, 1_400)
     assert paid.code == ResultCode.APPROVED
     assert paid.personal_balance == 0
 
 
-def test_points_lots_changed_by_another_writer_are_seen(ledger):
-    driver = Driver(ledger)
+def test_points_lots_changed_by_another_writer_are_seen(cython_ledger):
+    driver = Driver(cython_ledger)
     driver.open_card(CARD, personal=10_000, points=100)
-    other = other_writer(ledger)
+    other = other_writer(cython_ledger)
     other.advance(86_400_000)
     other.topup(CARD, AccountKind.POINTS, 300)  # a second lot, a day later
     driver.advance(86_400_000)
     result = driver.pay(CARD, 400, plan_flags=PlanFlag.USE_POINTS, points_per_unit=100)
     assert result.code == ResultCode.APPROVED
     assert result.points_used == 400
-    assert ledger.account(AccountKind.POINTS, CARD).balance == 0
+    assert cython_ledger.account(AccountKind.POINTS, CARD).balance == 0
 
 
-def test_an_aborted_batch_leaves_nothing_behind(ledger):
-    driver = Driver(ledger)
+def test_an_aborted_batch_leaves_nothing_behind(cython_ledger):
+    driver = Driver(cython_ledger)
     driver.open_card(CARD, personal=1_000)
-    abort_batch(ledger, driver, [driver.pay_op(CARD, 600, plan_flags=PlanFlag.USE_PERSONAL)])
+    abort_batch(cython_ledger, driver, [driver.pay_op(CARD, 600, plan_flags=PlanFlag.USE_PERSONAL)])
     paid = pay_personal(driver, 700)
     assert paid.code == ResultCode.APPROVED
     assert paid.personal_balance == 300
 
 
-def test_an_aborted_batch_then_another_writer_leaves_nothing_behind(ledger):
+def test_an_aborted_batch_then_another_writer_leaves_nothing_behind(cython_ledger):
     """The other writer's commit takes the number the aborted transaction had:
     the kernel must not take the next number as proof that nothing changed."""
-    driver = Driver(ledger)
+    driver = Driver(cython_ledger)
     driver.open_card(CARD, personal=1_000)
-    abort_batch(ledger, driver, [driver.pay_op(CARD, 600, plan_flags=PlanFlag.USE_PERSONAL)])
-    other_writer(ledger).topup(CARD, AccountKind.PERSONAL, 1)
+    abort_batch(cython_ledger, driver, [driver.pay_op(CARD, 600, plan_flags=PlanFlag.USE_PERSONAL)])
+    other_writer(cython_ledger).topup(CARD, AccountKind.PERSONAL, 1)
     paid = pay_personal(driver, 1_001)
     assert paid.code == ResultCode.APPROVED
     assert paid.personal_balance == 0
 
 
-def test_redeeming_sees_gift_stock_changed_by_another_writer(ledger):
-    driver = Driver(ledger)
+def test_redeeming_sees_gift_stock_changed_by_another_writer(cython_ledger):
+    driver = Driver(cython_ledger)
     driver.open_card(CARD, personal=10_000, points=10_000)
     driver.one(driver.request(OpKind.GIFT_SET, item_id=1, amount=10, bonus_points=0))
     driver.one(driver.request(OpKind.GIFT_STOCK, item_id=1, amount=1))
-    other = other_writer(ledger)
+    other = other_writer(cython_ledger)
     other.one(other.request(OpKind.GIFT_STOCK, item_id=1, amount=-1, serial=0))
     assert driver.one(driver.request(OpKind.REDEEM, card_id=CARD, item_id=1, amount=1)).code == ResultCode.GIFT_OUT_OF_STOCK
 
 
-def test_a_late_confirmation_of_an_earlier_batch_is_ignored(ledger):
+def test_a_late_confirmation_of_an_earlier_batch_is_ignored(cython_ledger):
     """The admin service runs the server's kernel from another thread: the
-    ledger's confirmation of its own batch may come after the admin's batch
+    cython_ledger's confirmation of its own batch may come after the admin's batch
     ran (and aborted); it must not vouch for the admin's records."""
-    driver = Driver(ledger)
+    driver = Driver(cython_ledger)
     driver.open_card(CARD, personal=1_000)
-    with ledger.store.env.begin(write=True) as txn:
-        ledger.kernel.apply_batch(txn, ledger.store, encode_ops([driver.pay_op(CARD, 100, plan_flags=PlanFlag.USE_PERSONAL)]),
+    with cython_ledger.store.env.begin(write=True) as txn:
+        cython_ledger.kernel.apply_batch(txn, cython_ledger.store, encode_ops([driver.pay_op(CARD, 100, plan_flags=PlanFlag.USE_PERSONAL)]),
                                   driver.now_ms, driver.day)
         committed_txn_id = txn.id()
-    aborted_txn_id = abort_batch(ledger, driver, [driver.pay_op(CARD, 600, plan_flags=PlanFlag.USE_PERSONAL)])
+    aborted_txn_id = abort_batch(cython_ledger, driver, [driver.pay_op(CARD, 600, plan_flags=PlanFlag.USE_PERSONAL)])
     assert aborted_txn_id == committed_txn_id + 1
-    ledger.kernel.batch_committed(committed_txn_id)
-    other_writer(ledger).topup(CARD, AccountKind.PERSONAL, 1)  # takes the aborted transaction's number
+    cython_ledger.kernel.batch_committed(committed_txn_id)
+    other_writer(cython_ledger).topup(CARD, AccountKind.PERSONAL, 1)  # takes the aborted transaction's number
     paid = pay_personal(driver, 901)
     assert paid.code == ResultCode.APPROVED
     assert paid.personal_balance == 0
