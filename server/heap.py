@@ -30,21 +30,23 @@ import logging
 log = logging.getLogger("tally.heap")
 
 
-def _malloc_trim():
-    """glibc's malloc_trim, or None where the C library has none."""
-    name = ctypes.util.find_library("c")
-    if name is None:
+def _libc_function(name: str, *argument_types):
+    """A function of the C library (returning int), or None where the C
+    library has no such function (not glibc)."""
+    library = ctypes.util.find_library("c")
+    if library is None:
         return None
     try:
-        function = ctypes.CDLL(name).malloc_trim
+        function = getattr(ctypes.CDLL(library), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = (ctypes.c_size_t,)
+    function.argtypes = argument_types
     function.restype = ctypes.c_int
     return function
 
 
-MALLOC_TRIM = _malloc_trim()
+MALLOC_TRIM = _libc_function("malloc_trim", ctypes.c_size_t)
+MALLOPT = _libc_function("mallopt", ctypes.c_int, ctypes.c_int)
 
 # mallopt parameters (glibc's malloc.h).
 M_MMAP_THRESHOLD = -3
@@ -61,25 +63,12 @@ MMAP_THRESHOLD_BYTES = 128 * 1024
 ARENAS_MAX = 2
 
 
-def _mallopt():
-    name = ctypes.util.find_library("c")
-    try:
-        function = ctypes.CDLL(name).mallopt if name is not None else None
-    except (OSError, AttributeError):
-        return None
-    if function is not None:
-        function.argtypes = (ctypes.c_int, ctypes.c_int)
-        function.restype = ctypes.c_int
-    return function
-
-
 def configure_malloc() -> bool:
     """Set the two glibc malloc parameters above; True if both took.
     Called once at start, before the server's threads allocate much."""
-    mallopt = _mallopt()
-    if mallopt is None:
+    if MALLOPT is None:
         return False
-    return mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 and mallopt(M_ARENA_MAX, ARENAS_MAX) == 1
+    return MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 and MALLOPT(M_ARENA_MAX, ARENAS_MAX) == 1
 
 
 def release_free_heap() -> bool:
