@@ -94,7 +94,6 @@ CLIENTS_PER_STREAM_DEFAULT = 500
 RATE_PER_S_MAX = 1_000_000
 # --rounds: each round restarts both servers four times.
 ROUNDS_MAX = 20
-FIRST_PLAIN_LOG = "pay-server-1-1.log"
 # Open loop: the arrival scheduler wakes this often and sends what is due.
 ARRIVAL_TICK_S = 0.001
 # Closed loop: pause after an error before the terminal's next sale.
@@ -995,7 +994,7 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
     data_dir = parameters.data_dir or os.path.join(work_dir, "data")
     alternating = parameters.terminal_auth or parameters.promotions
     # The log the kernel's name is read from: the first plain Pay run's.
-    pay_log_path = os.path.join(work_dir, FIRST_PLAIN_LOG if alternating else "pay-server.log")
+    pay_log_path = os.path.join(work_dir, alternating_log_name("pay-server", 1, 0) if alternating else "pay-server.log")
     auth = register_terminals(data_dir, work_dir, parameters.concurrency) if parameters.terminal_auth else None
     pay_auth = pay_promotions = None
     by_round = []
@@ -1065,11 +1064,17 @@ def run_alternating(parameters: Parameters, data_dir: str, work_dir: str, varian
     for round_number in range(1, parameters.rounds + 1):
         for index, variant in enumerate((False, True, True, False)):
             name = variant_name if variant else "pay-server"
-            log_path = os.path.join(work_dir, f"{name}-{round_number}-{index // 2 + 1}.log")
+            log_path = os.path.join(work_dir, alternating_log_name(name, round_number, index))
             parts[variant].append(run_variant(part, log_path) if variant else run_target("pay", part, data_dir, log_path))
         by_round.append(ratio(sum(report.requests for report, _ in parts[True][-2:]),
                               sum(report.requests for report, _ in parts[False][-2:])))
     return merged(parts[False], part.duration_s), merged(parts[True], part.duration_s), by_round
+
+
+def alternating_log_name(server_name: str, round_number: int, index: int) -> str:
+    """The log of run `index` (0 .. 3) of round `round_number`: each side
+    runs twice a round, as its first (-1) and second (-2) run."""
+    return f"{server_name}-{round_number}-{index // 2 + 1}.log"
 
 
 def merged(parts: list[tuple[TargetReport, Measured]], part_duration_s: float) -> tuple[TargetReport, Measured]:

@@ -71,7 +71,7 @@ def rss_after_batch_buffers_kib(mode: str) -> tuple[int, int]:
     return int(before_kib), int(after_kib)
 
 
-@pytest.mark.skipif(heap.MALLOC_TRIM is None, reason="mallopt is glibc's")
+@pytest.mark.skipif(heap.MALLOPT is None, reason="mallopt is glibc's")
 def test_configured_malloc_returns_freed_batch_buffers_where_the_default_keeps_them():
     before_kib, after_kib = rss_after_batch_buffers_kib("default")
     # glibc's own rule: the first 1 MB block freed raised its mmap threshold,
