@@ -39,15 +39,15 @@ def result_text(code: int) -> str:
     return RESULT_TEXT.get(code, f"result {code}")
 
 
-def sources(result: Result, channel: int) -> payment_pb2.Sources:
-    return payment_pb2.Sources(
-        fleet_minor=result.fleet,
-        personal_minor=result.personal,
-        points_cash_minor=result.points_cash,
-        points_used=result.points_used,
-        channel_minor=result.channel_amount,
-        channel=channel if result.channel_amount else 0,
-    )
+def fill_sources(sources: payment_pb2.Sources, result: Result, channel: int):
+    """Set in place: a sub-message built apart and passed to its parent's
+    constructor is copied, which costs a Pay more than filling it."""
+    sources.fleet_minor = result.fleet
+    sources.personal_minor = result.personal
+    sources.points_cash_minor = result.points_cash
+    sources.points_used = result.points_used
+    sources.channel_minor = result.channel_amount
+    sources.channel = channel if result.channel_amount else 0
 
 
 def points_items(quote, points_earned: int) -> list:
@@ -63,35 +63,39 @@ def points_items(quote, points_earned: int) -> list:
 def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0, quote=None, promotions=(), declined_by: str = "") -> payment_pb2.PaymentAnswer:
     """promotions: PromotionApplied messages of the sale; declined_by: the
     rule that declined it (a risk limit, the blacklist, a promotion's limit)."""
-    return payment_pb2.PaymentAnswer(
+    answer = payment_pb2.PaymentAnswer(
         result=result.code,
         result_text=result_text(result.code) + (f": {declined_by}" if declined_by else ""),
         txn_id=result.txn_id,
         amount_minor=result.amount,
-        sources=sources(result, channel),
         points_earned=result.points_earned,
         points_clawed_back=result.points_clawed_back,
-        balances=common_pb2.Balances(
-            fleet_minor=result.fleet_balance,
-            personal_minor=result.personal_balance,
-            points=result.points_balance,
-        ),
         receipt=receipt(result, terminal, basket, channel, promotions) if terminal is not None else "",
         business_day=result.business_day,
-        points_items=points_items(quote, result.points_earned) if result.code == ResultCode.APPROVED else [],
         shortfall_settled_minor=result.shortfall_settled,
-        promotions=promotions,
-        discount_minor=sum(item.discount_minor for item in promotions),
         declined_by=declined_by,
     )
+    fill_sources(answer.sources, result, channel)
+    balances = answer.balances
+    balances.fleet_minor = result.fleet_balance
+    balances.personal_minor = result.personal_balance
+    balances.points = result.points_balance
+    if quote is not None and result.code == ResultCode.APPROVED:
+        answer.points_items.extend(points_items(quote, result.points_earned))
+    if promotions:
+        answer.promotions.extend(promotions)
+        answer.discount_minor = sum(item.discount_minor for item in promotions)
+    return answer
 
 
 def receipt(result: Result, terminal, basket, channel: int, promotions=()) -> str:
+    # One line per source that paid; written out rather than looped over a
+    # table: a receipt is built for every sale.
     title = RECEIPT_TITLES.get(result.kind, "TRANSACTION")
     lines = [
-        f"TALLY {title}",
-        f"station {terminal.station_id}  terminal {terminal.terminal_id}  operator {terminal.operator_id}",
-        f"serial {terminal.serial}  txn {result.txn_id}  day {result.business_day}",
+        f"TALLY {title}\n"
+        f"station {terminal.station_id}  terminal {terminal.terminal_id}  operator {terminal.operator_id}\n"
+        f"serial {terminal.serial}  txn {result.txn_id}  day {result.business_day}"
     ]
     for line in basket:
         lines.append(f"{line.name or line.goods_code}  {quantity(line.quantity_milli)} x {money(line.unit_price_minor)}  {money(line.amount_minor)}")
@@ -99,14 +103,14 @@ def receipt(result: Result, terminal, basket, channel: int, promotions=()) -> st
         lines.append(f"  {item.name or 'promotion ' + str(item.promotion_id)}  -{money(item.discount_minor)}  ({funder_name(item.funder)})")
     lines.append(f"AMOUNT {money(result.amount)}")
     if result.code == ResultCode.APPROVED:
-        for label, value in (
-            ("fleet account", result.fleet),
-            ("personal account", result.personal),
-            (f"points ({result.points_used})", result.points_cash),
-            ("channel", result.channel_amount),
-        ):
-            if value:
-                lines.append(f"  {label}  {money(value)}")
+        if result.fleet:
+            lines.append(f"  fleet account  {money(result.fleet)}")
+        if result.personal:
+            lines.append(f"  personal account  {money(result.personal)}")
+        if result.points_cash:
+            lines.append(f"  points ({result.points_used})  {money(result.points_cash)}")
+        if result.channel_amount:
+            lines.append(f"  channel  {money(result.channel_amount)}")
         if result.points_earned:
             lines.append(f"points earned {result.points_earned}")
         if result.points_clawed_back:
