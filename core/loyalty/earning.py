@@ -42,11 +42,11 @@ def quote(rules: EarningRules, lines: list[SaleLine], amount_minor: int, tier: i
     if not lines:
         lines = [SaleLine(category="", amount_minor=amount_minor)]
     per_unit = rules.base_points_per_unit
-    items = []
     base = amount_minor * per_unit // 100
-    items.append(PointsItem("base", f"{per_unit} per currency unit", base))
-    category_extra = sum(line.amount_minor * per_unit * (rules.category_permille.get(line.category, PERMILLE_ONE) - PERMILLE_ONE) for line in lines)
-    category = category_extra // (100 * PERMILLE_ONE)
+    items = [PointsItem("base", f"{per_unit} per currency unit", base)]
+    # Most sales meet no category multiplier and no campaign: skip their
+    # passes over the lines (a quote is made for every sale).
+    category = category_points(rules, lines) if rules.category_permille else 0
     if category:
         items.append(PointsItem("category", "goods category multipliers", category))
     running = base + category
@@ -59,12 +59,19 @@ def quote(rules: EarningRules, lines: list[SaleLine], amount_minor: int, tier: i
     if tier_permille != PERMILLE_ONE:
         extra = running * (tier_permille - PERMILLE_ONE) // PERMILLE_ONE
         items.append(PointsItem("tier", f"tier multiplier {times(tier_permille)}", extra))
-    for campaign in applicable_campaigns(rules, lines, station_id, now_ms):
+    for campaign in applicable_campaigns(rules, lines, station_id, now_ms) if rules.campaigns else ():
         covered = sum(line.amount_minor for line in lines if not campaign.categories or line.category in campaign.categories)
         extra = covered * per_unit * (campaign.multiplier_permille - PERMILLE_ONE) // (100 * PERMILLE_ONE)
         items.append(PointsItem(f"campaign:{campaign.campaign_id}", campaign.name, extra))
     total = max(0, sum(item.points for item in items))
     return PointsQuote(items=tuple(items), total=total)
+
+
+def category_points(rules: EarningRules, lines: list[SaleLine]) -> int:
+    """Item 2: what the lines' category multipliers add to their base."""
+    per_unit = rules.base_points_per_unit
+    extra = sum(line.amount_minor * per_unit * (rules.category_permille.get(line.category, PERMILLE_ONE) - PERMILLE_ONE) for line in lines)
+    return extra // (100 * PERMILLE_ONE)
 
 
 def percent(permille: int) -> str:
