@@ -54,8 +54,8 @@ SOAK_SECONDS ?= 1800
 perf: build
 	mkdir -p reports
 	test -e $(SEED_DATA)/data.mdb || $(PY) -m bench seed --transactions 10000000 --accounts 1000000 $(SEED_DATA) --json reports/seed.json --chart reports/seed.png
-	$(PY) -m bench e2e --mode stream --concurrency 1500 --duration 30 --data $(SEED_DATA) --json reports/e2e-stream.json --chart reports/e2e-stream.png
-	$(PY) -m bench e2e --mode stream --concurrency 1500 --duration 30 --skip-echo --json reports/e2e-stream-empty.json
+	$(PY) -m bench e2e --mode stream --concurrency 1500 --duration 30 --warmup 10 --data $(SEED_DATA) --json reports/e2e-stream.json --chart reports/e2e-stream.png
+	$(PY) -m bench e2e --mode stream --concurrency 1500 --duration 30 --warmup 10 --skip-echo --json reports/e2e-stream-empty.json
 	$(PY) -m bench e2e --mode unary --rate 1000 --concurrency 1500 --duration 30 --data $(SEED_DATA) --json reports/e2e-open.json --chart reports/e2e-open.png
 	$(PY) -m bench soak --concurrency 500 --duration $(SOAK_SECONDS) --data $(SEED_DATA) --json reports/soak.json --chart reports/soak.png
 	$(PY) -m bench crash --cycles 20 --json reports/crash.json --chart reports/crash.png
