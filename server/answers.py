@@ -89,8 +89,6 @@ def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0, q
 
 
 def receipt(result: Result, terminal, basket, channel: int, promotions=()) -> str:
-    # One line per source that paid; written out rather than looped over a
-    # table: a receipt is built for every sale.
     title = RECEIPT_TITLES.get(result.kind, "TRANSACTION")
     lines = [
         f"TALLY {title}\n"
@@ -103,14 +101,14 @@ def receipt(result: Result, terminal, basket, channel: int, promotions=()) -> st
         lines.append(f"  {item.name or 'promotion ' + str(item.promotion_id)}  -{money(item.discount_minor)}  ({funder_name(item.funder)})")
     lines.append(f"AMOUNT {money(result.amount)}")
     if result.code == ResultCode.APPROVED:
-        if result.fleet:
-            lines.append(f"  fleet account  {money(result.fleet)}")
-        if result.personal:
-            lines.append(f"  personal account  {money(result.personal)}")
-        if result.points_cash:
-            lines.append(f"  points ({result.points_used})  {money(result.points_cash)}")
-        if result.channel_amount:
-            lines.append(f"  channel  {money(result.channel_amount)}")
+        for label, value in (
+            ("fleet account", result.fleet),
+            ("personal account", result.personal),
+            (f"points ({result.points_used})", result.points_cash),
+            ("channel", result.channel_amount),
+        ):
+            if value:
+                lines.append(f"  {label}  {money(value)}")
         if result.points_earned:
             lines.append(f"points earned {result.points_earned}")
         if result.points_clawed_back:
