@@ -80,7 +80,7 @@ def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0, q
     balances.fleet_minor = result.fleet_balance
     balances.personal_minor = result.personal_balance
     balances.points = result.points_balance
-    if quote is not None and result.code == ResultCode.APPROVED:
+    if result.code == ResultCode.APPROVED:
         answer.points_items.extend(points_items(quote, result.points_earned))
     if promotions:
         answer.promotions.extend(promotions)
@@ -91,9 +91,9 @@ def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0, q
 def receipt(result: Result, terminal, basket, channel: int, promotions=()) -> str:
     title = RECEIPT_TITLES.get(result.kind, "TRANSACTION")
     lines = [
-        f"TALLY {title}\n"
-        f"station {terminal.station_id}  terminal {terminal.terminal_id}  operator {terminal.operator_id}\n"
-        f"serial {terminal.serial}  txn {result.txn_id}  day {result.business_day}"
+        f"TALLY {title}",
+        f"station {terminal.station_id}  terminal {terminal.terminal_id}  operator {terminal.operator_id}",
+        f"serial {terminal.serial}  txn {result.txn_id}  day {result.business_day}",
     ]
     for line in basket:
         lines.append(f"{line.name or line.goods_code}  {quantity(line.quantity_milli)} x {money(line.unit_price_minor)}  {money(line.amount_minor)}")

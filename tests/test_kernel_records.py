@@ -95,13 +95,13 @@ def test_redeeming_sees_gift_stock_changed_by_another_writer(cython_ledger):
 
 def test_a_late_confirmation_of_an_earlier_batch_is_ignored(cython_ledger):
     """The admin service runs the server's kernel from another thread: the
-    cython_ledger's confirmation of its own batch may come after the admin's batch
+    ledger's confirmation of its own batch may come after the admin's batch
     ran (and aborted); it must not vouch for the admin's records."""
     driver = Driver(cython_ledger)
     driver.open_card(CARD, personal=1_000)
     with cython_ledger.store.env.begin(write=True) as txn:
         cython_ledger.kernel.apply_batch(txn, cython_ledger.store, encode_ops([driver.pay_op(CARD, 100, plan_flags=PlanFlag.USE_PERSONAL)]),
-                                  driver.now_ms, driver.day)
+                                         driver.now_ms, driver.day)
         committed_txn_id = txn.id()
     aborted_txn_id = abort_batch(cython_ledger, driver, [driver.pay_op(CARD, 600, plan_flags=PlanFlag.USE_PERSONAL)])
     assert aborted_txn_id == committed_txn_id + 1
