@@ -59,13 +59,16 @@ class _Payment(msgspec.Struct):
     net_of_fee: bool = False
 
 
-# Payments a simulated channel remembers (for queries, refunds and its daily
-# statement); beyond this the oldest are forgotten, as a real channel's
-# online window ends. Without a bound a soak would measure the simulator's
-# history growing inside the server process, not the server; at 50,000 it
-# still did (about 350 bytes a payment, filling for the first hour of a
-# soak): 10,000 is about 2 MB.
-SIMULATED_PAYMENTS_MAX = 10_000
+# Payments one simulated channel remembers (for queries, refunds and its
+# daily statement); beyond this the oldest are forgotten, as a real
+# channel's online window ends. The simulators are mocks of banks that live
+# inside the server process, so whatever they remember counts as the
+# server's heap: at about 350 bytes a payment, the three channels at 10,000
+# each held 10 MB when full and were still filling at the end of a
+# 30-minute soak, which was all of that soak's heap growth (issue 7). 2,000
+# each is about 2 MB, full within the first minutes of a soak, and still
+# several times what the soak keeps in play (it ran clean with 300).
+SIMULATED_PAYMENTS_MAX = 2_000
 
 # Scripted outcomes of the next calls (SimulatedChannel.script).
 TIMEOUT_AFTER_ACT = "timeout_after_act"
