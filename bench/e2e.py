@@ -1105,14 +1105,14 @@ def run_on_data_and_empty(parameters: Parameters, work_dir: str) -> tuple:
 
 def transactions_in(data_dir: str) -> int | None:
     """The transactions the directory holds, or None if there is none yet."""
-    from core.store import MAP_SIZE_BYTES_DEFAULT, open_store
+    from core.store import MAP_SIZE_BYTES_DEFAULT, entries, open_store
 
     if not os.path.exists(os.path.join(data_dir, "data.mdb")):
         return None
     store = open_store(data_dir, MAP_SIZE_BYTES_DEFAULT, readonly=True)
     try:
         with store.env.begin() as txn:
-            return txn.stat(store.txns)["entries"]
+            return entries(txn, store.txns)
     finally:
         store.close()
 
