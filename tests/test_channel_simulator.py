@@ -3,14 +3,12 @@ the system): its memory of payments is bounded, oldest forgotten first."""
 
 import asyncio
 
-from core.channels import simulator
 from core.channels.base import ChannelOutcome
 from core.channels.simulator import SimulatedChannel, SimulatorSettings
 
 
-def test_the_simulator_forgets_its_oldest_payments_beyond_its_bound(monkeypatch):
-    monkeypatch.setattr(simulator, "SIMULATED_PAYMENTS_MAX", 3)
-    channel = SimulatedChannel("wechat", SimulatorSettings())
+def test_the_simulator_forgets_its_oldest_payments_beyond_its_bound():
+    channel = SimulatedChannel("wechat", SimulatorSettings(payments_max=3))
 
     async def scenario():
         for reference in range(1, 6):
@@ -23,9 +21,8 @@ def test_the_simulator_forgets_its_oldest_payments_beyond_its_bound(monkeypatch)
     assert ChannelOutcome.APPROVED not in outcomes[:2]
 
 
-def test_reversals_of_payments_it_never_took_count_against_the_same_bound(monkeypatch):
-    monkeypatch.setattr(simulator, "SIMULATED_PAYMENTS_MAX", 3)
-    channel = SimulatedChannel("alipay", SimulatorSettings())
+def test_reversals_of_payments_it_never_took_count_against_the_same_bound():
+    channel = SimulatedChannel("alipay", SimulatorSettings(payments_max=3))
 
     async def scenario():
         for reference in range(1, 6):

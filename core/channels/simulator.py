@@ -20,6 +20,18 @@ import msgspec
 from core.channels.base import ChannelAnswer, ChannelOutcome, ChannelTimeout
 
 
+# Payments one simulated channel remembers by default (for queries, refunds
+# and its daily statement); beyond this the oldest are forgotten, as a real
+# channel's online window ends. The server's simulators are mocks of banks
+# living inside its process, so whatever they remember counts as the
+# server's heap: at about 350 bytes a payment, its three channels at 10,000
+# each held 10 MB when full and were still filling at the end of a
+# 30-minute soak, which was that soak's heap growth (issue 7). 2,000 each
+# is about 2 MB, full within the first minutes of a soak, and still more
+# than the soak keeps in play (it ran clean with 300).
+SIMULATED_PAYMENTS_MAX = 2_000
+
+
 class SimulatorSettings(msgspec.Struct, frozen=True):
     # Time one call takes, uniformly between min and max, milliseconds.
     latency_ms_min: int = 0
@@ -35,12 +47,16 @@ class SimulatorSettings(msgspec.Struct, frozen=True):
     # The channel's fee on a payment, parts per million of the amount (6,000
     # is 0.6%), rounded half up to the minor unit; refunds give back their share.
     fee_ppm: int = 6000
+    # Payments remembered; beyond this the oldest are forgotten.
+    payments_max: int = SIMULATED_PAYMENTS_MAX
 
     def __post_init__(self):
         for name in ("decline_ppm", "timeout_ppm", "fee_ppm"):
             value = getattr(self, name)
             if not 0 <= value <= 1_000_000:
                 raise ValueError(f"{name} must be within 0 .. 1000000 parts per million, got {value}")
+        if self.payments_max < 1:
+            raise ValueError(f"payments_max must be at least 1, got {self.payments_max}")
         if not 0 <= self.latency_ms_min <= self.latency_ms_max:
             raise ValueError("latency_ms_min must be within 0 .. latency_ms_max")
 
@@ -58,17 +74,6 @@ class _Payment(msgspec.Struct):
     # Fault: the statement shows the amount less the fee.
     net_of_fee: bool = False
 
-
-# Payments one simulated channel remembers (for queries, refunds and its
-# daily statement); beyond this the oldest are forgotten, as a real
-# channel's online window ends. The simulators are mocks of banks that live
-# inside the server process, so whatever they remember counts as the
-# server's heap: at about 350 bytes a payment, the three channels at 10,000
-# each held 10 MB when full and were still filling at the end of a
-# 30-minute soak, which was all of that soak's heap growth (issue 7). 2,000
-# each is about 2 MB, full within the first minutes of a soak, and still
-# several times what the soak keeps in play (it ran clean with 300).
-SIMULATED_PAYMENTS_MAX = 2_000
 
 # Scripted outcomes of the next calls (SimulatedChannel.script).
 TIMEOUT_AFTER_ACT = "timeout_after_act"
@@ -115,7 +120,7 @@ class SimulatedChannel:
     def _remember(self, reference: int, payment: _Payment) -> _Payment:
         """Keep a new payment, forgetting the oldest beyond the bound."""
         self.payments[reference] = payment
-        if len(self.payments) > SIMULATED_PAYMENTS_MAX:
+        if len(self.payments) > self.settings.payments_max:
             del self.payments[next(iter(self.payments))]
         return payment
 
