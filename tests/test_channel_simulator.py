@@ -3,6 +3,8 @@ the system): its memory of payments is bounded, oldest forgotten first."""
 
 import asyncio
 
+import pytest
+
 from core.channels.base import ChannelOutcome
 from core.channels.simulator import SimulatedChannel, SimulatorSettings
 
@@ -32,3 +34,8 @@ def test_reversals_of_payments_it_never_took_count_against_the_same_bound():
 
     assert asyncio.run(scenario()) == ChannelOutcome.DECLINED
     assert sorted(channel.payments) == [3, 4, 5]
+
+
+def test_a_simulator_must_remember_at_least_one_payment():
+    with pytest.raises(ValueError, match="payments_max must be at least 1, got 0"):
+        SimulatorSettings(payments_max=0)
