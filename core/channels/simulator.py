@@ -26,9 +26,9 @@ from core.channels.base import ChannelAnswer, ChannelOutcome, ChannelTimeout
 # living inside its process, so whatever they remember counts as the
 # server's heap: at about 350 bytes a payment, its three channels at 10,000
 # each held 10 MB when full and were still filling at the end of a
-# 30-minute soak, which was that soak's heap growth (issue 7). 2,000 each
-# is about 2 MB, full within the first minutes of a soak, and still more
-# than the soak keeps in play (it ran clean with 300).
+# 30-minute soak: most of that soak's heap growth (issue 7). 2,000 each is
+# about 2 MB, full within the first minutes of a soak, and still more than
+# the soak keeps in play (it ran clean with 300).
 SIMULATED_PAYMENTS_MAX = 2_000
 
 
