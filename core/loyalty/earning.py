@@ -44,9 +44,7 @@ def quote(rules: EarningRules, lines: list[SaleLine], amount_minor: int, tier: i
     per_unit = rules.base_points_per_unit
     base = amount_minor * per_unit // 100
     items = [PointsItem("base", f"{per_unit} per currency unit", base)]
-    # Most sales meet no category multiplier and no campaign: skip their
-    # passes over the lines (a quote is made for every sale).
-    category = category_points(rules, lines) if rules.category_permille else 0
+    category = category_points(rules, lines)
     if category:
         items.append(PointsItem("category", "goods category multipliers", category))
     running = base + category
@@ -59,7 +57,7 @@ def quote(rules: EarningRules, lines: list[SaleLine], amount_minor: int, tier: i
     if tier_permille != PERMILLE_ONE:
         extra = running * (tier_permille - PERMILLE_ONE) // PERMILLE_ONE
         items.append(PointsItem("tier", f"tier multiplier {times(tier_permille)}", extra))
-    for campaign in applicable_campaigns(rules, lines, station_id, now_ms) if rules.campaigns else ():
+    for campaign in applicable_campaigns(rules, lines, station_id, now_ms):
         covered = sum(line.amount_minor for line in lines if not campaign.categories or line.category in campaign.categories)
         extra = covered * per_unit * (campaign.multiplier_permille - PERMILLE_ONE) // (100 * PERMILLE_ONE)
         items.append(PointsItem(f"campaign:{campaign.campaign_id}", campaign.name, extra))
@@ -69,6 +67,10 @@ def quote(rules: EarningRules, lines: list[SaleLine], amount_minor: int, tier: i
 
 def category_points(rules: EarningRules, lines: list[SaleLine]) -> int:
     """Item 2: what the lines' category multipliers add to their base."""
+    # Most rules have no multiplier: skip the pass over the lines (a quote
+    # is made for every sale).
+    if not rules.category_permille:
+        return 0
     per_unit = rules.base_points_per_unit
     extra = sum(line.amount_minor * per_unit * (rules.category_permille.get(line.category, PERMILLE_ONE) - PERMILLE_ONE) for line in lines)
     return extra // (100 * PERMILLE_ONE)
@@ -88,6 +90,8 @@ def times(permille: int) -> str:
 
 def applicable_campaigns(rules: EarningRules, lines, station_id: int, now_ms: int):
     """Campaigns running now at this station and covering some line."""
+    if not rules.campaigns:  # the usual case; a quote is made for every sale
+        return []
     running = [
         campaign
         for campaign in rules.campaigns
