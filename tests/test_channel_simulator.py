@@ -19,6 +19,7 @@ def test_the_simulator_forgets_its_oldest_payments_beyond_its_bound():
 
     outcomes = asyncio.run(scenario())
     assert sorted(channel.payments) == [3, 4, 5]
+    assert channel.forgotten == 2
     assert outcomes[2:] == [ChannelOutcome.APPROVED] * 3
     assert ChannelOutcome.APPROVED not in outcomes[:2]
 

@@ -360,3 +360,29 @@ def test_every_settlement_command_has_help():
         with pytest.raises(SystemExit) as exit_:
             parser.parse_args([*command, "--help"])
         assert exit_.value.code == 0
+
+
+def test_statements_are_refused_once_a_channel_forgot_payments(ledger):
+    # Each channel takes a third of the sales: 30 sales overflow 5 per channel.
+    network = Network(ledger, stations=2, seed=7, payments_max=5)
+    try:
+        network.run_day(DAY, sales=30)
+        with pytest.raises(ValueError, match=r"channel bank_card forgot \d+ payments \(it remembers 5\)"):
+            network.statement_file(Channel.BANK_CARD, DAY)
+    finally:
+        network.close()
+
+
+@pytest.mark.parametrize("days, sales, message", [
+    ("0", "10", "--days must be within 1 .. 366, got 0"),
+    ("2", "0", "--sales must be within 1 .. 25000, got 0"),
+    ("3", "10000", "--days x --sales must be at most 25000 sales in all, got 3 x 10000 = 30000"),
+])
+def test_generate_refuses_more_sales_than_its_channels_remember(tmp_path, capsys, days, sales, message):
+    from core.settlement.__main__ import main
+
+    data = tmp_path / "data"
+    assert main(["generate", "--data", str(data), "--day", "2024-06-01", "--days", days, "--sales", sales,
+                 "--statements", str(tmp_path / "statements")]) == 2
+    assert message in capsys.readouterr().err
+    assert not data.exists()

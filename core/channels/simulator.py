@@ -86,6 +86,8 @@ class SimulatedChannel:
         self.settings = settings
         self.random = random.Random(settings.seed)
         self.payments: dict[int, _Payment] = {}
+        # Payments forgotten past payments_max (their statement rows with them).
+        self.forgotten = 0
         self.calls = 0
         # The channel's clock; a generated day sets its own.
         self.clock_ms = lambda: time.time_ns() // 1_000_000
@@ -122,6 +124,7 @@ class SimulatedChannel:
         self.payments[reference] = payment
         if len(self.payments) > self.settings.payments_max:
             del self.payments[next(iter(self.payments))]
+            self.forgotten += 1
         return payment
 
     async def _maybe_time_out(self, act, call: str = ""):

@@ -259,11 +259,30 @@ def command_report(args) -> int:
     return 0
 
 
+def generate_refusal(days: int, sales: int) -> str | None:
+    """Why `generate` cannot make days x sales (None: it can): the channels
+    remember GENERATED_PAYMENTS_MAX payments each, and every day's statement
+    is written from that memory at the end."""
+    from core.settlement.simulate import GENERATED_DAYS_MAX, GENERATED_SALES_MAX
+
+    if not 1 <= days <= GENERATED_DAYS_MAX:
+        return f"--days must be within 1 .. {GENERATED_DAYS_MAX}, got {days}"
+    if not 1 <= sales <= GENERATED_SALES_MAX:
+        return f"--sales must be within 1 .. {GENERATED_SALES_MAX}, got {sales}"
+    if days * sales > GENERATED_SALES_MAX:
+        return f"--days x --sales must be at most {GENERATED_SALES_MAX} sales in all, got {days} x {sales} = {days * sales}"
+    return None
+
+
 def command_generate(args) -> int:
     """Demo data: generated days through the kernel, and each channel's
     statements in its real format, with one of each fault on the last day."""
     from core.settlement.simulate import CHANNELS, Network
 
+    refusal = generate_refusal(args.days, args.sales)
+    if refusal is not None:
+        print(f"{PROG} generate: {refusal}", file=sys.stderr)
+        return 2
     store = _open(args)
     network = Network(_ledger(store, args.kernel), seed=args.seed)
     first = args.day - args.days + 1
@@ -377,8 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("generate", command_generate, "demo: generated days through the kernel and simulators, and their statements")
     sub.add_argument("--day", type=_day, required=True, help="the last day generated")
-    sub.add_argument("--days", type=int, default=2, help="days generated, ending with --day (default %(default)s)")
-    sub.add_argument("--sales", type=int, default=60, help="sales a day (default %(default)s)")
+    sub.add_argument("--days", type=int, default=2, help="days generated, ending with --day, 1 .. 366 (default %(default)s)")
+    sub.add_argument("--sales", type=int, default=60, help="sales a day; at most 25,000 over all the days (default %(default)s)")
     sub.add_argument("--faults", action="store_true", help="inject one of each statement fault on the last day")
     sub.add_argument("--statements", required=True, metavar="DIR", help="where the statement files go")
     sub.add_argument("--seed", type=int, default=1)

@@ -30,8 +30,16 @@ CHANNELS = (Channel.BANK_CARD, Channel.WECHAT_PAY, Channel.ALIPAY)
 # Payments each generated channel remembers: the generator writes every
 # day's statement after generating all the days, from what the channels
 # remember, so it keeps more than the server's simulators (their bound
-# until issue 7; beyond it the first days' statements lose rows).
+# until issue 7; beyond it the first days' statements would lose rows, so
+# statement_file refuses a channel that forgot any).
 GENERATED_PAYMENTS_MAX = 10_000
+# Sales over all the generated days (`generate --days x --sales`). run_day
+# sends its sales to the three channels in turn (a third each, rounded up
+# each day) and adds at most one time-out a channel a day; the faults add
+# at most two a channel. So one channel takes at most 25,000 / 3 + 366 + 366
+# + 2 = 9,068 payments over 366 days: under GENERATED_PAYMENTS_MAX.
+GENERATED_SALES_MAX = 25_000
+GENERATED_DAYS_MAX = 366
 # The same number of attempts server/channel_flow.py makes.
 CHANNEL_UNDO_ATTEMPTS = 3
 # The channel books a call this long after Tally sends it; Tally commits the
@@ -73,14 +81,14 @@ class Network:
     station with fleet, personal and points money, three simulated channels."""
 
     def __init__(self, ledger: Ledger, stations: int = 3, seed: int = 1, utc_offset_minutes: int = UTC_OFFSET_MINUTES,
-                 decline_ppm: int = 0):
+                 decline_ppm: int = 0, payments_max: int = GENERATED_PAYMENTS_MAX):
         self.ledger = ledger
         self.stations = stations
         self.random = random.Random(seed)
         self.utc_offset_minutes = utc_offset_minutes
         self.now_ms = 0
         self.serial = 0
-        settings = SimulatorSettings(timeout_ms=0, seed=seed, decline_ppm=decline_ppm, payments_max=GENERATED_PAYMENTS_MAX)
+        settings = SimulatorSettings(timeout_ms=0, seed=seed, decline_ppm=decline_ppm, payments_max=payments_max)
         self.channels = {int(channel): SimulatedChannel(channel.name.lower(), settings) for channel in CHANNELS}
         for simulator in self.channels.values():
             simulator.clock_ms = lambda: self.now_ms + CHANNEL_BOOKING_MS
@@ -284,4 +292,8 @@ class Network:
         return result
 
     def statement_file(self, channel: int, day: int) -> bytes:
-        return self.channels[channel].statement_file(day, self.utc_offset_minutes)
+        simulator = self.channels[channel]
+        if simulator.forgotten:
+            raise ValueError(f"channel {simulator.name} forgot {simulator.forgotten} payments (it remembers "
+                             f"{simulator.settings.payments_max}): its statements would lose rows; generate fewer sales")
+        return simulator.statement_file(day, self.utc_offset_minutes)
