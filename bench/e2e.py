@@ -16,7 +16,8 @@ flight), or open loop (--rate R: sales arrive at R per second in total,
 spread round-robin over the N terminals, whatever the answers do; latency is
 counted from the arrival, so a slow server cannot hide its queue).
 Used by: `python -m bench e2e` (bench/__main__.py), tests/test_bench.py.
-May call: the server and the echo servicer only through gRPC, in subprocesses.
+May call: the server and the echo servicer only through gRPC, in subprocesses;
+core.store (read-only, before a server starts: the directory's size).
 
 With --terminal-auth, the Pay load also runs against a server started
 with --terminal-auth, each client signed on as a registered terminal and
@@ -1030,7 +1031,10 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
     auth = register_terminals(data_dir, work_dir, parameters.concurrency) if parameters.terminal_auth else None
     pay_auth = pay_promotions = pay_empty = None
     by_round = []
-    data_transactions = transactions_in(parameters.data_dir) if parameters.data_dir else None
+    # Every run adds to a --data directory: say what this one began with.
+    from core.store import transactions_in_directory
+
+    data_transactions = transactions_in_directory(parameters.data_dir) if parameters.data_dir else None
     if parameters.compare_empty:
         (pay_empty, _), (pay, measured), by_round = run_on_data_and_empty(parameters, work_dir)
     elif auth is not None:
@@ -1101,20 +1105,6 @@ def run_on_data_and_empty(parameters: Parameters, work_dir: str) -> tuple:
 
     empty_dir = os.path.join(work_dir, "empty")
     return run_alternating(parameters, empty_dir, work_dir, "pay-data-server", run_on_data)
-
-
-def transactions_in(data_dir: str) -> int | None:
-    """The transactions the directory holds, or None if there is none yet."""
-    from core.store import MAP_SIZE_BYTES_DEFAULT, entries, open_store
-
-    if not os.path.exists(os.path.join(data_dir, "data.mdb")):
-        return None
-    store = open_store(data_dir, MAP_SIZE_BYTES_DEFAULT, readonly=True)
-    try:
-        with store.env.begin() as txn:
-            return entries(txn, store.txns)
-    finally:
-        store.close()
 
 
 def run_alternating(parameters: Parameters, data_dir: str, work_dir: str, variant_name: str, run_variant) -> tuple:

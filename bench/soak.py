@@ -22,7 +22,8 @@ drift (p99 of the last interval over the first after warm-up). Exit 1 on any
 error, violation, audit problem, unclean server exit, or RSS growth above
 --rss-growth-max-percent.
 Used by: operators (`make soak` runs a long one), tests/test_ops_bench.py.
-May call: the server through gRPC only (subprocess), core.audit (subprocess).
+May call: the server through gRPC only (subprocess), core.audit (subprocess),
+core.store (read-only, before the server starts: the directory's size).
 
 The model can be exact because each client owns its card, and points earned
 by a sale that may still be refunded or undone are never spent (so no
@@ -52,6 +53,7 @@ import numpy
 from bench import charts
 from bench.e2e import BenchFailure, free_port, log_tail, receive, start_server, stop_server, wait_until_serving
 from bench.gateway_client import GatewayStream, OperationError
+from core.store import transactions_in_directory
 from tally.v1 import card_pb2, card_pb2_grpc, common_pb2, gateway_pb2, payment_pb2, payment_pb2_grpc
 
 R = common_pb2
@@ -146,6 +148,8 @@ class Report(msgspec.Struct):
     rss_after_warmup_bytes: int | None
     rss_end_bytes: int | None
     rss_growth_percent: float | None
+    # Transactions in --data when the run began (None: a new directory).
+    data_transactions: int | None
     # VmRSS at the end, LMDB pages included (for information: it follows the data).
     rss_total_end_bytes: int | None
     latency_drift_p99: float | None
@@ -703,7 +707,8 @@ def heap_at_start_and_end(parameters: Parameters, rss) -> tuple[int | None, int 
     return int(statistics.median(first)), int(statistics.median(last or first))
 
 
-def build_report(parameters: Parameters, results: list[ClientResults], rss, exit_code, audit_report) -> tuple[Report, tuple]:
+def build_report(parameters: Parameters, results: list[ClientResults], rss, exit_code, audit_report,
+                 data_transactions: int | None = None) -> tuple[Report, tuple]:
     done_s = numpy.concatenate([numpy.asarray(r.done_s) for r in results]) if results else numpy.zeros(0)
     latency_ms = numpy.concatenate([numpy.asarray(r.latency_s) for r in results]) * 1000.0 if results else numpy.zeros(0)
     error_s = numpy.concatenate([numpy.asarray(r.error_s) for r in results]) if results else numpy.zeros(0)
@@ -739,7 +744,7 @@ def build_report(parameters: Parameters, results: list[ClientResults], rss, exit
         latency_ms_p99=float(numpy.percentile(latency_ms, 99)) if latency_ms.size else None,
         errors=sum(errors.values()), error_codes=dict(errors), violations=violations, violation_examples=examples,
         steps=dict(steps), intervals=intervals, rss_after_warmup_bytes=rss_start, rss_end_bytes=rss_end,
-        rss_growth_percent=growth, rss_total_end_bytes=None, latency_drift_p99=drift, server_exit_code=exit_code, audit_ok=bool(audit_report.get("ok")),
+        rss_growth_percent=growth, data_transactions=data_transactions, rss_total_end_bytes=None, latency_drift_p99=drift, server_exit_code=exit_code, audit_ok=bool(audit_report.get("ok")),
         audit=audit_report, failures=failures,
     ), (done_s, latency_ms, error_s)
 
@@ -748,6 +753,8 @@ def print_report(report: Report):
     parameters = report.parameters
     print(f"soak, {parameters.mode}: {parameters.concurrency} terminals for {parameters.duration_s:g} s "
           f"(warm-up {parameters.warmup_s:g} s, intervals of {parameters.interval_s:g} s)")
+    if report.data_transactions is not None:
+        print(f"data directory: {report.data_transactions:,} transactions when the run began")
     print(f"{'from s':>8}{'answers':>10}{'per s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}{'violations':>12}{'heap MiB':>10}")
     for interval in report.intervals:
         rss = "-" if interval.server_rss_bytes is None else f"{interval.server_rss_bytes / 2**20:.0f}"
@@ -772,6 +779,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="tally-soak-") as work_dir:
         data_dir = parameters.data_dir or os.path.join(work_dir, "data")
         log_path = os.path.join(work_dir, "server.log")
+        data_transactions = transactions_in_directory(data_dir)
         address = f"127.0.0.1:{free_port()}"
         command = [sys.executable, "-m", "server", "--data", data_dir, "--listen", address, *parameters.server_args]
         process = start_server(command, log_path)
@@ -788,15 +796,17 @@ def main(argv=None) -> int:
         # On a 10-million-transaction directory this takes minutes.
         print(f"load done; auditing {data_dir} ...", file=sys.stderr, flush=True)
         audit_report = audit(data_dir)
-    report, (done_s, latency_ms, error_s) = build_report(parameters, results, rss, exit_code, audit_report)
+    report, (done_s, latency_ms, error_s) = build_report(parameters, results, rss, exit_code, audit_report, data_transactions)
     report.rss_total_end_bytes = rss_total[-1][1] if rss_total else None
     print_report(report)
     if args.json:
         with open(args.json, "wb") as json_file:
             json_file.write(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")
     if args.chart:
-        charts.load_chart(args.chart, f"soak, {parameters.mode}, {parameters.concurrency} terminals, {report.errors} errors, "
-                          f"{report.violations} violations", done_s, latency_ms, parameters.duration_s, error_s, heap=rss)
+        title = f"soak, {parameters.mode}, {parameters.concurrency} terminals, {report.errors} errors, {report.violations} violations"
+        if report.data_transactions is not None:
+            title += f"\non a directory of {report.data_transactions:,} transactions"
+        charts.load_chart(args.chart, title, done_s, latency_ms, parameters.duration_s, error_s, heap=rss)
     return 0 if not report.failures else 1
 
 

@@ -175,6 +175,20 @@ def entries(txn, db) -> int:
     return 0 if db is None else txn.stat(db)["entries"]
 
 
+def transactions_in_directory(path: str) -> int | None:
+    """The transactions the data directory at `path` holds, or None if it
+    holds no database yet. For reports of runs on a seeded directory: every
+    run adds to it, so the count says what a figure was measured on."""
+    if not os.path.exists(os.path.join(path, "data.mdb")):
+        return None
+    store = open_store(path, MAP_SIZE_BYTES_DEFAULT, readonly=True)
+    try:
+        with store.env.begin() as txn:
+            return entries(txn, store.txns)
+    finally:
+        store.close()
+
+
 def open_store(
     path: str, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT, readonly: bool = False, durable: bool = True
 ) -> Store:

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from bench.e2e import transactions_in
+from core.store import transactions_in_directory
 from tests.support import REPO
 
 SEEDED_TRANSACTIONS = 2_000
@@ -35,8 +35,8 @@ def test_e2e_compares_a_seeded_directory_with_an_empty_one(tmp_path):
     # The `pay` side's sales went into the seeded directory, none of the
     # empty side's did (its warm-ups, 0.4 s in all, sell less than the
     # empty side's 1.5 measured seconds).
-    assert transactions_in(str(data_dir)) >= SEEDED_TRANSACTIONS + report["pay"]["requests"]
-    assert transactions_in(str(data_dir)) < SEEDED_TRANSACTIONS + report["pay"]["requests"] + report["pay_empty"]["requests"]
+    assert transactions_in_directory(str(data_dir)) >= SEEDED_TRANSACTIONS + report["pay"]["requests"]
+    assert transactions_in_directory(str(data_dir)) < SEEDED_TRANSACTIONS + report["pay"]["requests"] + report["pay_empty"]["requests"]
 
 
 def test_compare_empty_needs_a_directory_to_compare():

@@ -101,6 +101,7 @@ def test_soak_short_run_checks_every_answer_and_passes(tmp_path):
     assert set(report["steps"]) == {name for name, _ in soak.STEPS}, "every kind of step ran"
     assert report["answers"] > 500 and len(report["intervals"]) == 4
     assert report["rss_growth_percent"] is not None
+    assert report["data_transactions"] is None, "a new directory: no count to report"
     assert_png(chart_path)
 
 
