@@ -53,6 +53,10 @@ class CounterScope(enum.IntEnum):
     LOTTERY_CHANCES = 8       # owner: lottery; subject: card; chances held
     LOTTERY_PRIZE = 9         # owner: lottery; subject: prize; prizes given
     RISK_VELOCITY = 10        # owner: risk rule; subject: card; period: window
+    # Set once (ceiling = delta = the value), so that a retry is refused and
+    # finds the first call's outcome: core/promotions/lottery.py.
+    LOTTERY_DRAW = 11         # owner: lottery; subject: card; period: the caller's draw number; the outcome
+    LOTTERY_GRANT = 12        # owner: lottery; subject: card; period: the caller's grant number; chances given
 
 
 class CounterTake(msgspec.Struct, frozen=True):

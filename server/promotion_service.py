@@ -576,13 +576,26 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         refusal = self._card_decline(request.card_id, now_ms)
         if refusal is not None:
             return decline(promotion_pb2.ChancesAnswer, *refusal)
+        chances = lottery.chances_take(promotion, request.card_id, count or 1)
         if count == 0:
-            chances = self.counters.read([lottery.chances_take(promotion, request.card_id, 1)])[0]
-            return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, chances=chances)
-        outcome = await self.counters.take([lottery.chances_take(promotion, request.card_id, count)])
+            return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, chances=self.counters.read([chances])[0])
+        once = None
+        if request.grant_number:
+            once = lottery.once_take(CounterScope.LOTTERY_GRANT, promotion, request.card_id, request.grant_number, count)
+        outcome = await self.counters.take([chances] if once is None else [once, chances])
+        if once is not None and self._replayed(outcome, once):
+            granted = self.counters.read([once])[0]
+            return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, granted=granted,
+                           chances=self.counters.read([chances])[0], replayed=True)
         if outcome.code != ResultCode.APPROVED:
             return decline(promotion_pb2.ChancesAnswer, outcome.code, outcome.refused_by)
-        return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, granted=count, chances=outcome.values[0])
+        return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, granted=count, chances=outcome.values[-1])
+
+    @staticmethod
+    def _replayed(outcome, once) -> bool:
+        """The chain was refused by its once-only mark: a retry of a numbered
+        draw or grant that was made before."""
+        return outcome.code == ResultCode.COUNTER_LIMIT_REACHED and outcome.refused_by == once.rule
 
     @promotion_rpc
     async def BuyChances(self, request, context):
@@ -628,16 +641,31 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         # is one linked chain, refused whole if its prize is out of stock.
         tries = [drawn] if drawn.prize_id == consolation.prize_id else [drawn, consolation]
         for prize in (*tries, None):
-            outcome = await self.counters.take(lottery.draw_chain(promotion, request.card_id, prize))
+            is_consolation = prize is None or prize.prize_id != drawn.prize_id or drawn.prize_id == consolation.prize_id
+            once = None
+            if request.draw_number:
+                code = lottery.outcome_code(terms, prize, is_consolation)
+                once = lottery.once_take(CounterScope.LOTTERY_DRAW, promotion, request.card_id, request.draw_number, code)
+            outcome = await self.counters.take(lottery.draw_chain(promotion, request.card_id, prize, once))
+            if once is not None and self._replayed(outcome, once):
+                return self._draw_replayed(promotion, request.card_id, once)
             if outcome.code == ResultCode.APPROVED:
                 break
             if outcome.code != ResultCode.COUNTER_LIMIT_REACHED or prize is None:
                 return decline(promotion_pb2.DrawAnswer, outcome.code, outcome.refused_by)
-        is_consolation = prize is None or prize.prize_id != drawn.prize_id or drawn.prize_id == consolation.prize_id
         draw = promotion_store.append_draw(self.store, Draw(0, promotion.promotion_id, request.card_id, prize.prize_id if prize else 0,
                                                             now_ms, is_consolation))
+        chances_left = outcome.values[1 if once is not None else 0]
         return decline(promotion_pb2.DrawAnswer, ResultCode.APPROVED, prize_id=draw.prize_id, prize_name=prize.name if prize else "",
-                       consolation=is_consolation, chances_left=outcome.values[0], draw_seq=draw.seq)
+                       consolation=is_consolation, chances_left=chances_left, draw_seq=draw.seq)
+
+    def _draw_replayed(self, promotion: Promotion, card_id: int, once) -> promotion_pb2.DrawAnswer:
+        """The answer to a retry of a numbered draw: the first draw's outcome,
+        read back from its mark."""
+        code, chances_left = self.counters.read([once, lottery.chances_take(promotion, card_id, -1)])
+        prize, is_consolation = lottery.outcome_of(promotion.lottery, code)
+        return decline(promotion_pb2.DrawAnswer, ResultCode.APPROVED, prize_id=prize.prize_id if prize else 0,
+                       prize_name=prize.name if prize else "", consolation=is_consolation, chances_left=chances_left, replayed=True)
 
     @promotion_rpc
     async def ListDraws(self, request, context):

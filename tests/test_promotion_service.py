@@ -319,6 +319,49 @@ def test_lottery_stock_never_goes_below_zero_under_concurrent_draws(promotions, 
     assert (by_spend.result, by_spend.granted) == (R.APPROVED, 0), "this plan gives no chances per spend"
 
 
+def test_a_retried_numbered_draw_answers_the_first_draw_and_spends_nothing(promotions, server):
+    # The car is drawn first and has one in stock: the first draw wins it,
+    # its retry must answer the car again (not the consolation it would get now).
+    lottery = P.LotteryTerms(prizes=[P.Prize(prize_id=7, name="car", probability_ppm=1_000_000, stock=1),
+                                     P.Prize(prize_id=9, name="thanks", probability_ppm=0)], consolation_prize_id=9)
+    pid = running(promotions, kind=P.PROMOTION_KIND_LOTTERY, name="numbered", lottery=lottery).promotion_id
+    card = 75_100_000
+    open_cards(server, card, 1)
+    promotions.GrantChances(P.GrantChancesRequest(promotion_id=pid, card_id=card, count=2, by="ops"))
+    first = promotions.Draw(P.DrawRequest(promotion_id=pid, card_id=card, draw_number=1))
+    assert (first.result, first.prize_id, first.consolation, first.chances_left, first.replayed) == (R.APPROVED, 7, False, 1, False)
+    retries = race(server, [lambda stub, index: stub.Draw(P.DrawRequest(promotion_id=pid, card_id=card, draw_number=1))] * 5)
+    assert {(r.result, r.prize_id, r.prize_name, r.consolation, r.chances_left, r.replayed) for r in retries} == {
+        (R.APPROVED, 7, "car", False, 1, True)}
+    second = promotions.Draw(P.DrawRequest(promotion_id=pid, card_id=card, draw_number=2))
+    assert (second.prize_id, second.consolation, second.chances_left, second.replayed) == (9, True, 0, False)
+    again = promotions.Draw(P.DrawRequest(promotion_id=pid, card_id=card, draw_number=2))
+    assert (again.result, again.prize_id, again.consolation, again.replayed) == (R.APPROVED, 9, True, True)
+    logged = promotions.ListDraws(P.ListDrawsRequest(promotion_id=pid)).draws
+    assert [d.prize_id for d in logged] == [7, 9], "one draw logged per number"
+    spent = promotions.Draw(P.DrawRequest(promotion_id=pid, card_id=card, draw_number=3))
+    assert spent.result == R.COUNTER_EXHAUSTED, "two chances, two draws: the retries spent none"
+
+
+def test_a_retried_numbered_grant_gives_nothing_more(promotions, server):
+    lottery = P.LotteryTerms(prizes=[P.Prize(prize_id=1, name="thanks", probability_ppm=1_000_000)], consolation_prize_id=1)
+    pid = running(promotions, kind=P.PROMOTION_KIND_LOTTERY, name="granted", lottery=lottery).promotion_id
+    card = 75_200_000
+    open_cards(server, card, 1)
+
+    def grant(number, count=3):
+        return promotions.GrantChances(P.GrantChancesRequest(promotion_id=pid, card_id=card, count=count, by="ops", grant_number=number))
+
+    first = grant(1)
+    assert (first.result, first.granted, first.chances, first.replayed) == (R.APPROVED, 3, 3, False)
+    retry = grant(1, count=5)
+    assert (retry.result, retry.granted, retry.chances, retry.replayed) == (R.APPROVED, 3, 3, True)
+    other = grant(2)
+    assert (other.granted, other.chances, other.replayed) == (3, 6, False)
+    unnumbered = [grant(0) for _ in range(2)]
+    assert [g.chances for g in unnumbered] == [9, 12], "without a number every call grants"
+
+
 # ---------------------------------------------------------------- risk
 
 

@@ -132,3 +132,17 @@ def test_the_counter_chains_of_the_lottery():
         CounterTake(CounterScope.LOTTERY_CHANCES, 8, subject=42, delta=3, rule="promotion 8 chances")]
     assert lottery.chance_takes([LOTTERY], 0, 60_000, 1, T0 + 1) == [], "no card, no chances"
     assert lottery.chance_takes([LOTTERY], 42, 60_000, 1, T0 + DAY_MS) == [], "outside the window"
+
+
+def test_a_numbered_draw_starts_with_a_mark_that_can_be_set_once_and_holds_the_outcome():
+    terms = LOTTERY.lottery
+    outcomes = [(prize, consolation) for prize in (None, *terms.prizes) for consolation in (False, True)]
+    codes = [lottery.outcome_code(terms, prize, consolation) for prize, consolation in outcomes]
+    assert len(set(codes)) == len(outcomes) and min(codes) == 1, "every outcome its own code, none zero"
+    assert [lottery.outcome_of(terms, code) for code in codes] == outcomes
+    car = terms.prizes[1]
+    won = lottery.outcome_code(terms, car, False)
+    once = lottery.once_take(CounterScope.LOTTERY_DRAW, LOTTERY, 42, 17, won)
+    # Set once: from 0 to `won` fits under the ceiling, a second take does not.
+    assert (once.subject, once.period, once.delta, once.ceiling, once.rule) == (42, 17, won, won, "promotion 8 draw number 17")
+    assert lottery.draw_chain(LOTTERY, 42, car, once) == [once, *lottery.draw_chain(LOTTERY, 42, car)]

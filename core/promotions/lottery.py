@@ -15,6 +15,14 @@ all or nothing. If the prize's stock is out the kernel refuses the chain
 (nothing moved, the chance kept) and the draw falls back to the consolation
 prize, the same way; if that too is out, the chance alone is spent for no
 prize. So stock never goes below zero, whatever the concurrency.
+
+A retried draw or grant (its answer lost on the way back) must not spend or
+give a second time. The caller numbers its draws and grants per card
+(`draw_number`, `grant_number`); the chain then starts with a take that can
+happen once: LOTTERY_DRAW or LOTTERY_GRANT (owner: the lottery, subject: the
+card, period: the number), delta and ceiling both the outcome. The first
+chain sets it; a retry's chain is refused by it before anything else moves,
+and the outcome is read back from it (`once_take`, `outcome_code`).
 """
 
 import random
@@ -77,9 +85,39 @@ def prize_take(promotion: Promotion, prize: Prize) -> CounterTake:
                        rule=f"{promotion.rule('prize')} {prize.prize_id}")
 
 
-def draw_chain(promotion: Promotion, card_id: int, prize: Prize | None) -> list[CounterTake]:
-    """The chain of one draw: a chance, and the prize (None: no prize)."""
-    takes = [chances_take(promotion, card_id, -1)]
+def draw_chain(promotion: Promotion, card_id: int, prize: Prize | None, once: CounterTake | None = None) -> list[CounterTake]:
+    """The chain of one draw: the draw number's mark (if numbered; first, so
+    that a retry is refused by it and by nothing else), a chance, and the
+    prize (None: no prize)."""
+    takes = [] if once is None else [once]
+    takes.append(chances_take(promotion, card_id, -1))
     if prize is not None:
         takes.append(prize_take(promotion, prize))
     return takes
+
+
+def once_take(scope: CounterScope, promotion: Promotion, card_id: int, number: int, value: int) -> CounterTake:
+    """The mark of the caller's draw or grant `number` for this card: set
+    to `value` (>= 1) by the first chain, refusing every later one."""
+    assert scope in (CounterScope.LOTTERY_DRAW, CounterScope.LOTTERY_GRANT) and number > 0 and value > 0
+    what = "draw number" if scope == CounterScope.LOTTERY_DRAW else "grant number"
+    return CounterTake(scope, promotion.promotion_id, subject=card_id, period=number, delta=value, ceiling=value,
+                       rule=promotion.rule(f"{what} {number}"))
+
+
+def outcome_code(terms: LotteryTerms, prize: Prize | None, consolation: bool) -> int:
+    """A draw's outcome as a counter value: 1 + 2 x (the prize's place in
+    prize_id order, from 1; 0: no prize) + 1 if it was the consolation. A
+    lottery's terms do not change once approved, so the place stays valid."""
+    place = 0 if prize is None else 1 + sorted(p.prize_id for p in terms.prizes).index(prize.prize_id)
+    return 1 + 2 * place + int(consolation)
+
+
+def outcome_of(terms: LotteryTerms, code: int) -> tuple[Prize | None, bool]:
+    """(prize or None, consolation) of an outcome_code."""
+    assert code >= 1
+    place, consolation = divmod(code - 1, 2)
+    if place == 0:
+        return None, bool(consolation)
+    prizes = sorted(terms.prizes, key=lambda prize: prize.prize_id)
+    return prizes[place - 1], bool(consolation)
