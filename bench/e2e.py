@@ -62,6 +62,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import charts, promotions_load
 from bench.gateway_client import GatewayStream, OperationError
+from core.store import transactions_in_directory
 from tally.v1 import admin_pb2, card_pb2, card_pb2_grpc, common_pb2, payment_pb2, payment_pb2_grpc
 
 # Bench cards and terminals live in their own id ranges, far from the demo
@@ -1032,8 +1033,6 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
     pay_auth = pay_promotions = pay_empty = None
     by_round = []
     # Every run adds to a --data directory: say what this one began with.
-    from core.store import transactions_in_directory
-
     data_transactions = transactions_in_directory(parameters.data_dir) if parameters.data_dir else None
     if parameters.compare_empty:
         (pay_empty, _), (pay, measured), by_round = run_on_data_and_empty(parameters, work_dir)

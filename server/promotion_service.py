@@ -576,17 +576,17 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         refusal = self._card_decline(request.card_id, now_ms)
         if refusal is not None:
             return decline(promotion_pb2.ChancesAnswer, *refusal)
-        chances = lottery.chances_take(promotion, request.card_id, count or 1)
         if count == 0:
-            return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, chances=self.counters.read([chances])[0])
+            chances = self.counters.read([lottery.chances_take(promotion, request.card_id, 1)])[0]
+            return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, chances=chances)
+        grant = lottery.chances_take(promotion, request.card_id, count)
         once = None
         if request.grant_number:
             once = lottery.once_take(CounterScope.LOTTERY_GRANT, promotion, request.card_id, request.grant_number, count)
-        outcome = await self.counters.take([chances] if once is None else [once, chances])
+        outcome = await self.counters.take([grant] if once is None else [once, grant])
         if once is not None and self._replayed(outcome, once):
-            granted = self.counters.read([once])[0]
-            return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, granted=granted,
-                           chances=self.counters.read([chances])[0], replayed=True)
+            granted, chances = self.counters.read([once, grant])
+            return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, granted=granted, chances=chances, replayed=True)
         if outcome.code != ResultCode.APPROVED:
             return decline(promotion_pb2.ChancesAnswer, outcome.code, outcome.refused_by)
         return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, granted=count, chances=outcome.values[-1])
