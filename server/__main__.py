@@ -54,6 +54,10 @@ def parse_args(argv):
     parser.add_argument("--terminal-auth", action="store_true",
                         help="refuse terminal requests without a valid MAC under the terminal's working key "
                         "(x-tally-* metadata; see server/terminal_auth.py); needs --master-key-file")
+    parser.add_argument("--back-office-auth", action="store_true",
+                        help="refuse the back-office RPCs of promotions, risk and loyalty (create, approve, limits, "
+                        "blacklist, rules, gifts) without an AdminService token of an allowed role, and a `by` "
+                        "other than the token's user (see server/back_office_auth.py)")
     parser.add_argument("--master-key-file", metavar="FILE",
                         help="master key the terminals' keys are sealed under (python -m core.admin master-key); "
                         "needed to register terminals and for sign-on")
@@ -88,6 +92,7 @@ def main(argv=None):
             metrics_port=args.metrics_port,
             log_requests=args.log_requests,
             terminal_auth=args.terminal_auth,
+            back_office_auth=args.back_office_auth,
             master_key_file=args.master_key_file,
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,

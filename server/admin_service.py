@@ -530,14 +530,22 @@ def load_master_key_of(settings) -> bytes | None:
 
 
 def registrar_for(settings, store, master_key: bytes | None, server):
-    """What services register with: with --terminal-auth, the server behind
-    the terminal-auth interceptor (server/terminal_auth.py); else the server."""
-    if not settings.terminal_auth:
-        return server
-    from server.terminal_auth import TerminalAuthInterceptor, TerminalGuard
+    """What services register with: the server, behind the terminal-auth
+    interceptor with --terminal-auth (server/terminal_auth.py) and the
+    back-office one with --back-office-auth (server/back_office_auth.py).
+    They guard different RPCs, so their order does not matter."""
+    registrar = server
+    if settings.terminal_auth:
+        from server.terminal_auth import TerminalAuthInterceptor, TerminalGuard
 
-    log.info("terminal authentication on: every terminal request needs its MAC")
-    return TerminalAuthInterceptor(TerminalGuard(store, master_key)).registrar(server)
+        log.info("terminal authentication on: every terminal request needs its MAC")
+        registrar = TerminalAuthInterceptor(TerminalGuard(store, master_key)).registrar(registrar)
+    if settings.back_office_auth:
+        from server.back_office_auth import BackOfficeInterceptor
+
+        log.info("back-office authentication on: promotions, risk and loyalty changes need an AdminService token")
+        registrar = BackOfficeInterceptor(Admin(store, master_key)).registrar(registrar)
+    return registrar
 
 
 def add_admin_services(server, store, master_key: bytes | None, committer: GroupCommitter | None = None):

@@ -221,9 +221,11 @@ class TerminalAuthInterceptor:
 
 class GuardedRegistrar:
     """Stands for the server when services register: their handlers go in
-    wrapped by the interceptor; everything else passes to the server."""
+    wrapped by the interceptor (this module's, or server/back_office_auth.py's:
+    anything with `intercepted(method, handler)`); everything else passes to
+    the server."""
 
-    def __init__(self, server, interceptor: TerminalAuthInterceptor):
+    def __init__(self, server, interceptor):
         self._server = server
         self._interceptor = interceptor
 
@@ -239,7 +241,7 @@ class GuardedRegistrar:
 
 
 class _GuardedHandlers(grpc.GenericRpcHandler):
-    def __init__(self, handlers, interceptor: TerminalAuthInterceptor):
+    def __init__(self, handlers, interceptor):
         self._handlers = handlers
         self._interceptor = interceptor
         # gRPC path -> the handler to run, made at the method's first call.

@@ -84,6 +84,27 @@ PERMISSIONS: dict[str, frozenset] = {
     "EraseCustomer": frozenset((ADMINISTRATOR,)),
 }
 
+# The back-office RPCs of the other services, by gRPC path: with
+# `python -m server --back-office-auth` each needs an AdminService token
+# whose user has one of these roles (server/back_office_auth.py). What a
+# terminal or a customer calls (Pay, PriceBasket, ClaimPacket, Draw,
+# CheckIn, SignOn, ...) is not here: terminals prove themselves with MACs
+# (--terminal-auth). Changing what sales do (promotions, limits, blacklist,
+# loyalty rules, gifts) is for administrators and operations staff; reading
+# it, for every role.
+_CHANGE = frozenset((ADMINISTRATOR, OPERATIONS))
+_PROMOTION, _RISK, _LOYALTY = "/tally.v1.PromotionService/", "/tally.v1.RiskService/", "/tally.v1.LoyaltyService/"
+BACK_OFFICE_PERMISSIONS: dict[str, frozenset] = {
+    **{_PROMOTION + name: _CHANGE for name in (
+        "CreatePromotion", "SubmitPromotion", "ApprovePromotion", "ActivatePromotion", "EndPromotion",
+        "SetStackingPolicy", "IssueCoupons", "CreatePacket", "ReturnExpiredPackets", "GrantChances")},
+    **{_PROMOTION + name: EVERY_ROLE for name in ("ListPromotions", "GetPromotion", "GetStackingPolicy", "ListCoupons", "ListDraws")},
+    **{_RISK + name: _CHANGE for name in ("SetLimits", "SetFlagRules", "AddBlacklistEntry", "RemoveBlacklistEntry")},
+    **{_RISK + name: EVERY_ROLE for name in ("ListLimits", "ListBlacklist", "ListFlags")},
+    **{_LOYALTY + name: _CHANGE for name in ("SaveRules", "SetGift", "AddGiftStock", "SetTier", "SetTimeZone")},
+    _LOYALTY + "GetRules": EVERY_ROLE,
+}
+
 
 class Actor(msgspec.Struct, frozen=True):
     """Who acts. org_id 0 is the command line run by whoever may read the
@@ -108,8 +129,8 @@ def cli_actor() -> Actor:
     return Actor(f"cli:{user}", 0)
 
 
-def require_role(actor: Actor, rpc: str):
-    allowed = PERMISSIONS[rpc]
+def require_role(actor: Actor, rpc: str, permissions: dict[str, frozenset] = PERMISSIONS):
+    allowed = permissions[rpc]
     if actor.role not in allowed:
         names = ", ".join(sorted(role.name for role in allowed)) or "nobody"
         role = actor.role.name if actor.role is not None else "none"
