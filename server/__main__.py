@@ -55,8 +55,8 @@ def parse_args(argv):
                         help="refuse terminal requests without a valid MAC under the terminal's working key "
                         "(x-tally-* metadata; see server/terminal_auth.py); needs --master-key-file")
     parser.add_argument("--back-office-auth", action="store_true",
-                        help="refuse the back-office RPCs of promotions, risk and loyalty (create, approve, limits, "
-                        "blacklist, rules, gifts) without an AdminService token of an allowed role, and a `by` "
+                        help="refuse the back-office RPCs of promotions, risk, loyalty, settlement and cards (create, "
+                        "approve, limits, blacklist, rules, gifts, statements, day-end, card changes) without an AdminService token of an allowed role, and a `by` "
                         "other than the token's user (see server/back_office_auth.py)")
     parser.add_argument("--master-key-file", metavar="FILE",
                         help="master key the terminals' keys are sealed under (python -m core.admin master-key); "

@@ -543,7 +543,7 @@ def registrar_for(settings, store, master_key: bytes | None, server):
     if settings.back_office_auth:
         from server.back_office_auth import BackOfficeInterceptor
 
-        log.info("back-office authentication on: promotions, risk and loyalty changes need an AdminService token")
+        log.info("back-office authentication on: back-office RPCs need an AdminService token")
         registrar = BackOfficeInterceptor(Admin(store, master_key)).registrar(registrar)
     return registrar
 

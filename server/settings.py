@@ -55,8 +55,8 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # Terminal authentication (server/terminal_auth.py): every terminal
     # request must carry a MAC under its terminal's working key.
     terminal_auth: bool = False
-    # Back-office RPCs of promotions, risk and loyalty need an AdminService
-    # token with an allowed role (server/back_office_auth.py).
+    # Back-office RPCs (promotions, risk, loyalty, settlement, cards) need an
+    # AdminService token with an allowed role (server/back_office_auth.py).
     back_office_auth: bool = False
     # The master key the terminals' keys are sealed under (core/admin/keys.py);
     # needed by --terminal-auth, terminal registration and sign-on.

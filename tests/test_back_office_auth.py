@@ -1,5 +1,5 @@
 """`python -m server --back-office-auth` on 127.0.0.1: the back-office RPCs of
-promotions, risk and loyalty need an AdminService token of an allowed role
+promotions, risk, loyalty, settlement and cards need an AdminService token of an allowed role
 and a `by` that is the token's user; terminal and customer RPCs do not."""
 
 import time
@@ -8,7 +8,18 @@ import grpc
 import pytest
 
 from core.admin.access import BACK_OFFICE_PERMISSIONS, EVERY_ROLE
-from tally.v1 import common_pb2, loyalty_pb2, loyalty_pb2_grpc, promotion_pb2, promotion_pb2_grpc
+from server import terminal_auth
+from tally.v1 import (
+    card_pb2,
+    card_pb2_grpc,
+    common_pb2,
+    loyalty_pb2,
+    loyalty_pb2_grpc,
+    promotion_pb2,
+    promotion_pb2_grpc,
+    settlement_pb2,
+    settlement_pb2_grpc,
+)
 from tests.support import ServerProcess
 from tests.test_admin_service import AdminClient, refused, seed_directory
 
@@ -84,13 +95,41 @@ def test_risk_and_loyalty_changes_are_guarded_and_customer_rpcs_are_not(guarded_
     assert loyalty.GetPoints(loyalty_pb2.GetPointsRequest(card_id=1234)).result in (common_pb2.APPROVED, common_pb2.CARD_NOT_FOUND)
 
 
-def test_every_guarded_path_names_an_rpc_of_its_service():
+def test_every_guarded_path_names_an_rpc_of_its_service_and_no_terminal_rpc():
     services = {"PromotionService": promotion_pb2.DESCRIPTOR.services_by_name["PromotionService"],
                 "RiskService": promotion_pb2.DESCRIPTOR.services_by_name["RiskService"],
-                "LoyaltyService": loyalty_pb2.DESCRIPTOR.services_by_name["LoyaltyService"]}
+                "LoyaltyService": loyalty_pb2.DESCRIPTOR.services_by_name["LoyaltyService"],
+                "SettlementService": settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"],
+                "CardService": card_pb2.DESCRIPTOR.services_by_name["CardService"]}
     for path, roles in BACK_OFFICE_PERMISSIONS.items():
         _, package_service, method = path.split("/")
         service = package_service.removeprefix("tally.v1.")
         assert method in services[service].methods_by_name, path
         assert roles and roles <= EVERY_ROLE, path
+    assert not set(BACK_OFFICE_PERMISSIONS) & set(terminal_auth.GUARDED), "a terminal proves itself with its MAC, not a token"
     assert "/tally.v1.PromotionService/Draw" not in BACK_OFFICE_PERMISSIONS, "a customer's draw needs no staff token"
+
+
+def test_settlement_and_card_changes_are_guarded(guarded_server):
+    settlement = settlement_pb2_grpc.SettlementServiceStub(guarded_server.channel())
+    cards = card_pb2_grpc.CardServiceStub(guarded_server.channel())
+    refused(lambda: settlement.ListDifferences(settlement_pb2.ListDifferencesRequest()), grpc.StatusCode.UNAUTHENTICATED)
+    refused(lambda: settlement.ListDifferences(settlement_pb2.ListDifferencesRequest(), metadata=bearer(guarded_server, "desk")),
+            grpc.StatusCode.PERMISSION_DENIED)
+    settlement.ListDifferences(settlement_pb2.ListDifferencesRequest(), metadata=bearer(guarded_server, "auditor"))
+
+    def statement(by: str):
+        header = settlement_pb2.StatementHeader(channel=common_pb2.WECHAT_PAY, file_name="w.csv", by=by)
+        return iter([settlement_pb2.ImportStatementChunk(header=header, data=b"not a statement")])
+
+    # A client stream: the token before the first message, `by` in its header.
+    refused(lambda: settlement.ImportStatement(statement("north-ops")), grpc.StatusCode.UNAUTHENTICATED)
+    operations = bearer(guarded_server, "north-ops")
+    assert "by is 'root'" in refused(lambda: settlement.ImportStatement(statement("root"), metadata=operations),
+                                     grpc.StatusCode.PERMISSION_DENIED)
+    imported = settlement.ImportStatement(statement("north-ops"), metadata=operations)
+    assert imported.result == settlement_pb2.REJECTED, "let through, and the file itself judged"
+    opening = card_pb2.OpenCardRequest(card_id=88_000_001, card_type=card_pb2.PERSONAL_CARD)
+    refused(lambda: cards.OpenCard(opening), grpc.StatusCode.UNAUTHENTICATED)
+    assert cards.OpenCard(opening, metadata=bearer(guarded_server, "desk")).result == common_pb2.APPROVED
+    assert cards.GetCard(card_pb2.GetCardRequest(card_id=88_000_001)).result == common_pb2.APPROVED, "an enquiry needs no token"

@@ -91,9 +91,11 @@ PERMISSIONS: dict[str, frozenset] = {
 # CheckIn, SignOn, ...) is not here: terminals prove themselves with MACs
 # (--terminal-auth). Changing what sales do (promotions, limits, blacklist,
 # loyalty rules, gifts) is for administrators and operations staff; reading
-# it, for every role.
+# it, for every role. A test checks that every path names an RPC of its
+# service and none is a terminal's.
 _CHANGE = frozenset((ADMINISTRATOR, OPERATIONS))
 _PROMOTION, _RISK, _LOYALTY = "/tally.v1.PromotionService/", "/tally.v1.RiskService/", "/tally.v1.LoyaltyService/"
+_SETTLEMENT, _CARD = "/tally.v1.SettlementService/", "/tally.v1.CardService/"
 BACK_OFFICE_PERMISSIONS: dict[str, frozenset] = {
     **{_PROMOTION + name: _CHANGE for name in (
         "CreatePromotion", "SubmitPromotion", "ApprovePromotion", "ActivatePromotion", "EndPromotion",
@@ -103,6 +105,18 @@ BACK_OFFICE_PERMISSIONS: dict[str, frozenset] = {
     **{_RISK + name: EVERY_ROLE for name in ("ListLimits", "ListBlacklist", "ListFlags")},
     **{_LOYALTY + name: _CHANGE for name in ("SaveRules", "SetGift", "AddGiftStock", "SetTier", "SetTimeZone")},
     _LOYALTY + "GetRules": EVERY_ROLE,
+    # Reconciliation posts adjustments and closes days: operations' work,
+    # which auditors read. SignOn and ShiftClose are the terminals' own.
+    **{_SETTLEMENT + name: _CHANGE for name in ("ImportStatement", "Reconcile", "ResolveDifference", "DayEnd")},
+    **{_SETTLEMENT + name: frozenset((ADMINISTRATOR, OPERATIONS, AUDITOR))
+       for name in ("GetReconcileStatus", "ListDifferences", "GetClearing")},
+    # CardService's card changes, with the roles of their AdminService twins
+    # (IssueCard, FreezeCard, ChangeCardLimits, AllowCardStation); TopUp is a
+    # terminal's, GetCard a balance enquiry.
+    _CARD + "OpenCard": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
+    _CARD + "SetCardStatus": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
+    _CARD + "SetCardLimits": _CHANGE,
+    _CARD + "AllowStation": _CHANGE,
 }
 
 
