@@ -1,6 +1,7 @@
 """`python -m server --back-office-auth` on 127.0.0.1: the back-office RPCs of
-promotions, risk, loyalty, settlement and cards need an AdminService token of an allowed role
-and a `by` that is the token's user; terminal and customer RPCs do not."""
+promotions, risk, loyalty, settlement and cards need an AdminService token of
+an allowed role and a `by` that is the token's user; terminal and customer
+RPCs do not."""
 
 import time
 
