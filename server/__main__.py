@@ -33,7 +33,9 @@ def parse_args(argv):
                         help="business day boundary, minutes east of UTC (480 for UTC+8)")
     parser.add_argument("--points-per-unit", type=int, default=100, help="points that pay one currency unit")
     parser.add_argument("--earn-points-per-unit", type=int, default=1, help="points earned per currency unit paid")
-    parser.add_argument("--channel-timeout-ms", type=int, default=5000, help="longest wait for a payment channel")
+    parser.add_argument("--channel-timeout-ms", type=int, default=5000,
+                        help="the longest a request waits for a payment channel, in all: a Pay with a channel part "
+                        "answers within it plus a commit (terminals: set your deadline 2 s above it; default %(default)s)")
     parser.add_argument("--channel-latency-ms", type=int, nargs=2, default=(0, 0), metavar=("MIN", "MAX"),
                         help="simulated channel latency range")
     parser.add_argument("--channel-decline-ppm", type=int, default=0, help="simulated channel declines, per million")
