@@ -108,60 +108,61 @@ class AsyncTerminalClient(TerminalBase):
 
     async def pay(self, amount_minor: int, *, card_id: int = 0, use_fleet: bool = False, use_personal: bool = False,
                   use_points: bool = False, points_max: int = 0, channel: Channel = Channel.NONE,
-                  basket: Iterable[BasketLine] = (), coupon_codes: Iterable[str] = ()) -> results.PaymentResult:
-        return await self._payment(operations.pay(amount_minor, card_id, use_fleet, use_personal, use_points,
+                  basket: Iterable[BasketLine] = (), coupon_codes: Iterable[str] = (),
+                  timeout_s: float | None = None) -> results.PaymentResult:
+        return await self._payment(timeout_s, operations.pay(amount_minor, card_id, use_fleet, use_personal, use_points,
                                                   points_max, channel, basket, coupon_codes))
 
-    async def pre_authorize(self, card_id: int, amount_minor: int, *, hold_timeout_s: int = 0) -> results.PaymentResult:
-        return await self._payment(operations.pre_authorize(card_id, amount_minor, hold_timeout_s))
+    async def pre_authorize(self, card_id: int, amount_minor: int, *, hold_timeout_s: int = 0, timeout_s: float | None = None) -> results.PaymentResult:
+        return await self._payment(timeout_s, operations.pre_authorize(card_id, amount_minor, hold_timeout_s))
 
     async def complete(self, txn_id: int, amount_minor: int, *, basket: Iterable[BasketLine] = ()) -> results.PaymentResult:
-        return await self._payment(operations.complete(txn_id, amount_minor, basket))
+        return await self._payment(timeout_s, operations.complete(txn_id, amount_minor, basket))
 
-    async def release(self, txn_id: int) -> results.PaymentResult:
-        return await self._payment(operations.release(txn_id))
+    async def release(self, txn_id: int, *, timeout_s: float | None = None) -> results.PaymentResult:
+        return await self._payment(timeout_s, operations.release(txn_id))
 
-    async def void(self, txn_id: int) -> results.PaymentResult:
-        return await self._payment(operations.void(txn_id))
+    async def void(self, txn_id: int, *, timeout_s: float | None = None) -> results.PaymentResult:
+        return await self._payment(timeout_s, operations.void(txn_id))
 
-    async def refund(self, txn_id: int, amount_minor: int) -> results.PaymentResult:
-        return await self._payment(operations.refund(txn_id, amount_minor))
+    async def refund(self, txn_id: int, amount_minor: int, *, timeout_s: float | None = None) -> results.PaymentResult:
+        return await self._payment(timeout_s, operations.refund(txn_id, amount_minor))
 
-    async def top_up(self, card_id: int, amount: int, *, account: CardAccount = CardAccount.PERSONAL) -> results.PaymentResult:
-        return await self._payment(operations.top_up(card_id, amount, account))
+    async def top_up(self, card_id: int, amount: int, *, account: CardAccount = CardAccount.PERSONAL, timeout_s: float | None = None) -> results.PaymentResult:
+        return await self._payment(timeout_s, operations.top_up(card_id, amount, account))
 
-    async def reverse(self, original_serial: int) -> results.PaymentResult:
+    async def reverse(self, original_serial: int, *, timeout_s: float | None = None) -> results.PaymentResult:
         prepared = await self._prepare(operations.reverse(original_serial))
         try:
-            return results.payment_result(await self._send(prepared), prepared.serial)
+            return results.payment_result(await self._send(prepared, budget_s=timeout_s), prepared.serial)
         except Lost:
             await asyncio.to_thread(self.queue_lost_reverse, prepared, original_serial)
             self._wake.set()
             return results.lost_payment(prepared.serial)
 
-    async def query(self, serial: int | None = None, *, txn_id: int = 0) -> results.QueryResult:
+    async def query(self, serial: int | None = None, *, txn_id: int = 0, timeout_s: float | None = None) -> results.QueryResult:
         request = operations.query(self.terminal_id if serial else 0, serial or 0, txn_id)
-        return results.query_result(await self._read(request), serial or 0)
+        return results.query_result(await self._read(timeout_s, request), serial or 0)
 
     # ------------------------------------------------------------ loyalty
 
-    async def check_in(self, card_id: int) -> results.LoyaltyResult:
-        return await self._loyalty(operations.check_in(card_id))
+    async def check_in(self, card_id: int, *, timeout_s: float | None = None) -> results.LoyaltyResult:
+        return await self._loyalty(timeout_s, operations.check_in(card_id))
 
-    async def complete_task(self, card_id: int, task: str) -> results.LoyaltyResult:
-        return await self._loyalty(operations.complete_task(card_id, task))
+    async def complete_task(self, card_id: int, task: str, *, timeout_s: float | None = None) -> results.LoyaltyResult:
+        return await self._loyalty(timeout_s, operations.complete_task(card_id, task))
 
-    async def redeem_gift(self, card_id: int, gift_id: int, quantity: int = 1) -> results.LoyaltyResult:
-        return await self._loyalty(operations.redeem_gift(card_id, gift_id, quantity))
+    async def redeem_gift(self, card_id: int, gift_id: int, quantity: int = 1, *, timeout_s: float | None = None) -> results.LoyaltyResult:
+        return await self._loyalty(timeout_s, operations.redeem_gift(card_id, gift_id, quantity))
 
-    async def get_points(self, card_id: int) -> results.PointsResult:
-        return results.points_result(await self._read(operations.get_points(card_id)))
+    async def get_points(self, card_id: int, *, timeout_s: float | None = None) -> results.PointsResult:
+        return results.points_result(await self._read(timeout_s, operations.get_points(card_id)))
 
-    async def list_catalogue(self) -> tuple[results.Gift, ...]:
-        return results.gifts(await self._read(operations.list_catalogue()))
+    async def list_catalogue(self, *, timeout_s: float | None = None) -> tuple[results.Gift, ...]:
+        return results.gifts(await self._read(timeout_s, operations.list_catalogue()))
 
-    async def quote_points(self, card_id: int, amount_minor: int) -> results.PointsQuote:
-        return results.points_quote(await self._read(operations.quote_points(card_id, self.station_id, amount_minor)))
+    async def quote_points(self, card_id: int, amount_minor: int, *, timeout_s: float | None = None) -> results.PointsQuote:
+        return results.points_quote(await self._read(timeout_s, operations.quote_points(card_id, self.station_id, amount_minor)))
 
     # ------------------------------------------------------------ the call path
 
@@ -169,19 +170,19 @@ class AsyncTerminalClient(TerminalBase):
         # prepare() may reserve a block of serials (an fsync): off the loop.
         return await asyncio.to_thread(self.prepare, request)
 
-    async def _payment(self, request: operations.Request) -> results.PaymentResult:
-        answer, serial = await self._armed(request)
+    async def _payment(self, timeout_s: float | None, request: operations.Request) -> results.PaymentResult:
+        answer, serial = await self._armed(timeout_s, request)
         return results.lost_payment(serial) if answer is None else results.payment_result(answer, serial)
 
-    async def _loyalty(self, request: operations.Request) -> results.LoyaltyResult:
-        answer, serial = await self._armed(request)
+    async def _loyalty(self, timeout_s: float | None, request: operations.Request) -> results.LoyaltyResult:
+        answer, serial = await self._armed(timeout_s, request)
         return results.lost_loyalty(serial) if answer is None else results.loyalty_result(answer, serial)
 
-    async def _armed(self, request: operations.Request):
+    async def _armed(self, timeout_s: float | None, request: operations.Request):
         prepared = await self._prepare(request)
         entry = await asyncio.to_thread(self.arm, prepared)
         try:
-            answer = await self._send(prepared)
+            answer = await self._send(prepared, budget_s=timeout_s)
         except Lost:
             await self._queue(entry)
             return None, prepared.serial
@@ -196,10 +197,10 @@ class AsyncTerminalClient(TerminalBase):
         await asyncio.to_thread(self.reversals.disarm, entry)
         return answer, prepared.serial
 
-    async def _read(self, request: operations.Request):
+    async def _read(self, timeout_s: float | None, request: operations.Request):
         prepared = await self._prepare(request)
         try:
-            return await self._send(prepared)
+            return await self._send(prepared, budget_s=timeout_s)
         except Lost as lost:
             raise lost.last or errors.Unavailable("no answer") from None
 
@@ -285,6 +286,8 @@ class AsyncTerminalClient(TerminalBase):
                 await self._send_reversal(entry, sends, budget_s)
 
     async def _send_reversal(self, entry: PendingReversal, sends: int, budget_s: float | None):
+        if entry.reverse_serial == 0:
+            entry = await asyncio.to_thread(self.reverse_due, entry)  # left armed by a client that died mid-call
         prepared = self.reverse_request(entry)
         try:
             answer = await self._send(prepared, budget_s=min(budget_s or self.settings.attempt_timeout_s,

@@ -113,82 +113,83 @@ class TerminalClient(TerminalBase):
 
     def pay(self, amount_minor: int, *, card_id: int = 0, use_fleet: bool = False, use_personal: bool = False,
             use_points: bool = False, points_max: int = 0, channel: Channel = Channel.NONE,
-            basket: Iterable[BasketLine] = (), coupon_codes: Iterable[str] = ()) -> results.PaymentResult:
-        return self._payment(operations.pay(amount_minor, card_id, use_fleet, use_personal, use_points, points_max,
+            basket: Iterable[BasketLine] = (), coupon_codes: Iterable[str] = (),
+            timeout_s: float | None = None) -> results.PaymentResult:
+        return self._payment(timeout_s, operations.pay(amount_minor, card_id, use_fleet, use_personal, use_points, points_max,
                                             channel, basket, coupon_codes))
 
-    def pre_authorize(self, card_id: int, amount_minor: int, *, hold_timeout_s: int = 0) -> results.PaymentResult:
-        return self._payment(operations.pre_authorize(card_id, amount_minor, hold_timeout_s))
+    def pre_authorize(self, card_id: int, amount_minor: int, *, hold_timeout_s: int = 0, timeout_s: float | None = None) -> results.PaymentResult:
+        return self._payment(timeout_s, operations.pre_authorize(card_id, amount_minor, hold_timeout_s))
 
     def complete(self, txn_id: int, amount_minor: int, *, basket: Iterable[BasketLine] = ()) -> results.PaymentResult:
-        return self._payment(operations.complete(txn_id, amount_minor, basket))
+        return self._payment(timeout_s, operations.complete(txn_id, amount_minor, basket))
 
-    def release(self, txn_id: int) -> results.PaymentResult:
-        return self._payment(operations.release(txn_id))
+    def release(self, txn_id: int, *, timeout_s: float | None = None) -> results.PaymentResult:
+        return self._payment(timeout_s, operations.release(txn_id))
 
-    def void(self, txn_id: int) -> results.PaymentResult:
-        return self._payment(operations.void(txn_id))
+    def void(self, txn_id: int, *, timeout_s: float | None = None) -> results.PaymentResult:
+        return self._payment(timeout_s, operations.void(txn_id))
 
-    def refund(self, txn_id: int, amount_minor: int) -> results.PaymentResult:
-        return self._payment(operations.refund(txn_id, amount_minor))
+    def refund(self, txn_id: int, amount_minor: int, *, timeout_s: float | None = None) -> results.PaymentResult:
+        return self._payment(timeout_s, operations.refund(txn_id, amount_minor))
 
-    def top_up(self, card_id: int, amount: int, *, account: CardAccount = CardAccount.PERSONAL) -> results.PaymentResult:
-        return self._payment(operations.top_up(card_id, amount, account))
+    def top_up(self, card_id: int, amount: int, *, account: CardAccount = CardAccount.PERSONAL, timeout_s: float | None = None) -> results.PaymentResult:
+        return self._payment(timeout_s, operations.top_up(card_id, amount, account))
 
-    def reverse(self, original_serial: int) -> results.PaymentResult:
+    def reverse(self, original_serial: int, *, timeout_s: float | None = None) -> results.PaymentResult:
         """Undo one of this terminal's requests by its serial. If this
         Reverse's own answer is lost, the queue resends it until answered
         (the result's outcome is then REVERSED)."""
         prepared = self.prepare(operations.reverse(original_serial))
         try:
-            return results.payment_result(self._send(prepared), prepared.serial)
+            return results.payment_result(self._send(prepared, budget_s=timeout_s), prepared.serial)
         except Lost:
             self.queue_lost_reverse(prepared, original_serial)
             self._wake.set()
             return results.lost_payment(prepared.serial)
 
-    def query(self, serial: int | None = None, *, txn_id: int = 0) -> results.QueryResult:
+    def query(self, serial: int | None = None, *, txn_id: int = 0, timeout_s: float | None = None) -> results.QueryResult:
         """This terminal's request by serial (its stored answer), or a
         transaction by id."""
         request = operations.query(self.terminal_id if serial else 0, serial or 0, txn_id)
-        return results.query_result(self._read(request), serial or 0)
+        return results.query_result(self._read(timeout_s, request), serial or 0)
 
     # ------------------------------------------------------------ loyalty
 
-    def check_in(self, card_id: int) -> results.LoyaltyResult:
-        return self._loyalty(operations.check_in(card_id))
+    def check_in(self, card_id: int, *, timeout_s: float | None = None) -> results.LoyaltyResult:
+        return self._loyalty(timeout_s, operations.check_in(card_id))
 
-    def complete_task(self, card_id: int, task: str) -> results.LoyaltyResult:
-        return self._loyalty(operations.complete_task(card_id, task))
+    def complete_task(self, card_id: int, task: str, *, timeout_s: float | None = None) -> results.LoyaltyResult:
+        return self._loyalty(timeout_s, operations.complete_task(card_id, task))
 
-    def redeem_gift(self, card_id: int, gift_id: int, quantity: int = 1) -> results.LoyaltyResult:
-        return self._loyalty(operations.redeem_gift(card_id, gift_id, quantity))
+    def redeem_gift(self, card_id: int, gift_id: int, quantity: int = 1, *, timeout_s: float | None = None) -> results.LoyaltyResult:
+        return self._loyalty(timeout_s, operations.redeem_gift(card_id, gift_id, quantity))
 
-    def get_points(self, card_id: int) -> results.PointsResult:
-        return results.points_result(self._read(operations.get_points(card_id)))
+    def get_points(self, card_id: int, *, timeout_s: float | None = None) -> results.PointsResult:
+        return results.points_result(self._read(timeout_s, operations.get_points(card_id)))
 
-    def list_catalogue(self) -> tuple[results.Gift, ...]:
-        return results.gifts(self._read(operations.list_catalogue()))
+    def list_catalogue(self, *, timeout_s: float | None = None) -> tuple[results.Gift, ...]:
+        return results.gifts(self._read(timeout_s, operations.list_catalogue()))
 
-    def quote_points(self, card_id: int, amount_minor: int) -> results.PointsQuote:
-        return results.points_quote(self._read(operations.quote_points(card_id, self.station_id, amount_minor)))
+    def quote_points(self, card_id: int, amount_minor: int, *, timeout_s: float | None = None) -> results.PointsQuote:
+        return results.points_quote(self._read(timeout_s, operations.quote_points(card_id, self.station_id, amount_minor)))
 
     # ------------------------------------------------------------ the call path
 
-    def _payment(self, request: operations.Request) -> results.PaymentResult:
-        answer, serial = self._armed(request)
+    def _payment(self, timeout_s: float | None, request: operations.Request) -> results.PaymentResult:
+        answer, serial = self._armed(timeout_s, request)
         return results.lost_payment(serial) if answer is None else results.payment_result(answer, serial)
 
-    def _loyalty(self, request: operations.Request) -> results.LoyaltyResult:
-        answer, serial = self._armed(request)
+    def _loyalty(self, timeout_s: float | None, request: operations.Request) -> results.LoyaltyResult:
+        answer, serial = self._armed(timeout_s, request)
         return results.lost_loyalty(serial) if answer is None else results.loyalty_result(answer, serial)
 
-    def _armed(self, request: operations.Request):
+    def _armed(self, timeout_s: float | None, request: operations.Request):
         """(the answer, or None when it is lost and a Reverse is queued; the serial)."""
         prepared = self.prepare(request)
         entry = self.arm(prepared)
         try:
-            answer = self._send(prepared)
+            answer = self._send(prepared, budget_s=timeout_s)
         except Lost:
             self._queue(entry)
             return None, prepared.serial
@@ -201,10 +202,10 @@ class TerminalClient(TerminalBase):
         self.reversals.disarm(entry)  # durable before the caller sees the answer
         return answer, prepared.serial
 
-    def _read(self, request: operations.Request):
+    def _read(self, timeout_s: float | None, request: operations.Request):
         prepared = self.prepare(request)
         try:
-            return self._send(prepared)
+            return self._send(prepared, budget_s=timeout_s)
         except Lost as lost:
             raise lost.last or errors.Unavailable("no answer") from None
 
@@ -290,6 +291,8 @@ class TerminalClient(TerminalBase):
                 self._send_reversal(entry, sends, budget_s)
 
     def _send_reversal(self, entry: PendingReversal, sends: int, budget_s: float | None):
+        if entry.reverse_serial == 0:
+            entry = self.reverse_due(entry)  # left armed by a client that died mid-call
         prepared = self.reverse_request(entry)
         try:
             answer = self._send(prepared, budget_s=min(budget_s or self.settings.attempt_timeout_s,
