@@ -88,6 +88,8 @@ class GatewayStream:
         self._closed = False
         self._task: asyncio.Task | None = None
         self._last_break = "stream not open yet"
+        # Streams that opened (their window came): more than one after a break.
+        self.streams_opened = 0
 
     async def start(self) -> "GatewayStream":
         if self.channel is None:
@@ -185,6 +187,7 @@ class GatewayStream:
         try:
             metadata = dict(await self._call.initial_metadata())
             self.window = int(metadata.get(WINDOW_METADATA_KEY, "1"))
+            self.streams_opened += 1
         except grpc.RpcError as error:
             self._last_break = f"{error.code().name}: {error.details()}"
             return False
