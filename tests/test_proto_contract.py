@@ -140,7 +140,8 @@ def breaking_changes(baseline, current) -> list[str]:
                 continue
             for part in ("input_type", "output_type", "client_streaming", "server_streaming"):
                 if getattr(method, part) != getattr(now, part):
-                    changes.append(f"rpc {name}.{method.name}: {part} {getattr(method, part)} became {getattr(now, part)}")
+                    was, became = getattr(method, part), getattr(now, part)
+                    changes.append(f"rpc {name}.{method.name}: {part} {was} became {became}")
     return changes
 
 
@@ -202,7 +203,8 @@ def test_the_checker_names_every_kind_of_breaking_change():
         relabel: "tally.v1.PaymentAnswer.txn_id: label LABEL_OPTIONAL became LABEL_REPEATED",
         remove_enum_value: "enum tally.v1.ResultCode.CARD_LOST = 7: removed",
         remove_rpc: "rpc tally.v1.PaymentService.Void: removed",
-        change_request: "rpc tally.v1.PaymentService.Void: input_type .tally.v1.VoidRequest became .tally.v1.RefundRequest",
+        change_request:
+            "rpc tally.v1.PaymentService.Void: input_type .tally.v1.VoidRequest became .tally.v1.RefundRequest",
     }
     for mutate, line in expected.items():
         assert _break(mutate) == [line], mutate.__name__

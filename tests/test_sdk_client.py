@@ -15,12 +15,11 @@ import sys
 import threading
 import time
 
-import grpc
 import pytest
 
 from core.admin.access import cli_actor
 from tally.v1 import settlement_pb2, settlement_pb2_grpc
-from tally_client import (CardAccount, Channel, ClientSettings, InvalidArgument, Outcome, ResultCode, TerminalClient,
+from tally_client import (CardAccount, ClientSettings, InvalidArgument, Outcome, ResultCode, TerminalClient,
                           TransactionState)
 from tally_client.results import BasketLine
 from tests.support import DEMO_COMPANY_CARD, DEMO_PERSONAL_CARD, REPO, ServerProcess
@@ -75,7 +74,8 @@ def test_a_pay_answers_typed_results_in_int_minor_units(server, tmp_path):
     with open_client(server.address, tmp_path) as client:
         before = client.get_points(DEMO_COMPANY_CARD).points_balance
         result = client.pay(2_500, card_id=DEMO_COMPANY_CARD, use_fleet=True,
-                            basket=[BasketLine("92", 2_500, quantity_milli=3_571, unit_price_minor=700, category="fuel")])
+                            basket=[BasketLine("92", 2_500, quantity_milli=3_571, unit_price_minor=700,
+                                               category="fuel")])
         assert result.outcome is Outcome.ANSWERED and result.approved
         assert result.result is ResultCode.APPROVED and result.serial == 1
         assert (result.amount_minor, result.sources.fleet_minor, result.currency) == (2_500, 2_500, "CNY")

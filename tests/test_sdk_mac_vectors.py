@@ -41,7 +41,8 @@ def hkdf_sha256(secret: bytes, info: bytes) -> bytes:
 
 
 def mac_input(method: str, terminal_id: int, key_id: int, serial: int, body: bytes) -> bytes:
-    return b"tally.v1 terminal mac\0" + method.encode() + b"\0" + struct.pack(">IQQ", terminal_id, key_id, serial) + body
+    return b"tally.v1 terminal mac\0" + method.encode() + b"\0" + struct.pack(">IQQ", terminal_id, key_id,
+                                                      serial) + body
 
 
 def context(serial: int) -> dict:
@@ -81,7 +82,8 @@ def make_vectors() -> dict:
             "name": name, "method": method, "terminal_id": terminal_id, "key_id": key_id, "serial": serial,
             "key_hex": key.hex(), "request_type": request.DESCRIPTOR.full_name,
             "request": fields,
-            "body_hex": body.hex(), "mac_input_hex": data.hex(), "mac_hex": hmac.new(key, data, hashlib.sha256).hexdigest(),
+            "body_hex": body.hex(), "mac_input_hex": data.hex(),
+            "mac_hex": hmac.new(key, data, hashlib.sha256).hexdigest(),
         })
     return {
         "about": "Known-answer vectors of Tally's terminal MAC (algorithm aes-hmac-sha256). See docs/integrators.md; "

@@ -19,7 +19,7 @@ from tally_client import ClientSettings, Outcome, ResultCode, SerialAllocator, S
 from tally_client.codes import Channel
 from tally_client.reversals import ReversalQueue
 from tests.support import DEMO_PERSONAL_CARD, REPO, Terminal
-from tests.test_sdk_client import QUICK, free_port, open_client, server_on
+from tests.test_sdk_client import free_port, open_client, server_on
 
 # Card 2 has 300.00 personal: a 400.00 sale takes all of it and 100.00
 # from the channel, whose simulated latency keeps the sale in flight.
@@ -96,7 +96,8 @@ def test_a_lost_answer_is_reported_reversed_and_the_reverse_undoes_the_sale(serv
         assert result.outcome is Outcome.REVERSED and not result.approved
         assert result.result is ResultCode.RESULT_CODE_UNSPECIFIED and result.serial == 1
         [pending] = client.pending_reversals()
-        assert (pending.original_serial, pending.method, pending.reverse_serial) == (1, "/tally.v1.PaymentService/Pay", 2)
+        assert (pending.original_serial, pending.method, pending.reverse_serial) == (1,
+                "/tally.v1.PaymentService/Pay", 2)
         assert client.drain_reversals(timeout_s=20) == 0
         answered = client.reversals.answered[-1]
         assert (answered.original_serial, answered.reverse_serial, answered.result) == (1, 2, ResultCode.APPROVED)
@@ -206,7 +207,8 @@ def test_a_serial_is_never_handed_out_twice_across_a_sigkill(tmp_path):
     path = str(tmp_path / "terminal-101.serial")
     seen = []
     for _ in range(3):
-        worker = subprocess.Popen([sys.executable, "-c", ALLOCATOR_SCRIPT, path], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        worker = subprocess.Popen([sys.executable, "-c", ALLOCATOR_SCRIPT, path], cwd=REPO, stdout=subprocess.PIPE,
+                                  text=True)
         seen.extend(int(worker.stdout.readline()) for _ in range(25))
         worker.send_signal(signal.SIGKILL)
         worker.wait()

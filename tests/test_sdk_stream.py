@@ -44,7 +44,8 @@ def test_the_asyncio_client_pays_and_reverses_a_lost_answer(server_factory, tmp_
 
 
 def contexts(terminal_id: int, count: int, first_serial: int = 1):
-    return [Context(station_id=1, terminal_id=terminal_id, serial=first_serial + i, operator_id=7) for i in range(count)]
+    return [Context(station_id=1, terminal_id=terminal_id, serial=first_serial + i,
+                    operator_id=7) for i in range(count)]
 
 
 def test_the_gateway_stream_matches_many_answers_to_their_operations(server_factory):

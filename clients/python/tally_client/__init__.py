@@ -25,7 +25,8 @@ Depends on grpcio, protobuf and cryptography only; never on Tally's server.
 from tally_client._proto import messages
 from tally_client.aio import AsyncTerminalClient
 from tally_client.client import TerminalClient
-from tally_client.codes import CardAccount, Channel, CustomerTier, Outcome, ResultCode, TransactionKind, TransactionState
+from tally_client.codes import (CardAccount, Channel, CustomerTier, Outcome, ResultCode, TransactionKind,
+                                TransactionState)
 from tally_client.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, FieldViolation, Internal,
                                  InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, TallyRpcError,
                                  Unauthenticated, Unavailable)

@@ -88,7 +88,8 @@ class TerminalBase:
     def queue_lost_reverse(self, prepared: Prepared, original_serial: int) -> PendingReversal:
         """A Reverse the caller sent whose answer was lost: the queue resends
         it (same serial) until answered."""
-        entry = self.reversals.arm(self.terminal_id, self.station_id, self.operator_id, original_serial, operations.REVERSE)
+        entry = self.reversals.arm(self.terminal_id, self.station_id, self.operator_id, original_serial,
+                                   operations.REVERSE)
         return self.reversals.make_due(entry, prepared.serial)
 
     def reverse_request(self, entry: PendingReversal) -> Prepared:

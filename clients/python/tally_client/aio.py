@@ -113,10 +113,12 @@ class AsyncTerminalClient(TerminalBase):
         return await self._payment(timeout_s, operations.pay(amount_minor, card_id, use_fleet, use_personal, use_points,
                                                   points_max, channel, basket, coupon_codes))
 
-    async def pre_authorize(self, card_id: int, amount_minor: int, *, hold_timeout_s: int = 0, timeout_s: float | None = None) -> results.PaymentResult:
+    async def pre_authorize(self, card_id: int, amount_minor: int, *, hold_timeout_s: int = 0,
+                            timeout_s: float | None = None) -> results.PaymentResult:
         return await self._payment(timeout_s, operations.pre_authorize(card_id, amount_minor, hold_timeout_s))
 
-    async def complete(self, txn_id: int, amount_minor: int, *, basket: Iterable[BasketLine] = ()) -> results.PaymentResult:
+    async def complete(self, txn_id: int, amount_minor: int, *, basket: Iterable[BasketLine] = (),
+                       timeout_s: float | None = None) -> results.PaymentResult:
         return await self._payment(timeout_s, operations.complete(txn_id, amount_minor, basket))
 
     async def release(self, txn_id: int, *, timeout_s: float | None = None) -> results.PaymentResult:
@@ -128,7 +130,8 @@ class AsyncTerminalClient(TerminalBase):
     async def refund(self, txn_id: int, amount_minor: int, *, timeout_s: float | None = None) -> results.PaymentResult:
         return await self._payment(timeout_s, operations.refund(txn_id, amount_minor))
 
-    async def top_up(self, card_id: int, amount: int, *, account: CardAccount = CardAccount.PERSONAL, timeout_s: float | None = None) -> results.PaymentResult:
+    async def top_up(self, card_id: int, amount: int, *, account: CardAccount = CardAccount.PERSONAL,
+                     timeout_s: float | None = None) -> results.PaymentResult:
         return await self._payment(timeout_s, operations.top_up(card_id, amount, account))
 
     async def reverse(self, original_serial: int, *, timeout_s: float | None = None) -> results.PaymentResult:
@@ -140,7 +143,8 @@ class AsyncTerminalClient(TerminalBase):
             self._wake.set()
             return results.lost_payment(prepared.serial)
 
-    async def query(self, serial: int | None = None, *, txn_id: int = 0, timeout_s: float | None = None) -> results.QueryResult:
+    async def query(self, serial: int | None = None, *, txn_id: int = 0,
+                    timeout_s: float | None = None) -> results.QueryResult:
         request = operations.query(self.terminal_id if serial else 0, serial or 0, txn_id)
         return results.query_result(await self._read(timeout_s, request), serial or 0)
 
@@ -152,7 +156,8 @@ class AsyncTerminalClient(TerminalBase):
     async def complete_task(self, card_id: int, task: str, *, timeout_s: float | None = None) -> results.LoyaltyResult:
         return await self._loyalty(timeout_s, operations.complete_task(card_id, task))
 
-    async def redeem_gift(self, card_id: int, gift_id: int, quantity: int = 1, *, timeout_s: float | None = None) -> results.LoyaltyResult:
+    async def redeem_gift(self, card_id: int, gift_id: int, quantity: int = 1, *,
+                          timeout_s: float | None = None) -> results.LoyaltyResult:
         return await self._loyalty(timeout_s, operations.redeem_gift(card_id, gift_id, quantity))
 
     async def get_points(self, card_id: int, *, timeout_s: float | None = None) -> results.PointsResult:
@@ -161,8 +166,10 @@ class AsyncTerminalClient(TerminalBase):
     async def list_catalogue(self, *, timeout_s: float | None = None) -> tuple[results.Gift, ...]:
         return results.gifts(await self._read(timeout_s, operations.list_catalogue()))
 
-    async def quote_points(self, card_id: int, amount_minor: int, *, timeout_s: float | None = None) -> results.PointsQuote:
-        return results.points_quote(await self._read(timeout_s, operations.quote_points(card_id, self.station_id, amount_minor)))
+    async def quote_points(self, card_id: int, amount_minor: int, *,
+                           timeout_s: float | None = None) -> results.PointsQuote:
+        return results.points_quote(await self._read(timeout_s, operations.quote_points(card_id, self.station_id,
+                                    amount_minor)))
 
     # ------------------------------------------------------------ the call path
 
@@ -299,6 +306,7 @@ class AsyncTerminalClient(TerminalBase):
                         entry.original_serial, failure)
             return
         self._resend_at.pop(entry.original_serial, None)
-        answered = await asyncio.to_thread(self.reversals.answer, entry, answer.result, answer.result_text, answer.txn_id)
+        answered = await asyncio.to_thread(self.reversals.answer, entry, answer.result, answer.result_text,
+                                           answer.txn_id)
         if self.on_reversal is not None:
             self.on_reversal(answered)

@@ -60,7 +60,8 @@ class TerminalClient(TerminalBase):
         self._resend_at: dict[int, tuple[float, int]] = {}
         self._drainer = None
         if drain:
-            self._drainer = threading.Thread(target=self._drain_forever, name=f"tally-reversals-{terminal_id}", daemon=True)
+            self._drainer = threading.Thread(target=self._drain_forever, name=f"tally-reversals-{terminal_id}",
+                                             daemon=True)
             self._drainer.start()
 
     # ------------------------------------------------------------ lifecycle
@@ -115,13 +116,16 @@ class TerminalClient(TerminalBase):
             use_points: bool = False, points_max: int = 0, channel: Channel = Channel.NONE,
             basket: Iterable[BasketLine] = (), coupon_codes: Iterable[str] = (),
             timeout_s: float | None = None) -> results.PaymentResult:
-        return self._payment(timeout_s, operations.pay(amount_minor, card_id, use_fleet, use_personal, use_points, points_max,
+        return self._payment(timeout_s, operations.pay(amount_minor, card_id, use_fleet, use_personal, use_points,
+                             points_max,
                                             channel, basket, coupon_codes))
 
-    def pre_authorize(self, card_id: int, amount_minor: int, *, hold_timeout_s: int = 0, timeout_s: float | None = None) -> results.PaymentResult:
+    def pre_authorize(self, card_id: int, amount_minor: int, *, hold_timeout_s: int = 0,
+                      timeout_s: float | None = None) -> results.PaymentResult:
         return self._payment(timeout_s, operations.pre_authorize(card_id, amount_minor, hold_timeout_s))
 
-    def complete(self, txn_id: int, amount_minor: int, *, basket: Iterable[BasketLine] = ()) -> results.PaymentResult:
+    def complete(self, txn_id: int, amount_minor: int, *, basket: Iterable[BasketLine] = (),
+                 timeout_s: float | None = None) -> results.PaymentResult:
         return self._payment(timeout_s, operations.complete(txn_id, amount_minor, basket))
 
     def release(self, txn_id: int, *, timeout_s: float | None = None) -> results.PaymentResult:
@@ -133,7 +137,8 @@ class TerminalClient(TerminalBase):
     def refund(self, txn_id: int, amount_minor: int, *, timeout_s: float | None = None) -> results.PaymentResult:
         return self._payment(timeout_s, operations.refund(txn_id, amount_minor))
 
-    def top_up(self, card_id: int, amount: int, *, account: CardAccount = CardAccount.PERSONAL, timeout_s: float | None = None) -> results.PaymentResult:
+    def top_up(self, card_id: int, amount: int, *, account: CardAccount = CardAccount.PERSONAL,
+               timeout_s: float | None = None) -> results.PaymentResult:
         return self._payment(timeout_s, operations.top_up(card_id, amount, account))
 
     def reverse(self, original_serial: int, *, timeout_s: float | None = None) -> results.PaymentResult:
@@ -148,7 +153,8 @@ class TerminalClient(TerminalBase):
             self._wake.set()
             return results.lost_payment(prepared.serial)
 
-    def query(self, serial: int | None = None, *, txn_id: int = 0, timeout_s: float | None = None) -> results.QueryResult:
+    def query(self, serial: int | None = None, *, txn_id: int = 0,
+              timeout_s: float | None = None) -> results.QueryResult:
         """This terminal's request by serial (its stored answer), or a
         transaction by id."""
         request = operations.query(self.terminal_id if serial else 0, serial or 0, txn_id)
@@ -162,7 +168,8 @@ class TerminalClient(TerminalBase):
     def complete_task(self, card_id: int, task: str, *, timeout_s: float | None = None) -> results.LoyaltyResult:
         return self._loyalty(timeout_s, operations.complete_task(card_id, task))
 
-    def redeem_gift(self, card_id: int, gift_id: int, quantity: int = 1, *, timeout_s: float | None = None) -> results.LoyaltyResult:
+    def redeem_gift(self, card_id: int, gift_id: int, quantity: int = 1, *,
+                    timeout_s: float | None = None) -> results.LoyaltyResult:
         return self._loyalty(timeout_s, operations.redeem_gift(card_id, gift_id, quantity))
 
     def get_points(self, card_id: int, *, timeout_s: float | None = None) -> results.PointsResult:
@@ -172,7 +179,8 @@ class TerminalClient(TerminalBase):
         return results.gifts(self._read(timeout_s, operations.list_catalogue()))
 
     def quote_points(self, card_id: int, amount_minor: int, *, timeout_s: float | None = None) -> results.PointsQuote:
-        return results.points_quote(self._read(timeout_s, operations.quote_points(card_id, self.station_id, amount_minor)))
+        return results.points_quote(self._read(timeout_s, operations.quote_points(card_id, self.station_id,
+                                    amount_minor)))
 
     # ------------------------------------------------------------ the call path
 
@@ -237,7 +245,8 @@ class TerminalClient(TerminalBase):
                 self._ensure_signed_on()
                 metadata = self.metadata(prepared)
             try:
-                return self._stub(prepared)(prepared.body, metadata=metadata, timeout=min(settings.attempt_timeout_s, remaining))
+                return self._stub(prepared)(prepared.body, metadata=metadata, timeout=min(settings.attempt_timeout_s,
+                                  remaining))
             except grpc.RpcError as error:
                 last = errors.error_of(error)
                 kind = transport.disposition(error.code())

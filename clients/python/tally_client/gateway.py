@@ -152,7 +152,8 @@ class GatewayStream:
 
     # ------------------------------------------------------------ raw operations
 
-    def submit(self, operation, terminal_id: int = 0, serial: int = 0, timeout_s: float | None = None) -> asyncio.Future:
+    def submit(self, operation, terminal_id: int = 0, serial: int = 0,
+               timeout_s: float | None = None) -> asyncio.Future:
         """A tally.v1.GatewayOperation; the future's result is its
         GatewayResult (payment or query), or TallyRpcError, OperationLost."""
         future = asyncio.get_running_loop().create_future()
@@ -285,7 +286,8 @@ class GatewayStream:
             now = time.monotonic()
             for operation in [*self._pending, *(op for batch in self._in_flight.values() for op in batch)]:
                 if operation.deadline <= now and not operation.future.done():
-                    operation.future.set_exception(OperationLost(operation.terminal_id, operation.serial, self._last_break))
+                    operation.future.set_exception(OperationLost(operation.terminal_id, operation.serial,
+                                                   self._last_break))
             self._pending = [op for op in self._pending if not op.future.done()]
 
     def _fail_all(self, why: str, error: Exception | None = None):

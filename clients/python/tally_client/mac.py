@@ -60,7 +60,8 @@ class KeyAlgorithm(Protocol):
     def sign_on_key(self, secret: bytes) -> bytes:
         """The key a SignOn request is MACed with (key id 0)."""
 
-    def unwrap_working_key(self, secret: bytes, terminal_id: int, key_id: int, expires_ms: int, wrapped: bytes) -> bytes:
+    def unwrap_working_key(self, secret: bytes, terminal_id: int, key_id: int, expires_ms: int,
+                           wrapped: bytes) -> bytes:
         """The working key in KeySignOnAnswer.wrapped_key; WorkingKeyError if it does not open."""
 
     def mac(self, key: bytes, header: bytes, body: bytes) -> bytes:
@@ -83,10 +84,12 @@ class AesHmacSha256:
     def sign_on_key(self, secret: bytes) -> bytes:
         return self._derive(secret, self._SIGN_ON_LABEL)
 
-    def unwrap_working_key(self, secret: bytes, terminal_id: int, key_id: int, expires_ms: int, wrapped: bytes) -> bytes:
+    def unwrap_working_key(self, secret: bytes, terminal_id: int, key_id: int, expires_ms: int,
+                           wrapped: bytes) -> bytes:
         associated = _IDS.pack(terminal_id, key_id, expires_ms)
         try:
-            return AESGCM(self._derive(secret, self._WRAP_LABEL)).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], associated)
+            return AESGCM(self._derive(secret, self._WRAP_LABEL)).decrypt(wrapped[:NONCE_BYTES],
+                          wrapped[NONCE_BYTES:], associated)
         except (InvalidTag, ValueError):
             raise WorkingKeyError("the working key does not open under this terminal's secret") from None
 

@@ -58,7 +58,8 @@ class Request:
 
 def _integer(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: must be an int (minor units, points and ids are integers), got {type(value).__name__}")
+        raise TypeError(f"{name}: must be an int (minor units, points and ids are integers), "
+                        f"got {type(value).__name__}")
     return value
 
 
@@ -169,4 +170,5 @@ def has_terminal(message) -> bool:
 def stamp(message, station_id: int, terminal_id: int, serial: int, operator_id: int) -> None:
     """Fill the request's TerminalContext."""
     context = message.terminal
-    context.station_id, context.terminal_id, context.serial, context.operator_id = station_id, terminal_id, serial, operator_id
+    context.station_id, context.terminal_id = station_id, terminal_id
+    context.serial, context.operator_id = serial, operator_id

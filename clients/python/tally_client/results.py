@@ -11,7 +11,7 @@ serial and an Outcome: ANSWERED (the server's answer is here) or REVERSED
 a Reverse of the serial is queued; see reversals.py).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tally_client.codes import (CardAccount, Channel, CustomerTier, Outcome, ResultCode, TransactionKind,
                                 TransactionState, known)
@@ -198,15 +198,6 @@ class SignOnResult:
     serial: int
 
 
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """Counts for a drain of the reversal queue."""
-
-    sent: int = 0
-    answered: int = 0
-    pending: int = 0
-    errors: tuple[str, ...] = field(default=())
-
 
 # ------------------------------------------------------------ from messages
 
@@ -262,7 +253,8 @@ def loyalty_result(message, serial: int) -> LoyaltyResult:
 
 def points_result(message) -> PointsResult:
     return PointsResult(ResultCode(message.result), message.result_text, message.points_balance, message.points_held,
-                        tuple(PointsLot(l.earned_day, l.expires_day, l.original, l.remaining) for l in message.lots),
+                        tuple(PointsLot(lot.earned_day, lot.expires_day, lot.original, lot.remaining)
+                              for lot in message.lots),
                         known(CustomerTier, message.tier))
 
 

@@ -94,7 +94,8 @@ class ReversalQueue:
         entry = PendingReversal(terminal_id, station_id, operator_id, serial, method, time.time_ns() // 1_000_000)
         with self._mutex:
             if len(self._armed) + len(self._due) >= ENTRIES_MAX:
-                raise OverflowError(f"{self.directory}: {ENTRIES_MAX} reversals pending; the server has not answered them")
+                raise OverflowError(f"{self.directory}: {ENTRIES_MAX} reversals pending; "
+                                    "the server has not answered them")
         write_atomically(self._path(serial), _encode(entry))
         with self._mutex:
             self._armed[serial] = entry

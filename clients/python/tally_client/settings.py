@@ -44,6 +44,7 @@ class ClientSettings:
         if self.operation_timeout_s < self.attempt_timeout_s:
             raise ValueError("operation_timeout_s: must be at least attempt_timeout_s")
         if not 2 <= self.transport_attempts_max <= 5:
-            raise ValueError(f"transport_attempts_max: must be within 2 .. 5 (gRPC's limit), got {self.transport_attempts_max}")
+            raise ValueError("transport_attempts_max: must be within 2 .. 5 (gRPC's limit), "
+                             f"got {self.transport_attempts_max}")
         if self.key_rotation_margin_s < 0:
             raise ValueError("key_rotation_margin_s: must be 0 or more")

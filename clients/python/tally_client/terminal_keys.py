@@ -51,7 +51,8 @@ class TerminalKeys:
             self.station_id, self.terminal_id, serial, operator_id)
         body = request.SerializeToString(deterministic=True)
         key = self.algorithm.sign_on_key(self._secret)
-        return body, mac.metadata(self.algorithm, key, SIGN_ON_METHOD, self.terminal_id, mac.SIGN_ON_KEY_ID, serial, body)
+        return body, mac.metadata(self.algorithm, key, SIGN_ON_METHOD, self.terminal_id, mac.SIGN_ON_KEY_ID, serial,
+                                  body)
 
     def accept(self, answer) -> None:
         """Use the working key of a KeySignOnAnswer from now on (raises

@@ -85,7 +85,8 @@ def channel_options(settings: ClientSettings) -> list[tuple[str, object]]:
     ]
 
 
-def open_channel(target: str, settings: ClientSettings, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+def open_channel(target: str, settings: ClientSettings,
+                 credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
     options = channel_options(settings)
     if credentials is None:
         return grpc.insecure_channel(target, options=options)
