@@ -18,6 +18,7 @@ R = ResultCode
 
 # ISO 8583:1987 field 39 values used below.
 APPROVED = "00"
+PICK_UP_CARD = "04"
 DO_NOT_HONOUR = "05"
 REQUEST_IN_PROGRESS = "09"
 INVALID_TRANSACTION = "12"
@@ -39,7 +40,33 @@ RESPONSE_RECEIVED_TOO_LATE = "68"
 ISSUER_INOPERATIVE = "91"
 DUPLICATE_TRANSMISSION = "94"
 SYSTEM_MALFUNCTION = "96"
-PICK_UP_CARD = "04"
+
+# Their meanings, in the standard's words.
+MEANING: dict[str, str] = {
+    APPROVED: "approved or completed successfully",
+    PICK_UP_CARD: "pick up card",
+    DO_NOT_HONOUR: "do not honour",
+    REQUEST_IN_PROGRESS: "request in progress",
+    INVALID_TRANSACTION: "invalid transaction",
+    INVALID_AMOUNT: "invalid amount",
+    INVALID_CARD_NUMBER: "invalid card number (no such number)",
+    UNABLE_TO_LOCATE_RECORD: "unable to locate record on file",
+    FORMAT_ERROR: "format error",
+    LOST_CARD: "lost card, pick up",
+    INSUFFICIENT_FUNDS: "not sufficient funds",
+    NO_SAVINGS_ACCOUNT: "no savings account",
+    NOT_PERMITTED_TO_CARDHOLDER: "transaction not permitted to cardholder",
+    NOT_PERMITTED_TO_TERMINAL: "transaction not permitted to terminal",
+    SUSPECTED_FRAUD: "suspected fraud",
+    EXCEEDS_AMOUNT_LIMIT: "exceeds withdrawal amount limit",
+    RESTRICTED_CARD: "restricted card",
+    SECURITY_VIOLATION: "security violation",
+    EXCEEDS_FREQUENCY_LIMIT: "exceeds withdrawal frequency limit",
+    RESPONSE_RECEIVED_TOO_LATE: "response received too late",
+    ISSUER_INOPERATIVE: "issuer or switch inoperative",
+    DUPLICATE_TRANSMISSION: "duplicate transmission",
+    SYSTEM_MALFUNCTION: "system malfunction",
+}
 
 RESPONSE_CODE: dict[ResultCode, str] = {
     R.RESULT_CODE_UNSPECIFIED: SYSTEM_MALFUNCTION,
