@@ -49,14 +49,14 @@ def open_client(address: str, state_dir, terminal_id: int = 101, station_id: int
                           state_dir=str(state_dir), **options)
 
 
-def secured_server(base) -> tuple[ServerProcess, dict[int, bytes]]:
+def secured_server(base, *args: str) -> tuple[ServerProcess, dict[int, bytes]]:
     """--terminal-auth, terminals registered (their secrets returned), user root."""
     data_dir, master_key_file = str(base / "data"), str(base / "master.key")
     admin = seed_directory(data_dir, master_key_file, users={"root": (1, 1)})
     secrets = {terminal_id: admin.register_terminal(cli_actor(), terminal_id, station_id)[1]
                for terminal_id, station_id in REGISTERED.items()}
     admin.store.close()
-    return ServerProcess(data_dir, "--terminal-auth", "--master-key-file", master_key_file), secrets
+    return ServerProcess(data_dir, "--terminal-auth", "--master-key-file", master_key_file, *args), secrets
 
 
 @pytest.fixture(scope="module")

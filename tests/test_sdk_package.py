@@ -31,8 +31,8 @@ def wheel(tmp_path_factory) -> str:
     """The wheel, built as a vendor builds it (pip wheel; no network: this
     venv's setuptools and grpcio-tools)."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    SDK], check=True, cwd=str(out))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(out), SDK], check=True, cwd=str(out))
     [built] = os.listdir(out)
     return str(out / built)
 
@@ -150,7 +150,8 @@ def test_the_error_details_decode_as_googleapis_writes_them():
     info = error_details_pb2.ErrorInfo(reason="FIELD_OUT_OF_RANGE", domain="tally.v1",
                                        metadata={"field": "basket[2].amount_minor"})
     bad = error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field="basket[2].amount_minor", description="must be within 0 .. 10^12"),
+        error_details_pb2.BadRequest.FieldViolation(field="basket[2].amount_minor",
+                                                    description="must be within 0 .. 10^12"),
         error_details_pb2.BadRequest.FieldViolation(field="amount_minor", description="lines do not add up")])
     blob = _details(grpc.StatusCode.INVALID_ARGUMENT, info, bad)
     error = errors.error_of_status(grpc.StatusCode.INVALID_ARGUMENT, "words", (("grpc-status-details-bin", blob),))

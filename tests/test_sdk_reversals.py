@@ -19,7 +19,8 @@ from tally_client import ClientSettings, Outcome, ResultCode, SerialAllocator, S
 from tally_client.codes import Channel
 from tally_client.reversals import ReversalQueue
 from tests.support import DEMO_PERSONAL_CARD, REPO, Terminal
-from tests.test_sdk_client import free_port, open_client, server_on
+from tests.test_admin_service import AdminClient
+from tests.test_sdk_client import free_port, open_client, secured_server, server_on
 
 # Card 2 has 300.00 personal: a 400.00 sale takes all of it and 100.00
 # from the channel, whose simulated latency keeps the sale in flight.
@@ -189,6 +190,40 @@ def test_the_background_drainer_sends_the_reverse_by_itself(server_factory, tmp_
         wait_for(lambda: answered, 20)
         assert answered[0].original_serial == 1 and client.pending_reversals() == []
     assert_undone(server, 1)
+
+
+def test_a_refusal_after_an_attempt_that_may_have_run_counts_as_a_lost_answer(tmp_path):
+    """The first attempt times out while its sale waits for the channel (the
+    server may have it); the terminal is disabled meanwhile, so the retry is
+    refused. That refusal does not prove nothing happened: the sale is
+    reported REVERSED (not an error), and its Reverse waits, refused, until
+    the terminal is enabled; then the client signs on again and sends it."""
+    process, secrets = secured_server(tmp_path, "--channel-latency-ms", "1500", "1500")
+    process.start()
+    root = AdminClient(process.channel(), "root")
+    state_dir = tmp_path / "state"
+    try:
+        impatient = ClientSettings(attempt_timeout_s=0.5, operation_timeout_s=10, backoff_initial_s=0.3,
+                                   backoff_max_s=0.4)
+        with open_client(process.address, state_dir, terminal_id=104, station_id=12, secret=secrets[104],
+                         settings=impatient, drain=False) as client:
+            client.sign_on()
+            disable = threading.Timer(0.2, lambda: root.DisableTerminal(terminal_id=104, reason="lane closed"))
+            disable.start()
+            result = sale(client)
+            disable.join()
+            assert result.outcome is Outcome.REVERSED and not result.approved
+            assert client.drain_reversals(timeout_s=1) == 1  # refused while disabled: kept
+        wait_for(lambda: personal_minor(process) == 0)  # the first attempt's sale went through
+        root.EnableTerminal(terminal_id=104)
+        with open_client(process.address, state_dir, terminal_id=104, station_id=12, secret=secrets[104],
+                         drain=False) as client:
+            assert client.drain_reversals(timeout_s=20) == 0
+            assert client.reversals.answered[-1].result == ResultCode.APPROVED
+        wait_for(lambda: personal_minor(process) == PERSONAL_START_MINOR)
+    finally:
+        process.stop()
+    audit_is_clean(process.data_dir)
 
 
 # ------------------------------------------------------------ the state on disk

@@ -232,37 +232,43 @@ class TerminalClient(TerminalBase):
 
     def _send(self, prepared: Prepared, fixed_metadata: tuple | None = None, budget_s: float | None = None):
         """The answer; Lost when the time is up or the server may have acted
-        without answering; TallyRpcError when it refused the request."""
+        without answering; TallyRpcError when it refused the request and no
+        earlier attempt may have reached it."""
         settings = self.settings
         deadline = time.monotonic() + (settings.operation_timeout_s if budget_s is None else budget_s)
-        last, attempt, signed_on_again = None, 0, False
+        last, attempt, signed_on_again, maybe_applied = None, 0, False, False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Lost(last)
-            metadata = fixed_metadata
-            if metadata is None and self.keys is not None:
-                self._ensure_signed_on()
-                metadata = self.metadata(prepared)
+            key_id = self.keys.key_id if self.keys is not None else 0
             try:
-                return self._stub(prepared)(prepared.body, metadata=metadata, timeout=min(settings.attempt_timeout_s,
-                                  remaining))
+                metadata = fixed_metadata if fixed_metadata is not None else self._signed_metadata(prepared)
+                return self._stub(prepared)(prepared.body, metadata=metadata,
+                                            timeout=min(settings.attempt_timeout_s, remaining))
             except grpc.RpcError as error:
-                last = errors.error_of(error)
-                kind = transport.disposition(error.code())
+                last, kind = errors.error_of(error), transport.disposition(error.code())
+            except TallyRpcError as error:  # the sign-on this attempt needed failed: nothing was sent
+                last, kind = error, transport.disposition_of(error)
             if kind is Disposition.REFUSED:
                 if (isinstance(last, errors.Unauthenticated) and fixed_metadata is None and self.keys is not None
                         and not signed_on_again):
-                    # The working key expired or was replaced: sign on, then the same bytes again.
+                    # The working key expired or was dropped: sign on, then the same bytes again.
                     signed_on_again = True
-                    with self._sign_on_lock:
-                        self._sign_on()
+                    self.keys.forget(key_id)
                     continue
-                raise last
+                raise Lost(last) if maybe_applied else last
+            maybe_applied = maybe_applied or last.status not in transport.NOT_RUN
             if kind is Disposition.LOST:
                 raise Lost(last)
             time.sleep(min(transport.backoff_s(attempt, settings), max(0.0, deadline - time.monotonic())))
             attempt += 1
+
+    def _signed_metadata(self, prepared: Prepared) -> tuple | None:
+        if self.keys is None:
+            return None
+        self._ensure_signed_on()
+        return self.metadata(prepared)
 
     # ------------------------------------------------------------ the reversal queue
 

@@ -61,6 +61,12 @@ class TerminalKeys:
                                                 answer.wrapped_key)
         self._working_key, self.key_id, self.expires_ms = key, answer.key_id, answer.expires_ms
 
+    def forget(self, key_id: int) -> None:
+        """The server refused key_id: sign on before the next request (unless
+        another thread already replaced it)."""
+        if self.key_id == key_id:
+            self._working_key = None
+
     def metadata(self, method: str, serial: int, body: bytes) -> tuple:
         """The MAC metadata of a request whose wire bytes are body."""
         if self._working_key is None:

@@ -50,6 +50,19 @@ def disposition(code: grpc.StatusCode) -> Disposition:
     return Disposition.REFUSED
 
 
+def disposition_of(error) -> Disposition:
+    """The disposition of a TallyRpcError (a sign-on that failed, say)."""
+    if error.status not in grpc.StatusCode.__members__:
+        return Disposition.LOST
+    return disposition(grpc.StatusCode[error.status])
+
+
+# A refusal after an attempt that may have reached the server (it timed out,
+# the connection dropped) does not prove that nothing happened: the answer
+# counts as lost. RESOURCE_EXHAUSTED is refused before anything runs.
+NOT_RUN = frozenset(("RESOURCE_EXHAUSTED",))
+
+
 def backoff_s(attempt: int, settings: ClientSettings) -> float:
     """The wait before attempt number `attempt` + 1 (full jitter: spreads the
     terminals of a station that lost the server at the same moment)."""
