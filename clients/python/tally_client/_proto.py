@@ -21,9 +21,9 @@ for building requests and for callers who want the raw messages.
 """
 
 from importlib import resources
+from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import Message
 
 PACKAGE = "tally.v1"
 
@@ -37,10 +37,10 @@ def _load_pool() -> descriptor_pool.DescriptorPool:
 
 
 POOL = _load_pool()
-_classes: dict[str, type[Message]] = {}
+_classes: dict[str, Any] = {}
 
 
-def message_class(full_name: str) -> type[Message]:
+def message_class(full_name: str) -> Any:
     """The class of a message by its full name, e.g. "tally.v1.PayRequest"."""
     found = _classes.get(full_name)
     if found is None:
@@ -48,8 +48,10 @@ def message_class(full_name: str) -> type[Message]:
     return found
 
 
-def tally(name: str) -> type[Message]:
-    """A tally.v1 message class by its short name: tally("PayRequest")."""
+def tally(name: str) -> Any:
+    """A tally.v1 message class by its short name: tally("PayRequest").
+    Typed Any: the classes are made at run time from the descriptors (the
+    SDK's typed view of them is results.py)."""
     return message_class(f"{PACKAGE}.{name}")
 
 
@@ -61,7 +63,7 @@ def enum_values(full_name: str) -> dict[str, int]:
 class _Messages:
     """`tally_client.messages.PayRequest`: every tally.v1 message by name."""
 
-    def __getattr__(self, name: str) -> type[Message]:
+    def __getattr__(self, name: str) -> Any:
         try:
             return tally(name)
         except KeyError:

@@ -9,6 +9,7 @@ Used by: client.py (TerminalClient), aio.py (AsyncTerminalClient).
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from tally_client import _proto, operations
 from tally_client.errors import TallyRpcError
@@ -38,7 +39,7 @@ class Prepared:
     body: bytes
     # The serial the MAC carries: the request's own, 0 when it has none (Query).
     serial: int
-    answer_type: type
+    answer_type: Any
     armed: bool
 
 
@@ -76,9 +77,9 @@ class TerminalBase:
         return Prepared(request.method, body, serial, _proto.tally(operations.ANSWERS[request.method]),
                         request.armed and serial != 0)
 
-    def arm(self, prepared: Prepared) -> PendingReversal | None:
-        if not prepared.armed:
-            return None
+    def arm(self, prepared: Prepared) -> PendingReversal:
+        """Record a request that moves money or points before it is sent."""
+        assert prepared.armed, f"{prepared.method} with serial {prepared.serial} is not reversible"
         return self.reversals.arm(self.terminal_id, self.station_id, self.operator_id, prepared.serial, prepared.method)
 
     def reverse_due(self, entry: PendingReversal) -> PendingReversal:

@@ -45,17 +45,15 @@ class AsyncTerminalClient(TerminalBase):
                          serial_first=serial_first)
         self._target, self._credentials, self._drain = target, credentials, drain
         self.on_reversal = on_reversal
-        self.channel = None
+        self.channel: grpc.aio.Channel | None = None
         self._stubs: dict[str, Callable] = {}
-        self._sign_on_lock: asyncio.Lock | None = None
-        self._drain_lock: asyncio.Lock | None = None
-        self._wake: asyncio.Event | None = None
+        # Bound to the running loop at their first use.
+        self._sign_on_lock, self._drain_lock, self._wake = asyncio.Lock(), asyncio.Lock(), asyncio.Event()
         self._drainer: asyncio.Task | None = None
         self._resend_at: dict[int, tuple[float, int]] = {}
 
     async def start(self) -> "AsyncTerminalClient":
         self.channel = transport.open_aio_channel(self._target, self.settings, self._credentials)
-        self._sign_on_lock, self._drain_lock, self._wake = asyncio.Lock(), asyncio.Lock(), asyncio.Event()
         if self._drain:
             self._drainer = asyncio.get_running_loop().create_task(self._drain_forever())
         return self
@@ -89,13 +87,15 @@ class AsyncTerminalClient(TerminalBase):
 
     async def _sign_on(self) -> results.SignOnResult:
         serial = await asyncio.to_thread(self.serials.next)
-        body, metadata = self.keys.sign_on_request(serial, self.operator_id)
+        keys = self.keys
+        assert keys is not None, "sign_on needs the terminal's secret"
+        body, metadata = keys.sign_on_request(serial, self.operator_id)
         prepared = Prepared(operations.SIGN_ON, body, serial, _proto.tally("KeySignOnAnswer"), armed=False)
         try:
             answer = await self._send(prepared, fixed_metadata=metadata)
         except Lost as lost:
             raise lost.last or errors.Unavailable("sign-on: no answer") from None
-        self.keys.accept(answer)
+        keys.accept(answer)
         return results.SignOnResult(answer.key_id, answer.expires_ms, serial)
 
     async def _ensure_signed_on(self):
@@ -220,6 +220,8 @@ class AsyncTerminalClient(TerminalBase):
     def _stub(self, prepared: Prepared) -> Callable:
         stub = self._stubs.get(prepared.method)
         if stub is None:
+            if self.channel is None:
+                raise RuntimeError("AsyncTerminalClient: call start() (or use `async with`) first")
             stub = self._stubs[prepared.method] = self.channel.unary_unary(
                 prepared.method, request_serializer=None, response_deserializer=prepared.answer_type.FromString)
         return stub

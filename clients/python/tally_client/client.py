@@ -95,13 +95,15 @@ class TerminalClient(TerminalBase):
 
     def _sign_on(self) -> results.SignOnResult:
         serial = self.serials.next()
-        body, metadata = self.keys.sign_on_request(serial, self.operator_id)
+        keys = self.keys
+        assert keys is not None, "sign_on needs the terminal's secret"
+        body, metadata = keys.sign_on_request(serial, self.operator_id)
         prepared = Prepared(operations.SIGN_ON, body, serial, _proto.tally("KeySignOnAnswer"), armed=False)
         try:
             answer = self._send(prepared, fixed_metadata=metadata)
         except Lost as lost:
             raise lost.last or errors.Unavailable("sign-on: no answer") from None
-        self.keys.accept(answer)
+        keys.accept(answer)
         return results.SignOnResult(answer.key_id, answer.expires_ms, serial)
 
     def _ensure_signed_on(self):

@@ -135,7 +135,8 @@ def _details_of(status: grpc.StatusCode, trailing_metadata):
         return None
     if decoded.code != status.value[0]:
         return None
-    reason, field, domain, violations = "", "", "", []
+    reason, field, domain = "", "", ""
+    violations: list[FieldViolation] = []
     for detail in decoded.details:
         type_name = detail.type_url.rsplit("/", 1)[-1]
         try:

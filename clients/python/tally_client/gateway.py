@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -78,7 +79,7 @@ class GatewayStream:
         self._target, self._credentials = target, credentials
         self.channel = channel
         self.window = 1
-        self._call = None
+        self._call: Any = None
         self._pending: list[_Operation] = []
         self._in_flight: dict[int, list[_Operation]] = {}
         self._in_flight_count = 0
@@ -93,6 +94,8 @@ class GatewayStream:
 
     async def start(self) -> "GatewayStream":
         if self.channel is None:
+            if self._target is None:
+                raise ValueError("GatewayStream: give a target address or a channel")
             self.channel = transport.open_aio_channel(self._target, self.settings, self._credentials)
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self

@@ -12,6 +12,7 @@ to check (it names the field and the limit).
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from tally_client import _proto
 from tally_client.codes import CardAccount, Channel
@@ -52,7 +53,7 @@ class Request:
     if lost, is reversed (a TerminalContext request that moves something)."""
 
     method: str
-    message: object
+    message: Any
     armed: bool
 
 
