@@ -173,6 +173,32 @@ def test_a_server_that_comes_up_late_gets_the_same_serial_once(tmp_path):
         server.kill()
 
 
+def test_a_full_server_queue_is_retried_until_every_sale_is_approved_once(server_factory, tmp_path):
+    """--queue-length-max 1 and twelve terminals paying at once: the server
+    refuses many attempts with RESOURCE_EXHAUSTED; every sale is still
+    approved, once, under its own serial."""
+    server = server_factory("--queue-length-max", "1", "--log-requests", "--log-format", "json")
+    settings = ClientSettings(attempt_timeout_s=5, operation_timeout_s=60, backoff_initial_s=0.01, backoff_max_s=0.05)
+    paid = []
+
+    def terminal(terminal_id: int):
+        with open_client(server.address, tmp_path / str(terminal_id), terminal_id=terminal_id, settings=settings,
+                         drain=False) as client:
+            paid.extend((terminal_id, client.pay(10, card_id=DEMO_COMPANY_CARD, use_fleet=True)) for _ in range(25))
+
+    threads = [threading.Thread(target=terminal, args=(terminal_id,)) for terminal_id in range(801, 813)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(paid) == 300 and all(result.approved for _, result in paid)
+    logged = [json.loads(line) for line in server.log_lines if line.startswith("{")]
+    pays = [(entry["terminal_id"], entry["serial"], entry["outcome"]) for entry in logged if entry.get("rpc") == "Pay"]
+    assert sum(outcome == "RESOURCE_EXHAUSTED" for _, _, outcome in pays) > 0  # the path under test was taken
+    approved = sorted((terminal_id, serial) for terminal_id, serial, outcome in pays if outcome == "APPROVED")
+    assert approved == sorted((terminal_id, result.serial) for terminal_id, result in paid)
+
+
 def test_every_call_has_a_deadline(tmp_path):
     """Nothing listens: a read gives up at the call's deadline with a typed
     error, never hangs."""
