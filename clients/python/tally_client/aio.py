@@ -32,7 +32,6 @@ from tally_client.transport import Disposition
 log = logging.getLogger("tally_client")
 
 
-
 class AsyncTerminalClient(TerminalBase):
     def __init__(self, target: str, *, station_id: int, terminal_id: int, operator_id: int, state_dir: str,
                  secret: bytes | None = None, algorithm: str | None = None, settings: ClientSettings | None = None,
@@ -168,8 +167,8 @@ class AsyncTerminalClient(TerminalBase):
 
     async def quote_points(self, card_id: int, amount_minor: int, *,
                            timeout_s: float | None = None) -> results.PointsQuote:
-        return results.points_quote(await self._read(timeout_s, operations.quote_points(card_id, self.station_id,
-                                    amount_minor)))
+        request = operations.quote_points(card_id, self.station_id, amount_minor)
+        return results.points_quote(await self._read(timeout_s, request))
 
     # ------------------------------------------------------------ the call path
 
@@ -194,7 +193,7 @@ class AsyncTerminalClient(TerminalBase):
             await self._queue(entry)
             return None, prepared.serial
         except TallyRpcError:
-            await asyncio.to_thread(self.reversals.disarm, entry)
+            await asyncio.to_thread(self.reversals.disarm, entry)  # refused, and no attempt of it can have run
             raise
         except BaseException:
             # Cancelled or interrupted mid-call: the outcome is unknown. The

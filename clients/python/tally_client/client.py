@@ -33,7 +33,6 @@ from tally_client.transport import Disposition
 log = logging.getLogger("tally_client")
 
 
-
 class TerminalClient(TerminalBase):
     def __init__(self, target: str, *, station_id: int, terminal_id: int, operator_id: int, state_dir: str,
                  secret: bytes | None = None, algorithm: str | None = None, settings: ClientSettings | None = None,
@@ -181,8 +180,8 @@ class TerminalClient(TerminalBase):
         return results.gifts(self._read(timeout_s, operations.list_catalogue()))
 
     def quote_points(self, card_id: int, amount_minor: int, *, timeout_s: float | None = None) -> results.PointsQuote:
-        return results.points_quote(self._read(timeout_s, operations.quote_points(card_id, self.station_id,
-                                    amount_minor)))
+        request = operations.quote_points(card_id, self.station_id, amount_minor)
+        return results.points_quote(self._read(timeout_s, request))
 
     # ------------------------------------------------------------ the call path
 
@@ -204,7 +203,7 @@ class TerminalClient(TerminalBase):
             self._queue(entry)
             return None, prepared.serial
         except TallyRpcError:
-            self.reversals.disarm(entry)  # refused before it ran
+            self.reversals.disarm(entry)  # refused, and no attempt of it can have run
             raise
         except BaseException:
             self._queue(entry)  # interrupted mid-call: its outcome is unknown
