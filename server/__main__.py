@@ -25,7 +25,10 @@ def parse_args(argv):
     parser.add_argument("--kernel", choices=("auto", "cython", "reference"), default="auto",
                         help="ledger kernel: the Cython one if built (auto), or the plain-Python reference")
     parser.add_argument("--map-size-gib", type=int, default=MAP_SIZE_BYTES_DEFAULT // 2**30,
-                        help="LMDB map size, GiB of address space (default %(default)s)")
+                        help="LMDB map size, GiB of address space, 1 .. 16384 (default %(default)s): writes are refused "
+                        "with RESOURCE_EXHAUSTED (STORE_FULL) once the data fills it")
+    parser.add_argument("--map-size-mib", type=int, metavar="MIB",
+                        help="LMDB map size in MiB instead, at least 8: for tests and small demos")
     parser.add_argument("--utc-offset-minutes", type=int, default=0,
                         help="business day boundary, minutes east of UTC (480 for UTC+8)")
     parser.add_argument("--points-per-unit", type=int, default=100, help="points that pay one currency unit")
@@ -61,6 +64,9 @@ def parse_args(argv):
     parser.add_argument("--master-key-file", metavar="FILE",
                         help="master key the terminals' keys are sealed under (python -m core.admin master-key); "
                         "needed to register terminals and for sign-on")
+    parser.add_argument("--insecure", action="store_true",
+                        help="listen beyond the loopback without TLS, --terminal-auth and --back-office-auth anyway "
+                        "(refused by default: secure mode is the default away from 127.0.0.1)")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve gRPC over TLS with this certificate (chain)")
     parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     parser.add_argument("--currency", default="CNY", metavar="CODE",
@@ -84,7 +90,7 @@ def main(argv=None):
             data_dir=args.data,
             listen=args.listen,
             kernel=args.kernel,
-            map_size_bytes=args.map_size_gib * 2**30,
+            map_size_bytes=args.map_size_mib * 2**20 if args.map_size_mib is not None else args.map_size_gib * 2**30,
             utc_offset_minutes=args.utc_offset_minutes,
             points_per_unit=args.points_per_unit,
             earn_points_per_unit=args.earn_points_per_unit,
@@ -100,6 +106,7 @@ def main(argv=None):
             tls_key_file=args.tls_key,
             heap_trim_interval_s=args.heap_trim_interval,
             currency=args.currency,
+            insecure=args.insecure,
             simulator=SimulatorSettings(
                 latency_ms_min=args.channel_latency_ms[0],
                 latency_ms_max=args.channel_latency_ms[1],
