@@ -71,6 +71,8 @@ def parse_args(argv):
                         "(refused by default: secure mode is the default away from 127.0.0.1)")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve gRPC over TLS with this certificate (chain)")
     parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument("--currency", default="CNY", metavar="CODE",
+                        help="ISO 4217 code of the network's currency, sent with every amount (default %(default)s)")
     parser.add_argument("--heap-trim-interval", type=float, default=HEAP_TRIM_INTERVAL_S_DEFAULT, metavar="S",
                         help="hand the heap's free pages back to the OS every S seconds, so that RSS shows memory "
                         "in use, not a past burst's (glibc malloc_trim; server/heap.py); 0: never (default %(default)g)")
@@ -105,6 +107,7 @@ def main(argv=None):
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,
             heap_trim_interval_s=args.heap_trim_interval,
+            currency=args.currency,
             insecure=args.insecure,
             simulator=SimulatorSettings(
                 latency_ms_min=args.channel_latency_ms[0],

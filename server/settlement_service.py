@@ -31,6 +31,7 @@ from core.settlement.model import DifferenceState, ItemKind, ResolutionAction, p
 from core.settlement.reconcile import WINDOW_MS_DEFAULT, WINDOW_MS_MAX
 from core.settlement.statements import StatementError
 from core.settlement.statements.common import STATEMENT_BYTES_MAX
+from server import answers
 from server.shift_service import ShiftHandlers
 from tally.v1 import settlement_pb2, settlement_pb2_grpc
 
@@ -219,6 +220,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
                                                entries=line.entries) for line in clearing.lines],
             net_minor=clearing.net_minor,
             discounts=[settlement_pb2.DiscountLine(**msgspec.structs.asdict(line)) for line in clearing.discounts],
+            currency=answers.currency(),
         )
 
     # ------------------------------------------------------------ shifts, days, offline batches
