@@ -61,6 +61,7 @@ import numpy
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import charts, promotions_load
+from bench.login_flood import LoginFlood
 from bench.gateway_client import GatewayStream, OperationError
 from core.store import transactions_in_directory
 from tally.v1 import admin_pb2, card_pb2, card_pb2_grpc, common_pb2, payment_pb2, payment_pb2_grpc
@@ -88,6 +89,9 @@ PROMOTIONS_RATIO_TARGET = 0.8
 # this share of the throughput on an empty one (issue 7).
 DATA_RATIO_TARGET = 0.9
 # What server/admin_service.py logs when it installs the interceptor.
+# --login-flood: the flood may raise Pay's p99 by at most this factor (issue 15).
+LOGIN_FLOOD_P99_RATIO_MAX = 1.2
+LOGIN_FLOOD_CLIENTS_MAX = 256
 AUTH_LOG_LINE = "terminal and partner authentication on"
 SIGNED_TOP_UP_TIMEOUT_S = 30.0
 
@@ -152,6 +156,8 @@ class Parameters(msgspec.Struct, frozen=True):
     promotions: bool = False
     # Also run Pay on a new empty directory, the baseline of --data.
     compare_empty: bool = False
+    # Clients flooding the server with wrong logins in the variant runs; 0: none.
+    login_flood: int = 0
     # --terminal-auth / --promotions / --compare-empty: how many times the
     # plain, variant, variant, plain sequence runs (each run lasts
     # duration / (2 * rounds)).
@@ -289,6 +295,11 @@ class Report(msgspec.Struct, omit_defaults=True):
     data_ratio: float | None = None
     # --data only: the transactions the directory held before the run.
     data_transactions: int | None = None
+    # --login-flood only: the Pay run during a flood of wrong logins and its
+    # ratios to the plain run; issue 15 asks flood_p99_ratio <= LOGIN_FLOOD_P99_RATIO_MAX.
+    pay_flood: TargetReport | None = None
+    flood_ratios: AuthRatios | None = None
+    flood_p99_ratio: float | None = None
 
 
 class Measured(msgspec.Struct):
@@ -361,6 +372,11 @@ def parse_args(argv) -> argparse.Namespace:
                         help="with --data: also run Pay on a new empty data directory and report data_ratio = the "
                         "throughput on --data / on the empty one (issue 7 asks for at least 0.9 on 10 million "
                         "transactions); the two alternate like --terminal-auth, each run with its own warm-up")
+    parser.add_argument("--login-flood", type=int, nargs="?", const=16, default=0, metavar="CLIENTS",
+                        help="also run Pay while CLIENTS (16 if not given) clients flood the server with wrong logins "
+                        "(AdminService.Login, unknown users: a full argon2id check each), and report flood_p99_ratio = "
+                        "Pay's p99 with the flood / without (issue 15 asks at most 1.2); the two alternate like "
+                        "--terminal-auth")
     parser.add_argument("--rounds", type=int, default=1, metavar="R",
                         help="with --terminal-auth, --promotions or --compare-empty: run the plain, variant, "
                         "variant, plain sequence R times, each run lasting --duration / (2 R); the ratio counts every "
@@ -387,8 +403,10 @@ def check_args(parser, args):
         parser.error("--amount-minor must be within 1 .. 10^12")
     if args.duration <= 0 or args.warmup < 0 or args.call_timeout <= 0:
         parser.error("--duration and --call-timeout must be positive, --warmup not negative")
-    if args.terminal_auth + args.promotions + args.compare_empty > 1:
-        parser.error("--terminal-auth, --promotions and --compare-empty each compare two runs: use one at a time")
+    if args.terminal_auth + args.promotions + args.compare_empty + bool(args.login_flood) > 1:
+        parser.error("--terminal-auth, --promotions, --compare-empty and --login-flood each compare two runs: use one at a time")
+    if not 0 <= args.login_flood <= LOGIN_FLOOD_CLIENTS_MAX:
+        parser.error(f"--login-flood must be within 1 .. {LOGIN_FLOOD_CLIENTS_MAX} clients")
     if args.compare_empty and not args.data:
         parser.error("--compare-empty needs --data DIR: the directory compared with an empty one")
     if not 1 <= args.rounds <= ROUNDS_MAX:
@@ -415,6 +433,7 @@ def parameters_of(args) -> Parameters:
         terminal_auth=args.terminal_auth,
         promotions=args.promotions,
         compare_empty=args.compare_empty,
+        login_flood=args.login_flood,
         rounds=args.rounds,
     )
 
@@ -508,14 +527,22 @@ def server_command(target: str, address: str, parameters: Parameters, data_dir: 
 
 
 def run_target(target: str, parameters: Parameters, data_dir: str, log_path: str,
-               auth: TerminalAuth | None = None) -> tuple[TargetReport, Measured]:
+               auth: TerminalAuth | None = None, login_flood: int = 0) -> tuple[TargetReport, Measured]:
+    """One server, one load. login_flood: that many clients flood it with
+    wrong logins for the whole run (warm-up included)."""
     address = f"127.0.0.1:{free_port()}"
     process = start_server(server_command(target, address, parameters, data_dir, auth), log_path)
+    flood = None
     try:
         wait_until_serving(process, address, log_path)
+        flood = LoginFlood(address, login_flood).start() if login_flood else None
         measured = drive_load(address, parameters, fund_cards=(target == "pay"), server_pid=process.pid,
                               secrets=auth.secrets if auth is not None else ())
     finally:
+        if flood is not None:
+            measured_flood = flood.stop()
+            print(f"login flood: {measured_flood['attempts']} wrong logins by {measured_flood['clients']} clients, "
+                  f"{measured_flood['refused_busy']} refused at once (RESOURCE_EXHAUSTED)", file=sys.stderr)
         exit_code = stop_server(process)
     return summarize(measured, parameters.duration_s, exit_code), measured
 
@@ -981,7 +1008,7 @@ def print_table(report: Report):
     if report.data_transactions is not None:
         print(f"data directory: {report.data_transactions:,} transactions when the run began")
     rows = (("pay", report.pay), ("pay+auth", report.pay_auth), ("pay+promo", report.pay_promotions),
-            ("pay-empty", report.pay_empty), ("echo", report.echo))
+            ("pay-empty", report.pay_empty), ("pay+flood", report.pay_flood), ("echo", report.echo))
     for name, target in rows:
         if target is None:
             continue
@@ -996,17 +1023,21 @@ def print_table(report: Report):
     print_variant_ratios("auth/pay", "auth_ratio", report.auth_ratios, AUTH_RATIO_TARGET)
     print_variant_ratios("promo/pay", "promotions_ratio", report.promotions_ratios, PROMOTIONS_RATIO_TARGET)
     print_variant_ratios("pay/empty", "data_ratio", report.data_ratios, DATA_RATIO_TARGET)
+    print_variant_ratios("flood/pay", "flood_throughput_ratio", report.flood_ratios, None)
+    if report.flood_p99_ratio is not None:
+        verdict = "meets" if report.flood_p99_ratio <= LOGIN_FLOOD_P99_RATIO_MAX else "misses"
+        print(f"{'':9}flood_p99_ratio {report.flood_p99_ratio:.2f} ({verdict} the target <= {LOGIN_FLOOD_P99_RATIO_MAX})")
     if report.echo is None:
         return
     print(f"{'pay/echo':9}{'':10}{cell(report.ratios.throughput, 3):>10}{'':27}{cell(report.ratios.latency_p99, 2):>9}"
           f"{'':35}{cell(report.ratios.server_cpu_per_request, 2):>16}")
 
 
-def print_variant_ratios(label: str, name: str, ratios: AuthRatios | None, target: float):
-    """The ratio line of a --terminal-auth or --promotions run, with its verdict."""
+def print_variant_ratios(label: str, name: str, ratios: AuthRatios | None, target: float | None):
+    """The ratio line of a --terminal-auth or --promotions run, with its verdict (none without a target)."""
     if ratios is None:
         return
-    verdict = "" if ratios.throughput is None else (
+    verdict = "" if ratios.throughput is None or target is None else (
         f"   {name} {ratios.throughput:.3f} ({'meets' if ratios.throughput >= target else 'misses'} the target >= {target})")
     print(f"{label:9}{'':10}{cell(ratios.throughput, 3):>10}{'':27}{cell(ratios.latency_p99, 2):>9}"
           f"{'':35}{cell(ratios.server_cpu_per_request, 2):>16}{verdict}")
@@ -1026,11 +1057,11 @@ def write_json(report: Report, path: str):
 
 def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
     data_dir = parameters.data_dir or os.path.join(work_dir, "data")
-    alternating = parameters.terminal_auth or parameters.promotions or parameters.compare_empty
+    alternating = parameters.terminal_auth or parameters.promotions or parameters.compare_empty or parameters.login_flood
     # The log the kernel's name is read from: the first plain Pay run's.
     pay_log_path = os.path.join(work_dir, alternating_log_name("pay-server", 1, 0) if alternating else "pay-server.log")
     auth = register_terminals(data_dir, work_dir, parameters.concurrency) if parameters.terminal_auth else None
-    pay_auth = pay_promotions = pay_empty = None
+    pay_auth = pay_promotions = pay_empty = pay_flood = None
     by_round = []
     # Every run adds to a --data directory: say what this one began with.
     data_transactions = transactions_in_directory(parameters.data_dir) if parameters.data_dir else None
@@ -1040,6 +1071,8 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
         (pay, measured), (pay_auth, _), by_round = run_with_and_without_auth(parameters, data_dir, work_dir, auth)
     elif parameters.promotions:
         (pay, measured), (pay_promotions, _), by_round = run_with_and_without_promotions(parameters, data_dir, work_dir)
+    elif parameters.login_flood:
+        (pay, measured), (pay_flood, _), by_round = run_with_and_without_login_flood(parameters, data_dir, work_dir)
     else:
         pay, measured = run_target("pay", parameters, data_dir, pay_log_path)
     echo = None
@@ -1067,6 +1100,10 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
         report.pay_empty = pay_empty
         report.data_ratios = auth_ratios_of(pay_empty, pay, by_round)
         report.data_ratio = report.data_ratios.throughput
+    if pay_flood is not None:
+        report.pay_flood = pay_flood
+        report.flood_ratios = auth_ratios_of(pay, pay_flood, by_round)
+        report.flood_p99_ratio = report.flood_ratios.latency_p99
     report.data_transactions = data_transactions
     return report, measured
 
@@ -1081,6 +1118,16 @@ def run_with_and_without_auth(parameters: Parameters, data_dir: str, work_dir: s
         return part
 
     return run_alternating(parameters, data_dir, work_dir, "pay-auth-server", run_secured)
+
+
+def run_with_and_without_login_flood(parameters: Parameters, data_dir: str, work_dir: str) -> tuple:
+    """(plain Pay, Pay while LOGIN_FLOOD_CLIENTS clients flood the server
+    with wrong logins): issue 15 asks that the flood keep Pay's p99 within
+    LOGIN_FLOOD_P99_RATIO_MAX of the plain run's."""
+    def run_flooded(half: Parameters, log_path: str):
+        return run_target("pay", half, data_dir, log_path, login_flood=parameters.login_flood)
+
+    return run_alternating(parameters, data_dir, work_dir, "pay-flood-server", run_flooded)
 
 
 def run_with_and_without_promotions(parameters: Parameters, data_dir: str, work_dir: str) -> tuple:
