@@ -38,8 +38,9 @@ from core.admin.errors import (
 from core.admin.cards import CardView
 from core.admin.customers import CustomerProfile, CustomerView
 from core.admin.directory import station_domain_op
-from core.admin.model import LIST_LIMIT_DEFAULT, Organisation, OrgKind, u32_key, unpack
+from core.admin.model import LIST_LIMIT_DEFAULT, FieldCipher, Organisation, OrgKind, u32_key, unpack
 from core.commit import GroupCommitter
+from core.errors import TallyError
 from core.results import ResultCode
 from core.store import rows
 from server.errors import InvalidRequest
@@ -153,7 +154,8 @@ def terminal_message(terminal) -> admin_pb2.TerminalRecord:
     return admin_pb2.TerminalRecord(
         terminal_id=terminal.terminal_id, station_id=terminal.station_id, name=terminal.name, status=int(terminal.status),
         disabled_reason=terminal.disabled_reason, registered_ms=terminal.registered_ms,
-        key_id=terminal.key_id, key_expires_ms=terminal.key_expires_ms, signon_ms=terminal.signon_ms)
+        key_id=terminal.key_id, key_expires_ms=terminal.key_expires_ms, signon_ms=terminal.signon_ms,
+        key_algorithm=int(terminal.key_algorithm))
 
 
 def user_message(user) -> admin_pb2.User:
@@ -267,7 +269,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     @admin_rpc
     def RegisterTerminal(self, call, request):
-        terminal, secret = self.admin.register_terminal(call.actor, request.terminal_id, request.station_id, request.name)
+        # UNSPECIFIED (0): the default suite; the proto's numbers are keys.KeyAlgorithm's.
+        algorithm = request.key_algorithm or keys.KeyAlgorithm.AES_HMAC_SHA256
+        terminal, secret = self.admin.register_terminal(call.actor, request.terminal_id, request.station_id, request.name,
+                                                        algorithm)
         return admin_pb2.RegisterTerminalAnswer(terminal=terminal_message(terminal), secret_key=secret)
 
     @admin_rpc
@@ -510,7 +515,7 @@ def terminal_key_handler(admin: Admin) -> grpc.GenericRpcHandler:
             await context.abort(status_of(error), str(error))
         log.info("terminal %d signed on: working key %d", terminal_id, signed_on.key_id)
         return admin_pb2.KeySignOnAnswer(key_id=signed_on.key_id, wrapped_key=signed_on.wrapped_key,
-                                         expires_ms=signed_on.expires_ms)
+                                         expires_ms=signed_on.expires_ms, key_algorithm=int(signed_on.key_algorithm))
 
     return grpc.method_handlers_generic_handler("tally.v1.TerminalKeyService", {
         "SignOn": grpc.unary_unary_rpc_method_handler(sign_on, response_serializer=admin_pb2.KeySignOnAnswer.SerializeToString),
@@ -520,16 +525,34 @@ def terminal_key_handler(admin: Admin) -> grpc.GenericRpcHandler:
 # ---------------------------------------------------------------- wiring
 
 
-def load_master_key_of(settings) -> bytes | None:
-    if settings.master_key_file is None:
-        return None
+def load_master_key_of(settings) -> keys.MasterKey | None:
+    """The master key of --master-key-file or --pkcs11-module (a PKCS#11
+    token, opened here: in each worker after the fork), or None; a key that
+    cannot be had stops the start with one line saying why."""
     try:
-        return keys.load_master_key(settings.master_key_file)
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
+        if settings.master_key_file is not None:
+            master_key = keys.SoftwareMasterKey.from_file(settings.master_key_file)
+        elif settings.pkcs11_module is not None:
+            from core.admin import hsm
+
+            master_key = hsm.Pkcs11MasterKey(hsm.TokenConfig(settings.pkcs11_module, settings.pkcs11_token_label,
+                                                             settings.pkcs11_key_label, settings.pkcs11_pin_file))
+        else:
+            log.warning("no master key: terminals cannot be registered or sign on, and customers' personal fields "
+                        "are stored in the clear")
+            return None
+    except (TallyError, ValueError) as error:
+        raise SystemExit(f"python -m server: {error}") from None
+    log.info("master key: %s", master_key.description)
+    return master_key
 
 
-def registrar_for(settings, store, master_key: bytes | None, server):
+def field_cipher_of(settings) -> FieldCipher:
+    """--pii-cipher as the record's enum."""
+    return {"aes": FieldCipher.AES_256_GCM, "sm4": FieldCipher.SM4_GCM}[settings.pii_cipher]
+
+
+def registrar_for(settings, store, master_key: keys.MasterKey | None, server):
     """What services register with: the server, behind the terminal-auth
     interceptor with --terminal-auth (server/terminal_auth.py) and the
     back-office one with --back-office-auth (server/back_office_auth.py).
@@ -548,10 +571,11 @@ def registrar_for(settings, store, master_key: bytes | None, server):
     return registrar
 
 
-def add_admin_services(server, store, master_key: bytes | None, committer: GroupCommitter | None = None):
+def add_admin_services(server, store, master_key: keys.MasterKey | None, committer: GroupCommitter | None = None,
+                       field_cipher: FieldCipher = FieldCipher.AES_256_GCM):
     kernel = committer.ledger.kernel if committer is not None else None
     utc_offset_minutes = committer.utc_offset_minutes if committer is not None else 0
-    admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=utc_offset_minutes)
+    admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=utc_offset_minutes, field_cipher=field_cipher)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(admin, committer), server)
     server.add_generic_rpc_handlers((terminal_key_handler(admin),))
 

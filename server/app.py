@@ -127,7 +127,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway, services)
     settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(ledger, committer, payments), services)
     loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server(LoyaltyService(ledger, committer, rules, promotions.risk), services)
-    admin_service.add_admin_services(services, store, master_key, committer)
+    admin_service.add_admin_services(services, store, master_key, committer, admin_service.field_cipher_of(settings))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
     # Reflection wants the aio server itself (it checks the type); it is no terminal RPC.

@@ -90,6 +90,8 @@ BATCH_REFUSED_TEXT = ("BatchUpload carries no per-sale MAC: with --terminal-auth
 DECIMAL_DIGITS_MAX = 20
 _FIELDS = (keys.METADATA_TERMINAL, keys.METADATA_KEY_ID, keys.METADATA_SERIAL, keys.METADATA_MAC)
 _NO_FINGERPRINT = bytes(16)
+# Of every key suite's MAC; the terminal's own suite decides which one verifies.
+MAC_LENGTHS = frozenset(suite.mac_bytes for suite in keys.SUITES.values())
 
 
 class Refusal(Exception):
@@ -121,8 +123,9 @@ def parse_metadata(metadata) -> tuple[int, int, int, bytes]:
         mac_bytes = bytes.fromhex(mac)
     except ValueError:
         mac_bytes = b""
-    if len(mac_bytes) != keys.MAC_BYTES:
-        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{keys.METADATA_MAC}: must be {2 * keys.MAC_BYTES} hex digits")
+    if len(mac_bytes) not in MAC_LENGTHS:
+        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{keys.METADATA_MAC}: must be {2 * keys.MAC_BYTES} hex digits "
+                                                        f"(HMAC-SHA256) or {2 * keys.SM4_MAC_BYTES} (CMAC-SM4)")
     return (_decimal(terminal, keys.METADATA_TERMINAL), _decimal(key_id, keys.METADATA_KEY_ID),
             _decimal(serial, keys.METADATA_SERIAL), mac_bytes)
 
@@ -130,7 +133,7 @@ def parse_metadata(metadata) -> tuple[int, int, int, bytes]:
 class TerminalGuard:
     """The checks of the module's docstring, without gRPC around them."""
 
-    def __init__(self, store: Store, master_key: bytes, clock=now_ms):
+    def __init__(self, store: Store, master_key: keys.MasterKey, clock=now_ms):
         self.store = store
         self.working_keys = WorkingKeys(store, master_key)
         self.clock = clock
@@ -146,7 +149,7 @@ class TerminalGuard:
             except AdminError as error:
                 code = grpc.StatusCode.PERMISSION_DENIED if isinstance(error, PermissionDenied) else grpc.StatusCode.UNAUTHENTICATED
                 raise Refusal(code, str(error)) from None
-            if not keys.mac_matches(working_key, method, terminal_id, key_id, serial, body, mac):
+            if not keys.mac_matches(working_key, method, terminal_id, key_id, serial, body, mac, terminal.key_algorithm):
                 raise Refusal(grpc.StatusCode.UNAUTHENTICATED, f"MAC of terminal {terminal_id} does not verify")
             try:
                 request = parse(body)
