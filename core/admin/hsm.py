@@ -96,10 +96,7 @@ def open_session(config: TokenConfig, write: bool = False):
     _require_label(config.token_label, "token label")
     _require_label(config.key_label, "key label")
     pin = read_pin(config.pin_file)
-    try:
-        library = pkcs11.lib(config.module)
-    except (OSError, errors.PKCS11Error) as error:
-        raise FailedPrecondition(f"PKCS#11 module {config.module}: cannot load it: {error or type(error).__name__}") from None
+    library = _library(config.module)
     try:
         token = library.get_token(token_label=config.token_label)
     except errors.NoSuchToken:
@@ -108,12 +105,33 @@ def open_session(config: TokenConfig, write: bool = False):
         raise FailedPrecondition(f"PKCS#11 module {config.module}: several tokens labelled {config.token_label!r}") from None
     try:
         return token.open(user_pin=pin, rw=write)
+    except errors.UserAlreadyLoggedIn:
+        # A login is the whole process's, for every session on the token
+        # (PKCS#11: C_Login applies to the application): this process
+        # logged in already, with a PIN the token took.
+        return token.open(rw=write)
     except (errors.PinIncorrect, errors.PinInvalid, errors.PinLenRange):
         raise Unauthenticated(f"PKCS#11 token {config.token_label!r}: the PIN is refused") from None
     except errors.PinLocked:
         raise Unauthenticated(f"PKCS#11 token {config.token_label!r}: the PIN is locked; the security officer unlocks it") from None
     except errors.PKCS11Error as error:
         raise FailedPrecondition(f"PKCS#11 token {config.token_label!r}: cannot log in ({type(error).__name__})") from None
+
+
+# PKCS#11 library path -> the library, loaded and initialised once per
+# process (C_Initialize twice is an error, and a library finalised under
+# open sessions ends them).
+_LIBRARIES: dict[str, "pkcs11.lib"] = {}
+
+
+def _library(module: str):
+    library = _LIBRARIES.get(module)
+    if library is None:
+        try:
+            library = _LIBRARIES[module] = pkcs11.lib(module)
+        except (OSError, errors.PKCS11Error) as error:
+            raise FailedPrecondition(f"PKCS#11 module {module}: cannot load it: {error or type(error).__name__}") from None
+    return library
 
 
 def find_key(session, config: TokenConfig, key_type, made_by: str):
