@@ -20,9 +20,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from core.admin import keys
 from core.admin.access import cli_actor
-from core.admin.model import KeyAlgorithm, pack, u32_key
+from core.admin.model import KeyAlgorithm, pack, u32_key, unpack
+from core.admin.model import Terminal as TerminalRecord
 from core.admin.terminal_client import TerminalKeys
 from core.results import OpKind
+from core.store import open_store, rows
 from server.terminal_auth import Refusal, TerminalGuard
 from tally.v1 import admin_pb2, common_pb2, payment_pb2
 from tests.support import REPO, ServerProcess, Terminal
@@ -255,3 +257,20 @@ def test_registering_with_an_unknown_suite_is_refused_naming_the_field(sm4_serve
     assert text == "key_algorithm: must be one of AES_HMAC_SHA256, SM4_CMAC"
     default = root.RegisterTerminal(terminal_id=203, station_id=12)
     assert default.terminal.key_algorithm == admin_pb2.TERMINAL_KEY_ALGORITHM_AES_HMAC_SHA256
+
+
+def test_bench_e2e_measures_pay_with_sm4_terminals(tmp_path):
+    data_dir, report_path = str(tmp_path / "data"), tmp_path / "sm4.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "e2e", "--terminal-auth", "--terminal-auth-algorithm", "sm4", "--skip-echo",
+         "--concurrency", "4", "--duration", "2", "--warmup", "0.5", "--data", data_dir, "--json", str(report_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["parameters"]["terminal_auth_algorithm"] == "sm4" and "auth_ratio (sm4)" in result.stdout
+    assert report["pay_auth"]["requests"] > 0 and report["pay_auth"]["errors"] == 0
+    store = open_store(data_dir, 2**30, readonly=True)
+    with store.env.begin() as txn:
+        suites = {unpack(TerminalRecord, value).key_algorithm for _, value in rows(txn, store.admin_terminals)}
+    store.close()
+    assert suites == {KeyAlgorithm.SM4_CMAC}
