@@ -26,6 +26,7 @@ from core.admin import Admin, audit, keys
 from core.admin.access import cli_actor, now_ms
 from core.admin.errors import AdminError
 from core.admin.model import AuditHead, OrgKind, Role
+from core.errors import FailedPrecondition as Refused
 from core.errors import TallyError
 from core.store import MAP_SIZE_BYTES_DEFAULT, open_store
 
@@ -120,14 +121,14 @@ def token_config_of(args):
     from core.admin import hsm
 
     if not args.token_label:
-        raise SystemExit(f"{PROG}: --pkcs11-module needs --token-label")
+        raise Refused("--pkcs11-module needs --token-label")
     return hsm.TokenConfig(args.pkcs11_module, args.token_label, args.key_label, args.pin_file)
 
 
 def master_key_of(args) -> keys.MasterKey:
     token = token_config_of(args)
     if (token is None) == (args.master_key_file is None):
-        raise SystemExit(f"{PROG}: the master key: --master-key-file FILE or --pkcs11-module (one of them)")
+        raise Refused("the master key: --master-key-file FILE or --pkcs11-module (one of them)")
     if token is None:
         return keys.SoftwareMasterKey.from_file(args.master_key_file)
     from core.admin import hsm
@@ -140,14 +141,14 @@ def read_password(from_stdin: bool) -> str:
         return sys.stdin.readline().rstrip("\n")
     first = getpass.getpass("password: ")
     if getpass.getpass("again: ") != first:
-        raise SystemExit(f"{PROG}: the passwords differ")
+        raise Refused("the passwords differ")
     return first
 
 
 def make_master_key(args) -> int:
     token = token_config_of(args)
     if (token is None) == (args.out is None):
-        raise SystemExit(f"{PROG}: master-key: --out FILE, or --pkcs11-module with --token-label (one of them)")
+        raise Refused("master-key: --out FILE, or --pkcs11-module with --token-label (one of them)")
     if token is None:
         keys.new_master_key_file(args.out)
         print(f"master key written to {args.out}: keep it off the data directory's backups")
@@ -163,7 +164,7 @@ def make_master_key(args) -> int:
 def make_audit_key(args) -> int:
     token = token_config_of(args)
     if token is None:
-        raise SystemExit(f"{PROG}: audit-key: --pkcs11-module and --token-label name the token")
+        raise Refused("audit-key: --pkcs11-module and --token-label name the token")
     from core.admin import hsm
 
     hsm.create_audit_key(token)
@@ -262,12 +263,12 @@ def check_head_mac(published: audit.PublishedHead, args) -> audit.Breach | None:
     without is refused when a token is given (it would pass unsigned)."""
     token = token_config_of(args)
     if published.mac and token is None:
-        raise SystemExit(f"{PROG}: {args.expected_head} is MACed by {published.mac_key}: give --pkcs11-module, "
+        raise Refused(f"{args.expected_head} is MACed by {published.mac_key}: give --pkcs11-module, "
                          f"--token-label and --key-label to check it")
     if token is None:
         return None
     if not published.mac:
-        raise SystemExit(f"{PROG}: {args.expected_head} carries no MAC, and --pkcs11-module asks to check one")
+        raise Refused(f"{args.expected_head} carries no MAC, and --pkcs11-module asks to check one")
     from core.admin import hsm
 
     signer = hsm.Pkcs11Signer(token)
@@ -282,7 +283,7 @@ def write_audit_head(admin: Admin, args) -> int:
     a head of a broken chain is not published."""
     result = admin.verify_audit()
     if result.breaches:
-        raise SystemExit(f"{PROG}: the chain is broken ({len(result.breaches)} breach(es); see verify-audit): "
+        raise Refused(f"the chain is broken ({len(result.breaches)} breach(es); see verify-audit): "
                          f"no head published")
     head = AuditHead(result.head_seq, bytes.fromhex(result.head_hash))
     token = token_config_of(args)
