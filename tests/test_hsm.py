@@ -2,7 +2,8 @@
 the token by `python -m core.admin master-key`, never readable out of it,
 sealing inside it; a real server started with the --pkcs11-* flags
 registers terminals (both key suites), which sign on and pay with valid
-MACs; a wrong or missing PIN stops the start with one line saying why."""
+MACs; a wrong or missing PIN stops the start with one line saying why;
+rotating a key file's master key into the token keeps every key."""
 
 import itertools
 import os
@@ -15,7 +16,10 @@ import pytest
 from pkcs11 import Attribute, KeyType, Mechanism
 
 from core.admin import hsm, keys
+from core.admin.model import Terminal as TerminalRecord
+from core.admin.model import u32_key, unpack
 from core.admin.terminal_client import TerminalKeys
+from core.store import open_store
 from tally.v1 import admin_pb2, common_pb2
 from tests.softhsm import USER_PIN, cli_flags, token_flags, with_key_label
 from tests.support import REPO, ServerProcess, Terminal
@@ -147,3 +151,39 @@ def test_a_wrong_or_missing_pin_is_refused_at_start_with_one_line(tmp_path):
                                  f"'no-such-key'")
     both = start_fails(tmp_path, *flags, "--master-key-file", str(tmp_path / "master.key"))
     assert both[-1] == "python -m server: --master-key-file or --pkcs11-module: one master key, not both"
+
+
+def test_rotating_from_a_key_file_into_the_token_keeps_terminals_and_customers(tmp_path):
+    data_dir, master_key_file = str(tmp_path / "data"), str(tmp_path / "master.key")
+    seed_directory(data_dir, master_key_file, users={"root": (1, 1)}).store.close()
+    process = ServerProcess(data_dir, "--terminal-auth", "--master-key-file", master_key_file).start()
+    root = AdminClient(process.channel(), "root")
+    secrets = {terminal_id: root.RegisterTerminal(terminal_id=terminal_id, station_id=12).secret_key
+               for terminal_id in (401, 402)}
+    signed_on = TerminalKeys(401, 12, secrets[401])
+    signed_on.sign_on(process.channel(), serial=1, operator_id=7)
+    customer_id = root.CreateCustomer(org_id=12, profile=admin_pb2.CustomerProfile(name="Sun Li")).customer_id
+    process.stop()
+    config = made_master_key()
+    rotated = run_cli("rotate-master-key", "--data", data_dir, "--master-key-file", master_key_file,
+                      *cli_flags(with_key_label("unused")), "--new-key-label", config.key_label)
+    assert rotated.returncode == 0, rotated.stderr
+    assert "2 terminal secrets, 1 working keys, 1 customers' data keys" in rotated.stdout
+    process = ServerProcess(data_dir, "--terminal-auth", *token_flags(config)).start()
+    try:
+        # The working key of before the rotation still serves: it was sealed again, not replaced.
+        terminal = Terminal(grpc.intercept_channel(process.channel(), signed_on.interceptor()), station_id=12,
+                            terminal_id=401, serial=1)
+        assert terminal.pay(700)[0].result == common_pb2.APPROVED
+        TerminalKeys(402, 12, secrets[402]).sign_on(process.channel(), serial=1, operator_id=7)
+        assert AdminClient(process.channel(), "root").GetCustomer(customer_id=customer_id).profile.name == "Sun Li"
+    finally:
+        process.stop()
+    # The old key file opens nothing in the store any more.
+    store = open_store(data_dir, 2**30, readonly=True)
+    with store.env.begin() as txn:
+        record = unpack(TerminalRecord, txn.get(u32_key(402), db=store.admin_terminals))
+    store.close()
+    with pytest.raises(keys.SealError):
+        keys.unseal(keys.SoftwareMasterKey.from_file(master_key_file), keys.Purpose.TERMINAL_SECRET, 402, 0,
+                    record.secret_sealed)

@@ -75,6 +75,14 @@ def parse_args(argv):
     sub.add_argument("--key-algorithm", choices=tuple(ALGORITHMS), default="aes",
                      help="the terminal's key suite: aes (AES-256, HMAC-SHA256) or sm4 (SM4, CMAC-SM4); default %(default)s")
 
+    sub = command("rotate-master-key", "seal every terminal key and customer data key again under a new master key "
+                  "(the server stopped; then start it with the new key and destroy the old one)")
+    add_master_key_arguments(sub)
+    new = sub.add_mutually_exclusive_group(required=True)
+    new.add_argument("--new-master-key-file", metavar="FILE", help="the new key: a key file (made by master-key --out)")
+    new.add_argument("--new-key-label", metavar="LABEL",
+                     help="the new key: this key of the token of --pkcs11-module (made by master-key)")
+
     sub = command("disable-terminal", "refuse every request of a terminal from now on")
     sub.add_argument("--terminal-id", type=int, required=True)
     sub.add_argument("--reason", required=True)
@@ -131,6 +139,10 @@ def master_key_of(args) -> keys.MasterKey:
         raise Refused("the master key: --master-key-file FILE or --pkcs11-module (one of them)")
     if token is None:
         return keys.SoftwareMasterKey.from_file(args.master_key_file)
+    return token_master_key(token)
+
+
+def token_master_key(token) -> keys.MasterKey:
     from core.admin import hsm
 
     return hsm.Pkcs11MasterKey(token)
@@ -172,14 +184,40 @@ def make_audit_key(args) -> int:
     return 0
 
 
-KEYLESS = {"master-key": make_master_key, "audit-key": make_audit_key}
+def rotate_master_key(args) -> int:
+    """The old key: --master-key-file, else the token's --key-label; the
+    new one: --new-master-key-file, else the token's --new-key-label."""
+    from core.admin.rotation import rotate_master_key as rotate
+
+    token = token_config_of(args)
+    if args.master_key_file is None and token is None:
+        raise Refused("rotate-master-key: the old master key: --master-key-file FILE or --pkcs11-module")
+    if args.new_key_label is not None and token is None:
+        raise Refused("rotate-master-key: --new-key-label names a key of the token of --pkcs11-module")
+    old = (keys.SoftwareMasterKey.from_file(args.master_key_file) if args.master_key_file is not None
+           else token_master_key(token))
+    new = (keys.SoftwareMasterKey.from_file(args.new_master_key_file) if args.new_master_key_file is not None
+           else token_master_key(msgspec.structs.replace(token, key_label=args.new_key_label)))
+    store = open_store(args.data, MAP_SIZE_BYTES_DEFAULT)
+    try:
+        rotated = rotate(store, old, new, cli_actor().name, now_ms())
+    finally:
+        store.close()
+    print(f"sealed again under {new.description}: {rotated.terminals} terminal secrets, {rotated.working_keys} working "
+          f"keys, {rotated.customers} customers' data keys; start the server with the new key, then destroy "
+          f"{old.description}")
+    return 0
+
+
+# Commands that open what they need themselves.
+SELF_CONTAINED = {"master-key": make_master_key, "audit-key": make_audit_key, "rotate-master-key": rotate_master_key}
 WITH_MASTER_KEY = frozenset(("register-terminal",))
 READ_ONLY = frozenset(("verify-audit", "audit", "audit-head"))
 
 
 def run(args) -> int:
-    if args.command in KEYLESS:
-        return KEYLESS[args.command](args)
+    if args.command in SELF_CONTAINED:
+        return SELF_CONTAINED[args.command](args)
     master_key = master_key_of(args) if args.command in WITH_MASTER_KEY else None
     store = open_store(args.data, MAP_SIZE_BYTES_DEFAULT, readonly=args.command in READ_ONLY)
     try:

@@ -1,0 +1,71 @@
+"""Master key rotation: everything sealed under the old master key, sealed
+again under the new one, in one write transaction.
+
+Owns: the list of what the master key seals (terminal secrets, working
+keys, customers' data keys: keys.py's Purposes) and re-sealing it.
+Used by: `python -m core.admin rotate-master-key` (the server stopped: a
+running server still holds the old key and would seal new sign-ons under
+it).
+
+Why rotate: a master key that leaked must be replaced; and a copy of the
+store made before an erasure (a backup) still holds the erased customer's
+data key sealed under the master key of its day. Once that key is
+destroyed after a rotation (the old key file shredded, or the old key
+object deleted from the token), nothing in such a copy opens any more.
+Nothing else changes: the terminals keep their secrets and working keys,
+the customers their data keys; only the sealing around them is new.
+"""
+
+import msgspec
+
+from core.admin import audit, keys
+from core.admin.model import Customer, FieldCipher, Terminal, pack, unpack
+from core.store import Store, rows
+
+
+class Rotated(msgspec.Struct, frozen=True):
+    terminals: int
+    working_keys: int
+    customers: int
+
+
+def rotate_master_key(store: Store, old: keys.MasterKey, new: keys.MasterKey, actor: str, now_ms: int) -> Rotated:
+    """Re-seal every sealed value under `new`; keys.SealError (and nothing
+    written) if one does not open under `old`."""
+    with store.env.begin(write=True) as txn:
+        terminals, working_keys = _rotate_terminals(txn, store, old, new)
+        customers = _rotate_customers(txn, store, old, new)
+        rotated = Rotated(terminals, working_keys, customers)
+        audit.append(txn, store, now_ms, actor, 0, "RotateMasterKey", f"master key: {new.description}",
+                     None, rotated)
+    return rotated
+
+
+def _rotate_terminals(txn, store: Store, old, new) -> tuple[int, int]:
+    terminals = working_keys = 0
+    for key, value in list(rows(txn, store.admin_terminals)):
+        terminal = unpack(Terminal, value)
+        secret = keys.unseal(old, keys.Purpose.TERMINAL_SECRET, terminal.terminal_id, 0, terminal.secret_sealed)
+        changes = {"secret_sealed": keys.seal(new, keys.Purpose.TERMINAL_SECRET, terminal.terminal_id, 0, secret)}
+        if terminal.key_sealed:
+            working_key = keys.unseal(old, keys.Purpose.WORKING_KEY, terminal.terminal_id, terminal.key_id,
+                                      terminal.key_sealed)
+            changes["key_sealed"] = keys.seal(new, keys.Purpose.WORKING_KEY, terminal.terminal_id, terminal.key_id,
+                                              working_key)
+            working_keys += 1
+        txn.put(key, pack(msgspec.structs.replace(terminal, **changes)), db=store.admin_terminals)
+        terminals += 1
+    return terminals, working_keys
+
+
+def _rotate_customers(txn, store: Store, old, new) -> int:
+    customers = 0
+    for key, value in list(rows(txn, store.admin_customers)):
+        customer = unpack(Customer, value)
+        if customer.field_cipher == FieldCipher.PLAINTEXT or not customer.data_key_sealed:
+            continue
+        data_key = keys.unseal_data_key(old, customer.customer_id, customer.data_key_sealed)
+        resealed = keys.seal_data_key(new, customer.customer_id, data_key)
+        txn.put(key, pack(msgspec.structs.replace(customer, data_key_sealed=resealed)), db=store.admin_customers)
+        customers += 1
+    return customers
