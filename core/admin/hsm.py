@@ -43,7 +43,6 @@ from core.errors import AlreadyExists, FailedPrecondition, NotFound, Unauthentic
 
 PIN_ENVIRONMENT = "TALLY_PKCS11_PIN"
 MASTER_KEY_LABEL_DEFAULT = "tally-master"
-AUDIT_KEY_LABEL_DEFAULT = "tally-audit"
 LABEL_LENGTH_MAX = 32
 PIN_LENGTH_MAX = 255
 AES_KEY_BITS = 256
