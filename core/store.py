@@ -66,6 +66,9 @@ Promotions' and risk's databases (core/promotions/store.py, core/risk/):
   risk_blacklist          card_id u64                -> msgpack BlacklistEntry
   risk_flags              seq u64                    -> msgpack Flag   patterns flagged for review
   promotion_issued        txn_id u64                 -> b""  a sale or top-up whose coupons were issued (once)
+
+Requests the caller numbers itself (core/once.py):
+  once              (rpc utf-8, 0, request id utf-8) -> fingerprint 16 bytes + answer  done once, answered the same
 """
 
 import os
@@ -128,6 +131,7 @@ DATABASE_NAMES = (
     "risk_blacklist",
     "risk_flags",
     "promotion_issued",
+    "once",
 )
 
 # The map is a reservation of address space, not of disk: LMDB files grow as

@@ -1,19 +1,20 @@
 """AdminService and TerminalKeyService over gRPC.
 
-Owns: the RPC handlers of tally.v1.AdminService (each: the bearer token,
-the role's permission for the RPC, then core.admin in a worker thread so
-that password hashing and LMDB commits never hold up the event loop; card
-changes run the kernel inside core.admin's own write transaction, with the
-server's kernel and UTC offset) and of
-tally.v1.TerminalKeyService.SignOn (registered by hand with no request
+Owns: the RPC handlers of tally.v1.AdminService (core.admin in a worker
+thread, so that password hashing never holds up the event loop; every
+change goes through the server's one write path, the group commit's writer
+thread; card changes run the kernel inside the change's own transaction)
+and of tally.v1.TerminalKeyService.SignOn (registered with no request
 deserializer: its MAC covers the request's bytes as they came). A station
 created here, and at start every station the kernel does not yet place, is
 told to the kernel with its application domain (its headquarters), through
 the group commit (kernel op STATION_DOMAIN).
 Used by: server/app.py.
 
-Errors: core.admin's exceptions map one to one (ERRORS below); refusals of
-authentication and permission are logged at WARNING.
+Who may call what is server/callers.py's table (checked by server/rpc.py
+before a handler runs: the token, the role); the handlers get the caller
+from `staff_actor()` and core.admin keeps each to its organisation's subtree.
+Errors are core.errors' kinds, mapped in one place (server/errors.py).
 """
 
 import asyncio
@@ -25,57 +26,26 @@ import msgspec
 from google.protobuf.message import DecodeError
 
 from core.admin import Admin, audit, keys
-from core.admin.access import Actor, domain_of, require_role
-from core.admin.errors import (
-    AdminError,
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidInput,
-    NotFound,
-    PermissionDenied,
-    Unauthenticated,
-)
+from core.admin.access import Actor, domain_of
 from core.admin.cards import CardView
 from core.admin.customers import CustomerProfile, CustomerView
 from core.admin.directory import station_domain_op
 from core.admin.model import LIST_LIMIT_DEFAULT, FieldCipher, Organisation, OrgKind, u32_key, unpack
 from core.commit import GroupCommitter
-from core.errors import TallyError
+from core.errors import FailedPrecondition, InvalidInput, TallyError, Unauthenticated
 from core.results import ResultCode
 from core.store import rows
-from server.errors import InvalidRequest
+from server.callers import staff_actor
 from server.requests import validate_terminal
-from server.terminal_auth import Refusal, parse_metadata
+from server.rpc import AUTHORIZATION_KEY, bearer_token
+from server.terminal_auth import parse_metadata
 from tally.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 log = logging.getLogger("tally.admin")
 
-ERRORS = (
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-)
-BEARER = "bearer "
 # ExportCustomer's chunks: half the largest message the server sends.
 EXPORT_CHUNK_BYTES = 32 * 1024
 SIGN_ON_PATH = "/tally.v1.TerminalKeyService/SignOn"
-
-
-def status_of(error: AdminError) -> grpc.StatusCode:
-    for error_type, code in ERRORS:
-        if isinstance(error, error_type):
-            return code
-    return grpc.StatusCode.INTERNAL
-
-
-def bearer_token(context) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and value[: len(BEARER)].lower() == BEARER:
-            return value[len(BEARER):].strip()
-    return ""
 
 
 def limit_of(value: int) -> int:
@@ -87,38 +57,20 @@ class Call(msgspec.Struct, frozen=True):
     token: str
 
 
-def authorized_call(admin: Admin, name: str, context) -> Call:
-    """The caller of RPC `name` (none for Login), allowed by its role."""
-    token = bearer_token(context)
-    if name == "Login":
-        return Call(None, token)
-    actor = admin.authenticate(token)
-    require_role(actor, name)
-    return Call(actor, token)
-
-
-async def refuse(name: str, error: AdminError, context):
-    code = status_of(error)
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        log.warning("admin call refused: %s %s: %s", name, code.name, error)
-    await context.abort(code, str(error))
+def call_of(context) -> Call:
+    token = bearer_token(dict(context.invocation_metadata() or ()).get(AUTHORIZATION_KEY, ""))
+    return Call(staff_actor(), token)
 
 
 def admin_rpc(method):
-    """Authenticate (all but Login), check the role's permission, run the
-    handler in a worker thread, map core.admin's errors to statuses."""
-    name = method.__name__
+    """Run the handler, given the caller, in a worker thread."""
 
     @functools.wraps(method)
     async def wrapper(self, request, context):
-        try:
-            call = authorized_call(self.admin, name, context)
-            answer = await asyncio.to_thread(method, self, call, request)
-            if name == "CreateOrganisation":
-                await self.tell_kernel_station_domain(answer)
-            return answer
-        except AdminError as error:
-            await refuse(name, error, context)
+        answer = await asyncio.to_thread(method, self, call_of(context), request)
+        if method.__name__ == "CreateOrganisation":
+            await self.tell_kernel_station_domain(answer)
+        return answer
 
     return wrapper
 
@@ -126,17 +78,10 @@ def admin_rpc(method):
 def admin_stream(method):
     """admin_rpc for a server-streaming RPC: the handler returns the list
     of messages to send, made whole before the first is sent."""
-    name = method.__name__
 
     @functools.wraps(method)
     async def wrapper(self, request, context):
-        try:
-            call = authorized_call(self.admin, name, context)
-            answers = await asyncio.to_thread(method, self, call, request)
-        except AdminError as error:
-            await refuse(name, error, context)
-            return
-        for answer in answers:
+        for answer in await asyncio.to_thread(method, self, call_of(context), request):
             yield answer
 
     return wrapper
@@ -491,28 +436,18 @@ def terminal_key_handler(admin: Admin) -> grpc.GenericRpcHandler:
     """TerminalKeyService, with SignOn receiving its request's wire bytes."""
 
     async def sign_on(body: bytes, context):
+        terminal_id, key_id, serial, mac = parse_metadata(context.invocation_metadata())
         try:
-            terminal_id, key_id, serial, mac = parse_metadata(context.invocation_metadata())
-            try:
-                request = admin_pb2.KeySignOnRequest.FromString(body)
-            except DecodeError:
-                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "request: does not parse") from None
-            context_ = request.terminal
-            try:
-                validate_terminal(context_)
-            except InvalidRequest as error:
-                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-            if (context_.terminal_id, context_.serial) != (terminal_id, serial):
-                raise Refusal(grpc.StatusCode.UNAUTHENTICATED,
-                              f"terminal.terminal_id and terminal.serial must equal {keys.METADATA_TERMINAL} and {keys.METADATA_SERIAL}")
-            signed_on = await asyncio.to_thread(admin.sign_on, SIGN_ON_PATH, terminal_id, context_.station_id, serial,
-                                                key_id, mac, body)
-        except Refusal as refusal:
-            log.warning("sign-on refused: %s: %s", refusal.code.name, refusal)
-            await context.abort(refusal.code, str(refusal))
-        except AdminError as error:
-            log.warning("sign-on refused: %s: %s", status_of(error).name, error)
-            await context.abort(status_of(error), str(error))
+            request = admin_pb2.KeySignOnRequest.FromString(body)
+        except DecodeError:
+            raise InvalidInput("request", "does not parse as tally.v1.KeySignOnRequest", reason="UNPARSABLE") from None
+        terminal = request.terminal
+        validate_terminal(terminal)
+        if (terminal.terminal_id, terminal.serial) != (terminal_id, serial):
+            raise Unauthenticated(f"terminal.terminal_id and terminal.serial must equal {keys.METADATA_TERMINAL} and "
+                                  f"{keys.METADATA_SERIAL}", reason="SERIAL_MISMATCH")
+        signed_on = await asyncio.to_thread(admin.sign_on, SIGN_ON_PATH, terminal_id, terminal.station_id, serial,
+                                            key_id, mac, body)
         log.info("terminal %d signed on: working key %d", terminal_id, signed_on.key_id)
         return admin_pb2.KeySignOnAnswer(key_id=signed_on.key_id, wrapped_key=signed_on.wrapped_key,
                                          expires_ms=signed_on.expires_ms, key_algorithm=int(signed_on.key_algorithm))
@@ -552,30 +487,7 @@ def field_cipher_of(settings) -> FieldCipher:
     return {"aes": FieldCipher.AES_256_GCM, "sm4": FieldCipher.SM4_GCM}[settings.pii_cipher]
 
 
-def registrar_for(settings, store, master_key: keys.MasterKey | None, server):
-    """What services register with: the server, behind the terminal-auth
-    interceptor with --terminal-auth (server/terminal_auth.py) and the
-    back-office one with --back-office-auth (server/back_office_auth.py).
-    They guard different RPCs, so their order does not matter."""
-    registrar = server
-    if settings.terminal_auth:
-        from server.terminal_auth import TerminalAuthInterceptor, TerminalGuard
-
-        log.info("terminal authentication on: every terminal request needs its MAC")
-        registrar = TerminalAuthInterceptor(TerminalGuard(store, master_key)).registrar(registrar)
-    if settings.back_office_auth:
-        from server.back_office_auth import BackOfficeInterceptor
-
-        log.info("back-office authentication on: back-office RPCs need an AdminService token")
-        registrar = BackOfficeInterceptor(Admin(store, master_key)).registrar(registrar)
-    return registrar
-
-
-def add_admin_services(server, store, master_key: keys.MasterKey | None, committer: GroupCommitter | None = None,
-                       field_cipher: FieldCipher = FieldCipher.AES_256_GCM):
-    kernel = committer.ledger.kernel if committer is not None else None
-    utc_offset_minutes = committer.utc_offset_minutes if committer is not None else 0
-    admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=utc_offset_minutes, field_cipher=field_cipher)
+def add_admin_services(server, admin: Admin, committer: GroupCommitter | None = None):
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(admin, committer), server)
     server.add_generic_rpc_handlers((terminal_key_handler(admin),))
 

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core import limits
+from core.admin import Admin
 from core.channels import build_channels
 from core.commit import GroupCommitter, QueueFull
 from core.ledger import Ledger, load_kernel
@@ -31,6 +32,8 @@ from server.loyalty_service import LoyaltyService, RulesHolder
 from server.payments import PaymentService
 from server import promotion_service
 from server.promotion_flow import PromotionFlow
+from server.rpc import Guards, Registrar
+from server.terminal_auth import TerminalGuard
 from server.settings import ServerSettings
 from server.settlement_service import SettlementService
 from server.stream import GatewayService
@@ -68,6 +71,19 @@ def grpc_options(reuse_port: bool) -> tuple:
                  for name, value in GRPC_OPTIONS)
 
 
+def guards_for(settings: ServerSettings, store, master_key, admin: Admin) -> Guards:
+    """The credentials the server checks (server/rpc.py): terminal MACs with
+    --terminal-auth, staff tokens (always for AdminService; for the other
+    back-office RPCs with --back-office-auth)."""
+    terminal = None
+    if settings.terminal_auth:
+        log.info("terminal authentication on: every terminal request needs its MAC")
+        terminal = TerminalGuard(store, master_key)
+    if settings.back_office_auth:
+        log.info("back-office authentication on: back-office RPCs need an AdminService token")
+    return Guards(admin, terminal=terminal, back_office=settings.back_office_auth)
+
+
 async def sample_gauges(metrics, committer: GroupCommitter, store):
     while True:
         observability.sample(metrics, committer, store.env)
@@ -103,7 +119,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     )
     committer.start()
     channels = build_channels(settings.simulator)
-    rules = RulesHolder(store)
+    rules = RulesHolder(store, committer)
     flow = ChannelFlow(ledger, committer, channels, settings.channel_timeout_ms, lambda: rules.rules.expiry.lot_validity_days)
     if settings.recover:
         await flow.recover()
@@ -113,10 +129,12 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         await admin_service.sync_station_domains(store, committer)
 
     master_key = admin_service.load_master_key_of(settings)
+    admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=settings.utc_offset_minutes, writer=committer,
+                  field_cipher=admin_service.field_cipher_of(settings))
     server = grpc.aio.server(options=grpc_options(settings.reuse_port))
-    # Every service registers through this: with --terminal-auth it puts the
-    # terminal-auth interceptor in front of the terminal RPCs.
-    services = admin_service.registrar_for(settings, store, master_key, server)
+    # Every service registers through this one registrar: it parses each
+    # request, checks its caller against server/callers.py, and maps errors.
+    services = Registrar(server, guards_for(settings, store, master_key, admin))
     promotions = promotion_service.add_promotion_services(services, ledger, committer, settings)
     sale_promotions = PromotionFlow(ledger, promotions.service, promotions.risk, committer.clock)
     payments = PaymentService(ledger, committer, flow, settings, rules, sale_promotions)
@@ -127,10 +145,10 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway, services)
     settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(ledger, committer, payments), services)
     loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server(LoyaltyService(ledger, committer, rules, promotions.risk), services)
-    admin_service.add_admin_services(services, store, master_key, committer, admin_service.field_cipher_of(settings))
+    admin_service.add_admin_services(services, admin, committer)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
-    # Reflection wants the aio server itself (it checks the type); it is no terminal RPC.
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # Reflection wants the aio server itself (it checks the type); it is public.
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         port = tls.add_port(server, settings)

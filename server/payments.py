@@ -22,7 +22,7 @@ from core.records import Op, Result
 from core.results import OpKind, ResultCode
 from server import answers, requests
 from server.channel_flow import ChannelFlow
-from server.errors import InvalidRequest, rpc
+from core.errors import InvalidInput
 from server.settings import ServerSettings
 from tally.v1 import payment_pb2, payment_pb2_grpc
 
@@ -132,7 +132,7 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
                 return payment_pb2.QueryAnswer(found=False)
             return payment_pb2.QueryAnswer(found=True, transaction=answers.transaction(record))
         if request.terminal_id == 0 or request.serial == 0:
-            raise InvalidRequest("query", "give txn_id, or terminal_id and serial")
+            raise InvalidInput("query", "give txn_id, or terminal_id and serial")
         entry = self.ledger.idem(request.terminal_id, request.serial)
         if entry is None:
             return payment_pb2.QueryAnswer(found=False)
@@ -144,35 +144,27 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
 
     # ------------------------------------------------------------ unary RPCs
 
-    @rpc
     async def Pay(self, request, context):
         return await self.pay(request)
 
-    @rpc
     async def PreAuthorize(self, request, context):
         return await self.pre_authorize(request)
 
-    @rpc
     async def Complete(self, request, context):
         return await self.complete(request)
 
-    @rpc
     async def Release(self, request, context):
         return await self.release(request)
 
-    @rpc
     async def Reverse(self, request, context):
         return await self.reverse(request)
 
-    @rpc
     async def Void(self, request, context):
         return await self.void(request)
 
-    @rpc
     async def Refund(self, request, context):
         return await self.refund(request)
 
-    @rpc
     async def Query(self, request, context):
         return await self.query(request)
 

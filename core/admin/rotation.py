@@ -2,7 +2,8 @@
 again under the new one, in one write transaction.
 
 Owns: the list of what the master key seals (terminal secrets, working
-keys, customers' data keys: keys.py's Purposes) and re-sealing it.
+keys, customers' data keys: keys.py's Purposes) and re-sealing it, in
+one change of the one write path (core/writes.py).
 Used by: `python -m core.admin rotate-master-key` (the server stopped: a
 running server still holds the old key and would seal new sign-ons under
 it).
@@ -21,6 +22,7 @@ import msgspec
 from core.admin import audit, keys
 from core.admin.model import Customer, FieldCipher, Terminal, pack, unpack
 from core.store import Store, rows
+from core.writes import DirectWriter
 
 
 class Rotated(msgspec.Struct, frozen=True):
@@ -32,13 +34,14 @@ class Rotated(msgspec.Struct, frozen=True):
 def rotate_master_key(store: Store, old: keys.MasterKey, new: keys.MasterKey, actor: str, now_ms: int) -> Rotated:
     """Re-seal every sealed value under `new`; keys.SealError (and nothing
     written) if one does not open under `old`."""
-    with store.env.begin(write=True) as txn:
+    def change(txn) -> Rotated:
         terminals, working_keys = _rotate_terminals(txn, store, old, new)
-        customers = _rotate_customers(txn, store, old, new)
-        rotated = Rotated(terminals, working_keys, customers)
+        rotated = Rotated(terminals, working_keys, _rotate_customers(txn, store, old, new))
         audit.append(txn, store, now_ms, actor, 0, "RotateMasterKey", f"master key: {new.description}",
                      None, rotated)
-    return rotated
+        return rotated
+
+    return DirectWriter(store).write_blocking(change)
 
 
 def _rotate_terminals(txn, store: Store, old, new) -> tuple[int, int]:

@@ -12,6 +12,7 @@ a card frozen by staff is refused by every server process at once.
 import msgspec
 
 from core import limits
+from core.errors import InvalidInput
 from core.records import u64_key
 from core.store import rows
 
@@ -20,10 +21,8 @@ BY_LENGTH_MAX = 64
 LIST_LIMIT_MAX = 10_000
 
 
-class BlacklistError(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+class BlacklistError(InvalidInput):
+    """An entry that cannot be saved, naming the field."""
 
 
 class BlacklistEntry(msgspec.Struct, frozen=True):
@@ -56,17 +55,15 @@ def validate(entry: BlacklistEntry):
         raise BlacklistError("until_ms", f"{entry.until_ms} is not after now ({entry.added_ms}): the freeze would end before it starts")
 
 
-def add(store, entry: BlacklistEntry) -> BlacklistEntry:
-    """Add or replace the card's entry."""
+def add(txn, store, entry: BlacklistEntry) -> BlacklistEntry:
+    """Add or replace the card's entry (in the caller's write transaction)."""
     validate(entry)
-    with store.env.begin(write=True) as txn:
-        txn.put(u64_key(entry.card_id), msgspec.msgpack.encode(entry), db=store.risk_blacklist)
+    txn.put(u64_key(entry.card_id), msgspec.msgpack.encode(entry), db=store.risk_blacklist)
     return entry
 
 
-def remove(store, card_id: int) -> bool:
-    with store.env.begin(write=True) as txn:
-        return txn.delete(u64_key(card_id), db=store.risk_blacklist)
+def remove(txn, store, card_id: int) -> bool:
+    return txn.delete(u64_key(card_id), db=store.risk_blacklist)
 
 
 def entry_of(store, card_id: int) -> BlacklistEntry | None:
