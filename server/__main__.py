@@ -25,7 +25,10 @@ def parse_args(argv):
     parser.add_argument("--kernel", choices=("auto", "cython", "reference"), default="auto",
                         help="ledger kernel: the Cython one if built (auto), or the plain-Python reference")
     parser.add_argument("--map-size-gib", type=int, default=MAP_SIZE_BYTES_DEFAULT // 2**30,
-                        help="LMDB map size, GiB of address space (default %(default)s)")
+                        help="LMDB map size, GiB of address space, 1 .. 16384 (default %(default)s): writes are refused "
+                        "with RESOURCE_EXHAUSTED (STORE_FULL) once the data fills it")
+    parser.add_argument("--map-size-mib", type=int, metavar="MIB",
+                        help="LMDB map size in MiB instead, at least 8: for tests and small demos")
     parser.add_argument("--utc-offset-minutes", type=int, default=0,
                         help="business day boundary, minutes east of UTC (480 for UTC+8)")
     parser.add_argument("--points-per-unit", type=int, default=100, help="points that pay one currency unit")
@@ -72,6 +75,9 @@ def parse_args(argv):
     parser.add_argument("--pii-cipher", choices=PII_CIPHERS, default="aes",
                         help="customers' personal fields at rest, under each customer's own data key sealed by "
                         "the master key: AES-256-GCM or SM4-GCM (default %(default)s)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="listen beyond the loopback without TLS, --terminal-auth and --back-office-auth anyway "
+                        "(refused by default: secure mode is the default away from 127.0.0.1)")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve gRPC over TLS with this certificate (chain)")
     parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     parser.add_argument("--heap-trim-interval", type=float, default=HEAP_TRIM_INTERVAL_S_DEFAULT, metavar="S",
@@ -93,7 +99,7 @@ def main(argv=None):
             data_dir=args.data,
             listen=args.listen,
             kernel=args.kernel,
-            map_size_bytes=args.map_size_gib * 2**30,
+            map_size_bytes=args.map_size_mib * 2**20 if args.map_size_mib is not None else args.map_size_gib * 2**30,
             utc_offset_minutes=args.utc_offset_minutes,
             points_per_unit=args.points_per_unit,
             earn_points_per_unit=args.earn_points_per_unit,
@@ -113,6 +119,7 @@ def main(argv=None):
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,
             heap_trim_interval_s=args.heap_trim_interval,
+            insecure=args.insecure,
             simulator=SimulatorSettings(
                 latency_ms_min=args.channel_latency_ms[0],
                 latency_ms_max=args.channel_latency_ms[1],

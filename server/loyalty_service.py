@@ -20,7 +20,9 @@ from core.loyalty.statement import points_statement
 from core.records import Gift, Op, Result, decode, u64_key
 from core.results import AccountKind, OpKind, ResultCode, Tier, TierReason
 from server import answers, requests
+from server.callers import current_caller
 from server.counter_client import CounterClient
+from core.admin.partners import card_in_domain, partner_record
 from core.errors import InvalidInput
 from tally.v1 import loyalty_pb2, loyalty_pb2_grpc
 
@@ -213,6 +215,8 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         partner = self.holder.rules.partners.get(request.partner_id)
         if partner is None:
             raise InvalidInput("partner_id", f"no partner {request.partner_id} in the rules")
+        if not self._partner_may_credit(request.card_id):
+            return loyalty_answer(Result(code=ResultCode.CARD_NOT_FOUND, kind=OpKind.PARTNER_EXCHANGE), 0)
         op = Op(
             kind=OpKind.PARTNER_EXCHANGE,
             terminal_id=limits.PARTNER_TERMINAL_ID_BASE + request.partner_id,
@@ -229,6 +233,17 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         )
         result = await self.committer.submit(op)
         return loyalty_answer(result, result.points_earned, result.personal)
+
+    def _partner_may_credit(self, card_id: int) -> bool:
+        """A partner (server/partner_auth.py) credits only the cards of its
+        headquarters' domain; another card answers as an unknown one."""
+        caller = current_caller()
+        if caller.kind != "partner":
+            return True
+        store = self.ledger.store
+        with store.env.begin() as txn:
+            partner = partner_record(txn, store, caller.partner_id)
+            return partner is not None and card_in_domain(txn, store, card_id, partner.org_id)
 
     # ------------------------------------------------------------ admin
 

@@ -168,7 +168,7 @@ def test_rotating_from_a_key_file_into_the_token_keeps_terminals_and_customers(t
     rotated = run_cli("rotate-master-key", "--data", data_dir, "--master-key-file", master_key_file,
                       *cli_flags(with_key_label("unused")), "--new-key-label", config.key_label)
     assert rotated.returncode == 0, rotated.stderr
-    assert "2 terminal secrets, 1 working keys, 1 customers' data keys" in rotated.stdout
+    assert "2 terminal secrets, 1 working keys, 0 partner secrets, 1 customers' data keys" in rotated.stdout
     process = ServerProcess(data_dir, "--terminal-auth", *token_flags(config)).start()
     try:
         # The working key of before the rotation still serves: it was sealed again, not replaced.

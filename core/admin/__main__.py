@@ -204,7 +204,7 @@ def rotate_master_key(args) -> int:
     finally:
         store.close()
     print(f"sealed again under {new.description}: {rotated.terminals} terminal secrets, {rotated.working_keys} working "
-          f"keys, {rotated.customers} customers' data keys; start the server with the new key, then destroy "
+          f"keys, {rotated.partners} partner secrets, {rotated.customers} customers' data keys; start the server with the new key, then destroy "
           f"{old.description}")
     return 0
 

@@ -2,7 +2,7 @@
 again under the new one, in one write transaction.
 
 Owns: the list of what the master key seals (terminal secrets, working
-keys, customers' data keys: keys.py's Purposes) and re-sealing it, in
+keys, partner secrets, customers' data keys: keys.py's Purposes) and re-sealing it, in
 one change of the one write path (core/writes.py).
 Used by: `python -m core.admin rotate-master-key` (the server stopped: a
 running server still holds the old key and would seal new sign-ons under
@@ -20,7 +20,7 @@ the customers their data keys; only the sealing around them is new.
 import msgspec
 
 from core.admin import audit, keys
-from core.admin.model import Customer, FieldCipher, Terminal, pack, unpack
+from core.admin.model import Customer, FieldCipher, Partner, Terminal, pack, unpack
 from core.store import Store, rows
 from core.writes import DirectWriter
 
@@ -29,6 +29,7 @@ class Rotated(msgspec.Struct, frozen=True):
     terminals: int
     working_keys: int
     customers: int
+    partners: int = 0
 
 
 def rotate_master_key(store: Store, old: keys.MasterKey, new: keys.MasterKey, actor: str, now_ms: int) -> Rotated:
@@ -36,7 +37,8 @@ def rotate_master_key(store: Store, old: keys.MasterKey, new: keys.MasterKey, ac
     written) if one does not open under `old`."""
     def change(txn) -> Rotated:
         terminals, working_keys = _rotate_terminals(txn, store, old, new)
-        rotated = Rotated(terminals, working_keys, _rotate_customers(txn, store, old, new))
+        rotated = Rotated(terminals, working_keys, _rotate_customers(txn, store, old, new),
+                          _rotate_partners(txn, store, old, new))
         audit.append(txn, store, now_ms, actor, 0, "RotateMasterKey", f"master key: {new.description}",
                      None, rotated)
         return rotated
@@ -59,6 +61,17 @@ def _rotate_terminals(txn, store: Store, old, new) -> tuple[int, int]:
         txn.put(key, pack(msgspec.structs.replace(terminal, **changes)), db=store.admin_terminals)
         terminals += 1
     return terminals, working_keys
+
+
+def _rotate_partners(txn, store: Store, old, new) -> int:
+    partners = 0
+    for key, value in list(rows(txn, store.admin_partners)):
+        partner = unpack(Partner, value)
+        secret = keys.unseal(old, keys.Purpose.PARTNER_SECRET, partner.partner_id, 0, partner.secret_sealed)
+        resealed = keys.seal(new, keys.Purpose.PARTNER_SECRET, partner.partner_id, 0, secret)
+        txn.put(key, pack(msgspec.structs.replace(partner, secret_sealed=resealed)), db=store.admin_partners)
+        partners += 1
+    return partners
 
 
 def _rotate_customers(txn, store: Store, old, new) -> int:
