@@ -33,7 +33,9 @@ def parse_args(argv):
                         help="business day boundary, minutes east of UTC (480 for UTC+8)")
     parser.add_argument("--points-per-unit", type=int, default=100, help="points that pay one currency unit")
     parser.add_argument("--earn-points-per-unit", type=int, default=1, help="points earned per currency unit paid")
-    parser.add_argument("--channel-timeout-ms", type=int, default=5000, help="longest wait for a payment channel")
+    parser.add_argument("--channel-timeout-ms", type=int, default=5000,
+                        help="the longest a request waits for a payment channel, in all: a Pay with a channel part "
+                        "answers within it plus a commit (terminals: set your deadline 2 s above it; default %(default)s)")
     parser.add_argument("--channel-latency-ms", type=int, nargs=2, default=(0, 0), metavar=("MIN", "MAX"),
                         help="simulated channel latency range")
     parser.add_argument("--channel-decline-ppm", type=int, default=0, help="simulated channel declines, per million")
@@ -80,6 +82,8 @@ def parse_args(argv):
                         "(refused by default: secure mode is the default away from 127.0.0.1)")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve gRPC over TLS with this certificate (chain)")
     parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument("--currency", default="CNY", metavar="CODE",
+                        help="ISO 4217 code of the network's currency, sent with every amount (default %(default)s)")
     parser.add_argument("--heap-trim-interval", type=float, default=HEAP_TRIM_INTERVAL_S_DEFAULT, metavar="S",
                         help="hand the heap's free pages back to the OS every S seconds, so that RSS shows memory "
                         "in use, not a past burst's (glibc malloc_trim; server/heap.py); 0: never (default %(default)g)")
@@ -119,6 +123,7 @@ def main(argv=None):
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,
             heap_trim_interval_s=args.heap_trim_interval,
+            currency=args.currency,
             insecure=args.insecure,
             simulator=SimulatorSettings(
                 latency_ms_min=args.channel_latency_ms[0],

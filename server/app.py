@@ -24,7 +24,7 @@ from core.records import Op
 from core.results import OpKind
 from core.store import open_store
 from server import metrics as observability
-from server import admin_service, heap, tls
+from server import admin_service, answers, heap, tls
 from server.cards import CardService
 from server.channel_flow import ChannelFlow
 from server.demo import seed_demo_data
@@ -126,6 +126,7 @@ async def sweep_expired_holds(committer: GroupCommitter, interval_s: float):
 
 async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     heap.configure_malloc()
+    answers.set_currency(settings.currency)
     store = open_store(settings.data_dir, settings.map_size_bytes)
     kernel = load_kernel(settings.kernel)
     ledger = Ledger(store, kernel)

@@ -255,7 +255,7 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         try:
             rules = msgspec.json.decode(request.rules_json.encode(), type=LoyaltyRules)
             saved = await self.holder.save(rules)
-        except msgspec.ValidationError as error:
+        except msgspec.DecodeError as error:  # malformed JSON, or a value of the wrong type
             raise InvalidInput("rules_json", str(error)) from None
         except RuleError as error:
             raise error.within("rules_json") from None
@@ -278,8 +278,13 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
             raise InvalidInput("terms", "a gift needs a points price or a cash price")
         if terms.valid_to_day and terms.valid_from_day > terms.valid_to_day:
             raise InvalidInput("terms.valid_to_day", "must not be before valid_from_day")
+        if terms.stock:
+            raise InvalidInput("terms.stock", "SetGift sets the terms only: add or remove stock with AddGiftStock "
+                                              "(every change of stock is a counted movement)")
         mask = 0
-        for tier in terms.tiers:
+        for index, tier in enumerate(terms.tiers):
+            if tier not in Tier._value2member_map_:
+                raise InvalidInput(f"terms.tiers[{index}]", f"must be one of {', '.join(t.name for t in Tier)}, got {tier}")
             mask |= 1 << tier
         op = Op(kind=OpKind.GIFT_SET, item_id=terms.gift_id, amount=terms.points_price, bonus_points=terms.cash_price_minor,
                 count_limit=terms.per_customer_limit, tier=mask, period_start=terms.valid_from_day, period=terms.valid_to_day)
@@ -296,6 +301,8 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
 
     async def SetTier(self, request, context):
         require_card(request.card_id)
+        if request.tier not in Tier._value2member_map_:
+            raise InvalidInput("tier", f"must be one of {', '.join(tier.name for tier in Tier)}, got {request.tier}")
         result = await self.committer.submit(Op(kind=OpKind.SET_TIER, card_id=request.card_id, tier=request.tier, reason=TierReason.ADMIN))
         return loyalty_answer(result, 0)
 

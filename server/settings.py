@@ -95,6 +95,9 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # Seconds between handing the heap's free pages back to the OS
     # (server/heap.py); 0: never.
     heap_trim_interval_s: float = HEAP_TRIM_INTERVAL_S_DEFAULT
+    # ISO 4217 code of every amount the server answers with (the answers'
+    # and records' `currency` field); one currency per network.
+    currency: str = "CNY"
     # Listen beyond the loopback without TLS and both guards anyway.
     insecure: bool = False
 
@@ -136,6 +139,8 @@ class ServerSettings(msgspec.Struct, frozen=True):
             raise ValueError(f"--pii-cipher must be one of {', '.join(PII_CIPHERS)}, got {self.pii_cipher!r}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("--tls-cert and --tls-key go together")
+        if not (len(self.currency) == 3 and self.currency.isascii() and self.currency.isalpha() and self.currency.isupper()):
+            raise ValueError(f"--currency must be an ISO 4217 code, three capital letters (CNY), got {self.currency!r}")
         if not 0 <= self.heap_trim_interval_s <= HEAP_TRIM_INTERVAL_S_MAX:
             raise ValueError(f"--heap-trim-interval must be within 0 .. {HEAP_TRIM_INTERVAL_S_MAX:g} seconds")
         if not MAP_SIZE_MIB_MIN * 2**20 <= self.map_size_bytes <= MAP_SIZE_GIB_MAX * 2**30:
