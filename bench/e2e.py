@@ -24,7 +24,9 @@ with --terminal-auth, each client signed on as a registered terminal and
 every request MACed (core/admin/terminal_client.py; the bench registers its
 terminals and writes a master key first). The report adds that run and
 auth_ratio = its throughput / the plain Pay run's: the terminal-auth
-interceptor's cost, measured in the same run. The two alternate as plain,
+interceptor's cost, measured in the same run. --terminal-auth-algorithm sm4
+registers the terminals for SM4 keys and CMAC-SM4 instead of AES and
+HMAC-SHA256. The two alternate as plain,
 auth, auth, plain, each for half of --duration, so that a load that drifts
 during the run (other work on the machine) weighs on both sides alike.
 With --promotions, likewise with promotions active (bench/promotions_load.py)
@@ -93,6 +95,8 @@ DATA_RATIO_TARGET = 0.9
 LOGIN_FLOOD_P99_RATIO_MAX = 1.2
 LOGIN_FLOOD_CLIENTS_MAX = 256
 AUTH_LOG_LINE = "terminal and partner authentication on"
+# --terminal-auth-algorithm -> core.admin.keys.KeyAlgorithm (its numbers).
+TERMINAL_ALGORITHMS = {"aes": 1, "sm4": 2}
 SIGNED_TOP_UP_TIMEOUT_S = 30.0
 
 CONCURRENCY_MAX = 5000
@@ -152,6 +156,8 @@ class Parameters(msgspec.Struct, frozen=True):
     clients_per_stream: int = CLIENTS_PER_STREAM_DEFAULT
     # Also run Pay against a server with --terminal-auth, MACed clients.
     terminal_auth: bool = False
+    # Their key suite: "aes" (HMAC-SHA256) or "sm4" (CMAC-SM4).
+    terminal_auth_algorithm: str = "aes"
     # Also run Pay with promotions and a velocity limit active.
     promotions: bool = False
     # Also run Pay on a new empty directory, the baseline of --data.
@@ -186,6 +192,8 @@ class ClientPlan(msgspec.Struct, frozen=True):
     # --terminal-auth run: the 32-byte secret of each of this process's
     # terminals, in client order; empty: requests carry no MAC.
     terminal_secrets: tuple[bytes, ...] = ()
+    # Their key suite (core.admin.keys.KeyAlgorithm).
+    terminal_algorithm: int = 1
 
 
 class Window(msgspec.Struct, frozen=True):
@@ -364,6 +372,9 @@ def parse_args(argv) -> argparse.Namespace:
                         "on, every request MACed) and report auth_ratio = its throughput / plain Pay's; the two "
                         "alternate (plain, auth, auth, plain, each half of --duration); unary mode only, on a data "
                         "directory whose station 1 and bench terminals are not registered yet")
+    parser.add_argument("--terminal-auth-algorithm", choices=tuple(TERMINAL_ALGORITHMS), default="aes",
+                        help="with --terminal-auth: the terminals' key suite, aes (HMAC-SHA256 MACs) or sm4 "
+                        "(CMAC-SM4 MACs) (default %(default)s)")
     parser.add_argument("--promotions", action="store_true",
                         help="also run Pay with promotions active (a 5%% discount, a lottery chance per sale and a "
                         "velocity limit: three counters linked to every PAY; bench/promotions_load.py) and report "
@@ -411,6 +422,8 @@ def check_args(parser, args):
         parser.error("--compare-empty needs --data DIR: the directory compared with an empty one")
     if not 1 <= args.rounds <= ROUNDS_MAX:
         parser.error(f"--rounds must be within 1 .. {ROUNDS_MAX}")
+    if args.terminal_auth_algorithm != "aes" and not args.terminal_auth:
+        parser.error("--terminal-auth-algorithm goes with --terminal-auth")
     if args.terminal_auth and args.mode != "unary":
         parser.error("--terminal-auth needs --mode unary: with it the server refuses GatewayService streams")
 
@@ -431,6 +444,7 @@ def parameters_of(args) -> Parameters:
         skip_echo=args.skip_echo,
         clients_per_stream=args.clients_per_stream,
         terminal_auth=args.terminal_auth,
+        terminal_auth_algorithm=args.terminal_auth_algorithm,
         promotions=args.promotions,
         compare_empty=args.compare_empty,
         login_flood=args.login_flood,
@@ -547,7 +561,7 @@ def run_target(target: str, parameters: Parameters, data_dir: str, log_path: str
     return summarize(measured, parameters.duration_s, exit_code), measured
 
 
-def register_terminals(data_dir: str, work_dir: str, concurrency: int) -> TerminalAuth:
+def register_terminals(data_dir: str, work_dir: str, concurrency: int, algorithm: str = "aes") -> TerminalAuth:
     """A master key, the bench's headquarters and station STATION_ID, and
     one registered terminal per client, written to the data directory
     before the server starts (as `python -m core.admin` would)."""
@@ -565,7 +579,8 @@ def register_terminals(data_dir: str, work_dir: str, concurrency: int) -> Termin
         try:
             admin.create_headquarters(actor, "Bench", org_id=AUTH_HEADQUARTERS_ID)
             admin.create_organisation(actor, AUTH_HEADQUARTERS_ID, OrgKind.STATION, "Bench station", org_id=STATION_ID)
-            secrets = tuple(admin.register_terminal(actor, TERMINAL_ID_BASE + index, STATION_ID, f"bench {index}")[1]
+            secrets = tuple(admin.register_terminal(actor, TERMINAL_ID_BASE + index, STATION_ID, f"bench {index}",
+                                                    TERMINAL_ALGORITHMS[algorithm])[1]
                             for index in range(concurrency))
         except AdminError as error:
             raise BenchFailure(f"--terminal-auth registers station {STATION_ID} and terminals {TERMINAL_ID_BASE}.. in "
@@ -642,6 +657,7 @@ def client_plans(address: str, parameters: Parameters, fund_cards: bool,
                 duration_s=parameters.duration_s,
                 call_timeout_s=parameters.call_timeout_s,
                 terminal_secrets=secrets[first:first + count],
+                terminal_algorithm=TERMINAL_ALGORITHMS[parameters.terminal_auth_algorithm],
             )
         )
         first += count
@@ -760,7 +776,7 @@ async def sign_on_terminals(channels, plan: ClientPlan) -> dict:
     signers = {}
     for offset, secret in enumerate(plan.terminal_secrets):
         client_index = plan.client_index_first + offset
-        terminal = TerminalKeys(TERMINAL_ID_BASE + client_index, STATION_ID, secret)
+        terminal = TerminalKeys(TERMINAL_ID_BASE + client_index, STATION_ID, secret, plan.terminal_algorithm)
         body, metadata = terminal.sign_on_request(plan.serial_first, OPERATOR_ID)
         sign_on = channels[client_index % len(channels)].unary_unary(
             SIGN_ON_METHOD, request_serializer=None, response_deserializer=admin_pb2.KeySignOnAnswer.FromString)
@@ -1020,7 +1036,9 @@ def print_table(report: Report):
         )
         if target.errors_unmeasured or target.error_codes:
             print(f"{'':9}errors outside the window: {target.errors_unmeasured}; by code: {target.error_codes}")
-    print_variant_ratios("auth/pay", "auth_ratio", report.auth_ratios, AUTH_RATIO_TARGET)
+    algorithm = report.parameters.terminal_auth_algorithm
+    print_variant_ratios("auth/pay", "auth_ratio" + ("" if algorithm == "aes" else f" ({algorithm})"), report.auth_ratios,
+                         AUTH_RATIO_TARGET)
     print_variant_ratios("promo/pay", "promotions_ratio", report.promotions_ratios, PROMOTIONS_RATIO_TARGET)
     print_variant_ratios("pay/empty", "data_ratio", report.data_ratios, DATA_RATIO_TARGET)
     print_variant_ratios("flood/pay", "flood_throughput_ratio", report.flood_ratios, None)
@@ -1060,7 +1078,8 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
     alternating = parameters.terminal_auth or parameters.promotions or parameters.compare_empty or parameters.login_flood
     # The log the kernel's name is read from: the first plain Pay run's.
     pay_log_path = os.path.join(work_dir, alternating_log_name("pay-server", 1, 0) if alternating else "pay-server.log")
-    auth = register_terminals(data_dir, work_dir, parameters.concurrency) if parameters.terminal_auth else None
+    auth = (register_terminals(data_dir, work_dir, parameters.concurrency, parameters.terminal_auth_algorithm)
+            if parameters.terminal_auth else None)
     pay_auth = pay_promotions = pay_empty = pay_flood = None
     by_round = []
     # Every run adds to a --data directory: say what this one began with.
