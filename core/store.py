@@ -9,6 +9,7 @@ Named databases (keys big-endian, values in core.records layouts):
   cards           card_id u64                -> Card
   card_stations   (card_id u64, station u32) -> b""   allow list of a card
   txns            txn_id u64                 -> Txn
+  card_txns       (card_id u64, txn_id u64)  -> b""   a card's transactions (the card's page, exports)
   idem            (terminal u32, serial u64) -> Idem
   journal         seq u64                    -> JournalEntry
   hold_expiry     (expires_ms u64, txn u64)  -> b""   open pre-authorizations
@@ -82,6 +83,7 @@ DATABASE_NAMES = (
     "cards",
     "card_stations",
     "txns",
+    "card_txns",
     "idem",
     "journal",
     "hold_expiry",

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from core import limits
+from core import card_txns, limits
 from core.admin import Admin
 from core.channels import build_channels
 from core.commit import GroupCommitter, QueueFull
@@ -24,7 +24,7 @@ from core.records import Op
 from core.results import OpKind
 from core.store import open_store
 from server import metrics as observability
-from server import admin_service, answers, heap, tls
+from server import admin_service, answers, heap, report_service, tls
 from server.cards import CardService
 from server.channel_flow import ChannelFlow
 from server.demo import seed_demo_data
@@ -51,6 +51,7 @@ SERVICE_NAMES = (
     loyalty_pb2.DESCRIPTOR.services_by_name["LoyaltyService"].full_name,
     *admin_service.SERVICE_NAMES,
     *promotion_service.SERVICE_NAMES,
+    *report_service.SERVICE_NAMES,
 )
 
 # gRPC core refuses calls beyond max_pending_requests (1,000 by default) when
@@ -150,6 +151,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         await seed_demo_data(committer, ledger)
     if settings.recover:
         await admin_service.sync_station_domains(store, committer)
+        await card_txns.backfill(store, committer.write)
 
     master_key = admin_service.load_master_key_of(settings)
     admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=settings.utc_offset_minutes, writer=committer,
@@ -169,6 +171,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(ledger, committer, payments), services)
     loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server(LoyaltyService(ledger, committer, rules, promotions.risk), services)
     admin_service.add_admin_services(services, admin, committer)
+    report_service.add_report_service(services, ledger, committer)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # Reflection wants the aio server itself (it checks the type); it is public.
