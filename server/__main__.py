@@ -8,7 +8,7 @@ import sys
 from core import limits
 from core.channels import SimulatorSettings
 from core.store import MAP_SIZE_BYTES_DEFAULT
-from server.settings import HEAP_TRIM_INTERVAL_S_DEFAULT, PII_CIPHERS, ServerSettings
+from server.settings import HEAP_TRIM_INTERVAL_S_DEFAULT, LOCALES, PII_CIPHERS, ServerSettings
 from server.stream import STREAM_WINDOW_MAX
 from server.workers import WORKERS_MAX
 
@@ -84,12 +84,19 @@ def parse_args(argv):
     parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     parser.add_argument("--currency", default="CNY", metavar="CODE",
                         help="ISO 4217 code of the network's currency, sent with every amount (default %(default)s)")
+    parser.add_argument("--console-listen", metavar="HOST:PORT",
+                        help="serve the web console (server/console/) on this address, HTTPS with --tls-cert; needs "
+                        "--back-office-auth; users log in with AdminService users; default: no console")
+    parser.add_argument("--locale", choices=LOCALES, default="zh-CN",
+                        help="the network's language, the console's default for every user (default %(default)s)")
     parser.add_argument("--heap-trim-interval", type=float, default=HEAP_TRIM_INTERVAL_S_DEFAULT, metavar="S",
                         help="hand the heap's free pages back to the OS every S seconds, so that RSS shows memory "
                         "in use, not a past burst's (glibc malloc_trim; server/heap.py); 0: never (default %(default)g)")
     args = parser.parse_args(argv)
     if not 1 <= args.workers <= WORKERS_MAX:
         parser.error(f"--workers must be within 1 .. {WORKERS_MAX}, got {args.workers}")
+    if args.workers > 1 and args.console_listen:
+        parser.error("--console-listen runs in one server process (its sessions are in memory): not with --workers")
     return args
 
 
@@ -125,6 +132,8 @@ def main(argv=None):
             heap_trim_interval_s=args.heap_trim_interval,
             currency=args.currency,
             insecure=args.insecure,
+            console_listen=args.console_listen,
+            locale=args.locale,
             simulator=SimulatorSettings(
                 latency_ms_min=args.channel_latency_ms[0],
                 latency_ms_max=args.channel_latency_ms[1],

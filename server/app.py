@@ -193,6 +193,13 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         metrics_port = observability.serve_metrics(settings.metrics_port, host=settings.listen.rsplit(":", 1)[0])
         # Tests read the bound port from this line (--metrics-port 0).
         log.info("metrics on http://%s:%d/metrics", settings.listen.rsplit(":", 1)[0], metrics_port)
+    # The console (server/console/) calls the gRPC port just bound; it is up
+    # before the "serving on" line, so whoever reads that line can use both.
+    console = None
+    if settings.console_listen is not None:
+        from server.console.serve import start_console
+
+        console = await start_console(settings, port)
     # Before anyone is told the server listens: a SIGTERM from then on stops it cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -209,6 +216,8 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     await stop.wait()
 
     log.info("stopping: finishing calls in flight")
+    if console is not None:
+        await console.stop()
     await health_servicer.enter_graceful_shutdown()
     gateway.stop()
     sweeper.cancel()
