@@ -15,7 +15,7 @@ tests/test_console.py fails, naming it).
 import datetime
 import re
 
-from server.console.messages import ZH_CN
+from server.console.messages import EN, ZH_CN
 
 LOCALES = ("zh-CN", "en")
 LOCALE_NAMES = {"zh-CN": "中文", "en": "English"}
@@ -27,10 +27,21 @@ EPOCH_DAY = datetime.date(1970, 1, 1)
 AMOUNT_TEXT_LENGTH_MAX = 24
 
 
+ENUM_PREFIXES = ("PROMOTION_KIND_", "PROMOTION_STAGE_", "FUNDER_", "PACKET_STATE_", "FLAG_KIND_", "TERMINAL_STATUS_")
+_ENUM_NAME = re.compile(r"[A-Z][A-Z0-9_]+\Z")
+
+
 def translate(locale: str, text: str) -> str:
     if locale == "zh-CN":
         return ZH_CN.get(text, text)
-    return text
+    return EN.get(text) or (english_name(text) if _ENUM_NAME.match(text) else text)
+
+
+def english_name(name: str) -> str:
+    """An API enum value's name for people: PROMOTION_STAGE_DRAFT -> "Draft"."""
+    for prefix in ENUM_PREFIXES:
+        name = name.removeprefix(prefix)
+    return name.replace("_", " ").capitalize()
 
 
 def minor_digits(currency: str) -> int:

@@ -1,4 +1,5 @@
-"""Simplified Chinese texts of the console: English text -> zh-CN.
+"""The console's texts: English text -> zh-CN, and the English names of the
+API's enum values and payment methods (PERSONAL_CARD -> "Personal").
 
 Used by: server/console/i18n.py. tests/test_console.py fails on a text a
 page may show that is missing here (it reads every t("..."), every field
@@ -204,4 +205,18 @@ ZH_CN = {
     "CLEAR_LOTS": "积分清零", "SIGN_ON": "签到", "SHIFT_CLOSE": "交班", "DAY_END": "日结", "ENABLE_DOMAIN": "开通应用域",
     "STATION_DOMAIN": "油站应用域", "CANCEL_CARD": "销卡", "COUNTER": "计数器", "PACKET_CLAIM": "领取红包",
     "HELD": "冻结中", "POSTED": "已入账", "RELEASED": "已释放", "EXPIRED": "已过期", "ABORTED": "已中止",
+}
+
+
+# English names of enum values and methods whose prettified name
+# (PROMOTION_STAGE_DRAFT -> "Draft") would not do.
+EN = {
+    "PERSONAL_CARD": "Personal", "COMPANY": "Fleet", "TOPUP": "Top-up", "PAY": "Sale", "PREAUTH": "Pre-authorization",
+    "COMPLETE": "Completion", "RELEASE": "Release", "CAPTURE": "Channel capture", "ABORT": "Channel abort",
+    "BANK_CARD": "Bank card", "WECHAT_PAY": "WeChat Pay", "ALIPAY": "Alipay", "CHANNEL_NONE": "None",
+    "bank_card": "Bank card", "wechat_pay": "WeChat Pay", "alipay": "Alipay", "fleet": "Fleet", "personal": "Personal",
+    "points": "Points as cash", "top-up": "Top-up cash", "ONLY_OURS": "Only ours", "ONLY_CHANNEL": "Only the channel's",
+    "PARTNER_EXCHANGE": "Partner points", "PACKET_CLAIM": "Red packet", "CANCEL_CARD": "Cancellation",
+    "FLAG_KIND_SMALL_SALES": "Many small sales", "FLAG_KIND_UNUSUAL_HOUR": "Unusual hour",
+    "PROMOTION_KIND_RED_PACKET": "Red packet", "PACKET_STATE_OPEN": "Claimable",
 }

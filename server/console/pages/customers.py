@@ -38,7 +38,7 @@ async def create_spec(ctx: Ctx) -> FormSpec:
 def customer_specs(customer_id: int) -> dict[str, FormSpec]:
     base = f"/customers/{customer_id}"
     return {
-        "update": FormSpec("update", base + "/update", "Save the profile", PROFILE_FIELDS),
+        "profile": FormSpec("profile", base + "/update", "Save the profile", PROFILE_FIELDS),
         "export": FormSpec("export", base + "/export", "Export the customer's data", ()),
         "erase": FormSpec("erase", base + "/erase", "Erase the personal data", (
             Field("reason", "Request reference", required=True, help="a ticket number: no personal data"),), danger=True),
@@ -80,7 +80,7 @@ async def customer_page(ctx: Ctx, customer_id: int, failed=None):
     cards, cards_refusal = await ctx.maybe("admin", "ListCardRecords", admin_pb2.ListCardRecordsRequest(
         customer_id=customer_id))
     forms = {name: ctx.form(spec) for name, spec in customer_specs(customer_id).items()}
-    forms["update"].values = {f"profile.{name}": getattr(customer.profile, name)
+    forms["profile"].values = {f"profile.{name}": getattr(customer.profile, name)
                               for name in ("name", "phone", "email", "address", "birth_date")}
     if failed is not None:
         forms[failed.spec.form_id] = failed
@@ -128,7 +128,7 @@ ROUTES = [
     route("/customers", page(customers_page)),
     route("/customers/create", submit(create_spec, create_customer, customers_again), methods=("POST",)),
     route("/customers/{customer_id:int}", page(customer_page)),
-    route("/customers/{customer_id:int}/update", submit(customer_spec_of("update"), update_customer, customer_again),
+    route("/customers/{customer_id:int}/update", submit(customer_spec_of("profile"), update_customer, customer_again),
           methods=("POST",)),
     route("/customers/{customer_id:int}/export", submit(customer_spec_of("export"), export_customer, customer_again),
           methods=("POST",)),

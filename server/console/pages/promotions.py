@@ -226,8 +226,9 @@ async def promotion_page(ctx: Ctx, promotion_id: int, failed=None, issued=None):
     if failed is not None:
         if failed.spec.form_id == "draft":
             edit = failed
-        else:
-            forms[failed.spec.form_id] = failed
+        for name, form in forms.items():
+            if form.spec.form_id == failed.spec.form_id:
+                forms[name] = failed
     draws = None
     if kind == "lottery":
         draws, _ = await ctx.maybe("promotions", "ListDraws", P.ListDrawsRequest(promotion_id=promotion_id, limit=50))

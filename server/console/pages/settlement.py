@@ -41,12 +41,19 @@ RECONCILE_SPEC = FormSpec("reconcile", "/settlement/reconcile", "Reconcile", (
     Field("day", "Day", "date", required=True),
     Field("window_s", "Midnight window, seconds", "int", help="0: 600"),
 ))
-RESOLVE_SPEC = FormSpec("resolve", "/settlement/queue/resolve", "Resolve", (
-    Field("id", "Difference", "hidden"),
-    Field("action", "Action", "select", options=ACTIONS),
-    Field("why", "Why", required=True),
-    Field("station_id", "Station (adjust only, if unknown)", "int"),
-))
+
+
+def resolve_spec(difference_id: str) -> FormSpec:
+    return FormSpec(f"resolve-{difference_id}", "/settlement/queue/resolve", "Resolve", (
+        Field("id", "Difference", "hidden"),
+        Field("action", "Action", "select", options=ACTIONS),
+        Field("why", "Why", required=True),
+        Field("station_id", "Station (adjust only, if unknown)", "int"),
+    ))
+
+
+async def resolve_spec_of(ctx: Ctx) -> FormSpec:
+    return resolve_spec(str((await ctx.request.form()).get("id", "")))
 
 
 async def day_end_spec(ctx: Ctx) -> FormSpec:
@@ -134,7 +141,7 @@ async def queue_page(ctx: Ctx, failed=None):
     forms = {}
     for found in listed.differences:
         if found.state == S.OPEN:
-            forms[found.id] = ctx.form(RESOLVE_SPEC, {"id": found.id, "action": S.ACCEPT})
+            forms[found.id] = ctx.form(resolve_spec(found.id), {"id": found.id, "action": S.ACCEPT})
     if failed is not None and failed.value("id") in forms:
         forms[failed.value("id")] = failed
     return ctx.render("queue.html", listed=listed, forms=forms, day_text=iso_day(request.day) if request.day else "",
@@ -148,7 +155,8 @@ async def resolve(ctx: Ctx, values: dict, nonce: str):
         id=values["id"], action=int(values["action"]), by=ctx.user.username, why=values["why"],
         station_id=values["station_id"]))
     if not answer.resolved:
-        form = Form(RESOLVE_SPEC, raw_values(RESOLVE_SPEC, await ctx.request.form()), general=answer.reason)
+        spec = resolve_spec(values["id"])
+        form = Form(spec, raw_values(spec, await ctx.request.form()), general=answer.reason)
         response = await queue_page(ctx, failed=form)
         response.status_code = 400
         return response
@@ -201,7 +209,7 @@ ROUTES = [
     route("/settlement/reconcile", submit(lambda ctx: RECONCILE_SPEC, reconcile, settlement_again), methods=("POST",)),
     route("/settlement/dayend", submit(day_end_spec, day_end, settlement_again), methods=("POST",)),
     route("/settlement/queue", page(queue_page)),
-    route("/settlement/queue/resolve", submit(lambda ctx: RESOLVE_SPEC, resolve, queue_again), methods=("POST",)),
+    route("/settlement/queue/resolve", submit(resolve_spec_of, resolve, queue_again), methods=("POST",)),
     route("/settlement/station", page(station_page)),
     route("/settlement/download", page(download)),
 ]
