@@ -10,6 +10,8 @@
            model of the balances, RSS and latency drift, then the audit
   crash    SIGKILL under load K times; every acknowledged answer and the
            audit checked after each restart
+  console  the web console's page times (card, dashboard, error queue) on a
+           seeded directory, and Pay's p99 with and without the console in use
 
 Each command has --help, --json FILE and (except kernel) --chart FILE.png.
 """
@@ -23,6 +25,7 @@ COMMANDS = {
     "seed": "bench.seed",
     "soak": "bench.soak",
     "crash": "bench.crash",
+    "console": "bench.console",
 }
 
 

@@ -96,7 +96,8 @@ def parse_args(argv):
     if not 1 <= args.workers <= WORKERS_MAX:
         parser.error(f"--workers must be within 1 .. {WORKERS_MAX}, got {args.workers}")
     if args.workers > 1 and args.console_listen:
-        parser.error("--console-listen runs in one server process (its sessions are in memory): not with --workers")
+        parser.error("--console-listen starts one console for one server process: with --workers, run "
+                     "`python -m server.console --server HOST:PORT` beside the server")
     return args
 
 

@@ -199,7 +199,8 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     if settings.console_listen is not None:
         from server.console.serve import start_console
 
-        console = await start_console(settings, port)
+        console = await start_console(settings, port, "json" if isinstance(
+            logging.getLogger().handlers[0].formatter, observability.JsonLinesFormatter) else "text")
     # Before anyone is told the server listens: a SIGTERM from then on stops it cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -136,7 +136,7 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
         with self.store.env.begin() as txn:
             seen = self._seen(txn)
         if day == self.today():
-            lines, read = await asyncio.to_thread(self._running_takings(day).lines, self.store)
+            lines, read = await asyncio.to_thread(self._running_takings(day).lines, self.store, seen)
         else:
             clearing: Clearing = await asyncio.to_thread(clear_day, self.store, day)
             lines, read = clearing.lines, 0

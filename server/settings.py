@@ -129,7 +129,8 @@ class ServerSettings(msgspec.Struct, frozen=True):
             raise ValueError("--console-listen needs --back-office-auth: the console's users act through the API with "
                              "their own tokens, and without it the back-office RPCs would not check them")
         if self.reuse_port:
-            raise ValueError("--console-listen runs in one server process (its sessions are in memory): not with --workers")
+            raise ValueError("--console-listen starts one console for one server process: with --workers, run "
+                             "`python -m server.console --server HOST:PORT` beside the server")
         if self.tls_cert_file is None and not self.insecure and not is_loopback(self.console_listen):
             raise ValueError(f"refusing to serve the console on {self.console_listen} without TLS (--tls-cert, --tls-key): "
                              "passwords and session cookies would cross the network in the clear (pass --insecure to do "

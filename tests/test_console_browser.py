@@ -53,6 +53,8 @@ def console(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     driver = chromium_or_skip()
+    # Elements of a page still loading are waited for, not missed.
+    driver.implicitly_wait(10)
     os.makedirs(SCREENSHOTS, exist_ok=True)
     yield driver
     quit_browser(driver)
@@ -113,6 +115,7 @@ def press(driver, form_id: str):
             return True
 
     WebDriverWait(driver, WAIT_S).until(left)
+    WebDriverWait(driver, WAIT_S).until(lambda _: driver.execute_script("return document.readyState") == "complete")
 
 
 def go(driver, console, path: str):
@@ -129,7 +132,11 @@ def login(driver, console, username: str, password: str = PASSWORD):
 def shot(driver, name: str):
     """The whole page, beyond the window, as docs/console/NAME.png (Chrome's
     own full-page capture)."""
-    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, WAIT_S).until(lambda _: driver.execute_script("return document.readyState") == "complete")
+    size = WebDriverWait(driver, WAIT_S).until(
+        lambda _: (metrics := driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"])["width"] and metrics)
     clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], SCREENSHOT_HEIGHT_MAX), "scale": 1}
     image = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
     with open(os.path.join(SCREENSHOTS, f"{name}.png"), "wb") as file:

@@ -32,12 +32,14 @@ class RunningTakings:
         self.sums: dict[tuple[int, int, int], tuple[int, int, int]] = {}
         self._lock = threading.Lock()
 
-    def lines(self, store: Store) -> tuple[tuple[ClearingLine, ...], int]:
-        """The day's lines including every entry committed before the call,
-        and the journal entries read in all (the last sequence number)."""
+    def lines(self, store: Store, stations=None) -> tuple[tuple[ClearingLine, ...], int]:
+        """The day's lines including every entry committed before the call
+        (only those of `stations`, a set, if given), and the journal entries
+        read in all (the last sequence number)."""
         with self._lock:
             self._read_new(store)
-            return lines_of(self.sums), self.next_seq - 1
+            sums = self.sums if stations is None else {key: value for key, value in self.sums.items() if key[0] in stations}
+            return lines_of(sums), self.next_seq - 1
 
     def _read_new(self, store: Store):
         with store.env.begin(buffers=True) as txn:

@@ -36,6 +36,7 @@ ANONYMOUS_LIFETIME_S = 30 * 60
 # Outcomes of submitted forms remembered per session.
 OUTCOMES_PER_SESSION_MAX = 256
 NONCE_BYTES = 16
+CHOICES_LIFETIME_S = 60.0
 
 
 def now_ms() -> int:
@@ -57,7 +58,7 @@ class Outcome(msgspec.Struct, frozen=True):
 
 
 class Session:
-    __slots__ = ("session_id", "csrf", "locale", "token", "user", "expires_ms", "flashes", "outcomes", "running")
+    __slots__ = ("session_id", "csrf", "locale", "token", "user", "expires_ms", "flashes", "outcomes", "running", "cache")
 
     def __init__(self, locale: str, expires_ms: int):
         self.session_id = secrets.token_urlsafe(32)
@@ -71,6 +72,9 @@ class Session:
         self.outcomes: collections.OrderedDict[str, Outcome] = collections.OrderedDict()
         # nonce -> the future of the submission running it
         self.running: dict[str, asyncio.Future] = {}
+        # What pages only offer as choices (the user's organisations), read
+        # again after CHOICES_LIFETIME_S: key -> (monotonic expiry, value).
+        self.cache: dict = {}
 
     @property
     def logged_in(self) -> bool:

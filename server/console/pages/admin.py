@@ -107,6 +107,7 @@ def tree_of(orgs) -> list:
 
 
 async def organisations_page(ctx: Ctx, failed=None):
+    ctx.session.cache.clear()  # the tree as it is now
     orgs = await organisations(ctx)
     form = failed or ctx.form(await org_spec(ctx), {"parent_id": ctx.user.org_id})
     return render(ctx, "admin_orgs.html", tree=tree_of(orgs), form=form)
@@ -116,6 +117,7 @@ async def create_organisation(ctx: Ctx, values: dict, nonce: str):
     org = await ctx.call("admin", "CreateOrganisation", admin_pb2.CreateOrganisationRequest(
         parent_id=int(values["parent_id"] or 0), kind=int(values["kind"]), name=values["name"],
         address=values["address"], org_id=values["org_id"]))
+    ctx.session.cache.clear()  # the tree and every choice of organisation changed
     ctx.flash("good", f"{ctx.t('Created')}: {org.org_id} {org.name}")
     return ctx.redirect("/admin")
 

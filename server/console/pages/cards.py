@@ -14,7 +14,7 @@ from server.console.sessions import request_id_of
 from server.console.web import Ctx, page, route, submit
 from tally.v1 import admin_pb2, card_pb2, common_pb2, loyalty_pb2, promotion_pb2, report_pb2
 
-TRANSACTIONS_PER_PAGE = 50
+TRANSACTIONS_PER_PAGE = 20
 LISTED_CARDS = 50
 ACCOUNTS = ((common_pb2.PERSONAL, "Personal account"), (common_pb2.FLEET, "Fleet account"))
 
