@@ -182,6 +182,23 @@ def test_a_session_ends_at_logout_and_with_its_user(console):
         AdminClient(console.process.channel(), "root").UpdateUser(username="ops-12", enabled=True)
 
 
+PAGES = ("/", "/cards", "/customers", "/promotions", "/promotions/basket", "/loyalty", "/settlement",
+         "/settlement/queue", "/settlement/station", "/risk", "/admin", "/admin/terminals", "/admin/operators", "/admin/users",
+         "/admin/parameters", "/admin/audit", *(f"/promotions/new/{kind}" for kind in ("discount", "goods", "coupon",
+                                                                                        "packet", "lottery")))
+
+
+def test_every_page_answers_every_role_in_both_languages_without_a_server_error(console):
+    for username in ("root", "auditor", "desk", "north-ops", "desk-12", "other"):
+        client = logged_in(console, username)
+        for locale in ("en", "zh-CN"):
+            client.post("/locale", {"csrf": client.get("/").hidden("csrf"), "locale": locale, "next": "/"})
+            for path in PAGES:
+                answer = client.get(path)
+                assert answer.status in (200, 403), (username, locale, path, answer.status, answer.text[-500:])
+                assert f'<html lang="{locale}">' in answer.text
+
+
 def test_a_role_without_the_right_sees_the_apis_refusal(console):
     client = logged_in(console, "desk")  # customer service: no settlement, no takings
     dashboard = client.get("/")
