@@ -24,9 +24,10 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("console") / "data")
-    seed_console_directory(data_dir)
-    running = start_console(data_dir, "--locale", "en", "--utc-offset-minutes", "480")
+    base = tmp_path_factory.mktemp("console")
+    seed_console_directory(str(base / "data"), str(base / "master.key"))
+    running = start_console(str(base / "data"), "--locale", "en", "--utc-offset-minutes", "480", "--master-key-file",
+                            str(base / "master.key"))
     yield running
     running.process.stop()
 
@@ -152,6 +153,46 @@ def test_bad_input_is_shown_beside_its_field_and_nothing_is_saved(console):
     assert draft.status == 400
     assert re.search(r'id="draft-promotion-discount-off_permille-error">[^<]*within 0 \.\. 1000, got 1200', draft.text)
     assert "too much" not in client.get("/promotions").text, "the draft was not saved"
+
+
+def test_what_must_not_be_shown_twice_is_not_kept_for_a_repeat(console):
+    client = logged_in(console)
+    # A terminal's secret key: in the first answer only.
+    page = client.get("/admin/terminals")
+    form = {"csrf": page.hidden("csrf", "terminal"), "nonce": page.hidden("nonce", "terminal"), "terminal_id": "1299",
+            "station_id": "12", "name": "Pump 9", "key_algorithm": "1"}
+    first = client.post("/admin/terminal", form)
+    secret = re.search(r'id="secret-key">([0-9a-f]{64})<', first.text).group(1)
+    again = client.post("/admin/terminal", form)
+    assert again.status == 303 and again.header("location") == "/admin/terminals?registered=1299"
+    assert secret not in client.get(again.header("location")).text
+    # A customer's export: the file once, then a new export is needed.
+    created = client.submit("/customers", "create", {"org_id": "12", "profile.name": "Zhang San"})
+    customer = created.header("location")
+    page = client.get(customer)
+    form = {"csrf": page.hidden("csrf", "export"), "nonce": page.hidden("nonce", "export")}
+    exported = client.post(customer + "/export", form)
+    assert exported.status == 200 and exported.header("content-type") == "application/json"
+    assert "attachment" in exported.header("content-disposition") and "Zhang San" in exported.text
+    repeated = client.post(customer + "/export", form)
+    assert repeated.status == 303 and repeated.header("location").endswith("?exported=again")
+
+
+def test_a_days_files_download_with_their_names(console):
+    client = logged_in(console)
+    today = i18n.iso_day(client_today())
+    for kind, media_type in (("journal.csv", "text/csv"), ("takings.png", "image/png"),
+                             ("journal.parquet", "application/vnd.apache.parquet")):
+        answer = client.get(f"/settlement/download?day={today}&kind={kind}")
+        assert answer.status == 200 and answer.header("content-type").startswith(media_type), kind
+        assert f'filename="{kind.split(".")[0]}-{today}.{kind.split(".")[1]}"' in answer.header("content-disposition")
+    assert client.get(f"/settlement/download?day={today}&kind=secrets.txt").status == 400
+
+
+def client_today() -> int:
+    import time
+
+    return (time.time_ns() // 1_000_000 + 480 * 60_000) // 86_400_000
 
 
 def test_the_apis_lockout_holds_for_the_console(console):

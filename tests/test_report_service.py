@@ -17,7 +17,7 @@ from core.records import Op
 from core.results import AccountKind, CardType, OpKind, ResultCode
 from core.store import open_store
 from core.writes import DirectWriter
-from tally.v1 import admin_pb2, card_pb2, common_pb2, payment_pb2, report_pb2, report_pb2_grpc
+from tally.v1 import card_pb2, common_pb2, payment_pb2, report_pb2, report_pb2_grpc
 from tests.support import ServerProcess, Terminal
 from tests.test_admin_service import AdminClient, refused, seed_directory
 
