@@ -109,6 +109,12 @@ def test_a_form_without_its_csrf_token_is_refused_and_does_nothing(console):
     assert Client(console).post("/login", {"username": "root", "password": PASSWORD}).status == 403
 
 
+def test_a_body_too_large_is_refused_before_it_is_read(console):
+    client = logged_in(console)
+    answer = client.request("POST", "/settlement/import", {}, headers={"content-length": str(200 * 2**20)})
+    assert answer.status == 413 and answer.header("x-frame-options") == "DENY"
+
+
 def test_a_double_submit_tops_up_once(console):
     client = logged_in(console)
     card_id = 8_800_000_000_000_201

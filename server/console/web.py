@@ -16,6 +16,7 @@ Cache-Control no-store (pages hold personal data), and
 Strict-Transport-Security when the console speaks TLS.
 """
 
+import asyncio
 import inspect
 import os
 import time
@@ -46,8 +47,7 @@ SECURITY_HEADERS = (
 )
 HSTS = (b"strict-transport-security", b"max-age=31536000")
 # Uploads (statement files) and forms: the largest body read.
-BODY_BYTES_MAX = 64 * 2**20
-ROLE_NAMES = ("ADMINISTRATOR", "OPERATIONS", "CUSTOMER_SERVICE", "AUDITOR")
+BODY_BYTES_MAX = 64 * 2**20 + 64 * 1024
 
 
 class ConsoleSettings(msgspec.Struct, frozen=True):
@@ -337,12 +337,30 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def build_app(console: Console, routes: list) -> Starlette:
-    import asyncio
+class BodyLimit:
+    """ASGI middleware: a request body above BODY_BYTES_MAX (or of no stated
+    length) is refused with 413 before any of it is read."""
 
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length", b"")
+            if not length.isdigit() or int(length) > BODY_BYTES_MAX:
+                refusal = PlainTextResponse(f"a request body of at most {BODY_BYTES_MAX // 2**20} MiB, with its length "
+                                            "stated", status_code=413)
+                return await refusal(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def build_app(console: Console, routes: list) -> Starlette:
     app = Starlette(routes=[*routes, Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static")])
     app.state.console = console
     app.state.loop = asyncio.get_running_loop()
+    app.add_middleware(BodyLimit)
+    # Added last, so outermost: the refusals of the inner ones carry the headers too.
     app.add_middleware(SecurityHeaders, tls=console.settings.tls)
     return app
 

@@ -21,7 +21,7 @@ CHUNK_BYTES = 32 * 1024
 # The largest statement the console takes (the API takes up to 512 MiB:
 # import bigger files with `python -m core.settlement import`).
 STATEMENT_BYTES_MAX = 64 * 2**20
-DIFFERENCES_LISTED = 200
+DIFFERENCES_LISTED = 100
 ACTIONS = ((S.ACCEPT, "Accept"), (S.ADJUST, "Adjust (post a correction)"), (S.REVERSE, "Reversed at the source"))
 DOWNLOADS = {
     "journal.csv": (report_pb2.EXPORT_KIND_JOURNAL_CSV, "Journal (CSV)"),
