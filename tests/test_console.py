@@ -360,6 +360,7 @@ def test_with_a_certificate_the_console_speaks_https_with_secure_cookies(tmp_pat
         page = answer.read().decode()
         cookie = answer.headers["set-cookie"].lower()
         assert answer.status == 200 and "secure" in cookie and "httponly" in cookie
+        assert cookie.startswith("__host-tally_console=")
         assert answer.headers["strict-transport-security"].startswith("max-age=")
         csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
         session = answer.headers["set-cookie"].split(";", 1)[0]

@@ -82,7 +82,10 @@ class Form:
         match = max((name for name in names if field == name or field.startswith(name + ".") or field.startswith(name + "[")),
                     key=len, default=None)
         if match is None:
-            self.general = text if not field else f"{field}: {text}"
+            self.general = text if not field or field in text else f"{field}: {text}"
+        elif field != match and field not in text:
+            # Inside the field (a key of the rules' JSON): say where.
+            self.errors[match] = f"{field[len(match):].lstrip('.')}: {text}"
         else:
             self.errors[match] = text
 

@@ -29,6 +29,9 @@ import time
 import msgspec
 
 COOKIE_NAME = "tally_console"
+# Over TLS the browser then takes the cookie only if Secure, Path=/ and
+# without a Domain: no other host or plain-HTTP page can set or shadow it.
+TLS_COOKIE_NAME = "__Host-tally_console"
 # Sessions held at most (logged in or not); the oldest anonymous ones go first.
 SESSIONS_MAX = 10_000
 # A login form's session lives this long without a login.

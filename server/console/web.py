@@ -33,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 from server.console import i18n
 from server.console.api import Api, ApiError
 from server.console.forms import Form, FormSpec, raw_values, read
-from server.console.sessions import COOKIE_NAME, Outcome, Session, SessionStore, valid_nonce
+from server.console.sessions import COOKIE_NAME, TLS_COOKIE_NAME, Outcome, Session, SessionStore, valid_nonce
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
@@ -161,13 +161,17 @@ class Ctx:
 # ---------------------------------------------------------------- sessions on requests
 
 
+def cookie_name(console: Console) -> str:
+    return TLS_COOKIE_NAME if console.settings.tls else COOKIE_NAME
+
+
 def session_of(console: Console, request) -> Session | None:
-    return console.sessions.get(request.cookies.get(COOKIE_NAME))
+    return console.sessions.get(request.cookies.get(cookie_name(console)))
 
 
 def set_session_cookie(console: Console, response: Response, session: Session):
-    response.set_cookie(COOKIE_NAME, session.session_id, httponly=True, samesite="strict", secure=console.settings.tls,
-                        path="/")
+    response.set_cookie(cookie_name(console), session.session_id, httponly=True, samesite="strict",
+                        secure=console.settings.tls, path="/")
 
 
 def login_redirect(request) -> RedirectResponse:

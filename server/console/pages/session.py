@@ -14,6 +14,7 @@ from server.console.api import ApiError
 from server.console.sessions import User
 from server.console.web import (
     Ctx,
+    cookie_name,
     csrf_refused,
     route,
     safe_next,
@@ -80,7 +81,8 @@ async def logout(request):
             pass  # an ended token: the session goes either way
     console.sessions.drop(session)
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie("tally_console", path="/")
+    response.delete_cookie(cookie_name(console), path="/", secure=console.settings.tls, httponly=True,
+                           samesite="strict")
     return response
 
 
