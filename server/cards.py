@@ -6,7 +6,7 @@ Owns: the RPC handlers of tally.v1.CardService.
 from core.commit import GroupCommitter
 from core.ledger import Ledger
 from core.promotions.model import CouponTrigger
-from core.results import CARD_ACCOUNT_KINDS, ResultCode
+from core.results import ResultCode
 from server import answers, requests
 from server.errors import rpc
 from tally.v1 import card_pb2, card_pb2_grpc
@@ -21,10 +21,9 @@ class CardService(card_pb2_grpc.CardServiceServicer):
 
     def _card_answer(self, code: int, card_id: int) -> card_pb2.CardAnswer:
         answer = card_pb2.CardAnswer(result=code, result_text=answers.result_text(code))
-        card = self.ledger.card(card_id)
-        if card is not None:
-            accounts = tuple(self.ledger.account(kind, card_id) for kind in CARD_ACCOUNT_KINDS)
-            answer.card.CopyFrom(answers.card_message(card, accounts))
+        found = self.ledger.card_as_of(card_id, self.committer.clock(), self.committer.utc_offset_minutes)
+        if found is not None:
+            answer.card.CopyFrom(answers.card_message(*found))
         return answer
 
     async def _change(self, op) -> card_pb2.CardAnswer:

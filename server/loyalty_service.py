@@ -114,12 +114,12 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         account = self.ledger.account(AccountKind.POINTS, request.card_id)
         if account is None:
             return loyalty_pb2.PointsAnswer(result=ResultCode.CARD_NOT_FOUND, result_text=answers.result_text(ResultCode.CARD_NOT_FOUND))
-        statement = points_statement(self.ledger.store, request.card_id, lines_max=0)
+        statement = points_statement(self.ledger.store, request.card_id, 0, self.committer.clock(), self.committer.utc_offset_minutes)
         return loyalty_pb2.PointsAnswer(
             result=ResultCode.APPROVED,
             result_text=answers.result_text(ResultCode.APPROVED),
-            points_balance=account.balance,
-            points_held=account.held,
+            points_balance=statement.balance,
+            points_held=statement.held,
             lots=[lot_message(lot) for lot in statement.open_lots],
             tier=jobs.member_tier(self.ledger.store, request.card_id),
         )
@@ -129,7 +129,7 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         require_card(request.card_id)
         if self.ledger.card(request.card_id) is None:
             return loyalty_pb2.StatementAnswer(result=ResultCode.CARD_NOT_FOUND, result_text=answers.result_text(ResultCode.CARD_NOT_FOUND))
-        statement = points_statement(self.ledger.store, request.card_id)
+        statement = points_statement(self.ledger.store, request.card_id, now_ms=self.committer.clock(), utc_offset_minutes=self.committer.utc_offset_minutes)
         return loyalty_pb2.StatementAnswer(
             result=ResultCode.APPROVED,
             result_text=answers.result_text(ResultCode.APPROVED),

@@ -18,7 +18,7 @@ from core.admin.cards import basket_refusal
 from core.commit import GroupCommitter
 from core.ledger import Ledger
 from core.promotions.model import CouponTrigger
-from core.records import Op, Result
+from core.records import RESULT_REPLAYED, Op, Result
 from core.results import OpKind, ResultCode
 from server import answers, requests
 from server.channel_flow import ChannelFlow
@@ -59,16 +59,22 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
     # ------------------------------------------------------------ operations
 
     async def _run(self, op) -> Result:
-        result = await self.committer.submit(op)
-        if result.code == ResultCode.PENDING:
-            result = await self.flow.settle(result)
-        return result
+        return await self._settled(await self.committer.submit(op))
+
+    async def _settled(self, result: Result) -> Result:
+        """The final answer; a retry's stays marked replayed once its
+        channel settles (BatchUpload labels its items by the mark)."""
+        if result.code != ResultCode.PENDING:
+            return result
+        final = await self.flow.settle(result)
+        return msgspec.structs.replace(final, final=final.final | RESULT_REPLAYED) if result.replayed else final
 
     async def pay(self, request):
         refusal = basket_refusal(self.ledger.store, request.plan.card_id, request.basket)
         if refusal:
             requests.pay_op(request, self.op_settings)  # bad input is still INVALID_ARGUMENT first
-            declined = Result(code=ResultCode.GOODS_NOT_ALLOWED, kind=OpKind.PAY, card_id=request.plan.card_id)
+            declined = self.ledger.sale_declined(ResultCode.GOODS_NOT_ALLOWED, OpKind.PAY, request.plan.card_id, request.amount_minor,
+                                                 request.terminal.station_id, self.committer.clock(), self.committer.utc_offset_minutes)
             return answers.payment_answer(declined, request.terminal, request.basket, request.plan.channel, declined_by=refusal)
         if self.promotions is None:
             quote = self._quote(request.basket, request.amount_minor, request.plan.card_id, request.terminal.station_id)
@@ -86,9 +92,7 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
             return msgspec.structs.replace(base, amount=amount_minor, earn_points=earn)
 
         outcome = await self.promotions.pay(request, build_op)
-        result = outcome.result
-        if result.code == ResultCode.PENDING:
-            result = await self.flow.settle(result)
+        result = await self._settled(outcome.result)
         answer = answers.payment_answer(
             result, request.terminal, request.basket, request.plan.channel, quote=quotes[-1] if quotes else None,
             promotions=self.promotions.applied(result) if outcome.priced else (), declined_by=outcome.declined_by,
@@ -127,7 +131,7 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
 
     async def query(self, request):
         if request.txn_id:
-            record = self.ledger.txn(request.txn_id)
+            record = self.ledger.txn_as_of(request.txn_id, self.committer.clock())
             if record is None:
                 return payment_pb2.QueryAnswer(found=False)
             return payment_pb2.QueryAnswer(found=True, transaction=answers.transaction(record))
@@ -137,7 +141,7 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         if entry is None:
             return payment_pb2.QueryAnswer(found=False)
         answer = payment_pb2.QueryAnswer(found=True, answer=answers.payment_answer(entry.result, channel=self._channel_of(entry.result)))
-        record = self.ledger.txn(entry.result.txn_id) if entry.result.txn_id else None
+        record = self.ledger.txn_as_of(entry.result.txn_id, self.committer.clock()) if entry.result.txn_id else None
         if record is not None and entry.result.kind != OpKind.TRANSFER:
             answer.transaction.CopyFrom(answers.transaction(record))
         return answer

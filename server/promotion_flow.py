@@ -84,7 +84,9 @@ class PromotionFlow:
         now_ms = self.clock()
         entry = self.risk.blocking_entry(card_id, now_ms) if card_id else None
         if entry is not None:
-            return SaleOutcome(Result(code=ResultCode.CARD_BLACKLISTED, kind=OpKind.PAY, card_id=card_id), entry.rule)
+            declined = self.ledger.sale_declined(ResultCode.CARD_BLACKLISTED, OpKind.PAY, card_id, request.amount_minor,
+                                                 request.terminal.station_id, now_ms, self.committer.utc_offset_minutes)
+            return SaleOutcome(declined, entry.rule)
         lotteries = self._lotteries()
         if not (request.coupon_codes or self.holder.snapshot.priced or lotteries or self.risk.rules.limits):
             # Nothing to price or count: the plain path, no chain.

@@ -13,18 +13,13 @@ server.payments (pay), server.errors (statuses).
 Offline batches. Each item is a Pay request with its own (terminal,
 serial), so the kernel's idempotency applies it at most once, however often
 the batch is sent: a batch cut short by a crash is completed by sending it
-again, never doubled. An item is DUPLICATE when the kernel already held an
-idempotency entry for its (terminal, serial) with the same fingerprint
-before this upload submitted it. The kernel answers a replay with the
-stored result and nothing in the result tells a replay from a first
-application, so the entry is read just before the item is submitted. The
-race: if another request with the same (terminal, serial) commits between
-that read and the item's commit (the same sale sent online at that moment,
-or by another server process), the item is reported ACCEPTED although the
-other request applied it. Money still moves once; only the label is off.
-Uploads of one terminal are serialised in this process (a terminal
-re-sending a batch whose first upload is still running gets exact labels).
-A kernel flag "replayed" in the result would close the race for good.
+again, never doubled. An item is DUPLICATE when the kernel answered it from
+the idempotency entry of an earlier request with the same (terminal, serial)
+and content (the answer's `replayed` mark, set in the same write
+transaction that found the entry): an earlier upload, the same sale sent
+online, or another server process, whenever it committed. Uploads of one
+terminal are serialised in this process, so a re-sent batch whose first
+upload is still running waits for it.
 """
 
 import asyncio
@@ -58,7 +53,6 @@ BATCH_UPLOAD_WINDOW = 64
 BY_LENGTH_MAX = 500
 # What an overloaded or stopping server advises a BatchUpload.
 BATCH_RETRY_TEXT = "; send the whole batch again: items applied already answer DUPLICATE"
-KIND_PAY = int(OpKind.PAY)
 
 
 def answered(retry_text: str | None = None):
@@ -235,11 +229,9 @@ class ShiftHandlers:
     async def _apply_item(self, item) -> settlement_pb2.BatchItemResult:
         # No await before payments.pay submits: the items enter the queue in order.
         terminal = item.terminal
-        stored = self.ledger.idem(terminal.terminal_id, terminal.serial)
-        seen = stored is not None and stored.fingerprint == requests.fingerprint(KIND_PAY, item)
         paid = await self.payments.pay(item)
         approved = paid.result == ResultCode.APPROVED
-        if seen:
+        if paid.replayed:
             status = settlement_pb2.DUPLICATE
         else:
             status = settlement_pb2.ACCEPTED if approved else settlement_pb2.DECLINED

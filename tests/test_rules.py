@@ -4,9 +4,9 @@ import pytest
 
 from core import limits
 from core.audit import audit
-from core.records import Account, Op, account_key, encode
+from core.records import RESULT_FINAL, Account, Op, account_key, encode
 from core.results import AccountKind, CardStatus, Channel, Movement, OpKind, PlanFlag, ResultCode as R, TxnFlag, TxnState, Unit
-from tests.ledger_driver import DAY_MS, Driver
+from tests.ledger_driver import DAY_MS, Driver, replayed
 
 CARD = 6200000000000001
 OTHER_CARD = 6200000000000002
@@ -81,8 +81,8 @@ def test_channel_decline_releases_the_hold_and_is_the_stored_answer(books):
     final = books.abort(pending.txn_id, R.CHANNEL_DECLINED)
     assert final.code == R.CHANNEL_DECLINED
     assert books.held(CARD) == (0, 0, 0) and books.balances(CARD) == (100, 0, 0)
-    # A retry of the same request gets the same final answer.
-    assert books.one(op) == final
+    # A retry of the same request gets the same final answer, marked replayed.
+    assert books.one(op) == replayed(final)
     assert books.ledger.txn(pending.txn_id).state == TxnState.ABORTED
 
 
@@ -146,9 +146,27 @@ def test_a_retry_gets_the_first_answer_and_moves_nothing(books):
     books.open_card(CARD, personal=1_000)
     op = books.pay_op(CARD, 400)
     first = books.one(op)
+    assert not first.replayed and first.final == RESULT_FINAL
     again = books.apply(op, op)
-    assert again == [first, first]
+    assert again == [replayed(first), replayed(first)]
+    # The mark is the answer's alone: the stored answer is the first one.
+    assert books.ledger.idem(op.terminal_id, op.serial).result == first
     assert books.balances(CARD)[1] == 600
+
+
+def test_a_retry_in_the_batch_of_its_first_request_is_marked_replayed(books):
+    books.open_card(CARD, personal=1_000)
+    op = books.pay_op(CARD, 400)
+    first, retry = books.apply(op, op)
+    assert (first.replayed, retry.replayed) == (False, True)
+    assert retry == replayed(first)
+
+
+def test_a_refused_retry_is_not_marked_replayed(books):
+    books.open_card(CARD, personal=1_000)
+    books.pay(CARD, 400, serial=77)
+    mismatch = books.pay(CARD, 401, serial=77)
+    assert (mismatch.code, mismatch.replayed) == (R.DUPLICATE_MISMATCH, False)
 
 
 def test_a_used_serial_with_other_content_is_a_duplicate_mismatch(books):
@@ -214,7 +232,9 @@ def test_the_sweep_expires_holds_nobody_touches(books):
     early = books.preauth(CARD, 1_000, hold_timeout_s=60)
     late = books.preauth(CARD, 1_000, hold_timeout_s=600)
     books.advance(61_000)
-    assert books.one(Op(kind=OpKind.EXPIRE_HOLDS)).amount == 1
+    # The batch expired the due hold before its first operation: the sweep
+    # itself finds nothing left.
+    assert books.one(Op(kind=OpKind.EXPIRE_HOLDS)).amount == 0
     assert books.ledger.txn(early.txn_id).state == TxnState.EXPIRED
     assert books.ledger.txn(late.txn_id).state == TxnState.HELD
     assert books.held(CARD) == (1_000, 0, 0)
@@ -238,23 +258,26 @@ def test_reversal_undoes_a_sale_and_its_points(books):
     assert (undo.code, undo.amount, undo.points_clawed_back) == (R.APPROVED, 1_500, 15)
     assert books.balances(CARD) == (1_000, 1_000, 0)
     assert books.ledger.txn(sale.txn_id).flags & TxnFlag.REVERSED
-    # Repeated: approved again, nothing more moves.
-    assert books.reverse(10).code == R.APPROVED
+    # Repeated: it says the sale is reversed already, and nothing more moves.
+    again = books.reverse(10)
+    assert (again.code, again.txn_id, again.amount) == (R.ALREADY_REVERSED, sale.txn_id, 0)
     assert books.balances(CARD) == (1_000, 1_000, 0)
 
 
 def test_reversal_before_the_original_refuses_the_late_original(books):
     books.open_card(CARD, fleet=1_000)
-    assert books.reverse(10).code == R.APPROVED
+    assert books.reverse(10).code == R.ORIGINAL_NOT_SEEN
     late = books.pay(CARD, 500, serial=10)
     assert (late.code, late.txn_id) == (R.ALREADY_REVERSED, 0)
     assert books.balances(CARD) == (1_000, 0, 0)
+    # A second reversal of the serial: still never seen, still blocked.
+    assert books.reverse(10).code == R.ORIGINAL_NOT_SEEN
 
 
-def test_reversal_of_a_declined_request_is_approved_and_moves_nothing(books):
+def test_reversal_of_a_declined_request_says_so_and_moves_nothing(books):
     books.open_card(CARD, fleet=100)
     assert books.pay(CARD, 500, serial=10).code == R.INSUFFICIENT_FUNDS
-    assert books.reverse(10).code == R.APPROVED
+    assert books.reverse(10).code == R.ORIGINAL_DECLINED
     assert books.balances(CARD) == (100, 0, 0)
 
 
@@ -519,7 +542,7 @@ def test_a_closed_shift_refuses_sales_until_the_next_sign_on(books):
     assert books.void(sale.txn_id).code == R.SHIFT_CLOSED
     assert books.one(books.request(OpKind.SHIFT_CLOSE)).code == R.SHIFT_NOT_OPEN
     # A reversal from the terminal itself is never refused.
-    assert books.reverse(10**6).code == R.APPROVED
+    assert books.reverse(10**6).code == R.ORIGINAL_NOT_SEEN
     assert books.one(books.request(OpKind.SIGN_ON)).code == R.APPROVED
     assert books.pay(CARD, 300).code == R.APPROVED
     assert books.balances(CARD)[1] == 10_000 - 600

@@ -163,11 +163,13 @@ def update_tiers(ledger: Ledger, rules: LoyaltyRules, as_of_day: int) -> dict:
 
 
 def expiring_soon(store, today: int, within_days: int) -> list[dict]:
-    """Cards with points expiring in the next `within_days` days, soonest first."""
+    """Cards with points expiring in the next `within_days` days, soonest
+    first. A lot expiring today is expired already (usable while the day is
+    before its expires_day), so the list starts tomorrow."""
     found = []
     with store.env.begin() as txn:
         cursor = txn.cursor(db=store.lot_expiry)
-        if cursor.set_range(today.to_bytes(4, "big")):
+        if cursor.set_range((today + 1).to_bytes(4, "big")):
             for key in cursor.iternext(values=False):
                 expires_day, card_id = parse_lot_expiry_key(key)
                 if expires_day > today + within_days:
