@@ -295,7 +295,7 @@ class Client:
 
     def check_balances(self, answer, what: str):
         """The balances an approved answer reports must be the model's. A
-        decline reports none (zeros): nothing to compare, nothing moved."""
+        decline moved nothing: not compared."""
         if answer.result != R.APPROVED:
             return
         got = (answer.balances.fleet_minor, answer.balances.personal_minor, answer.balances.points)
@@ -437,7 +437,7 @@ class Client:
     async def step_reverse_lost(self):
         lost = self.context()  # a serial whose request "never arrived"
         reversal = await self.send("reverse", payment_pb2.ReverseRequest(terminal=self.context(), original_serial=lost.serial))
-        expect(reversal.result == R.APPROVED, f"reversal of lost serial: {R.ResultCode.Name(reversal.result)}")
+        expect(reversal.result == R.ORIGINAL_NOT_SEEN, f"reversal of lost serial: {R.ResultCode.Name(reversal.result)}")
         late = await self.send("pay", payment_pb2.PayRequest(
             terminal=lost, amount_minor=100, plan=payment_pb2.PaymentPlan(card_id=self.card_id, use_fleet=True)))
         expect(late.result == R.ALREADY_REVERSED, f"late original after its reversal: {R.ResultCode.Name(late.result)}")

@@ -57,6 +57,7 @@ cdef uint32_t HOLD_TIMEOUT_S_MAX = _limits.HOLD_TIMEOUT_S_MAX
 cdef Py_ssize_t BATCH_SIZE_MAX = _limits.BATCH_SIZE_MAX
 cdef Py_ssize_t KERNEL_RECORDS_CACHED_MAX = _limits.KERNEL_RECORDS_CACHED_MAX
 cdef Py_ssize_t EXPIRE_SWEEP_HOLDS_MAX = _limits.EXPIRE_SWEEP_HOLDS_MAX
+cdef uint32_t STATION_DAY_AHEAD_MAX = _limits.STATION_DAY_AHEAD_MAX
 
 _R = _results.ResultCode
 cdef uint16_t APPROVED = _R.APPROVED
@@ -2694,10 +2695,9 @@ cdef class _Batch:
 
     cdef uint32_t station_day(self, uint32_t station_id) except? 0:
         """Mirror of reference.station_day."""
-        if station_id == 0:
-            return self.calendar_day
-        cdef int64_t after_closed = self.closed_day(station_id) + 1
-        return <uint32_t>after_closed if after_closed > self.calendar_day else self.calendar_day
+        if station_id != 0 and self.closed_day(station_id) >= self.calendar_day:
+            return self.calendar_day + STATION_DAY_AHEAD_MAX
+        return self.calendar_day
 
     cdef day_end(self, const OpRec* op, ResultRec* r):
         cdef int64_t closed = self.closed_day(op.station_id)

@@ -129,7 +129,9 @@ class Ledger:
         calendar_day = business_day(now_ms, utc_offset_minutes)
         with self.store.env.begin() as txn:
             raw = txn.get(u32_key(station_id), db=self.store.day_ends) if station_id else None
-        return calendar_day if raw is None else max(calendar_day, int.from_bytes(raw, "little") + 1)
+        if raw is not None and int.from_bytes(raw, "little") >= calendar_day:
+            return calendar_day + limits.STATION_DAY_AHEAD_MAX
+        return calendar_day
 
     def sale_declined(self, code: int, kind: int, card_id: int, amount: int, station_id: int, now_ms: int,
                       utc_offset_minutes: int = 0) -> Result:

@@ -1512,12 +1512,13 @@ class _Batch:
 
     def station_day(self, station_id: int) -> int:
         """The business day of an operation at this station: the calendar's,
-        or the day after the station's last closed day if that is later (a
-        sale after DAY_END belongs to the next day). Station 0 (operations
-        of no station) always takes the calendar's."""
-        if station_id == 0:
-            return self.calendar_day
-        return max(self.calendar_day, self.closed_day(station_id) + 1)
+        or the next day once the station has closed the calendar's (a sale
+        after DAY_END belongs to the next day); never further ahead
+        (limits.STATION_DAY_AHEAD_MAX). Station 0 (operations of no
+        station) takes the calendar's."""
+        if station_id != 0 and self.closed_day(station_id) >= self.calendar_day:
+            return self.calendar_day + limits.STATION_DAY_AHEAD_MAX
+        return self.calendar_day
 
     def day_end(self, op: Op) -> Result:
         """Close business day `period` at the station (days only move forward)."""

@@ -339,6 +339,6 @@ RESULT_TEXT = {
     ResultCode.PACKET_EMPTY: "every share of the red packet is claimed",
     ResultCode.CARD_BLACKLISTED: "card refused by the risk blacklist",
     ResultCode.GOODS_NOT_ALLOWED: "the card may not buy these goods",
-    ResultCode.ORIGINAL_NOT_SEEN: "the original was never seen: its serial is now blocked and will be refused if it arrives",
-    ResultCode.ORIGINAL_DECLINED: "the original was declined and took nothing: there is nothing to reverse",
+    ResultCode.ORIGINAL_NOT_SEEN: "original never seen: its serial is now blocked (refused if it arrives)",
+    ResultCode.ORIGINAL_DECLINED: "the original was declined and took nothing: nothing to reverse",
 }

@@ -94,8 +94,9 @@ def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0, q
     balances.fleet_minor = result.fleet_balance
     balances.personal_minor = result.personal_balance
     balances.points = result.points_balance
-    if result.code == ResultCode.APPROVED:
-        answer.points_items.extend(points_items(quote, result.points_earned, result.card_id != 0 and result.points_cash > 0))
+    if result.code == ResultCode.APPROVED and result.card_id:
+        # A sale without a card earns nothing: no rule to itemise.
+        answer.points_items.extend(points_items(quote, result.points_earned, result.points_cash > 0))
     if promotions:
         answer.promotions.extend(promotions)
         answer.discount_minor = sum(item.discount_minor for item in promotions)

@@ -113,7 +113,8 @@ def test_preauthorize_complete_and_query(terminal):
 def test_reversal_before_the_original_refuses_the_late_original(terminal):
     lost_serial = terminal.serial + 100
     reverse = terminal.payments.Reverse(payment_pb2.ReverseRequest(terminal=terminal.context(), original_serial=lost_serial))
-    assert reverse.result == R.APPROVED
+    assert (reverse.result, reverse.amount_minor) == (R.ORIGINAL_NOT_SEEN, 0)
+    assert "blocked" in reverse.result_text and "ORIGINAL_NOT_SEEN" in reverse.receipt
     late, _ = terminal.pay(500, serial=lost_serial)
     assert late.result == R.ALREADY_REVERSED
 
