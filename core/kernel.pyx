@@ -935,6 +935,10 @@ cdef class _Batch:
     cdef uint32_t day
     # station id -> its last closed day (-1: none), read once per batch
     cdef dict closed_days
+    # The last station_day answer (station 0: none): a batch's operations
+    # mostly come from few stations in runs.
+    cdef uint32_t last_station_id
+    cdef uint32_t last_station_day
     cdef uint64_t next_txn_id, next_journal_seq
 
     def __init__(self, txn, store, _Records records, int64_t now_ms, uint32_t business_day):
@@ -981,6 +985,7 @@ cdef class _Batch:
         self.calendar_day = business_day
         self.day = business_day
         self.closed_days = {}
+        self.last_station_id = 0
         self.next_txn_id = self.meta(META_NEXT_TXN_ID, 1)
         self.next_journal_seq = self.meta(META_NEXT_JOURNAL_SEQ, 1)
 
@@ -1323,6 +1328,8 @@ cdef class _Batch:
 
     cdef int64_t expirable(self, uint64_t card_id, const AccountRec* account) except -1:
         """Mirror of reference.expirable."""
+        if account.balance <= account.held:
+            return 0
         cdef int64_t due = 0
         cdef uint32_t day
         for day in self.open_lot_days(card_id):
@@ -2695,9 +2702,16 @@ cdef class _Batch:
 
     cdef uint32_t station_day(self, uint32_t station_id) except? 0:
         """Mirror of reference.station_day."""
-        if station_id != 0 and self.closed_day(station_id) >= self.calendar_day:
-            return self.calendar_day + STATION_DAY_AHEAD_MAX
-        return self.calendar_day
+        if station_id == 0:
+            return self.calendar_day
+        if station_id == self.last_station_id:
+            return self.last_station_day
+        cdef uint32_t day = self.calendar_day
+        if self.closed_day(station_id) >= self.calendar_day:
+            day += STATION_DAY_AHEAD_MAX
+        self.last_station_id = station_id
+        self.last_station_day = day
+        return day
 
     cdef day_end(self, const OpRec* op, ResultRec* r):
         cdef int64_t closed = self.closed_day(op.station_id)
@@ -2706,6 +2720,7 @@ cdef class _Batch:
         cdef uint32_t day = <uint32_t>closed
         self.txn.put(u32_key(op.station_id), PyBytes_FromStringAndSize(<char*>&day, 4), db=self.day_ends_db)
         self.closed_days[op.station_id] = closed
+        self.last_station_id = 0
         self.init_result(op, r, APPROVED)
         r.amount = closed
 
