@@ -14,6 +14,7 @@ import time
 
 from core.promotions import store as promotion_store
 from core.promotions.model import DiscountTerms, LotteryTerms, Prize, Promotion, PromotionKind, Stage
+from core.writes import DirectWriter
 from core.risk.rules import Measure, RiskRules, VelocityLimit, Window, load_rules, save_rules
 from core.store import open_store
 
@@ -33,13 +34,17 @@ def switch_on(data_dir: str):
     store = open_store(data_dir)
     try:
         at_ms = now_ms()
-        for promotion in bench_promotions(at_ms):
-            draft = promotion_store.save_draft(store, promotion, "bench", at_ms)
-            promotion_store.step_promotion(store, draft.promotion_id, Stage.SUBMITTED, "bench", at_ms)
-            promotion_store.step_promotion(store, draft.promotion_id, Stage.APPROVED, "bench-approver", at_ms)
         rules = load_rules(store)
         limit = VelocityLimit(BENCH_LIMIT_ID, "bench: amount per card per day", Measure.SALE_AMOUNT, Window.DAY, VELOCITY_CEILING_MINOR)
-        save_rules(store, RiskRules(limits=(*rules.limits, limit), flags=rules.flags))
+
+        def switch(txn):
+            for promotion in bench_promotions(at_ms):
+                draft = promotion_store.save_draft(txn, store, promotion, "bench", at_ms)
+                promotion_store.step_promotion(txn, store, draft.promotion_id, Stage.SUBMITTED, "bench", at_ms)
+                promotion_store.step_promotion(txn, store, draft.promotion_id, Stage.APPROVED, "bench-approver", at_ms)
+            save_rules(txn, store, RiskRules(limits=(*rules.limits, limit), flags=rules.flags))
+
+        DirectWriter(store).write_blocking(switch)
     finally:
         store.close()
 
@@ -49,11 +54,17 @@ def switch_off(data_dir: str):
     store = open_store(data_dir)
     try:
         at_ms = now_ms()
-        for promotion in promotion_store.list_promotions(store):
-            if promotion.stage in (Stage.APPROVED, Stage.ACTIVE) and promotion.name.startswith("bench"):
-                promotion_store.step_promotion(store, promotion.promotion_id, Stage.ENDED, "bench", at_ms)
         rules = load_rules(store)
-        save_rules(store, RiskRules(limits=tuple(limit for limit in rules.limits if limit.limit_id != BENCH_LIMIT_ID), flags=rules.flags))
+        running = [promotion for promotion in promotion_store.list_promotions(store)
+                   if promotion.stage in (Stage.APPROVED, Stage.ACTIVE) and promotion.name.startswith("bench")]
+
+        def switch(txn):
+            for promotion in running:
+                promotion_store.step_promotion(txn, store, promotion.promotion_id, Stage.ENDED, "bench", at_ms)
+            save_rules(txn, store, RiskRules(limits=tuple(limit for limit in rules.limits if limit.limit_id != BENCH_LIMIT_ID),
+                                             flags=rules.flags))
+
+        DirectWriter(store).write_blocking(switch)
     finally:
         store.close()
 

@@ -2,8 +2,14 @@
 
 Owns: the bounded queue between the gRPC handlers (asyncio) and the single
 writer thread, batching, and answering every waiter after its commit is on
-disk.
-Used by: the server (every write goes through `GroupCommitter.submit`).
+disk. It is the server's one write path: kernel operations (`submit`,
+`submit_chain`) and every other durable change (`write`: a function
+`change(txn)` run in a write transaction of its own, for the back office:
+promotions, risk, loyalty rules, settlement, administration) go through the
+same thread in the order they were queued, so no handler ever writes LMDB on
+the event loop and a change is stored whole or not at all.
+Used by: the server (every write goes through a GroupCommitter);
+core/writes.py's DirectWriter is the same interface for command-line tools.
 
 Why a thread: a durable LMDB commit costs 0.5 to 2 ms of fsync, so one
 request per commit caps near 2,000 requests/s. While the writer commits one
@@ -14,12 +20,17 @@ opened them, so the writer does begin, kernel and commit in one thread.
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import threading
 import time
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import lmdb
 
 from core import limits
+from core.errors import Internal, ResourceExhausted, Unavailable
 from core.ledger import Ledger, business_day, decode_results
 from core.records import Op, encode
 
@@ -29,13 +40,29 @@ OP_SIZE = Op.LAYOUT.size
 CHAIN_LENGTH_MAX = limits.COUNTER_TAKES_PER_SALE_MAX + 1
 
 
-class QueueFull(Exception):
+class QueueFull(ResourceExhausted):
     """The writer's queue holds QUEUE_LENGTH_MAX requests: answer
     RESOURCE_EXHAUSTED at once rather than wait without bound."""
 
+    def __init__(self):
+        super().__init__("server queue full; retry with the same serial", reason="QUEUE_FULL")
 
-class ShuttingDown(Exception):
+
+class ShuttingDown(Unavailable):
     """The committer stopped taking requests."""
+
+    def __init__(self):
+        super().__init__("server shutting down; retry with the same serial", reason="SHUTTING_DOWN")
+
+
+class StoreFull(ResourceExhausted):
+    """LMDB's map or the disk is full: nothing of the write was stored.
+    Reads go on; writes need an operator (a larger --map-size-gib, or disk)."""
+
+    def __init__(self, cause: str):
+        super().__init__(f"the store is full ({cause}); nothing was written: an operator must raise --map-size-gib "
+                         "or free disk space, then retry with the same serial (reads are still served)",
+                         reason="STORE_FULL")
 
 
 def clock_ms() -> int:
@@ -65,6 +92,9 @@ class GroupCommitter:
         # Called in the writer thread after each commit with (size, seconds);
         # the server's metrics hook in here.
         self.on_batch = on_batch
+        # Why the last write failed for lack of room (None once a write
+        # commits again): health and metrics report it.
+        self.store_full: str | None = None
         self._queue = collections.deque()
         self._ready = threading.Condition()
         self._stopping = False
@@ -107,26 +137,42 @@ class GroupCommitter:
 
     def submit_encoded(self, op: bytes, bypass_limit: bool = False) -> asyncio.Future:
         assert len(op) == OP_SIZE
-        return self._enqueue(op, 1, False, bypass_limit)
+        return self._enqueue(_Entry(op, self._loop.create_future(), 1, False, None), bypass_limit)
 
     def submit_chain(self, ops: list[Op]) -> asyncio.Future:
         """Queue a linked chain (core/counters.py) to be applied in one batch;
         the future resolves to the list of its Results, in order."""
         assert 0 < len(ops) <= CHAIN_LENGTH_MAX
         assert all(op.link for op in ops[:-1]) and not ops[-1].link
-        return self._enqueue(b"".join(encode(op) for op in ops), len(ops), True, False)
+        return self._enqueue(_Entry(b"".join(encode(op) for op in ops), self._loop.create_future(), len(ops), True, None), False)
 
-    def _enqueue(self, data: bytes, op_count: int, chained: bool, bypass_limit: bool) -> asyncio.Future:
-        future = self._loop.create_future()
+    def write(self, change: Callable[[Any], Any]) -> asyncio.Future:
+        """Queue a change: `change(txn)` runs in the writer thread inside a
+        write transaction of its own, committed durably; the future resolves
+        to what it returned, or raises what it raised (then nothing of it is
+        stored). Raises QueueFull or ShuttingDown at once."""
+        return self._enqueue(_Entry(b"", self._loop.create_future(), 0, False, change), False)
+
+    def write_blocking(self, change: Callable[[Any], Any]):
+        """`write` for code running in a worker thread (never the event
+        loop's, never the writer's own): waits for the commit and returns
+        change's value, or raises its exception."""
+        assert threading.current_thread() is not self._thread, "the writer cannot wait for itself"
+        assert not _on_loop(self._loop), "write_blocking on the event loop: use `await write(change)`"
+        future = concurrent.futures.Future()
+        self._enqueue(_Entry(b"", future, 0, False, change), False)
+        return future.result()
+
+    def _enqueue(self, entry: "_Entry", bypass_limit: bool):
         with self._ready:
             if self._stopping and not bypass_limit:
                 raise ShuttingDown()
             if len(self._queue) >= self.queue_length_max and not bypass_limit:
                 raise QueueFull()
-            self._queue.append(_Entry(data, future, op_count, chained))
-            if len(self._queue) == 1 or len(self._queue) == self.batch_size_max:
+            self._queue.append(entry)
+            if len(self._queue) == 1 or len(self._queue) == self.batch_size_max or entry.change is not None:
                 self._ready.notify()
-        return future
+        return entry.future
 
     # ------------------------------------------------------------ writer
 
@@ -134,6 +180,8 @@ class GroupCommitter:
         with self._ready:
             while not self._queue and not self._stopping:
                 self._ready.wait()
+            if self._queue and self._queue[0].change is not None:
+                return [self._queue.popleft()]
             # Requests come in bursts (the event loop reads many at once); the
             # first of a burst wakes the writer. Lingering a moment lets the
             # rest join the same commit: measured at 1,500 clients, batches
@@ -146,9 +194,11 @@ class GroupCommitter:
                 if remaining <= 0:
                     break
                 self._ready.wait(remaining)
-            # A chain is never split across two batches (it commits whole).
+            # A chain is never split across two batches (it commits whole); a
+            # change waits for the batch queued before it and goes alone.
             batch, op_count = [], 0
-            while self._queue and op_count + self._queue[0].op_count <= self.batch_size_max:
+            while (self._queue and self._queue[0].change is None
+                   and op_count + self._queue[0].op_count <= self.batch_size_max):
                 entry = self._queue.popleft()
                 batch.append(entry)
                 op_count += entry.op_count
@@ -160,10 +210,42 @@ class GroupCommitter:
             if not batch:
                 return  # stopping and drained
             started = time.perf_counter()
-            outcomes = self._apply(batch)
-            if self.on_batch is not None:
-                self.on_batch(len(batch), time.perf_counter() - started)
-            self._loop.call_soon_threadsafe(_resolve, [entry.future for entry in batch], outcomes)
+            if batch[0].change is not None:
+                outcomes = [self._apply_change(batch[0].change)]
+            else:
+                outcomes = self._apply(batch)
+                if self.on_batch is not None:
+                    self.on_batch(len(batch), time.perf_counter() - started)
+            self._deliver(batch, outcomes)
+
+    def _deliver(self, batch, outcomes):
+        waiting = []
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(entry.future, concurrent.futures.Future):
+                _settle(entry.future, outcome)
+            else:
+                waiting.append((entry.future, outcome))
+        if waiting:
+            self._loop.call_soon_threadsafe(_resolve, waiting)
+
+    def _apply_change(self, change):
+        """What change(txn) returned, or the exception that undid it."""
+        try:
+            with self.ledger.store.env.begin(write=True) as txn:
+                value = change(txn)
+        except Exception as error:
+            return _Raised(self._store_error(error) or error)
+        self.store_full = None
+        return value
+
+    def _store_error(self, error: Exception) -> StoreFull | None:
+        """StoreFull for LMDB's full map or a full disk; None otherwise."""
+        cause = _full_store_cause(error)
+        if cause is None:
+            return None
+        self.store_full = cause
+        log.error("write refused: %s", cause)
+        return StoreFull(cause)
 
     def _apply(self, batch):
         """Results (bytes) for the whole batch; if the kernel raises, each
@@ -173,29 +255,36 @@ class GroupCommitter:
         day = business_day(now_ms, self.utc_offset_minutes)
         try:
             results = decode_results(self.ledger.apply_encoded(b"".join(entry.data for entry in batch), now_ms, day))
+            self.store_full = None
             return _outcomes(batch, results)
-        except Exception:
+        except Exception as error:
+            full = self._store_error(error)
+            if full is not None:
+                return [_Raised(full)] * len(batch)
             if len(batch) == 1:
                 log.exception("kernel failed on an operation; nothing of it was stored")
-                return [_Failure()]
+                return [_Raised(KernelFailure())]
             log.exception("kernel failed on a batch of %d; retrying one by one", len(batch))
         outcomes = []
         for entry in batch:
             try:
                 outcomes.extend(_outcomes([entry], decode_results(self.ledger.apply_encoded(entry.data, now_ms, day))))
-            except Exception:
-                log.exception("kernel failed on an operation; nothing of it was stored")
-                outcomes.append(_Failure())
+            except Exception as error:
+                full = self._store_error(error)
+                if full is None:
+                    log.exception("kernel failed on an operation; nothing of it was stored")
+                outcomes.append(_Raised(full or KernelFailure()))
         return outcomes
 
 
 class _Entry(NamedTuple):
-    """One waiter: an operation, or a linked chain of them."""
+    """One waiter: an operation, a linked chain of them, or a change."""
 
     data: bytes
-    future: asyncio.Future
+    future: "asyncio.Future | concurrent.futures.Future"
     op_count: int
     chained: bool
+    change: Callable[[Any], Any] | None
 
 
 def _outcomes(batch, results) -> list:
@@ -211,19 +300,42 @@ def _outcomes(batch, results) -> list:
     return outcomes
 
 
-class _Failure:
-    """Stands for the result of an operation the kernel raised on."""
+class _Raised(NamedTuple):
+    """Stands for an outcome that is an exception (the waiter raises it)."""
+
+    error: Exception
 
 
-class KernelFailure(Exception):
-    pass
+class KernelFailure(Internal):
+    def __init__(self):
+        super().__init__("the ledger could not apply this request; nothing of it was stored (the error is logged)",
+                         reason="KERNEL_FAILURE")
 
 
-def _resolve(futures, outcomes):
-    for future, outcome in zip(futures, outcomes, strict=True):
-        if future.done():  # the caller went away (cancelled)
-            continue
-        if isinstance(outcome, _Failure):
-            future.set_exception(KernelFailure("the ledger could not apply this request"))
-        else:
-            future.set_result(outcome)
+def _full_store_cause(error: Exception) -> str | None:
+    if isinstance(error, lmdb.MapFullError):
+        return "the LMDB map is full"
+    if isinstance(error, (lmdb.Error, OSError)) and ("No space left" in str(error) or "ENOSPC" in str(error)):
+        return "the disk is full"
+    return None
+
+
+def _on_loop(loop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _settle(future, outcome):
+    if future.done():  # the caller went away (cancelled)
+        return
+    if isinstance(outcome, _Raised):
+        future.set_exception(outcome.error)
+    else:
+        future.set_result(outcome)
+
+
+def _resolve(waiting):
+    for future, outcome in waiting:
+        _settle(future, outcome)

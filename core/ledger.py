@@ -103,6 +103,17 @@ class Ledger:
     def apply(self, ops: Sequence[Op], now_ms: int, day: int) -> list[Result]:
         return decode_results(self.apply_encoded(encode_ops(ops), now_ms, day))
 
+    def apply_in(self, txn, ops: Sequence[Op], now_ms: int, day: int) -> list[Result]:
+        """Apply ops inside the caller's write transaction: a change of the
+        one write path (core/writes.py) that moves money or takes counters
+        together with records of its own (a red packet and its funding, a
+        draw and its log entry), all committed together or not at all. Only
+        from the thread that writes (the group commit's writer in the server);
+        the kernel forgets what it kept from its last batch, since this
+        transaction is not one of its batches."""
+        assert len(ops) <= limits.BATCH_SIZE_MAX
+        return decode_results(self.kernel.apply_batch(txn, self.store, encode_ops(ops), now_ms, day))
+
     # ------------------------------------------------------------ reads
 
     def _get(self, record_type, db, key):
@@ -115,6 +126,11 @@ class Ledger:
 
     def account(self, kind: int, owner: int) -> Account | None:
         return self._get(Account, self.store.accounts, account_key(kind, owner))
+
+    def account_in(self, txn, kind: int, owner: int) -> Account | None:
+        """An account as the caller's transaction sees it."""
+        value = txn.get(account_key(kind, owner), db=self.store.accounts)
+        return None if value is None else decode(Account, value)
 
     def txn(self, txn_id: int) -> Txn | None:
         return self._get(Txn, self.store.txns, u64_key(txn_id))
@@ -183,7 +199,10 @@ class Ledger:
     def counter(self, scope: int, owner: int, subject: int = 0, period: int = 0) -> int:
         """A counter's value (core/counters.py); 0 if never touched."""
         with self.store.env.begin() as txn:
-            value = txn.get(counter_key(scope, owner, subject, period), db=self.store.counters)
+            return self.counter_in(txn, scope, owner, subject, period)
+
+    def counter_in(self, txn, scope: int, owner: int, subject: int = 0, period: int = 0) -> int:
+        value = txn.get(counter_key(scope, owner, subject, period), db=self.store.counters)
         return 0 if value is None else COUNTER_VALUE.unpack(value)[0]
 
     def txn_counters(self, txn_id: int) -> list[tuple[tuple[int, int, int, int], int]]:

@@ -53,6 +53,7 @@ Administration's databases (values msgpack of core.admin.model records):
   admin_cards       card_id u64                -> CardOwner     the issuing organisation of a card
   admin_customers   customer_id u64            -> Customer      card holders' profiles
   admin_customer_cards (customer u64, card u64) -> b""          a customer's cards
+  admin_partners    partner_id u32             -> Partner       partner programmes, their keys sealed
 
 Promotions' and risk's databases (core/promotions/store.py, core/risk/):
   promotion_records       promotion_id u64           -> JSON Promotion (core.promotions.model)
@@ -66,6 +67,9 @@ Promotions' and risk's databases (core/promotions/store.py, core/risk/):
   risk_blacklist          card_id u64                -> msgpack BlacklistEntry
   risk_flags              seq u64                    -> msgpack Flag   patterns flagged for review
   promotion_issued        txn_id u64                 -> b""  a sale or top-up whose coupons were issued (once)
+
+Requests the caller numbers itself (core/once.py):
+  once              (rpc utf-8, 0, request id utf-8) -> fingerprint 16 bytes + answer  done once, answered the same
 """
 
 import os
@@ -117,6 +121,7 @@ DATABASE_NAMES = (
     "admin_cards",
     "admin_customers",
     "admin_customer_cards",
+    "admin_partners",
     "promotion_records",
     "promotion_meta",
     "promotion_coupons",
@@ -128,6 +133,7 @@ DATABASE_NAMES = (
     "risk_blacklist",
     "risk_flags",
     "promotion_issued",
+    "once",
 )
 
 # The map is a reservation of address space, not of disk: LMDB files grow as

@@ -8,7 +8,7 @@ import sys
 from core import limits
 from core.channels import SimulatorSettings
 from core.store import MAP_SIZE_BYTES_DEFAULT
-from server.settings import HEAP_TRIM_INTERVAL_S_DEFAULT, ServerSettings
+from server.settings import HEAP_TRIM_INTERVAL_S_DEFAULT, PII_CIPHERS, ServerSettings
 from server.stream import STREAM_WINDOW_MAX
 from server.workers import WORKERS_MAX
 
@@ -25,12 +25,17 @@ def parse_args(argv):
     parser.add_argument("--kernel", choices=("auto", "cython", "reference"), default="auto",
                         help="ledger kernel: the Cython one if built (auto), or the plain-Python reference")
     parser.add_argument("--map-size-gib", type=int, default=MAP_SIZE_BYTES_DEFAULT // 2**30,
-                        help="LMDB map size, GiB of address space (default %(default)s)")
+                        help="LMDB map size, GiB of address space, 1 .. 16384 (default %(default)s): writes are refused "
+                        "with RESOURCE_EXHAUSTED (STORE_FULL) once the data fills it")
+    parser.add_argument("--map-size-mib", type=int, metavar="MIB",
+                        help="LMDB map size in MiB instead, at least 8: for tests and small demos")
     parser.add_argument("--utc-offset-minutes", type=int, default=0,
                         help="business day boundary, minutes east of UTC (480 for UTC+8)")
     parser.add_argument("--points-per-unit", type=int, default=100, help="points that pay one currency unit")
     parser.add_argument("--earn-points-per-unit", type=int, default=1, help="points earned per currency unit paid")
-    parser.add_argument("--channel-timeout-ms", type=int, default=5000, help="longest wait for a payment channel")
+    parser.add_argument("--channel-timeout-ms", type=int, default=5000,
+                        help="the longest a request waits for a payment channel, in all: a Pay with a channel part "
+                        "answers within it plus a commit (terminals: set your deadline 2 s above it; default %(default)s)")
     parser.add_argument("--channel-latency-ms", type=int, nargs=2, default=(0, 0), metavar=("MIN", "MAX"),
                         help="simulated channel latency range")
     parser.add_argument("--channel-decline-ppm", type=int, default=0, help="simulated channel declines, per million")
@@ -53,7 +58,7 @@ def parse_args(argv):
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--terminal-auth", action="store_true",
                         help="refuse terminal requests without a valid MAC under the terminal's working key "
-                        "(x-tally-* metadata; see server/terminal_auth.py); needs --master-key-file")
+                        "(x-tally-* metadata; see server/terminal_auth.py); needs --master-key-file or --pkcs11-module")
     parser.add_argument("--back-office-auth", action="store_true",
                         help="refuse the back-office RPCs of promotions, risk, loyalty, settlement and cards (create, "
                         "approve, limits, blacklist, rules, gifts, statements, day-end, card changes) without an AdminService token of an allowed role, and a `by` "
@@ -61,8 +66,24 @@ def parse_args(argv):
     parser.add_argument("--master-key-file", metavar="FILE",
                         help="master key the terminals' keys are sealed under (python -m core.admin master-key); "
                         "needed to register terminals and for sign-on")
+    hsm = parser.add_argument_group("master key in an HSM (instead of --master-key-file; docs/security-keys.md)")
+    hsm.add_argument("--pkcs11-module", metavar="SO", help="the token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so")
+    hsm.add_argument("--pkcs11-token-label", default="", metavar="LABEL", help="the token holding the master key")
+    hsm.add_argument("--pkcs11-key-label", default="tally-master", metavar="LABEL",
+                     help="the master key's label in the token (python -m core.admin master-key; default %(default)s)")
+    hsm.add_argument("--pkcs11-pin-file", metavar="FILE",
+                     help="file (mode 600) whose first line is the user PIN; default: the TALLY_PKCS11_PIN "
+                     "environment variable (never the command line)")
+    parser.add_argument("--pii-cipher", choices=PII_CIPHERS, default="aes",
+                        help="customers' personal fields at rest, under each customer's own data key sealed by "
+                        "the master key: AES-256-GCM or SM4-GCM (default %(default)s)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="listen beyond the loopback without TLS, --terminal-auth and --back-office-auth anyway "
+                        "(refused by default: secure mode is the default away from 127.0.0.1)")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve gRPC over TLS with this certificate (chain)")
     parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument("--currency", default="CNY", metavar="CODE",
+                        help="ISO 4217 code of the network's currency, sent with every amount (default %(default)s)")
     parser.add_argument("--heap-trim-interval", type=float, default=HEAP_TRIM_INTERVAL_S_DEFAULT, metavar="S",
                         help="hand the heap's free pages back to the OS every S seconds, so that RSS shows memory "
                         "in use, not a past burst's (glibc malloc_trim; server/heap.py); 0: never (default %(default)g)")
@@ -82,7 +103,7 @@ def main(argv=None):
             data_dir=args.data,
             listen=args.listen,
             kernel=args.kernel,
-            map_size_bytes=args.map_size_gib * 2**30,
+            map_size_bytes=args.map_size_mib * 2**20 if args.map_size_mib is not None else args.map_size_gib * 2**30,
             utc_offset_minutes=args.utc_offset_minutes,
             points_per_unit=args.points_per_unit,
             earn_points_per_unit=args.earn_points_per_unit,
@@ -94,9 +115,16 @@ def main(argv=None):
             terminal_auth=args.terminal_auth,
             back_office_auth=args.back_office_auth,
             master_key_file=args.master_key_file,
+            pkcs11_module=args.pkcs11_module,
+            pkcs11_token_label=args.pkcs11_token_label,
+            pkcs11_key_label=args.pkcs11_key_label,
+            pkcs11_pin_file=args.pkcs11_pin_file,
+            pii_cipher=args.pii_cipher,
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,
             heap_trim_interval_s=args.heap_trim_interval,
+            currency=args.currency,
+            insecure=args.insecure,
             simulator=SimulatorSettings(
                 latency_ms_min=args.channel_latency_ms[0],
                 latency_ms_max=args.channel_latency_ms[1],

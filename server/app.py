@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core import limits
+from core.admin import Admin
 from core.channels import build_channels
 from core.commit import GroupCommitter, QueueFull
 from core.ledger import Ledger, load_kernel
@@ -23,7 +24,7 @@ from core.records import Op
 from core.results import OpKind
 from core.store import open_store
 from server import metrics as observability
-from server import admin_service, heap, tls
+from server import admin_service, answers, heap, tls
 from server.cards import CardService
 from server.channel_flow import ChannelFlow
 from server.demo import seed_demo_data
@@ -31,6 +32,9 @@ from server.loyalty_service import LoyaltyService, RulesHolder
 from server.payments import PaymentService
 from server import promotion_service
 from server.promotion_flow import PromotionFlow
+from server.rpc import Guards, Registrar
+from server.partner_auth import PartnerGuard
+from server.terminal_auth import TerminalGuard
 from server.settings import ServerSettings
 from server.settlement_service import SettlementService
 from server.stream import GatewayService
@@ -68,6 +72,40 @@ def grpc_options(reuse_port: bool) -> tuple:
                  for name, value in GRPC_OPTIONS)
 
 
+def guards_for(settings: ServerSettings, store, master_key, admin: Admin) -> Guards:
+    """The credentials the server checks (server/rpc.py): terminal MACs with
+    --terminal-auth, staff tokens (always for AdminService; for the other
+    back-office RPCs with --back-office-auth)."""
+    terminal = partner = None
+    if settings.terminal_auth:
+        log.info("terminal and partner authentication on: every terminal and partner request needs its MAC")
+        terminal = TerminalGuard(store, master_key)
+        partner = PartnerGuard(store, master_key)
+    if settings.back_office_auth:
+        log.info("back-office authentication on: back-office RPCs need an AdminService token")
+    return Guards(admin, terminal=terminal, partner=partner, back_office=settings.back_office_auth)
+
+
+WRITES_HEALTH_NAME = "tally.v1.Writes"
+STORE_WATCH_INTERVAL_S = 1.0
+
+
+async def watch_store(committer: GroupCommitter, health_servicer):
+    """Health of "tally.v1.Writes": NOT_SERVING while the store is full (the
+    whole server, "", stays SERVING: reads go on), SERVING again once a
+    write commits."""
+    serving = True
+    while True:
+        await asyncio.sleep(STORE_WATCH_INTERVAL_S)
+        if serving == (committer.store_full is None):
+            continue
+        serving = committer.store_full is None
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await health_servicer.set(WRITES_HEALTH_NAME, status)
+        if not serving:
+            log.error("writes refused: %s; reads are still served", committer.store_full)
+
+
 async def sample_gauges(metrics, committer: GroupCommitter, store):
     while True:
         observability.sample(metrics, committer, store.env)
@@ -88,6 +126,7 @@ async def sweep_expired_holds(committer: GroupCommitter, interval_s: float):
 
 async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     heap.configure_malloc()
+    answers.set_currency(settings.currency)
     store = open_store(settings.data_dir, settings.map_size_bytes)
     kernel = load_kernel(settings.kernel)
     ledger = Ledger(store, kernel)
@@ -103,7 +142,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     )
     committer.start()
     channels = build_channels(settings.simulator)
-    rules = RulesHolder(store)
+    rules = RulesHolder(store, committer)
     flow = ChannelFlow(ledger, committer, channels, settings.channel_timeout_ms, lambda: rules.rules.expiry.lot_validity_days)
     if settings.recover:
         await flow.recover()
@@ -113,10 +152,12 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         await admin_service.sync_station_domains(store, committer)
 
     master_key = admin_service.load_master_key_of(settings)
+    admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=settings.utc_offset_minutes, writer=committer,
+                  field_cipher=admin_service.field_cipher_of(settings))
     server = grpc.aio.server(options=grpc_options(settings.reuse_port))
-    # Every service registers through this: with --terminal-auth it puts the
-    # terminal-auth interceptor in front of the terminal RPCs.
-    services = admin_service.registrar_for(settings, store, master_key, server)
+    # Every service registers through this one registrar: it parses each
+    # request, checks its caller against server/callers.py, and maps errors.
+    services = Registrar(server, guards_for(settings, store, master_key, admin))
     promotions = promotion_service.add_promotion_services(services, ledger, committer, settings)
     sale_promotions = PromotionFlow(ledger, promotions.service, promotions.risk, committer.clock)
     payments = PaymentService(ledger, committer, flow, settings, rules, sale_promotions)
@@ -127,10 +168,10 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway, services)
     settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(ledger, committer, payments), services)
     loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server(LoyaltyService(ledger, committer, rules, promotions.risk), services)
-    admin_service.add_admin_services(services, store, master_key, committer)
+    admin_service.add_admin_services(services, admin, committer)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
-    # Reflection wants the aio server itself (it checks the type); it is no terminal RPC.
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # Reflection wants the aio server itself (it checks the type); it is public.
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         port = tls.add_port(server, settings)
@@ -139,8 +180,9 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.listen}")
     await server.start()
-    for name in ("", *SERVICE_NAMES):
+    for name in ("", *SERVICE_NAMES, WRITES_HEALTH_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    store_watch = asyncio.create_task(watch_store(committer, health_servicer))
     sweeper = asyncio.create_task(sweep_expired_holds(committer, settings.hold_sweep_interval_s))
     trimmer = asyncio.create_task(heap.release_free_heap_every(settings.heap_trim_interval_s)) if settings.heap_trim_interval_s else None
     sampler = asyncio.create_task(sample_gauges(metrics, committer, store)) if metrics is not None else None
@@ -148,6 +190,11 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         metrics_port = observability.serve_metrics(settings.metrics_port, host=settings.listen.rsplit(":", 1)[0])
         # Tests read the bound port from this line (--metrics-port 0).
         log.info("metrics on http://%s:%d/metrics", settings.listen.rsplit(":", 1)[0], metrics_port)
+    # Before anyone is told the server listens: a SIGTERM from then on stops it cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     host = settings.listen.rsplit(":", 1)[0]
     # Tests and benchmarks read the bound port from this line (--listen HOST:0).
     # With --workers the supervisor says "serving on" once all workers listen.
@@ -156,16 +203,13 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     if ready is not None:
         ready(port)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
 
     log.info("stopping: finishing calls in flight")
     await health_servicer.enter_graceful_shutdown()
     gateway.stop()
     sweeper.cancel()
+    store_watch.cancel()
     if trimmer is not None:
         trimmer.cancel()
     promotions.job.cancel()

@@ -8,7 +8,6 @@ from core.ledger import Ledger
 from core.promotions.model import CouponTrigger
 from core.results import ResultCode
 from server import answers, requests
-from server.errors import rpc
 from tally.v1 import card_pb2, card_pb2_grpc
 
 
@@ -30,7 +29,6 @@ class CardService(card_pb2_grpc.CardServiceServicer):
         result = await self.committer.submit(op)
         return self._card_answer(result.code, op.card_id)
 
-    @rpc
     async def OpenCard(self, request, context):
         return await self._change(requests.open_card_op(request))
 
@@ -42,23 +40,18 @@ class CardService(card_pb2_grpc.CardServiceServicer):
             answer.coupons_issued.extend(await self.promotions.issue_coupons(CouponTrigger.TOPUP, result, request.terminal.station_id))
         return answer
 
-    @rpc
     async def TopUp(self, request, context):
         return await self.top_up(request)
 
-    @rpc
     async def SetCardStatus(self, request, context):
         return await self._change(requests.set_card_status_op(request))
 
-    @rpc
     async def SetCardLimits(self, request, context):
         return await self._change(requests.set_card_limits_op(request))
 
-    @rpc
     async def AllowStation(self, request, context):
         return await self._change(requests.allow_station_op(request))
 
-    @rpc
     async def GetCard(self, request, context):
         requests.require_range(request.card_id, "card_id", 1, 2**64 - 1)
         found = self.ledger.card(request.card_id) is not None

@@ -1,74 +1,82 @@
 """How failures become gRPC statuses, in one place.
 
-A decline is never an error: it is an answer with a ResultCode. Errors are
-malformed input (INVALID_ARGUMENT, naming the field and its limit), overload
-(RESOURCE_EXHAUSTED), shutdown (UNAVAILABLE) and bugs (INTERNAL).
-The unary RPCs (`rpc` below) and the gateway stream (server/stream.py) both
-map exceptions with `status_of`, so an operation fails the same way on both.
+Owns: turning a core.errors.TallyError (or anything else a handler raised)
+into the status a caller sees: the gRPC code, the text, and
+google.rpc.Status details in the `grpc-status-details-bin` trailer, so that
+a program reads the reason and the field instead of parsing words:
+  ErrorInfo(reason=the error's stable reason, domain="tally.v1",
+            metadata={"field": ..., plus what the error adds})
+  BadRequest.field_violations=[{field, description}]   (INVALID_ARGUMENT)
+Used by: server/rpc.py (every RPC passes through it), server/stream.py
+(each operation of a gateway stream fails the same way as its unary RPC).
+
+A decline is never an error: it is an answer with a ResultCode. An
+exception nobody expected is a bug: it is logged with its traceback and the
+caller gets INTERNAL with a request id to quote, never a class name.
 """
 
-import functools
 import logging
-import time
 
 import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from core.commit import KernelFailure, QueueFull, ShuttingDown
-from server.metrics import OBSERVER, outcome_of, request_id_of
+from core.errors import Internal, TallyError
 
 log = logging.getLogger(__name__)
 
-QUEUE_FULL_TEXT = "server queue full; retry with the same serial"
-SHUTTING_DOWN_TEXT = "server shutting down; retry with the same serial"
+ERROR_DOMAIN = "tally.v1"
+DETAILS_KEY = "grpc-status-details-bin"
+# gRPC's own status names -> codes, once.
+_CODES = {code.name: code for code in grpc.StatusCode}
+
+class Refusal:
+    """What a failed call answers: code, text and trailing metadata."""
+
+    __slots__ = ("code", "text", "trailing_metadata", "reason")
+
+    def __init__(self, code: grpc.StatusCode, text: str, trailing_metadata: tuple, reason: str):
+        self.code = code
+        self.text = text
+        self.trailing_metadata = trailing_metadata
+        self.reason = reason
 
 
-class InvalidRequest(Exception):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+def refusal_of(error: BaseException) -> Refusal | None:
+    """The refusal for a TallyError; None for anything else (a bug)."""
+    if not isinstance(error, TallyError):
+        return None
+    code = _CODES[error.status]
+    return Refusal(code, str(error), ((DETAILS_KEY, status_details(error, code).SerializeToString()),), error.reason)
 
 
-def status_of(error: Exception) -> tuple[grpc.StatusCode, str] | None:
-    """The status an operation that raised `error` ends with; None for an
-    exception nobody expected (a bug: the caller logs it and answers INTERNAL)."""
-    if isinstance(error, InvalidRequest):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
-    if isinstance(error, QueueFull):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, QUEUE_FULL_TEXT
-    if isinstance(error, ShuttingDown):
-        return grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN_TEXT
-    if isinstance(error, KernelFailure):
-        return grpc.StatusCode.INTERNAL, str(error)
-    return None
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """(code, text) for a TallyError, None for anything else."""
+    refusal = refusal_of(error)
+    return None if refusal is None else (refusal.code, refusal.text)
 
 
-def rpc(method):
-    """Wrap a servicer method: map exceptions to statuses, never crash;
-    report every answer to the metrics and the request log."""
-    name = method.__name__
+def status_details(error: TallyError, code: grpc.StatusCode) -> status_pb2.Status:
+    status = status_pb2.Status(code=code.value[0], message=str(error))
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)
+    if error.field:
+        info.metadata["field"] = error.field
+    for key, value in getattr(error, "metadata", {}).items():
+        info.metadata[key] = value
+    status.details.add().Pack(info)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        request = error_details_pb2.BadRequest()
+        request.field_violations.add(field=error.field, description=error.message)
+        status.details.add().Pack(request)
+    return status
 
-    @functools.wraps(method)
-    async def wrapper(self, request, context):
-        if not OBSERVER.active:
-            try:
-                return await method(self, request, context)
-            except Exception as error:
-                status = status_of(error)
-                if status is None:
-                    raise
-                await context.abort(*status)
-        started = time.perf_counter()
-        request_id = request_id_of(context) if OBSERVER.log_requests else None
-        try:
-            answer = await method(self, request, context)
-        except Exception as error:
-            status = status_of(error)
-            outcome = status[0].name if status is not None else grpc.StatusCode.INTERNAL.name
-            OBSERVER.request(name, "unary", outcome, time.perf_counter() - started, request, request_id)
-            if status is None:
-                raise
-            await context.abort(*status)
-        OBSERVER.request(name, "unary", outcome_of(answer), time.perf_counter() - started, request, request_id)
-        return answer
 
-    return wrapper
+def internal_error(request_id: str) -> Internal:
+    return Internal(f"internal error (request {request_id}); the server logged it. Query the request's serial "
+                    "before retrying: it may or may not have been applied", reason="INTERNAL")
+
+
+async def abort(context, refusal: Refusal):
+    await context.abort(refusal.code, refusal.text, refusal.trailing_metadata)
+
+
+assert code_pb2.INVALID_ARGUMENT == grpc.StatusCode.INVALID_ARGUMENT.value[0]

@@ -20,8 +20,10 @@ from core.loyalty.statement import points_statement
 from core.records import Gift, Op, Result, decode, u64_key
 from core.results import AccountKind, OpKind, ResultCode, Tier, TierReason
 from server import answers, requests
+from server.callers import current_caller
 from server.counter_client import CounterClient
-from server.errors import InvalidRequest, rpc
+from core.admin.partners import card_in_domain, partner_record
+from core.errors import InvalidInput
 from tally.v1 import loyalty_pb2, loyalty_pb2_grpc
 
 CARD_ID_MAX = limits.CARD_ID_MAX
@@ -34,8 +36,10 @@ class RulesHolder:
 
     REFRESH_INTERVAL_S = 1.0
 
-    def __init__(self, store):
+    def __init__(self, store, writer):
         self.store = store
+        # The one write path (core/writes.py): the server's group commit.
+        self.writer = writer
         self._rules = load_rules(store)
         self._loaded_at = time.monotonic()
 
@@ -46,8 +50,8 @@ class RulesHolder:
             self._loaded_at = time.monotonic()
         return self._rules
 
-    def save(self, rules: LoyaltyRules) -> LoyaltyRules:
-        self._rules = save_rules(self.store, rules)
+    async def save(self, rules: LoyaltyRules) -> LoyaltyRules:
+        self._rules = await self.writer.write(lambda txn: save_rules(txn, self.store, rules))
         self._loaded_at = time.monotonic()
         return self._rules
 
@@ -108,7 +112,6 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
 
     # ------------------------------------------------------------ reads
 
-    @rpc
     async def GetPoints(self, request, context):
         require_card(request.card_id)
         account = self.ledger.account(AccountKind.POINTS, request.card_id)
@@ -124,7 +127,6 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
             tier=jobs.member_tier(self.ledger.store, request.card_id),
         )
 
-    @rpc
     async def GetStatement(self, request, context):
         require_card(request.card_id)
         if self.ledger.card(request.card_id) is None:
@@ -140,13 +142,11 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
             truncated=statement.truncated,
         )
 
-    @rpc
     async def ListCatalogue(self, request, context):
         with self.ledger.store.env.begin() as txn:
             gifts = [decode(Gift, value) for _, value in txn.cursor(db=self.ledger.store.gifts)]
         return loyalty_pb2.CatalogueAnswer(gifts=[gift_message(gift) for gift in gifts])
 
-    @rpc
     async def ListExpiringSoon(self, request, context):
         requests.require_range(request.within_days, "within_days", 1, 3660)
         today = self.committer.clock() // jobs.MS_PER_DAY
@@ -155,7 +155,6 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
             expiring=[loyalty_pb2.ExpiringPoints(card_id=f["card_id"], expires_day=f["expires_day"], points=f["points"]) for f in found]
         )
 
-    @rpc
     async def QuotePoints(self, request, context):
         requests.require_range(request.amount_minor, "amount_minor", 0, limits.AMOUNT_MINOR_MAX)
         lines = []
@@ -177,7 +176,6 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         return Op(kind=kind, **requests.terminal_fields(request.terminal), card_id=request.card_id,
                   fingerprint=requests.fingerprint(kind, request), **fields)
 
-    @rpc
     async def CheckIn(self, request, context):
         rules = self.holder.rules.checkin
         op = self._terminal_op(OpKind.CHECKIN, request, amount=rules.points, bonus_points=rules.streak_bonus, period=rules.streak_days,
@@ -185,17 +183,15 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         result = await self.committer.submit(op)
         return loyalty_answer(result, result.points_earned)
 
-    @rpc
     async def CompleteTask(self, request, context):
         tasks = self.holder.rules.tasks
         if request.task not in tasks.points:
-            raise InvalidRequest("task", f"unknown task {request.task!r}; the rules name {sorted(tasks.points)}")
+            raise InvalidInput("task", f"unknown task {request.task!r}; the rules name {sorted(tasks.points)}")
         op = self._terminal_op(OpKind.TASK, request, amount=tasks.points[request.task], bonus_points=tasks.daily_cap,
                                lot_validity_days=self.holder.rules.expiry.lot_validity_days)
         result = await self.committer.submit(op)
         return loyalty_answer(result, result.points_earned)
 
-    @rpc
     async def RedeemGift(self, request, context):
         requests.require_range(request.gift_id, "gift_id", 1, 2**64 - 1)
         requests.require_range(request.quantity, "quantity", 1, limits.REDEEM_QUANTITY_MAX)
@@ -211,7 +207,6 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         result = outcome.main if not outcome.refused_by else msgspec.structs.replace(outcome.main, code=outcome.code)
         return loyalty_answer(result, -result.points_used, result.personal, declined_by=outcome.refused_by)
 
-    @rpc
     async def ExchangePartnerPoints(self, request, context):
         require_card(request.card_id)
         requests.require_range(request.partner_id, "partner_id", 1, limits.PARTNER_ID_MAX)
@@ -219,7 +214,9 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         requests.require_range(request.partner_points, "partner_points", 1, limits.POINTS_MAX)
         partner = self.holder.rules.partners.get(request.partner_id)
         if partner is None:
-            raise InvalidRequest("partner_id", f"no partner {request.partner_id} in the rules")
+            raise InvalidInput("partner_id", f"no partner {request.partner_id} in the rules")
+        if not self._partner_may_credit(request.card_id):
+            return loyalty_answer(Result(code=ResultCode.CARD_NOT_FOUND, kind=OpKind.PARTNER_EXCHANGE), 0)
         op = Op(
             kind=OpKind.PARTNER_EXCHANGE,
             terminal_id=limits.PARTNER_TERMINAL_ID_BASE + request.partner_id,
@@ -237,22 +234,31 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         result = await self.committer.submit(op)
         return loyalty_answer(result, result.points_earned, result.personal)
 
+    def _partner_may_credit(self, card_id: int) -> bool:
+        """A partner (server/partner_auth.py) credits only the cards of its
+        headquarters' domain; another card answers as an unknown one."""
+        caller = current_caller()
+        if caller.kind != "partner":
+            return True
+        store = self.ledger.store
+        with store.env.begin() as txn:
+            partner = partner_record(txn, store, caller.partner_id)
+            return partner is not None and card_in_domain(txn, store, card_id, partner.org_id)
+
     # ------------------------------------------------------------ admin
 
-    @rpc
     async def GetRules(self, request, context):
         rules = self.holder.rules
         return loyalty_pb2.RulesAnswer(rules_json=msgspec.json.encode(rules).decode(), version=rules.version)
 
-    @rpc
     async def SaveRules(self, request, context):
         try:
             rules = msgspec.json.decode(request.rules_json.encode(), type=LoyaltyRules)
-            saved = self.holder.save(rules)
-        except msgspec.ValidationError as error:
-            raise InvalidRequest("rules_json", str(error)) from None
+            saved = await self.holder.save(rules)
+        except msgspec.DecodeError as error:  # malformed JSON, or a value of the wrong type
+            raise InvalidInput("rules_json", str(error)) from None
         except RuleError as error:
-            raise InvalidRequest(f"rules_json.{error.field}", str(error).split(": ", 1)[1]) from None
+            raise error.within("rules_json") from None
         return loyalty_pb2.RulesAnswer(rules_json=msgspec.json.encode(saved).decode(), version=saved.version)
 
     def _gift_answer(self, code: int, gift_id: int) -> loyalty_pb2.GiftAnswer:
@@ -263,40 +269,43 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
             answer.gift.CopyFrom(gift_message(decode(Gift, raw)))
         return answer
 
-    @rpc
     async def SetGift(self, request, context):
         terms = request.terms
         requests.require_range(terms.gift_id, "terms.gift_id", 1, 2**64 - 1)
         requests.require_range(terms.points_price, "terms.points_price", 0, limits.POINTS_MAX)
         requests.require_range(terms.cash_price_minor, "terms.cash_price_minor", 0, limits.AMOUNT_MINOR_MAX)
         if terms.points_price + terms.cash_price_minor == 0:
-            raise InvalidRequest("terms", "a gift needs a points price or a cash price")
+            raise InvalidInput("terms", "a gift needs a points price or a cash price")
         if terms.valid_to_day and terms.valid_from_day > terms.valid_to_day:
-            raise InvalidRequest("terms.valid_to_day", "must not be before valid_from_day")
+            raise InvalidInput("terms.valid_to_day", "must not be before valid_from_day")
+        if terms.stock:
+            raise InvalidInput("terms.stock", "SetGift sets the terms only: add or remove stock with AddGiftStock "
+                                              "(every change of stock is a counted movement)")
         mask = 0
-        for tier in terms.tiers:
+        for index, tier in enumerate(terms.tiers):
+            if tier not in Tier._value2member_map_:
+                raise InvalidInput(f"terms.tiers[{index}]", f"must be one of {', '.join(t.name for t in Tier)}, got {tier}")
             mask |= 1 << tier
         op = Op(kind=OpKind.GIFT_SET, item_id=terms.gift_id, amount=terms.points_price, bonus_points=terms.cash_price_minor,
                 count_limit=terms.per_customer_limit, tier=mask, period_start=terms.valid_from_day, period=terms.valid_to_day)
         result = await self.committer.submit(op)
         return self._gift_answer(result.code, terms.gift_id)
 
-    @rpc
     async def AddGiftStock(self, request, context):
         requests.require_range(request.gift_id, "gift_id", 1, 2**64 - 1)
         requests.require_range(request.delta, "delta", -limits.GIFT_STOCK_MAX, limits.GIFT_STOCK_MAX)
         if request.delta == 0:
-            raise InvalidRequest("delta", "must not be 0")
+            raise InvalidInput("delta", "must not be 0")
         result = await self.committer.submit(Op(kind=OpKind.GIFT_STOCK, item_id=request.gift_id, amount=request.delta))
         return self._gift_answer(result.code, request.gift_id)
 
-    @rpc
     async def SetTier(self, request, context):
         require_card(request.card_id)
+        if request.tier not in Tier._value2member_map_:
+            raise InvalidInput("tier", f"must be one of {', '.join(tier.name for tier in Tier)}, got {request.tier}")
         result = await self.committer.submit(Op(kind=OpKind.SET_TIER, card_id=request.card_id, tier=request.tier, reason=TierReason.ADMIN))
         return loyalty_answer(result, 0)
 
-    @rpc
     async def SetTimeZone(self, request, context):
         require_card(request.card_id)
         requests.require_range(request.utc_offset_minutes, "utc_offset_minutes", -limits.TZ_OFFSET_MINUTES_MAX, limits.TZ_OFFSET_MINUTES_MAX)

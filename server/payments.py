@@ -12,6 +12,8 @@ stream (server/stream.py) both call these methods: one code path, so the
 same validation, idempotency and result codes on both transports.
 """
 
+import asyncio
+
 import msgspec
 
 from core.admin.cards import basket_refusal
@@ -22,7 +24,7 @@ from core.records import RESULT_REPLAYED, Op, Result
 from core.results import OpKind, ResultCode
 from server import answers, requests
 from server.channel_flow import ChannelFlow
-from server.errors import InvalidRequest, rpc
+from core.errors import InvalidInput
 from server.settings import ServerSettings
 from tally.v1 import payment_pb2, payment_pb2_grpc
 
@@ -70,18 +72,17 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return msgspec.structs.replace(final, final=final.final | RESULT_REPLAYED) if result.replayed else final
 
     async def pay(self, request):
+        base = requests.pay_op(request, self.op_settings)  # validates the request before anything reads it
         refusal = basket_refusal(self.ledger.store, request.plan.card_id, request.basket)
         if refusal:
-            requests.pay_op(request, self.op_settings)  # bad input is still INVALID_ARGUMENT first
             declined = self.ledger.sale_declined(ResultCode.GOODS_NOT_ALLOWED, OpKind.PAY, request.plan.card_id, request.amount_minor,
                                                  request.terminal.station_id, self.committer.clock(), self.committer.utc_offset_minutes)
             return answers.payment_answer(declined, request.terminal, request.basket, request.plan.channel, declined_by=refusal)
         if self.promotions is None:
             quote = self._quote(request.basket, request.amount_minor, request.plan.card_id, request.terminal.station_id)
-            op = requests.pay_op(request, self.op_settings, None if quote is None else quote.total)
+            op = base if quote is None else msgspec.structs.replace(base, earn_points=quote.total)
             result = await self._run(op)
             return answers.payment_answer(result, request.terminal, request.basket, request.plan.channel, quote=quote)
-        base = requests.pay_op(request, self.op_settings)  # validates the request first
         quotes = []
 
         def build_op(amount_minor: int, lines) -> Op:
@@ -105,9 +106,11 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return answers.payment_answer(result, request.terminal)
 
     async def complete(self, request):
-        hold = self.ledger.txn(request.txn_id) if request.txn_id else None
+        op = requests.complete_op(request, self.op_settings)  # validates the request before anything reads it
+        hold = self.ledger.txn(request.txn_id)
         quote = self._quote(request.basket, request.amount_minor, hold.card_id if hold else 0, request.terminal.station_id)
-        op = requests.complete_op(request, self.op_settings, None if quote is None else quote.total)
+        if quote is not None:
+            op = msgspec.structs.replace(op, earn_points=quote.total)
         result = await self._run(op)
         return answers.payment_answer(result, request.terminal, request.basket, quote=quote)
 
@@ -117,12 +120,13 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
 
     async def reverse(self, request):
         result = await self._run(requests.reverse_op(request, self.op_settings))
-        await self.flow.after_undo(result)
+        await asyncio.shield(self.flow.after_undo(result))
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def void(self, request):
         result = await self._run(requests.by_txn_op(OpKind.VOID, request, self.op_settings))
-        await self.flow.after_undo(result)
+        # Shielded: a terminal that hangs up must not cancel the channel's reversal.
+        await asyncio.shield(self.flow.after_undo(result))
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def refund(self, request):
@@ -136,7 +140,7 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
                 return payment_pb2.QueryAnswer(found=False)
             return payment_pb2.QueryAnswer(found=True, transaction=answers.transaction(record))
         if request.terminal_id == 0 or request.serial == 0:
-            raise InvalidRequest("query", "give txn_id, or terminal_id and serial")
+            raise InvalidInput("query", "give txn_id, or terminal_id and serial")
         entry = self.ledger.idem(request.terminal_id, request.serial)
         if entry is None:
             return payment_pb2.QueryAnswer(found=False)
@@ -148,35 +152,27 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
 
     # ------------------------------------------------------------ unary RPCs
 
-    @rpc
     async def Pay(self, request, context):
         return await self.pay(request)
 
-    @rpc
     async def PreAuthorize(self, request, context):
         return await self.pre_authorize(request)
 
-    @rpc
     async def Complete(self, request, context):
         return await self.complete(request)
 
-    @rpc
     async def Release(self, request, context):
         return await self.release(request)
 
-    @rpc
     async def Reverse(self, request, context):
         return await self.reverse(request)
 
-    @rpc
     async def Void(self, request, context):
         return await self.void(request)
 
-    @rpc
     async def Refund(self, request, context):
         return await self.refund(request)
 
-    @rpc
     async def Query(self, request, context):
         return await self.query(request)
 

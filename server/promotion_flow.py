@@ -31,7 +31,7 @@ from core.risk.rules import LIMITS_PER_OPERATION_MAX
 from core.records import Op, Result
 from core.results import OpKind, ResultCode
 from server.counter_client import CounterClient
-from server.errors import InvalidRequest
+from core.errors import InvalidInput
 from core.promotions.model import CouponTrigger
 from server.promotion_service import PromotionService
 from server.risk_service import RiskHolder
@@ -79,7 +79,7 @@ class PromotionFlow:
 
     async def _pay(self, request, build_op: Callable[[int, list], Op]) -> SaleOutcome:
         if len(request.coupon_codes) > COUPON_CODES_PER_SALE_MAX:
-            raise InvalidRequest("coupon_codes", f"at most {COUPON_CODES_PER_SALE_MAX} codes")
+            raise InvalidInput("coupon_codes", f"at most {COUPON_CODES_PER_SALE_MAX} codes")
         card_id = request.plan.card_id
         now_ms = self.clock()
         entry = self.risk.blocking_entry(card_id, now_ms) if card_id else None
@@ -137,9 +137,9 @@ class PromotionFlow:
         )
         if unknown:
             index = list(request.coupon_codes).index(unknown[0])
-            raise InvalidRequest(f"coupon_codes[{index}]", f"no coupon has the code {unknown[0]!r}")
+            raise InvalidInput(f"coupon_codes[{index}]", f"no coupon has the code {unknown[0]!r}")
         if pricing.amount_minor == 0:
-            raise InvalidRequest("amount_minor", "the promotions take off the whole amount: nothing is left to pay")
+            raise InvalidInput("amount_minor", "the promotions take off the whole amount: nothing is left to pay")
         return pricing
 
     def applied(self, result: Result) -> list[payment_pb2.PromotionApplied]:

@@ -13,17 +13,17 @@ linked to the operation it belongs to. Money moves only through the kernel.
 """
 
 import asyncio
-import functools
 import logging
+import struct
 import time
 
-import grpc
 import msgspec
 from google.protobuf import json_format
 
-from core import limits
+from core import limits, once
 from core.commit import GroupCommitter, QueueFull
-from core.counters import CounterScope, CounterTake, packet_claim_op
+from core.counters import CounterScope, CounterTake, chain, packet_claim_op
+from core.errors import FailedPrecondition, InvalidInput, NotFound
 from core.ledger import Ledger, business_day
 from core.loyalty import jobs
 from core.promotions import coupons, lottery, packets
@@ -37,15 +37,13 @@ from core.promotions.model import (
     PromotionKind,
     StackingPolicy,
     Stage,
-    StepError,
 )
 from core.promotions.pricing import Pricing, Sale, SaleLine, price_basket
 from core.promotions.validation import PromotionError
 from core.records import Op
 from core.results import AccountKind, OpKind, PlanFlag, ResultCode, Tier
 from server import answers, requests
-from server.counter_client import CounterClient
-from server.errors import InvalidRequest, rpc
+from server.counter_client import CounterClient, outcome_of
 from server.risk_service import RiskHolder, RiskService, require_by
 from tally.v1 import promotion_pb2, promotion_pb2_grpc
 
@@ -55,34 +53,8 @@ PACKET_JOB_INTERVAL_S = 60.0
 LIST_LIMIT_DEFAULT = 1000
 ID_MAX = 2**63 - 1
 OUTPUT_ONLY = ("stage", "history")
-
-
-class NotFound(LookupError):
-    pass
-
-
-class FailedPrecondition(ValueError):
-    pass
-
-
-def promotion_rpc(method):
-    """rpc (server/errors.py) plus this service's own errors: NOT_FOUND,
-    FAILED_PRECONDITION, and a refused promotion as INVALID_ARGUMENT."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context):
-        try:
-            return await method(self, request, context)
-        except (NotFound, promotion_store.NotFound) as error:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-        except (FailedPrecondition, promotion_store.Conflict, StepError) as error:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
-        except PromotionError as error:
-            raise InvalidRequest(f"promotion.{error.field}", str(error).split(": ", 1)[1]) from None
-        except packets.PacketError as error:
-            raise InvalidRequest(error.field, str(error).split(": ", 1)[1]) from None
-
-    return rpc(wrapper)
+# What the `once` record of a CreatePacket keeps: the packet and the funding's ResultCode.
+PACKET_ANSWER = struct.Struct(">QH")
 
 
 # ---------------------------------------------------------------- messages
@@ -97,7 +69,7 @@ def promotion_from_message(message: promotion_pb2.Promotion) -> Promotion:
     try:
         return msgspec.convert(with_zeros(given, msgspec.inspect.type_info(Promotion)), Promotion, strict=False)
     except msgspec.ValidationError as error:
-        raise InvalidRequest(validation_field("promotion", error), str(error)) from None
+        raise InvalidInput(validation_field("promotion", error), str(error)) from None
 
 
 ZEROS = {msgspec.inspect.IntType: 0, msgspec.inspect.StrType: "", msgspec.inspect.BoolType: False, msgspec.inspect.VarTupleType: []}
@@ -237,6 +209,7 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
     def __init__(self, ledger: Ledger, committer: GroupCommitter, holder: PromotionHolder, risk: RiskHolder, settings):
         self.ledger = ledger
         self.store = ledger.store
+        # The one write path: kernel operations and every change go through it.
         self.committer = committer
         self.counters = CounterClient(committer, ledger)
         self.holder = holder
@@ -247,6 +220,10 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
 
     def now_ms(self) -> int:
         return self.committer.clock()
+
+    def apply_in(self, txn, ops, now_ms: int):
+        """Kernel operations inside a change's transaction (see Ledger.apply_in)."""
+        return self.ledger.apply_in(txn, ops, now_ms, business_day(now_ms, self.committer.utc_offset_minutes))
 
     # ------------------------------------------------------------ promotions
 
@@ -266,39 +243,39 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
     def _answer(self, promotion: Promotion) -> promotion_pb2.PromotionAnswer:
         return promotion_pb2.PromotionAnswer(promotion=to_message(promotion, promotion_pb2.Promotion), counters=self._counters(promotion))
 
-    @promotion_rpc
     async def CreatePromotion(self, request, context):
         require_by(request.by)
         promotion = promotion_from_message(request.promotion)
-        saved = promotion_store.save_draft(self.store, promotion, request.by, self.now_ms())
+        now_ms = self.now_ms()
+        try:
+            saved = await self.committer.write(lambda txn: promotion_store.save_draft(txn, self.store, promotion, request.by, now_ms))
+        except PromotionError as error:
+            raise error.within("promotion") from None
         self.holder.reload()
         return self._answer(saved)
 
     async def _step(self, request, stage: Stage):
         requests.require_range(request.promotion_id, "promotion_id", 1, ID_MAX)
         require_by(request.by)
-        moved = promotion_store.step_promotion(self.store, request.promotion_id, stage, request.by, self.now_ms())
+        now_ms = self.now_ms()
+        moved = await self.committer.write(
+            lambda txn: promotion_store.step_promotion(txn, self.store, request.promotion_id, stage, request.by, now_ms))
         self.holder.reload()
         log.info("promotion %d is %s (by %s)", moved.promotion_id, stage.name, request.by)
         return self._answer(moved)
 
-    @promotion_rpc
     async def SubmitPromotion(self, request, context):
         return await self._step(request, Stage.SUBMITTED)
 
-    @promotion_rpc
     async def ApprovePromotion(self, request, context):
         return await self._step(request, Stage.APPROVED)
 
-    @promotion_rpc
     async def ActivatePromotion(self, request, context):
         return await self._step(request, Stage.ACTIVE)
 
-    @promotion_rpc
     async def EndPromotion(self, request, context):
         return await self._step(request, Stage.ENDED)
 
-    @promotion_rpc
     async def ListPromotions(self, request, context):
         limit = request.limit or LIST_LIMIT_DEFAULT
         requests.require_range(limit, "limit", 1, promotion_store.LIST_LIMIT_MAX)
@@ -311,20 +288,15 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
             raise NotFound(f"no promotion {promotion_id}")
         return promotion
 
-    @promotion_rpc
     async def GetPromotion(self, request, context):
         return self._answer(self._promotion(request.promotion_id))
 
-    @promotion_rpc
     async def GetStackingPolicy(self, request, context):
         return to_message(promotion_store.load_policy(self.store), promotion_pb2.StackingPolicy)
 
-    @promotion_rpc
     async def SetStackingPolicy(self, request, context):
-        try:
-            saved = promotion_store.save_policy(self.store, StackingPolicy(coupons_per_sale_max=request.coupons_per_sale_max))
-        except PromotionError as error:
-            raise InvalidRequest(error.field, str(error).split(": ", 1)[1]) from None
+        policy = StackingPolicy(coupons_per_sale_max=request.coupons_per_sale_max)
+        saved = await self.committer.write(lambda txn: promotion_store.save_policy(txn, self.store, policy))
         self.holder.reload()
         return to_message(saved, promotion_pb2.StackingPolicy)
 
@@ -343,13 +315,12 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
 
     # ------------------------------------------------------------ pricing
 
-    @promotion_rpc
     async def PriceBasket(self, request, context):
         requests.require_range(request.station_id, "station_id", 1, limits.STATION_ID_MAX)
         requests.require_range(request.amount_minor, "amount_minor", 1, limits.AMOUNT_MINOR_MAX)
         requests.validate_basket(request.basket, request.amount_minor)
         if len(request.coupon_codes) > limits.COUNTER_TAKES_PER_SALE_MAX:
-            raise InvalidRequest("coupon_codes", f"at most {limits.COUNTER_TAKES_PER_SALE_MAX} codes")
+            raise InvalidInput("coupon_codes", f"at most {limits.COUNTER_TAKES_PER_SALE_MAX} codes")
         for index, code in enumerate(request.coupon_codes):
             requests.require_length(code, f"coupon_codes[{index}]", 1, 2 * coupons.CODE_LENGTH)
         if request.card_id and self.ledger.card(request.card_id) is None:
@@ -370,16 +341,19 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
             return ResultCode.CARD_BLACKLISTED, entry.rule
         return None
 
-    async def issue(self, promotion: Promotion, card_id: int, station_id: int, trigger: CouponTrigger, now_ms: int):
-        """Issue one batch of the promotion's coupons: (code, rule, coupons).
-        The count is taken by the kernel first; coupons are written after."""
+    def issue_in(self, txn, promotion: Promotion, card_id: int, station_id: int, trigger: CouponTrigger, now_ms: int):
+        """Issue one batch of the promotion's coupons inside a change's
+        transaction: (code, rule, coupons). The kernel takes the count and
+        the coupons are written in the same commit: a crash leaves both or
+        neither."""
         count = promotion.coupon.per_issue_count
-        outcome = await self.counters.take([coupons.issue_take(promotion, count)])
+        takes = [coupons.issue_take(promotion, count)]
+        outcome = outcome_of(takes, self.apply_in(txn, chain(takes, None), now_ms), False)
         if outcome.code != ResultCode.APPROVED:
             return outcome.code, outcome.refused_by, []
-        first = promotion_store.next_numbers(self.store, promotion_store.COUPON_SEQUENCE, count)
+        first = promotion_store.next_numbers(txn, self.store, promotion_store.COUPON_SEQUENCE, count)
         made = coupons.make_coupons(promotion, first, count, card_id, now_ms, station_id, trigger)
-        await asyncio.to_thread(promotion_store.put_coupons, self.store, made)
+        promotion_store.put_coupons(txn, self.store, made)
         return ResultCode.APPROVED, "", made
 
     async def issue_on_event(self, trigger: CouponTrigger, amount_minor: int, station_id: int, card_id: int, txn_id: int) -> list:
@@ -394,36 +368,51 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         tier = jobs.member_tier(self.store, card_id)
         promotions = self.holder.snapshot.by_id.values()
         issuing = coupons.issuing(promotions, trigger, amount_minor, station_id, now_ms, card.card_type, tier)
-        if not issuing or not await asyncio.to_thread(promotion_store.mark_issued, self.store, txn_id):
+        if not issuing:
             return []
-        issued = []
-        for promotion in issuing:
-            issued += (await self.issue(promotion, card_id, station_id, trigger, now_ms))[2]
-        return issued
 
-    @promotion_rpc
+        def issue_all(txn):
+            if not promotion_store.mark_issued(txn, self.store, txn_id):
+                return []  # issued before: a retried request issues nothing twice
+            return [coupon for promotion in issuing for coupon in self.issue_in(txn, promotion, card_id, station_id, trigger, now_ms)[2]]
+
+        return await self.committer.write(issue_all)
+
     async def IssueCoupons(self, request, context):
         require_by(request.by)
         requests.require_range(request.card_id, "card_id", 0, limits.CARD_ID_MAX)
         requests.require_range(request.station_id, "station_id", 0, limits.STATION_ID_MAX)
+        once.require_request_id(request.request_id)
         now_ms = self.now_ms()
         promotion = self._running(request.promotion_id, PromotionKind.COUPON, now_ms)
         issue_stations = promotion.coupon.issue_stations
         if issue_stations and request.station_id not in issue_stations:
-            raise InvalidRequest("station_id", f"promotion {promotion.promotion_id} issues at stations {list(issue_stations)} only")
+            raise InvalidInput("station_id", f"promotion {promotion.promotion_id} issues at stations {list(issue_stations)} only")
         if request.card_id:
             refusal = self._card_decline(request.card_id, now_ms)
             if refusal is not None:
                 return decline(promotion_pb2.IssueCouponsAnswer, *refusal)
-        code, rule, made = await self.issue(promotion, request.card_id, request.station_id, CouponTrigger.CAMPAIGN, now_ms)
-        if made:
-            log.info("%d coupons of promotion %d issued by %s", len(made), promotion.promotion_id, request.by)
-        return decline(promotion_pb2.IssueCouponsAnswer, code, rule, coupons=[coupon_message(coupon, False) for coupon in made])
+        fingerprint = once.fingerprint_of(request)
+
+        def issue_once(txn):
+            stored = once.recall(txn, self.store, "IssueCoupons", request.request_id, fingerprint)
+            if stored is not None:
+                answer = promotion_pb2.IssueCouponsAnswer.FromString(stored)
+                answer.replayed = True
+                return answer
+            code, rule, made = self.issue_in(txn, promotion, request.card_id, request.station_id, CouponTrigger.CAMPAIGN, now_ms)
+            answer = decline(promotion_pb2.IssueCouponsAnswer, code, rule, coupons=[coupon_message(coupon, False) for coupon in made])
+            once.remember(txn, self.store, "IssueCoupons", request.request_id, fingerprint, answer.SerializeToString())
+            return answer
+
+        answer = await self.committer.write(issue_once)
+        if answer.coupons and not answer.replayed:
+            log.info("%d coupons of promotion %d issued by %s", len(answer.coupons), promotion.promotion_id, request.by)
+        return answer
 
     def _used(self, coupon) -> bool:
         return self.counters.read([coupons.use_take(coupon)])[0] >= 1
 
-    @promotion_rpc
     async def GetCoupon(self, request, context):
         requests.require_length(request.code, "code", 1, 2 * coupons.CODE_LENGTH)
         coupon = promotion_store.coupon_by_code(self.store, coupons.normalise_code(request.code))
@@ -431,7 +420,6 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
             raise NotFound("no coupon with this code")
         return promotion_pb2.CouponAnswer(coupon=coupon_message(coupon, self._used(coupon)))
 
-    @promotion_rpc
     async def ListCoupons(self, request, context):
         requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
         found = promotion_store.coupons_of_card(self.store, request.card_id)
@@ -439,31 +427,50 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
 
     # ------------------------------------------------------------ red packets
 
-    @promotion_rpc
     async def CreatePacket(self, request, context):
         require_by(request.by)
         requests.require_range(request.total_minor, "total_minor", 1, limits.AMOUNT_MINOR_MAX)
         requests.require_range(request.issuer_owner, "issuer_owner", 0, limits.CARD_ID_MAX)
+        once.require_request_id(request.request_id)
         now_ms = self.now_ms()
         promotion = self._running(request.promotion_id, PromotionKind.RED_PACKET, now_ms)
-        packet_id = promotion_store.next_numbers(self.store, promotion_store.PACKET_SEQUENCE)
-        packet = packets.new_packet(promotion, packet_id, request.total_minor, request.issuer_kind, request.issuer_owner, now_ms,
-                                    request.by)
+        # Checked, and the shares drawn, before the change: it decides nothing at random.
+        checked = packets.new_packet(promotion, 0, request.total_minor, request.issuer_kind, request.issuer_owner, now_ms,
+                                     request.by)
         terms = promotion.packet
-        shares = packets.split_shares(packet.total_minor, packet.share_count, terms.split, terms.min_share_minor, lottery.SECURE_RANDOM)
-        await asyncio.to_thread(promotion_store.put_packet, self.store, packet, shares)
-        opened = await self.committer.submit(packets.open_account_op(packet))
-        assert opened.code in (ResultCode.APPROVED, ResultCode.ACCOUNT_EXISTS), opened
-        serial = promotion_store.next_numbers(self.store, promotion_store.SERIAL_SEQUENCE)
-        funded = await self.committer.submit(packets.fund_op(packet, serial))
-        if funded.code == ResultCode.APPROVED:
-            packet = msgspec.structs.replace(packet, state=PacketState.OPEN, funding_txn_id=funded.txn_id)
-        else:
-            packet = msgspec.structs.replace(packet, state=PacketState.FAILED)
-        promotion_store.put_packet(self.store, packet)
-        log.info("red packet %d of promotion %d: %d in %d shares by %s: %s", packet_id, promotion.promotion_id, packet.total_minor,
-                 packet.share_count, request.by, ResultCode(funded.code).name)
-        return self._packet_answer(packet, funded.code)
+        shares = packets.split_shares(checked.total_minor, checked.share_count, terms.split, terms.min_share_minor,
+                                      lottery.SECURE_RANDOM)
+        fingerprint = once.fingerprint_of(request)
+
+        def make_packet(txn):
+            """The packet, its shares, its account and its funding, or none of them."""
+            stored = once.recall(txn, self.store, "CreatePacket", request.request_id, fingerprint)
+            if stored is not None:
+                return None, stored
+            packet_id = promotion_store.next_numbers(txn, self.store, promotion_store.PACKET_SEQUENCE)
+            packet = msgspec.structs.replace(checked, packet_id=packet_id)
+            serial = promotion_store.next_numbers(txn, self.store, promotion_store.SERIAL_SEQUENCE)
+            opened, funded = self.apply_in(txn, [packets.open_account_op(packet), packets.fund_op(packet, serial)], now_ms)
+            assert opened.code in (ResultCode.APPROVED, ResultCode.ACCOUNT_EXISTS), opened
+            if funded.code == ResultCode.APPROVED:
+                packet = msgspec.structs.replace(packet, state=PacketState.OPEN, funding_txn_id=funded.txn_id)
+            else:
+                packet = msgspec.structs.replace(packet, state=PacketState.FAILED)
+            promotion_store.put_packet(txn, self.store, packet, shares)
+            once.remember(txn, self.store, "CreatePacket", request.request_id, fingerprint,
+                          PACKET_ANSWER.pack(packet.packet_id, funded.code))
+            return packet, None
+
+        packet, stored = await self.committer.write(make_packet)
+        if stored is not None:
+            packet_id, code = PACKET_ANSWER.unpack(stored)
+            answer = self._packet_answer(promotion_store.load_packet(self.store, packet_id), code)
+            answer.replayed = True
+            return answer
+        code = ResultCode.APPROVED if packet.state == PacketState.OPEN else ResultCode.INSUFFICIENT_FUNDS
+        log.info("red packet %d of promotion %d: %d in %d shares by %s: %s", packet.packet_id, promotion.promotion_id,
+                 packet.total_minor, packet.share_count, request.by, ResultCode(code).name)
+        return self._packet_answer(packet, code)
 
     def _packet_answer(self, packet: Packet, code: int = ResultCode.APPROVED, with_shares: bool = False) -> promotion_pb2.PacketAnswer:
         claimed = self.ledger.counter(CounterScope.PACKET_CLAIMS, packet.packet_id)
@@ -475,7 +482,6 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
             shares=shares if with_shares else [],
         )
 
-    @promotion_rpc
     async def GetPacket(self, request, context):
         packet = promotion_store.load_packet(self.store, request.packet_id)
         if packet is None:
@@ -505,7 +511,6 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
             return ResultCode.COUNTER_LIMIT_REACHED, f"{promotion.rule('claim condition')}: {reason}"
         return None
 
-    @promotion_rpc
     async def ClaimPacket(self, request, context):
         requests.validate_terminal(request.terminal)
         requests.require_range(request.packet_id, "packet_id", 1, ID_MAX)
@@ -536,25 +541,32 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
             for packet in promotion_store.list_packets(self.store):
                 if packet.state != PacketState.OPEN or now_ms < packet.expires_ms:
                     continue
-                account = self.ledger.account(AccountKind.PROMOTION, packet.packet_id)
-                rest = account.balance - account.held if account else 0
-                if rest > 0:
-                    serial = promotion_store.next_numbers(self.store, promotion_store.SERIAL_SEQUENCE)
-                    result = await self.committer.submit(packets.return_op(packet, rest, serial))
-                    if result.code != ResultCode.APPROVED:
-                        log.warning("red packet %d: returning %d declined %s; retried next time", packet.packet_id, rest,
-                                    ResultCode(result.code).name)
-                        continue
-                # What went back is what no claim took, whoever moved it (another worker's job).
-                claimed = self.ledger.counter(CounterScope.PACKET_CLAIMS, packet.packet_id)
-                shares = promotion_store.packet_shares(self.store, packet.packet_id, packet.share_count)
-                unclaimed = packet.total_minor - sum(shares[:claimed])
-                if promotion_store.finish_packet(self.store, packet.packet_id, unclaimed):
+                unclaimed = await self.committer.write(lambda txn, packet=packet: self._return_in(txn, packet, now_ms))
+                if unclaimed is not None:
                     returned.append((packet.packet_id, unclaimed))
                     log.info("red packet %d expired: %d back to its issuer", packet.packet_id, unclaimed)
             return returned
 
-    @promotion_rpc
+    def _return_in(self, txn, packet: Packet, now_ms: int) -> int | None:
+        """Inside a change: the packet's rest back to its issuer and the
+        packet RETURNED, in one commit; what went back, or None if the packet
+        was finished before (another worker's job) or the return was declined
+        (a claim raced it: retried next time)."""
+        account = self.ledger.account_in(txn, AccountKind.PROMOTION, packet.packet_id)
+        rest = account.balance - account.held if account else 0
+        if rest > 0:
+            serial = promotion_store.next_numbers(txn, self.store, promotion_store.SERIAL_SEQUENCE)
+            (result,) = self.apply_in(txn, [packets.return_op(packet, rest, serial)], now_ms)
+            if result.code != ResultCode.APPROVED:
+                log.warning("red packet %d: returning %d declined %s; retried next time", packet.packet_id, rest,
+                            ResultCode(result.code).name)
+                return None
+        # What went back is what no claim took.
+        claimed = self.ledger.counter_in(txn, CounterScope.PACKET_CLAIMS, packet.packet_id)
+        shares = promotion_store.packet_shares_in(txn, self.store, packet.packet_id, packet.share_count)
+        unclaimed = packet.total_minor - sum(shares[:claimed])
+        return unclaimed if promotion_store.finish_packet(txn, self.store, packet.packet_id, unclaimed) else None
+
     async def ReturnExpiredPackets(self, request, context):
         returned = await self.return_expired_packets()
         return promotion_pb2.ReturnExpiredPacketsAnswer(
@@ -562,14 +574,13 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
 
     # ------------------------------------------------------------ lottery
 
-    @promotion_rpc
     async def GrantChances(self, request, context):
         require_by(request.by)
         requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
         requests.require_range(request.count, "count", 0, lottery.CHANCES_PER_GRANT_MAX)
         requests.require_range(request.spend_minor, "spend_minor", 0, limits.AMOUNT_MINOR_MAX)
         if (request.count == 0) == (request.spend_minor == 0):
-            raise InvalidRequest("count", "give either count or spend_minor")
+            raise InvalidInput("count", "give either count or spend_minor")
         now_ms = self.now_ms()
         promotion = self._running(request.promotion_id, PromotionKind.LOTTERY, now_ms)
         count = request.count or lottery.chances_for_spend(promotion.lottery, request.spend_minor)
@@ -597,7 +608,6 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         draw or grant that was made before."""
         return outcome.code == ResultCode.COUNTER_LIMIT_REACHED and outcome.refused_by == once.rule
 
-    @promotion_rpc
     async def BuyChances(self, request, context):
         requests.validate_terminal(request.terminal)
         requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
@@ -626,7 +636,6 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, granted=request.count, chances=chances,
                        txn_id=outcome.main.txn_id, points_used=outcome.main.points_used)
 
-    @promotion_rpc
     async def Draw(self, request, context):
         requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
         now_ms = self.now_ms()
@@ -634,11 +643,17 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         refusal = self._card_decline(request.card_id, now_ms)
         if refusal is not None:
             return decline(promotion_pb2.DrawAnswer, *refusal)
+        # Drawn before the change, which then decides nothing at random.
+        drawn = lottery.pick_prize(promotion.lottery)
+        return await self.committer.write(lambda txn: self._draw_in(txn, promotion, request, drawn, now_ms))
+
+    def _draw_in(self, txn, promotion: Promotion, request, drawn, now_ms: int) -> promotion_pb2.DrawAnswer:
+        """Inside a change: the chance, the prize and the draws log entry,
+        committed together. The prize drawn, else the consolation prize,
+        else none: each try is one linked chain, refused whole if its prize
+        is out of stock."""
         terms = promotion.lottery
-        drawn = lottery.pick_prize(terms)
         consolation = lottery.consolation(terms)
-        # The prize drawn, else the consolation prize, else none: each try
-        # is one linked chain, refused whole if its prize is out of stock.
         tries = [drawn] if drawn.prize_id == consolation.prize_id else [drawn, consolation]
         for prize in (*tries, None):
             is_consolation = prize is None or prize.prize_id != drawn.prize_id or drawn.prize_id == consolation.prize_id
@@ -646,28 +661,29 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
             if request.draw_number:
                 code = lottery.outcome_code(terms, prize, is_consolation)
                 once = lottery.once_take(CounterScope.LOTTERY_DRAW, promotion, request.card_id, request.draw_number, code)
-            outcome = await self.counters.take(lottery.draw_chain(promotion, request.card_id, prize, once))
+            takes = lottery.draw_chain(promotion, request.card_id, prize, once)
+            outcome = outcome_of(takes, self.apply_in(txn, chain(takes, None), now_ms), False)
             if once is not None and self._replayed(outcome, once):
-                return self._draw_replayed(promotion, request.card_id, once)
+                return self._draw_replayed(txn, promotion, request.card_id, once)
             if outcome.code == ResultCode.APPROVED:
                 break
             if outcome.code != ResultCode.COUNTER_LIMIT_REACHED or prize is None:
                 return decline(promotion_pb2.DrawAnswer, outcome.code, outcome.refused_by)
-        draw = promotion_store.append_draw(self.store, Draw(0, promotion.promotion_id, request.card_id, prize.prize_id if prize else 0,
-                                                            now_ms, is_consolation))
+        draw = promotion_store.append_draw(txn, self.store, Draw(0, promotion.promotion_id, request.card_id,
+                                                                 prize.prize_id if prize else 0, now_ms, is_consolation))
         chances_left = outcome.values[1 if once is not None else 0]
         return decline(promotion_pb2.DrawAnswer, ResultCode.APPROVED, prize_id=draw.prize_id, prize_name=prize.name if prize else "",
                        consolation=is_consolation, chances_left=chances_left, draw_seq=draw.seq)
 
-    def _draw_replayed(self, promotion: Promotion, card_id: int, once) -> promotion_pb2.DrawAnswer:
+    def _draw_replayed(self, txn, promotion: Promotion, card_id: int, once) -> promotion_pb2.DrawAnswer:
         """The answer to a retry of a numbered draw: the first draw's outcome,
         read back from its mark."""
-        code, chances_left = self.counters.read([once, lottery.chances_take(promotion, card_id, -1)])
+        code, chances_left = (self.ledger.counter_in(txn, take.scope, take.owner, take.subject, take.period) for take in
+                              (once, lottery.chances_take(promotion, card_id, -1)))
         prize, is_consolation = lottery.outcome_of(promotion.lottery, code)
         return decline(promotion_pb2.DrawAnswer, ResultCode.APPROVED, prize_id=prize.prize_id if prize else 0,
                        prize_name=prize.name if prize else "", consolation=is_consolation, chances_left=chances_left, replayed=True)
 
-    @promotion_rpc
     async def ListDraws(self, request, context):
         limit = request.limit or LIST_LIMIT_DEFAULT
         requests.require_range(limit, "limit", 1, promotion_store.LIST_LIMIT_MAX)
@@ -702,7 +718,7 @@ class PromotionWiring(msgspec.Struct):
 
 def add_promotion_services(server, ledger: Ledger, committer: GroupCommitter, settings) -> PromotionWiring:
     holder = PromotionHolder(ledger.store)
-    risk = RiskHolder(ledger.store, settings.utc_offset_minutes)
+    risk = RiskHolder(ledger.store, committer, settings.utc_offset_minutes)
     service = PromotionService(ledger, committer, holder, risk, settings)
     promotion_pb2_grpc.add_PromotionServiceServicer_to_server(service, server)
     promotion_pb2_grpc.add_RiskServiceServicer_to_server(RiskService(risk, committer.clock), server)

@@ -1,7 +1,7 @@
 """From gRPC requests to kernel operations: validation and translation.
 
 Owns: every check of a terminal's input against core.limits (raising
-InvalidRequest that names the field and the limit), the request fingerprint,
+InvalidInput that names the field and the limit), the request fingerprint,
 and building core.records.Op values.
 Used by: server/payments.py and server/cards.py.
 """
@@ -11,7 +11,7 @@ import hashlib
 from core import limits
 from core.records import Op
 from core.results import AccountKind, CardStatus, CardType, Channel, OpKind, PlanFlag
-from server.errors import InvalidRequest
+from core.errors import InvalidInput
 from server.settings import ServerSettings
 
 
@@ -28,12 +28,12 @@ def base_points(amount_minor: int, settings: ServerSettings) -> int:
 
 def require_range(value: int, field: str, low: int, high: int):
     if not low <= value <= high:
-        raise InvalidRequest(field, f"must be within {low} .. {high}, got {value}")
+        raise InvalidInput(field, f"must be within {low} .. {high}, got {value}")
 
 
 def require_length(text: str, field: str, low: int, high: int):
     if not low <= len(text) <= high:
-        raise InvalidRequest(field, f"length must be within {low} .. {high} characters, got {len(text)}")
+        raise InvalidInput(field, f"length must be within {low} .. {high} characters, got {len(text)}")
 
 
 def fingerprint(kind: int, request) -> bytes:
@@ -48,7 +48,7 @@ def fingerprint(kind: int, request) -> bytes:
 
 def validate_terminal(terminal, field: str = "terminal"):
     if terminal is None or terminal.ByteSize() == 0:
-        raise InvalidRequest(field, "is required (station_id, terminal_id, serial, operator_id)")
+        raise InvalidInput(field, "is required (station_id, terminal_id, serial, operator_id)")
     require_range(terminal.station_id, f"{field}.station_id", 1, limits.STATION_ID_MAX)
     require_range(terminal.terminal_id, f"{field}.terminal_id", 1, limits.TERMINAL_ID_MAX)
     require_range(terminal.serial, f"{field}.serial", 1, limits.SERIAL_MAX)
@@ -57,7 +57,7 @@ def validate_terminal(terminal, field: str = "terminal"):
 
 def validate_basket(basket, amount_minor: int, field: str = "basket"):
     if len(basket) > limits.BASKET_LINES_MAX:
-        raise InvalidRequest(field, f"at most {limits.BASKET_LINES_MAX} lines, got {len(basket)}")
+        raise InvalidInput(field, f"at most {limits.BASKET_LINES_MAX} lines, got {len(basket)}")
     if not basket:
         return
     total = 0
@@ -71,7 +71,7 @@ def validate_basket(basket, amount_minor: int, field: str = "basket"):
         require_range(line.amount_minor, f"{where}.amount_minor", 0, limits.AMOUNT_MINOR_MAX)
         total += line.amount_minor
     if total != amount_minor:
-        raise InvalidRequest(field, f"line amounts add up to {total}, but amount_minor is {amount_minor}")
+        raise InvalidInput(field, f"line amounts add up to {total}, but amount_minor is {amount_minor}")
 
 
 def terminal_fields(terminal) -> dict:
@@ -95,13 +95,13 @@ def pay_op(request, settings: ServerSettings, earn_points: int | None = None) ->
     plan = request.plan
     require_range(plan.points_max, "plan.points_max", 0, limits.POINTS_MAX)
     if plan.channel not in CHANNELS:
-        raise InvalidRequest("plan.channel", f"unknown channel {plan.channel}")
+        raise InvalidInput("plan.channel", f"unknown channel {plan.channel}")
     if plan.card_id == 0 and plan.channel == Channel.NONE:
-        raise InvalidRequest("plan", "needs a card_id or a channel: nothing would pay")
+        raise InvalidInput("plan", "needs a card_id or a channel: nothing would pay")
     # Plain ints: IntFlag arithmetic costs microseconds on the hot path.
     flags = (USE_FLEET if plan.use_fleet else 0) | (USE_PERSONAL if plan.use_personal else 0) | (USE_POINTS if plan.use_points else 0)
     if plan.card_id != 0 and flags == 0 and plan.channel == Channel.NONE:
-        raise InvalidRequest("plan", "uses no source: set use_fleet, use_personal, use_points or channel")
+        raise InvalidInput("plan", "uses no source: set use_fleet, use_personal, use_points or channel")
     terminal = request.terminal
     return Op(
         kind=KIND_PAY,
@@ -172,7 +172,7 @@ def reverse_op(request, settings: ServerSettings | None = None) -> Op:
     validate_terminal(request.terminal)
     require_range(request.original_serial, "original_serial", 1, limits.SERIAL_MAX)
     if request.original_serial == request.terminal.serial:
-        raise InvalidRequest("original_serial", "must differ from terminal.serial (the reversal's own serial)")
+        raise InvalidInput("original_serial", "must differ from terminal.serial (the reversal's own serial)")
     return Op(
         kind=OpKind.REVERSE,
         **terminal_fields(request.terminal),
@@ -204,7 +204,7 @@ CARD_ACCOUNTS = {1: AccountKind.FLEET, 2: AccountKind.PERSONAL, 3: AccountKind.P
 def open_card_op(request) -> Op:
     require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
     if request.card_type not in (CardType.COMPANY, CardType.PERSONAL):
-        raise InvalidRequest("card_type", "must be COMPANY or PERSONAL_CARD")
+        raise InvalidInput("card_type", "must be COMPANY or PERSONAL_CARD")
     require_range(request.limit_per_transaction_minor, "limit_per_transaction_minor", 0, limits.AMOUNT_MINOR_MAX)
     require_range(request.limit_per_day_minor, "limit_per_day_minor", 0, limits.AMOUNT_MINOR_MAX)
     return Op(
@@ -220,7 +220,7 @@ def topup_op(request) -> Op:
     validate_terminal(request.terminal)
     require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
     if request.account not in CARD_ACCOUNTS:
-        raise InvalidRequest("account", "must be FLEET, PERSONAL or POINTS")
+        raise InvalidInput("account", "must be FLEET, PERSONAL or POINTS")
     require_range(request.amount, "amount", 1, limits.AMOUNT_MINOR_MAX)
     return Op(
         kind=OpKind.TOPUP,
@@ -235,7 +235,7 @@ def topup_op(request) -> Op:
 def set_card_status_op(request) -> Op:
     require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
     if request.status not in CardStatus.__members__.values():
-        raise InvalidRequest("status", "must be ACTIVE, LOST, FROZEN or CANCELLED")
+        raise InvalidInput("status", "must be ACTIVE, LOST, FROZEN or CANCELLED")
     if request.status == CardStatus.CANCELLED:
         # Cancelling moves the balances to the refund owed to the holder.
         return Op(kind=OpKind.CANCEL_CARD, card_id=request.card_id)

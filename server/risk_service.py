@@ -11,7 +11,6 @@ The kernel counts velocity limits (core/risk/rules.py); nothing here decides
 a limit from a value it read.
 """
 
-import asyncio
 import logging
 import time
 
@@ -19,9 +18,8 @@ import msgspec
 
 from core import limits
 from core.risk import blacklist, flags
-from core.risk.rules import FlagRules, RiskRuleError, RiskRules, VelocityLimit, load_rules, save_rules, velocity_takes
+from core.risk.rules import FlagRules, RiskRules, VelocityLimit, load_rules, save_rules, velocity_takes
 from server import requests
-from server.errors import InvalidRequest, rpc
 from tally.v1 import promotion_pb2, promotion_pb2_grpc
 
 log = logging.getLogger("tally.risk")
@@ -35,8 +33,10 @@ class RiskHolder:
 
     REFRESH_INTERVAL_S = 1.0
 
-    def __init__(self, store, utc_offset_minutes: int = 0):
+    def __init__(self, store, writer, utc_offset_minutes: int = 0):
         self.store = store
+        # The one write path (core/writes.py): the server's group commit.
+        self.writer = writer
         self.utc_offset_minutes = utc_offset_minutes
         self.watch = flags.FlagWatch(utc_offset_minutes)
         self._rules = load_rules(store)
@@ -51,8 +51,8 @@ class RiskHolder:
             self._loaded_at = time.monotonic()
         return self._rules
 
-    def save(self, rules: RiskRules) -> RiskRules:
-        self._rules = save_rules(self.store, rules)
+    async def save(self, rules: RiskRules) -> RiskRules:
+        self._rules = await self.writer.write(lambda txn: save_rules(txn, self.store, rules))
         self._loaded_at = time.monotonic()
         return self._rules
 
@@ -92,7 +92,7 @@ class RiskHolder:
         if not rules.enabled:
             return []
         raised = self.watch.observe(rules, card_id, station_id, amount_minor, now_ms)
-        return await asyncio.to_thread(flags.record, self.store, raised) if raised else []
+        return await self.writer.write(lambda txn: flags.record(txn, self.store, raised)) if raised else []
 
 
 def limit_message(limit: VelocityLimit) -> promotion_pb2.VelocityLimit:
@@ -121,64 +121,52 @@ class RiskService(promotion_pb2_grpc.RiskServiceServicer):
         self.holder = holder
         self.clock = clock
 
-    def _save(self, rules: RiskRules) -> promotion_pb2.RiskRulesAnswer:
-        try:
-            return rules_answer(self.holder.save(rules))
-        except RiskRuleError as error:
-            raise InvalidRequest(error.field, str(error).split(": ", 1)[1]) from None
+    async def _save(self, rules: RiskRules) -> promotion_pb2.RiskRulesAnswer:
+        return rules_answer(await self.holder.save(rules))
 
-    @rpc
     async def ListLimits(self, request, context):
         return rules_answer(self.holder.rules)
 
-    @rpc
     async def SetLimits(self, request, context):
         # Unknown enum values are refused by validation, naming the field.
         found = tuple(VelocityLimit(limit_id=limit.limit_id, name=limit.name, measure=limit.measure, window=limit.window,
                                     ceiling=limit.ceiling) for limit in request.limits)
-        return self._save(msgspec.structs.replace(self.holder.rules, limits=found))
+        return await self._save(msgspec.structs.replace(self.holder.rules, limits=found))
 
-    @rpc
     async def SetFlagRules(self, request, context):
         # Every field is taken as sent: 0 is a real hour here.
         given = request.flags
         rules = FlagRules(small_sale_max_minor=given.small_sale_max_minor, small_sales_count=given.small_sales_count,
                           small_sales_window_s=given.small_sales_window_s, quiet_from_hour=given.quiet_from_hour,
                           quiet_to_hour=given.quiet_to_hour)
-        return self._save(msgspec.structs.replace(self.holder.rules, flags=rules))
+        return await self._save(msgspec.structs.replace(self.holder.rules, flags=rules))
 
-    @rpc
     async def AddBlacklistEntry(self, request, context):
         require_by(request.by)
         entry = blacklist.BlacklistEntry(card_id=request.card_id, reason=request.reason, added_by=request.by,
                                          added_ms=self.clock(), until_ms=request.until_ms)
-        try:
-            blacklist.add(self.holder.store, entry)
-            self.holder.blacklist_changed()
-        except blacklist.BlacklistError as error:
-            raise InvalidRequest(error.field, str(error).split(": ", 1)[1]) from None
+        await self.holder.writer.write(lambda txn: blacklist.add(txn, self.holder.store, entry))
+        self.holder.blacklist_changed()
         log.info("card %d blacklisted by %s: %s", entry.card_id, entry.added_by, entry.rule)
         return promotion_pb2.BlacklistAnswer(found=True, entry=entry_message(entry))
 
-    @rpc
     async def RemoveBlacklistEntry(self, request, context):
         requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
         require_by(request.by)
         entry = blacklist.entry_of(self.holder.store, request.card_id)
         if entry is None:
             return promotion_pb2.BlacklistAnswer(found=False)
-        blacklist.remove(self.holder.store, request.card_id)
+        await self.holder.writer.write(lambda txn: blacklist.remove(txn, self.holder.store, request.card_id))
         self.holder.blacklist_changed()
         log.info("card %d off the blacklist (by %s; it was: %s)", request.card_id, request.by, entry.rule)
         return promotion_pb2.BlacklistAnswer(found=True, entry=entry_message(entry))
 
-    @rpc
     async def ListBlacklist(self, request, context):
         return promotion_pb2.ListBlacklistAnswer(entries=[entry_message(entry) for entry in blacklist.entries(self.holder.store)])
 
-    @rpc
     async def ListFlags(self, request, context):
         limit = request.limit or 1000
         requests.require_range(limit, "limit", 1, flags.LIST_LIMIT_MAX)
+        requests.require_range(request.after_seq, "after_seq", 0, 2**64 - 2)
         found = flags.list_flags(self.holder.store, request.after_seq, request.card_id, limit)
         return promotion_pb2.ListFlagsAnswer(flags=[promotion_pb2.Flag(**msgspec.structs.asdict(flag)) for flag in found])

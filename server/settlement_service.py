@@ -17,14 +17,13 @@ FAILED_PRECONDITION or NOT_FOUND with the reason.
 """
 
 import asyncio
-import functools
 import logging
 
-import grpc
 import msgspec
 
-from core.commit import GroupCommitter, QueueFull, ShuttingDown
-from core.ledger import Ledger
+from core.commit import GroupCommitter
+from core.errors import InvalidInput
+from core.ledger import Ledger, business_day
 from core.results import Channel
 from core.settlement import queue
 from core.settlement.clearing import clear_day
@@ -32,6 +31,7 @@ from core.settlement.model import DifferenceState, ItemKind, ResolutionAction, p
 from core.settlement.reconcile import WINDOW_MS_DEFAULT, WINDOW_MS_MAX
 from core.settlement.statements import StatementError
 from core.settlement.statements.common import STATEMENT_BYTES_MAX
+from server import answers
 from server.shift_service import ShiftHandlers
 from tally.v1 import settlement_pb2, settlement_pb2_grpc
 
@@ -45,33 +45,16 @@ FILE_NAME_LENGTH_MAX = 200
 DAY_MAX = 2**32 - 1
 
 
-class _Refused(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
+def _invalid(field: str, message: str) -> InvalidInput:
+    return InvalidInput(field, message)
 
 
-def _invalid(field: str, message: str) -> _Refused:
-    return _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}")
-
-
-def _handler(method):
-    """Map refusals to statuses; anything else is a bug (INTERNAL, logged)."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context):
-        try:
-            return await method(self, request, context)
-        except _Refused as error:
-            await context.abort(error.code, str(error))
-        except queue.SettlementError as error:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
-        except QueueFull:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server queue full; retry (an adjustment is posted once)")
-        except ShuttingDown:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server shutting down; retry (an adjustment is posted once)")
-
-    return wrapper
+def _day(value: int, field: str = "day") -> int:
+    """A business day (days since 1970-01-01), with room for the day
+    before and after that reconciliation reads."""
+    if not 1 <= value < DAY_MAX:
+        raise _invalid(field, f"must be within 1 .. {DAY_MAX - 1} (days since 1970-01-01), got {value}")
+    return value
 
 
 def _channel(value: int, field: str = "channel") -> int:
@@ -132,15 +115,12 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         self.shifts = ShiftHandlers(ledger, committer, payments)
 
     async def ImportStatement(self, request_iterator, context):
-        try:
-            header, data = await self._read_statement(request_iterator)
-        except _Refused as error:
-            await context.abort(error.code, str(error))
+        header, data = await self._read_statement(request_iterator)
         answer = settlement_pb2.ImportStatementAnswer()
         try:
             result, record = await asyncio.to_thread(
                 queue.import_statement, self.store, header.channel, data, header.file_name or "statement", header.by,
-                day=header.day or None, replace=header.replace,
+                day=header.day or None, replace=header.replace, writer=self.committer,
             )
         except StatementError as error:
             return settlement_pb2.ImportStatementAnswer(result=settlement_pb2.REJECTED, error_line=error.line, error_reason=error.reason)
@@ -175,29 +155,28 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             raise _invalid("header.file_name", f"at most {FILE_NAME_LENGTH_MAX} characters")
         return header, b"".join(parts)
 
-    @_handler
     async def Reconcile(self, request, context):
         channel = _channel(request.channel)
         window_ms = request.window_s * 1000 if request.window_s else WINDOW_MS_DEFAULT
         if window_ms > WINDOW_MS_MAX:
             raise _invalid("window_s", f"at most {WINDOW_MS_MAX // 1000}")
-        run = await asyncio.to_thread(queue.reconcile_day, self.store, channel, request.day, window_ms, txn_lookup=self.ledger.txn)
+        run = await asyncio.to_thread(queue.reconcile_day, self.store, channel, _day(request.day), window_ms, txn_lookup=self.ledger.txn,
+                                      writer=self.committer)
         return status_message(run)
 
-    @_handler
     async def GetReconcileStatus(self, request, context):
         channels = [_channel(request.channel)] if request.channel else list(STATEMENT_CHANNELS)
-        runs = await asyncio.to_thread(lambda: [queue.last_run(self.store, channel, request.day) for channel in channels])
+        day = _day(request.day)
+        runs = await asyncio.to_thread(lambda: [queue.last_run(self.store, channel, day) for channel in channels])
         return settlement_pb2.ReconcileStatusAnswer(statuses=[status_message(run) for run in runs if run is not None])
 
-    @_handler
     async def ListDifferences(self, request, context):
         channel = _channel(request.channel) if request.channel else None
         limit = request.limit or LIST_LIMIT_DEFAULT
         if limit > LIST_LIMIT_MAX:
             raise _invalid("limit", f"at most {LIST_LIMIT_MAX}")
         state = None if request.all_states else (request.state or DifferenceState.OPEN)
-        day = request.day or None
+        day = _day(request.day) if request.day else None
 
         def read():
             listed = queue.differences(self.store, day=day, channel=channel, state=state, limit=limit)
@@ -207,7 +186,6 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         listed, open_count = await asyncio.to_thread(read)
         return settlement_pb2.ListDifferencesAnswer(differences=[difference_message(found) for found in listed], open=open_count)
 
-    @_handler
     async def ResolveDifference(self, request, context):
         try:
             parse_difference_key(request.id)
@@ -217,31 +195,24 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             raise _invalid("action", "ACCEPT, ADJUST or REVERSE")
         _text(request.by, "by")
         _text(request.why, "why")
-        loop = asyncio.get_running_loop()
+        now_ms = self.committer.clock()
+        day = business_day(now_ms, self.committer.utc_offset_minutes)
 
-        async def submit(op):
-            return await self.committer.submit(op)
-
-        def post(op):
-            # Called from the worker thread; the group commit is fed from the event loop.
-            return asyncio.run_coroutine_threadsafe(submit(op), loop).result()
+        def apply_in(txn, ops):
+            return self.ledger.apply_in(txn, ops, now_ms, day)
 
         try:
             resolved = await asyncio.to_thread(
                 queue.resolve, self.store, request.id, ResolutionAction(request.action), request.by, request.why,
-                post=post, station_id=request.station_id,
+                apply_in=apply_in, station_id=request.station_id, now_ms=now_ms, writer=self.committer,
             )
         except queue.SettlementError as error:
-            try:
-                current = await asyncio.to_thread(queue.difference, self.store, request.id)
-            except queue.SettlementError:
-                raise _Refused(grpc.StatusCode.NOT_FOUND, str(error)) from None
+            current = await asyncio.to_thread(queue.difference, self.store, request.id)
             return settlement_pb2.ResolveDifferenceAnswer(resolved=False, reason=str(error), difference=difference_message(current))
         return settlement_pb2.ResolveDifferenceAnswer(resolved=True, difference=difference_message(resolved))
 
-    @_handler
     async def GetClearing(self, request, context):
-        clearing = await asyncio.to_thread(clear_day, self.store, request.day)
+        clearing = await asyncio.to_thread(clear_day, self.store, _day(request.day))
         return settlement_pb2.ClearingAnswer(
             day=clearing.day,
             lines=[settlement_pb2.ClearingLine(station_id=line.station_id, method=line.method, funded_by=line.funded_by,
@@ -249,6 +220,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
                                                entries=line.entries) for line in clearing.lines],
             net_minor=clearing.net_minor,
             discounts=[settlement_pb2.DiscountLine(**msgspec.structs.asdict(line)) for line in clearing.discounts],
+            currency=answers.currency(),
         )
 
     # ------------------------------------------------------------ shifts, days, offline batches

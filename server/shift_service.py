@@ -23,7 +23,6 @@ upload is still running waits for it.
 """
 
 import asyncio
-import functools
 import logging
 import weakref
 
@@ -33,9 +32,9 @@ from core.ledger import Ledger, business_day
 from core.records import Op, Shift
 from core.results import Channel, OpKind, ResultCode
 from core.settlement.shifts import MethodTotals, Totals, day_end_op, day_totals, load_shift, shift_totals
-from server import requests
+from server import answers, requests
 from server.answers import result_text
-from server.errors import InvalidRequest, status_of
+from core.errors import InvalidInput, ResourceExhausted, Unavailable
 from tally.v1 import settlement_pb2
 
 log = logging.getLogger(__name__)
@@ -53,30 +52,6 @@ BATCH_UPLOAD_WINDOW = 64
 BY_LENGTH_MAX = 500
 # What an overloaded or stopping server advises a BatchUpload.
 BATCH_RETRY_TEXT = "; send the whole batch again: items applied already answer DUPLICATE"
-
-
-def answered(retry_text: str | None = None):
-    """Map exceptions to statuses as the payment RPCs do (server/errors.py),
-    with `retry_text` in place of their advice on overload and shutdown;
-    anything else is a bug (INTERNAL, logged by gRPC)."""
-
-    def decorate(method):
-        @functools.wraps(method)
-        async def wrapper(self, request, context):
-            try:
-                return await method(self, request, context)
-            except Exception as error:
-                status = status_of(error)
-                if status is None:
-                    raise
-                code, text = status
-                if retry_text is not None and isinstance(error, (QueueFull, ShuttingDown)):
-                    text = text.split(";")[0] + retry_text
-                await context.abort(code, text)
-
-        return wrapper
-
-    return decorate
 
 
 # ------------------------------------------------------------------ messages
@@ -117,23 +92,23 @@ def validate_batch(request, settings) -> None:
     requests.require_range(request.terminal_id, "terminal_id", 1, limits.TERMINAL_ID_MAX)
     requests.require_range(request.station_id, "station_id", 1, limits.STATION_ID_MAX)
     if not 1 <= len(request.items) <= BATCH_UPLOAD_ITEMS_MAX:
-        raise InvalidRequest("items", f"1 .. {BATCH_UPLOAD_ITEMS_MAX} Pay requests, got {len(request.items)}")
+        raise InvalidInput("items", f"1 .. {BATCH_UPLOAD_ITEMS_MAX} Pay requests, got {len(request.items)}")
     first_index_of_serial = {}
     for index, item in enumerate(request.items):
         where = f"items[{index}]"
         try:
             requests.pay_op(item, settings)
-        except InvalidRequest as error:
-            raise InvalidRequest(f"{where}.{error.field}", str(error)[len(error.field) + 2 :]) from None
+        except InvalidInput as error:
+            raise error.within(where) from None
         if item.terminal.terminal_id != request.terminal_id:
-            raise InvalidRequest(f"{where}.terminal.terminal_id",
+            raise InvalidInput(f"{where}.terminal.terminal_id",
                                  f"must be the batch's terminal_id {request.terminal_id}, got {item.terminal.terminal_id}")
         if item.terminal.station_id != request.station_id:
-            raise InvalidRequest(f"{where}.terminal.station_id",
+            raise InvalidInput(f"{where}.terminal.station_id",
                                  f"must be the batch's station_id {request.station_id}, got {item.terminal.station_id}")
         earlier = first_index_of_serial.setdefault(item.terminal.serial, index)
         if earlier != index:
-            raise InvalidRequest(f"{where}.terminal.serial", f"{item.terminal.serial} is items[{earlier}]'s serial too")
+            raise InvalidInput(f"{where}.terminal.serial", f"{item.terminal.serial} is items[{earlier}]'s serial too")
 
 
 # ------------------------------------------------------------------ handlers
@@ -152,7 +127,6 @@ class ShiftHandlers:
     def today(self) -> int:
         return business_day(self.committer.clock(), self.committer.utc_offset_minutes)
 
-    @answered()
     async def SignOn(self, request, context):
         result = await self.committer.submit(shift_op(OpKind.SIGN_ON, request))
         answer = settlement_pb2.SignOnAnswer(result=result.code, result_text=result_text(result.code),
@@ -162,7 +136,6 @@ class ShiftHandlers:
             answer.opened_ms, answer.operator_id = shift.opened_ms, shift.operator_id
         return answer
 
-    @answered()
     async def ShiftClose(self, request, context):
         result = await self.committer.submit(shift_op(OpKind.SHIFT_CLOSE, request))
         if result.code != ResultCode.APPROVED:
@@ -179,18 +152,18 @@ class ShiftHandlers:
             result=result.code, result_text=result_text(result.code), shift_id=shift.shift_id,
             station_id=shift.station_id, terminal_id=terminal_id, operator_id=shift.operator_id,
             opened_ms=shift.opened_ms, closed_ms=shift.closed_ms, first_txn_id=shift.first_txn_id,
-            last_txn_id=shift.last_txn_id, totals=totals_message(totals),
+            last_txn_id=shift.last_txn_id, totals=totals_message(totals), currency=answers.currency(),
         )
 
-    @answered()
     async def DayEnd(self, request, context):
         requests.require_range(request.station_id, "station_id", 1, limits.STATION_ID_MAX)
         requests.require_range(request.business_day, "business_day", 1, self.today())
         if not request.by.strip() or len(request.by) > BY_LENGTH_MAX:
-            raise InvalidRequest("by", f"required, 1 .. {BY_LENGTH_MAX} characters")
+            raise InvalidInput("by", f"required, 1 .. {BY_LENGTH_MAX} characters")
         result = await self.committer.submit(day_end_op(request.station_id, request.business_day))
         answer = settlement_pb2.DayEndAnswer(result=result.code, result_text=result_text(result.code),
-                                             station_id=request.station_id, business_day=request.business_day)
+                                             station_id=request.station_id, business_day=request.business_day,
+                                             currency=answers.currency())
         if result.code != ResultCode.APPROVED:
             return answer
         log.info("day %d of station %d closed by %s (closed through day %d)", request.business_day, request.station_id,
@@ -204,7 +177,6 @@ class ShiftHandlers:
                                 for operator_id, part in sorted(totals.by_operator.items()))
         return answer
 
-    @answered(BATCH_RETRY_TEXT)
     async def BatchUpload(self, request, context):
         validate_batch(request, self.payments.settings)
         lock = self._upload_locks.get(request.terminal_id)
@@ -217,8 +189,13 @@ class ShiftHandlers:
                 window = items[start : start + BATCH_UPLOAD_WINDOW]
                 outcomes = await asyncio.gather(*(self._apply_item(item) for item in window), return_exceptions=True)
                 for outcome in outcomes:
+                    # The items applied are applied: a retry answers them DUPLICATE.
+                    if isinstance(outcome, QueueFull):
+                        raise ResourceExhausted("server queue full" + BATCH_RETRY_TEXT, reason=outcome.reason) from None
+                    if isinstance(outcome, ShuttingDown):
+                        raise Unavailable("server shutting down" + BATCH_RETRY_TEXT, reason=outcome.reason) from None
                     if isinstance(outcome, BaseException):
-                        raise outcome  # the items applied are applied: a retry answers them DUPLICATE
+                        raise outcome
                 answer.results.extend(outcomes)
         statuses = [item.status for item in answer.results]
         answer.accepted = statuses.count(settlement_pb2.ACCEPTED)

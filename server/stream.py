@@ -21,7 +21,7 @@ import time
 import grpc
 
 from core import limits
-from server.errors import status_of
+from server.errors import internal_error, status_of
 from server.metrics import OBSERVER, outcome_of
 from tally.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -236,8 +236,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         except Exception as error:
             status = status_of(error)
             if status is None:
-                log.exception("gateway operation %s failed", name)
-                status = (grpc.StatusCode.INTERNAL, f"{type(error).__name__}: the server could not answer")
+                request_id = _request_id(stream, correlation_id, index)
+                log.exception("gateway operation %s failed (request %s)", name, request_id)
+                status = status_of(internal_error(request_id))
             if OBSERVER.active:
                 OBSERVER.request(OPERATION_RPC_NAMES[name], "stream", status[0].name, time.perf_counter() - started, request,
                                  _request_id(stream, correlation_id, index))

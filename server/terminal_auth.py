@@ -1,19 +1,14 @@
-"""The terminal-auth interceptor (`python -m server --terminal-auth`).
+"""The terminal guard (`python -m server --terminal-auth`).
 
-Owns: checking every terminal request's MAC before anything else runs, even
-before the request is parsed: the interceptor takes the request's bytes as
-they came off the wire, and only a request that passes reaches the servicer.
-Used by: server/app.py (installs it with --terminal-auth, by registering the
-services through `TerminalAuthInterceptor.registrar`).
-
-Guarded: PaymentService (every RPC), CardService.TopUp, LoyaltyService's
-terminal RPCs (CheckIn, CompleteTask, RedeemGift), SettlementService's
-SignOn and ShiftClose. Back-office RPCs (cards, loyalty rules, the rest of
-settlement) are not terminal requests and pass untouched.
-GatewayService.Exchange carries many terminals' requests in one stream with
-no per-request MAC, and SettlementService.BatchUpload many Pay requests in
-one message, so with --terminal-auth both are refused whole
-(PERMISSION_DENIED) rather than left as a way around the check.
+Owns: checking a terminal request's MAC before anything else runs, even
+before the request is parsed: it takes the request's bytes as they came off
+the wire, and only a request that passes reaches the servicer.
+Used by: server/rpc.py, for every RPC that server/callers.py lets a
+terminal call (Pay and the other payment RPCs, TopUp, the loyalty and
+promotion RPCs of a customer at a terminal, SignOn and ShiftClose, the
+enquiries GetCard, Query, GetPoints, ...). GatewayService.Exchange and
+SettlementService.BatchUpload carry no MAC per request and are refused in
+secure mode (server/callers.py says why).
 
 A request carries x-tally-terminal, x-tally-key-id, x-tally-serial and
 x-tally-mac (core/admin/keys.py: what the MAC covers). Checks, in order; the
@@ -26,6 +21,7 @@ first that fails answers, and is logged at WARNING with its reason:
   no working key, an old key id (rotated), expired   UNAUTHENTICATED
   MAC does not verify (any byte changed)         UNAUTHENTICATED
   request does not parse                         INVALID_ARGUMENT
+  an RPC with a serial but no TerminalContext    INVALID_ARGUMENT
   TerminalContext names another terminal         PERMISSION_DENIED
   TerminalContext.serial is not x-tally-serial   UNAUTHENTICATED
   TerminalContext names another station          PERMISSION_DENIED
@@ -47,55 +43,23 @@ and is not replay-checked: it reads.
 
 import logging
 
-import grpc
-from google.protobuf.message import DecodeError
-
 from core.admin import keys
 from core.admin.access import now_ms
-from core.admin.errors import AdminError, PermissionDenied
 from core.admin.terminals import WorkingKeys
+from core.errors import InvalidInput, PermissionDenied, Unauthenticated
 from core.records import Idem, decode, idem_key
 from core.results import OpKind
 from core.store import Store
+from server.callers import Caller
 from server.requests import fingerprint
 
 log = logging.getLogger("tally.terminal_auth")
 
-# gRPC path -> the kernel operation whose idempotency entry guards its
-# serial (None: a read, not replay-checked).
-GUARDED: dict[str, int | None] = {
-    "/tally.v1.PaymentService/Pay": int(OpKind.PAY),
-    "/tally.v1.PaymentService/PreAuthorize": int(OpKind.PREAUTH),
-    "/tally.v1.PaymentService/Complete": int(OpKind.COMPLETE),
-    "/tally.v1.PaymentService/Release": int(OpKind.RELEASE),
-    "/tally.v1.PaymentService/Reverse": int(OpKind.REVERSE),
-    "/tally.v1.PaymentService/Void": int(OpKind.VOID),
-    "/tally.v1.PaymentService/Refund": int(OpKind.REFUND),
-    "/tally.v1.PaymentService/Query": None,
-    "/tally.v1.CardService/TopUp": int(OpKind.TOPUP),
-    "/tally.v1.LoyaltyService/CheckIn": int(OpKind.CHECKIN),
-    "/tally.v1.LoyaltyService/CompleteTask": int(OpKind.TASK),
-    "/tally.v1.LoyaltyService/RedeemGift": int(OpKind.REDEEM),
-    "/tally.v1.SettlementService/SignOn": int(OpKind.SIGN_ON),
-    "/tally.v1.SettlementService/ShiftClose": int(OpKind.SHIFT_CLOSE),
-    "/tally.v1.PromotionService/ClaimPacket": int(OpKind.PACKET_CLAIM),
-    "/tally.v1.PromotionService/BuyChances": int(OpKind.PAY),
-}
-REFUSED_STREAMS = frozenset(("/tally.v1.GatewayService/Exchange",))
-GATEWAY_REFUSED_TEXT = ("GatewayService carries no per-request MAC: with --terminal-auth, terminals call the "
-                        "unary RPCs with x-tally-mac")
-REFUSED_UNARY = frozenset(("/tally.v1.SettlementService/BatchUpload",))
-BATCH_REFUSED_TEXT = ("BatchUpload carries no per-sale MAC: with --terminal-auth, terminals send offline sales one by one "
-                      "with Pay (same serials: each is applied once)")
 DECIMAL_DIGITS_MAX = 20
 _FIELDS = (keys.METADATA_TERMINAL, keys.METADATA_KEY_ID, keys.METADATA_SERIAL, keys.METADATA_MAC)
 _NO_FINGERPRINT = bytes(16)
-
-
-class Refusal(Exception):
-    def __init__(self, code: grpc.StatusCode, text: str):
-        super().__init__(text)
-        self.code = code
+# Of every key suite's MAC; the terminal's own suite decides which one verifies.
+MAC_LENGTHS = frozenset(suite.mac_bytes for suite in keys.SUITES.values())
 
 
 def _decimal(text: str, key: str) -> int:
@@ -103,7 +67,7 @@ def _decimal(text: str, key: str) -> int:
         value = int(text)
         if value < 2**64:
             return value
-    raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{key}: must be a decimal number within 0 .. 2^64-1")
+    raise InvalidInput(key, "must be a decimal number within 0 .. 2^64-1", reason="BAD_METADATA")
 
 
 def parse_metadata(metadata) -> tuple[int, int, int, bytes]:
@@ -115,14 +79,15 @@ def parse_metadata(metadata) -> tuple[int, int, int, bytes]:
     serial, mac = found.get(keys.METADATA_SERIAL), found.get(keys.METADATA_MAC)
     if terminal is None or key_id is None or serial is None or mac is None:
         missing = [key for key, value in zip(_FIELDS, (terminal, key_id, serial, mac)) if value is None]
-        raise Refusal(grpc.StatusCode.UNAUTHENTICATED,
-                      f"missing {', '.join(missing)}: this server authenticates terminals (see core/admin/terminal_client.py)")
+        raise Unauthenticated(f"missing {', '.join(missing)}: this server authenticates terminals "
+                              "(see core/admin/terminal_client.py)", reason="NO_CREDENTIAL")
     try:
         mac_bytes = bytes.fromhex(mac)
     except ValueError:
         mac_bytes = b""
-    if len(mac_bytes) != keys.MAC_BYTES:
-        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{keys.METADATA_MAC}: must be {2 * keys.MAC_BYTES} hex digits")
+    if len(mac_bytes) not in MAC_LENGTHS:
+        raise InvalidInput(keys.METADATA_MAC, f"must be {2 * keys.MAC_BYTES} hex digits (HMAC-SHA256) or "
+                                              f"{2 * keys.SM4_MAC_BYTES} (CMAC-SM4)", reason="BAD_METADATA")
     return (_decimal(terminal, keys.METADATA_TERMINAL), _decimal(key_id, keys.METADATA_KEY_ID),
             _decimal(serial, keys.METADATA_SERIAL), mac_bytes)
 
@@ -130,138 +95,49 @@ def parse_metadata(metadata) -> tuple[int, int, int, bytes]:
 class TerminalGuard:
     """The checks of the module's docstring, without gRPC around them."""
 
-    def __init__(self, store: Store, master_key: bytes, clock=now_ms):
+    def __init__(self, store: Store, master_key: keys.MasterKey, clock=now_ms):
         self.store = store
         self.working_keys = WorkingKeys(store, master_key)
         self.clock = clock
         # The handles themselves: Store finds a database by name on each access.
         self._env, self._idem = store.env, store.idem
 
-    def check(self, method: str, kind: int | None, metadata, body: bytes, parse):
-        """The parsed request, or Refusal."""
+    def check(self, method: str, kind: int | None, metadata, body: bytes, parse) -> tuple[object, Caller]:
+        """(the parsed request, the terminal as caller); raises a TallyError
+        refusing it. kind: the OpKind whose idempotency entry guards the
+        serial, None for a request without a serial of its own."""
         terminal_id, key_id, serial, mac = parse_metadata(metadata)
         with self._env.begin() as txn:
-            try:
-                terminal, working_key = self.working_keys.current(txn, terminal_id, key_id, self.clock())
-            except AdminError as error:
-                code = grpc.StatusCode.PERMISSION_DENIED if isinstance(error, PermissionDenied) else grpc.StatusCode.UNAUTHENTICATED
-                raise Refusal(code, str(error)) from None
-            if not keys.mac_matches(working_key, method, terminal_id, key_id, serial, body, mac):
-                raise Refusal(grpc.StatusCode.UNAUTHENTICATED, f"MAC of terminal {terminal_id} does not verify")
-            try:
-                request = parse(body)
-            except DecodeError:
-                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "request: does not parse") from None
-            if kind is None:
-                if request.terminal_id not in (0, terminal_id):
-                    raise Refusal(grpc.StatusCode.PERMISSION_DENIED, f"terminal {terminal_id} may query only its own requests")
-                return request
-            context = request.terminal
-            if context.terminal_id != terminal_id:
-                raise Refusal(grpc.StatusCode.PERMISSION_DENIED,
-                              f"terminal.terminal_id is {context.terminal_id}, but the MAC is terminal {terminal_id}'s")
-            if context.serial != serial:
-                raise Refusal(grpc.StatusCode.UNAUTHENTICATED, f"terminal.serial is {context.serial}, {keys.METADATA_SERIAL} {serial}")
-            if context.station_id != terminal.station_id:
-                raise Refusal(grpc.StatusCode.PERMISSION_DENIED,
-                              f"terminal {terminal_id} is registered at station {terminal.station_id}, not {context.station_id}")
-            stored = txn.get(idem_key(terminal_id, serial), db=self._idem)
+            terminal, working_key = self.working_keys.current(txn, terminal_id, key_id, self.clock())
+            if not keys.mac_matches(working_key, method, terminal_id, key_id, serial, body, mac, terminal.key_algorithm):
+                raise Unauthenticated(f"MAC of terminal {terminal_id} does not verify", reason="BAD_MAC")
+            request = parse(body)
+            self._check_context(request, kind, terminal_id, serial, terminal.station_id)
+            stored = txn.get(idem_key(terminal_id, serial), db=self._idem) if kind is not None else None
         if stored is not None:
             previous = decode(Idem, stored).fingerprint
             if previous != _NO_FINGERPRINT and previous != fingerprint(kind, request):
-                raise Refusal(grpc.StatusCode.PERMISSION_DENIED,
-                              f"serial {serial} of terminal {terminal_id} was used for another request: a replay")
-        return request
+                raise PermissionDenied(f"serial {serial} of terminal {terminal_id} was used for another request: a replay",
+                                       reason="REPLAY")
+        return request, Caller("terminal", terminal_id=terminal_id, station_id=terminal.station_id)
 
-
-class TerminalAuthInterceptor:
-    """Puts the guard in front of every terminal RPC's handler.
-
-    Why not grpc.aio.ServerInterceptor: that API resolves the handler
-    through a Python coroutine on every call, which measured 20 to 80 µs per
-    call before any check ran (a tenth of a Pay's server CPU). The handlers
-    are fixed once the server runs, so the interceptor takes the same place
-    in the call path (before parsing, before the servicer) by wrapping each
-    handler once, when the services are registered: `registrar(server)` is
-    the object to pass to the add_*Servicer_to_server functions.
-    """
-
-    def __init__(self, guard: TerminalGuard):
-        self.guard = guard
-
-    def registrar(self, server) -> "GuardedRegistrar":
-        return GuardedRegistrar(server, self)
-
-    def intercepted(self, method: str, handler):
-        """The handler the server runs for `method` instead of `handler`."""
-        if method in GUARDED:
-            if handler is None or handler.unary_unary is None:
-                return handler
-            return self._guarded(handler, method, GUARDED[method])
-        if method in REFUSED_STREAMS:
-            return grpc.stream_stream_rpc_method_handler(_refuse_stream)
-        if method in REFUSED_UNARY:
-            return grpc.unary_unary_rpc_method_handler(_refuse_batch)
-        return handler
-
-    def _guarded(self, handler, method: str, kind: int | None):
-        parse, inner, guard = handler.request_deserializer, handler.unary_unary, self.guard
-
-        async def behaviour(body: bytes, context):
-            try:
-                request = guard.check(method, kind, context.invocation_metadata(), body, parse)
-            except Refusal as refusal:
-                log.warning("terminal request refused: %s %s: %s", method, refusal.code.name, refusal)
-                await context.abort(refusal.code, str(refusal))
-            return await inner(request, context)
-
-        # No request_deserializer: the behaviour receives the wire bytes.
-        return grpc.unary_unary_rpc_method_handler(behaviour, response_serializer=handler.response_serializer)
-
-
-class GuardedRegistrar:
-    """Stands for the server when services register: their handlers go in
-    wrapped by the interceptor (this module's, or server/back_office_auth.py's:
-    anything with `intercepted(method, handler)`); everything else passes to
-    the server."""
-
-    def __init__(self, server, interceptor):
-        self._server = server
-        self._interceptor = interceptor
-
-    def add_generic_rpc_handlers(self, handlers):
-        self._server.add_generic_rpc_handlers(tuple(_GuardedHandlers(handler, self._interceptor) for handler in handlers))
-
-    def add_registered_method_handlers(self, service_name: str, method_handlers: dict):
-        wrapped = {name: self._interceptor.intercepted(f"/{service_name}/{name}", handler) for name, handler in method_handlers.items()}
-        self._server.add_registered_method_handlers(service_name, wrapped)
-
-    def __getattr__(self, name):
-        return getattr(self._server, name)
-
-
-class _GuardedHandlers(grpc.GenericRpcHandler):
-    def __init__(self, handlers, interceptor):
-        self._handlers = handlers
-        self._interceptor = interceptor
-        # gRPC path -> the handler to run, made at the method's first call.
-        self._resolved = {}
-
-    def service(self, handler_call_details):
-        method = handler_call_details.method
-        resolved = self._resolved.get(method)
-        if resolved is None:
-            resolved = self._interceptor.intercepted(method, self._handlers.service(handler_call_details))
-            if resolved is not None:
-                self._resolved[method] = resolved
-        return resolved
-
-
-async def _refuse_stream(request_iterator, context):
-    log.warning("terminal request refused: GatewayService/Exchange PERMISSION_DENIED: %s", GATEWAY_REFUSED_TEXT)
-    await context.abort(grpc.StatusCode.PERMISSION_DENIED, GATEWAY_REFUSED_TEXT)
-
-
-async def _refuse_batch(request, context):
-    log.warning("terminal request refused: SettlementService/BatchUpload PERMISSION_DENIED: %s", BATCH_REFUSED_TEXT)
-    await context.abort(grpc.StatusCode.PERMISSION_DENIED, BATCH_REFUSED_TEXT)
+    @staticmethod
+    def _check_context(request, kind: int | None, terminal_id: int, serial: int, station_id: int):
+        """The request's own terminal fields must be the MAC's terminal's."""
+        fields = request.DESCRIPTOR.fields_by_name
+        if "terminal_id" in fields and request.terminal_id not in (0, terminal_id):
+            raise PermissionDenied(f"terminal {terminal_id} may query only its own requests", reason="OTHER_TERMINAL")
+        if "terminal" not in fields or not request.HasField("terminal"):
+            if kind is not None:
+                raise InvalidInput("terminal", "is required (station_id, terminal_id, serial, operator_id)")
+            return
+        context = request.terminal
+        if context.terminal_id != terminal_id:
+            raise PermissionDenied(f"terminal.terminal_id is {context.terminal_id}, but the MAC is terminal {terminal_id}'s",
+                                   field="terminal.terminal_id", reason="OTHER_TERMINAL")
+        if kind is not None and context.serial != serial:
+            raise Unauthenticated(f"terminal.serial is {context.serial}, {keys.METADATA_SERIAL} {serial}",
+                                  field="terminal.serial", reason="SERIAL_MISMATCH")
+        if context.station_id != station_id:
+            raise PermissionDenied(f"terminal {terminal_id} is registered at station {station_id}, not {context.station_id}",
+                                   field="terminal.station_id", reason="OTHER_STATION")

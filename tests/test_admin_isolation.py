@@ -19,7 +19,7 @@ they were before, and their part of the audit log did not grow.
 import grpc
 import pytest
 
-from core.admin.access import PERMISSIONS
+from server.callers import permissions_of
 from core.admin.model import Role
 from tally.v1 import admin_pb2, card_pb2, common_pb2
 from tests.support import ServerProcess
@@ -45,11 +45,13 @@ ATTACKS = {
     "sibling": ("north", "north-auditor", {2, 12}, 12, 13, ("root", "auditor")),
 }
 
+ADMIN_PERMISSIONS = permissions_of("/tally.v1.AdminService/")
+
 
 def objects_of(org_id: int) -> dict:
     """The ids of what made_at makes at an organisation."""
     return {"org": org_id, "terminal": 7000 + org_id, "operator": 9000 + org_id, "username": f"clerk-{org_id}",
-            "customer": 100 + org_id, "card": CARD_BASE + org_id, "hq": 50 if org_id == 51 else 1}
+            "customer": 100 + org_id, "card": CARD_BASE + org_id, "hq": 50 if org_id == 51 else 1, "partner": org_id}
 
 
 def made_at(client, org_id: int):
@@ -125,6 +127,13 @@ def _own_verify_audit(env):
     assert [field.name for field, _ in answer.ListFields()] == ["intact", "entries", "head_seq", "head_hash"]
 
 
+def _own_list_partners(env):
+    """Partners of the attacker's subtree only (a region sees none: they
+    belong to headquarters)."""
+    listed = {partner.org_id for partner in env.admin.ListPartners().partners}
+    assert listed <= env.subtree, listed
+
+
 def _list(call, org_of, *filtered):
     return (LIST, (call, org_of, filtered))
 
@@ -188,6 +197,10 @@ CASES = {
     "ListCustomers": _list(lambda c: c.ListCustomers().customers, _rows_org, lambda c, v: c.ListCustomers(org_id=v["org"])),
     "ExportCustomer": (GET, lambda c, v, o: [lambda: list(c.ExportCustomer(customer_id=v["customer"]))]),
     "EraseCustomer": (CHANGE, lambda c, v, o: [lambda: c.EraseCustomer(customer_id=v["customer"], reason="mine")]),
+    "UnlockUser": (CHANGE, lambda c, v, o: [lambda: c.UnlockUser(username=v["username"], reason="mine")]),
+    "RegisterPartner": (CHANGE, lambda c, v, o: [lambda: c.RegisterPartner(partner_id=90 + v["org"], org_id=v["hq"])]),
+    "DisablePartner": (CHANGE, lambda c, v, o: [lambda: c.DisablePartner(partner_id=v["partner"], reason="mine")]),
+    "ListPartners": (OWN, lambda env: _own_list_partners(env)),
 }
 
 
@@ -205,7 +218,7 @@ class Attack:
     def client_for(self, rpc: str):
         """A user of the attacking side whose role may call the RPC (so a
         refusal can only be the domain's)."""
-        allowed = PERMISSIONS[rpc]
+        allowed = ADMIN_PERMISSIONS[rpc]
         return self.admin if not allowed or Role.ADMINISTRATOR in allowed else self.auditor
 
 
@@ -219,6 +232,9 @@ def served(tmp_path_factory):
     clients = {username: AdminClient(channel, username) for username in USERS}
     for org_id, maker in MAKERS.items():
         made_at(clients[maker], org_id)
+    # Partners belong to a headquarters: one of each domain's.
+    clients["root"].RegisterPartner(partner_id=objects_of(13)["partner"], org_id=1, name="Acme's airline")
+    clients["other"].RegisterPartner(partner_id=objects_of(51)["partner"], org_id=50, name="Other's airline")
     yield channel, clients
     process.stop()
 
@@ -227,7 +243,7 @@ def test_every_rpc_is_classified():
     methods = set(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods_by_name)
     assert methods - set(CASES) == set(), "classify each new RPC in CASES"
     assert set(CASES) - methods == set()
-    assert set(PERMISSIONS) == methods
+    assert set(ADMIN_PERMISSIONS) == methods
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))

@@ -192,7 +192,7 @@ def test_a_used_serial_with_another_body_is_refused_and_an_exact_retry_is_not(se
 def test_a_terminal_at_another_station_or_in_another_terminals_name_is_refused(secured):
     terminal, _, _ = signed_on(secured, 101)
     text = refused(lambda: terminal.payments.Pay(pay_request(terminal, 100, station_id=13)), PERMISSION_DENIED)
-    assert text == "terminal 101 is registered at station 12, not 13"
+    assert text == "terminal.station_id: terminal 101 is registered at station 12, not 13"
     refused(lambda: terminal.payments.Pay(pay_request(terminal, 100, terminal_id=102)), PERMISSION_DENIED)
     refused(lambda: terminal.payments.Query(payment_pb2.QueryRequest(terminal_id=102, serial=1)), PERMISSION_DENIED)
     top_up = card_pb2.TopUpRequest(terminal=terminal.context(), card_id=DEMO_COMPANY_CARD, account=common_pb2.PERSONAL, amount=1)
@@ -218,8 +218,8 @@ def test_refusals_are_logged(secured):
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and "terminal 998 is not registered" not in process.log:
         time.sleep(0.05)
-    assert "sign-on refused: UNAUTHENTICATED: terminal 998 is not registered" in process.log
-    assert "terminal request refused: /tally.v1.PaymentService/Pay UNAUTHENTICATED: missing x-tally-terminal" in process.log
+    assert "call refused: /tally.v1.TerminalKeyService/SignOn UNAUTHENTICATED: terminal 998 is not registered" in process.log
+    assert "call refused: /tally.v1.PaymentService/Pay UNAUTHENTICATED: missing x-tally-terminal" in process.log
 
 
 def test_sign_on_answers_a_wrapped_key_only_the_terminal_opens(secured):
@@ -247,12 +247,13 @@ def test_a_sign_on_with_a_malformed_terminal_context_names_the_field(secured):
 def test_every_terminal_rpc_without_a_mac_is_refused(secured):
     """Each guarded RPC (payments, top-up, loyalty, shifts, red packet claims,
     lottery chances bought with points) refuses a call that carries no MAC."""
-    from server.terminal_auth import GUARDED
+    from server.callers import CALLERS
 
     process, _ = secured
     channel = process.channel()
-    assert "/tally.v1.PromotionService/ClaimPacket" in GUARDED and "/tally.v1.PromotionService/BuyChances" in GUARDED
-    for method in GUARDED:
+    terminal_only = [path for path, allowed in CALLERS.items() if allowed.terminal and not allowed.roles]
+    assert "/tally.v1.PromotionService/ClaimPacket" in terminal_only and "/tally.v1.PromotionService/BuyChances" in terminal_only
+    for method in terminal_only:
         call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         with pytest.raises(grpc.RpcError) as error:
             call(b"", timeout=10)

@@ -3,6 +3,7 @@ rules that contradict each other are refused when saved."""
 
 import pytest
 
+from core.writes import write_now
 from core.loyalty.earning import SaleLine, quote
 from core.loyalty.rules import Campaign, EarningRules, LoyaltyRules, RuleError, ThresholdBonus, load_rules, save_rules, validate
 from core.results import Tier
@@ -86,7 +87,7 @@ def test_an_exclusive_campaign_shuts_out_the_others():
 def test_contradicting_rules_are_refused_when_saved(tmp_path, rules, field):
     store = open_store(str(tmp_path / "data"), 2**26)
     with pytest.raises(RuleError) as error:
-        save_rules(store, LoyaltyRules(earning=rules))
+        write_now(store, save_rules, LoyaltyRules(earning=rules))
     assert field in str(error.value)
     assert load_rules(store).version == 0, "nothing is saved"
 
@@ -107,7 +108,7 @@ def test_exclusive_campaigns_in_other_places_or_priorities_may_overlap():
 
 def test_saved_rules_get_the_next_version(tmp_path):
     store = open_store(str(tmp_path / "data"), 2**26)
-    first = save_rules(store, LoyaltyRules(earning=NO_CAMPAIGNS))
-    second = save_rules(store, LoyaltyRules(earning=RULES))
+    first = write_now(store, save_rules, LoyaltyRules(earning=NO_CAMPAIGNS))
+    second = write_now(store, save_rules, LoyaltyRules(earning=RULES))
     assert (first.version, second.version) == (1, 2)
     assert load_rules(store) == second

@@ -168,7 +168,8 @@ def test_a_thousand_customers_claim_a_hundred_share_packet_at_once(promotions, s
                         packet=P.PacketTerms(share_count=SHARES, min_share_minor=10))
     issuer_before = terminal.card(DEMO_COMPANY_CARD).balances.personal_minor
     created = promotions.CreatePacket(P.CreatePacketRequest(promotion_id=promotion.promotion_id, total_minor=PACKET_TOTAL,
-                                                            issuer_kind=PERSONAL_ACCOUNT, issuer_owner=DEMO_COMPANY_CARD, by="ops"))
+                                                            issuer_kind=PERSONAL_ACCOUNT, issuer_owner=DEMO_COMPANY_CARD, by="ops",
+                                                            request_id="new-year-1"))
     assert created.result == R.APPROVED and created.packet.state == P.PACKET_STATE_OPEN
     assert created.balance_minor == PACKET_TOTAL
     assert terminal.card(DEMO_COMPANY_CARD).balances.personal_minor == issuer_before - PACKET_TOTAL
@@ -209,11 +210,13 @@ def test_the_claim_condition_the_expiry_and_the_rest_going_back(promotions, serv
     open_cards(server, issuer, 2)
     terminal.topup(issuer, 10_000)
     created = promotions.CreatePacket(P.CreatePacketRequest(promotion_id=promotion.promotion_id, total_minor=1_001,
-                                                            issuer_kind=PERSONAL_ACCOUNT, issuer_owner=issuer, by="ops"))
+                                                            issuer_kind=PERSONAL_ACCOUNT, issuer_owner=issuer, by="ops",
+                                                            request_id="spend-1"))
     assert created.result == R.APPROVED
     packet_id = created.packet.packet_id
     poor = promotions.CreatePacket(P.CreatePacketRequest(promotion_id=promotion.promotion_id, total_minor=1_000_000,
-                                                         issuer_kind=PERSONAL_ACCOUNT, issuer_owner=issuer, by="ops"))
+                                                         issuer_kind=PERSONAL_ACCOUNT, issuer_owner=issuer, by="ops",
+                                                         request_id="spend-2"))
     assert (poor.result, poor.packet.state) == (R.INSUFFICIENT_FUNDS, P.PACKET_STATE_FAILED)
     claimant = issuer + 1
     claim = P.ClaimPacketRequest(terminal=context(604, 1), packet_id=packet_id, card_id=claimant)
@@ -248,7 +251,7 @@ def test_coupons_issued_at_once_never_pass_the_total_count(promotions, server):
     first_card = 73_000_000
     open_cards(server, first_card, 60)
     issue = lambda index: lambda stub, _: stub.IssueCoupons(P.IssueCouponsRequest(
-        promotion_id=promotion.promotion_id, card_id=first_card + index, by="ops"))
+        promotion_id=promotion.promotion_id, card_id=first_card + index, by="ops", request_id=f"batch-{index}"))
     answers = race(server, [issue(index) for index in range(60)])
     codes = [answer.result for answer in answers]
     assert codes.count(R.APPROVED) == 25
@@ -269,7 +272,8 @@ def test_a_bearer_coupon_used_by_many_sales_at_once_is_used_once(promotions, ser
     if "coupon_codes" not in payment_pb2.PayRequest.DESCRIPTOR.fields_by_name:
         pytest.skip("waiting for coupons in Pay (server/payments.py, PayRequest.coupon_codes)")
     promotion = running(promotions, kind=P.PROMOTION_KIND_COUPON, name="bearer 3.00", coupon=P.CouponTerms(face_value_minor=300))
-    (coupon,) = promotions.IssueCoupons(P.IssueCouponsRequest(promotion_id=promotion.promotion_id, by="ops")).coupons
+    (coupon,) = promotions.IssueCoupons(P.IssueCouponsRequest(promotion_id=promotion.promotion_id, by="ops",
+                                                              request_id="bearer-1")).coupons
     first_card = 74_000_000
     open_cards(server, first_card, 20, points=0)
 

@@ -84,7 +84,8 @@ def test_a_coupon_is_used_once_and_a_void_gives_it_back(server, promotions):
     offer = running(promotions, 63, kind=P.PROMOTION_KIND_COUPON, name="three off",
                     coupon=P.CouponTerms(face_value_minor=300, per_issue_count=1, total_count=10, valid_days=30))
     terminal = till(server, 63, 6_300)
-    issued = promotions.IssueCoupons(P.IssueCouponsRequest(promotion_id=offer.promotion_id, card_id=6_300, station_id=63, by="alice"))
+    issued = promotions.IssueCoupons(P.IssueCouponsRequest(promotion_id=offer.promotion_id, card_id=6_300, station_id=63, by="alice",
+                                                          request_id="three-off-6300"))
     assert issued.result == R.APPROVED and len(issued.coupons) == 1
     code = issued.coupons[0].code
     first, _ = pay(terminal, 6_300, 2_000, coupons=[code])

@@ -6,6 +6,7 @@ import random
 import msgspec
 import pytest
 
+from core.writes import write_now
 from core.counters import CounterScope, CounterTake
 from core.promotions import coupons, lottery
 from core.promotions import store as promotion_store
@@ -44,38 +45,38 @@ def store(tmp_path):
 
 
 def test_drafts_are_numbered_validated_and_only_drafts_change(store):
-    first = promotion_store.save_draft(store, DISCOUNT, "alice", T0)
-    second = promotion_store.save_draft(store, DISCOUNT, "alice", T0)
+    first = write_now(store, promotion_store.save_draft, DISCOUNT, "alice", T0)
+    second = write_now(store, promotion_store.save_draft, DISCOUNT, "alice", T0)
     assert (first.promotion_id, second.promotion_id) == (1, 2)
     assert first.stage == Stage.DRAFT and [(c.stage, c.by) for c in first.history] == [(Stage.DRAFT, "alice")]
     with pytest.raises(PromotionError) as error:
-        promotion_store.save_draft(store, msgspec.structs.replace(first, valid_to_ms=T0), "alice", T0)
+        write_now(store, promotion_store.save_draft, msgspec.structs.replace(first, valid_to_ms=T0), "alice", T0)
     assert error.value.field == "valid_to_ms"
     assert promotion_store.load_promotion(store, 1) == first, "nothing of a refused promotion is saved"
-    changed = promotion_store.save_draft(store, msgspec.structs.replace(first, name="eleven off"), "bob", T0 + 1)
+    changed = write_now(store, promotion_store.save_draft, msgspec.structs.replace(first, name="eleven off"), "bob", T0 + 1)
     assert [c.by for c in changed.history] == ["alice", "bob"]
-    promotion_store.step_promotion(store, 1, Stage.SUBMITTED, "bob", T0 + 2)
+    write_now(store, promotion_store.step_promotion, 1, Stage.SUBMITTED, "bob", T0 + 2)
     with pytest.raises(promotion_store.Conflict, match="SUBMITTED: only a draft can be changed"):
-        promotion_store.save_draft(store, changed, "bob", T0 + 3)
+        write_now(store, promotion_store.save_draft, changed, "bob", T0 + 3)
     with pytest.raises(promotion_store.NotFound):
-        promotion_store.step_promotion(store, 99, Stage.SUBMITTED, "bob", T0)
+        write_now(store, promotion_store.step_promotion, 99, Stage.SUBMITTED, "bob", T0)
     # An id chosen by the caller is kept; the sequence skips ids taken.
-    promotion_store.save_draft(store, msgspec.structs.replace(DISCOUNT, promotion_id=3), "alice", T0)
-    assert promotion_store.save_draft(store, DISCOUNT, "alice", T0).promotion_id == 4
+    write_now(store, promotion_store.save_draft, msgspec.structs.replace(DISCOUNT, promotion_id=3), "alice", T0)
+    assert write_now(store, promotion_store.save_draft, DISCOUNT, "alice", T0).promotion_id == 4
 
 
 def test_the_snapshot_follows_the_version(store):
     before = promotion_store.version(store)
-    saved = promotion_store.save_draft(store, DISCOUNT, "alice", T0)
-    promotion_store.step_promotion(store, saved.promotion_id, Stage.SUBMITTED, "alice", T0)
-    promotion_store.step_promotion(store, saved.promotion_id, Stage.APPROVED, "bob", T0)
-    policy = promotion_store.save_policy(store, StackingPolicy(coupons_per_sale_max=2))
+    saved = write_now(store, promotion_store.save_draft, DISCOUNT, "alice", T0)
+    write_now(store, promotion_store.step_promotion, saved.promotion_id, Stage.SUBMITTED, "alice", T0)
+    write_now(store, promotion_store.step_promotion, saved.promotion_id, Stage.APPROVED, "bob", T0)
+    policy = write_now(store, promotion_store.save_policy, StackingPolicy(coupons_per_sale_max=2))
     assert promotion_store.version(store) == before + 4
     snapshot = promotion_store.load_snapshot(store)
     assert [p.promotion_id for p in snapshot.priced] == [saved.promotion_id]
     assert (snapshot.policy.coupons_per_sale_max, snapshot.policy.version, snapshot.version) == (2, policy.version, before + 4)
     with pytest.raises(PromotionError) as error:
-        promotion_store.save_policy(store, StackingPolicy(coupons_per_sale_max=17))
+        write_now(store, promotion_store.save_policy, StackingPolicy(coupons_per_sale_max=17))
     assert error.value.field == "coupons_per_sale_max"
 
 
@@ -84,14 +85,14 @@ def test_coupon_codes_are_unguessable_unique_and_found_by_code(store):
     assert [c.coupon_id for c in made] == [10, 11, 12]
     assert all(coupons.code_is_well_formed(c.code) for c in made) and len({c.code for c in made}) == 3
     assert all(c.expires_ms == T0 + 7 * DAY_MS for c in made)
-    promotion_store.put_coupons(store, made)
+    write_now(store, promotion_store.put_coupons, made)
     typed = "-".join(made[1].code[i:i + 4] for i in range(0, 16, 4)).lower()
     assert promotion_store.coupon_by_code(store, coupons.normalise_code(typed)) == made[1]
     assert promotion_store.coupon_by_code(store, "0" * 16) is None
     assert promotion_store.coupons_of_card(store, 42) == made
     assert promotion_store.coupons_of_card(store, 43) == []
     with pytest.raises(promotion_store.Conflict):
-        promotion_store.put_coupons(store, [msgspec.structs.replace(made[0], coupon_id=13)])
+        write_now(store, promotion_store.put_coupons, [msgspec.structs.replace(made[0], coupon_id=13)])
     codes = {coupons.new_code() for _ in range(10_000)}
     assert len(codes) == 10_000, "80 random bits do not repeat"
     assert coupons.issue_take(COUPON, 3) == CounterTake(CounterScope.COUPON_ISSUED, 5, delta=3, ceiling=90, rule="promotion 5 coupons issued")

@@ -2,6 +2,7 @@
 
 import pytest
 
+from core.writes import write_now
 from core.counters import CounterScope, CounterTake
 from core.risk import blacklist, flags
 from core.risk.rules import (
@@ -74,14 +75,14 @@ def test_rules_that_cannot_work_are_refused_naming_the_field(rules, field):
 
 def test_rules_are_saved_with_a_version(store):
     assert load_rules(store) == RiskRules()
-    assert save_rules(store, RULES).version == 1
-    assert save_rules(store, RULES).version == 2
+    assert write_now(store, save_rules, RULES).version == 1
+    assert write_now(store, save_rules, RULES).version == 2
     assert load_rules(store).limits == RULES.limits
 
 
 def test_blacklist_permanent_and_frozen_until_a_date(store):
-    blacklist.add(store, blacklist.BlacklistEntry(CARD, "chargeback fraud", "risk-desk", NOW))
-    blacklist.add(store, blacklist.BlacklistEntry(CARD + 1, "disputed refunds", "risk-desk", NOW, until_ms=NOW + 90 * DAY_MS))
+    write_now(store, blacklist.add, blacklist.BlacklistEntry(CARD, "chargeback fraud", "risk-desk", NOW))
+    write_now(store, blacklist.add, blacklist.BlacklistEntry(CARD + 1, "disputed refunds", "risk-desk", NOW, until_ms=NOW + 90 * DAY_MS))
     permanent = blacklist.blocking_entry(store, CARD, NOW + 10_000 * DAY_MS)
     assert permanent.rule == "risk blacklist: blacklisted: chargeback fraud"
     frozen = blacklist.blocking_entry(store, CARD + 1, NOW + 90 * DAY_MS - 1)
@@ -89,7 +90,7 @@ def test_blacklist_permanent_and_frozen_until_a_date(store):
     assert blacklist.blocking_entry(store, CARD + 1, NOW + 90 * DAY_MS) is None, "the freeze ends on its date"
     assert blacklist.blocking_entry(store, CARD + 2, NOW) is None
     assert [entry.card_id for entry in blacklist.entries(store)] == [CARD, CARD + 1]
-    assert blacklist.remove(store, CARD) is True and blacklist.remove(store, CARD) is False
+    assert write_now(store, blacklist.remove, CARD) is True and write_now(store, blacklist.remove, CARD) is False
     assert blacklist.blocking_entry(store, CARD, NOW) is None
 
 
@@ -101,7 +102,7 @@ def test_blacklist_permanent_and_frozen_until_a_date(store):
 ])
 def test_a_bad_blacklist_entry_is_refused_naming_the_field(store, entry, field):
     with pytest.raises(blacklist.BlacklistError) as error:
-        blacklist.add(store, entry)
+        write_now(store, blacklist.add, entry)
     assert error.value.field == field
 
 
@@ -114,7 +115,7 @@ def test_many_small_sales_in_a_short_time_raise_one_flag(store):
     assert [len(r) for r in raised] == [0, 0, 0, 0, 1]
     assert raised[4][0].detail == "3 sales of at most 1000 within 60 s"
     assert watch.observe(rules, CARD, 1, 1_001, NOW + 81_000) == [], "not a small sale"
-    saved = flags.record(store, raised[4] + watch.observe(rules, CARD + 1, 2, 5, NOW))
+    saved = write_now(store, flags.record, raised[4] + watch.observe(rules, CARD + 1, 2, 5, NOW))
     assert [flag.seq for flag in saved] == [1]
     assert [(f.seq, f.kind, f.card_id) for f in flags.list_flags(store)] == [(1, flags.FlagKind.SMALL_SALES, CARD)]
 
@@ -127,7 +128,7 @@ def test_a_sale_in_the_quiet_hours_is_flagged_not_declined(store):
     (flag,) = watch.observe(rules, CARD, 1, 50_000, NOW + 8 * HOUR_MS)
     assert (flag.kind, flag.detail) == (flags.FlagKind.UNUSUAL_HOUR, "a sale at 02h, within the quiet hours 22h .. 05h")
     assert [flags.in_quiet_hours(rules, hour) for hour in (21, 22, 23, 0, 4, 5)] == [False, True, True, True, True, False]
-    saved = flags.record(store, [flag, flag])
+    saved = write_now(store, flags.record, [flag, flag])
     assert [f.seq for f in saved] == [1, 2]
     assert [f.seq for f in flags.list_flags(store, after_seq=1)] == [2]
 

@@ -213,7 +213,7 @@ def test_staff_resolve_differences_with_who_and_why(sample):
     by_kind = {d.kind: d for d in open_before}
     with pytest.raises(queue.SettlementError, match="why is required"):
         queue.resolve(store, by_kind[DifferenceKind.ONLY_OURS].key, ResolutionAction.ACCEPT, "ana", " ")
-    with pytest.raises(queue.SettlementError, match="no ledger writer"):
+    with pytest.raises(queue.SettlementError, match="no ledger was given"):
         queue.resolve(store, by_kind[DifferenceKind.ONLY_CHANNEL].key, ResolutionAction.ADJUST, "ana", "x")
 
     accepted = queue.resolve(store, by_kind[DifferenceKind.AMOUNT_DIFFERS].key, ResolutionAction.ACCEPT, "ana", "the acquirer's fee, booked separately")
@@ -223,11 +223,12 @@ def test_staff_resolve_differences_with_who_and_why(sample):
     receivable_before = ledger.account(AccountKind.STATION_RECEIVABLE, only_channel.station_id).balance
     posted = []
 
-    def post(op):
-        posted.append(op)
-        return ledger.apply([op], network_now(), DAY)[0]
+    def apply_in(txn, ops):
+        posted.extend(ops)
+        return ledger.apply_in(txn, ops, network_now(), DAY)
 
-    adjusted = queue.resolve(store, only_channel.key, ResolutionAction.ADJUST, "bo", "customer charged, no sale: credit the station", post=post)
+    adjusted = queue.resolve(store, only_channel.key, ResolutionAction.ADJUST, "bo", "customer charged, no sale: credit the station",
+                             apply_in=apply_in)
     resolution = adjusted.resolution
     assert resolution.adjustment_minor == only_channel.delta_minor and resolution.adjustment_txn_id > 0
     assert ledger.account(AccountKind.STATION_RECEIVABLE, only_channel.station_id).balance == receivable_before + only_channel.delta_minor

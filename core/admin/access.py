@@ -1,10 +1,10 @@
 """Who may do what, and where: callers, the permission table, domains.
 
 Owns: `Actor` (who acts: a user with a role, a terminal, or the command line),
-`PERMISSIONS` (AdminService RPC -> roles allowed), the organisation tree
-walks that decide what a caller may see (its own organisation's subtree,
-nothing else; a card or customer is its organisation's), and the shared
-input checks of core.admin.
+the organisation tree walks that decide what a caller may see (its own
+organisation's subtree, nothing else; a card or customer is its
+organisation's), and the shared input checks of core.admin. Which role may
+call which RPC is server/callers.py's table.
 Used by: directory.py, users.py, terminals.py, cards.py, customers.py,
 server/admin_service.py.
 """
@@ -14,111 +14,9 @@ import time
 
 import msgspec
 
-from core.admin.errors import InvalidInput, NotFound, PermissionDenied
+from core.admin.errors import InvalidInput, NotFound
 from core.admin.model import ORG_DEPTH_MAX, Customer, Organisation, Role, u32_key, u64_key, unpack
 from core.store import Store, rows
-
-ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE, AUDITOR = (
-    Role.ADMINISTRATOR, Role.OPERATIONS, Role.CUSTOMER_SERVICE, Role.AUDITOR)
-EVERY_ROLE = frozenset(Role)
-
-# AdminService: the roles allowed to call each RPC. Login needs no token;
-# every other RPC needs one whose user has one of these roles. A test checks
-# that every RPC of the service is in this table, so none is open by mistake.
-PERMISSIONS: dict[str, frozenset] = {
-    "Login": frozenset(),
-    "Logout": EVERY_ROLE,
-    "WhoAmI": EVERY_ROLE,
-    "CreateOrganisation": frozenset((ADMINISTRATOR,)),
-    "UpdateOrganisation": frozenset((ADMINISTRATOR,)),
-    "GetOrganisation": EVERY_ROLE,
-    "ListOrganisations": EVERY_ROLE,
-    "RegisterTerminal": frozenset((ADMINISTRATOR,)),
-    "EnableTerminal": frozenset((ADMINISTRATOR,)),
-    # Operations staff may pull a stolen or broken terminal at once.
-    "DisableTerminal": frozenset((ADMINISTRATOR, OPERATIONS)),
-    "GetTerminal": frozenset((ADMINISTRATOR, OPERATIONS, AUDITOR)),
-    "ListTerminals": frozenset((ADMINISTRATOR, OPERATIONS, AUDITOR)),
-    "SetOperator": frozenset((ADMINISTRATOR, OPERATIONS)),
-    "ListOperators": frozenset((ADMINISTRATOR, OPERATIONS, AUDITOR)),
-    "SetCategory": frozenset((ADMINISTRATOR, OPERATIONS)),
-    "ListCategories": EVERY_ROLE,
-    "SetGoods": frozenset((ADMINISTRATOR, OPERATIONS)),
-    "ListGoods": EVERY_ROLE,
-    "GetParameters": EVERY_ROLE,
-    "SetParameters": frozenset((ADMINISTRATOR,)),
-    "CreateUser": frozenset((ADMINISTRATOR,)),
-    "UpdateUser": frozenset((ADMINISTRATOR,)),
-    # Anyone changes their own password (giving the old one); an
-    # administrator sets that of a user of its subtree (see users.py).
-    "SetPassword": EVERY_ROLE,
-    "GetUser": frozenset((ADMINISTRATOR, AUDITOR)),
-    "ListUsers": frozenset((ADMINISTRATOR, AUDITOR)),
-    "ReadAudit": frozenset((AUDITOR,)),
-    "VerifyAudit": frozenset((AUDITOR, ADMINISTRATOR)),
-    # Cards (core/admin/cards.py). Customer service handles a holder's card
-    # (issue, activate, lost, freeze, unfreeze, plate) but moves no money:
-    # top-ups and cancelling (which owes the balance back) are operations'.
-    "IssueCard": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
-    "ActivateCard": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
-    "TopUpCard": frozenset((ADMINISTRATOR, OPERATIONS)),
-    "ReportCardLost": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
-    "FreezeCard": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
-    "UnfreezeCard": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
-    "CancelCard": frozenset((ADMINISTRATOR, OPERATIONS)),
-    "ChangeCardLimits": frozenset((ADMINISTRATOR, OPERATIONS)),
-    "SetVehiclePlate": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
-    "AllowCardStation": frozenset((ADMINISTRATOR, OPERATIONS)),
-    "SetAllowedGoods": frozenset((ADMINISTRATOR, OPERATIONS)),
-    # Opening a card to another domain's stations is a business decision.
-    "EnableCardDomain": frozenset((ADMINISTRATOR,)),
-    "GetCardRecord": EVERY_ROLE,
-    "ListCardRecords": EVERY_ROLE,
-    # Customers (core/admin/customers.py): personal data, so auditors and
-    # operations staff do not read it; erasing it is for administrators.
-    "CreateCustomer": frozenset((ADMINISTRATOR, CUSTOMER_SERVICE)),
-    "UpdateCustomer": frozenset((ADMINISTRATOR, CUSTOMER_SERVICE)),
-    "GetCustomer": frozenset((ADMINISTRATOR, CUSTOMER_SERVICE)),
-    "ListCustomers": frozenset((ADMINISTRATOR, CUSTOMER_SERVICE)),
-    "ExportCustomer": frozenset((ADMINISTRATOR, CUSTOMER_SERVICE)),
-    "EraseCustomer": frozenset((ADMINISTRATOR,)),
-}
-
-# The back-office RPCs of the other services, by gRPC path: with
-# `python -m server --back-office-auth` each needs an AdminService token
-# whose user has one of these roles (server/back_office_auth.py). What a
-# terminal or a customer calls (Pay, PriceBasket, ClaimPacket, Draw,
-# CheckIn, SignOn, ...) is not here: terminals prove themselves with MACs
-# (--terminal-auth). Changing what sales do (promotions, limits, blacklist,
-# loyalty rules, gifts) is for administrators and operations staff; reading
-# it, for every role. A test checks that every path names an RPC of its
-# service and none is a terminal's.
-_CHANGE = frozenset((ADMINISTRATOR, OPERATIONS))
-_PROMOTION, _RISK, _LOYALTY = "/tally.v1.PromotionService/", "/tally.v1.RiskService/", "/tally.v1.LoyaltyService/"
-_SETTLEMENT, _CARD = "/tally.v1.SettlementService/", "/tally.v1.CardService/"
-BACK_OFFICE_PERMISSIONS: dict[str, frozenset] = {
-    **{_PROMOTION + name: _CHANGE for name in (
-        "CreatePromotion", "SubmitPromotion", "ApprovePromotion", "ActivatePromotion", "EndPromotion",
-        "SetStackingPolicy", "IssueCoupons", "CreatePacket", "ReturnExpiredPackets", "GrantChances")},
-    **{_PROMOTION + name: EVERY_ROLE for name in ("ListPromotions", "GetPromotion", "GetStackingPolicy", "ListCoupons", "ListDraws")},
-    **{_RISK + name: _CHANGE for name in ("SetLimits", "SetFlagRules", "AddBlacklistEntry", "RemoveBlacklistEntry")},
-    **{_RISK + name: EVERY_ROLE for name in ("ListLimits", "ListBlacklist", "ListFlags")},
-    **{_LOYALTY + name: _CHANGE for name in ("SaveRules", "SetGift", "AddGiftStock", "SetTier", "SetTimeZone")},
-    _LOYALTY + "GetRules": EVERY_ROLE,
-    # Reconciliation posts adjustments and closes days: operations' work,
-    # which auditors read. SignOn and ShiftClose are the terminals' own.
-    **{_SETTLEMENT + name: _CHANGE for name in ("ImportStatement", "Reconcile", "ResolveDifference", "DayEnd")},
-    **{_SETTLEMENT + name: frozenset((ADMINISTRATOR, OPERATIONS, AUDITOR))
-       for name in ("GetReconcileStatus", "ListDifferences", "GetClearing")},
-    # CardService's card changes, with the roles of their AdminService twins
-    # (IssueCard, FreezeCard, ChangeCardLimits, AllowCardStation); TopUp is a
-    # terminal's, GetCard a balance enquiry.
-    _CARD + "OpenCard": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
-    _CARD + "SetCardStatus": frozenset((ADMINISTRATOR, OPERATIONS, CUSTOMER_SERVICE)),
-    _CARD + "SetCardLimits": _CHANGE,
-    _CARD + "AllowStation": _CHANGE,
-}
-
 
 class Actor(msgspec.Struct, frozen=True):
     """Who acts. org_id 0 is the command line run by whoever may read the
@@ -141,14 +39,6 @@ def cli_actor() -> Actor:
     except (KeyError, OSError):
         user = "unknown"
     return Actor(f"cli:{user}", 0)
-
-
-def require_role(actor: Actor, rpc: str, permissions: dict[str, frozenset] = PERMISSIONS):
-    allowed = permissions[rpc]
-    if actor.role not in allowed:
-        names = ", ".join(sorted(role.name for role in allowed)) or "nobody"
-        role = actor.role.name if actor.role is not None else "none"
-        raise PermissionDenied(f"{rpc} needs the role {names}; {actor.name} has {role}")
 
 
 def now_ms() -> int:

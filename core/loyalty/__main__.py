@@ -21,6 +21,7 @@ import msgspec
 
 from core.ledger import Ledger, load_kernel
 from core.loyalty import jobs
+from core.writes import DirectWriter
 from core.loyalty.rules import LoyaltyRules, RuleError, load_rules, save_rules, validate
 from core.loyalty.statement import points_statement
 from core.store import open_store
@@ -78,7 +79,8 @@ def run(args) -> object:
     if args.action == "check":
         validate(proposed)
         return {"valid": True}
-    return {"saved_version": save_rules(store, proposed).version}
+    saved = DirectWriter(store).write_blocking(lambda txn: save_rules(txn, store, proposed))
+    return {"saved_version": saved.version}
 
 
 def main(argv=None) -> int:

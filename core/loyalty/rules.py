@@ -13,6 +13,7 @@ minor units, points are whole points. No floats.
 import msgspec
 
 from core import limits
+from core.errors import InvalidInput
 from core.results import Tier
 from core.store import load_json, put_versioned_json
 
@@ -21,12 +22,8 @@ MULTIPLIER_PERMILLE_MAX = 100_000
 RULES_KEY = b"rules"
 
 
-class RuleError(ValueError):
+class RuleError(InvalidInput):
     """A rule that cannot be saved, naming the field."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 class ThresholdBonus(msgspec.Struct, frozen=True):
@@ -208,8 +205,8 @@ def load_rules(store) -> LoyaltyRules:
     return load_json(store, store.loyalty_config, RULES_KEY, LoyaltyRules)
 
 
-def save_rules(store, rules: LoyaltyRules) -> LoyaltyRules:
-    """Validate and save; the saved rules carry the next version number."""
+def save_rules(txn, store, rules: LoyaltyRules) -> LoyaltyRules:
+    """Validate and save in the caller's write transaction; the saved rules
+    carry the next version number."""
     validate(rules)
-    with store.env.begin(write=True) as txn:
-        return put_versioned_json(txn, store.loyalty_config, RULES_KEY, rules)
+    return put_versioned_json(txn, store.loyalty_config, RULES_KEY, rules)

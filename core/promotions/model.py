@@ -16,6 +16,7 @@ import enum
 
 import msgspec
 
+from core.errors import FailedPrecondition
 from core.results import CardType, Tier
 
 PERMILLE_ONE = 1000
@@ -222,7 +223,7 @@ class Promotion(msgspec.Struct, frozen=True):
         return f"promotion {self.promotion_id} {what}".rstrip()
 
 
-class StepError(ValueError):
+class StepError(FailedPrecondition):
     """A life-cycle step that is not allowed from the current stage."""
 
 

@@ -21,6 +21,7 @@ import hashlib
 import random
 
 from core import limits
+from core.errors import InvalidInput
 from core.promotions.model import Packet, PacketTerms, Promotion, Split
 from core.records import Op
 from core.results import AccountKind, OpKind
@@ -29,10 +30,8 @@ from core.results import AccountKind, OpKind
 ISSUER_ACCOUNT_KINDS = frozenset((AccountKind.FLEET, AccountKind.PERSONAL, AccountKind.TOPUP_FUNDING, AccountKind.GENERAL))
 
 
-class PacketError(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+class PacketError(InvalidInput):
+    """A red packet that cannot be made, naming the field."""
 
 
 def split_shares(total_minor: int, share_count: int, split: Split, min_share_minor: int, rng: random.Random) -> list[int]:

@@ -10,8 +10,8 @@ Values: promotions and the stacking policy as JSON (readable by people and
 by `GetPromotion`), coupons, packets and draws as msgpack. Counters live in
 the kernel's `counters` database, never here: nothing here decides stock.
 
-Every write is its own short write transaction; LMDB serialises it with the
-kernel's batches. Several server processes (--workers) share the files: the
+Functions that change something take the caller's write transaction
+(core/writes.py: the one write path) and open none of their own. Several server processes (--workers) share the files: the
 version under promotion_meta b"version" tells each that its snapshot is old.
 """
 
@@ -21,6 +21,7 @@ from collections.abc import Iterable
 import msgspec
 
 from core.counters import PACKET_SHARE_VALUE, packet_share_key
+from core.errors import FailedPrecondition, NotFound
 from core.promotions.model import (
     RUNNING_STAGES,
     Coupon,
@@ -51,11 +52,7 @@ SERIAL_SEQUENCE = b"serial"
 LIST_LIMIT_MAX = 10_000
 
 
-class NotFound(LookupError):
-    pass
-
-
-class Conflict(ValueError):
+class Conflict(FailedPrecondition):
     """The request does not fit the record's current state."""
 
 
@@ -71,11 +68,11 @@ def _bump(txn, db, key: bytes, count: int = 1) -> int:
     return last + 1
 
 
-def next_numbers(store, sequence: bytes, count: int = 1) -> int:
-    """Reserve `count` numbers of a sequence; the first of them. Numbers
-    start at 1 and are never given out twice, even across processes."""
-    with store.env.begin(write=True) as txn:
-        return _bump(txn, store.promotion_meta, sequence, count)
+def next_numbers(txn, store, sequence: bytes, count: int = 1) -> int:
+    """Reserve `count` numbers of a sequence (in the caller's write
+    transaction); the first of them. Numbers start at 1 and are never given
+    out twice, even across processes."""
+    return _bump(txn, store.promotion_meta, sequence, count)
 
 
 # ---------------------------------------------------------------- promotions
@@ -104,27 +101,26 @@ def _put_promotion(txn, store, promotion: Promotion):
     _bump(txn, store.promotion_meta, VERSION_KEY)
 
 
-def save_draft(store, promotion: Promotion, by: str, now_ms: int) -> Promotion:
+def save_draft(txn, store, promotion: Promotion, by: str, now_ms: int) -> Promotion:
     """Create a promotion as a DRAFT (promotion_id 0: the next free id), or
     replace a draft's terms. Anything past DRAFT is refused: a submitted or
     approved promotion changes only by its life-cycle steps."""
-    with store.env.begin(write=True) as txn:
-        if promotion.promotion_id == 0:
+    if promotion.promotion_id == 0:
+        promotion_id = _bump(txn, store.promotion_meta, PROMOTION_SEQUENCE)
+        while txn.get(u64_key(promotion_id), db=store.promotion_records) is not None:
             promotion_id = _bump(txn, store.promotion_meta, PROMOTION_SEQUENCE)
-            while txn.get(u64_key(promotion_id), db=store.promotion_records) is not None:
-                promotion_id = _bump(txn, store.promotion_meta, PROMOTION_SEQUENCE)
-            promotion = msgspec.structs.replace(promotion, promotion_id=promotion_id)
-        raw = txn.get(u64_key(promotion.promotion_id), db=store.promotion_records)
-        if raw is not None:
-            current = msgspec.json.decode(raw, type=Promotion)
-            if current.stage != Stage.DRAFT:
-                raise Conflict(f"promotion {promotion.promotion_id} is {current.stage.name}: only a draft can be changed")
-            history = current.history
-        else:
-            history = ()
-        draft = msgspec.structs.replace(promotion, stage=Stage.DRAFT, history=(*history, step_record(Stage.DRAFT, by, now_ms)))
-        validate(draft)
-        _put_promotion(txn, store, draft)
+        promotion = msgspec.structs.replace(promotion, promotion_id=promotion_id)
+    raw = txn.get(u64_key(promotion.promotion_id), db=store.promotion_records)
+    if raw is not None:
+        current = msgspec.json.decode(raw, type=Promotion)
+        if current.stage != Stage.DRAFT:
+            raise Conflict(f"promotion {promotion.promotion_id} is {current.stage.name}: only a draft can be changed")
+        history = current.history
+    else:
+        history = ()
+    draft = msgspec.structs.replace(promotion, stage=Stage.DRAFT, history=(*history, step_record(Stage.DRAFT, by, now_ms)))
+    validate(draft)
+    _put_promotion(txn, store, draft)
     return draft
 
 
@@ -134,14 +130,13 @@ def step_record(stage: Stage, by: str, now_ms: int) -> StageChange:
     return StageChange(stage, by, now_ms)
 
 
-def step_promotion(store, promotion_id: int, stage: Stage, by: str, now_ms: int) -> Promotion:
+def step_promotion(txn, store, promotion_id: int, stage: Stage, by: str, now_ms: int) -> Promotion:
     """Move a promotion one step (model.step: the allowed steps, four eyes)."""
-    with store.env.begin(write=True) as txn:
-        raw = txn.get(u64_key(promotion_id), db=store.promotion_records)
-        if raw is None:
-            raise NotFound(f"no promotion {promotion_id}")
-        moved = step(msgspec.json.decode(raw, type=Promotion), stage, by, now_ms)
-        _put_promotion(txn, store, moved)
+    raw = txn.get(u64_key(promotion_id), db=store.promotion_records)
+    if raw is None:
+        raise NotFound(f"no promotion {promotion_id}")
+    moved = step(msgspec.json.decode(raw, type=Promotion), stage, by, now_ms)
+    _put_promotion(txn, store, moved)
     return moved
 
 
@@ -152,11 +147,10 @@ def load_policy(store) -> StackingPolicy:
     return load_json(store, store.promotion_meta, POLICY_KEY, StackingPolicy)
 
 
-def save_policy(store, policy: StackingPolicy) -> StackingPolicy:
+def save_policy(txn, store, policy: StackingPolicy) -> StackingPolicy:
     validate_policy(policy)
-    with store.env.begin(write=True) as txn:
-        saved = put_versioned_json(txn, store.promotion_meta, POLICY_KEY, policy)
-        _bump(txn, store.promotion_meta, VERSION_KEY)
+    saved = put_versioned_json(txn, store.promotion_meta, POLICY_KEY, policy)
+    _bump(txn, store.promotion_meta, VERSION_KEY)
     return saved
 
 
@@ -200,21 +194,19 @@ def load_snapshot(store) -> Snapshot:
 # ---------------------------------------------------------------- coupons
 
 
-def put_coupons(store, coupons: list[Coupon]):
-    with store.env.begin(write=True) as txn:
-        for coupon in coupons:
-            if not txn.put(coupon.code.encode(), U64.pack(coupon.coupon_id), db=store.promotion_coupon_codes, overwrite=False):
-                raise Conflict(f"coupon code {coupon.code} exists")
-            txn.put(u64_key(coupon.coupon_id), msgspec.msgpack.encode(coupon), db=store.promotion_coupons)
-            if coupon.card_id:
-                txn.put(CARD_COUPON_KEY.pack(coupon.card_id, coupon.coupon_id), b"", db=store.promotion_card_coupons)
+def put_coupons(txn, store, coupons: list[Coupon]):
+    for coupon in coupons:
+        if not txn.put(coupon.code.encode(), U64.pack(coupon.coupon_id), db=store.promotion_coupon_codes, overwrite=False):
+            raise Conflict(f"coupon code {coupon.code} exists")
+        txn.put(u64_key(coupon.coupon_id), msgspec.msgpack.encode(coupon), db=store.promotion_coupons)
+        if coupon.card_id:
+            txn.put(CARD_COUPON_KEY.pack(coupon.card_id, coupon.coupon_id), b"", db=store.promotion_card_coupons)
 
 
-def mark_issued(store, txn_id: int) -> bool:
-    """Record that the transaction's coupons are being issued; False if
-    they were already (a retried request issues nothing twice)."""
-    with store.env.begin(write=True) as txn:
-        return txn.put(u64_key(txn_id), b"", db=store.promotion_issued, overwrite=False)
+def mark_issued(txn, store, txn_id: int) -> bool:
+    """Record that the transaction's coupons are issued; False if they
+    were already (a retried request issues nothing twice)."""
+    return txn.put(u64_key(txn_id), b"", db=store.promotion_issued, overwrite=False)
 
 
 def coupon_by_code(store, code: str) -> Coupon | None:
@@ -240,28 +232,26 @@ def coupons_of_card(store, card_id: int, limit: int = LIST_LIMIT_MAX) -> list[Co
 # ---------------------------------------------------------------- packets and draws
 
 
-def put_packet(store, packet: Packet, shares: list[int] | None = None):
+def put_packet(txn, store, packet: Packet, shares: list[int] | None = None):
     """Save a packet; with shares, also write them where the kernel reads
     them (packet_shares, key (packet_id, index), value i64 minor units),
     in the same transaction."""
-    with store.env.begin(write=True) as txn:
-        if shares is not None:
-            assert len(shares) == packet.share_count and sum(shares) == packet.total_minor
-            for index, share in enumerate(shares):
-                txn.put(packet_share_key(packet.packet_id, index), PACKET_SHARE_VALUE.pack(share), db=store.packet_shares)
-        txn.put(u64_key(packet.packet_id), msgspec.msgpack.encode(packet), db=store.promotion_packets)
+    if shares is not None:
+        assert len(shares) == packet.share_count and sum(shares) == packet.total_minor
+        for index, share in enumerate(shares):
+            txn.put(packet_share_key(packet.packet_id, index), PACKET_SHARE_VALUE.pack(share), db=store.packet_shares)
+    txn.put(u64_key(packet.packet_id), msgspec.msgpack.encode(packet), db=store.promotion_packets)
 
 
-def finish_packet(store, packet_id: int, returned_minor: int) -> bool:
+def finish_packet(txn, store, packet_id: int, returned_minor: int) -> bool:
     """Mark an OPEN packet RETURNED with what went back; False if it was
     not OPEN any more (another process finished it)."""
-    with store.env.begin(write=True) as txn:
-        raw = txn.get(u64_key(packet_id), db=store.promotion_packets)
-        packet = msgspec.msgpack.decode(raw, type=Packet)
-        if packet.state != PacketState.OPEN:
-            return False
-        finished = msgspec.structs.replace(packet, state=PacketState.RETURNED, returned_minor=returned_minor)
-        txn.put(u64_key(packet_id), msgspec.msgpack.encode(finished), db=store.promotion_packets)
+    raw = txn.get(u64_key(packet_id), db=store.promotion_packets)
+    packet = msgspec.msgpack.decode(raw, type=Packet)
+    if packet.state != PacketState.OPEN:
+        return False
+    finished = msgspec.structs.replace(packet, state=PacketState.RETURNED, returned_minor=returned_minor)
+    txn.put(u64_key(packet_id), msgspec.msgpack.encode(finished), db=store.promotion_packets)
     return True
 
 
@@ -273,8 +263,12 @@ def load_packet(store, packet_id: int) -> Packet | None:
 
 def packet_shares(store, packet_id: int, share_count: int) -> list[int]:
     with store.env.begin() as txn:
-        return [PACKET_SHARE_VALUE.unpack(txn.get(packet_share_key(packet_id, index), db=store.packet_shares))[0]
-                for index in range(share_count)]
+        return packet_shares_in(txn, store, packet_id, share_count)
+
+
+def packet_shares_in(txn, store, packet_id: int, share_count: int) -> list[int]:
+    return [PACKET_SHARE_VALUE.unpack(txn.get(packet_share_key(packet_id, index), db=store.packet_shares))[0]
+            for index in range(share_count)]
 
 
 def list_packets(store, limit: int = LIST_LIMIT_MAX) -> list[Packet]:
@@ -282,11 +276,10 @@ def list_packets(store, limit: int = LIST_LIMIT_MAX) -> list[Packet]:
         return [msgspec.msgpack.decode(raw, type=Packet) for _, (_, raw) in zip(range(limit), rows(txn, store.promotion_packets))]
 
 
-def append_draw(store, draw: Draw) -> Draw:
-    with store.env.begin(write=True) as txn:
-        seq = _bump(txn, store.promotion_meta, DRAW_SEQUENCE)
-        draw = msgspec.structs.replace(draw, seq=seq)
-        txn.put(u64_key(seq), msgspec.msgpack.encode(draw), db=store.promotion_draws)
+def append_draw(txn, store, draw: Draw) -> Draw:
+    seq = _bump(txn, store.promotion_meta, DRAW_SEQUENCE)
+    draw = msgspec.structs.replace(draw, seq=seq)
+    txn.put(u64_key(seq), msgspec.msgpack.encode(draw), db=store.promotion_draws)
     return draw
 
 

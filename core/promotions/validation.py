@@ -8,6 +8,7 @@ Used by: core/promotions/store.py (save), server/promotion_service.py.
 """
 
 from core import limits
+from core.errors import InvalidInput
 from core.promotions.model import (
     PERMILLE_ONE,
     PPM_ONE,
@@ -43,12 +44,8 @@ KIND_FIELDS = {
 }
 
 
-class PromotionError(ValueError):
+class PromotionError(InvalidInput):
     """A promotion that cannot be saved, naming the field."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 def _range(value: int, field: str, low: int, high: int):

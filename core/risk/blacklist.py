@@ -12,6 +12,7 @@ a card frozen by staff is refused by every server process at once.
 import msgspec
 
 from core import limits
+from core.errors import InvalidInput
 from core.records import u64_key
 from core.store import rows
 
@@ -20,10 +21,13 @@ BY_LENGTH_MAX = 64
 LIST_LIMIT_MAX = 10_000
 
 
-class BlacklistError(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+# The latest time an entry may name: ms since the epoch fit a signed 64-bit
+# integer (the wire type is unsigned: a negative time from a client arrives huge).
+TIME_MS_MAX = 2**63 - 1
+
+
+class BlacklistError(InvalidInput):
+    """An entry that cannot be saved, naming the field."""
 
 
 class BlacklistEntry(msgspec.Struct, frozen=True):
@@ -54,19 +58,19 @@ def validate(entry: BlacklistEntry):
         raise BlacklistError("by", f"length must be within 1 .. {BY_LENGTH_MAX} characters, got {len(entry.added_by)}")
     if entry.until_ms and entry.until_ms <= entry.added_ms:
         raise BlacklistError("until_ms", f"{entry.until_ms} is not after now ({entry.added_ms}): the freeze would end before it starts")
+    if entry.until_ms > TIME_MS_MAX:
+        raise BlacklistError("until_ms", f"must be at most {TIME_MS_MAX} (ms since the epoch), got {entry.until_ms}")
 
 
-def add(store, entry: BlacklistEntry) -> BlacklistEntry:
-    """Add or replace the card's entry."""
+def add(txn, store, entry: BlacklistEntry) -> BlacklistEntry:
+    """Add or replace the card's entry (in the caller's write transaction)."""
     validate(entry)
-    with store.env.begin(write=True) as txn:
-        txn.put(u64_key(entry.card_id), msgspec.msgpack.encode(entry), db=store.risk_blacklist)
+    txn.put(u64_key(entry.card_id), msgspec.msgpack.encode(entry), db=store.risk_blacklist)
     return entry
 
 
-def remove(store, card_id: int) -> bool:
-    with store.env.begin(write=True) as txn:
-        return txn.delete(u64_key(card_id), db=store.risk_blacklist)
+def remove(txn, store, card_id: int) -> bool:
+    return txn.delete(u64_key(card_id), db=store.risk_blacklist)
 
 
 def entry_of(store, card_id: int) -> BlacklistEntry | None:

@@ -77,20 +77,17 @@ def in_quiet_hours(rules: FlagRules, hour: int) -> bool:
     return hour >= start or hour < end
 
 
-def record(store, flags: list[Flag]) -> list[Flag]:
-    """Store flags, numbered in order."""
-    if not flags:
-        return []
+def record(txn, store, flags: list[Flag]) -> list[Flag]:
+    """Store flags, numbered in order (in the caller's write transaction)."""
     saved = []
-    with store.env.begin(write=True) as txn:
-        raw = txn.get(SEQ_KEY, db=store.risk_config)
-        seq = 0 if raw is None else int.from_bytes(raw, "big")
-        for flag in flags:
-            seq += 1
-            flag = msgspec.structs.replace(flag, seq=seq)
-            txn.put(u64_key(seq), msgspec.msgpack.encode(flag), db=store.risk_flags)
-            saved.append(flag)
-        txn.put(SEQ_KEY, seq.to_bytes(8, "big"), db=store.risk_config)
+    raw = txn.get(SEQ_KEY, db=store.risk_config)
+    seq = 0 if raw is None else int.from_bytes(raw, "big")
+    for flag in flags:
+        seq += 1
+        flag = msgspec.structs.replace(flag, seq=seq)
+        txn.put(u64_key(seq), msgspec.msgpack.encode(flag), db=store.risk_flags)
+        saved.append(flag)
+    txn.put(SEQ_KEY, seq.to_bytes(8, "big"), db=store.risk_config)
     return saved
 
 

@@ -20,6 +20,7 @@ import enum
 import msgspec
 
 from core import limits
+from core.errors import InvalidInput
 from core.counters import CounterScope, CounterTake
 from core.store import load_json, put_versioned_json
 
@@ -29,12 +30,8 @@ NAME_LENGTH_MAX = limits.GOODS_NAME_LENGTH_MAX
 LIMIT_ID_MAX = 2**63 - 1
 
 
-class RiskRuleError(ValueError):
+class RiskRuleError(InvalidInput):
     """A rule that cannot be saved, naming the field."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 class Measure(enum.IntEnum):
@@ -177,8 +174,8 @@ def load_rules(store) -> RiskRules:
     return load_json(store, store.risk_config, RULES_KEY, RiskRules)
 
 
-def save_rules(store, rules: RiskRules) -> RiskRules:
-    """Validate and save; the saved rules carry the next version number."""
+def save_rules(txn, store, rules: RiskRules) -> RiskRules:
+    """Validate and save in the caller's write transaction; the saved rules
+    carry the next version number."""
     validate(rules)
-    with store.env.begin(write=True) as txn:
-        return put_versioned_json(txn, store.risk_config, RULES_KEY, rules)
+    return put_versioned_json(txn, store.risk_config, RULES_KEY, rules)

@@ -123,18 +123,18 @@ def command_queue_list(args) -> int:
 def command_queue_resolve(args) -> int:
     store = _open(args)
     action = ResolutionAction[args.action.upper()]
-    post = None
+    apply_in = None
     if action == ResolutionAction.ADJUST:
         from core.ledger import business_day
 
         ledger = _ledger(store, args.kernel)
+        now_ms = time.time_ns() // 1_000_000
 
-        def post(op):
-            now_ms = time.time_ns() // 1_000_000
-            return ledger.apply([op], now_ms, business_day(now_ms, args.utc_offset_minutes))[0]
+        def apply_in(txn, ops):
+            return ledger.apply_in(txn, ops, now_ms, business_day(now_ms, args.utc_offset_minutes))
 
     try:
-        resolved = queue.resolve(store, args.id, action, args.by, args.why, post=post, station_id=args.station)
+        resolved = queue.resolve(store, args.id, action, args.by, args.why, apply_in=apply_in, station_id=args.station)
     except queue.SettlementError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1

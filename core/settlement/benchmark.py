@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from core.writes import DirectWriter
 from core.audit import JOURNAL_DTYPE
 from core.records import META_NEXT_JOURNAL_SEQ, META_VALUE, u64_key
 from core.results import AccountKind, Movement, Reason
@@ -64,10 +65,13 @@ def synthetic_journal(rows: int, seed: int = 1) -> np.ndarray:
 def write_journal(store, entries: np.ndarray):
     data = entries.tobytes()
     size = JOURNAL_DTYPE.itemsize
-    with store.env.begin(write=True) as txn:
+
+    def load(txn):
         cursor = txn.cursor(db=store.journal)
         cursor.putmulti(((u64_key(int(seq)), data[i * size : (i + 1) * size]) for i, seq in enumerate(entries["seq"].tolist())), append=True)
         txn.put(META_NEXT_JOURNAL_SEQ, META_VALUE.pack(len(entries) + 1), db=store.meta)
+
+    DirectWriter(store).write_blocking(load)
 
 
 def _timed(function) -> tuple[float, int]:

@@ -24,6 +24,8 @@ import time
 
 import msgspec
 
+from core.errors import FailedPrecondition, NotFound
+from core.writes import DirectWriter, Writer
 from core.records import Op, Txn, decode, u64_key
 from core.results import AccountKind, OpKind, ResultCode
 from core.settlement import reconcile
@@ -67,7 +69,7 @@ class ImportResult(enum.IntEnum):
     REPLACED = 3
 
 
-class SettlementError(ValueError):
+class SettlementError(FailedPrecondition):
     """A request settlement refuses (an unknown difference, a second
     statement for a day without --replace, ...); the message says why."""
 
@@ -108,7 +110,8 @@ def _check_text(value: str, name: str):
 
 
 def import_statement(store: Store, channel: int, data: bytes, file_name: str, by: str, day: int | None = None,
-                     utc_offset_minutes: int | None = None, replace: bool = False, now_ms: int | None = None):
+                     utc_offset_minutes: int | None = None, replace: bool = False, now_ms: int | None = None,
+                     writer: Writer | None = None):
     """Parse and store a statement file: (ImportResult, ImportRecord).
     The same file again (same bytes, channel and day) changes nothing.
 
@@ -127,7 +130,11 @@ def import_statement(store: Store, channel: int, data: bytes, file_name: str, by
     record = ImportRecord(sha256=sha, channel=channel, day=statement.day, file_name=file_name, rows=len(statement.rows),
                           totals=statement.totals, by=by, at_ms=now_ms)
     day_key = _DAY_KEY.pack(channel, statement.day)
-    with store.env.begin(write=True) as txn:
+
+    def store_statement(txn):
+        known = _decode(ImportRecord, txn.get(import_key, db=store.settlement_imports))
+        if known is not None:  # imported meanwhile, by another caller
+            return ImportResult.ALREADY_IMPORTED, known
         previous = _decode(StoredStatement, txn.get(day_key, db=store.settlement_statements))
         result = ImportResult.IMPORTED
         if previous is not None:
@@ -142,7 +149,9 @@ def import_statement(store: Store, channel: int, data: bytes, file_name: str, by
         txn.put(day_key, _encoder.encode(StoredStatement(sha, file_name, statement)), db=store.settlement_statements)
         what = f"imported {len(statement.rows)} rows from {file_name}" + (" (replacing the earlier file)" if previous else "")
         _log(txn, store, f"statement-{channel}-{statement.day}", what, by, f"sha256 {sha}", now_ms)
-    return result, record
+        return result, record
+
+    return (writer or DirectWriter(store)).write_blocking(store_statement)
 
 
 def load_statement(store: Store, channel: int, day: int) -> StoredStatement | None:
@@ -172,7 +181,8 @@ def txn_reader(store: Store):
 
 
 def reconcile_day(store: Store, channel: int, day: int, window_ms: int = reconcile.WINDOW_MS_DEFAULT,
-                  statement_utc_offset_minutes: int | None = None, now_ms: int | None = None, txn_lookup=None) -> ReconcileRun:
+                  statement_utc_offset_minutes: int | None = None, now_ms: int | None = None, txn_lookup=None,
+                  writer: Writer | None = None) -> ReconcileRun:
     """Match the channel's statement of `day` against the journal and bring
     the queue up to date; the run's summary is stored and returned."""
     now_ms = _now_ms() if now_ms is None else now_ms
@@ -193,10 +203,12 @@ def reconcile_day(store: Store, channel: int, day: int, window_ms: int = reconci
         differences_by_kind=by_kind, fees_minor=reconcile.statement_fees(stored[day].statement),
         ours_minor=outcome.ours_minor, channel_minor=outcome.channel_minor,
     )
-    with store.env.begin(write=True) as txn:
+    def store_run(txn):
         _update_queue(txn, store, channel, day, outcome.differences, now_ms)
         txn.put(_DAY_KEY.pack(channel, day), _encoder.encode(run), db=store.settlement_runs)
-    return run
+        return run
+
+    return (writer or DirectWriter(store)).write_blocking(store_run)
 
 
 def _update_queue(txn, store: Store, channel: int, day: int, found: list[Difference], now_ms: int):
@@ -267,7 +279,7 @@ def difference(store: Store, key: str) -> Difference:
     with store.env.begin() as txn:
         found = _decode(Difference, txn.get(_DIFFERENCE_KEY.pack(channel, day, item, reference), db=store.settlement_differences))
     if found is None:
-        raise SettlementError(f"no difference {key}")
+        raise NotFound(f"no difference {key}")
     return found
 
 
@@ -291,38 +303,45 @@ def adjustment_op(found: Difference, station_id: int = 0) -> Op:
     )
 
 
-def resolve(store: Store, key: str, action: ResolutionAction, by: str, why: str, post=None, station_id: int = 0,
-            now_ms: int | None = None) -> Difference:
-    """Resolve an open difference with who and why. ADJUST needs `post(op) ->
-    Result`, the ledger's writer, to post the correcting transfer."""
+def resolve(store: Store, key: str, action: ResolutionAction, by: str, why: str, apply_in=None, station_id: int = 0,
+            now_ms: int | None = None, writer: Writer | None = None) -> Difference:
+    """Resolve an open difference with who and why, in one write transaction.
+    ADJUST needs `apply_in(txn, ops) -> [Result]` (core.ledger.Ledger.apply_in
+    with the time filled in) to post the correcting transfer in that same
+    transaction: the transfer and the resolution are stored together or not
+    at all."""
     _check_text(by, "by")
     _check_text(why, "why")
     action = ResolutionAction(action)
     now_ms = _now_ms() if now_ms is None else now_ms
-    found = difference(store, key)
-    if found.state != DifferenceState.OPEN:
-        resolution = found.resolution
-        who = f" by {resolution.by} ({resolution.action.name})" if resolution else ""
-        raise SettlementError(f"{key} is {found.state.name.lower()}{who}, not open")
-    resolution = Resolution(action=action, by=by, why=why, at_ms=now_ms)
-    if action == ResolutionAction.ADJUST:
-        if post is None:
-            raise SettlementError("ADJUST posts to the ledger: no ledger writer was given")
-        op = adjustment_op(found, station_id)
-        result = post(op)
-        if result.code != ResultCode.APPROVED:
-            raise SettlementError(f"{key}: the ledger declined the adjustment: {ResultCode(result.code).name}")
-        signed = op.amount if op.account_kind == AccountKind.CHANNEL_CLEARING else -op.amount
-        resolution = msgspec.structs.replace(resolution, adjustment_txn_id=result.txn_id, adjustment_minor=signed)
-    resolved = msgspec.structs.replace(found, state=DifferenceState.RESOLVED, resolution=resolution)
-    with store.env.begin(write=True) as txn:
-        current = _decode(Difference, txn.get(_difference_key(found), db=store.settlement_differences))
-        if current.state != DifferenceState.OPEN:
-            raise SettlementError(f"{key} was changed meanwhile ({current.state.name.lower()})")
-        txn.put(_difference_key(found), _encoder.encode(resolved), db=store.settlement_differences)
+    if action == ResolutionAction.ADJUST and apply_in is None:
+        raise SettlementError("ADJUST posts to the ledger: no ledger was given")
+    channel, day, item, reference = parse_difference_key(key)
+    difference_key = _DIFFERENCE_KEY.pack(channel, day, item, reference)
+
+    def resolve_in(txn):
+        found = _decode(Difference, txn.get(difference_key, db=store.settlement_differences))
+        if found is None:
+            raise NotFound(f"no difference {key}")
+        if found.state != DifferenceState.OPEN:
+            resolution = found.resolution
+            who = f" by {resolution.by} ({resolution.action.name})" if resolution else ""
+            raise SettlementError(f"{key} is {found.state.name.lower()}{who}, not open")
+        resolution = Resolution(action=action, by=by, why=why, at_ms=now_ms)
+        if action == ResolutionAction.ADJUST:
+            op = adjustment_op(found, station_id)
+            (result,) = apply_in(txn, [op])
+            if result.code != ResultCode.APPROVED:
+                raise SettlementError(f"{key}: the ledger declined the adjustment: {ResultCode(result.code).name}")
+            signed = op.amount if op.account_kind == AccountKind.CHANNEL_CLEARING else -op.amount
+            resolution = msgspec.structs.replace(resolution, adjustment_txn_id=result.txn_id, adjustment_minor=signed)
+        resolved = msgspec.structs.replace(found, state=DifferenceState.RESOLVED, resolution=resolution)
+        txn.put(difference_key, _encoder.encode(resolved), db=store.settlement_differences)
         what = action.name.lower() + (f" (transfer txn {resolution.adjustment_txn_id})" if resolution.adjustment_txn_id else "")
         _log(txn, store, key, what, by, why, now_ms)
-    return resolved
+        return resolved
+
+    return (writer or DirectWriter(store)).write_blocking(resolve_in)
 
 
 def actions(store: Store, key: str | None = None) -> list[Action]:

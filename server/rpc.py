@@ -1,0 +1,322 @@
+"""Every call's way in: parse, check the caller, run, answer or refuse.
+
+Owns: `Registrar`, which stands for the grpc.aio server when services
+register and wraps each handler once (at registration: grpc.aio's per-call
+interceptor path cost more than the checks themselves). For every call of a
+tally.v1 RPC, in order:
+  1. the request's wire bytes are parsed here: bytes that do not parse are
+     INVALID_ARGUMENT naming the message type, never UNKNOWN;
+  2. the caller is checked against server/callers.py's table: a terminal's
+     MAC (server/terminal_auth.py), a staff token and its role (and that the
+     request's `by` is the token's user), a partner's MAC
+     (server/partner_auth.py); refused callers get UNAUTHENTICATED or
+     PERMISSION_DENIED and the handler never runs;
+  3. the handler runs with the caller in `server.callers.current_caller()`;
+  4. a core.errors.TallyError becomes its status with machine-readable
+     details (server/errors.py); anything else is a bug: logged, INTERNAL;
+  5. the answer is counted in the metrics and the request log.
+Used by: server/app.py (the composition root) registers every service
+through one Registrar.
+
+gRPC's own services (health, reflection) pass through untouched: they are
+public and answer for themselves.
+"""
+
+import logging
+import time
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from core.errors import InvalidInput, PermissionDenied, Unauthenticated
+from server import errors
+from server.callers import CALLERS, OPEN, Allowed, Caller, set_current_caller
+from server.metrics import OBSERVER, outcome_of, request_id_of
+
+log = logging.getLogger("tally.rpc")
+
+AUTHORIZATION_KEY = "authorization"
+BEARER = "bearer "
+MAC_KEY = "x-tally-mac"
+PARTNER_KEY = "x-tally-partner"
+_OWN_PREFIX = "/tally.v1."
+PUBLIC_CALLER = Caller("public")
+
+
+class Guards:
+    """The credentials this server checks. terminal: TerminalGuard
+    (--terminal-auth) or None; partner: PartnerGuard (on with
+    --terminal-auth: partners are machines too) or None; staff tokens are
+    checked by core.admin.Admin, always for AdminService and with
+    --back-office-auth for the other back-office RPCs."""
+
+    def __init__(self, admin, terminal=None, partner=None, back_office: bool = False):
+        self.admin = admin
+        self.terminal = terminal
+        self.partner = partner
+        self.back_office = back_office
+
+    def _kinds_on(self, allowed: Allowed) -> dict[str, bool]:
+        """Each kind of caller the RPC allows -> whether its guard is on."""
+        kinds = {}
+        if allowed.terminal:
+            kinds["terminal"] = self.terminal is not None
+        if allowed.partner:
+            kinds["partner"] = self.partner is not None
+        if allowed.roles:
+            kinds["staff"] = self.back_office or allowed.always_guarded
+        return kinds
+
+    def guarded(self, allowed: Allowed) -> bool:
+        """Whether a call of this RPC must present a credential: when every
+        kind of caller it allows is checked. (With --back-office-auth alone,
+        an enquiry that terminals and staff both make stays open, as the
+        terminals' own RPCs do: terminals are not authenticated then.)"""
+        kinds = self._kinds_on(allowed)
+        return bool(kinds) and all(kinds.values())
+
+    def admit(self, method: str, allowed: Allowed, metadata, body: bytes, parse):
+        """(request, caller) for a call allowed to run; raises a TallyError
+        refusing it otherwise."""
+        if allowed.refused_when_secure and self.terminal is not None:
+            raise PermissionDenied(allowed.refused_when_secure, reason="REFUSED_IN_SECURE_MODE")
+        if allowed.public:
+            return parse(body), PUBLIC_CALLER
+        found = dict(metadata or ())
+        token = bearer_token(found.get(AUTHORIZATION_KEY, ""))
+        # A credential presented is checked whenever its guard is on, even
+        # where the RPC would also run without one: it scopes what is shown.
+        kinds = {kind for kind, on in self._kinds_on(allowed).items() if on}
+        if "terminal" in kinds and MAC_KEY in found:
+            return self.terminal.check(method, allowed.serial, metadata, body, parse)
+        if "partner" in kinds and PARTNER_KEY in found:
+            return self.partner.check(method, metadata, body, parse)
+        if "staff" in kinds and token:
+            return self._staff(method, allowed, token, body, parse)
+        if not self.guarded(allowed):
+            return parse(body), OPEN
+        if kinds == {"staff"}:
+            return self._staff(method, allowed, token, body, parse)  # says what is missing
+        if kinds == {"terminal"}:
+            return self.terminal.check(method, allowed.serial, metadata, body, parse)  # says what is missing
+        if kinds == {"partner"}:
+            return self.partner.check(method, metadata, body, parse)
+        raise Unauthenticated(f"no credential: {method.rsplit('/', 1)[1]} takes {allowed.describe()}",
+                              reason="NO_CREDENTIAL")
+
+    def _staff(self, method: str, allowed: Allowed, token: str, body: bytes, parse):
+        actor = self.admin.authenticate(token)
+        if actor.role not in allowed.roles:
+            names = ", ".join(sorted(role.name for role in allowed.roles))
+            role = actor.role.name if actor.role is not None else "none"
+            raise PermissionDenied(f"{method.rsplit('/', 1)[1]} needs the role {names}; {actor.name} has {role}",
+                                   reason="ROLE_NOT_ALLOWED")
+        request = parse(body)
+        require_by_is_actor(request, actor)
+        return request, Caller("staff", actor)
+
+
+def parser_of(deserializer):
+    """A request parser that refuses bytes that do not parse as the RPC's
+    request message with INVALID_ARGUMENT naming the message type."""
+    if deserializer is None:  # the handler takes the wire bytes itself (TerminalKeyService.SignOn)
+        return lambda body: body
+    message_type = getattr(deserializer, "__self__", None)
+    type_name = message_type.DESCRIPTOR.full_name if message_type is not None else "the request message"
+
+    def parse(body: bytes):
+        try:
+            return deserializer(body)
+        except (DecodeError, ValueError, TypeError):
+            raise InvalidInput("request", f"does not parse as {type_name}", reason="UNPARSABLE") from None
+
+    return parse
+
+
+def bearer_token(value: str) -> str:
+    return value[len(BEARER):].strip() if value[: len(BEARER)].lower() == BEARER else ""
+
+
+def named_by(request) -> str | None:
+    """Who the request says acts: its `by`, or its header's (a streamed
+    statement's first chunk); None if it names nobody."""
+    fields = request.DESCRIPTOR.fields_by_name
+    if "by" in fields:
+        return request.by
+    if "header" in fields and request.HasField("header") and "by" in request.header.DESCRIPTOR.fields_by_name:
+        return request.header.by
+    return None
+
+
+def require_by_is_actor(request, actor):
+    """A request that names who acts must name the token's user (actor names
+    are "user:USERNAME"): the four-eyes rule of promotions holds between
+    people, not between names a caller types."""
+    by = named_by(request)
+    if by is not None and by and f"user:{by}" != actor.name:
+        raise PermissionDenied(f"by is {by!r} but the token is {actor.name}'s: give your own username", field="by",
+                               reason="BY_IS_NOT_CALLER")
+
+
+class Registrar:
+    """Stands for the server when services register (see the module docstring)."""
+
+    def __init__(self, server, guards: Guards):
+        self._server = server
+        self.guards = guards
+
+    def add_generic_rpc_handlers(self, handlers):
+        self._server.add_generic_rpc_handlers(tuple(_WrappedHandlers(handler, self) for handler in handlers))
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict):
+        wrapped = {name: self.wrap(f"/{service_name}/{name}", handler) for name, handler in method_handlers.items()}
+        self._server.add_registered_method_handlers(service_name, wrapped)
+
+    def __getattr__(self, name):
+        return getattr(self._server, name)
+
+    # ------------------------------------------------------------ wrapping
+
+    def wrap(self, method: str, handler):
+        if handler is None or not method.startswith(_OWN_PREFIX):
+            return handler
+        # Fail closed: a tally.v1 RPC missing from the table cannot be served.
+        allowed = CALLERS[method]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, allowed, handler), response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._unary_stream(method, allowed, handler), response_serializer=handler.response_serializer)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._stream_unary(method, allowed, handler), response_serializer=handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream_stream(method, allowed, handler), response_serializer=handler.response_serializer)
+
+    def _unary(self, method: str, allowed: Allowed, handler):
+        inner, parse, guards = handler.unary_unary, parser_of(handler.request_deserializer), self.guards
+        name = method.rsplit("/", 1)[1]
+
+        async def behaviour(body: bytes, context):
+            started = time.perf_counter()
+            request = None
+            try:
+                request, caller = guards.admit(method, allowed, context.invocation_metadata(), body, parse)
+                if caller is not OPEN:
+                    set_current_caller(caller)
+                answer = await inner(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await _refuse(method, name, error, context, started, request)
+            if OBSERVER.active:
+                OBSERVER.request(name, "unary", outcome_of(answer), time.perf_counter() - started, request,
+                                 request_id_of(context) if OBSERVER.log_requests else None)
+            return answer
+
+        return behaviour
+
+    def _unary_stream(self, method: str, allowed: Allowed, handler):
+        inner, parse, guards = handler.unary_stream, parser_of(handler.request_deserializer), self.guards
+        name = method.rsplit("/", 1)[1]
+
+        async def behaviour(body: bytes, context):
+            started = time.perf_counter()
+            request = None
+            try:
+                request, caller = guards.admit(method, allowed, context.invocation_metadata(), body, parse)
+                set_current_caller(caller)
+                async for answer in inner(request, context):
+                    yield answer
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await _refuse(method, name, error, context, started, request)
+
+        return behaviour
+
+    def _stream_unary(self, method: str, allowed: Allowed, handler):
+        """A client stream (ImportStatement): the caller is checked on the
+        first message, before the handler reads anything."""
+        inner, parse, guards = handler.stream_unary, parser_of(handler.request_deserializer), self.guards
+        name = method.rsplit("/", 1)[1]
+
+        async def behaviour(request_iterator, context):
+            started = time.perf_counter()
+            try:
+                first = await anext(request_iterator, None)
+                request, caller = guards.admit(method, allowed, context.invocation_metadata(),
+                                               b"" if first is None else first, parse)
+                set_current_caller(caller)
+
+                async def the_whole_stream():
+                    if first is not None:
+                        yield request
+                    async for raw in request_iterator:
+                        yield parse(raw)
+
+                answer = await inner(the_whole_stream(), context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await _refuse(method, name, error, context, started, None)
+            return answer
+
+        return behaviour
+
+    def _stream_stream(self, method: str, allowed: Allowed, handler):
+        inner, parse, guards = handler.stream_stream, parser_of(handler.request_deserializer), self.guards
+        name = method.rsplit("/", 1)[1]
+
+        async def behaviour(request_iterator, context):
+            started = time.perf_counter()
+            try:
+                guards.admit(method, allowed, context.invocation_metadata(), b"", parse)
+
+                async def parsed():
+                    async for raw in request_iterator:
+                        yield parse(raw)
+
+                result = inner(parsed(), context)
+                if hasattr(result, "__aiter__"):
+                    async for answer in result:
+                        yield answer
+                else:
+                    await result
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await _refuse(method, name, error, context, started, None)
+
+        return behaviour
+
+
+async def _refuse(method: str, name: str, error: Exception, context, started: float, request):
+    refusal = errors.refusal_of(error)
+    request_id = request_id_of(context)
+    if refusal is None:
+        log.error("%s failed (request %s)", method, request_id, exc_info=error)
+        refusal = errors.refusal_of(errors.internal_error(request_id))
+    elif refusal.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        log.warning("call refused: %s %s: %s", method, refusal.code.name, refusal.text)
+    if OBSERVER.active:
+        OBSERVER.request(name, "unary", refusal.code.name, time.perf_counter() - started, request, request_id)
+    await errors.abort(context, refusal)
+
+
+class _WrappedHandlers(grpc.GenericRpcHandler):
+    def __init__(self, handlers, registrar: Registrar):
+        self._handlers = handlers
+        self._registrar = registrar
+        # gRPC path -> the handler to run, made at the method's first call.
+        self._resolved = {}
+
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        resolved = self._resolved.get(method)
+        if resolved is None:
+            resolved = self._registrar.wrap(method, self._handlers.service(handler_call_details))
+            if resolved is not None:
+                self._resolved[method] = resolved
+        return resolved
