@@ -39,17 +39,20 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         # Promotions and risk (server/promotion_flow.PromotionFlow); None: Pay
         # prices nothing and checks no limits beyond the card's own.
         self.promotions = promotions
-        self._op_settings = settings
+        # lot validity days -> the settings ops are built with.
+        self._op_settings = {settings.lot_validity_days: settings}
 
-    @property
-    def op_settings(self) -> ServerSettings:
-        """The settings ops are built with: the points lots' validity comes
-        from the loyalty rules in force, when there are rules."""
-        if self.rules is not None:
-            days = self.rules.rules.expiry.lot_validity_days
-            if days != self._op_settings.lot_validity_days:
-                self._op_settings = msgspec.structs.replace(self.settings, lot_validity_days=days)
-        return self._op_settings
+    def op_settings(self, station_id: int) -> ServerSettings:
+        """The settings a station's ops are built with: the points lots'
+        validity comes from the loyalty rules of its domain, when there are
+        rules."""
+        if self.rules is None:
+            return self.settings
+        days = self.rules.rules_at(station_id).expiry.lot_validity_days
+        found = self._op_settings.get(days)
+        if found is None:
+            found = self._op_settings[days] = msgspec.structs.replace(self.settings, lot_validity_days=days)
+        return found
 
     def _quote(self, basket, amount_minor: int, card_id: int, station_id: int):
         if self.rules is None:
@@ -67,22 +70,22 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
     async def pay(self, request):
         refusal = basket_refusal(self.ledger.store, request.plan.card_id, request.basket)
         if refusal:
-            requests.pay_op(request, self.op_settings)  # bad input is still INVALID_ARGUMENT first
+            requests.pay_op(request, self.op_settings(request.terminal.station_id))  # bad input is still INVALID_ARGUMENT first
             declined = Result(code=ResultCode.GOODS_NOT_ALLOWED, kind=OpKind.PAY, card_id=request.plan.card_id)
             return answers.payment_answer(declined, request.terminal, request.basket, request.plan.channel, declined_by=refusal)
         if self.promotions is None:
             quote = self._quote(request.basket, request.amount_minor, request.plan.card_id, request.terminal.station_id)
-            op = requests.pay_op(request, self.op_settings, None if quote is None else quote.total)
+            op = requests.pay_op(request, self.op_settings(request.terminal.station_id), None if quote is None else quote.total)
             result = await self._run(op)
             return answers.payment_answer(result, request.terminal, request.basket, request.plan.channel, quote=quote)
-        base = requests.pay_op(request, self.op_settings)  # validates the request first
+        base = requests.pay_op(request, self.op_settings(request.terminal.station_id))  # validates the request first
         quotes = []
 
         def build_op(amount_minor: int, lines) -> Op:
             """The PAY for what is left after discounts, earning on it."""
             quote = self._quote(lines, amount_minor, request.plan.card_id, request.terminal.station_id)
             quotes.append(quote)
-            earn = requests.base_points(amount_minor, self.op_settings) if quote is None else quote.total
+            earn = requests.base_points(amount_minor, self.op_settings(request.terminal.station_id)) if quote is None else quote.total
             return msgspec.structs.replace(base, amount=amount_minor, earn_points=earn)
 
         outcome = await self.promotions.pay(request, build_op)
@@ -97,13 +100,13 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return answer
 
     async def pre_authorize(self, request):
-        result = await self._run(requests.preauth_op(request, self.op_settings))
+        result = await self._run(requests.preauth_op(request, self.op_settings(request.terminal.station_id)))
         return answers.payment_answer(result, request.terminal)
 
     async def complete(self, request):
         hold = self.ledger.txn(request.txn_id) if request.txn_id else None
         quote = self._quote(request.basket, request.amount_minor, hold.card_id if hold else 0, request.terminal.station_id)
-        op = requests.complete_op(request, self.op_settings, None if quote is None else quote.total)
+        op = requests.complete_op(request, self.op_settings(request.terminal.station_id), None if quote is None else quote.total)
         result = await self._run(op)
         return answers.payment_answer(result, request.terminal, request.basket, quote=quote)
 
@@ -112,17 +115,17 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return answers.payment_answer(result, request.terminal)
 
     async def reverse(self, request):
-        result = await self._run(requests.reverse_op(request, self.op_settings))
+        result = await self._run(requests.reverse_op(request, self.op_settings(request.terminal.station_id)))
         await self.flow.after_undo(result)
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def void(self, request):
-        result = await self._run(requests.by_txn_op(OpKind.VOID, request, self.op_settings))
+        result = await self._run(requests.by_txn_op(OpKind.VOID, request, self.op_settings(request.terminal.station_id)))
         await self.flow.after_undo(result)
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def refund(self, request):
-        result = await self._run(requests.refund_op(request, self.op_settings))
+        result = await self._run(requests.refund_op(request, self.op_settings(request.terminal.station_id)))
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def query(self, request):
