@@ -342,7 +342,8 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
 
     async def GetStackingPolicy(self, request, context):
         domain = settings_domain_of(self.store, self.scope(), request.org_id, False, "the stacking policy")
-        return self._policy_answer(*promotion_store.load_policy(self.store, domain), domain)
+        policy, defaults = promotion_store.load_policy(self.store, domain)
+        return self._policy_answer(policy, domain, defaults)
 
     async def SetStackingPolicy(self, request, context):
         domain = settings_domain_of(self.store, self.scope(), request.org_id, True, "the stacking policy")
