@@ -132,17 +132,21 @@ class World:
         self.cards = card_pb2_grpc.CardServiceStub(channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(channel)
         self.tokens = {name: self.admin.Login(admin_pb2.LoginRequest(username=name, password=PASSWORD)).token for name in USERS}
+        self.terminal_channels = {}
         self.terminals = {station: self._signed_on(channel, terminal_id, station, secrets[terminal_id])
                           for terminal_id, station in TERMINALS.items()}
         self.main_cards = {org: self.card(org, personal_minor=1_000_000) for org in (1, 2, 12, 50)}
         self._shared = {}
 
-    @staticmethod
-    def _signed_on(channel, terminal_id: int, station_id: int, secret: bytes) -> Terminal:
+    def _signed_on(self, channel, terminal_id: int, station_id: int, secret: bytes) -> Terminal:
         keys = TerminalKeys(terminal_id, station_id, secret)
         keys.sign_on(channel, 1, operator_id=7)
-        return Terminal(grpc.intercept_channel(channel, keys.interceptor()), station_id=station_id, terminal_id=terminal_id,
-                        serial=1)
+        self.terminal_channels[station_id] = grpc.intercept_channel(channel, keys.interceptor())
+        return Terminal(self.terminal_channels[station_id], station_id=station_id, terminal_id=terminal_id, serial=1)
+
+    def at(self, station: int, stub_type):
+        """A stub whose every call the station's terminal MACs."""
+        return stub_type(self.terminal_channels[station])
 
     def md(self, user: str) -> tuple:
         return (("authorization", f"Bearer {self.tokens[user]}"),)
@@ -694,3 +698,173 @@ def test_each_back_office_rpc_keeps_to_the_callers_organisation(world, rpc):
     kind, run = CASES[rpc]
     found = {relation: outcome(lambda: run(world, relation)) for relation in RELATIONS}
     assert found == EXPECTED[kind], rpc
+
+
+# ---------------------------------------------------------------- the attacks of issue 15 item 2
+
+
+def refused(call, code: grpc.StatusCode) -> str:
+    with pytest.raises(grpc.RpcError) as error:
+        call()
+    assert error.value.code() == code, error.value.details()
+    return error.value.details()
+
+
+def test_headquarters_a_neither_lists_nor_approves_b_s_promotion(world):
+    theirs = world.promotion(50, stage=P.PROMOTION_STAGE_SUBMITTED)
+    pid, root = theirs.promotion_id, world.md("root")
+    listed = world.promotions.ListPromotions(P.ListPromotionsRequest(), metadata=root).promotions
+    assert listed and pid not in [answer.promotion.promotion_id for answer in listed]
+    approving = refused(lambda: world.promotions.ApprovePromotion(P.StepRequest(promotion_id=pid, by="root"), metadata=root),
+                        NOT_FOUND)
+    unknown = 10**15
+    assert approving == f"no promotion {pid}", "worded as an id nobody uses:"
+    assert refused(lambda: world.promotions.ApprovePromotion(P.StepRequest(promotion_id=unknown, by="root"), metadata=root),
+                   NOT_FOUND) == f"no promotion {unknown}"
+    still = world.promotions.GetPromotion(P.GetPromotionRequest(promotion_id=pid), metadata=world.md("other")).promotion
+    assert still.stage == P.PROMOTION_STAGE_SUBMITTED and [change.by for change in still.history] == ["other", "other"]
+
+
+def test_headquarters_a_cannot_blacklist_b_s_card_which_keeps_paying(world):
+    card_id, root = world.card(50, personal_minor=10_000), world.md("root")
+    entry = P.AddBlacklistEntryRequest(card_id=card_id, reason="stolen", by="root")
+    assert refused(lambda: world.risk.AddBlacklistEntry(entry, metadata=root), NOT_FOUND) == f"card {card_id} not found"
+    nobody = next(CARD_IDS)
+    assert refused(lambda: world.risk.AddBlacklistEntry(P.AddBlacklistEntryRequest(card_id=nobody, reason="x", by="root"),
+                                                        metadata=root), NOT_FOUND) == f"card {nobody} not found"
+    listed = world.risk.ListBlacklist(P.ListBlacklistRequest(), metadata=world.md("other")).entries
+    assert card_id not in [item.card_id for item in listed]
+    assert world.pay(51, card_id, 100).result == R.APPROVED
+
+
+def test_headquarters_a_cannot_mark_b_s_card_lost(world):
+    card_id, root = world.card(50), world.md("root")
+    answer = world.cards.SetCardStatus(C.SetCardStatusRequest(card_id=card_id, status=C.LOST), metadata=root)
+    nobody = world.cards.SetCardStatus(C.SetCardStatusRequest(card_id=next(CARD_IDS), status=C.LOST), metadata=root)
+    assert answer.result == R.CARD_NOT_FOUND and not answer.HasField("card")
+    assert (answer.result, answer.result_text) == (nobody.result, nobody.result_text), "as a card nobody has"
+    assert world.cards.GetCard(C.GetCardRequest(card_id=card_id), metadata=world.md("other")).card.status == C.ACTIVE
+
+
+def test_headquarters_a_cannot_change_b_s_loyalty_rules(world):
+    other, root = world.md("other"), world.md("root")
+    before = world.loyalty.GetRules(L.GetRulesRequest(), metadata=other)
+    generous = '{"earning": {"base_points_per_unit": 100}}'
+    for named in (50, 51):
+        refused(lambda: world.loyalty.SaveRules(L.SaveRulesRequest(rules_json=generous, org_id=named), metadata=root), NOT_FOUND)
+    # A's own rules are A's alone: saving them leaves B's as they were.
+    saved = world.loyalty.SaveRules(L.SaveRulesRequest(rules_json='{"earning": {"base_points_per_unit": 7}}'), metadata=root)
+    assert saved.org_id == 1
+    after = world.loyalty.GetRules(L.GetRulesRequest(), metadata=other)
+    assert (after.rules_json, after.version, after.org_id) == (before.rules_json, before.version, 50)
+    # A sale earns by its station's domain's rules.
+    quote_a = world.at(12, loyalty_pb2_grpc.LoyaltyServiceStub).QuotePoints(L.QuotePointsRequest(station_id=12, amount_minor=1_000))
+    quote_b = world.at(51, loyalty_pb2_grpc.LoyaltyServiceStub).QuotePoints(L.QuotePointsRequest(station_id=51, amount_minor=1_000))
+    assert (quote_a.total, quote_b.total) == (70, 10)
+    world.loyalty.SaveRules(L.SaveRulesRequest(rules_json="{}"), metadata=root)
+
+
+def test_a_region_cannot_change_its_domain_s_rules_but_reads_them(world):
+    north = world.md("north")
+    text = refused(lambda: world.risk.SetLimits(P.SetLimitsRequest(), metadata=north), PERMISSION_DENIED)
+    assert "only its users change them" in text
+    assert world.risk.ListLimits(P.ListLimitsRequest(), metadata=north).org_id == 1
+
+
+# ---------------------------------------------------------------- terminals
+
+
+def test_a_terminal_answers_only_for_cards_usable_at_its_station(world):
+    theirs, ours = world.main_cards[1], world.main_cards[50]
+    at_51 = world.at(51, card_pb2_grpc.CardServiceStub)
+    assert at_51.GetCard(C.GetCardRequest(card_id=theirs)).result == R.CARD_NOT_FOUND
+    assert at_51.GetCard(C.GetCardRequest(card_id=ours)).result == R.APPROVED
+    assert world.at(12, card_pb2_grpc.CardServiceStub).GetCard(C.GetCardRequest(card_id=theirs)).result == R.APPROVED
+    loyalty = world.at(51, loyalty_pb2_grpc.LoyaltyServiceStub)
+    assert loyalty.GetPoints(L.GetPointsRequest(card_id=theirs)).result == R.CARD_NOT_FOUND
+    assert loyalty.GetStatement(L.GetStatementRequest(card_id=theirs)).result == R.CARD_NOT_FOUND
+    assert loyalty.GetPoints(L.GetPointsRequest(card_id=ours)).result == R.APPROVED
+
+
+def test_a_terminal_sees_no_coupon_packet_lottery_or_gift_of_another_domain(world):
+    coupon, packet = world.shared("coupon", 1), world.shared("packet", 1)
+    lottery, gift_id = world.shared("lottery", 1), world.shared("gift", 1)
+    at_51, at_12 = world.at(51, promotion_pb2_grpc.PromotionServiceStub), world.at(12, promotion_pb2_grpc.PromotionServiceStub)
+    assert at_12.GetCoupon(P.GetCouponRequest(code=coupon.code)).coupon.coupon_id == coupon.coupon_id
+    assert refused(lambda: at_51.GetCoupon(P.GetCouponRequest(code=coupon.code)), NOT_FOUND) == "no coupon with this code"
+    refused(lambda: at_51.GetPacket(P.GetPacketRequest(packet_id=packet.packet_id)), NOT_FOUND)
+    terminal = world.terminals[51]
+    claim = at_51.ClaimPacket(P.ClaimPacketRequest(terminal=terminal.context(), packet_id=packet.packet_id,
+                                                   card_id=world.main_cards[50]))
+    assert (claim.result, claim.rule) == (R.PACKET_EMPTY, f"no red packet {packet.packet_id}")
+    refused(lambda: at_51.Draw(P.DrawRequest(promotion_id=lottery.promotion_id, card_id=world.main_cards[50])), NOT_FOUND)
+    refused(lambda: at_51.BuyChances(P.BuyChancesRequest(terminal=terminal.context(), promotion_id=lottery.promotion_id,
+                                                          card_id=world.main_cards[50], count=1)), NOT_FOUND)
+    stock = {gift.gift_id: gift.stock for gift in world.loyalty.ListCatalogue(L.ListCatalogueRequest(), metadata=world.md("root")).gifts}
+    loyalty = world.at(51, loyalty_pb2_grpc.LoyaltyServiceStub)
+    assert gift_id not in [gift.gift_id for gift in loyalty.ListCatalogue(L.ListCatalogueRequest()).gifts]
+    redeemed = loyalty.RedeemGift(L.RedeemGiftRequest(terminal=terminal.context(), card_id=world.main_cards[50], gift_id=gift_id,
+                                                      quantity=1))
+    assert redeemed.result == R.GIFT_NOT_FOUND
+    after = {gift.gift_id: gift.stock for gift in world.loyalty.ListCatalogue(L.ListCatalogueRequest(), metadata=world.md("root")).gifts}
+    assert after[gift_id] == stock[gift_id]
+    # A's coupon shown at B's station names no coupon.
+    request = payment_pb2.PayRequest(terminal=terminal.context(), amount_minor=1_000, coupon_codes=[coupon.code],
+                                     plan=payment_pb2.PaymentPlan(card_id=world.main_cards[50], use_personal=True))
+    assert "no coupon has the code" in refused(lambda: terminal.payments.Pay(request), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_velocity_limits_are_their_domain_s(world):
+    other = world.md("other")
+    limit = P.VelocityLimit(limit_id=1, name="one a day", measure=P.RISK_MEASURE_SALE_COUNT, window=P.RISK_WINDOW_DAY, ceiling=1)
+    world.risk.SetLimits(P.SetLimitsRequest(limits=[limit]), metadata=other)
+    try:
+        theirs, ours = world.card(50, personal_minor=10_000), world.card(12, personal_minor=10_000)
+        assert world.pay(51, theirs, 100).result == R.APPROVED
+        second = world.pay(51, theirs, 100)
+        assert (second.result, second.declined_by) == (R.COUNTER_LIMIT_REACHED, "risk 1 one a day")
+        assert [world.pay(12, ours, 100).result for _ in range(2)] == [R.APPROVED, R.APPROVED], "domain 1 has no such limit"
+    finally:
+        world.risk.SetLimits(P.SetLimitsRequest(), metadata=other)
+
+
+# ---------------------------------------------------------------- pricing
+
+
+def test_a_s_discount_never_prices_a_sale_at_b_s_station(world):
+    root = world.md("root")
+    made = world.promotions.CreatePromotion(P.CreatePromotionRequest(by="root", promotion=P.Promotion(
+        kind=P.PROMOTION_KIND_DISCOUNT, name="half off", valid_from_ms=now_ms() - HOUR_MS, valid_to_ms=now_ms() + HOUR_MS,
+        discount=P.DiscountTerms(off_permille=500))), metadata=root).promotion
+    assert made.org_id == 1, "owned by its maker's organisation"
+    pid = made.promotion_id
+    world.promotions.SubmitPromotion(P.StepRequest(promotion_id=pid, by="root"), metadata=root)
+    world.promotions.ApprovePromotion(P.StepRequest(promotion_id=pid, by="root2"), metadata=world.md("root2"))
+    try:
+        at_13 = world.pay(13, world.main_cards[1], 1_000)
+        assert (at_13.result, at_13.discount_minor, [item.promotion_id for item in at_13.promotions]) == (R.APPROVED, 500, [pid])
+        at_51 = world.pay(51, world.main_cards[50], 1_000)
+        assert (at_51.result, at_51.discount_minor, list(at_51.promotions)) == (R.APPROVED, 0, [])
+        priced = world.at(51, promotion_pb2_grpc.PromotionServiceStub).PriceBasket(P.PriceBasketRequest(station_id=51, amount_minor=1_000))
+        assert pid not in [item.promotion_id for item in (*priced.applied, *priced.skipped)], "not even named at B's station"
+        priced = world.at(12, promotion_pb2_grpc.PromotionServiceStub).PriceBasket(P.PriceBasketRequest(station_id=12, amount_minor=1_000))
+        assert [item.promotion_id for item in priced.applied] == [pid]
+    finally:
+        world.promotions.EndPromotion(P.StepRequest(promotion_id=pid, by="root"), metadata=root)
+
+
+def test_a_promotion_s_stations_lie_in_its_owner_s_subtree(world):
+    north = world.md("north")
+    promotion = P.Promotion(kind=P.PROMOTION_KIND_DISCOUNT, name="x", valid_from_ms=now_ms(), valid_to_ms=now_ms() + HOUR_MS,
+                            stations=[12, 13], discount=P.DiscountTerms(off_permille=10))
+    text = refused(lambda: world.promotions.CreatePromotion(P.CreatePromotionRequest(promotion=promotion, by="north"), metadata=north),
+                   grpc.StatusCode.INVALID_ARGUMENT)
+    assert text.startswith("promotion.stations[1]: station 13 is not in the subtree of organisation 2"), text
+
+
+def test_the_stacking_policy_is_each_domain_s(world):
+    world.promotions.SetStackingPolicy(P.StackingPolicy(coupons_per_sale_max=3), metadata=world.md("root"))
+    theirs = world.promotions.GetStackingPolicy(P.GetStackingPolicyRequest(), metadata=world.md("other"))
+    ours = world.promotions.GetStackingPolicy(P.GetStackingPolicyRequest(), metadata=world.md("north"))
+    assert (theirs.org_id, theirs.defaults, theirs.coupons_per_sale_max) == (50, True, 1)
+    assert (ours.org_id, ours.defaults, ours.coupons_per_sale_max) == (1, False, 3)
