@@ -21,7 +21,7 @@ import msgspec
 
 from core import limits
 from core.commit import GroupCommitter
-from core.domains import NETWORK, EVERYWHERE, Scope, StationTree, card_domain, card_org, card_usable_at, settings_domain_of
+from core.domains import NETWORK, Scope, StationTree, card_domain, card_org, card_usable_at, settings_domain_of
 from core.errors import InvalidInput, NotFound, PermissionDenied
 from core.ledger import Ledger, business_day
 from core.loyalty import jobs

@@ -29,7 +29,7 @@ import msgspec
 
 from core.admin.access import Actor, subtree
 from core.commit import GroupCommitter
-from core.domains import NETWORK, Scope, settings_domain_of
+from core.domains import Scope, settings_domain_of
 from core.errors import InvalidInput
 from core.ledger import Ledger, business_day
 from core.results import Channel
