@@ -25,12 +25,17 @@ def parse_args(argv):
     parser.add_argument("--kernel", choices=("auto", "cython", "reference"), default="auto",
                         help="ledger kernel: the Cython one if built (auto), or the plain-Python reference")
     parser.add_argument("--map-size-gib", type=int, default=MAP_SIZE_BYTES_DEFAULT // 2**30,
-                        help="LMDB map size, GiB of address space (default %(default)s)")
+                        help="LMDB map size, GiB of address space, 1 .. 16384 (default %(default)s): writes are refused "
+                        "with RESOURCE_EXHAUSTED (STORE_FULL) once the data fills it")
+    parser.add_argument("--map-size-mib", type=int, metavar="MIB",
+                        help="LMDB map size in MiB instead, at least 8: for tests and small demos")
     parser.add_argument("--utc-offset-minutes", type=int, default=0,
                         help="business day boundary, minutes east of UTC (480 for UTC+8)")
     parser.add_argument("--points-per-unit", type=int, default=100, help="points that pay one currency unit")
     parser.add_argument("--earn-points-per-unit", type=int, default=1, help="points earned per currency unit paid")
-    parser.add_argument("--channel-timeout-ms", type=int, default=5000, help="longest wait for a payment channel")
+    parser.add_argument("--channel-timeout-ms", type=int, default=5000,
+                        help="the longest a request waits for a payment channel, in all: a Pay with a channel part "
+                        "answers within it plus a commit (terminals: set your deadline 2 s above it; default %(default)s)")
     parser.add_argument("--channel-latency-ms", type=int, nargs=2, default=(0, 0), metavar=("MIN", "MAX"),
                         help="simulated channel latency range")
     parser.add_argument("--channel-decline-ppm", type=int, default=0, help="simulated channel declines, per million")
@@ -61,8 +66,13 @@ def parse_args(argv):
     parser.add_argument("--master-key-file", metavar="FILE",
                         help="master key the terminals' keys are sealed under (python -m core.admin master-key); "
                         "needed to register terminals and for sign-on")
+    parser.add_argument("--insecure", action="store_true",
+                        help="listen beyond the loopback without TLS, --terminal-auth and --back-office-auth anyway "
+                        "(refused by default: secure mode is the default away from 127.0.0.1)")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve gRPC over TLS with this certificate (chain)")
     parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument("--currency", default="CNY", metavar="CODE",
+                        help="ISO 4217 code of the network's currency, sent with every amount (default %(default)s)")
     parser.add_argument("--heap-trim-interval", type=float, default=HEAP_TRIM_INTERVAL_S_DEFAULT, metavar="S",
                         help="hand the heap's free pages back to the OS every S seconds, so that RSS shows memory "
                         "in use, not a past burst's (glibc malloc_trim; server/heap.py); 0: never (default %(default)g)")
@@ -82,7 +92,7 @@ def main(argv=None):
             data_dir=args.data,
             listen=args.listen,
             kernel=args.kernel,
-            map_size_bytes=args.map_size_gib * 2**30,
+            map_size_bytes=args.map_size_mib * 2**20 if args.map_size_mib is not None else args.map_size_gib * 2**30,
             utc_offset_minutes=args.utc_offset_minutes,
             points_per_unit=args.points_per_unit,
             earn_points_per_unit=args.earn_points_per_unit,
@@ -97,6 +107,8 @@ def main(argv=None):
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,
             heap_trim_interval_s=args.heap_trim_interval,
+            currency=args.currency,
+            insecure=args.insecure,
             simulator=SimulatorSettings(
                 latency_ms_min=args.channel_latency_ms[0],
                 latency_ms_max=args.channel_latency_ms[1],

@@ -31,8 +31,10 @@ from core.loyalty.statement import points_statement
 from core.records import Gift, Op, Result, decode, u64_key
 from core.results import AccountKind, OpKind, ResultCode, Tier, TierReason
 from server import answers, requests
-from server.counter_client import CounterClient
 from server.callers import current_caller
+from server.counter_client import CounterClient
+from core.admin.access import domain_of
+from core.admin.partners import card_in_domain, partner_record
 from server.scope import staff_scope, station_of_request, terminal_station
 from tally.v1 import loyalty_pb2, loyalty_pb2_grpc
 
@@ -315,16 +317,12 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         requests.require_range(request.partner_id, "partner_id", 1, limits.PARTNER_ID_MAX)
         requests.require_range(request.partner_reference, "partner_reference", 1, 2**64 - 1)
         requests.require_range(request.partner_points, "partner_points", 1, limits.POINTS_MAX)
-        caller = current_caller()
-        if caller.kind == "partner" and caller.partner_id != request.partner_id:
-            raise PermissionDenied(f"partner {caller.partner_id} exchanges for itself only, not partner {request.partner_id}",
-                                   field="partner_id", reason="OTHER_PARTNER")
-        # Into a card by its domain's rules: a partner of one domain's
-        # programme moves nothing into another domain's cards.
-        rules = self.holder.rules_of_card(request.card_id)
+        if not self._partner_may_credit(request.card_id):
+            return loyalty_answer(Result(code=ResultCode.CARD_NOT_FOUND, kind=OpKind.PARTNER_EXCHANGE), 0)
+        rules = self._exchange_rules(request.card_id)
         partner = rules.partners.get(request.partner_id)
         if partner is None:
-            raise InvalidInput("partner_id", f"no partner {request.partner_id} in the rules of the card's domain")
+            raise InvalidInput("partner_id", f"no partner {request.partner_id} in the rules of its domain")
         op = Op(
             kind=OpKind.PARTNER_EXCHANGE,
             terminal_id=limits.PARTNER_TERMINAL_ID_BASE + request.partner_id,
@@ -342,6 +340,29 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         result = await self.committer.submit(op)
         return loyalty_answer(result, result.points_earned, result.personal)
 
+    def _exchange_rules(self, card_id: int) -> LoyaltyRules:
+        """The rules an exchange runs by: the partner's headquarters domain's
+        (server/partner_auth.py names the partner), or, without a guard, the
+        domain's of the card credited."""
+        caller = current_caller()
+        if caller.kind != "partner":
+            return self.holder.rules_of_card(card_id)
+        with self.store.env.begin() as txn:
+            partner = partner_record(txn, self.store, caller.partner_id)
+            domain = domain_of(txn, self.store, partner.org_id) if partner is not None else NETWORK
+        return self.holder.rules_of(domain)[0]
+
+    def _partner_may_credit(self, card_id: int) -> bool:
+        """A partner (server/partner_auth.py) credits only the cards of its
+        headquarters' domain; another card answers as an unknown one."""
+        caller = current_caller()
+        if caller.kind != "partner":
+            return True
+        store = self.ledger.store
+        with store.env.begin() as txn:
+            partner = partner_record(txn, store, caller.partner_id)
+            return partner is not None and card_in_domain(txn, store, card_id, partner.org_id)
+
     # ------------------------------------------------------------ admin
 
     def _domain(self, org_id: int, change: bool, what: str = "loyalty rules") -> int:
@@ -358,7 +379,7 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         try:
             rules = msgspec.json.decode(request.rules_json.encode(), type=LoyaltyRules)
             saved = await self.holder.save(rules, domain)
-        except msgspec.ValidationError as error:
+        except msgspec.DecodeError as error:  # malformed JSON, or a value of the wrong type
             raise InvalidInput("rules_json", str(error)) from None
         except RuleError as error:
             raise error.within("rules_json") from None
@@ -408,10 +429,15 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
             raise InvalidInput("terms", "a gift needs a points price or a cash price")
         if terms.valid_to_day and terms.valid_from_day > terms.valid_to_day:
             raise InvalidInput("terms.valid_to_day", "must not be before valid_from_day")
+        if terms.stock:
+            raise InvalidInput("terms.stock", "SetGift sets the terms only: add or remove stock with AddGiftStock "
+                                              "(every change of stock is a counted movement)")
         scope = staff_scope(self.store)
         domain = self._domain(request.org_id, False, "the gift catalogue")
         mask = 0
-        for tier in terms.tiers:
+        for index, tier in enumerate(terms.tiers):
+            if tier not in Tier._value2member_map_:
+                raise InvalidInput(f"terms.tiers[{index}]", f"must be one of {', '.join(t.name for t in Tier)}, got {tier}")
             mask |= 1 << tier
         op = Op(kind=OpKind.GIFT_SET, item_id=terms.gift_id, amount=terms.points_price, bonus_points=terms.cash_price_minor,
                 count_limit=terms.per_customer_limit, tier=mask, period_start=terms.valid_from_day, period=terms.valid_to_day)
@@ -430,6 +456,8 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
 
     async def SetTier(self, request, context):
         require_card(request.card_id)
+        if request.tier not in Tier._value2member_map_:
+            raise InvalidInput("tier", f"must be one of {', '.join(tier.name for tier in Tier)}, got {request.tier}")
         if not self._card_seen(request.card_id):
             return loyalty_answer(Result(code=ResultCode.CARD_NOT_FOUND, kind=OpKind.SET_TIER), 0)
         result = await self.committer.submit(Op(kind=OpKind.SET_TIER, card_id=request.card_id, tier=request.tier, reason=TierReason.ADMIN))

@@ -194,10 +194,10 @@ class RiskService(promotion_pb2_grpc.RiskServiceServicer):
 
     async def AddBlacklistEntry(self, request, context):
         require_by(request.by)
-        requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
-        require_card(self.store, staff_scope(self.store), request.card_id)
         entry = blacklist.BlacklistEntry(card_id=request.card_id, reason=request.reason, added_by=request.by,
                                          added_ms=self.clock(), until_ms=request.until_ms)
+        blacklist.validate(entry)  # the whole request, before anything is read
+        require_card(self.store, staff_scope(self.store), request.card_id)
         await self.holder.writer.write(lambda txn: blacklist.add(txn, self.holder.store, entry))
         self.holder.blacklist_changed()
         log.info("card %d blacklisted by %s: %s", entry.card_id, entry.added_by, entry.rule)
@@ -222,6 +222,7 @@ class RiskService(promotion_pb2_grpc.RiskServiceServicer):
     async def ListFlags(self, request, context):
         limit = request.limit or 1000
         requests.require_range(limit, "limit", 1, flags.LIST_LIMIT_MAX)
+        requests.require_range(request.after_seq, "after_seq", 0, 2**64 - 2)
         seen = self._card_seen(staff_scope(self.store))
         found = flags.list_flags(self.holder.store, request.after_seq, request.card_id, limit, seen)
         return promotion_pb2.ListFlagsAnswer(flags=[promotion_pb2.Flag(**msgspec.structs.asdict(flag)) for flag in found])

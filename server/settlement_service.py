@@ -39,6 +39,7 @@ from core.settlement.model import DifferenceState, ItemKind, ResolutionAction, p
 from core.settlement.reconcile import WINDOW_MS_DEFAULT, WINDOW_MS_MAX
 from core.settlement.statements import StatementError
 from core.settlement.statements.common import STATEMENT_BYTES_MAX
+from server import answers
 from server.scope import staff_scope
 from server.shift_service import ShiftHandlers
 from tally.v1 import settlement_pb2, settlement_pb2_grpc
@@ -55,6 +56,14 @@ DAY_MAX = 2**32 - 1
 
 def _invalid(field: str, message: str) -> InvalidInput:
     return InvalidInput(field, message)
+
+
+def _day(value: int, field: str = "day") -> int:
+    """A business day (days since 1970-01-01), with room for the day
+    before and after that reconciliation reads."""
+    if not 1 <= value < DAY_MAX:
+        raise _invalid(field, f"must be within 1 .. {DAY_MAX - 1} (days since 1970-01-01), got {value}")
+    return value
 
 
 def _channel(value: int, field: str = "channel") -> int:
@@ -176,14 +185,15 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         if window_ms > WINDOW_MS_MAX:
             raise _invalid("window_s", f"at most {WINDOW_MS_MAX // 1000}")
         domain = self._domain(request.org_id, True)
-        run = await asyncio.to_thread(queue.reconcile_day, self.store, channel, request.day, window_ms, txn_lookup=self.ledger.txn,
+        run = await asyncio.to_thread(queue.reconcile_day, self.store, channel, _day(request.day), window_ms, txn_lookup=self.ledger.txn,
                                       writer=self.committer, domain=domain)
         return status_message(run)
 
     async def GetReconcileStatus(self, request, context):
         channels = [_channel(request.channel)] if request.channel else list(STATEMENT_CHANNELS)
+        day = _day(request.day)
         domain = self._domain(request.org_id, False)
-        runs = await asyncio.to_thread(lambda: [queue.last_run(self.store, channel, request.day, domain) for channel in channels])
+        runs = await asyncio.to_thread(lambda: [queue.last_run(self.store, channel, day, domain) for channel in channels])
         return settlement_pb2.ReconcileStatusAnswer(statuses=[status_message(run) for run in runs if run is not None])
 
     async def ListDifferences(self, request, context):
@@ -192,7 +202,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         if limit > LIST_LIMIT_MAX:
             raise _invalid("limit", f"at most {LIST_LIMIT_MAX}")
         state = None if request.all_states else (request.state or DifferenceState.OPEN)
-        day = request.day or None
+        day = _day(request.day) if request.day else None
         scope = staff_scope(self.store)
         # The open server lists every domain's unless one is named.
         domain = None if scope.everywhere and not request.org_id else self._domain(request.org_id, False)
@@ -251,7 +261,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
 
     async def GetClearing(self, request, context):
         seen = self._stations_seen(request.org_id)
-        clearing = await asyncio.to_thread(clear_day, self.store, request.day)
+        clearing = await asyncio.to_thread(clear_day, self.store, _day(request.day))
         lines = [line for line in clearing.lines if seen is None or seen(line.station_id)]
         discounts = [line for line in clearing.discounts if seen is None or seen(line.station_id)]
         return settlement_pb2.ClearingAnswer(
@@ -261,6 +271,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
                                                entries=line.entries) for line in lines],
             net_minor=clearing.net_minor if seen is None else sum(line.net_minor for line in lines),
             discounts=[settlement_pb2.DiscountLine(**msgspec.structs.asdict(line)) for line in discounts],
+            currency=answers.currency(),
         )
 
     # ------------------------------------------------------------ shifts, days, offline batches

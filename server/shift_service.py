@@ -38,7 +38,7 @@ from core.ledger import Ledger, business_day
 from core.records import Op, Shift
 from core.results import Channel, OpKind, ResultCode
 from core.settlement.shifts import MethodTotals, Totals, day_end_op, day_totals, load_shift, shift_totals
-from server import requests
+from server import answers, requests
 from server.scope import staff_scope
 from server.answers import result_text
 from core.errors import InvalidInput, ResourceExhausted, Unavailable
@@ -160,7 +160,7 @@ class ShiftHandlers:
             result=result.code, result_text=result_text(result.code), shift_id=shift.shift_id,
             station_id=shift.station_id, terminal_id=terminal_id, operator_id=shift.operator_id,
             opened_ms=shift.opened_ms, closed_ms=shift.closed_ms, first_txn_id=shift.first_txn_id,
-            last_txn_id=shift.last_txn_id, totals=totals_message(totals),
+            last_txn_id=shift.last_txn_id, totals=totals_message(totals), currency=answers.currency(),
         )
 
     async def DayEnd(self, request, context):
@@ -172,7 +172,8 @@ class ShiftHandlers:
         staff_scope(self.store).require(request.station_id, f"station {request.station_id} not found")
         result = await self.committer.submit(day_end_op(request.station_id, request.business_day))
         answer = settlement_pb2.DayEndAnswer(result=result.code, result_text=result_text(result.code),
-                                             station_id=request.station_id, business_day=request.business_day)
+                                             station_id=request.station_id, business_day=request.business_day,
+                                             currency=answers.currency())
         if result.code != ResultCode.APPROVED:
             return answer
         log.info("day %d of station %d closed by %s (closed through day %d)", request.business_day, request.station_id,
