@@ -36,6 +36,7 @@ import uuid
 import grpc
 import pytest
 
+from core.admin import keys
 from core.admin.access import cli_actor
 from core.admin.model import Role
 from core.ledger import business_day
@@ -73,6 +74,9 @@ USERS = {
     "other": (50, ADMIN), "other2": (50, ADMIN),  # Other's headquarters
 }
 TERMINALS = {112: 12, 113: 13, 151: 51}
+# A partner programme of Acme's (registered at HQ 1).
+PARTNER = 7
+EXCHANGE = "/tally.v1.LoyaltyService/ExchangePartnerPoints"
 DOMAIN_OF = {1: 1, 2: 1, 12: 1, 13: 1, 50: 50, 51: 50}
 RELATIONS = ("own", "child", "parent", "other")
 # An object's organisation, for the caller north (region 2).
@@ -135,6 +139,7 @@ class World:
         self.terminal_channels = {}
         self.terminals = {station: self._signed_on(channel, terminal_id, station, secrets[terminal_id])
                           for terminal_id, station in TERMINALS.items()}
+        self.partner_secret = secrets[PARTNER]
         self.main_cards = {org: self.card(org, personal_minor=1_000_000) for org in (1, 2, 12, 50)}
         self._shared = {}
 
@@ -275,6 +280,7 @@ def world(tmp_path_factory):
     data_dir, master_key_file = str(base / "data"), str(base / "master.key")
     admin = seed_directory(data_dir, master_key_file, users=USERS)
     secrets = {terminal_id: admin.register_terminal(cli_actor(), terminal_id, station)[1] for terminal_id, station in TERMINALS.items()}
+    secrets[PARTNER] = admin.register_partner(cli_actor(), PARTNER, 1, "Acme's airline")[1]
     admin.store.close()
     process = ServerProcess(data_dir, "--terminal-auth", "--back-office-auth", "--master-key-file", master_key_file,
                             demo=False).start()
@@ -868,3 +874,28 @@ def test_the_stacking_policy_is_each_domain_s(world):
     ours = world.promotions.GetStackingPolicy(P.GetStackingPolicyRequest(), metadata=world.md("north"))
     assert (theirs.org_id, theirs.defaults, theirs.coupons_per_sale_max) == (50, True, 1)
     assert (ours.org_id, ours.defaults, ours.coupons_per_sale_max) == (1, False, 3)
+
+
+# ---------------------------------------------------------------- partners
+
+
+def exchange(world: World, card_id: int, reference: int) -> L.LoyaltyAnswer:
+    """Partner 7's ExchangePartnerPoints of 5 partner points, MAC'ed as the partner does."""
+    request = L.ExchangePartnerPointsRequest(card_id=card_id, partner_id=PARTNER, partner_reference=reference, partner_points=5)
+    body = request.SerializeToString()
+    call = world.process.channel().unary_unary(EXCHANGE, request_serializer=None, response_deserializer=L.LoyaltyAnswer.FromString)
+    return call(body, metadata=keys.partner_metadata(world.partner_secret, EXCHANGE, PARTNER, body), timeout=10)
+
+
+def test_a_partner_exchanges_by_its_domain_s_rules_into_its_domain_s_cards(world):
+    root = world.md("root")
+    assert "no partner 7 in the rules of its domain" in refused(lambda: exchange(world, world.main_cards[12], 1),
+                                                               grpc.StatusCode.INVALID_ARGUMENT)
+    rules = '{"partners": {"7": {"name": "airline", "rate_numerator": 3, "rate_denominator": 1}}}'
+    world.loyalty.SaveRules(L.SaveRulesRequest(rules_json=rules), metadata=root)
+    try:
+        credited = exchange(world, world.main_cards[12], 2)
+        assert (credited.result, credited.points) == (R.APPROVED, 15), "Acme's rate: 3 points a partner point"
+        assert exchange(world, world.main_cards[50], 3).result == R.CARD_NOT_FOUND, "Other's card: as an unknown one"
+    finally:
+        world.loyalty.SaveRules(L.SaveRulesRequest(rules_json="{}"), metadata=root)
