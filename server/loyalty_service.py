@@ -26,7 +26,7 @@ from core.errors import InvalidInput, NotFound, PermissionDenied
 from core.ledger import Ledger, business_day
 from core.loyalty import jobs
 from core.loyalty.earning import SaleLine, quote
-from core.loyalty.rules import LoyaltyRules, RuleError, load_all_rules, rules_in, save_rules
+from core.loyalty.rules import LoyaltyRules, RuleError, load_all_rules, rules_in, save_rules, validate
 from core.loyalty.statement import points_statement
 from core.records import Gift, Op, Result, decode, u64_key
 from core.results import AccountKind, OpKind, ResultCode, Tier, TierReason
@@ -375,14 +375,15 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
                                        defaults=defaults)
 
     async def SaveRules(self, request, context):
-        domain = self._domain(request.org_id, True)
         try:
             rules = msgspec.json.decode(request.rules_json.encode(), type=LoyaltyRules)
-            saved = await self.holder.save(rules, domain)
+            validate(rules)  # the request whole, before anything is read
         except msgspec.DecodeError as error:  # malformed JSON, or a value of the wrong type
             raise InvalidInput("rules_json", str(error)) from None
         except RuleError as error:
             raise error.within("rules_json") from None
+        domain = self._domain(request.org_id, True)
+        saved = await self.holder.save(rules, domain)
         return loyalty_pb2.RulesAnswer(rules_json=msgspec.json.encode(saved).decode(), version=saved.version, org_id=domain)
 
     def _gift_answer(self, code: int, gift_id: int) -> loyalty_pb2.GiftAnswer:

@@ -254,13 +254,21 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         """The staff caller's scope (everywhere for terminals and the open server)."""
         return staff_scope(self.store)
 
-    def _reaches_caller(self, promotion: Promotion, station_id: int = 0) -> bool:
-        """Whether a terminal (of station_id, or the MAC'ed caller's station)
-        may use the promotion; staff and the open server: their scope's."""
+    def _seer(self, station_id: int = 0):
+        """seen(promotion_id) for this call's caller: a terminal (of
+        station_id, or the MAC'ed caller's station) sees what reaches its
+        station; staff what their scope holds; the open server all."""
         station = station_id or terminal_station()
-        if station and not reaches(promotion.org_id, self.holder.tree.ancestry(station)):
-            return False
-        return self.scope().sees(promotion.org_id)
+        scope = self.scope()
+        station_ancestry = self.holder.tree.ancestry(station) if station else None
+
+        def seen(promotion_id: int) -> bool:
+            owner = self.holder.owner_of(promotion_id)
+            if owner is None or (station_ancestry is not None and not reaches(owner, station_ancestry)):
+                return False
+            return scope.sees(owner)
+
+        return seen
 
     def apply_in(self, txn, ops, now_ms: int):
         """Kernel operations inside a change's transaction (see Ledger.apply_in)."""
@@ -373,14 +381,15 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
 
     async def PriceBasket(self, request, context):
         requests.require_range(request.station_id, "station_id", 1, limits.STATION_ID_MAX)
-        station_of_request(request.station_id)
-        self.scope().require(request.station_id, f"station {request.station_id} not found")
         requests.require_range(request.amount_minor, "amount_minor", 1, limits.AMOUNT_MINOR_MAX)
         requests.validate_basket(request.basket, request.amount_minor)
         if len(request.coupon_codes) > limits.COUNTER_TAKES_PER_SALE_MAX:
             raise InvalidInput("coupon_codes", f"at most {limits.COUNTER_TAKES_PER_SALE_MAX} codes")
         for index, code in enumerate(request.coupon_codes):
             requests.require_length(code, f"coupon_codes[{index}]", 1, 2 * coupons.CODE_LENGTH)
+        # A terminal prices at its own station, staff at one of theirs.
+        station_of_request(request.station_id)
+        self.scope().require(request.station_id, f"station {request.station_id} not found")
         if request.card_id and self.ledger.card(request.card_id) is None:
             raise NotFound(f"no card {request.card_id}")
         pricing, unknown = self.holder.price(self.ledger, request.basket, request.amount_minor, request.station_id, request.card_id,
@@ -474,21 +483,18 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
     def _used(self, coupon) -> bool:
         return self.counters.read([coupons.use_take(coupon)])[0] >= 1
 
-    def _coupon_seen(self, coupon) -> bool:
-        """A coupon is its promotion's: seen where its promotion is."""
-        promotion = promotion_store.load_promotion(self.store, coupon.promotion_id)
-        return promotion is not None and self._reaches_caller(promotion)
-
     async def GetCoupon(self, request, context):
         requests.require_length(request.code, "code", 1, 2 * coupons.CODE_LENGTH)
         coupon = promotion_store.coupon_by_code(self.store, coupons.normalise_code(request.code))
-        if coupon is None or not self._coupon_seen(coupon):
+        # A coupon is its promotion's: seen where its promotion is.
+        if coupon is None or not self._seer()(coupon.promotion_id):
             raise NotFound("no coupon with this code")
         return promotion_pb2.CouponAnswer(coupon=coupon_message(coupon, self._used(coupon)))
 
     async def ListCoupons(self, request, context):
         requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
-        found = [coupon for coupon in promotion_store.coupons_of_card(self.store, request.card_id) if self._coupon_seen(coupon)]
+        seen = self._seer()
+        found = [coupon for coupon in promotion_store.coupons_of_card(self.store, request.card_id) if seen(coupon.promotion_id)]
         return promotion_pb2.ListCouponsAnswer(coupons=[coupon_message(coupon, self._used(coupon)) for coupon in found])
 
     # ------------------------------------------------------------ red packets
@@ -560,16 +566,10 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
             shares=shares if with_shares else [],
         )
 
-    def _packet_seen(self, packet: Packet | None, station_id: int = 0) -> bool:
-        """A packet is its promotion's: seen where its promotion is."""
-        if packet is None:
-            return False
-        promotion = promotion_store.load_promotion(self.store, packet.promotion_id)
-        return promotion is not None and self._reaches_caller(promotion, station_id)
-
     async def GetPacket(self, request, context):
         packet = promotion_store.load_packet(self.store, request.packet_id)
-        if not self._packet_seen(packet):
+        # A packet is its promotion's: seen where its promotion is.
+        if packet is None or not self._seer()(packet.promotion_id):
             raise NotFound(f"no red packet {request.packet_id}")
         return self._packet_answer(packet, with_shares=request.with_shares)
 
@@ -601,7 +601,7 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         requests.require_range(request.packet_id, "packet_id", 1, ID_MAX)
         requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
         packet = promotion_store.load_packet(self.store, request.packet_id)
-        if not self._packet_seen(packet, request.terminal.station_id):
+        if packet is not None and not self._seer(request.terminal.station_id)(packet.promotion_id):
             packet = None  # another domain's packet: as if there were none
         terminal = request.terminal
         # A retry of a claim the kernel saw gets its stored answer, whatever changed since.
@@ -788,8 +788,7 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         scope = self.scope()
         if request.promotion_id:
             self._promotion(request.promotion_id, scope)  # NOT_FOUND unless the caller's
-        seen = None if scope.everywhere else (lambda promotion_id: self.holder.owner_of(promotion_id) in scope.orgs)
-        found = promotion_store.list_draws(self.store, request.promotion_id, limit, seen)
+        found = promotion_store.list_draws(self.store, request.promotion_id, limit, None if scope.everywhere else self._seer())
         return promotion_pb2.ListDrawsAnswer(draws=[to_message(draw, promotion_pb2.DrawRecord) for draw in found])
 
 

@@ -25,7 +25,7 @@ import msgspec
 from core import limits
 from core.domains import NETWORK, Scope, StationTree, card_org, require_card, settings_domain_of
 from core.risk import blacklist, flags
-from core.risk.rules import FlagRules, RiskRules, VelocityLimit, load_all_rules, save_rules, velocity_takes
+from core.risk.rules import FlagRules, RiskRules, VelocityLimit, load_all_rules, save_rules, validate, velocity_takes
 from server import requests
 from server.scope import staff_scope
 from tally.v1 import promotion_pb2, promotion_pb2_grpc
@@ -173,20 +173,20 @@ class RiskService(promotion_pb2_grpc.RiskServiceServicer):
         return rules_answer(rules, domain, defaults)
 
     async def SetLimits(self, request, context):
-        domain = self._domain(request.org_id, True)
         # Unknown enum values are refused by validation, naming the field.
         found = tuple(VelocityLimit(limit_id=limit.limit_id, name=limit.name, measure=limit.measure, window=limit.window,
                                     ceiling=limit.ceiling) for limit in request.limits)
-        return await self._save(domain, limits=found)
+        validate(RiskRules(limits=found))  # the request whole, before anything is read
+        return await self._save(self._domain(request.org_id, True), limits=found)
 
     async def SetFlagRules(self, request, context):
-        domain = self._domain(request.org_id, True)
         # Every field is taken as sent: 0 is a real hour here.
         given = request.flags
         rules = FlagRules(small_sale_max_minor=given.small_sale_max_minor, small_sales_count=given.small_sales_count,
                           small_sales_window_s=given.small_sales_window_s, quiet_from_hour=given.quiet_from_hour,
                           quiet_to_hour=given.quiet_to_hour)
-        return await self._save(domain, flags=rules)
+        validate(RiskRules(flags=rules))  # the request whole, before anything is read
+        return await self._save(self._domain(request.org_id, True), flags=rules)
 
     def _card_seen(self, scope: Scope):
         """seen(txn, card_id) for the lists: the card's organisation is the caller's."""
