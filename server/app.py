@@ -152,7 +152,8 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         await admin_service.sync_station_domains(store, committer)
 
     master_key = admin_service.load_master_key_of(settings)
-    admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=settings.utc_offset_minutes, writer=committer)
+    admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=settings.utc_offset_minutes, writer=committer,
+                  field_cipher=admin_service.field_cipher_of(settings))
     server = grpc.aio.server(options=grpc_options(settings.reuse_port))
     # Every service registers through this one registrar: it parses each
     # request, checks its caller against server/callers.py, and maps errors.
@@ -189,6 +190,11 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         metrics_port = observability.serve_metrics(settings.metrics_port, host=settings.listen.rsplit(":", 1)[0])
         # Tests read the bound port from this line (--metrics-port 0).
         log.info("metrics on http://%s:%d/metrics", settings.listen.rsplit(":", 1)[0], metrics_port)
+    # Before anyone is told the server listens: a SIGTERM from then on stops it cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     host = settings.listen.rsplit(":", 1)[0]
     # Tests and benchmarks read the bound port from this line (--listen HOST:0).
     # With --workers the supervisor says "serving on" once all workers listen.
@@ -197,10 +203,6 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     if ready is not None:
         ready(port)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
 
     log.info("stopping: finishing calls in flight")
