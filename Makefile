@@ -56,7 +56,10 @@ $(NODE_TOOLS): package.json package-lock.json
 proto-baseline: $(INSTALLED)
 	$(PY) -m grpc_tools.protoc -Iproto --descriptor_set_out=proto/baseline/tally-v1.binpb $(sort $(patsubst proto/%,%,$(PROTOS)))
 
+# A demo directory made by an older Tally is brought to this data format
+# first (core/migrations.py; nothing to do when it is current or new).
 run: build
+	test ! -e $(DEMO_DATA)/data.mdb || $(PY) -m core.migrations $(DEMO_DATA)
 	$(PY) -m server --data $(DEMO_DATA) --listen $(LISTEN) --demo
 
 # The suite without the long runs (soak, full load); under 15 minutes here.
@@ -83,6 +86,7 @@ perf: build
 	mkdir -p reports
 	test -e $(SEED_DATA)/data.mdb || $(PY) -m bench seed --transactions 10000000 --accounts 1000000 $(SEED_DATA) --json reports/seed.json --chart reports/seed.png
 	rm -rf $(RUN_DATA) && cp -r $(SEED_DATA) $(RUN_DATA)
+	$(PY) -m core.migrations $(RUN_DATA)
 	$(PY) -m bench e2e --mode stream --concurrency 1500 --duration 120 --warmup 10 --rounds 2 --compare-empty --skip-echo --data $(RUN_DATA) --json reports/e2e-stream.json --chart reports/e2e-stream.png
 	$(PY) -m bench e2e --mode unary --rate 1000 --concurrency 1500 --duration 30 --data $(RUN_DATA) --json reports/e2e-open.json --chart reports/e2e-open.png
 	$(PY) -m bench soak --concurrency 500 --duration $(SOAK_SECONDS) --data $(RUN_DATA) --json reports/soak.json --chart reports/soak.png

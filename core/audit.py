@@ -49,7 +49,7 @@ from core.results import (
     may_go_negative,
     unit_of,
 )
-from core.store import Store, entries, open_store, rows
+from core.store import Store, StoreFormatError, entries, open_store, rows
 
 JOURNAL_DTYPE = np.dtype(
     [
@@ -289,7 +289,11 @@ def main(argv=None):
     parser.add_argument("data", metavar="DIR", help="data directory to check (read only)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    store = open_store(args.data, readonly=True)
+    try:
+        store = open_store(args.data, readonly=True)
+    except StoreFormatError as error:
+        print(f"python -m core.audit: {error}", file=sys.stderr)
+        return 2
     report = audit(store)
     store.close()
     if args.json:

@@ -134,6 +134,12 @@ def main(argv=None):
         )
     except ValueError as error:
         raise SystemExit(f"python -m server: {error}") from None
+    from core.store import StoreFormatError, require_format_of
+
+    try:
+        require_format_of(settings.data_dir)
+    except StoreFormatError as error:
+        raise SystemExit(f"python -m server: {error}") from None
     if args.workers > 1:
         from server.workers import Supervisor
 

@@ -41,17 +41,20 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         # Promotions and risk (server/promotion_flow.PromotionFlow); None: Pay
         # prices nothing and checks no limits beyond the card's own.
         self.promotions = promotions
-        self._op_settings = settings
+        # lot validity days -> the settings ops are built with.
+        self._op_settings = {settings.lot_validity_days: settings}
 
-    @property
-    def op_settings(self) -> ServerSettings:
-        """The settings ops are built with: the points lots' validity comes
-        from the loyalty rules in force, when there are rules."""
-        if self.rules is not None:
-            days = self.rules.rules.expiry.lot_validity_days
-            if days != self._op_settings.lot_validity_days:
-                self._op_settings = msgspec.structs.replace(self.settings, lot_validity_days=days)
-        return self._op_settings
+    def op_settings(self, station_id: int) -> ServerSettings:
+        """The settings a station's ops are built with: the points lots'
+        validity comes from the loyalty rules of its domain, when there are
+        rules."""
+        if self.rules is None:
+            return self.settings
+        days = self.rules.rules_at(station_id).expiry.lot_validity_days
+        found = self._op_settings.get(days)
+        if found is None:
+            found = self._op_settings[days] = msgspec.structs.replace(self.settings, lot_validity_days=days)
+        return found
 
     def _quote(self, basket, amount_minor: int, card_id: int, station_id: int):
         if self.rules is None:
@@ -72,7 +75,7 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return msgspec.structs.replace(final, final=final.final | RESULT_REPLAYED) if result.replayed else final
 
     async def pay(self, request):
-        base = requests.pay_op(request, self.op_settings)  # validates the request before anything reads it
+        base = requests.pay_op(request, self.op_settings(request.terminal.station_id))  # validates the request before anything reads it
         refusal = basket_refusal(self.ledger.store, request.plan.card_id, request.basket)
         if refusal:
             declined = self.ledger.sale_declined(ResultCode.GOODS_NOT_ALLOWED, OpKind.PAY, request.plan.card_id, request.amount_minor,
@@ -89,7 +92,7 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
             """The PAY for what is left after discounts, earning on it."""
             quote = self._quote(lines, amount_minor, request.plan.card_id, request.terminal.station_id)
             quotes.append(quote)
-            earn = requests.base_points(amount_minor, self.op_settings) if quote is None else quote.total
+            earn = requests.base_points(amount_minor, self.op_settings(request.terminal.station_id)) if quote is None else quote.total
             return msgspec.structs.replace(base, amount=amount_minor, earn_points=earn)
 
         outcome = await self.promotions.pay(request, build_op)
@@ -102,11 +105,11 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return answer
 
     async def pre_authorize(self, request):
-        result = await self._run(requests.preauth_op(request, self.op_settings))
+        result = await self._run(requests.preauth_op(request, self.op_settings(request.terminal.station_id)))
         return answers.payment_answer(result, request.terminal)
 
     async def complete(self, request):
-        op = requests.complete_op(request, self.op_settings)  # validates the request before anything reads it
+        op = requests.complete_op(request, self.op_settings(request.terminal.station_id))  # validates the request before anything reads it
         hold = self.ledger.txn(request.txn_id)
         quote = self._quote(request.basket, request.amount_minor, hold.card_id if hold else 0, request.terminal.station_id)
         if quote is not None:
@@ -119,18 +122,18 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return answers.payment_answer(result, request.terminal)
 
     async def reverse(self, request):
-        result = await self._run(requests.reverse_op(request, self.op_settings))
+        result = await self._run(requests.reverse_op(request, self.op_settings(request.terminal.station_id)))
         await asyncio.shield(self.flow.after_undo(result))
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def void(self, request):
-        result = await self._run(requests.by_txn_op(OpKind.VOID, request, self.op_settings))
+        result = await self._run(requests.by_txn_op(OpKind.VOID, request, self.op_settings(request.terminal.station_id)))
         # Shielded: a terminal that hangs up must not cancel the channel's reversal.
         await asyncio.shield(self.flow.after_undo(result))
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def refund(self, request):
-        result = await self._run(requests.refund_op(request, self.op_settings))
+        result = await self._run(requests.refund_op(request, self.op_settings(request.terminal.station_id)))
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def query(self, request):

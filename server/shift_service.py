@@ -8,7 +8,8 @@ offline batch's sales one by one through PaymentService.pay, the very path
 of the Pay RPC (same validation, pricing, idempotency and result codes).
 Used by: server/settlement_service.py (its RPC methods call these).
 May call: core.settlement.shifts, server.requests (validation),
-server.payments (pay), server.errors (statuses).
+server.payments (pay), server.errors (statuses), server.scope (DayEnd closes
+a station of the caller's subtree; a shift's totals are its terminal's own).
 
 Offline batches. Each item is a Pay request with its own (terminal,
 serial), so the kernel's idempotency applies it at most once, however often
@@ -33,6 +34,7 @@ from core.records import Op, Shift
 from core.results import Channel, OpKind, ResultCode
 from core.settlement.shifts import MethodTotals, Totals, day_end_op, day_totals, load_shift, shift_totals
 from server import answers, requests
+from server.scope import staff_scope
 from server.answers import result_text
 from core.errors import InvalidInput, ResourceExhausted, Unavailable
 from tally.v1 import settlement_pb2
@@ -160,6 +162,8 @@ class ShiftHandlers:
         requests.require_range(request.business_day, "business_day", 1, self.today())
         if not request.by.strip() or len(request.by) > BY_LENGTH_MAX:
             raise InvalidInput("by", f"required, 1 .. {BY_LENGTH_MAX} characters")
+        # A day of a station of the caller's subtree (core/domains.py).
+        staff_scope(self.store).require(request.station_id, f"station {request.station_id} not found")
         result = await self.committer.submit(day_end_op(request.station_id, request.business_day))
         answer = settlement_pb2.DayEndAnswer(result=result.code, result_text=result_text(result.code),
                                              station_id=request.station_id, business_day=request.business_day,

@@ -7,8 +7,10 @@
   reminders  cards with points expiring within --within days
   statement  a card's points: lots and every movement
   rules      show the saved rules, or check / save a JSON file of rules
+             (--domain: a headquarters' own rules; default the network's)
 
-Every job is idempotent and resumable: run it again after a crash.
+Every job is idempotent and resumable: run it again after a crash. The
+jobs take each card by its domain's rules (core/loyalty/rules.py CardRules).
 """
 
 import argparse
@@ -19,10 +21,12 @@ import time
 
 import msgspec
 
+from core.domains import require_headquarters
+from core.errors import TallyError
 from core.ledger import Ledger, load_kernel
 from core.loyalty import jobs
 from core.writes import DirectWriter
-from core.loyalty.rules import LoyaltyRules, RuleError, load_rules, save_rules, validate
+from core.loyalty.rules import CardRules, LoyaltyRules, RuleError, load_rules, save_rules, validate
 from core.loyalty.statement import points_statement
 from core.store import open_store
 
@@ -49,13 +53,15 @@ def parse_args(argv):
     rules = commands.add_parser("rules", help="show, check or save the rules")
     rules.add_argument("action", choices=("show", "check", "save"))
     rules.add_argument("file", nargs="?", help="JSON file of LoyaltyRules (check, save)")
+    rules.add_argument("--domain", type=int, default=0, metavar="HQ",
+                       help="the headquarters whose rules are meant (0: the network's, default)")
     return parser.parse_args(argv)
 
 
 def run(args) -> object:
     store = open_store(args.data)
     ledger = Ledger(store, load_kernel())
-    rules = load_rules(store)
+    rules = CardRules(store)
     today = jobs.day_of(datetime.datetime.now(datetime.timezone.utc).date())
     if args.command == "expire":
         return jobs.expire_points(ledger, jobs.day_of(args.as_of), today)
@@ -70,8 +76,10 @@ def run(args) -> object:
         return jobs.expiring_soon(store, jobs.day_of(args.as_of), args.within)
     if args.command == "statement":
         return msgspec.to_builtins(points_statement(store, args.card_id))
+    with store.env.begin() as txn:
+        require_headquarters(txn, store, args.domain, "--domain")
     if args.action == "show":
-        return msgspec.to_builtins(rules)
+        return msgspec.to_builtins(load_rules(store, args.domain))
     if not args.file:
         raise SystemExit(f"python -m core.loyalty rules {args.action}: give the JSON file of rules")
     with open(args.file, "rb") as handle:
@@ -79,7 +87,7 @@ def run(args) -> object:
     if args.action == "check":
         validate(proposed)
         return {"valid": True}
-    saved = DirectWriter(store).write_blocking(lambda txn: save_rules(txn, store, proposed))
+    saved = DirectWriter(store).write_blocking(lambda txn: save_rules(txn, store, proposed, args.domain))
     return {"saved_version": saved.version}
 
 
@@ -88,7 +96,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     try:
         outcome = run(args)
-    except (RuleError, ValueError, msgspec.ValidationError) as error:
+    except (RuleError, ValueError, msgspec.ValidationError, TallyError) as error:
         print(f"python -m core.loyalty {args.command}: {error}", file=sys.stderr)
         return 1
     if args.json or not isinstance(outcome, dict):

@@ -7,7 +7,9 @@ run while the server serves: LMDB serialises writers across processes.
 Days are dates (YYYY-MM-DD) or business day numbers. Re-running any command
 is safe: an import of a file already imported, or a reconciliation with
 nothing new, changes nothing, so a long batch that stopped resumes by being
-run again.
+run again. A statement is a headquarters domain's merchant account
+(--domain HQ; 0, the default: the network's, matched against the stations
+of no domain): import, reconcile and the queue take --domain.
 """
 
 import argparse
@@ -18,15 +20,17 @@ import time
 
 import msgspec
 
+from core.errors import InvalidInput
 from core.results import Channel
 from core.settlement import queue
 from core.settlement.model import DifferenceState, ResolutionAction
 from core.settlement.money import date_of_day, format_yuan, parse_day
 from core.settlement.reconcile import WINDOW_MS_DEFAULT, WINDOW_MS_MAX
 from core.settlement.statements import StatementError
-from core.store import open_store
+from core.store import StoreFormatError, open_store
 
 PROG = "python -m core.settlement"
+DOMAIN_HELP = "the headquarters whose merchant account the statements are (0, default: the network's)"
 CHANNEL_CHOICES = {channel.name.lower(): channel for channel in (Channel.BANK_CARD, Channel.WECHAT_PAY, Channel.ALIPAY)}
 
 
@@ -44,7 +48,13 @@ def _progress(total: int, description: str, unit: str = "rows"):
 
 
 def _open(args):
-    return open_store(args.data, args.map_size_gib * 2**30)
+    store = open_store(args.data, args.map_size_gib * 2**30)
+    if getattr(args, "domain", None):
+        from core.domains import require_headquarters
+
+        with store.env.begin() as txn:
+            require_headquarters(txn, store, args.domain, "--domain")
+    return store
 
 
 def _ledger(store, kernel: str):
@@ -73,7 +83,8 @@ def command_import(args) -> int:
                 data = file.read()
             try:
                 result, record = queue.import_statement(store, CHANNEL_CHOICES[args.channel], data, os.path.basename(path), args.by,
-                                                        day=args.day, utc_offset_minutes=args.utc_offset_minutes, replace=args.replace)
+                                                        day=args.day, utc_offset_minutes=args.utc_offset_minutes, replace=args.replace,
+                                                        domain=args.domain)
             except (StatementError, queue.SettlementError) as error:
                 print(f"{path}: rejected, nothing imported: {error}", file=sys.stderr)
                 failures += 1
@@ -91,7 +102,7 @@ def command_reconcile(args) -> int:
     status = 0
     for channel in _channels(args):
         try:
-            run = queue.reconcile_day(store, channel, args.day, args.window_s * 1000, args.utc_offset_minutes)
+            run = queue.reconcile_day(store, channel, args.day, args.window_s * 1000, args.utc_offset_minutes, domain=args.domain)
         except queue.SettlementError as error:
             print(f"{channel.name.lower()}: {error}", file=sys.stderr)
             status = 1
@@ -107,7 +118,7 @@ def command_queue_list(args) -> int:
     store = _open(args)
     state = None if args.all else DifferenceState.OPEN
     channel = CHANNEL_CHOICES[args.channel] if args.channel else None
-    found = queue.differences(store, day=args.day, channel=channel, state=state)
+    found = queue.differences(store, day=args.day, channel=channel, state=state, domain=args.domain)
     store.close()
     if args.json:
         _print_json([dict(msgspec.to_builtins(item), id=item.key) for item in found])
@@ -147,7 +158,7 @@ def command_queue_resolve(args) -> int:
 
 def command_queue_log(args) -> int:
     store = _open(args)
-    for action in queue.actions(store, args.id):
+    for action in queue.actions(store, args.id, args.domain):
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(action.at_ms / 1000))
         print(f"{action.seq:>6} {at}Z {action.key:<28} {action.what} -- {action.by}: {action.why}")
     store.close()
@@ -334,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--by", default=os.environ.get("USER", "settlement"), help="who imports (logged)")
     sub.add_argument("--replace", action="store_true", help="replace a different file imported for the same channel and day")
     sub.add_argument("--utc-offset-minutes", type=int, help="the statement's time zone (default: the channel's, 480 = UTC+8)")
+    sub.add_argument("--domain", type=int, default=0, metavar="HQ", help=DOMAIN_HELP)
 
     sub = command("reconcile", command_reconcile, "match the day's statements against the journal; differences go to the queue")
     sub.add_argument("--day", type=_day, required=True)
@@ -341,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--window-s", type=int, default=WINDOW_MS_DEFAULT // 1000,
                      help="rows across midnight this close (seconds) are matched, not reported (default %(default)s)")
     sub.add_argument("--utc-offset-minutes", type=int, help="the statements' time zone (default: the channel's)")
+    sub.add_argument("--domain", type=int, default=0, metavar="HQ", help=DOMAIN_HELP)
 
     sub = command("queue", None, "the error queue: list, resolve, log", data=False)
     queue_commands = sub.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
@@ -349,9 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--channel", choices=CHANNEL_CHOICES)
     listing.add_argument("--all", action="store_true", help="also resolved and cleared ones")
     listing.add_argument("--json", action="store_true")
+    listing.add_argument("--domain", type=int, metavar="HQ", help="only this domain's (0: the network's; default: every one)")
     listing.set_defaults(function=command_queue_list)
     resolving = queue_commands.add_parser("resolve", help="resolve one difference, with who and why")
-    resolving.add_argument("id", help="the difference's id, as listed (CHANNEL-DAY-ITEM-REFERENCE)")
+    resolving.add_argument("id", help="the difference's id, as listed ([DOMAIN-]CHANNEL-DAY-ITEM-REFERENCE)")
     resolving.add_argument("--action", required=True, choices=[action.name.lower() for action in ResolutionAction],
                            help="accept: as is; adjust: post a correcting transfer; reverse: reversed at its source")
     resolving.add_argument("--by", required=True, help="who resolves")
@@ -362,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     resolving.set_defaults(function=command_queue_resolve)
     log = queue_commands.add_parser("log", help="every action on the queue, oldest first")
     log.add_argument("id", nargs="?", help="only this difference")
+    log.add_argument("--domain", type=int, metavar="HQ", help="only this domain's (0: the network's; default: every one)")
     log.set_defaults(function=command_queue_log)
     for child in (listing, resolving, log):
         child.add_argument("--data", required=True, metavar="DIR", help="the data directory (LMDB) of the server")
@@ -410,7 +425,11 @@ def main(argv=None) -> int:
     if getattr(args, "window_s", 0) is not None and not 0 <= getattr(args, "window_s", 0) * 1000 <= WINDOW_MS_MAX:
         print(f"{PROG}: --window-s must be within 0 .. {WINDOW_MS_MAX // 1000}", file=sys.stderr)
         return 2
-    return args.function(args)
+    try:
+        return args.function(args)
+    except (StoreFormatError, InvalidInput) as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
