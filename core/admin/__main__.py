@@ -6,8 +6,14 @@ while the server runs (LMDB serialises writers). Whoever can run this can
 read the data directory, so it acts in every domain; its actions are in the
 audit log as "cli:OS-USER".
 
+The data directory is --data DIR or $TALLY_DATA; only create-admin may
+start a new one (the first administrator of a new installation), every
+other command refuses a directory that holds no Tally store. --json, before
+or after the command, prints the outcome as JSON (audit prints JSON lines
+either way).
+
 Exit codes: 0 done; 1 verify-audit found breaches (each named); 2 refused
-(the reason on stderr).
+(the reason on stderr, one line).
 """
 
 import argparse
@@ -17,24 +23,25 @@ import sys
 
 import msgspec
 
+from core import tools
 from core.admin import Admin, keys
 from core.admin.access import cli_actor
-from core.admin.errors import AdminError
+from core.admin.errors import AdminError, InvalidInput
 from core.admin.model import OrgKind, Role
 from core.store import MAP_SIZE_BYTES_DEFAULT, open_store
 
 PROG = "python -m core.admin"
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1],
+def parse_args(argv, prog: str = PROG):
+    parser = argparse.ArgumentParser(prog=prog, description="\n\n".join(__doc__.split("\n\n")[1:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    tools.add_shared_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, help_text, data=True):
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        if data:
-            sub.add_argument("--data", required=True, metavar="DIR", help="the server's data directory")
+        tools.add_shared_options(sub, data=data)
         return sub
 
     sub = command("master-key", "write a new random master key file (mode 600); never overwrites one", data=False)
@@ -77,18 +84,28 @@ def read_password(from_stdin: bool) -> str:
         return sys.stdin.readline().rstrip("\n")
     first = getpass.getpass("password: ")
     if getpass.getpass("again: ") != first:
-        raise SystemExit(f"{PROG}: the passwords differ")
+        raise InvalidInput("password", "the two passwords differ")
     return first
+
+
+def emit(args, text: str, **record):
+    """The outcome: `text` for people, or `record` as JSON with --json."""
+    print(json.dumps(record, ensure_ascii=False) if tools.json_wanted(args) else text)
 
 
 def run(args) -> int:
     if args.command == "master-key":
         keys.new_master_key_file(args.out)
-        print(f"master key written to {args.out}: keep it off the data directory's backups")
+        emit(args, f"master key written to {args.out}: keep it off the data directory's backups", master_key_file=args.out)
         return 0
     readonly = args.command in ("verify-audit", "audit")
     master_key = keys.load_master_key(args.master_key_file) if getattr(args, "master_key_file", None) else None
-    store = open_store(args.data, MAP_SIZE_BYTES_DEFAULT, readonly=readonly)
+    path = tools.data_path(args)
+    if args.command == "create-admin":
+        tools.check_server_directory(path, MAP_SIZE_BYTES_DEFAULT)  # may start a new installation
+        store = open_store(path, MAP_SIZE_BYTES_DEFAULT)
+    else:
+        store = tools.open_existing_store(path, MAP_SIZE_BYTES_DEFAULT, readonly=readonly)
     try:
         return COMMANDS[args.command](Admin(store, master_key), args)
     finally:
@@ -103,12 +120,13 @@ def create_admin(admin: Admin, args) -> int:
         headquarters = None
     if headquarters is None:
         if not args.org_name:
-            raise SystemExit(f"{PROG}: --org-name is required to create a headquarters")
+            raise InvalidInput("--org-name", "required to create a headquarters")
         headquarters = admin.create_headquarters(actor, args.org_name, args.org_id)
     elif headquarters.kind != OrgKind.HEADQUARTERS:
-        raise SystemExit(f"{PROG}: organisation {args.org_id} is a {headquarters.kind.name}, not a HEADQUARTERS")
+        raise InvalidInput("--org-id", f"organisation {args.org_id} is a {headquarters.kind.name}, not a HEADQUARTERS")
     admin.create_user(actor, args.username, read_password(args.password_stdin), headquarters.org_id, Role.ADMINISTRATOR)
-    print(f"administrator {args.username} of headquarters {headquarters.org_id} ({headquarters.name})")
+    emit(args, f"administrator {args.username} of headquarters {headquarters.org_id} ({headquarters.name})",
+         username=args.username, org_id=headquarters.org_id, org_name=headquarters.name)
     return 0
 
 
@@ -117,7 +135,8 @@ def create_org(admin: Admin, args) -> int:
     org = admin.create_organisation(cli_actor(), args.parent, kind, args.name, org_id=args.id)
     if kind == OrgKind.STATION:
         tell_kernel_station_domain(admin, org.org_id)
-    print(f"{org.kind.name.lower()} {org.org_id} ({org.name}) under {org.parent_id}")
+    emit(args, f"{org.kind.name.lower()} {org.org_id} ({org.name}) under {org.parent_id}",
+         kind=org.kind.name.lower(), org_id=org.org_id, name=org.name, parent_id=org.parent_id)
     return 0
 
 
@@ -134,20 +153,24 @@ def tell_kernel_station_domain(admin: Admin, station_id: int):
 
 def register_terminal(admin: Admin, args) -> int:
     terminal, secret = admin.register_terminal(cli_actor(), args.terminal_id, args.station_id, args.name)
-    print(f"terminal {terminal.terminal_id} registered at station {terminal.station_id}")
-    print(f"secret key: {secret.hex()}")
-    print("load it into the terminal now: it is not shown again")
+    emit(args, f"terminal {terminal.terminal_id} registered at station {terminal.station_id}\n"
+         f"secret key: {secret.hex()}\nload it into the terminal now: it is not shown again",
+         terminal_id=terminal.terminal_id, station_id=terminal.station_id, secret_key=secret.hex())
     return 0
 
 
 def disable_terminal(admin: Admin, args) -> int:
     admin.disable_terminal(cli_actor(), args.terminal_id, args.reason)
-    print(f"terminal {args.terminal_id} disabled")
+    emit(args, f"terminal {args.terminal_id} disabled", terminal_id=args.terminal_id, disabled=True)
     return 0
 
 
 def verify_audit(admin: Admin, args) -> int:
     result = admin.verify_audit()
+    if tools.json_wanted(args):
+        print(json.dumps({"intact": not result.breaches, "entries": result.entries, "head_seq": result.head_seq,
+                          "head_hash": result.head_hash, "breaches": [msgspec.to_builtins(b) for b in result.breaches]}))
+        return 1 if result.breaches else 0
     for breach in result.breaches:
         print(f"entry {breach.seq}: {breach.reason}")
     if result.breaches:
@@ -178,13 +201,9 @@ COMMANDS = {
 }
 
 
-def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return run(args)
-    except (AdminError, ValueError, FileExistsError) as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
-        return 2
+def main(argv=None, prog: str = PROG) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv, prog)
+    return tools.run(prog, run, args)
 
 
 if __name__ == "__main__":
