@@ -111,15 +111,16 @@ def store_error(path: str, error: Exception) -> TallyError:
     """An LMDB or OS error opening `path`, said for people."""
     text = str(error)
     code = getattr(error, "errno", None)
+    cause = error.strerror if isinstance(error, OSError) and error.strerror else text.split(": ")[-1]
     if isinstance(error, lmdb.InvalidError):
         return FailedPrecondition(f"{path}/{DATA_FILE} is not an LMDB file (not a Tally store)", "--data")
     if isinstance(error, (lmdb.ReadonlyError, PermissionError)) or code in (errno.EACCES, errno.EROFS, errno.EPERM) \
             or "Permission denied" in text or "Read-only file system" in text:
-        return FailedPrecondition(f"{path} is not writable ({text.split(': ')[-1]}): the server writes its store there",
+        return FailedPrecondition(f"{path} is not writable ({cause}): the server writes its store there",
                                   "--data")
     if isinstance(error, lmdb.VersionMismatchError):
         return FailedPrecondition(f"{path}: made by another LMDB version ({text})", "--data")
-    return FailedPrecondition(f"{path}: cannot open the store: {text.split(': ', 1)[-1]}", "--data")
+    return FailedPrecondition(f"{path}: cannot open the store: {cause}", "--data")
 
 
 def say_error(prog: str, error: BaseException) -> int:
@@ -149,6 +150,8 @@ def run(prog: str, command, args) -> int:
     """command(args) -> exit code, with operating errors said in one line."""
     try:
         return command(args)
+    except BrokenPipeError:
+        return EXIT_ERROR  # stdout closed early (| head): nothing more to say
     except OPERATING_ERRORS as error:
         return say_error(prog, error)
     except ModuleNotFoundError as error:

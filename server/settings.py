@@ -1,8 +1,11 @@
-"""Settings of one server process, from the command line.
+"""Settings of one server process: the one typed object, with the one set of defaults.
 
 Owns: the business parameters a request needs that the terminal does not
-send (points rates, hold timeout, time zone) and the operating ones.
-Used by: server/app.py (builds it from flags), the servicers.
+send (points rates, hold timeout, time zone) and the operating ones, each
+with its default and its limits (checked when the object is made).
+Used by: server/__main__.py (the flags take their defaults from DEFAULTS;
+server/config.py merges a config file and TALLY_* variables under them),
+server/app.py, the servicers.
 """
 
 import msgspec
@@ -13,6 +16,11 @@ from core.channels import SimulatorSettings
 
 HEAP_TRIM_INTERVAL_S_DEFAULT = 60.0
 HEAP_TRIM_INTERVAL_S_MAX = 86_400.0
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+KERNELS = ("auto", "cython", "reference")
 
 
 class ServerSettings(msgspec.Struct, frozen=True):
@@ -67,6 +75,15 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # Seconds between handing the heap's free pages back to the OS
     # (server/heap.py); 0: never.
     heap_trim_interval_s: float = HEAP_TRIM_INTERVAL_S_DEFAULT
+    # Server processes sharing the port (server/workers.py).
+    workers: int = 1
+    log_level: str = "INFO"
+    # "text" lines, or "json": one object a line, for log collectors.
+    log_format: str = "text"
+    # Channel name ("wechat_pay") -> adapter name (an entry point of the
+    # "tally.channels" group, core/channels); a channel not named gets the
+    # built-in simulator.
+    channel_adapters: dict[str, str] = {}
 
     def __post_init__(self):
         if not 0 < self.points_per_unit <= limits.POINTS_PER_UNIT_MAX:
@@ -91,3 +108,17 @@ class ServerSettings(msgspec.Struct, frozen=True):
             raise ValueError("--tls-cert and --tls-key go together")
         if not 0 <= self.heap_trim_interval_s <= HEAP_TRIM_INTERVAL_S_MAX:
             raise ValueError(f"--heap-trim-interval must be within 0 .. {HEAP_TRIM_INTERVAL_S_MAX:g} seconds")
+        for name, allowed in (("kernel", KERNELS), ("log_level", LOG_LEVELS), ("log_format", LOG_FORMATS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        from server.workers import WORKERS_MAX
+
+        if not 1 <= self.workers <= WORKERS_MAX:
+            raise ValueError(f"--workers must be within 1 .. {WORKERS_MAX}, got {self.workers}")
+        if self.map_size_bytes < 2**30:
+            raise ValueError(f"--map-size-gib must be at least 1, got {self.map_size_bytes / 2**30:g}")
+
+
+# The defaults every flag shows and falls back to (data_dir has none: --data,
+# TALLY_DATA or the config file's `data` must name it).
+DEFAULTS = ServerSettings(data_dir="")
