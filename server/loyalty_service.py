@@ -261,6 +261,8 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         requests.require_range(terms.cash_price_minor, "terms.cash_price_minor", 0, limits.AMOUNT_MINOR_MAX)
         if terms.points_price + terms.cash_price_minor == 0:
             raise InvalidInput("terms", "a gift needs a points price or a cash price")
+        if terms.stock:
+            raise InvalidInput("terms.stock", "SetGift leaves stock as it is: give 0 and add stock with AddGiftStock")
         if terms.valid_to_day and terms.valid_from_day > terms.valid_to_day:
             raise InvalidInput("terms.valid_to_day", "must not be before valid_from_day")
         mask = 0

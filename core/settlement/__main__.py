@@ -34,6 +34,7 @@ from core import tools
 from core.store import open_store
 
 PROG = "python -m core.settlement"
+EXIT_CODES = __doc__.split("\n\n")[-1].replace("\n", " ").strip()
 CHANNEL_CHOICES = {channel.name.lower(): channel for channel in (Channel.BANK_CARD, Channel.WECHAT_PAY, Channel.ALIPAY)}
 
 
@@ -370,6 +371,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         prog=prog,
         description="Tally settlement: channel statements, reconciliation, the error queue, clearing, "
         "exports and reports. Each command has --help.",
+        epilog=EXIT_CODES,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -395,6 +397,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     sub.add_argument("--utc-offset-minutes", type=int, help="the statement's time zone (default: the channel's, 480 = UTC+8)")
 
     sub = command("reconcile", command_reconcile, "match the day's statements against the journal; differences go to the queue")
+    sub.epilog = EXIT_CODES
     sub.add_argument("--day", type=_day, required=True)
     sub.add_argument("--channel", choices=CHANNEL_CHOICES, help="one channel (default: each)")
     sub.add_argument("--window-s", type=int, default=WINDOW_MS_DEFAULT // 1000,
