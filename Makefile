@@ -9,12 +9,15 @@ INSTALLED := $(VENV)/.installed
 PACKAGE := $(VENV)/.package-installed
 PROTOS := $(wildcard proto/tally/v1/*.proto)
 STUBS := proto/.stubs-built
+SDK_DESCRIPTORS := clients/python/tally_client/_generated/tally_v1.binpb
+SDK_PATH := $(VENV)/.sdk-path
+NODE_TOOLS := node_modules/.installed
 DEMO_DATA := var/demo
 LISTEN ?= 127.0.0.1:50051
 
-.PHONY: build run test test-all bench perf soak clean
+.PHONY: build run test test-all bench perf soak clean proto-baseline
 
-build: $(INSTALLED) $(PACKAGE) $(STUBS)
+build: $(INSTALLED) $(PACKAGE) $(STUBS) $(SDK_DESCRIPTORS) $(SDK_PATH)
 
 $(INSTALLED): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,14 +37,36 @@ $(STUBS): $(INSTALLED) $(PROTOS)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto --grpc_python_out=proto $(PROTOS)
 	touch $@
 
+# The client SDK (clients/python, its own distributable): its descriptors
+# are built from the contract as a wheel build does, and this venv imports
+# it from its source folder (tests drive it against a real server).
+$(SDK_DESCRIPTORS): $(INSTALLED) $(PROTOS) clients/python/build_descriptors.py clients/python/proto/tally_client/google_rpc.proto
+	$(PY) clients/python/build_descriptors.py
+
+$(SDK_PATH): $(INSTALLED)
+	echo "$(CURDIR)/clients/python" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tally-client.pth"
+	touch $@
+
+# buf (npm package @bufbuild/buf, pinned in package.json and its lock) for
+# the contract's lint and breaking-change check. Without npm the test that
+# needs it says so and skips.
+$(NODE_TOOLS): package.json package-lock.json
+	if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: tests/test_proto_contract.py will skip buf lint"; fi
+
+# At a release only: the contract as released becomes the baseline that
+# tests/test_proto_contract.py holds every later change to.
+proto-baseline: $(INSTALLED)
+	$(PY) -m grpc_tools.protoc -Iproto --descriptor_set_out=proto/baseline/tally-v1.binpb $(sort $(patsubst proto/%,%,$(PROTOS)))
+
 run: build
 	$(PY) -m server --data $(DEMO_DATA) --listen $(LISTEN) --demo
 
 # The suite without the long runs (soak, full load); under 15 minutes here.
-test: build
+test: build $(NODE_TOOLS)
 	$(PY) -m pytest -q -m "not slow" tests
 
-test-all: build
+test-all: build $(NODE_TOOLS)
 	$(PY) -m pytest -q tests
 
 bench: build
@@ -70,4 +95,5 @@ soak: build
 	$(PY) -m pytest -q -m slow tests
 
 clean:
-	rm -rf $(VENV) build *.egg-info var reports core/*.so core/kernel.c $(STUBS) proto/tally/v1/*_pb2*.py*
+	rm -rf $(VENV) build *.egg-info var reports core/*.so core/kernel.c $(STUBS) proto/tally/v1/*_pb2*.py* \
+		$(SDK_DESCRIPTORS) $(SDK_PATH) clients/python/build node_modules

@@ -88,7 +88,7 @@ PROMOTIONS_RATIO_TARGET = 0.8
 # this share of the throughput on an empty one (issue 7).
 DATA_RATIO_TARGET = 0.9
 # What server/admin_service.py logs when it installs the interceptor.
-AUTH_LOG_LINE = "terminal authentication on"
+AUTH_LOG_LINE = "terminal and partner authentication on"
 SIGNED_TOP_UP_TIMEOUT_S = 30.0
 
 CONCURRENCY_MAX = 5000

@@ -53,6 +53,7 @@ Administration's databases (values msgpack of core.admin.model records):
   admin_cards       card_id u64                -> CardOwner     the issuing organisation of a card
   admin_customers   customer_id u64            -> Customer      card holders' profiles
   admin_customer_cards (customer u64, card u64) -> b""          a customer's cards
+  admin_partners    partner_id u32             -> Partner       partner programmes, their keys sealed
 
 Promotions' and risk's databases (core/promotions/store.py, core/risk/):
   promotion_records       promotion_id u64           -> JSON Promotion (core.promotions.model)
@@ -120,6 +121,7 @@ DATABASE_NAMES = (
     "admin_cards",
     "admin_customers",
     "admin_customer_cards",
+    "admin_partners",
     "promotion_records",
     "promotion_meta",
     "promotion_coupons",

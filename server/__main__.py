@@ -12,7 +12,7 @@ from core import tools
 from core.channels import SimulatorSettings, adapter_names, parse_adapter_choice
 from core.errors import InvalidInput, TallyError
 from server import config
-from server.settings import DEFAULTS, KERNELS, LOG_FORMATS, LOG_LEVELS, ServerSettings
+from server.settings import DEFAULTS, KERNELS, LOG_FORMATS, LOG_LEVELS, MAP_SIZE_GIB_MAX, MAP_SIZE_MIB_MIN, ServerSettings
 from server.stream import STREAM_WINDOW_MAX
 from server.workers import WORKERS_MAX
 
@@ -39,7 +39,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--kernel", choices=KERNELS, default=DEFAULTS.kernel,
                         help="ledger kernel: the Cython one if built (auto), or the plain-Python reference")
     parser.add_argument("--map-size-gib", type=int, default=DEFAULTS.map_size_bytes // 2**30,
-                        help="LMDB map size, GiB of address space (default %(default)s)")
+                        help=f"LMDB map size, GiB of address space, 1 .. {MAP_SIZE_GIB_MAX} (default %(default)s): writes "
+                        "are refused with RESOURCE_EXHAUSTED (STORE_FULL) once the data fills it")
+    parser.add_argument("--map-size-mib", type=int, metavar="MIB",
+                        help=f"LMDB map size in MiB instead, at least {MAP_SIZE_MIB_MIN}: for tests and small demos")
     parser.add_argument("--utc-offset-minutes", type=int, default=DEFAULTS.utc_offset_minutes,
                         help="business day boundary, minutes east of UTC (480 for UTC+8)")
     parser.add_argument("--points-per-unit", type=int, default=DEFAULTS.points_per_unit,
@@ -47,7 +50,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--earn-points-per-unit", type=int, default=DEFAULTS.earn_points_per_unit,
                         help="points earned per currency unit paid (default %(default)s)")
     parser.add_argument("--channel-timeout-ms", type=int, default=DEFAULTS.channel_timeout_ms,
-                        help="longest wait for a payment channel (default %(default)s)")
+                        help="the longest a request waits for a payment channel, in all: a Pay with a channel part "
+                        "answers within it plus a commit (terminals: set your deadline 2 s above it; default %(default)s)")
     parser.add_argument("--channel-adapter", nargs="+", default=[], metavar="CHANNEL=NAME",
                         help="the adapter of a channel (bank_card, wechat_pay, alipay): an entry point of the "
                         "tally.channels group (core/channels); default: the built-in simulator for each")
@@ -84,8 +88,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--master-key-file", metavar="FILE",
                         help="master key the terminals' keys are sealed under (python -m core.admin master-key); "
                         "needed to register terminals and for sign-on")
+    parser.add_argument("--insecure", action="store_true",
+                        help="listen beyond the loopback without TLS, --terminal-auth and --back-office-auth anyway "
+                        "(refused by default: secure mode is the default away from 127.0.0.1)")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve gRPC over TLS with this certificate (chain)")
     parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument("--currency", default=DEFAULTS.currency, metavar="CODE",
+                        help="ISO 4217 code of the network's currency, sent with every amount (default %(default)s)")
     parser.add_argument("--heap-trim-interval", type=float, default=DEFAULTS.heap_trim_interval_s, metavar="S",
                         help="hand the heap's free pages back to the OS every S seconds, so that RSS shows memory "
                         "in use, not a past burst's (glibc malloc_trim; server/heap.py); 0: never (default %(default)g)")
@@ -104,7 +113,7 @@ def settings_of(args) -> ServerSettings:
             data_dir=args.data,
             listen=args.listen,
             kernel=args.kernel,
-            map_size_bytes=args.map_size_gib * 2**30,
+            map_size_bytes=args.map_size_mib * 2**20 if args.map_size_mib is not None else args.map_size_gib * 2**30,
             utc_offset_minutes=args.utc_offset_minutes,
             points_per_unit=args.points_per_unit,
             earn_points_per_unit=args.earn_points_per_unit,
@@ -119,6 +128,8 @@ def settings_of(args) -> ServerSettings:
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,
             heap_trim_interval_s=args.heap_trim_interval,
+            currency=args.currency,
+            insecure=args.insecure,
             workers=args.workers,
             log_level=args.log_level,
             log_format=args.log_format,

@@ -1,7 +1,9 @@
 """From kernel results and stored records to gRPC answers and receipts.
 
-Owns: PaymentAnswer, Transaction and Card messages, and the receipt text.
-Used by: server/payments.py and server/cards.py.
+Owns: PaymentAnswer, Transaction and Card messages, the receipt text, and
+the currency every amount is answered in (set once at start, --currency).
+Used by: server/payments.py and server/cards.py; settlement answers take
+the currency from here.
 """
 
 from core.promotions.model import funder_name
@@ -10,6 +12,19 @@ from core.results import RESULT_TEXT, CardFlag, OpKind, ResultCode, TxnFlag
 from tally.v1 import card_pb2, common_pb2, payment_pb2
 
 RESULT_NAMES = {int(code): code.name for code in ResultCode}
+_currency = "CNY"
+
+
+def set_currency(code: str):
+    """The server's currency setting (server/app.py, at start)."""
+    global _currency
+    _currency = code
+
+
+def currency() -> str:
+    return _currency
+
+
 RECEIPT_TITLES = {
     OpKind.PAY: "SALE",
     OpKind.PREAUTH: "PRE-AUTHORIZATION",
@@ -74,6 +89,7 @@ def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0, q
         business_day=result.business_day,
         shortfall_settled_minor=result.shortfall_settled,
         declined_by=declined_by,
+        currency=_currency,
     )
     fill_sources(answer.sources, result, channel)
     balances = answer.balances
@@ -157,6 +173,7 @@ def transaction(record: Txn) -> payment_pb2.Transaction:
         points_clawed_back=record.points_clawed_back,
         points_shortfall=record.points_shortfall,
         original_txn_id=record.ref_txn_id if record.kind == OpKind.REFUND else 0,
+        currency=_currency,
     )
 
 

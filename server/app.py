@@ -24,7 +24,7 @@ from core.records import Op
 from core.results import OpKind
 from core.store import open_store
 from server import metrics as observability
-from server import admin_service, heap, tls
+from server import admin_service, answers, heap, tls
 from server.cards import CardService
 from server.channel_flow import ChannelFlow
 from server.demo import seed_demo_data
@@ -33,6 +33,7 @@ from server.payments import PaymentService
 from server import promotion_service
 from server.promotion_flow import PromotionFlow
 from server.rpc import Guards, Registrar
+from server.partner_auth import PartnerGuard
 from server.terminal_auth import TerminalGuard
 from server.settings import ServerSettings
 from server.settlement_service import SettlementService
@@ -75,13 +76,34 @@ def guards_for(settings: ServerSettings, store, master_key, admin: Admin) -> Gua
     """The credentials the server checks (server/rpc.py): terminal MACs with
     --terminal-auth, staff tokens (always for AdminService; for the other
     back-office RPCs with --back-office-auth)."""
-    terminal = None
+    terminal = partner = None
     if settings.terminal_auth:
-        log.info("terminal authentication on: every terminal request needs its MAC")
+        log.info("terminal and partner authentication on: every terminal and partner request needs its MAC")
         terminal = TerminalGuard(store, master_key)
+        partner = PartnerGuard(store, master_key)
     if settings.back_office_auth:
         log.info("back-office authentication on: back-office RPCs need an AdminService token")
-    return Guards(admin, terminal=terminal, back_office=settings.back_office_auth)
+    return Guards(admin, terminal=terminal, partner=partner, back_office=settings.back_office_auth)
+
+
+WRITES_HEALTH_NAME = "tally.v1.Writes"
+STORE_WATCH_INTERVAL_S = 1.0
+
+
+async def watch_store(committer: GroupCommitter, health_servicer):
+    """Health of "tally.v1.Writes": NOT_SERVING while the store is full (the
+    whole server, "", stays SERVING: reads go on), SERVING again once a
+    write commits."""
+    serving = True
+    while True:
+        await asyncio.sleep(STORE_WATCH_INTERVAL_S)
+        if serving == (committer.store_full is None):
+            continue
+        serving = committer.store_full is None
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await health_servicer.set(WRITES_HEALTH_NAME, status)
+        if not serving:
+            log.error("writes refused: %s; reads are still served", committer.store_full)
 
 
 async def sample_gauges(metrics, committer: GroupCommitter, store):
@@ -104,6 +126,7 @@ async def sweep_expired_holds(committer: GroupCommitter, interval_s: float):
 
 async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     heap.configure_malloc()
+    answers.set_currency(settings.currency)
     store = open_store(settings.data_dir, settings.map_size_bytes)
     kernel = load_kernel(settings.kernel)
     ledger = Ledger(store, kernel)
@@ -156,8 +179,9 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.listen}")
     await server.start()
-    for name in ("", *SERVICE_NAMES):
+    for name in ("", *SERVICE_NAMES, WRITES_HEALTH_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    store_watch = asyncio.create_task(watch_store(committer, health_servicer))
     sweeper = asyncio.create_task(sweep_expired_holds(committer, settings.hold_sweep_interval_s))
     trimmer = asyncio.create_task(heap.release_free_heap_every(settings.heap_trim_interval_s)) if settings.heap_trim_interval_s else None
     sampler = asyncio.create_task(sample_gauges(metrics, committer, store)) if metrics is not None else None
@@ -183,6 +207,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     await health_servicer.enter_graceful_shutdown()
     gateway.stop()
     sweeper.cancel()
+    store_watch.cancel()
     if trimmer is not None:
         trimmer.cancel()
     promotions.job.cancel()

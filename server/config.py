@@ -39,6 +39,8 @@ OTHER_VARIABLES = {
     "TALLY_TERMINAL_SECRET": "the client SDK's examples: a terminal's secret key",
     "TALLY_PKCS11_PIN": "the HSM's user PIN (server and core.admin; never a flag)",
     "TALLY_HYPOTHESIS": "the test suite: the property tests' profile",
+    "TALLY_FUZZ_EXAMPLES": "the test suite: how many requests the RPC fuzz test sends",
+    "TALLY_FUZZ_SEED": "the test suite: the RPC fuzz test's seed",
 }
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")

@@ -20,7 +20,9 @@ from core.loyalty.statement import points_statement
 from core.records import Gift, Op, Result, decode, u64_key
 from core.results import AccountKind, OpKind, ResultCode, Tier, TierReason
 from server import answers, requests
+from server.callers import current_caller
 from server.counter_client import CounterClient
+from core.admin.partners import card_in_domain, partner_record
 from core.errors import InvalidInput
 from tally.v1 import loyalty_pb2, loyalty_pb2_grpc
 
@@ -213,6 +215,8 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         partner = self.holder.rules.partners.get(request.partner_id)
         if partner is None:
             raise InvalidInput("partner_id", f"no partner {request.partner_id} in the rules")
+        if not self._partner_may_credit(request.card_id):
+            return loyalty_answer(Result(code=ResultCode.CARD_NOT_FOUND, kind=OpKind.PARTNER_EXCHANGE), 0)
         op = Op(
             kind=OpKind.PARTNER_EXCHANGE,
             terminal_id=limits.PARTNER_TERMINAL_ID_BASE + request.partner_id,
@@ -230,6 +234,17 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         result = await self.committer.submit(op)
         return loyalty_answer(result, result.points_earned, result.personal)
 
+    def _partner_may_credit(self, card_id: int) -> bool:
+        """A partner (server/partner_auth.py) credits only the cards of its
+        headquarters' domain; another card answers as an unknown one."""
+        caller = current_caller()
+        if caller.kind != "partner":
+            return True
+        store = self.ledger.store
+        with store.env.begin() as txn:
+            partner = partner_record(txn, store, caller.partner_id)
+            return partner is not None and card_in_domain(txn, store, card_id, partner.org_id)
+
     # ------------------------------------------------------------ admin
 
     async def GetRules(self, request, context):
@@ -240,7 +255,7 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         try:
             rules = msgspec.json.decode(request.rules_json.encode(), type=LoyaltyRules)
             saved = await self.holder.save(rules)
-        except msgspec.ValidationError as error:
+        except msgspec.DecodeError as error:  # malformed JSON, or a value of the wrong type
             raise InvalidInput("rules_json", str(error)) from None
         except RuleError as error:
             raise error.within("rules_json") from None
@@ -261,12 +276,15 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
         requests.require_range(terms.cash_price_minor, "terms.cash_price_minor", 0, limits.AMOUNT_MINOR_MAX)
         if terms.points_price + terms.cash_price_minor == 0:
             raise InvalidInput("terms", "a gift needs a points price or a cash price")
-        if terms.stock:
-            raise InvalidInput("terms.stock", "SetGift leaves stock as it is: give 0 and add stock with AddGiftStock")
         if terms.valid_to_day and terms.valid_from_day > terms.valid_to_day:
             raise InvalidInput("terms.valid_to_day", "must not be before valid_from_day")
+        if terms.stock:
+            raise InvalidInput("terms.stock", "SetGift sets the terms only: add or remove stock with AddGiftStock "
+                                              "(every change of stock is a counted movement)")
         mask = 0
-        for tier in terms.tiers:
+        for index, tier in enumerate(terms.tiers):
+            if tier not in Tier._value2member_map_:
+                raise InvalidInput(f"terms.tiers[{index}]", f"must be one of {', '.join(t.name for t in Tier)}, got {tier}")
             mask |= 1 << tier
         op = Op(kind=OpKind.GIFT_SET, item_id=terms.gift_id, amount=terms.points_price, bonus_points=terms.cash_price_minor,
                 count_limit=terms.per_customer_limit, tier=mask, period_start=terms.valid_from_day, period=terms.valid_to_day)
@@ -283,6 +301,8 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
 
     async def SetTier(self, request, context):
         require_card(request.card_id)
+        if request.tier not in Tier._value2member_map_:
+            raise InvalidInput("tier", f"must be one of {', '.join(tier.name for tier in Tier)}, got {request.tier}")
         result = await self.committer.submit(Op(kind=OpKind.SET_TIER, card_id=request.card_id, tier=request.tier, reason=TierReason.ADMIN))
         return loyalty_answer(result, 0)
 

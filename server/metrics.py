@@ -43,14 +43,15 @@ def _outcome_names() -> dict[int, str]:
 
 
 def outcome_of(answer) -> str:
-    """The label of an answer: its ResultCode name, or FOUND / NOT_FOUND for
-    a QueryAnswer."""
+    """The label of an answer: its ResultCode name, FOUND / NOT_FOUND for a
+    QueryAnswer, OK for an answer with neither (a back-office record)."""
     global RESULT_OUTCOMES
     if RESULT_OUTCOMES is None:
         RESULT_OUTCOMES = _outcome_names()
     result = getattr(answer, "result", None)
     if result is None:
-        return "FOUND" if answer.found else "NOT_FOUND"
+        found = getattr(answer, "found", None)
+        return "OK" if found is None else "FOUND" if found else "NOT_FOUND"
     return RESULT_OUTCOMES.get(result, str(result))
 
 
@@ -91,6 +92,12 @@ class Metrics:
         self.window_refusals = Counter(
             "tally_gateway_window_refusals_total", "Stream messages refused because they exceeded the window",
             registry=registry)
+        self.login_failures = Counter(
+            "tally_login_failures_total", "Logins refused, by reason (WRONG_LOGIN, USER_LOCKED)", ("reason",),
+            registry=registry)
+        self.store_full = Gauge(
+            "tally_store_full", "1 while writes are refused because the LMDB map or the disk is full, else 0",
+            registry=registry, multiprocess_mode="livemax")
         self._children = {}
 
     def request(self, rpc: str, transport: str, outcome: str, seconds: float):
@@ -126,6 +133,10 @@ class Observer:
         self.log_requests = log_requests
         self.active = metrics is not None or log_requests
         self._pid = os.getpid()
+
+    def login_failed(self, reason: str):
+        if self.metrics is not None:
+            self.metrics.login_failures.labels(reason).inc()
 
     def new_request_id(self) -> str:
         """Unique within the server's life across worker processes: pid, then a counter."""
@@ -174,6 +185,7 @@ def lmdb_map_use(env) -> tuple[int, int]:
 def sample(metrics: Metrics, committer, env):
     """Gauges that are states rather than events, read once per interval."""
     metrics.queue_length.set(committer.queue_length)
+    metrics.store_full.set(1 if committer.store_full else 0)
     used, size = lmdb_map_use(env)
     metrics.map_used.set(used)
     metrics.map_size.set(size)

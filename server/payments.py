@@ -12,6 +12,8 @@ stream (server/stream.py) both call these methods: one code path, so the
 same validation, idempotency and result codes on both transports.
 """
 
+import asyncio
+
 import msgspec
 
 from core.admin.cards import basket_refusal
@@ -65,17 +67,16 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return result
 
     async def pay(self, request):
+        base = requests.pay_op(request, self.op_settings)  # validates the request before anything reads it
         refusal = basket_refusal(self.ledger.store, request.plan.card_id, request.basket)
         if refusal:
-            requests.pay_op(request, self.op_settings)  # bad input is still INVALID_ARGUMENT first
             declined = Result(code=ResultCode.GOODS_NOT_ALLOWED, kind=OpKind.PAY, card_id=request.plan.card_id)
             return answers.payment_answer(declined, request.terminal, request.basket, request.plan.channel, declined_by=refusal)
         if self.promotions is None:
             quote = self._quote(request.basket, request.amount_minor, request.plan.card_id, request.terminal.station_id)
-            op = requests.pay_op(request, self.op_settings, None if quote is None else quote.total)
+            op = base if quote is None else msgspec.structs.replace(base, earn_points=quote.total)
             result = await self._run(op)
             return answers.payment_answer(result, request.terminal, request.basket, request.plan.channel, quote=quote)
-        base = requests.pay_op(request, self.op_settings)  # validates the request first
         quotes = []
 
         def build_op(amount_minor: int, lines) -> Op:
@@ -101,9 +102,11 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return answers.payment_answer(result, request.terminal)
 
     async def complete(self, request):
-        hold = self.ledger.txn(request.txn_id) if request.txn_id else None
+        op = requests.complete_op(request, self.op_settings)  # validates the request before anything reads it
+        hold = self.ledger.txn(request.txn_id)
         quote = self._quote(request.basket, request.amount_minor, hold.card_id if hold else 0, request.terminal.station_id)
-        op = requests.complete_op(request, self.op_settings, None if quote is None else quote.total)
+        if quote is not None:
+            op = msgspec.structs.replace(op, earn_points=quote.total)
         result = await self._run(op)
         return answers.payment_answer(result, request.terminal, request.basket, quote=quote)
 
@@ -113,12 +116,13 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
 
     async def reverse(self, request):
         result = await self._run(requests.reverse_op(request, self.op_settings))
-        await self.flow.after_undo(result)
+        await asyncio.shield(self.flow.after_undo(result))
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def void(self, request):
         result = await self._run(requests.by_txn_op(OpKind.VOID, request, self.op_settings))
-        await self.flow.after_undo(result)
+        # Shielded: a terminal that hangs up must not cancel the channel's reversal.
+        await asyncio.shield(self.flow.after_undo(result))
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def refund(self, request):

@@ -167,5 +167,6 @@ class RiskService(promotion_pb2_grpc.RiskServiceServicer):
     async def ListFlags(self, request, context):
         limit = request.limit or 1000
         requests.require_range(limit, "limit", 1, flags.LIST_LIMIT_MAX)
+        requests.require_range(request.after_seq, "after_seq", 0, 2**64 - 2)
         found = flags.list_flags(self.holder.store, request.after_seq, request.card_id, limit)
         return promotion_pb2.ListFlagsAnswer(flags=[promotion_pb2.Flag(**msgspec.structs.asdict(flag)) for flag in found])

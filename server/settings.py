@@ -8,6 +8,8 @@ server/config.py merges a config file and TALLY_* variables under them),
 server/app.py, the servicers.
 """
 
+import ipaddress
+
 import msgspec
 
 from core import limits
@@ -16,6 +18,21 @@ from core.channels import SimulatorSettings
 
 HEAP_TRIM_INTERVAL_S_DEFAULT = 60.0
 HEAP_TRIM_INTERVAL_S_MAX = 86_400.0
+MAP_SIZE_GIB_MAX = 16_384
+# --map-size-mib, for tests and small demos: the smallest map that holds a
+# demo directory with room for some writes.
+MAP_SIZE_MIB_MIN = 8
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether HOST:PORT listens on this machine only."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -84,6 +101,22 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # "tally.channels" group, core/channels); a channel not named gets the
     # built-in simulator.
     channel_adapters: dict[str, str] = {}
+    # ISO 4217 code of every amount the server answers with (the answers'
+    # and records' `currency` field); one currency per network.
+    currency: str = "CNY"
+    # Listen beyond the loopback without TLS and both guards anyway.
+    insecure: bool = False
+
+    def missing_for_secure_mode(self) -> list[str]:
+        """What secure mode needs that these settings lack."""
+        missing = []
+        if self.tls_cert_file is None:
+            missing.append("TLS (--tls-cert, --tls-key)")
+        if not self.terminal_auth:
+            missing.append("--terminal-auth")
+        if not self.back_office_auth:
+            missing.append("--back-office-auth")
+        return missing
 
     def __post_init__(self):
         if not 0 < self.points_per_unit <= limits.POINTS_PER_UNIT_MAX:
@@ -106,6 +139,8 @@ class ServerSettings(msgspec.Struct, frozen=True):
             raise ValueError("--terminal-auth needs --master-key-file")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("--tls-cert and --tls-key go together")
+        if not (len(self.currency) == 3 and self.currency.isascii() and self.currency.isalpha() and self.currency.isupper()):
+            raise ValueError(f"--currency must be an ISO 4217 code, three capital letters (CNY), got {self.currency!r}")
         if not 0 <= self.heap_trim_interval_s <= HEAP_TRIM_INTERVAL_S_MAX:
             raise ValueError(f"--heap-trim-interval must be within 0 .. {HEAP_TRIM_INTERVAL_S_MAX:g} seconds")
         for name, allowed in (("kernel", KERNELS), ("log_level", LOG_LEVELS), ("log_format", LOG_FORMATS)):
@@ -115,8 +150,13 @@ class ServerSettings(msgspec.Struct, frozen=True):
 
         if not 1 <= self.workers <= WORKERS_MAX:
             raise ValueError(f"--workers must be within 1 .. {WORKERS_MAX}, got {self.workers}")
-        if self.map_size_bytes < 2**30:
-            raise ValueError(f"--map-size-gib must be at least 1, got {self.map_size_bytes / 2**30:g}")
+        if not MAP_SIZE_MIB_MIN * 2**20 <= self.map_size_bytes <= MAP_SIZE_GIB_MAX * 2**30:
+            raise ValueError(f"--map-size-gib must be within 1 .. {MAP_SIZE_GIB_MAX} (LMDB's own default of 1 MiB "
+                             f"would fill at once), got {self.map_size_bytes / 2**30:g}")
+        missing = self.missing_for_secure_mode()
+        if missing and not self.insecure and not is_loopback(self.listen):
+            raise ValueError(f"refusing to listen on {self.listen} without {', '.join(missing)}: tokens, keys and card "
+                             "data would cross the network in the clear or unchecked (pass --insecure to do it anyway)")
 
 
 # The defaults every flag shows and falls back to (data_dir has none: --data,

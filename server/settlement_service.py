@@ -31,6 +31,7 @@ from core.settlement.model import DifferenceState, ItemKind, ResolutionAction, p
 from core.settlement.reconcile import WINDOW_MS_DEFAULT, WINDOW_MS_MAX
 from core.settlement.statements import StatementError
 from core.settlement.statements.common import STATEMENT_BYTES_MAX
+from server import answers
 from server.shift_service import ShiftHandlers
 from tally.v1 import settlement_pb2, settlement_pb2_grpc
 
@@ -46,6 +47,14 @@ DAY_MAX = 2**32 - 1
 
 def _invalid(field: str, message: str) -> InvalidInput:
     return InvalidInput(field, message)
+
+
+def _day(value: int, field: str = "day") -> int:
+    """A business day (days since 1970-01-01), with room for the day
+    before and after that reconciliation reads."""
+    if not 1 <= value < DAY_MAX:
+        raise _invalid(field, f"must be within 1 .. {DAY_MAX - 1} (days since 1970-01-01), got {value}")
+    return value
 
 
 def _channel(value: int, field: str = "channel") -> int:
@@ -151,13 +160,14 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         window_ms = request.window_s * 1000 if request.window_s else WINDOW_MS_DEFAULT
         if window_ms > WINDOW_MS_MAX:
             raise _invalid("window_s", f"at most {WINDOW_MS_MAX // 1000}")
-        run = await asyncio.to_thread(queue.reconcile_day, self.store, channel, request.day, window_ms, txn_lookup=self.ledger.txn,
+        run = await asyncio.to_thread(queue.reconcile_day, self.store, channel, _day(request.day), window_ms, txn_lookup=self.ledger.txn,
                                       writer=self.committer)
         return status_message(run)
 
     async def GetReconcileStatus(self, request, context):
         channels = [_channel(request.channel)] if request.channel else list(STATEMENT_CHANNELS)
-        runs = await asyncio.to_thread(lambda: [queue.last_run(self.store, channel, request.day) for channel in channels])
+        day = _day(request.day)
+        runs = await asyncio.to_thread(lambda: [queue.last_run(self.store, channel, day) for channel in channels])
         return settlement_pb2.ReconcileStatusAnswer(statuses=[status_message(run) for run in runs if run is not None])
 
     async def ListDifferences(self, request, context):
@@ -166,7 +176,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         if limit > LIST_LIMIT_MAX:
             raise _invalid("limit", f"at most {LIST_LIMIT_MAX}")
         state = None if request.all_states else (request.state or DifferenceState.OPEN)
-        day = request.day or None
+        day = _day(request.day) if request.day else None
 
         def read():
             listed = queue.differences(self.store, day=day, channel=channel, state=state, limit=limit)
@@ -202,7 +212,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         return settlement_pb2.ResolveDifferenceAnswer(resolved=True, difference=difference_message(resolved))
 
     async def GetClearing(self, request, context):
-        clearing = await asyncio.to_thread(clear_day, self.store, request.day)
+        clearing = await asyncio.to_thread(clear_day, self.store, _day(request.day))
         return settlement_pb2.ClearingAnswer(
             day=clearing.day,
             lines=[settlement_pb2.ClearingLine(station_id=line.station_id, method=line.method, funded_by=line.funded_by,
@@ -210,6 +220,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
                                                entries=line.entries) for line in clearing.lines],
             net_minor=clearing.net_minor,
             discounts=[settlement_pb2.DiscountLine(**msgspec.structs.asdict(line)) for line in clearing.discounts],
+            currency=answers.currency(),
         )
 
     # ------------------------------------------------------------ shifts, days, offline batches

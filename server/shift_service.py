@@ -37,7 +37,7 @@ from core.ledger import Ledger, business_day
 from core.records import Op, Shift
 from core.results import Channel, OpKind, ResultCode
 from core.settlement.shifts import MethodTotals, Totals, day_end_op, day_totals, load_shift, shift_totals
-from server import requests
+from server import answers, requests
 from server.answers import result_text
 from core.errors import InvalidInput, ResourceExhausted, Unavailable
 from tally.v1 import settlement_pb2
@@ -158,7 +158,7 @@ class ShiftHandlers:
             result=result.code, result_text=result_text(result.code), shift_id=shift.shift_id,
             station_id=shift.station_id, terminal_id=terminal_id, operator_id=shift.operator_id,
             opened_ms=shift.opened_ms, closed_ms=shift.closed_ms, first_txn_id=shift.first_txn_id,
-            last_txn_id=shift.last_txn_id, totals=totals_message(totals),
+            last_txn_id=shift.last_txn_id, totals=totals_message(totals), currency=answers.currency(),
         )
 
     async def DayEnd(self, request, context):
@@ -168,7 +168,8 @@ class ShiftHandlers:
             raise InvalidInput("by", f"required, 1 .. {BY_LENGTH_MAX} characters")
         result = await self.committer.submit(day_end_op(request.station_id, request.business_day))
         answer = settlement_pb2.DayEndAnswer(result=result.code, result_text=result_text(result.code),
-                                             station_id=request.station_id, business_day=request.business_day)
+                                             station_id=request.station_id, business_day=request.business_day,
+                                             currency=answers.currency())
         if result.code != ResultCode.APPROVED:
             return answer
         log.info("day %d of station %d closed by %s (closed through day %d)", request.business_day, request.station_id,

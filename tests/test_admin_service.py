@@ -183,7 +183,7 @@ def test_domain_isolation_holds_for_every_list_and_get_rpc(clients):
     # The directory's reads; cards' and customers' (and every other RPC) are
     # classified in tests/test_admin_isolation.py.
     directory_reads = set(LISTS) | {"GetOrganisation", "GetTerminal", "GetUser", "GetParameters"}
-    assert reads - directory_reads == {"GetCardRecord", "ListCardRecords", "GetCustomer", "ListCustomers"}
+    assert reads - directory_reads == {"GetCardRecord", "ListCardRecords", "GetCustomer", "ListCustomers", "ListPartners"}
     for who, (domain, subtree) in SUBTREES.items():
         client = clients[who]
         role = client.WhoAmI().role

@@ -177,6 +177,21 @@ def test_channel_declines_and_time_outs_move_nothing(server_factory):
         assert terminal.payments.Pay(request).result == code
 
 
+def test_a_channel_that_never_answers_costs_a_terminal_one_channel_timeout(server_factory):
+    """--channel-timeout-ms bounds the whole wait: the answer comes within it
+    plus a commit (the deadline a terminal should set, as documented), not
+    after the channel side's reversal attempts, which go on in the background."""
+    timeout_ms = 1_000
+    process = server_factory("--channel-timeout-ppm", "1000000", "--channel-timeout-ms", str(timeout_ms))
+    terminal = Terminal(process.channel())
+    request = payment_pb2.PayRequest(terminal=terminal.context(), amount_minor=650_000,
+                                     plan=payment_pb2.PaymentPlan(card_id=DEMO_COMPANY_CARD, use_personal=True,
+                                                                  channel=common_pb2.BANK_CARD))
+    answer = terminal.payments.Pay(request, timeout=timeout_ms / 1000 + 1.5)
+    assert answer.result == R.CHANNEL_UNAVAILABLE
+    assert "could not be reversed" not in process.log
+
+
 def test_clean_shutdown_keeps_everything_and_the_audit_passes(server_factory):
     import subprocess
     import sys

@@ -10,6 +10,7 @@ Owns (one module each):
   terminals.py   registration, disabling, daily sign-on, working keys
   cards.py       cards for back-office users: issue to cancel, owner records
   customers.py   card holders: profile, tier, export, erasure on request
+  partners.py    partner programmes: registration, their keys
   keys.py        master key, sealing, key derivation, the terminal MAC
   audit.py       the hash-chained audit log and its check
   terminal_client.py   the POS side: sign on, MAC every request
@@ -29,11 +30,12 @@ from core.admin.cards import CardsMixin
 from core.admin.customers import CustomersMixin
 from core.admin.directory import DirectoryMixin
 from core.admin.model import LIST_LIMIT_MAX, AuditEntry
+from core.admin.partners import PartnersMixin
 from core.admin.terminals import TerminalsMixin
 from core.admin.users import UsersMixin
 
 
-class Admin(DirectoryMixin, UsersMixin, TerminalsMixin, CardsMixin, CustomersMixin):
+class Admin(DirectoryMixin, UsersMixin, TerminalsMixin, CardsMixin, CustomersMixin, PartnersMixin):
     """Administration over an open store (see the mixins for each part)."""
 
     def read_audit(self, actor: Actor, after_seq: int = 0, limit: int = LIST_LIMIT_MAX) -> tuple[list[AuditEntry], bool]:

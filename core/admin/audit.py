@@ -42,6 +42,8 @@ def view(record) -> str:
     "" for None."""
     if record is None:
         return ""
+    if isinstance(record, dict):  # a few named values (a lockout, a reason)
+        return msgspec.json.encode(record).decode()
     personal = getattr(type(record), "PERSONAL_FIELDS", frozenset())
     fields = {}
     for name in record.__struct_fields__:

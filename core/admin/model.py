@@ -44,6 +44,11 @@ TOKEN_VALIDITY_S_DEFAULT = 8 * 3600
 TOKEN_VALIDITY_S_MAX = 7 * 86400
 WORKING_KEY_VALIDITY_S_DEFAULT = 86400
 WORKING_KEY_VALIDITY_S_MAX = 7 * 86400
+# Consecutive wrong passwords before a user is locked, and for how long.
+LOGIN_FAILURES_MAX_DEFAULT = 10
+LOGIN_FAILURES_MAX_MAX = 100
+LOGIN_LOCKOUT_S_DEFAULT = 30 * 60
+LOGIN_LOCKOUT_S_MAX = 7 * 86400
 # Rows one list call returns at most.
 LIST_LIMIT_DEFAULT = 1000
 LIST_LIMIT_MAX = 10_000
@@ -87,6 +92,25 @@ class Role(enum.IntEnum):
 class TerminalStatus(enum.IntEnum):
     ACTIVE = 1
     DISABLED = 2
+
+
+class PartnerStatus(enum.IntEnum):
+    ACTIVE = 1
+    DISABLED = 2
+
+
+class Partner(msgspec.Struct):
+    """A partner programme that credits points or cash into cards of one
+    headquarters' domain (LoyaltyService.ExchangePartnerPoints): its secret
+    key sealed under the master key, bound to the partner id."""
+
+    partner_id: int
+    org_id: int
+    name: str
+    status: PartnerStatus
+    secret_sealed: bytes
+    registered_ms: int
+    disabled_reason: str = ""
 
 
 class Organisation(msgspec.Struct):
@@ -158,11 +182,17 @@ class Parameters(msgspec.Struct):
     token_validity_s: int = TOKEN_VALIDITY_S_DEFAULT
     # Lifetime of a working key given at SignOn.
     working_key_validity_s: int = WORKING_KEY_VALIDITY_S_DEFAULT
+    # After this many wrong passwords in a row a user is locked for
+    # login_lockout_s (an administrator may unlock it sooner).
+    login_failures_max: int = LOGIN_FAILURES_MAX_DEFAULT
+    login_lockout_s: int = LOGIN_LOCKOUT_S_DEFAULT
 
 
 PARAMETER_RANGES = {
     "token_validity_s": (1, TOKEN_VALIDITY_S_MAX),
     "working_key_validity_s": (1, WORKING_KEY_VALIDITY_S_MAX),
+    "login_failures_max": (1, LOGIN_FAILURES_MAX_MAX),
+    "login_lockout_s": (1, LOGIN_LOCKOUT_S_MAX),
 }
 
 
@@ -175,6 +205,10 @@ class User(msgspec.Struct):
     enabled: bool = True
     created_ms: int = 0
     password_changed_ms: int = 0
+    # Wrong passwords since the last good login; locked until this time
+    # (ms since the epoch) once they reach the domain's login_failures_max.
+    failed_logins: int = 0
+    locked_until_ms: int = 0
 
 
 class Session(msgspec.Struct):

@@ -21,6 +21,11 @@ BY_LENGTH_MAX = 64
 LIST_LIMIT_MAX = 10_000
 
 
+# The latest time an entry may name: ms since the epoch fit a signed 64-bit
+# integer (the wire type is unsigned: a negative time from a client arrives huge).
+TIME_MS_MAX = 2**63 - 1
+
+
 class BlacklistError(InvalidInput):
     """An entry that cannot be saved, naming the field."""
 
@@ -53,6 +58,8 @@ def validate(entry: BlacklistEntry):
         raise BlacklistError("by", f"length must be within 1 .. {BY_LENGTH_MAX} characters, got {len(entry.added_by)}")
     if entry.until_ms and entry.until_ms <= entry.added_ms:
         raise BlacklistError("until_ms", f"{entry.until_ms} is not after now ({entry.added_ms}): the freeze would end before it starts")
+    if entry.until_ms > TIME_MS_MAX:
+        raise BlacklistError("until_ms", f"must be at most {TIME_MS_MAX} (ms since the epoch), got {entry.until_ms}")
 
 
 def add(txn, store, entry: BlacklistEntry) -> BlacklistEntry:
