@@ -24,7 +24,9 @@ with --terminal-auth, each client signed on as a registered terminal and
 every request MACed (core/admin/terminal_client.py; the bench registers its
 terminals and writes a master key first). The report adds that run and
 auth_ratio = its throughput / the plain Pay run's: the terminal-auth
-interceptor's cost, measured in the same run. The two alternate as plain,
+interceptor's cost, measured in the same run. --terminal-auth-algorithm sm4
+registers the terminals for SM4 keys and CMAC-SM4 instead of AES and
+HMAC-SHA256. The two alternate as plain,
 auth, auth, plain, each for half of --duration, so that a load that drifts
 during the run (other work on the machine) weighs on both sides alike.
 With --promotions, likewise with promotions active (bench/promotions_load.py)
@@ -61,6 +63,7 @@ import numpy
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import charts, promotions_load
+from bench.login_flood import LoginFlood
 from bench.gateway_client import GatewayStream, OperationError
 from core.store import transactions_in_directory
 from tally.v1 import admin_pb2, card_pb2, card_pb2_grpc, common_pb2, payment_pb2, payment_pb2_grpc
@@ -88,7 +91,12 @@ PROMOTIONS_RATIO_TARGET = 0.8
 # this share of the throughput on an empty one (issue 7).
 DATA_RATIO_TARGET = 0.9
 # What server/admin_service.py logs when it installs the interceptor.
+# --login-flood: the flood may raise Pay's p99 by at most this factor (issue 15).
+LOGIN_FLOOD_P99_RATIO_MAX = 1.2
+LOGIN_FLOOD_CLIENTS_MAX = 256
 AUTH_LOG_LINE = "terminal and partner authentication on"
+# --terminal-auth-algorithm -> core.admin.keys.KeyAlgorithm (its numbers).
+TERMINAL_ALGORITHMS = {"aes": 1, "sm4": 2}
 SIGNED_TOP_UP_TIMEOUT_S = 30.0
 
 CONCURRENCY_MAX = 5000
@@ -148,10 +156,14 @@ class Parameters(msgspec.Struct, frozen=True):
     clients_per_stream: int = CLIENTS_PER_STREAM_DEFAULT
     # Also run Pay against a server with --terminal-auth, MACed clients.
     terminal_auth: bool = False
+    # Their key suite: "aes" (HMAC-SHA256) or "sm4" (CMAC-SM4).
+    terminal_auth_algorithm: str = "aes"
     # Also run Pay with promotions and a velocity limit active.
     promotions: bool = False
     # Also run Pay on a new empty directory, the baseline of --data.
     compare_empty: bool = False
+    # Clients flooding the server with wrong logins in the variant runs; 0: none.
+    login_flood: int = 0
     # --terminal-auth / --promotions / --compare-empty: how many times the
     # plain, variant, variant, plain sequence runs (each run lasts
     # duration / (2 * rounds)).
@@ -180,6 +192,8 @@ class ClientPlan(msgspec.Struct, frozen=True):
     # --terminal-auth run: the 32-byte secret of each of this process's
     # terminals, in client order; empty: requests carry no MAC.
     terminal_secrets: tuple[bytes, ...] = ()
+    # Their key suite (core.admin.keys.KeyAlgorithm).
+    terminal_algorithm: int = 1
 
 
 class Window(msgspec.Struct, frozen=True):
@@ -289,6 +303,11 @@ class Report(msgspec.Struct, omit_defaults=True):
     data_ratio: float | None = None
     # --data only: the transactions the directory held before the run.
     data_transactions: int | None = None
+    # --login-flood only: the Pay run during a flood of wrong logins and its
+    # ratios to the plain run; issue 15 asks flood_p99_ratio <= LOGIN_FLOOD_P99_RATIO_MAX.
+    pay_flood: TargetReport | None = None
+    flood_ratios: AuthRatios | None = None
+    flood_p99_ratio: float | None = None
 
 
 class Measured(msgspec.Struct):
@@ -353,6 +372,9 @@ def parse_args(argv) -> argparse.Namespace:
                         "on, every request MACed) and report auth_ratio = its throughput / plain Pay's; the two "
                         "alternate (plain, auth, auth, plain, each half of --duration); unary mode only, on a data "
                         "directory whose station 1 and bench terminals are not registered yet")
+    parser.add_argument("--terminal-auth-algorithm", choices=tuple(TERMINAL_ALGORITHMS), default="aes",
+                        help="with --terminal-auth: the terminals' key suite, aes (HMAC-SHA256 MACs) or sm4 "
+                        "(CMAC-SM4 MACs) (default %(default)s)")
     parser.add_argument("--promotions", action="store_true",
                         help="also run Pay with promotions active (a 5%% discount, a lottery chance per sale and a "
                         "velocity limit: three counters linked to every PAY; bench/promotions_load.py) and report "
@@ -361,6 +383,11 @@ def parse_args(argv) -> argparse.Namespace:
                         help="with --data: also run Pay on a new empty data directory and report data_ratio = the "
                         "throughput on --data / on the empty one (issue 7 asks for at least 0.9 on 10 million "
                         "transactions); the two alternate like --terminal-auth, each run with its own warm-up")
+    parser.add_argument("--login-flood", type=int, nargs="?", const=16, default=0, metavar="CLIENTS",
+                        help="also run Pay while CLIENTS (16 if not given) clients flood the server with wrong logins "
+                        "(AdminService.Login, unknown users: a full argon2id check each), and report flood_p99_ratio = "
+                        "Pay's p99 with the flood / without (issue 15 asks at most 1.2); the two alternate like "
+                        "--terminal-auth")
     parser.add_argument("--rounds", type=int, default=1, metavar="R",
                         help="with --terminal-auth, --promotions or --compare-empty: run the plain, variant, "
                         "variant, plain sequence R times, each run lasting --duration / (2 R); the ratio counts every "
@@ -387,12 +414,16 @@ def check_args(parser, args):
         parser.error("--amount-minor must be within 1 .. 10^12")
     if args.duration <= 0 or args.warmup < 0 or args.call_timeout <= 0:
         parser.error("--duration and --call-timeout must be positive, --warmup not negative")
-    if args.terminal_auth + args.promotions + args.compare_empty > 1:
-        parser.error("--terminal-auth, --promotions and --compare-empty each compare two runs: use one at a time")
+    if args.terminal_auth + args.promotions + args.compare_empty + bool(args.login_flood) > 1:
+        parser.error("--terminal-auth, --promotions, --compare-empty and --login-flood each compare two runs: use one at a time")
+    if not 0 <= args.login_flood <= LOGIN_FLOOD_CLIENTS_MAX:
+        parser.error(f"--login-flood must be within 1 .. {LOGIN_FLOOD_CLIENTS_MAX} clients")
     if args.compare_empty and not args.data:
         parser.error("--compare-empty needs --data DIR: the directory compared with an empty one")
     if not 1 <= args.rounds <= ROUNDS_MAX:
         parser.error(f"--rounds must be within 1 .. {ROUNDS_MAX}")
+    if args.terminal_auth_algorithm != "aes" and not args.terminal_auth:
+        parser.error("--terminal-auth-algorithm goes with --terminal-auth")
     if args.terminal_auth and args.mode != "unary":
         parser.error("--terminal-auth needs --mode unary: with it the server refuses GatewayService streams")
 
@@ -413,8 +444,10 @@ def parameters_of(args) -> Parameters:
         skip_echo=args.skip_echo,
         clients_per_stream=args.clients_per_stream,
         terminal_auth=args.terminal_auth,
+        terminal_auth_algorithm=args.terminal_auth_algorithm,
         promotions=args.promotions,
         compare_empty=args.compare_empty,
+        login_flood=args.login_flood,
         rounds=args.rounds,
     )
 
@@ -508,19 +541,27 @@ def server_command(target: str, address: str, parameters: Parameters, data_dir: 
 
 
 def run_target(target: str, parameters: Parameters, data_dir: str, log_path: str,
-               auth: TerminalAuth | None = None) -> tuple[TargetReport, Measured]:
+               auth: TerminalAuth | None = None, login_flood: int = 0) -> tuple[TargetReport, Measured]:
+    """One server, one load. login_flood: that many clients flood it with
+    wrong logins for the whole run (warm-up included)."""
     address = f"127.0.0.1:{free_port()}"
     process = start_server(server_command(target, address, parameters, data_dir, auth), log_path)
+    flood = None
     try:
         wait_until_serving(process, address, log_path)
+        flood = LoginFlood(address, login_flood).start() if login_flood else None
         measured = drive_load(address, parameters, fund_cards=(target == "pay"), server_pid=process.pid,
                               secrets=auth.secrets if auth is not None else ())
     finally:
+        if flood is not None:
+            measured_flood = flood.stop()
+            print(f"login flood: {measured_flood['attempts']} wrong logins by {measured_flood['clients']} clients, "
+                  f"{measured_flood['refused_busy']} refused at once (RESOURCE_EXHAUSTED)", file=sys.stderr)
         exit_code = stop_server(process)
     return summarize(measured, parameters.duration_s, exit_code), measured
 
 
-def register_terminals(data_dir: str, work_dir: str, concurrency: int) -> TerminalAuth:
+def register_terminals(data_dir: str, work_dir: str, concurrency: int, algorithm: str = "aes") -> TerminalAuth:
     """A master key, the bench's headquarters and station STATION_ID, and
     one registered terminal per client, written to the data directory
     before the server starts (as `python -m core.admin` would)."""
@@ -538,7 +579,8 @@ def register_terminals(data_dir: str, work_dir: str, concurrency: int) -> Termin
         try:
             admin.create_headquarters(actor, "Bench", org_id=AUTH_HEADQUARTERS_ID)
             admin.create_organisation(actor, AUTH_HEADQUARTERS_ID, OrgKind.STATION, "Bench station", org_id=STATION_ID)
-            secrets = tuple(admin.register_terminal(actor, TERMINAL_ID_BASE + index, STATION_ID, f"bench {index}")[1]
+            secrets = tuple(admin.register_terminal(actor, TERMINAL_ID_BASE + index, STATION_ID, f"bench {index}",
+                                                    TERMINAL_ALGORITHMS[algorithm])[1]
                             for index in range(concurrency))
         except AdminError as error:
             raise BenchFailure(f"--terminal-auth registers station {STATION_ID} and terminals {TERMINAL_ID_BASE}.. in "
@@ -615,6 +657,7 @@ def client_plans(address: str, parameters: Parameters, fund_cards: bool,
                 duration_s=parameters.duration_s,
                 call_timeout_s=parameters.call_timeout_s,
                 terminal_secrets=secrets[first:first + count],
+                terminal_algorithm=TERMINAL_ALGORITHMS[parameters.terminal_auth_algorithm],
             )
         )
         first += count
@@ -733,7 +776,7 @@ async def sign_on_terminals(channels, plan: ClientPlan) -> dict:
     signers = {}
     for offset, secret in enumerate(plan.terminal_secrets):
         client_index = plan.client_index_first + offset
-        terminal = TerminalKeys(TERMINAL_ID_BASE + client_index, STATION_ID, secret)
+        terminal = TerminalKeys(TERMINAL_ID_BASE + client_index, STATION_ID, secret, plan.terminal_algorithm)
         body, metadata = terminal.sign_on_request(plan.serial_first, OPERATOR_ID)
         sign_on = channels[client_index % len(channels)].unary_unary(
             SIGN_ON_METHOD, request_serializer=None, response_deserializer=admin_pb2.KeySignOnAnswer.FromString)
@@ -981,7 +1024,7 @@ def print_table(report: Report):
     if report.data_transactions is not None:
         print(f"data directory: {report.data_transactions:,} transactions when the run began")
     rows = (("pay", report.pay), ("pay+auth", report.pay_auth), ("pay+promo", report.pay_promotions),
-            ("pay-empty", report.pay_empty), ("echo", report.echo))
+            ("pay-empty", report.pay_empty), ("pay+flood", report.pay_flood), ("echo", report.echo))
     for name, target in rows:
         if target is None:
             continue
@@ -993,20 +1036,26 @@ def print_table(report: Report):
         )
         if target.errors_unmeasured or target.error_codes:
             print(f"{'':9}errors outside the window: {target.errors_unmeasured}; by code: {target.error_codes}")
-    print_variant_ratios("auth/pay", "auth_ratio", report.auth_ratios, AUTH_RATIO_TARGET)
+    algorithm = report.parameters.terminal_auth_algorithm
+    print_variant_ratios("auth/pay", "auth_ratio" + ("" if algorithm == "aes" else f" ({algorithm})"), report.auth_ratios,
+                         AUTH_RATIO_TARGET)
     print_variant_ratios("promo/pay", "promotions_ratio", report.promotions_ratios, PROMOTIONS_RATIO_TARGET)
     print_variant_ratios("pay/empty", "data_ratio", report.data_ratios, DATA_RATIO_TARGET)
+    print_variant_ratios("flood/pay", "flood_throughput_ratio", report.flood_ratios, None)
+    if report.flood_p99_ratio is not None:
+        verdict = "meets" if report.flood_p99_ratio <= LOGIN_FLOOD_P99_RATIO_MAX else "misses"
+        print(f"{'':9}flood_p99_ratio {report.flood_p99_ratio:.2f} ({verdict} the target <= {LOGIN_FLOOD_P99_RATIO_MAX})")
     if report.echo is None:
         return
     print(f"{'pay/echo':9}{'':10}{cell(report.ratios.throughput, 3):>10}{'':27}{cell(report.ratios.latency_p99, 2):>9}"
           f"{'':35}{cell(report.ratios.server_cpu_per_request, 2):>16}")
 
 
-def print_variant_ratios(label: str, name: str, ratios: AuthRatios | None, target: float):
-    """The ratio line of a --terminal-auth or --promotions run, with its verdict."""
+def print_variant_ratios(label: str, name: str, ratios: AuthRatios | None, target: float | None):
+    """The ratio line of a --terminal-auth or --promotions run, with its verdict (none without a target)."""
     if ratios is None:
         return
-    verdict = "" if ratios.throughput is None else (
+    verdict = "" if ratios.throughput is None or target is None else (
         f"   {name} {ratios.throughput:.3f} ({'meets' if ratios.throughput >= target else 'misses'} the target >= {target})")
     print(f"{label:9}{'':10}{cell(ratios.throughput, 3):>10}{'':27}{cell(ratios.latency_p99, 2):>9}"
           f"{'':35}{cell(ratios.server_cpu_per_request, 2):>16}{verdict}")
@@ -1026,11 +1075,12 @@ def write_json(report: Report, path: str):
 
 def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
     data_dir = parameters.data_dir or os.path.join(work_dir, "data")
-    alternating = parameters.terminal_auth or parameters.promotions or parameters.compare_empty
+    alternating = parameters.terminal_auth or parameters.promotions or parameters.compare_empty or parameters.login_flood
     # The log the kernel's name is read from: the first plain Pay run's.
     pay_log_path = os.path.join(work_dir, alternating_log_name("pay-server", 1, 0) if alternating else "pay-server.log")
-    auth = register_terminals(data_dir, work_dir, parameters.concurrency) if parameters.terminal_auth else None
-    pay_auth = pay_promotions = pay_empty = None
+    auth = (register_terminals(data_dir, work_dir, parameters.concurrency, parameters.terminal_auth_algorithm)
+            if parameters.terminal_auth else None)
+    pay_auth = pay_promotions = pay_empty = pay_flood = None
     by_round = []
     # Every run adds to a --data directory: say what this one began with.
     data_transactions = transactions_in_directory(parameters.data_dir) if parameters.data_dir else None
@@ -1040,6 +1090,8 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
         (pay, measured), (pay_auth, _), by_round = run_with_and_without_auth(parameters, data_dir, work_dir, auth)
     elif parameters.promotions:
         (pay, measured), (pay_promotions, _), by_round = run_with_and_without_promotions(parameters, data_dir, work_dir)
+    elif parameters.login_flood:
+        (pay, measured), (pay_flood, _), by_round = run_with_and_without_login_flood(parameters, data_dir, work_dir)
     else:
         pay, measured = run_target("pay", parameters, data_dir, pay_log_path)
     echo = None
@@ -1067,6 +1119,10 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
         report.pay_empty = pay_empty
         report.data_ratios = auth_ratios_of(pay_empty, pay, by_round)
         report.data_ratio = report.data_ratios.throughput
+    if pay_flood is not None:
+        report.pay_flood = pay_flood
+        report.flood_ratios = auth_ratios_of(pay, pay_flood, by_round)
+        report.flood_p99_ratio = report.flood_ratios.latency_p99
     report.data_transactions = data_transactions
     return report, measured
 
@@ -1081,6 +1137,16 @@ def run_with_and_without_auth(parameters: Parameters, data_dir: str, work_dir: s
         return part
 
     return run_alternating(parameters, data_dir, work_dir, "pay-auth-server", run_secured)
+
+
+def run_with_and_without_login_flood(parameters: Parameters, data_dir: str, work_dir: str) -> tuple:
+    """(plain Pay, Pay while LOGIN_FLOOD_CLIENTS clients flood the server
+    with wrong logins): issue 15 asks that the flood keep Pay's p99 within
+    LOGIN_FLOOD_P99_RATIO_MAX of the plain run's."""
+    def run_flooded(half: Parameters, log_path: str):
+        return run_target("pay", half, data_dir, log_path, login_flood=parameters.login_flood)
+
+    return run_alternating(parameters, data_dir, work_dir, "pay-flood-server", run_flooded)
 
 
 def run_with_and_without_promotions(parameters: Parameters, data_dir: str, work_dir: str) -> tuple:

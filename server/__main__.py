@@ -12,7 +12,8 @@ from core import tools
 from core.channels import SimulatorSettings, adapter_names, parse_adapter_choice
 from core.errors import InvalidInput, TallyError
 from server import config
-from server.settings import DEFAULTS, KERNELS, LOG_FORMATS, LOG_LEVELS, MAP_SIZE_GIB_MAX, MAP_SIZE_MIB_MIN, ServerSettings
+from server.settings import (DEFAULTS, KERNELS, LOG_FORMATS, LOG_LEVELS, MAP_SIZE_GIB_MAX, MAP_SIZE_MIB_MIN, PII_CIPHERS,
+                             ServerSettings)
 from server.stream import STREAM_WINDOW_MAX
 from server.workers import WORKERS_MAX
 
@@ -80,7 +81,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=DEFAULTS.log_level, choices=LOG_LEVELS)
     parser.add_argument("--terminal-auth", action="store_true",
                         help="refuse terminal requests without a valid MAC under the terminal's working key "
-                        "(x-tally-* metadata; see server/terminal_auth.py); needs --master-key-file")
+                        "(x-tally-* metadata; see server/terminal_auth.py); needs --master-key-file or --pkcs11-module")
     parser.add_argument("--back-office-auth", action="store_true",
                         help="refuse the back-office RPCs of promotions, risk, loyalty, settlement and cards (create, "
                         "approve, limits, blacklist, rules, gifts, statements, day-end, card changes) without an AdminService token of an allowed role, and a `by` "
@@ -88,6 +89,17 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--master-key-file", metavar="FILE",
                         help="master key the terminals' keys are sealed under (python -m core.admin master-key); "
                         "needed to register terminals and for sign-on")
+    hsm = parser.add_argument_group("master key in an HSM (instead of --master-key-file; docs/security-keys.md)")
+    hsm.add_argument("--pkcs11-module", metavar="SO", help="the token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so")
+    hsm.add_argument("--pkcs11-token-label", default=DEFAULTS.pkcs11_token_label, metavar="LABEL", help="the token holding the master key")
+    hsm.add_argument("--pkcs11-key-label", default=DEFAULTS.pkcs11_key_label, metavar="LABEL",
+                     help="the master key's label in the token (python -m core.admin master-key; default %(default)s)")
+    hsm.add_argument("--pkcs11-pin-file", metavar="FILE",
+                     help="file (mode 600) whose first line is the user PIN; default: the TALLY_PKCS11_PIN "
+                     "environment variable (never the command line)")
+    parser.add_argument("--pii-cipher", choices=PII_CIPHERS, default=DEFAULTS.pii_cipher,
+                        help="customers' personal fields at rest, under each customer's own data key sealed by "
+                        "the master key: AES-256-GCM or SM4-GCM (default %(default)s)")
     parser.add_argument("--insecure", action="store_true",
                         help="listen beyond the loopback without TLS, --terminal-auth and --back-office-auth anyway "
                         "(refused by default: secure mode is the default away from 127.0.0.1)")
@@ -125,6 +137,11 @@ def settings_of(args) -> ServerSettings:
             terminal_auth=args.terminal_auth,
             back_office_auth=args.back_office_auth,
             master_key_file=args.master_key_file,
+            pkcs11_module=args.pkcs11_module,
+            pkcs11_token_label=args.pkcs11_token_label,
+            pkcs11_key_label=args.pkcs11_key_label,
+            pkcs11_pin_file=args.pkcs11_pin_file,
+            pii_cipher=args.pii_cipher,
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,
             heap_trim_interval_s=args.heap_trim_interval,

@@ -33,9 +33,9 @@ from core.admin.access import Actor, domain_of
 from core.admin.cards import CardView
 from core.admin.customers import CustomerProfile, CustomerView
 from core.admin.directory import station_domain_op
-from core.admin.model import LIST_LIMIT_DEFAULT, PARAMETER_RANGES, Organisation, OrgKind, u32_key, unpack
+from core.admin.model import LIST_LIMIT_DEFAULT, PARAMETER_RANGES, FieldCipher, Organisation, OrgKind, u32_key, unpack
 from core.commit import GroupCommitter
-from core.errors import FailedPrecondition, InvalidInput, ResourceExhausted, Unauthenticated
+from core.errors import FailedPrecondition, InvalidInput, ResourceExhausted, TallyError, Unauthenticated
 from core.results import ResultCode
 from core.store import rows
 from server.callers import staff_actor
@@ -147,7 +147,8 @@ def terminal_message(terminal) -> admin_pb2.TerminalRecord:
     return admin_pb2.TerminalRecord(
         terminal_id=terminal.terminal_id, station_id=terminal.station_id, name=terminal.name, status=int(terminal.status),
         disabled_reason=terminal.disabled_reason, registered_ms=terminal.registered_ms,
-        key_id=terminal.key_id, key_expires_ms=terminal.key_expires_ms, signon_ms=terminal.signon_ms)
+        key_id=terminal.key_id, key_expires_ms=terminal.key_expires_ms, signon_ms=terminal.signon_ms,
+        key_algorithm=int(terminal.key_algorithm))
 
 
 def user_message(user) -> admin_pb2.User:
@@ -275,7 +276,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     @admin_rpc
     def RegisterTerminal(self, call, request):
-        terminal, secret = self.admin.register_terminal(call.actor, request.terminal_id, request.station_id, request.name)
+        # UNSPECIFIED (0): the default suite; the proto's numbers are keys.KeyAlgorithm's.
+        algorithm = request.key_algorithm or keys.KeyAlgorithm.AES_HMAC_SHA256
+        terminal, secret = self.admin.register_terminal(call.actor, request.terminal_id, request.station_id, request.name,
+                                                        algorithm)
         return admin_pb2.RegisterTerminalAnswer(terminal=terminal_message(terminal), secret_key=secret)
 
     @admin_rpc
@@ -527,7 +531,7 @@ def terminal_key_handler(admin: Admin) -> grpc.GenericRpcHandler:
                                             key_id, mac, body)
         log.info("terminal %d signed on: working key %d", terminal_id, signed_on.key_id)
         return admin_pb2.KeySignOnAnswer(key_id=signed_on.key_id, wrapped_key=signed_on.wrapped_key,
-                                         expires_ms=signed_on.expires_ms)
+                                         expires_ms=signed_on.expires_ms, key_algorithm=int(signed_on.key_algorithm))
 
     return grpc.method_handlers_generic_handler("tally.v1.TerminalKeyService", {
         "SignOn": grpc.unary_unary_rpc_method_handler(sign_on, response_serializer=admin_pb2.KeySignOnAnswer.SerializeToString),
@@ -537,13 +541,31 @@ def terminal_key_handler(admin: Admin) -> grpc.GenericRpcHandler:
 # ---------------------------------------------------------------- wiring
 
 
-def load_master_key_of(settings) -> bytes | None:
-    if settings.master_key_file is None:
-        return None
+def load_master_key_of(settings) -> keys.MasterKey | None:
+    """The master key of --master-key-file or --pkcs11-module (a PKCS#11
+    token, opened here: in each worker after the fork), or None; a key that
+    cannot be had stops the start with one line saying why."""
     try:
-        return keys.load_master_key(settings.master_key_file)
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
+        if settings.master_key_file is not None:
+            master_key = keys.SoftwareMasterKey.from_file(settings.master_key_file)
+        elif settings.pkcs11_module is not None:
+            from core.admin import hsm
+
+            master_key = hsm.Pkcs11MasterKey(hsm.TokenConfig(settings.pkcs11_module, settings.pkcs11_token_label,
+                                                             settings.pkcs11_key_label, settings.pkcs11_pin_file))
+        else:
+            log.warning("no master key: terminals cannot be registered or sign on, and customers' personal fields "
+                        "are stored in the clear")
+            return None
+    except (TallyError, ValueError) as error:
+        raise SystemExit(f"python -m server: {error}") from None
+    log.info("master key: %s", master_key.description)
+    return master_key
+
+
+def field_cipher_of(settings) -> FieldCipher:
+    """--pii-cipher as the record's enum."""
+    return {"aes": FieldCipher.AES_256_GCM, "sm4": FieldCipher.SM4_GCM}[settings.pii_cipher]
 
 
 def add_admin_services(server, admin: Admin, committer: GroupCommitter | None = None):

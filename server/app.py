@@ -152,7 +152,8 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         await admin_service.sync_station_domains(store, committer)
 
     master_key = admin_service.load_master_key_of(settings)
-    admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=settings.utc_offset_minutes, writer=committer)
+    admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=settings.utc_offset_minutes, writer=committer,
+                  field_cipher=admin_service.field_cipher_of(settings))
     server = grpc.aio.server(options=grpc_options(settings.reuse_port))
     # Every service registers through this one registrar: it parses each
     # request, checks its caller against server/callers.py, and maps errors.

@@ -17,6 +17,7 @@ from core.channels import SimulatorSettings
 
 
 HEAP_TRIM_INTERVAL_S_DEFAULT = 60.0
+PII_CIPHERS = ("aes", "sm4")
 HEAP_TRIM_INTERVAL_S_MAX = 86_400.0
 MAP_SIZE_GIB_MAX = 16_384
 # --map-size-mib, for tests and small demos: the smallest map that holds a
@@ -86,6 +87,16 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # The master key the terminals' keys are sealed under (core/admin/keys.py);
     # needed by --terminal-auth, terminal registration and sign-on.
     master_key_file: str | None = None
+    # Or the master key inside a PKCS#11 token (core/admin/hsm.py): the
+    # library, the token's label, the key's label, and the file holding the
+    # user PIN (None: the TALLY_PKCS11_PIN environment variable).
+    pkcs11_module: str | None = None
+    pkcs11_token_label: str = ""
+    pkcs11_key_label: str = "tally-master"
+    pkcs11_pin_file: str | None = None
+    # Customers' personal fields at rest (core/admin/customers.py): "aes"
+    # (AES-256-GCM) or "sm4" (SM4-GCM), under each customer's data key.
+    pii_cipher: str = "aes"
     # TLS on the gRPC port when both are set (PEM files); then plaintext is refused.
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -135,8 +146,14 @@ class ServerSettings(msgspec.Struct, frozen=True):
             raise ValueError("metrics_port must be within 0 .. 65535")
         if not -14 * 60 <= self.utc_offset_minutes <= 14 * 60:
             raise ValueError("utc_offset_minutes must be within -840 .. 840")
-        if self.terminal_auth and not self.master_key_file:
-            raise ValueError("--terminal-auth needs --master-key-file")
+        if self.master_key_file and self.pkcs11_module:
+            raise ValueError("--master-key-file or --pkcs11-module: one master key, not both")
+        if self.pkcs11_module and not self.pkcs11_token_label:
+            raise ValueError("--pkcs11-module needs --pkcs11-token-label")
+        if self.terminal_auth and not (self.master_key_file or self.pkcs11_module):
+            raise ValueError("--terminal-auth needs --master-key-file or --pkcs11-module")
+        if self.pii_cipher not in PII_CIPHERS:
+            raise ValueError(f"--pii-cipher must be one of {', '.join(PII_CIPHERS)}, got {self.pii_cipher!r}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("--tls-cert and --tls-key go together")
         if not (len(self.currency) == 3 and self.currency.isascii() and self.currency.isalpha() and self.currency.isupper()):
