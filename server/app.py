@@ -190,6 +190,11 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         metrics_port = observability.serve_metrics(settings.metrics_port, host=settings.listen.rsplit(":", 1)[0])
         # Tests read the bound port from this line (--metrics-port 0).
         log.info("metrics on http://%s:%d/metrics", settings.listen.rsplit(":", 1)[0], metrics_port)
+    # Before anyone is told the server listens: a SIGTERM from then on stops it cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     host = settings.listen.rsplit(":", 1)[0]
     # Tests and benchmarks read the bound port from this line (--listen HOST:0).
     # With --workers the supervisor says "serving on" once all workers listen.
@@ -198,10 +203,6 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     if ready is not None:
         ready(port)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
 
     log.info("stopping: finishing calls in flight")
