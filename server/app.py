@@ -141,7 +141,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         on_batch=metrics.batch if metrics is not None else None,
     )
     committer.start()
-    channels = build_channels(settings.simulator)
+    channels = build_channels(settings.simulator, settings.channel_adapters, settings.channel_timeout_ms)
     rules = RulesHolder(store, committer)
     flow = ChannelFlow(ledger, committer, channels, settings.channel_timeout_ms, lambda: rules.rules.expiry.lot_validity_days)
     if settings.recover:

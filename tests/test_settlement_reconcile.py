@@ -326,9 +326,9 @@ def test_the_command_line_runs_a_whole_day(tmp_path, capsys):
     for channel in ("bank_card", "wechat_pay", "alipay"):
         paths = [os.path.join(statements, name) for name in files if name.startswith(channel)]
         assert main(["import", "--data", data, "--channel", channel, *paths, "--by", "ops"]) == 0
-    assert main(["import", "--data", data, "--channel", "alipay", os.path.join(DATA, "bad", "alipay-footer.csv")]) == 1
+    assert main(["import", "--data", data, "--channel", "alipay", os.path.join(DATA, "bad", "alipay-footer.csv")]) == 2
     capsys.readouterr()
-    assert main(["reconcile", "--data", data, "--day", "2024-06-01"]) == 0
+    assert main(["reconcile", "--data", data, "--day", "2024-06-01"]) == 1  # differences found
     out = capsys.readouterr().out
     assert "wechat_pay 2024-06-01:" in out and "1 only_channel" in out
     assert main(["queue", "list", "--data", data]) == 0
