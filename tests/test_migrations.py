@@ -75,7 +75,7 @@ def test_an_older_store_is_refused_until_migrated_then_reads_as_before(tmp_path)
     server = run("-m", "server", "--data", path, "--listen", "127.0.0.1:0")
     assert server.returncode != 0 and server.stderr.strip().splitlines()[-1] == f"python -m server: {refused.value}"
     tool = run("-m", "core.settlement", "queue", "list", "--data", path)
-    assert tool.returncode == 2 and tool.stderr.strip() == f"python -m core.settlement: {refused.value}"
+    assert tool.returncode == 2 and tool.stderr.strip() == f"python -m core.settlement queue: {refused.value}"
     assert run("-m", "core.audit", path).returncode == 2
 
     assert run("-m", "core.migrations", path, "--check").returncode == 1
