@@ -6,6 +6,7 @@ Used by: server/payments.py and server/cards.py; settlement answers take
 the currency from here.
 """
 
+from core import dates
 from core.promotions.model import funder_name
 from core.records import Account, Card, Result, Txn
 from core.results import RESULT_TEXT, CardFlag, OpKind, ResultCode, TxnFlag
@@ -124,7 +125,7 @@ def receipt(result: Result, terminal, basket, channel: int, promotions=()) -> st
     lines = [
         f"TALLY {title}",
         f"station {terminal.station_id}  terminal {terminal.terminal_id}  operator {terminal.operator_id}",
-        f"serial {terminal.serial}  txn {result.txn_id}  day {result.business_day}",
+        f"serial {terminal.serial}  txn {result.txn_id}  day {dates.date_of(result.business_day)}",
     ]
     for line in basket:
         lines.append(f"{line.name or line.goods_code}  {quantity(line.quantity_milli)} x {money(line.unit_price_minor)}  {money(line.amount_minor)}")

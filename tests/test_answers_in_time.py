@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from core.dates import date_of
 from core.records import Op
 from core.results import AccountKind, CardType, OpKind
 from tally.v1 import card_pb2, common_pb2, loyalty_pb2, loyalty_pb2_grpc, payment_pb2, settlement_pb2, settlement_pb2_grpc
@@ -106,7 +107,7 @@ def test_a_stations_sales_after_day_end_land_in_the_next_business_day(channel):
     assert (closed.result, closed.station.sales_count) == (R.APPROVED, 1)
     late, _ = closing.pay(200, card_id=card_id)
     assert (late.result, late.business_day) == (R.APPROVED, today + 1)
-    assert f"day {today + 1}" in late.receipt
+    assert f"day {date_of(today + 1)}" in late.receipt, "the business day as a calendar date"
     elsewhere, _ = open_still.pay(300, card_id=card_id)
     assert elsewhere.business_day == today
     again = settlement.DayEnd(settlement_pb2.DayEndRequest(station_id=8, business_day=today, by="night manager"))

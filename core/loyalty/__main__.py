@@ -21,7 +21,7 @@ import time
 
 import msgspec
 
-from core import tools
+from core import dates, tools
 from core.domains import require_headquarters
 from core.errors import InvalidInput, NotFound
 from core.ledger import Ledger, load_kernel
@@ -137,11 +137,6 @@ def parse_month(text: str) -> tuple[int, int]:
 # ------------------------------------------------------------------ output
 
 
-def local_time(created_ms: int, utc_offset_minutes: int) -> str:
-    zone = datetime.timezone(datetime.timedelta(minutes=utc_offset_minutes))
-    return datetime.datetime.fromtimestamp(created_ms / 1000, zone).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def print_statement(statement: PointsStatement, utc_offset_minutes: int):
     print(f"card {statement.card_id}: {statement.balance:,} points")
     print(f"open lots ({len(statement.open_lots)})" + (":" if statement.open_lots else ""))
@@ -151,12 +146,12 @@ def print_statement(statement: PointsStatement, utc_offset_minutes: int):
         print(f"  {jobs.date_of(lot.earned_day)!s:<10}  {jobs.date_of(lot.expires_day)!s:<10}  "
               f"{lot.original:>10,}  {lot.remaining:>10,}")
     print(f"closed lots: {len(statement.closed_lots)}")
-    zone = f"UTC{utc_offset_minutes / 60:+g}" if utc_offset_minutes else "UTC"
+    zone = dates.zone_name(utc_offset_minutes)
     print(f"movements ({len(statement.lines)}{', the most recent' if statement.truncated else ''}):")
     if statement.lines:
         print(f"  {'time (' + zone + ')':<19}  {'business day':<12}  {'txn':>10}  {'movement':<16}  {'points':>10}  {'balance':>10}")
     for line in statement.lines:
-        print(f"  {local_time(line.created_ms, utc_offset_minutes):<19}  {jobs.date_of(line.business_day)!s:<12}  "
+        print(f"  {dates.local_time(line.created_ms, utc_offset_minutes):<19}  {jobs.date_of(line.business_day)!s:<12}  "
               f"{line.txn_id:>10}  {line.movement:<16}  {line.points:>+10,}  {line.balance_after:>10,}")
 
 

@@ -15,23 +15,18 @@ import collections
 import datetime
 import sys
 
-from core import limits
+from core import dates, limits
 from core.ledger import Ledger
 from core.loyalty.rules import CardRules, LoyaltyRules
 from core.records import Lot, Member, Op, Txn, decode, parse_lot_expiry_key, u64_key
 from core.results import OpKind, Tier, TierReason, TxnFlag, TxnState
 
 MS_PER_DAY = 86_400_000
-EPOCH = datetime.date(1970, 1, 1)
+EPOCH = dates.EPOCH
 SPEND_KINDS = (OpKind.PAY, OpKind.PREAUTH)
 
 
-def day_of(date: datetime.date) -> int:
-    return (date - EPOCH).days
-
-
-def date_of(day: int) -> datetime.date:
-    return EPOCH + datetime.timedelta(days=day)
+day_of, date_of = dates.day_of, dates.date_of
 
 
 def month_index(year: int, month: int) -> int:

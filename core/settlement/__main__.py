@@ -32,11 +32,13 @@ from core.settlement.model import DifferenceState, ResolutionAction
 from core.settlement.money import date_of_day, format_yuan, parse_day
 from core.settlement.reconcile import WINDOW_MS_DEFAULT, WINDOW_MS_MAX
 from core.settlement.statements import StatementError
-from core import tools
+from core import dates, tools
 from core.store import open_store
 
 PROG = "python -m core.settlement"
 EXIT_CODES = __doc__.split("\n\n")[-1].replace("\n", " ").strip()
+ZONE_HELP = (f"the network's time zone, minutes east of UTC (480 for UTC+8), as the server's; default: "
+             f"${dates.UTC_OFFSET_VARIABLE}, else 0")
 DOMAIN_HELP = "the headquarters whose merchant account the statements are (0, default: the network's)"
 CHANNEL_CHOICES = {channel.name.lower(): channel for channel in (Channel.BANK_CARD, Channel.WECHAT_PAY, Channel.ALIPAY)}
 
@@ -173,19 +175,19 @@ def command_queue_list(args) -> int:
     return 0
 
 
+def _kernel_in_transaction(store, args):
+    """apply_in(txn, ops) for ADJUST: the kernel inside resolve's transaction."""
+    from core.ledger import business_day
+
+    ledger = _ledger(store, args.kernel)
+    now_ms = time.time_ns() // 1_000_000
+    return lambda txn, ops: ledger.apply_in(txn, ops, now_ms, business_day(now_ms, args.utc_offset_minutes))
+
+
 def command_queue_resolve(args) -> int:
     store = _open(args)
     action = ResolutionAction[args.action.upper()]
-    apply_in = None
-    if action == ResolutionAction.ADJUST:
-        from core.ledger import business_day
-
-        ledger = _ledger(store, args.kernel)
-        now_ms = time.time_ns() // 1_000_000
-
-        def apply_in(txn, ops):
-            return ledger.apply_in(txn, ops, now_ms, business_day(now_ms, args.utc_offset_minutes))
-
+    apply_in = _kernel_in_transaction(store, args) if action == ResolutionAction.ADJUST else None
     try:
         resolved = queue.resolve(store, args.id, action, args.by, args.why, apply_in=apply_in, station_id=args.station)
     finally:
@@ -207,9 +209,10 @@ def command_queue_log(args) -> int:
     if tools.json_wanted(args):
         _print_json(logged)
         return 0
+    offset = dates.network_offset(args.utc_offset_minutes)
     for action in logged:
-        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(action.at_ms / 1000))
-        print(f"{action.seq:>6} {at}Z {action.key:<28} {action.what} -- {action.by}: {action.why}")
+        at = dates.local_time(action.at_ms, offset)
+        print(f"{action.seq:>6} {at} {dates.zone_name(offset)} {action.key:<28} {action.what} -- {action.by}: {action.why}")
     return 0
 
 
@@ -299,7 +302,8 @@ def command_export(args) -> int:
     with store.env.begin() as txn:
         total = txn.stat(store.journal)["entries"]
     with _progress(total, "journal") as bar:
-        rows = export_day(store, args.day, args.csv, args.parquet, progress=bar.update)
+        rows = export_day(store, args.day, args.csv, args.parquet, progress=bar.update,
+                          utc_offset_minutes=dates.network_offset(args.utc_offset_minutes))
     store.close()
     elapsed = time.perf_counter() - started
     if tools.json_wanted(args):
@@ -438,6 +442,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     log = queue_commands.add_parser("log", help="every action on the queue, oldest first")
     log.add_argument("id", nargs="?", help="only this difference")
     log.add_argument("--domain", type=int, metavar="HQ", help="only this domain's (0: the network's; default: every one)")
+    log.add_argument("--utc-offset-minutes", type=int, help=ZONE_HELP)
     log.set_defaults(function=command_queue_log)
     tools.add_shared_options(sub)
     for child in (listing, resolving, log):
@@ -459,6 +464,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     sub.add_argument("--day", type=_day)
     sub.add_argument("--csv", metavar="FILE")
     sub.add_argument("--parquet", metavar="FILE")
+    sub.add_argument("--utc-offset-minutes", type=int, help=ZONE_HELP)
     sub.add_argument("--benchmark", action="store_true", help="build a journal of --rows rows in a temporary directory and time both exports")
     sub.add_argument("--rows", type=int, default=1_000_000, help="benchmark: journal rows of the day (default %(default)s)")
 
