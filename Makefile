@@ -6,7 +6,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-KERNEL := core/.kernel-built
+PACKAGE := $(VENV)/.package-installed
 PROTOS := $(wildcard proto/tally/v1/*.proto)
 STUBS := proto/.stubs-built
 SDK_DESCRIPTORS := clients/python/tally_client/_generated/tally_v1.binpb
@@ -17,17 +17,20 @@ LISTEN ?= 127.0.0.1:50051
 
 .PHONY: build run test test-all bench perf soak clean proto-baseline
 
-build: $(INSTALLED) $(KERNEL) $(STUBS) $(SDK_DESCRIPTORS) $(SDK_PATH)
+build: $(INSTALLED) $(PACKAGE) $(STUBS) $(SDK_DESCRIPTORS) $(SDK_PATH)
 
 $(INSTALLED): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	# The generated stubs import as `tally.v1`: put proto/ on the venv's path.
-	echo "$(CURDIR)/proto" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tally-proto.pth"
 	touch $@
 
-$(KERNEL): $(INSTALLED) core/kernel.pyx core/kernel.pxd setup.py
-	$(PY) setup.py --quiet build_ext --inplace
+# Tally itself, editable (pyproject.toml, setup.py): compiles the Cython
+# kernel in place, maps `tally.v1` to proto/tally/v1, and installs the
+# `tally` command and the tally.channels entry points into the venv. The
+# pinned requirements are already there: no build isolation, no deps.
+$(PACKAGE): $(INSTALLED) core/kernel.pyx core/kernel.pxd setup.py pyproject.toml
+	rm -f "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tally-proto.pth"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 $(STUBS): $(INSTALLED) $(PROTOS)
@@ -56,7 +59,10 @@ $(NODE_TOOLS): package.json package-lock.json
 proto-baseline: $(INSTALLED)
 	$(PY) -m grpc_tools.protoc -Iproto --descriptor_set_out=proto/baseline/tally-v1.binpb $(sort $(patsubst proto/%,%,$(PROTOS)))
 
+# A demo directory made by an older Tally is brought to this data format
+# first (core/migrations.py; nothing to do when it is current or new).
 run: build
+	test ! -e $(DEMO_DATA)/data.mdb || $(PY) -m core.migrations $(DEMO_DATA)
 	$(PY) -m server --data $(DEMO_DATA) --listen $(LISTEN) --demo
 
 # The suite without the long runs (soak, full load); under 15 minutes here.
@@ -83,6 +89,7 @@ perf: build
 	mkdir -p reports
 	test -e $(SEED_DATA)/data.mdb || $(PY) -m bench seed --transactions 10000000 --accounts 1000000 $(SEED_DATA) --json reports/seed.json --chart reports/seed.png
 	rm -rf $(RUN_DATA) && cp -r $(SEED_DATA) $(RUN_DATA)
+	$(PY) -m core.migrations $(RUN_DATA)
 	$(PY) -m bench e2e --mode stream --concurrency 1500 --duration 120 --warmup 10 --rounds 2 --compare-empty --skip-echo --data $(RUN_DATA) --json reports/e2e-stream.json --chart reports/e2e-stream.png
 	$(PY) -m bench e2e --mode unary --rate 1000 --concurrency 1500 --duration 30 --data $(RUN_DATA) --json reports/e2e-open.json --chart reports/e2e-open.png
 	$(PY) -m bench soak --concurrency 500 --duration $(SOAK_SECONDS) --data $(RUN_DATA) --json reports/soak.json --chart reports/soak.png
@@ -92,5 +99,5 @@ soak: build
 	$(PY) -m pytest -q -m slow tests
 
 clean:
-	rm -rf $(VENV) build var reports core/*.so core/kernel.c $(KERNEL) $(STUBS) proto/tally/v1/*_pb2*.py* \
+	rm -rf $(VENV) build *.egg-info var reports core/*.so core/kernel.c $(STUBS) proto/tally/v1/*_pb2*.py* \
 		$(SDK_DESCRIPTORS) $(SDK_PATH) clients/python/build node_modules

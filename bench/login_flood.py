@@ -37,11 +37,12 @@ class LoginFlood:
             self._threads.append(thread)
         return self
 
-    def stop(self) -> dict:
+    def stop(self) -> str:
         self._stopping.set()
         for thread in self._threads:
             thread.join(LOGIN_TIMEOUT_S)
-        return {"clients": self.clients, "attempts": self.attempts, "refused_busy": self.busy}
+        return (f"login flood: {self.attempts} wrong logins by {self.clients} clients, {self.busy} refused at once "
+                "(RESOURCE_EXHAUSTED)")
 
     def _flood(self):
         with grpc.insecure_channel(self.address) as channel:

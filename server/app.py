@@ -142,7 +142,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         on_batch=metrics.batch if metrics is not None else None,
     )
     committer.start()
-    channels = build_channels(settings.simulator)
+    channels = build_channels(settings.simulator, settings.channel_adapters, settings.channel_timeout_ms)
     rules = RulesHolder(store, committer)
     flow = ChannelFlow(ledger, committer, channels, settings.channel_timeout_ms, lambda: rules.rules.expiry.lot_validity_days)
     if settings.recover:
@@ -199,8 +199,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     if settings.console_listen is not None:
         from server.console.serve import start_console
 
-        console = await start_console(settings, port, "json" if isinstance(
-            logging.getLogger().handlers[0].formatter, observability.JsonLinesFormatter) else "text")
+        console = await start_console(settings, port)
     # Before anyone is told the server listens: a SIGTERM from then on stops it cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,8 +1,11 @@
-"""Settings of one server process, from the command line.
+"""Settings of one server process: the one typed object, with the one set of defaults.
 
 Owns: the business parameters a request needs that the terminal does not
-send (points rates, hold timeout, time zone) and the operating ones.
-Used by: server/app.py (builds it from flags), the servicers.
+send (points rates, hold timeout, time zone) and the operating ones, each
+with its default and its limits (checked when the object is made).
+Used by: server/__main__.py (the flags take their defaults from DEFAULTS;
+server/config.py merges a config file and TALLY_* variables under them),
+server/app.py, the servicers.
 """
 
 import ipaddress
@@ -33,6 +36,11 @@ def is_loopback(listen: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a name: it may resolve to anything
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+KERNELS = ("auto", "cython", "reference")
 
 
 class ServerSettings(msgspec.Struct, frozen=True):
@@ -97,6 +105,15 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # Seconds between handing the heap's free pages back to the OS
     # (server/heap.py); 0: never.
     heap_trim_interval_s: float = HEAP_TRIM_INTERVAL_S_DEFAULT
+    # Server processes sharing the port (server/workers.py).
+    workers: int = 1
+    log_level: str = "INFO"
+    # "text" lines, or "json": one object a line, for log collectors.
+    log_format: str = "text"
+    # Channel name ("wechat_pay") -> adapter name (an entry point of the
+    # "tally.channels" group, core/channels); a channel not named gets the
+    # built-in simulator.
+    channel_adapters: dict[str, str] = {}
     # ISO 4217 code of every amount the server answers with (the answers'
     # and records' `currency` field); one currency per network.
     currency: str = "CNY"
@@ -128,7 +145,7 @@ class ServerSettings(msgspec.Struct, frozen=True):
         if not self.back_office_auth:
             raise ValueError("--console-listen needs --back-office-auth: the console's users act through the API with "
                              "their own tokens, and without it the back-office RPCs would not check them")
-        if self.reuse_port:
+        if self.workers > 1 or self.reuse_port:
             raise ValueError("--console-listen starts one console for one server process: with --workers, run "
                              "`python -m server.console --server HOST:PORT` beside the server")
         if self.tls_cert_file is None and not self.insecure and not is_loopback(self.console_listen):
@@ -167,6 +184,13 @@ class ServerSettings(msgspec.Struct, frozen=True):
             raise ValueError(f"--currency must be an ISO 4217 code, three capital letters (CNY), got {self.currency!r}")
         if not 0 <= self.heap_trim_interval_s <= HEAP_TRIM_INTERVAL_S_MAX:
             raise ValueError(f"--heap-trim-interval must be within 0 .. {HEAP_TRIM_INTERVAL_S_MAX:g} seconds")
+        for name, allowed in (("kernel", KERNELS), ("log_level", LOG_LEVELS), ("log_format", LOG_FORMATS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        from server.workers import WORKERS_MAX
+
+        if not 1 <= self.workers <= WORKERS_MAX:
+            raise ValueError(f"--workers must be within 1 .. {WORKERS_MAX}, got {self.workers}")
         if not MAP_SIZE_MIB_MIN * 2**20 <= self.map_size_bytes <= MAP_SIZE_GIB_MAX * 2**30:
             raise ValueError(f"--map-size-gib must be within 1 .. {MAP_SIZE_GIB_MAX} (LMDB's own default of 1 MiB "
                              f"would fill at once), got {self.map_size_bytes / 2**30:g}")
@@ -175,3 +199,8 @@ class ServerSettings(msgspec.Struct, frozen=True):
         if missing and not self.insecure and not is_loopback(self.listen):
             raise ValueError(f"refusing to listen on {self.listen} without {', '.join(missing)}: tokens, keys and card "
                              "data would cross the network in the clear or unchecked (pass --insecure to do it anyway)")
+
+
+# The defaults every flag shows and falls back to (data_dir has none: --data,
+# TALLY_DATA or the config file's `data` must name it).
+DEFAULTS = ServerSettings(data_dir="")

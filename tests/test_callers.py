@@ -54,3 +54,11 @@ def test_an_rpc_missing_from_the_table_cannot_be_registered():
     handler = grpc.unary_unary_rpc_method_handler(lambda request, context: None)
     with pytest.raises(KeyError):
         registrar.wrap("/tally.v1.PaymentService/PayTwice", handler)
+
+
+def test_the_readme_shows_the_table_as_the_code_has_it():
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    shown = readme.split("<!-- callers:begin -->\n", 1)[1].split("\n<!-- callers:end -->", 1)[0]
+    from server.callers import markdown_table
+
+    assert shown == markdown_table(), "README.md's caller table is stale: paste `python -m server.callers`"

@@ -261,3 +261,28 @@ def test_a_key_the_server_dropped_is_replaced_and_the_request_sent_again(secured
         result = client.pay(200, card_id=DEMO_COMPANY_CARD, use_fleet=True)
         assert result.approved and client.keys.key_id == key_id + 1
         assert client.query(result.serial).answer.amount_minor == 200
+
+
+def test_an_sm4_terminal_signs_on_and_pays_through_the_sdk(tmp_path):
+    """A terminal registered with the SM4 suite (CMAC-SM4 MACs, SM4-GCM
+    wrapped keys) pays through the SDK set up with algorithm="sm4-cmac"; the
+    same terminal set up with the AES suite is refused at sign-on."""
+    from core.admin.keys import KeyAlgorithm
+
+    data_dir, master_key_file = str(tmp_path / "data"), str(tmp_path / "master.key")
+    admin = seed_directory(data_dir, master_key_file, users={"root": (1, 1)})
+    _, secret = admin.register_terminal(cli_actor(), 301, 12, key_algorithm=KeyAlgorithm.SM4_CMAC)
+    admin.store.close()
+    process = ServerProcess(data_dir, "--terminal-auth", "--master-key-file", master_key_file).start()
+    try:
+        with open_client(process.address, tmp_path / "sm4", terminal_id=301, station_id=12, secret=secret,
+                         algorithm="sm4-cmac") as client:
+            result = client.pay(1_000, card_id=DEMO_COMPANY_CARD, use_fleet=True)
+            assert result.approved and len(client.keys.metadata("/x", 1, b"")[3][1]) == 32, "a 16-byte CMAC"
+        with open_client(process.address, tmp_path / "aes", terminal_id=301, station_id=12, secret=secret,
+                         serial_first=10**6) as wrong_suite:
+            with pytest.raises(Exception) as refused:
+                wrong_suite.pay(1_000, card_id=DEMO_COMPANY_CARD, use_fleet=True)
+            assert refused.value.status == "UNAUTHENTICATED"
+    finally:
+        process.stop()

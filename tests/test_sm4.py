@@ -1,6 +1,6 @@
 """SM4 terminal keys: the primitives against their standards (GB/T 32907
 SM4, RFC 8998 SM4-GCM, GB/T 32905 SM3, CMAC as NIST SP 800-38B), the
-published known answers (tests/data/kat/terminal-mac.json) against the
+published known answers (docs/terminal-mac-vectors.json) against the
 server's code and against independent implementations, the server's guard
 accepting the vectors' requests, and an SM4 terminal registered from the
 command line that signs on and pays through a real server."""
@@ -31,7 +31,7 @@ from tally.v1 import admin_pb2, common_pb2, payment_pb2
 from tests.support import REPO, ServerProcess, Terminal
 from tests.test_admin_service import AdminClient, refused, seed_directory
 
-KAT_PATH = os.path.join(REPO, "tests", "data", "kat", "terminal-mac.json")
+KAT_PATH = os.path.join(REPO, "docs", "terminal-mac-vectors.json")
 KAT = json.load(open(KAT_PATH))
 SUITES = {suite["key_algorithm"]: suite for suite in KAT["suites"]}
 ALGORITHMS = {"TERMINAL_KEY_ALGORITHM_AES_HMAC_SHA256": KeyAlgorithm.AES_HMAC_SHA256,
@@ -168,7 +168,7 @@ def test_the_published_vectors_match_the_servers_code_and_independent_code(name)
 
 
 def test_the_vector_file_is_what_its_generator_writes():
-    from tests.data.kat.make_terminal_mac import document
+    from tests.make_terminal_mac_vectors import document
 
     assert json.loads(json.dumps(document())) == KAT
 

@@ -8,8 +8,14 @@ serialises writers). Whoever can run this can
 read the data directory, so it acts in every domain; its actions are in the
 audit log as "cli:OS-USER".
 
+The data directory is --data DIR or $TALLY_DATA; only create-admin may
+start a new one (the first administrator of a new installation), every
+other command refuses a directory that holds no Tally store. --json, before
+or after the command, prints the outcome as JSON (audit prints JSON lines
+either way).
+
 Exit codes: 0 done; 1 verify-audit found breaches (each named); 2 refused
-(the reason on stderr).
+(the reason on stderr, one line).
 
 A token's PIN comes from --pin-file (mode 600) or TALLY_PKCS11_PIN, never
 from the command line.
@@ -22,26 +28,27 @@ import sys
 
 import msgspec
 
+from core import tools
 from core.admin import Admin, audit, keys
 from core.admin.access import cli_actor, now_ms
 from core.admin.errors import AdminError
 from core.admin.model import AuditHead, OrgKind, Role
 from core.errors import FailedPrecondition as Refused
-from core.errors import TallyError
+from core.errors import InvalidInput
 from core.store import MAP_SIZE_BYTES_DEFAULT, open_store
 
 PROG = "python -m core.admin"
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1],
+def parse_args(argv, prog: str = PROG):
+    parser = argparse.ArgumentParser(prog=prog, description="\n\n".join(__doc__.split("\n\n")[1:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    tools.add_shared_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, help_text, data=True):
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        if data:
-            sub.add_argument("--data", required=True, metavar="DIR", help="the server's data directory")
+        tools.add_shared_options(sub, data=data)
         return sub
 
     sub = command("master-key", "make a new master key: a random key file (mode 600) with --out, or an AES-256 key "
@@ -157,19 +164,25 @@ def read_password(from_stdin: bool) -> str:
     return first
 
 
+def emit(args, text: str, **record):
+    """The outcome: `text` for people, or `record` as JSON with --json."""
+    print(json.dumps(record, ensure_ascii=False) if tools.json_wanted(args) else text)
+
+
 def make_master_key(args) -> int:
     token = token_config_of(args)
     if (token is None) == (args.out is None):
         raise Refused("master-key: --out FILE, or --pkcs11-module with --token-label (one of them)")
     if token is None:
         keys.new_master_key_file(args.out)
-        print(f"master key written to {args.out}: keep it off the data directory's backups")
+        emit(args, f"master key written to {args.out}: keep it off the data directory's backups", master_key_file=args.out)
         return 0
     from core.admin import hsm
 
     hsm.create_master_key(token)
-    print(f"master key made inside the token: {token.describe()}, not extractable; start the server with "
-          f"--pkcs11-module {token.module} --pkcs11-token-label {token.token_label} --pkcs11-key-label {token.key_label}")
+    emit(args, f"master key made inside the token: {token.describe()}, not extractable; start the server with "
+         f"--pkcs11-module {token.module} --pkcs11-token-label {token.token_label} --pkcs11-key-label {token.key_label}",
+         token=token.describe())
     return 0
 
 
@@ -180,7 +193,7 @@ def make_audit_key(args) -> int:
     from core.admin import hsm
 
     hsm.create_audit_key(token)
-    print(f"audit key made inside the token: {token.describe()}, not extractable")
+    emit(args, f"audit key made inside the token: {token.describe()}, not extractable", token=token.describe())
     return 0
 
 
@@ -198,14 +211,14 @@ def rotate_master_key(args) -> int:
            else token_master_key(token))
     new = (keys.SoftwareMasterKey.from_file(args.new_master_key_file) if args.new_master_key_file is not None
            else token_master_key(msgspec.structs.replace(token, key_label=args.new_key_label)))
-    store = open_store(args.data, MAP_SIZE_BYTES_DEFAULT)
+    store = tools.open_existing_store(tools.data_path(args), MAP_SIZE_BYTES_DEFAULT)
     try:
         rotated = rotate(store, old, new, cli_actor().name, now_ms())
     finally:
         store.close()
-    print(f"sealed again under {new.description}: {rotated.terminals} terminal secrets, {rotated.working_keys} working "
-          f"keys, {rotated.partners} partner secrets, {rotated.customers} customers' data keys; start the server with the new key, then destroy "
-          f"{old.description}")
+    emit(args, f"sealed again under {new.description}: {rotated.terminals} terminal secrets, {rotated.working_keys} working "
+         f"keys, {rotated.partners} partner secrets, {rotated.customers} customers' data keys; start the server with the new key, then destroy "
+         f"{old.description}", **msgspec.to_builtins(rotated))
     return 0
 
 
@@ -219,7 +232,12 @@ def run(args) -> int:
     if args.command in SELF_CONTAINED:
         return SELF_CONTAINED[args.command](args)
     master_key = master_key_of(args) if args.command in WITH_MASTER_KEY else None
-    store = open_store(args.data, MAP_SIZE_BYTES_DEFAULT, readonly=args.command in READ_ONLY)
+    path = tools.data_path(args)
+    if args.command == "create-admin":
+        tools.check_server_directory(path, MAP_SIZE_BYTES_DEFAULT)  # may start a new installation
+        store = open_store(path, MAP_SIZE_BYTES_DEFAULT)
+    else:
+        store = tools.open_existing_store(path, MAP_SIZE_BYTES_DEFAULT, readonly=args.command in READ_ONLY)
     try:
         return COMMANDS[args.command](Admin(store, master_key), args)
     finally:
@@ -234,12 +252,13 @@ def create_admin(admin: Admin, args) -> int:
         headquarters = None
     if headquarters is None:
         if not args.org_name:
-            raise SystemExit(f"{PROG}: --org-name is required to create a headquarters")
+            raise InvalidInput("--org-name", "required to create a headquarters")
         headquarters = admin.create_headquarters(actor, args.org_name, args.org_id)
     elif headquarters.kind != OrgKind.HEADQUARTERS:
-        raise SystemExit(f"{PROG}: organisation {args.org_id} is a {headquarters.kind.name}, not a HEADQUARTERS")
+        raise InvalidInput("--org-id", f"organisation {args.org_id} is a {headquarters.kind.name}, not a HEADQUARTERS")
     admin.create_user(actor, args.username, read_password(args.password_stdin), headquarters.org_id, Role.ADMINISTRATOR)
-    print(f"administrator {args.username} of headquarters {headquarters.org_id} ({headquarters.name})")
+    emit(args, f"administrator {args.username} of headquarters {headquarters.org_id} ({headquarters.name})",
+         username=args.username, org_id=headquarters.org_id, org_name=headquarters.name)
     return 0
 
 
@@ -248,7 +267,8 @@ def create_org(admin: Admin, args) -> int:
     org = admin.create_organisation(cli_actor(), args.parent, kind, args.name, org_id=args.id)
     if kind == OrgKind.STATION:
         tell_kernel_station_domain(admin, org.org_id)
-    print(f"{org.kind.name.lower()} {org.org_id} ({org.name}) under {org.parent_id}")
+    emit(args, f"{org.kind.name.lower()} {org.org_id} ({org.name}) under {org.parent_id}",
+         kind=org.kind.name.lower(), org_id=org.org_id, name=org.name, parent_id=org.parent_id)
     return 0
 
 
@@ -266,16 +286,17 @@ def tell_kernel_station_domain(admin: Admin, station_id: int):
 def register_terminal(admin: Admin, args) -> int:
     terminal, secret = admin.register_terminal(cli_actor(), args.terminal_id, args.station_id, args.name,
                                                ALGORITHMS[args.key_algorithm])
-    print(f"terminal {terminal.terminal_id} registered at station {terminal.station_id}, "
-          f"key suite {terminal.key_algorithm.name}")
-    print(f"secret key: {secret.hex()}")
-    print("load it into the terminal now: it is not shown again")
+    emit(args, f"terminal {terminal.terminal_id} registered at station {terminal.station_id}, "
+         f"key suite {terminal.key_algorithm.name}\nsecret key: {secret.hex()}\n"
+         "load it into the terminal now: it is not shown again",
+         terminal_id=terminal.terminal_id, station_id=terminal.station_id, key_suite=terminal.key_algorithm.name,
+         secret_key=secret.hex())
     return 0
 
 
 def disable_terminal(admin: Admin, args) -> int:
     admin.disable_terminal(cli_actor(), args.terminal_id, args.reason)
-    print(f"terminal {args.terminal_id} disabled")
+    emit(args, f"terminal {args.terminal_id} disabled", terminal_id=args.terminal_id, disabled=True)
     return 0
 
 
@@ -284,6 +305,11 @@ def verify_audit(admin: Admin, args) -> int:
     mac_breach = check_head_mac(published, args) if published is not None else None
     result = admin.verify_audit(published.head() if published is not None else None)
     breaches = (*result.breaches, *((mac_breach,) if mac_breach else ()))
+    if tools.json_wanted(args):
+        print(json.dumps({"intact": not breaches, "entries": result.entries, "head_seq": result.head_seq,
+                          "head_hash": result.head_hash, "breaches": [msgspec.to_builtins(b) for b in breaches],
+                          "published_head": msgspec.to_builtins(published) if published is not None else None}))
+        return 1 if breaches else 0
     for breach in breaches:
         print(f"entry {breach.seq}: {breach.reason}")
     if breaches:
@@ -333,8 +359,8 @@ def write_audit_head(admin: Admin, args) -> int:
     published = audit.PublishedHead(audit.HEAD_FORMAT, head.seq, head.hash.hex(), now_ms(), mac, mac_key)
     with open(args.out, "wb") as file:
         file.write(msgspec.json.format(msgspec.json.encode(published)) + b"\n")
-    print(f"audit head: entry {head.seq} {head.hash.hex()}" + (f", MACed by {mac_key}" if mac else "") +
-          f"; written to {args.out}: keep it off this host")
+    emit(args, f"audit head: entry {head.seq} {head.hash.hex()}" + (f", MACed by {mac_key}" if mac else "") +
+         f"; written to {args.out}: keep it off this host", **msgspec.to_builtins(published), file=args.out)
     return 0
 
 
@@ -360,13 +386,16 @@ COMMANDS = {
 }
 
 
-def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return run(args)
-    except (AdminError, TallyError, ValueError, FileExistsError) as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
-        return 2
+def main(argv=None, prog: str = PROG) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv, prog)
+
+    def run_refusing_sealed(args) -> int:
+        try:
+            return run(args)
+        except keys.SealError as error:  # a wrong master key: said like any refusal
+            raise Refused(str(error)) from None
+
+    return tools.run(prog, run_refusing_sealed, args)
 
 
 if __name__ == "__main__":

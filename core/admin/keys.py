@@ -36,7 +36,7 @@ registration (KeyAlgorithm; the record keeps it, SignOn tells the terminal):
   800-38B) over SM4 under the working key: 16 bytes. CMAC rather than
   HMAC-SM3 because it needs the SM4 block cipher alone, which every POS
   secure element with SM4 has, and keys the MAC with the SM4 working key
-  itself. tests/data/kat/terminal-mac.json publishes vectors for both.
+  itself. docs/terminal-mac-vectors.json publishes vectors for both.
 
 The master key is a MasterKey: anything that seals and opens bytes under
 associated data. SoftwareMasterKey is AES-256-GCM in this process (the key

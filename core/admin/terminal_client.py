@@ -23,7 +23,7 @@ another language: HMAC-SHA256(working key, mac_input) in keys.py (CMAC-SM4
 for a terminal registered with SM4_CMAC: `TerminalKeys(..., algorithm=
 keys.KeyAlgorithm.SM4_CMAC)`), the working key opened as
 KeySignOnAnswer.wrapped_key documents in admin.proto; known answers of
-both suites: tests/data/kat/terminal-mac.json.
+both suites: docs/terminal-mac-vectors.json.
 """
 
 import collections

@@ -5,6 +5,10 @@ operation on a card makes before it is built.
 Used by: server/risk_service.py (add, remove, list), server/promotion_service.py
 and server/payments.py (`blocking_entry` before an operation).
 
+An entry is its card's organisation's (core/domains.py): staff add, remove
+and list the entries of the cards they see; the check itself holds at every
+station.
+
 An entry is read from LMDB at each check (a few microseconds), not cached:
 a card frozen by staff is refused by every server process at once.
 """
@@ -88,6 +92,15 @@ def blocking_entry(store, card_id: int, now_ms: int) -> BlacklistEntry | None:
     return entry if entry is not None and entry.blocks(now_ms) else None
 
 
-def entries(store, limit: int = LIST_LIMIT_MAX) -> list[BlacklistEntry]:
+def entries(store, limit: int = LIST_LIMIT_MAX, seen=None) -> list[BlacklistEntry]:
+    """Entries in card order; seen(txn, card_id): whether the caller sees
+    the card (None: every card)."""
+    found = []
     with store.env.begin() as txn:
-        return [msgspec.msgpack.decode(raw, type=BlacklistEntry) for _, (_, raw) in zip(range(limit), rows(txn, store.risk_blacklist))]
+        for _, raw in rows(txn, store.risk_blacklist):
+            entry = msgspec.msgpack.decode(raw, type=BlacklistEntry)
+            if seen is None or seen(txn, entry.card_id):
+                found.append(entry)
+                if len(found) >= limit:
+                    break
+    return found

@@ -1,5 +1,6 @@
-"""`python -m server.console --server HOST:PORT --listen HOST:PORT`: the web
-console, a process of its own in front of a Tally server's gRPC port.
+"""`python -m server.console --server HOST:PORT --listen HOST:PORT` (`tally
+console`): the web console, a process of its own in front of a Tally
+server's gRPC port.
 
 A server started with --console-listen runs this itself (server/console/
 serve.py); it can also run on its own, beside a server, another host even.
@@ -25,6 +26,7 @@ from server.settings import LOCALES, is_loopback
 
 log = logging.getLogger("tally.console")
 
+PROG = "python -m server.console"
 SHUTDOWN_GRACE_S = 5
 # Connections served at once; more wait in the listen backlog.
 CONCURRENT_CONNECTIONS_MAX = 256
@@ -33,8 +35,8 @@ SERVER_READY_TIMEOUT_S = 30.0
 NICENESS = 10
 
 
-def parse_args(argv) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m server.console", description=__doc__.split("\n\n")[0])
+def parse_args(argv, prog: str = PROG) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", required=True, metavar="HOST:PORT", help="the Tally server's gRPC address")
     parser.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="HTTP(S) address (default %(default)s)")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate; also the server's, to trust")
@@ -112,8 +114,8 @@ async def serve(args):
     await api.close()
 
 
-def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv=None, prog: str = PROG) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv, prog)
     from server.metrics import configure_logging
 
     configure_logging(args.log_level, args.log_format)

@@ -113,12 +113,11 @@ class RunningConsole:
             await asyncio.to_thread(self.process.wait)
 
 
-def console_command(settings, grpc_port: int, ready_fd: int, log_format: str) -> list[str]:
+def console_command(settings, grpc_port: int, ready_fd: int) -> list[str]:
     command = [sys.executable, "-m", "server.console", "--server", grpc_target(settings.listen, grpc_port),
                "--listen", settings.console_listen, "--locale", settings.locale,
                "--utc-offset-minutes", str(settings.utc_offset_minutes), "--currency", settings.currency,
-               "--ready-fd", str(ready_fd), "--log-level", logging.getLevelName(logging.getLogger().level),
-               "--log-format", log_format]
+               "--ready-fd", str(ready_fd), "--log-level", settings.log_level, "--log-format", settings.log_format]
     if settings.tls_cert_file is not None:
         command += ["--tls-cert", settings.tls_cert_file, "--tls-key", settings.tls_key_file]
     if settings.insecure:
@@ -126,11 +125,11 @@ def console_command(settings, grpc_port: int, ready_fd: int, log_format: str) ->
     return command
 
 
-async def start_console(settings, grpc_port: int, log_format: str = "text") -> RunningConsole:
+async def start_console(settings, grpc_port: int) -> RunningConsole:
     """Start the console process and wait until it listens."""
     read_end, write_end = os.pipe()
     try:
-        process = subprocess.Popen(console_command(settings, grpc_port, write_end, log_format), pass_fds=(write_end,),
+        process = subprocess.Popen(console_command(settings, grpc_port, write_end), pass_fds=(write_end,),
                                    stdin=subprocess.DEVNULL)
     finally:
         os.close(write_end)

@@ -68,6 +68,8 @@ class ResultCode(enum.IntEnum):
     PACKET_EMPTY = 50
     CARD_BLACKLISTED = 51
     GOODS_NOT_ALLOWED = 52
+    ORIGINAL_NOT_SEEN = 53
+    ORIGINAL_DECLINED = 54
 
     @classmethod
     def _missing_(cls, value):

@@ -11,18 +11,22 @@ The MAC covers, in this order:
     the gRPC method path, e.g. "/tally.v1.PaymentService/Pay", 0x00
     terminal id (u32 big-endian), key id (u64 BE), serial (u64 BE)
     the request message exactly as sent on the wire
-and travels as 64 lowercase hex digits in x-tally-mac, beside
-x-tally-terminal, x-tally-key-id and x-tally-serial (decimal text).
+and travels as lowercase hex in x-tally-mac (64 digits for HMAC-SHA256, 32
+for CMAC-SM4), beside x-tally-terminal, x-tally-key-id and x-tally-serial
+(decimal text).
 
-Adding an algorithm (SM4, say) is one class with the three methods of
-`KeyAlgorithm` and one entry in ALGORITHMS; nothing else changes.
+Two algorithms, chosen for each terminal when it is registered (the
+server's KeySignOnAnswer.key_algorithm says which it has): "aes-hmac-sha256"
+and "sm4-cmac" (the Chinese national algorithms). Adding one is a class with
+the three methods of `KeyAlgorithm` and one entry in ALGORITHMS.
 """
 
 import struct
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives import cmac, hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -100,8 +104,50 @@ class AesHmacSha256:
         return signer.finalize()
 
 
-ALGORITHMS: dict[str, KeyAlgorithm] = {algorithm.name: algorithm for algorithm in (AesHmacSha256(),)}
+class Sm4Cmac:
+    """The Chinese national algorithms (GB/T 32907 SM4, GB/T 32905 SM3):
+    16-byte SM4 keys derived from the 32-byte secret with HKDF-SM3, the
+    working key wrapped with SM4-GCM (RFC 8998: a 12-byte nonce first, the
+    16-byte tag last), the MAC CMAC over SM4 (NIST SP 800-38B) under the
+    working key: 16 bytes."""
+
+    name = "sm4-cmac"
+    secret_bytes = 32
+    _KEY_BYTES = 16
+    _TAG_BYTES = 16
+    _SIGN_ON_LABEL = b"tally.v1 sign-on mac"
+    _WRAP_LABEL = b"tally.v1 working-key wrap"
+
+    def _derive(self, secret: bytes, label: bytes) -> bytes:
+        return HKDF(algorithm=hashes.SM3(), length=self._KEY_BYTES, salt=None, info=label).derive(secret)
+
+    def sign_on_key(self, secret: bytes) -> bytes:
+        return self._derive(secret, self._SIGN_ON_LABEL)
+
+    def unwrap_working_key(self, secret: bytes, terminal_id: int, key_id: int, expires_ms: int,
+                           wrapped: bytes) -> bytes:
+        nonce, sealed = wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:]
+        if len(sealed) < self._TAG_BYTES:
+            raise WorkingKeyError("the working key does not open under this terminal's secret")
+        try:
+            decryptor = Cipher(algorithms.SM4(self._derive(secret, self._WRAP_LABEL)),
+                               modes.GCM(nonce, sealed[-self._TAG_BYTES:])).decryptor()
+            decryptor.authenticate_additional_data(_IDS.pack(terminal_id, key_id, expires_ms))
+            return decryptor.update(sealed[:-self._TAG_BYTES]) + decryptor.finalize()
+        except (InvalidTag, ValueError):
+            raise WorkingKeyError("the working key does not open under this terminal's secret") from None
+
+    def mac(self, key: bytes, header: bytes, body: bytes) -> bytes:
+        signer = cmac.CMAC(algorithms.SM4(key))
+        signer.update(header)
+        signer.update(body)
+        return signer.finalize()
+
+
+ALGORITHMS: dict[str, KeyAlgorithm] = {algorithm.name: algorithm for algorithm in (AesHmacSha256(), Sm4Cmac())}
 DEFAULT_ALGORITHM = AesHmacSha256.name
+# tally.v1.TerminalKeyAlgorithm (KeySignOnAnswer.key_algorithm) -> name; 0: not said (the default).
+BY_NUMBER = {0: AesHmacSha256.name, 1: AesHmacSha256.name, 2: Sm4Cmac.name}
 
 
 def algorithm(name: str) -> KeyAlgorithm:

@@ -23,9 +23,12 @@ outcome the terminal never learnt is always reversed, and nothing is
 reversed that the caller was told was approved.
 
 What a Reverse's answer means for the original (PaymentService.Reverse):
-APPROVED: it is undone, or it never arrived and now never will (the serial
-is blocked); NOT_REVERSIBLE: it arrived and stands (a refund, a void, a
-loyalty call: kinds that cannot be undone; Query its serial for its answer).
+APPROVED: it is undone; ORIGINAL_NOT_SEEN: it never arrived and now never
+will (the serial is blocked); ORIGINAL_DECLINED, ALREADY_REVERSED,
+ALREADY_VOIDED, HOLD_CLOSED, HOLD_EXPIRED: it took nothing, or was undone
+already; NOT_REVERSIBLE: it arrived and stands (a refund, a void, a loyalty
+call: kinds that cannot be undone; Query its serial for its answer). Every
+answer is final: none asks for the Reverse to be sent again.
 """
 
 import json

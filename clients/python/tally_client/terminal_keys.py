@@ -57,6 +57,10 @@ class TerminalKeys:
     def accept(self, answer) -> None:
         """Use the working key of a KeySignOnAnswer from now on (raises
         mac.WorkingKeyError if it does not open: nothing changes then)."""
+        said = mac.BY_NUMBER.get(getattr(answer, "key_algorithm", 0))
+        if said is not None and said != self.algorithm.name:
+            raise mac.WorkingKeyError(f"the server says terminal {self.terminal_id}'s keys are {said}, but this client "
+                                      f"is set up with {self.algorithm.name}")
         key = self.algorithm.unwrap_working_key(self._secret, self.terminal_id, answer.key_id, answer.expires_ms,
                                                 answer.wrapped_key)
         self._working_key, self.key_id, self.expires_ms = key, answer.key_id, answer.expires_ms

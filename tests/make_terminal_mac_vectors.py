@@ -1,7 +1,7 @@
-"""Writes terminal-mac.json beside it: known answers of both terminal key
+"""Writes docs/terminal-mac-vectors.json: known answers of both terminal key
 suites (core/admin/keys.py), for POS vendors and for tests/test_sm4.py.
 
-    .venv/bin/python -m tests.data.kat.make_terminal_mac
+    .venv/bin/python -m tests.make_terminal_mac_vectors
 
 The inputs are fixed (secrets, working keys and nonces are counting bytes,
 the requests real tally.v1 messages serialized deterministically), so a
@@ -17,7 +17,7 @@ import os
 from core.admin import keys
 from tally.v1 import admin_pb2, common_pb2, payment_pb2
 
-PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "terminal-mac.json")
+PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "terminal-mac-vectors.json")
 TERMINAL_ID, STATION_ID = 101, 12
 EXPIRES_MS = 1_767_312_000_000
 
