@@ -28,12 +28,11 @@ import time
 
 import msgspec
 
-from core import card_txns, limits
+from core import limits
 from core.ledger import MS_PER_DAY, Ledger, decode_results, load_kernel
 from core.records import Op, encode
 from core.results import CardType, OpKind, ResultCode
 from core.store import open_store
-from core.writes import DirectWriter
 from server import requests as translate
 from server.settings import ServerSettings
 from tally.v1 import card_pb2, common_pb2, payment_pb2
@@ -271,9 +270,6 @@ def main(argv=None) -> int:
     seeder = Seeder(ledger, args, settings)
     with tqdm(total=args.transactions, unit="txn", unit_scale=True, desc="seed", file=sys.stderr, disable=None) as bar:
         seeder.run(bar)
-    # Every transaction was made by a kernel that indexes them by card: the
-    # server has nothing to backfill (core/card_txns.py).
-    DirectWriter(store).write_blocking(lambda txn: card_txns.mark_complete(txn, store))
     store.env.sync(True)
     seconds = time.perf_counter() - seeder.started_s
     kernel = ledger.kernel_name

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from core import card_txns, limits
+from core import limits
 from core.admin import Admin
 from core.channels import build_channels
 from core.commit import GroupCommitter, QueueFull
@@ -151,7 +151,6 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         await seed_demo_data(committer, ledger)
     if settings.recover:
         await admin_service.sync_station_domains(store, committer)
-        await card_txns.backfill(store, committer.write)
 
     master_key = admin_service.load_master_key_of(settings)
     admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=settings.utc_offset_minutes, writer=committer,

@@ -11,11 +11,11 @@ import itertools
 import grpc
 import pytest
 
-from core import card_txns
+from core import card_txns, migrations
 from core.ledger import Ledger, load_kernel
 from core.records import Op
 from core.results import AccountKind, CardType, OpKind, ResultCode
-from core.store import open_store
+from core.store import format_version, open_store, set_format_version
 from core.writes import DirectWriter
 from tally.v1 import card_pb2, common_pb2, payment_pb2, report_pb2, report_pb2_grpc
 from tests.support import ServerProcess, Terminal
@@ -159,7 +159,7 @@ def test_cards_are_found_by_vehicle_plate_whatever_its_spelling(server):
     assert not AdminClient(server.channel(), "other").ListCardRecords(vehicle_plate="京A12345").cards
 
 
-def test_the_backfill_indexes_a_directory_made_before_the_index(tmp_path, monkeypatch):
+def test_migrating_to_format_3_indexes_the_transactions_of_an_older_directory(tmp_path, monkeypatch):
     store = open_store(str(tmp_path / "data"), 2**28)
     ledger = Ledger(store, load_kernel("auto"))
     now_ms, day = 1_780_000_000_000, 20_600
@@ -169,15 +169,31 @@ def test_the_backfill_indexes_a_directory_made_before_the_index(tmp_path, monkey
                account_kind=AccountKind.PERSONAL, amount=100 + serial) for serial in range(1, 41)]
     results = ledger.apply(ops, now_ms, day)
     assert all(result.code == ResultCode.APPROVED for result in results)
-    writer = DirectWriter(store)
-    # As a directory written before card_txns: no index, no mark.
-    writer.write_blocking(lambda txn: txn.drop(store.card_txns, delete=False))
+    # As a directory of format 2, written before card_txns: no index.
+    def downgrade(txn):
+        txn.drop(store.card_txns, delete=False)
+        set_format_version(txn, store, 2)
+
+    DirectWriter(store).write_blocking(downgrade)
     with store.env.begin() as txn:
         assert card_txns.page(txn, store, 11, 0, 100) == ([], False)
-    monkeypatch.setattr(card_txns, "BACKFILL_CHUNK_TXNS", 7)
-    assert asyncio.run(card_txns.backfill(store, writer.write)) == 6, "40 top-ups, 7 a chunk"
+    told = []
+    monkeypatch.setattr(card_txns, "PROGRESS_EVERY_TXNS", 7)
+    assert migrations.migrate(store, lambda total, what: progress_of(told, total, what)) == [3]
+    assert sum(told) == 40 and format_version(store) == 3
     with store.env.begin() as txn:
         found, more = card_txns.page(txn, store, 12, 0, 100)
     assert [record.amount for record in found] == [100 + serial for serial in range(39, 0, -2)] and not more
-    assert asyncio.run(card_txns.backfill(store, writer.write)) == 0, "done once"
     store.close()
+
+
+def progress_of(told: list, total: int, what: str):
+    import contextlib
+
+    assert total == 40 and what == "3: transactions indexed by card"
+
+    class Bar:
+        def update(self, count):
+            told.append(count)
+
+    return contextlib.nullcontext(Bar())
