@@ -101,10 +101,15 @@ def fill(driver, form_id: str, values: dict):
 
 def press(driver, form_id: str):
     """Click the form's button and wait for the next page."""
+    click(driver, f"{form_id}-submit")
+
+
+def click(driver, element_id: str):
+    """Click a button that leads to another page, and wait for that page."""
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    button = by_id(driver, f"{form_id}-submit")
+    button = by_id(driver, element_id)
     button.click()
 
     def left(_):
@@ -258,7 +263,8 @@ def test_upload_a_bill_with_a_difference_and_resolve_it(console, browser, tmp_pa
     assert "Reconciled: 0 matched · 1 differences" in page_text(browser)
     shot(browser, "settlement")
     go(browser, console, "/settlement/queue")
-    difference = f"{common_pb2.WECHAT_PAY}-{day}-1-{paid.txn_id}"
+    # Acme's statement (root's headquarters, domain 1): its differences are Acme's.
+    difference = f"1-{common_pb2.WECHAT_PAY}-{day}-1-{paid.txn_id}"
     assert "Amount differs" in text_of(browser, f"difference-{difference}")
     shot(browser, "queue")
     fill(browser, f"difference-{difference}", {"action": 1, "why": "WeChat charged 0.50 more; confirmed with the merchant desk"})
@@ -334,12 +340,12 @@ def test_every_other_page(console, browser):
     go(browser, console, "/")
     assert text_of(browser, "takings-total") != "CNY 0.00"
     shot(browser, "dashboard")
-    browser.find_element("id", "locale-zh-CN").click()
+    click(browser, "locale-zh-CN")
     assert "今日营收" in page_text(browser)
     shot(browser, "dashboard-zh-CN")
     go(browser, console, "/cards/" + str(COUNTER_CARD))
     shot(browser, "card-zh-CN")
-    browser.find_element("id", "locale-en").click()
+    click(browser, "locale-en")
 
 
 def test_the_audit_log_shows_each_action(console, browser):
