@@ -13,7 +13,10 @@ Named databases (keys big-endian, values in core.records layouts):
   journal         seq u64                    -> JournalEntry
   hold_expiry     (expires_ms u64, txn u64)  -> b""   open pre-authorizations
   pending         txn_id u64                 -> b""   waiting for a channel
-  meta            name                       -> u64   counters
+  meta            name                       -> u64   counters; and, on a replicated node (core/replication/),
+                  b"log_position"            -> (u64 position, u64 time_ms) of the last log entry applied, put
+                                                in the same transaction as its changes and never logged itself
+                  b"log_stream"              -> the stream's name: this directory is a node of that log
   point_lots      (card_id u64, expires u32) -> Lot   open points lots, oldest first
   closed_lots     (card_id u64, expires u32) -> Lot   lots spent or expired to zero
   lot_expiry      (expires u32, card_id u64) -> b""   open lots by expiry (the expiry job)
@@ -72,6 +75,7 @@ Requests the caller numbers itself (core/once.py):
 """
 
 import os
+import struct
 
 import lmdb
 import msgspec
@@ -222,6 +226,32 @@ def open_store(
         lock=True,
     )
     return Store(env, path, readonly)
+
+
+LOG_POSITION_KEY = b"log_position"
+LOG_STREAM_KEY = b"log_stream"
+LOG_POSITION = struct.Struct("<QQ")
+
+
+def log_position_in(txn, store: Store) -> tuple[int, int]:
+    """(position, time_ms) of the last log entry this directory applied;
+    (0, 0) if none (a new node, or a directory never replicated)."""
+    raw = txn.get(LOG_POSITION_KEY, db=store.meta) if store.meta is not None else None
+    return (0, 0) if raw is None else LOG_POSITION.unpack(raw)
+
+
+def log_position(store: Store) -> tuple[int, int]:
+    with store.env.begin() as txn:
+        return log_position_in(txn, store)
+
+
+def replicated_stream(store: Store) -> str | None:
+    """The log this directory is a node of, or None (a standalone store)."""
+    if store.meta is None:
+        return None
+    with store.env.begin() as txn:
+        raw = txn.get(LOG_STREAM_KEY, db=store.meta)
+    return None if raw is None else raw.decode()
 
 
 def load_json(store: Store, db, key: bytes, record_type):

@@ -17,7 +17,8 @@ tests/test_write_path.py keeps it so.
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from core.store import Store
+from core.replication.errors import ReplicatedStore
+from core.store import Store, replicated_stream
 
 
 class Writer(Protocol):
@@ -27,12 +28,20 @@ class Writer(Protocol):
 
 
 class DirectWriter:
-    """Runs each change at once in its own durable write transaction."""
+    """Runs each change at once in its own durable write transaction.
+
+    Refuses (ReplicatedStore, FAILED_PRECONDITION) a directory that is a
+    node of a replicated log: a change made there behind the log's back
+    would be on this node alone, and gone at the next failover. Those
+    changes go through the leader's gRPC API."""
 
     def __init__(self, store: Store):
         self.store = store
 
     def write_blocking(self, change: Callable[[Any], Any]) -> Any:
+        stream = replicated_stream(self.store)
+        if stream is not None:
+            raise ReplicatedStore(self.store.path, stream)
         with self.store.env.begin(write=True) as txn:
             return change(txn)
 

@@ -1,0 +1,84 @@
+"""Log entries into a node's store, with the position in the same transaction.
+
+Owns: the kinds of log entry (CHANGES: a write transaction's key/value
+changes, core/replication/changes.py; LEADER: a node took the lease and
+fenced the log before its first write), applying entries in order in one
+write transaction together with this node's position (so a crash leaves
+the store and its position agreeing, and a restart replays from there),
+and marking a directory as a node of a log.
+Used by: core/replication/node.py (followers; a leader catching up),
+core/backup.py (restore and point-in-time replay), core/commit.py through
+Replica.commit_changes (`put_position` on the leader's own transaction).
+
+This module, core/commit.py, core/ledger.py and core/writes.py are the only
+ones that open write transactions (tests/test_write_path.py): a follower's
+store changes only here, from the log.
+"""
+
+import msgspec
+
+from core.replication.changes import apply_changes, decode_changes
+from core.replication.log import Entry
+from core.store import LOG_POSITION, LOG_POSITION_KEY, LOG_STREAM_KEY, Store, log_position_in
+
+CHANGES = "changes"
+LEADER = "leader"
+KINDS = (CHANGES, LEADER)
+
+
+class LeaderMark(msgspec.Struct, frozen=True):
+    """A LEADER entry's content: who took over, where, under which lease
+    revision (a term number: it only grows)."""
+
+    node: str
+    address: str
+    term: int
+
+
+class OutOfOrder(Exception):
+    """An entry past the next position: a gap in what was read (a bug)."""
+
+
+def put_position(txn, store: Store, position: int, time_ms: int):
+    txn.put(LOG_POSITION_KEY, LOG_POSITION.pack(position, time_ms), db=store.meta)
+
+
+def apply_entries(store: Store, entries: list[Entry], stop_at: int | None = None) -> tuple[int, int, list[Entry]]:
+    """Apply `entries` (in log order) past this store's position, up to
+    `stop_at` if given, in one durable write transaction. Entries at or
+    below the position are skipped (already applied). Returns (position,
+    time_ms, entries applied)."""
+    applied = []
+    with store.env.begin(write=True) as txn:
+        position, time_ms = log_position_in(txn, store)
+        for entry in entries:
+            if entry.sequence <= position:
+                continue
+            if stop_at is not None and entry.sequence > stop_at:
+                break
+            if entry.sequence != position + 1:
+                raise OutOfOrder(f"entry {entry.sequence} read after {position}")
+            if entry.kind == CHANGES:
+                apply_changes(txn, store, decode_changes(entry.data))
+            elif entry.kind != LEADER:
+                raise ValueError(f"log entry {entry.sequence} has the unknown kind {entry.kind!r}: upgrade this node")
+            position, time_ms = entry.sequence, entry.time_ms
+            applied.append(entry)
+        if applied:
+            put_position(txn, store, position, time_ms)
+    return position, time_ms, applied
+
+
+def mark_replicated(store: Store, stream: str):
+    """Record that this directory is a node of `stream` (the command-line
+    tools then refuse to write it). Node-local: never logged."""
+    with store.env.begin(write=True) as txn:
+        txn.put(LOG_STREAM_KEY, stream.encode(), db=store.meta)
+
+
+def mark_standalone(store: Store):
+    """Make a copy of a node's directory a standalone store (a restore for
+    inspection): it forgets its log and its position."""
+    with store.env.begin(write=True) as txn:
+        txn.delete(LOG_STREAM_KEY, db=store.meta)
+        txn.delete(LOG_POSITION_KEY, db=store.meta)
