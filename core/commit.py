@@ -127,6 +127,18 @@ class GroupCommitter:
     def queue_length(self) -> int:
         return len(self._queue)
 
+    @property
+    def takes_writes(self) -> bool:
+        """False on a replicated node that is not the leader (its writes
+        would be refused): background jobs skip their rounds there."""
+        if self.log is None:
+            return True
+        try:
+            self.log.check_writable()
+        except ReplicationError:
+            return False
+        return True
+
     # ------------------------------------------------------------ submit
 
     def submit(self, op: Op, bypass_limit: bool = False) -> asyncio.Future:

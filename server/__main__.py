@@ -7,6 +7,7 @@ import sys
 
 from core import limits
 from core.channels import SimulatorSettings
+from core.replication import lease, log as replication_log, node as replication_node
 from core.store import MAP_SIZE_BYTES_DEFAULT
 from server.settings import HEAP_TRIM_INTERVAL_S_DEFAULT, ServerSettings
 from server.stream import STREAM_WINDOW_MAX
@@ -66,10 +67,59 @@ def parse_args(argv):
     parser.add_argument("--heap-trim-interval", type=float, default=HEAP_TRIM_INTERVAL_S_DEFAULT, metavar="S",
                         help="hand the heap's free pages back to the OS every S seconds, so that RSS shows memory "
                         "in use, not a past burst's (glibc malloc_trim; server/heap.py); 0: never (default %(default)g)")
+    add_replication_flags(parser)
     args = parser.parse_args(argv)
+    if args.replicate and args.workers > 1:
+        parser.error("--replicate runs one process per node: drop --workers")
+    if args.replicate and not args.node_id:
+        parser.error("--replicate needs --node-id (a name unique among the nodes of the log)")
+    if args.node_id and not (len(args.node_id) <= 32 and args.node_id.replace("-", "").replace("_", "").isalnum()):
+        parser.error(f"--node-id must be 1 .. 32 letters, digits, - or _, got {args.node_id!r}")
+    if not lease.TTL_S_MIN <= args.lease_ttl_s <= lease.TTL_S_MAX:
+        parser.error(f"--lease-ttl-s must be within {lease.TTL_S_MIN:g} .. {lease.TTL_S_MAX:g}, got {args.lease_ttl_s:g}")
+    if not 0.1 <= args.append_timeout_s <= 60:
+        parser.error(f"--append-timeout-s must be within 0.1 .. 60, got {args.append_timeout_s:g}")
     if not 1 <= args.workers <= WORKERS_MAX:
         parser.error(f"--workers must be within 1 .. {WORKERS_MAX}, got {args.workers}")
     return args
+
+
+def add_replication_flags(parser):
+    group = parser.add_argument_group(
+        "replication", "high availability on NATS JetStream (README: High availability); without --replicate the "
+        "server is the embedded single node")
+    group.add_argument("--replicate", metavar="URLS",
+                       help="comma-separated NATS URLs (nats://host:port,...) of a JetStream cluster: every write is "
+                       "appended to a replicated log and acknowledged by a quorum before it is answered; one node "
+                       "leads (takes writes), the others apply the log and serve reads")
+    group.add_argument("--node-id", default="", metavar="ID",
+                       help="this node's name, unique among the nodes of the log (letters, digits, - and _)")
+    group.add_argument("--advertise", default="", metavar="HOST:PORT",
+                       help="the gRPC address clients reach this node at, given to them by followers when this node "
+                       "leads (default: the address of --listen)")
+    group.add_argument("--log-stream", default=replication_log.STREAM_DEFAULT, metavar="NAME",
+                       help="JetStream stream of the log (default %(default)s; subject: its name in lower case, "
+                       "dots for underscores, e.g. tally.log)")
+    group.add_argument("--lease-ttl-s", type=float, default=lease.TTL_S_DEFAULT, metavar="S",
+                       help="the leader's lease: a follower takes over at most this long after the leader stops "
+                       "renewing it (default %(default)g)")
+    group.add_argument("--append-timeout-s", type=float, default=replication_node.APPEND_TIMEOUT_S_DEFAULT,
+                       metavar="S", help="how long the leader retries an append the log does not answer before the "
+                       "batch fails with UNAVAILABLE (default %(default)g)")
+    group.add_argument("--events-stream", default="", metavar="NAME",
+                       help="publish each committed transaction as a tally.v1.Event on this JetStream stream "
+                       "(subjects tally.events.*; proto/tally/v1/events.proto); default: no events")
+
+
+def replication_of(args) -> "replication_node.ReplicaSettings | None":
+    if not args.replicate:
+        return None
+    stream = args.log_stream
+    subject = replication_log.SUBJECT_DEFAULT if stream == replication_log.STREAM_DEFAULT else stream.lower().replace("_", ".")
+    return replication_node.ReplicaSettings(
+        urls=args.replicate, node_id=args.node_id, stream=stream, subject=subject,
+        lease_bucket=f"{stream}_LEADER", lease_ttl_s=args.lease_ttl_s, append_timeout_s=args.append_timeout_s,
+    )
 
 
 def main(argv=None):
@@ -97,6 +147,9 @@ def main(argv=None):
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,
             heap_trim_interval_s=args.heap_trim_interval,
+            replication=replication_of(args),
+            advertise=args.advertise,
+            events_stream=args.events_stream,
             simulator=SimulatorSettings(
                 latency_ms_min=args.channel_latency_ms[0],
                 latency_ms_max=args.channel_latency_ms[1],

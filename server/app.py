@@ -19,12 +19,14 @@ from core import limits
 from core.admin import Admin
 from core.channels import build_channels
 from core.commit import GroupCommitter, QueueFull
+from core.replication.errors import ReplicationError
 from core.ledger import Ledger, load_kernel
 from core.records import Op
 from core.results import OpKind
 from core.store import open_store
 from server import metrics as observability
 from server import admin_service, heap, tls
+from server import replication_service
 from server.cards import CardService
 from server.channel_flow import ChannelFlow
 from server.demo import seed_demo_data
@@ -38,7 +40,7 @@ from server.settings import ServerSettings
 from server.settlement_service import SettlementService
 from server.stream import GatewayService
 from tally.v1 import card_pb2, card_pb2_grpc, gateway_pb2, gateway_pb2_grpc, payment_pb2, payment_pb2_grpc
-from tally.v1 import loyalty_pb2, loyalty_pb2_grpc, settlement_pb2, settlement_pb2_grpc
+from tally.v1 import loyalty_pb2, loyalty_pb2_grpc, replication_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 
 log = logging.getLogger("tally.server")
 
@@ -50,6 +52,7 @@ SERVICE_NAMES = (
     loyalty_pb2.DESCRIPTOR.services_by_name["LoyaltyService"].full_name,
     *admin_service.SERVICE_NAMES,
     *promotion_service.SERVICE_NAMES,
+    replication_service.SERVICE_NAME,
 )
 
 # gRPC core refuses calls beyond max_pending_requests (1,000 by default) when
@@ -95,45 +98,81 @@ async def sweep_expired_holds(committer: GroupCommitter, interval_s: float):
     even if no terminal ever touches them again."""
     while True:
         await asyncio.sleep(interval_s)
+        if not committer.takes_writes:
+            continue  # a follower: the leader sweeps, and the log brings its releases here
         try:
             while (await committer.submit(Op(kind=OpKind.EXPIRE_HOLDS))).amount == limits.EXPIRE_SWEEP_HOLDS_MAX:
                 pass
-        except QueueFull:
+        except (QueueFull, ReplicationError):
             continue
+
+
+async def take_over(settings: ServerSettings, flow: ChannelFlow, committer: GroupCommitter, ledger: Ledger,
+                    demo: bool):
+    """What a server does before its first request, on a single node; on a
+    replicated node, each time it becomes the leader: settle what the last
+    leader left waiting for a channel, seed the demo, sync station domains."""
+    if settings.recover:
+        await flow.recover()
+    if demo:
+        await seed_demo_data(committer, ledger)
+    if settings.recover:
+        await admin_service.sync_station_domains(store=ledger.store, committer=committer)
+
+
+def follow(replica, address: str, health_servicer, on_promoted):
+    """Start the node's replica thread: it follows the log and, when it
+    becomes the leader, the event loop runs `on_promoted` and health says
+    tally.v1.Leader SERVING (NOT_SERVING again when it steps down)."""
+    loop = asyncio.get_running_loop()
+    leader_health = replication_service.LEADER_HEALTH_NAME
+
+    async def promoted():
+        await health_servicer.set(leader_health, health_pb2.HealthCheckResponse.SERVING)
+        try:
+            await on_promoted()
+        except ReplicationError as error:
+            log.warning("taking over stopped: %s", error)
+
+    async def demoted():
+        await health_servicer.set(leader_health, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    replica.on_promoted = lambda: loop.call_soon_threadsafe(loop.create_task, promoted())
+    replica.on_demoted = lambda: loop.call_soon_threadsafe(loop.create_task, demoted())
+    replica.start(address)
 
 
 async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     heap.configure_malloc()
     store = open_store(settings.data_dir, settings.map_size_bytes)
     kernel = load_kernel(settings.kernel)
-    ledger = Ledger(store, kernel)
-    if kernel.name == "reference":
-        log.warning("running the plain-Python reference kernel: correct, but far slower than the Cython kernel")
     metrics = None
     if settings.metrics_port is not None or settings.metrics_multiprocess:
         metrics = observability.Metrics()
+    # Before the ledger: a node marks its store as one of the log's.
+    replica = replication_service.start_replica(settings, store, metrics.append if metrics is not None else None)
+    ledger = Ledger(store, kernel)
+    if kernel.name == "reference":
+        log.warning("running the plain-Python reference kernel: correct, but far slower than the Cython kernel")
     observability.OBSERVER.configure(metrics, settings.log_requests)
     committer = GroupCommitter(
         ledger, settings.utc_offset_minutes, queue_length_max=settings.queue_length_max,
-        on_batch=metrics.batch if metrics is not None else None,
+        on_batch=metrics.batch if metrics is not None else None, log=replica,
     )
     committer.start()
     channels = build_channels(settings.simulator)
     rules = RulesHolder(store, committer)
     flow = ChannelFlow(ledger, committer, channels, settings.channel_timeout_ms, lambda: rules.rules.expiry.lot_validity_days)
-    if settings.recover:
-        await flow.recover()
-    if demo:
-        await seed_demo_data(committer, ledger)
-    if settings.recover:
-        await admin_service.sync_station_domains(store, committer)
+    if replica is None:
+        await take_over(settings, flow, committer, ledger, demo)
 
     master_key = admin_service.load_master_key_of(settings)
     admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=settings.utc_offset_minutes, writer=committer)
     server = grpc.aio.server(options=grpc_options(settings.reuse_port))
     # Every service registers through this one registrar: it parses each
     # request, checks its caller against server/callers.py, and maps errors.
-    services = Registrar(server, guards_for(settings, store, master_key, admin))
+    services = Registrar(server, guards_for(settings, store, master_key, admin),
+                         stamp=replication_service.FreshnessStamp(replica) if replica is not None else None)
     promotions = promotion_service.add_promotion_services(services, ledger, committer, settings)
     sale_promotions = PromotionFlow(ledger, promotions.service, promotions.risk, committer.clock)
     payments = PaymentService(ledger, committer, flow, settings, rules, sale_promotions)
@@ -145,6 +184,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(ledger, committer, payments), services)
     loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server(LoyaltyService(ledger, committer, rules, promotions.risk), services)
     admin_service.add_admin_services(services, admin, committer)
+    replication_pb2_grpc.add_ReplicationServiceServicer_to_server(replication_service.ReplicationService(replica), services)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # Reflection wants the aio server itself (it checks the type); it is public.
@@ -158,6 +198,9 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    leader_health = replication_service.LEADER_HEALTH_NAME
+    await health_servicer.set(leader_health, health_pb2.HealthCheckResponse.SERVING if replica is None
+                              else health_pb2.HealthCheckResponse.NOT_SERVING)
     sweeper = asyncio.create_task(sweep_expired_holds(committer, settings.hold_sweep_interval_s))
     trimmer = asyncio.create_task(heap.release_free_heap_every(settings.heap_trim_interval_s)) if settings.heap_trim_interval_s else None
     sampler = asyncio.create_task(sample_gauges(metrics, committer, store)) if metrics is not None else None
@@ -166,6 +209,9 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         # Tests read the bound port from this line (--metrics-port 0).
         log.info("metrics on http://%s:%d/metrics", settings.listen.rsplit(":", 1)[0], metrics_port)
     host = settings.listen.rsplit(":", 1)[0]
+    if replica is not None:
+        follow(replica, settings.advertise or f"{host}:{port}", health_servicer,
+               lambda: take_over(settings, flow, committer, ledger, demo))
     # Tests and benchmarks read the bound port from this line (--listen HOST:0).
     # With --workers the supervisor says "serving on" once all workers listen.
     log.info("%s on %s:%d (kernel: %s, data: %s)", "worker listening" if settings.reuse_port else "serving",
@@ -190,5 +236,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         sampler.cancel()
     await server.stop(settings.shutdown_grace_s)
     committer.stop()
+    if replica is not None:
+        replica.stop()
     store.close()
     log.info("stopped")

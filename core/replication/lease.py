@@ -27,7 +27,7 @@ from core.replication.log import ReplicationLog
 
 log = logging.getLogger(__name__)
 
-BUCKET_DEFAULT = "TALLY_LEADER"
+BUCKET_DEFAULT = "TALLY_LOG_LEADER"
 KEY = "leader"
 TTL_S_DEFAULT = 3.0
 TTL_S_MIN = 1.0
