@@ -268,7 +268,7 @@ class GroupCommitter:
         with self.ledger.store.env.begin(write=True) as txn:
             recorder = self.ledger.recording(txn)
             value = change(recorder)
-            self.log.commit_changes(txn, recorder.changes)
+            self.log.commit_changes(txn, recorder)
         return value
 
     def _store_error(self, error: Exception) -> StoreFull | None:

@@ -114,7 +114,7 @@ class Ledger:
         with self.store.env.begin(write=True) as txn:
             recorder = self.recording(txn)
             results = self.kernel.apply_batch(recorder, self.store, ops, now_ms, day)
-            log.commit_changes(txn, recorder.changes)
+            log.commit_changes(txn, recorder)
             txn_id = txn.id()
         self.kernel.batch_committed(txn_id)
         return results

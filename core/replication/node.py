@@ -33,7 +33,6 @@ from collections.abc import Callable
 import msgspec
 
 from core.replication import applier
-from core.replication.changes import Change, encode_changes
 from core.replication.errors import LogFenced, LogTrimmed, LogUnavailable, NotLeader
 from core.replication.lease import BUCKET_DEFAULT, TTL_S_DEFAULT, Lease
 from core.replication.log import (
@@ -184,16 +183,16 @@ class Replica:
         if self._needs_resync:
             self._catch_up_as_leader()
 
-    def commit_changes(self, txn, changes: list[Change]):
+    def commit_changes(self, txn, recorder):
         """Inside the writer's open write transaction: log its changes, wait
         for the quorum, and put the new position into the transaction. Raises
         (the caller aborts the transaction, nobody is answered as done):
         NotLeader / LogFenced if this node may not write, LogUnavailable if
         the log did not answer within append_timeout_s."""
-        if not changes:
+        data = recorder.payload()
+        if not data:
             return
         self.check_writable()
-        data = encode_changes(changes)
         started = time.perf_counter()
         position = self._append(data, applier.CHANGES)
         if self.on_append is not None:
