@@ -10,6 +10,9 @@
            model of the balances, RSS and latency drift, then the audit
   crash    SIGKILL under load K times; every acknowledged answer and the
            audit checked after each restart
+  failover three replicated nodes on a NATS JetStream cluster: kill -9 the
+           leader and delete its data under load, N times; RTO per cycle,
+           every acknowledged answer read back, audits, nodes identical
 
 Each command has --help, --json FILE and (except kernel) --chart FILE.png.
 """
@@ -23,6 +26,7 @@ COMMANDS = {
     "seed": "bench.seed",
     "soak": "bench.soak",
     "crash": "bench.crash",
+    "failover": "bench.failover",
 }
 
 

@@ -15,11 +15,16 @@ ones that open write transactions (tests/test_write_path.py): a follower's
 store changes only here, from the log.
 """
 
+import hashlib
+
 import msgspec
 
 from core.replication.changes import apply_changes, decode_changes
 from core.replication.log import Entry
-from core.store import LOG_POSITION, LOG_POSITION_KEY, LOG_STREAM_KEY, Store, log_position_in
+from core.store import DATABASE_NAMES, LOG_POSITION, LOG_POSITION_KEY, LOG_STREAM_KEY, Store, log_position_in, rows
+
+# Meta keys of the node itself, never logged (its place in the log, its log).
+NODE_LOCAL_KEYS = (LOG_POSITION_KEY, LOG_STREAM_KEY)
 
 CHANGES = "changes"
 LEADER = "leader"
@@ -82,3 +87,20 @@ def mark_standalone(store: Store):
     with store.env.begin(write=True) as txn:
         txn.delete(LOG_STREAM_KEY, db=store.meta)
         txn.delete(LOG_POSITION_KEY, db=store.meta)
+
+
+def content_digest(store: Store) -> tuple[int, str]:
+    """(position, SHA-256 of every key and value of every database but this
+    node's own place in the log): nodes of one log at the same position
+    hold the same digest, byte for byte (the failover tests and bench
+    compare them)."""
+    digest = hashlib.sha256()
+    with store.env.begin() as txn:
+        position, _ = log_position_in(txn, store)
+        for name in DATABASE_NAMES:
+            digest.update(b"\x00db:" + name.encode())
+            for key, value in rows(txn, store.dbs.get(name)):
+                if name == "meta" and key in NODE_LOCAL_KEYS:
+                    continue
+                digest.update(len(key).to_bytes(4, "little") + key + len(value).to_bytes(4, "little") + value)
+    return position, digest.hexdigest()
