@@ -27,6 +27,15 @@ class Writer(Protocol):
     def write_blocking(self, change: Callable[[Any], Any]) -> Any: ...
 
 
+def refuse_if_replicated(store: Store):
+    """Raise ReplicatedStore (FAILED_PRECONDITION: one line naming the log)
+    if `store` is a node of a replicated log: the command-line tools call it
+    before a command that writes, so they refuse before doing any work."""
+    stream = replicated_stream(store)
+    if stream is not None:
+        raise ReplicatedStore(store.path, stream)
+
+
 class DirectWriter:
     """Runs each change at once in its own durable write transaction.
 
@@ -39,9 +48,7 @@ class DirectWriter:
         self.store = store
 
     def write_blocking(self, change: Callable[[Any], Any]) -> Any:
-        stream = replicated_stream(self.store)
-        if stream is not None:
-            raise ReplicatedStore(self.store.path, stream)
+        refuse_if_replicated(self.store)
         with self.store.env.begin(write=True) as txn:
             return change(txn)
 

@@ -22,6 +22,7 @@ from core.admin.access import cli_actor
 from core.admin.errors import AdminError
 from core.admin.model import OrgKind, Role
 from core.store import MAP_SIZE_BYTES_DEFAULT, open_store
+from core.writes import refuse_if_replicated
 
 PROG = "python -m core.admin"
 
@@ -90,6 +91,8 @@ def run(args) -> int:
     master_key = keys.load_master_key(args.master_key_file) if getattr(args, "master_key_file", None) else None
     store = open_store(args.data, MAP_SIZE_BYTES_DEFAULT, readonly=readonly)
     try:
+        if not readonly:
+            refuse_if_replicated(store)  # its changes go through the leader's AdminService
         return COMMANDS[args.command](Admin(store, master_key), args)
     finally:
         store.close()

@@ -21,7 +21,7 @@ import msgspec
 
 from core.ledger import Ledger, load_kernel
 from core.loyalty import jobs
-from core.writes import DirectWriter
+from core.writes import DirectWriter, refuse_if_replicated
 from core.loyalty.rules import LoyaltyRules, RuleError, load_rules, save_rules, validate
 from core.loyalty.statement import points_statement
 from core.store import open_store
@@ -52,8 +52,15 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+# Commands that write; on a node of a replicated log they are refused (the
+# leader's gRPC API takes those changes).
+WRITING = ("expire", "extend", "clear", "tiers")
+
+
 def run(args) -> object:
     store = open_store(args.data)
+    if args.command in WRITING or (args.command == "rules" and args.action == "save"):
+        refuse_if_replicated(store)
     ledger = Ledger(store, load_kernel())
     rules = load_rules(store)
     today = jobs.day_of(datetime.datetime.now(datetime.timezone.utc).date())

@@ -47,6 +47,20 @@ def _open(args):
     return open_store(args.data, args.map_size_gib * 2**30)
 
 
+def _open_for_writing(args):
+    """The store of a command that writes; a node of a replicated log is
+    refused in one line (its changes go through the leader's gRPC API)."""
+    from core.writes import refuse_if_replicated
+
+    store = _open(args)
+    try:
+        refuse_if_replicated(store)
+    except ValueError as error:
+        store.close()
+        raise SystemExit(f"{PROG} {args.command}: {error}") from None
+    return store
+
+
 def _ledger(store, kernel: str):
     from core.ledger import Ledger, load_kernel
 
@@ -65,7 +79,7 @@ def _print_json(value):
 
 
 def command_import(args) -> int:
-    store = _open(args)
+    store = _open_for_writing(args)
     failures = 0
     with _progress(len(args.files), "import", "files") as bar:
         for path in args.files:
@@ -87,7 +101,7 @@ def command_import(args) -> int:
 
 
 def command_reconcile(args) -> int:
-    store = _open(args)
+    store = _open_for_writing(args)
     status = 0
     for channel in _channels(args):
         try:
@@ -121,7 +135,7 @@ def command_queue_list(args) -> int:
 
 
 def command_queue_resolve(args) -> int:
-    store = _open(args)
+    store = _open_for_writing(args)
     action = ResolutionAction[args.action.upper()]
     apply_in = None
     if action == ResolutionAction.ADJUST:
@@ -204,7 +218,7 @@ def command_close_day(args) -> int:
         print(f"{PROG} close-day: --day must be within 1 .. today ({date_of_day(today)}), --station within 1 .. 2^32-1",
               file=sys.stderr)
         return 2
-    store = _open(args)
+    store = _open_for_writing(args)
     try:
         result = _ledger(store, args.kernel).apply([day_end_op(args.station, args.day)], now_ms, today)[0]
         totals = day_totals(store, args.station, args.day)
@@ -283,7 +297,7 @@ def command_generate(args) -> int:
     if refusal is not None:
         print(f"{PROG} generate: {refusal}", file=sys.stderr)
         return 2
-    store = _open(args)
+    store = _open_for_writing(args)
     network = Network(_ledger(store, args.kernel), seed=args.seed)
     first = args.day - args.days + 1
     for day in range(first, args.day + 1):
