@@ -21,7 +21,7 @@ from core.channels import build_channels
 from core.commit import GroupCommitter, QueueFull
 from core.replication.errors import ReplicationError
 from core.ledger import Ledger, load_kernel
-from core.records import Op
+from core.records import Op, parse_hold_expiry_key
 from core.results import OpKind
 from core.store import open_store
 from server import metrics as observability
@@ -93,6 +93,15 @@ async def sample_gauges(metrics, committer: GroupCommitter, store):
         await asyncio.sleep(observability.SAMPLE_INTERVAL_S)
 
 
+def holds_due(store, now_ms: int) -> bool:
+    """Whether a pre-authorization's time is up (the first key of hold_expiry
+    is (expires_ms, txn_id), big-endian): a sweep with none to expire would
+    still write a transaction (and, replicated, a log entry) for nothing."""
+    with store.env.begin() as txn:
+        cursor = txn.cursor(db=store.hold_expiry)
+        return cursor.first() and parse_hold_expiry_key(cursor.key())[0] <= now_ms
+
+
 async def sweep_expired_holds(committer: GroupCommitter, interval_s: float):
     """Release pre-authorizations whose time is up, so their funds free up
     even if no terminal ever touches them again."""
@@ -100,6 +109,8 @@ async def sweep_expired_holds(committer: GroupCommitter, interval_s: float):
         await asyncio.sleep(interval_s)
         if not committer.takes_writes:
             continue  # a follower: the leader sweeps, and the log brings its releases here
+        if not holds_due(committer.ledger.store, committer.clock()):
+            continue
         try:
             while (await committer.submit(Op(kind=OpKind.EXPIRE_HOLDS))).amount == limits.EXPIRE_SWEEP_HOLDS_MAX:
                 pass
