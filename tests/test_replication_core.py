@@ -122,3 +122,20 @@ def test_a_stale_expected_sequence_is_refused_and_a_retry_is_stored_once(nats_cl
     assert entries[0].pending == 1 and entries[1].pending == 0
     assert log.read(second + 1) == []
     log.close()
+
+
+def test_a_node_with_other_books_does_not_apply_the_log(tmp_path, nats_cluster, log_names):
+    leader = node(tmp_path, "a", nats_cluster, log_names)
+    leader.start("127.0.0.1:1")
+    wait_for(lambda: leader.role is Role.LEADER, what="the first node to lead")
+    stranger_store = open_store(str(tmp_path / "stranger"), MAP_SIZE)
+    ledger = Ledger(stranger_store, load_kernel("reference"))
+    ledger.apply([Op(kind=OpKind.OPEN_CARD, card_id=77, card_status=2)], 0, 0)  # books of its own
+    stranger_store.close()
+    stranger = node(tmp_path, "stranger", nats_cluster, log_names)
+    stranger.start("127.0.0.1:3")
+    wait_for(lambda: stranger.refused != "", what="the stranger to refuse the log")
+    assert "not what the log started from" in stranger.refused
+    assert stranger.position == 0 and stranger.role is Role.FOLLOWER
+    stranger.stop()
+    leader.stop()

@@ -20,6 +20,7 @@ import hashlib
 import msgspec
 
 from core.replication.changes import apply_changes, decode_changes
+from core.records import META_NEXT_JOURNAL_SEQ, META_NEXT_TXN_ID
 from core.replication.log import Entry
 from core.store import DATABASE_NAMES, LOG_POSITION, LOG_POSITION_KEY, LOG_STREAM_KEY, Store, log_position_in, rows
 
@@ -33,11 +34,20 @@ KINDS = (CHANGES, LEADER)
 
 class LeaderMark(msgspec.Struct, frozen=True):
     """A LEADER entry's content: who took over, where, under which lease
-    revision (a term number: it only grows)."""
+    revision (a term number: it only grows). The first entry of a log also
+    carries `base`, the fingerprint of the store its first leader started
+    from: a node applying that entry must start from the same (an empty
+    directory, or a restored copy of the same data), else it would apply
+    the log onto other books."""
 
     node: str
     address: str
     term: int
+    base: str = ""
+
+
+class BaseMismatch(Exception):
+    """This node's store is not the one the log started from."""
 
 
 class OutOfOrder(Exception):
@@ -65,13 +75,38 @@ def apply_entries(store: Store, entries: list[Entry], stop_at: int | None = None
                 raise OutOfOrder(f"entry {entry.sequence} read after {position}")
             if entry.kind == CHANGES:
                 apply_changes(txn, store, decode_changes(entry.data))
-            elif entry.kind != LEADER:
+            elif entry.kind == LEADER:
+                _check_base(txn, store, entry)
+            else:
                 raise ValueError(f"log entry {entry.sequence} has the unknown kind {entry.kind!r}: upgrade this node")
             position, time_ms = entry.sequence, entry.time_ms
             applied.append(entry)
         if applied:
             put_position(txn, store, position, time_ms)
     return position, time_ms, applied
+
+
+def base_fingerprint(txn, store: Store) -> str:
+    """What a store holds, in brief: the entries of every database and the
+    kernel's next ids (the log's own meta keys aside). Equal for an empty
+    directory and for every copy of one directory."""
+    digest = hashlib.sha256()
+    for name in DATABASE_NAMES:
+        db = store.dbs.get(name)
+        count = 0 if db is None else txn.stat(db)["entries"]
+        if name == "meta" and db is not None:
+            count -= sum(1 for key in NODE_LOCAL_KEYS if txn.get(key, db=db) is not None)
+        digest.update(f"{name}={count};".encode())
+    for key in (META_NEXT_TXN_ID, META_NEXT_JOURNAL_SEQ):
+        digest.update(key + (txn.get(key, db=store.meta) or b""))
+    return digest.hexdigest()[:32]
+
+
+def _check_base(txn, store: Store, entry: Entry):
+    mark = msgspec.json.decode(entry.data, type=LeaderMark)
+    if mark.base and mark.base != base_fingerprint(txn, store):
+        raise BaseMismatch(f"this node's data is not what the log started from (entry {entry.sequence}): restore it "
+                           "from a snapshot of a node of this log (python -m core.backup restore), or start it empty")
 
 
 def mark_replicated(store: Store, stream: str):

@@ -103,6 +103,8 @@ class Replica:
         self.pending = 0
         self.caught_up_at = 0.0
         self.trimmed = False
+        # Why this node cannot follow the log ("" while it can).
+        self.refused = ""
         self.on_promoted: Callable[[], None] | None = None
         self.on_demoted: Callable[[], None] | None = None
         self.on_append = on_append
@@ -261,6 +263,8 @@ class Replica:
                 self._stopping.wait(RETRY_INTERVAL_S)
             except LogTrimmed as error:
                 self._report_trimmed(error)
+            except applier.BaseMismatch as error:
+                self._report_refused(str(error))
             except Exception:
                 log.exception("replica thread: unexpected error; retrying")
                 self._stopping.wait(1.0)
@@ -286,6 +290,7 @@ class Replica:
     def _follow(self):
         entries = self.log.read(self.position + 1)
         self.trimmed = False
+        self.refused = ""
         if entries:
             self._apply(entries)
             self.pending = entries[-1].pending
@@ -328,7 +333,8 @@ class Replica:
                 target = self.log.state().last
                 while self.position < target:
                     self._apply(self.log.read(self.position + 1))
-                mark = msgspec.json.encode(applier.LeaderMark(self.settings.node_id, self.address, term))
+                mark = msgspec.json.encode(applier.LeaderMark(self.settings.node_id, self.address, term,
+                                                              self._base() if self.position == 0 else ""))
                 try:
                     position = self.log.append(mark, self.position, uuid.uuid4().hex, applier.LEADER,
                                                self.settings.node_id)
@@ -349,6 +355,10 @@ class Replica:
         if self.on_promoted is not None:
             self.on_promoted()
 
+    def _base(self) -> str:
+        with self.store.env.begin() as txn:
+            return applier.base_fingerprint(txn, self.store)
+
     def _step_down(self, why: str):
         if self.role is not Role.LEADER:
             return
@@ -361,9 +371,14 @@ class Replica:
             self.on_demoted()
 
     def _report_trimmed(self, error: LogTrimmed):
-        if not self.trimmed:
-            log.error("%s", error)
         self.trimmed = True
+        self._report_refused(str(error))
+
+    def _report_refused(self, why: str):
+        """This node cannot follow the log as it is (a restore is needed):
+        say so now and then, serve what it has, take no lease."""
+        log.error("cannot follow the log: %s", why)
+        self.refused = why
         self._stopping.wait(TRIMMED_REPORT_INTERVAL_S)
 
 
