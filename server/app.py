@@ -131,15 +131,18 @@ async def take_over(settings: ServerSettings, flow: ChannelFlow, committer: Grou
         await admin_service.sync_station_domains(store=ledger.store, committer=committer)
 
 
-def follow(replica, address: str, health_servicer, on_promoted):
+def follow(replica, address: str, health_servicer, on_promoted, relay=None):
     """Start the node's replica thread: it follows the log and, when it
-    becomes the leader, the event loop runs `on_promoted` and health says
-    tally.v1.Leader SERVING (NOT_SERVING again when it steps down)."""
+    becomes the leader, the event loop runs `on_promoted`, health says
+    tally.v1.Leader SERVING (NOT_SERVING again when it steps down) and the
+    events relay (--events-stream) publishes while it leads."""
     loop = asyncio.get_running_loop()
     leader_health = replication_service.LEADER_HEALTH_NAME
 
     async def promoted():
         await health_servicer.set(leader_health, health_pb2.HealthCheckResponse.SERVING)
+        if relay is not None:
+            relay.start()
         try:
             await on_promoted()
         except ReplicationError as error:
@@ -147,6 +150,8 @@ def follow(replica, address: str, health_servicer, on_promoted):
 
     async def demoted():
         await health_servicer.set(leader_health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if relay is not None:
+            await asyncio.to_thread(relay.stop)
 
     replica.on_promoted = lambda: loop.call_soon_threadsafe(loop.create_task, promoted())
     replica.on_demoted = lambda: loop.call_soon_threadsafe(loop.create_task, demoted())
@@ -220,9 +225,14 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         # Tests read the bound port from this line (--metrics-port 0).
         log.info("metrics on http://%s:%d/metrics", settings.listen.rsplit(":", 1)[0], metrics_port)
     host = settings.listen.rsplit(":", 1)[0]
+    relay = None
     if replica is not None:
+        if settings.events_stream:
+            from server.events import EventRelay
+
+            relay = EventRelay(replica.log, settings.events_stream)
         follow(replica, settings.advertise or f"{host}:{port}", health_servicer,
-               lambda: take_over(settings, flow, committer, ledger, demo))
+               lambda: take_over(settings, flow, committer, ledger, demo), relay)
     # Tests and benchmarks read the bound port from this line (--listen HOST:0).
     # With --workers the supervisor says "serving on" once all workers listen.
     log.info("%s on %s:%d (kernel: %s, data: %s)", "worker listening" if settings.reuse_port else "serving",
@@ -247,6 +257,8 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         sampler.cancel()
     await server.stop(settings.shutdown_grace_s)
     committer.stop()
+    if relay is not None:
+        relay.stop()
     if replica is not None:
         replica.stop()
     store.close()
