@@ -43,14 +43,17 @@ def _outcome_names() -> dict[int, str]:
 
 
 def outcome_of(answer) -> str:
-    """The label of an answer: its ResultCode name, or FOUND / NOT_FOUND for
-    a QueryAnswer."""
+    """The label of an answer: its ResultCode name, FOUND / NOT_FOUND for a
+    QueryAnswer, OK for an answer that has neither."""
     global RESULT_OUTCOMES
     if RESULT_OUTCOMES is None:
         RESULT_OUTCOMES = _outcome_names()
     result = getattr(answer, "result", None)
     if result is None:
-        return "FOUND" if answer.found else "NOT_FOUND"
+        found = getattr(answer, "found", None)
+        if found is None:
+            return "OK"  # an answer without a result code (ReplicationService.GetStatus)
+        return "FOUND" if found else "NOT_FOUND"
     return RESULT_OUTCOMES.get(result, str(result))
 
 

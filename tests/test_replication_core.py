@@ -139,3 +139,44 @@ def test_a_node_with_other_books_does_not_apply_the_log(tmp_path, nats_cluster, 
     assert stranger.position == 0 and stranger.role is Role.FOLLOWER
     stranger.stop()
     leader.stop()
+
+
+def test_a_node_that_leads_again_trusts_no_record_kept_from_before(tmp_path, nats_cluster, log_names):
+    """Node a's Cython kernel keeps the records of its batches (Kernel
+    .records_for); b then drains the card through the log, and a, leading
+    again with the same kernel, must see b's balance, not its own memory."""
+    kernel_a = load_kernel("cython")
+    store_a = open_store(str(tmp_path / "a"), MAP_SIZE)
+    store_b = open_store(str(tmp_path / "b"), MAP_SIZE)
+
+    def lead(store, name, kernel, ops):
+        replica = Replica(ReplicaSettings(urls=nats_cluster.url, node_id=name, lease_ttl_s=2.0, **log_names), store)
+        replica.connect()
+        replica.start(f"127.0.0.1:{name}")
+        wait_for(lambda: replica.role is Role.LEADER, what=f"{name} to lead")
+
+        async def drive():
+            committer = GroupCommitter(Ledger(store, kernel), log=replica)
+            committer.start()
+            results = [await committer.submit(op) for op in ops]
+            committer.stop()
+            return results
+
+        results = asyncio.run(drive())
+        replica.stop()  # releases the lease: the other takes it at once
+        return results
+
+    opened = lead(store_a, "a", kernel_a, [Op(kind=OpKind.OPEN_CARD, card_id=9, card_status=2), topup(1)])
+    assert [result.code for result in opened] == [ResultCode.APPROVED] * 2
+    drain = Op(kind=OpKind.PAY, terminal_id=2, station_id=1, serial=1, card_id=9, amount=10, plan_flags=2,
+               fingerprint=b"d" * 16)
+    assert lead(store_b, "b", load_kernel("reference"), [drain])[0].code == ResultCode.APPROVED
+    again = Op(kind=OpKind.PAY, terminal_id=2, station_id=1, serial=2, card_id=9, amount=10, plan_flags=2,
+               fingerprint=b"e" * 16)
+    assert lead(store_a, "a", kernel_a, [again])[0].code == ResultCode.INSUFFICIENT_FUNDS
+    follower = Replica(ReplicaSettings(urls=nats_cluster.url, node_id="b", lease_ttl_s=2.0, **log_names), store_b)
+    follower.connect()
+    follower.start("127.0.0.1:b")
+    wait_for(lambda: follower.position == log_position(store_a)[0], what="b to catch up")
+    follower.stop()
+    assert everything(store_a) == everything(store_b)

@@ -20,7 +20,7 @@ from tally.v1 import replication_pb2, replication_pb2_grpc
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
-    replica_set = ReplicaSet(str(tmp_path_factory.mktemp("replicated")), 2, ["--demo"]).start()
+    replica_set = ReplicaSet(str(tmp_path_factory.mktemp("replicated")), 2, ["--demo", "--metrics-port", "0"]).start()
     yield replica_set
     replica_set.close()
 
@@ -77,6 +77,35 @@ def test_a_follower_serves_fresh_reads_and_sends_writes_to_the_leader(nodes):
     assert health(follower.address, "") == health_pb2.HealthCheckResponse.SERVING
     status = follower.status()
     assert status.role == replication_pb2.REPLICA_ROLE_FOLLOWER and status.leader_address == leader.address
+
+
+def metrics_of(node) -> str:
+    import re
+    import urllib.request
+
+    with open(node.log_path) as log_file:
+        port = re.findall(r"metrics on http://[^:]+:(\d+)/metrics", log_file.read())[-1]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        return answer.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def test_metrics_say_role_position_lag_and_append_time(nodes):
+    leader = nodes.wait_leader()
+    follower = next(node for node in nodes.nodes if node is not leader)
+    pay(leader.address, serial=int(time.time_ns() // 1000))
+    wait_for(lambda: follower.status().log_position == leader.status().log_position)
+    time.sleep(1.5)  # the gauges are sampled once a second
+    led, followed = metrics_of(leader), metrics_of(follower)
+    assert metric(led, "tally_replication_leader") == 1 and metric(followed, "tally_replication_leader") == 0
+    assert metric(led, "tally_replication_append_seconds_count") >= 1
+    assert metric(followed, "tally_replication_log_position") == leader.status().log_position
+    assert metric(followed, "tally_replication_lag_entries") == 0
+    assert 0 <= metric(followed, "tally_replication_lag_seconds") < 5
+    assert metric(followed, "tally_replication_leader_changes_total") >= 1
 
 
 def test_tools_refuse_to_write_a_node_and_a_single_node_refuses_to_start_on_one(nodes):
