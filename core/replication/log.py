@@ -116,7 +116,11 @@ class ReplicationLog:
         self.thread = NatsThread()
         self.nc = None
         self.js = None
-        self._inbox_lock = None
+        # Replies of direct gets: one subscription on PREFIX.* for all reads
+        # (a subscription per read cost more CPU than the read itself).
+        self._reply_prefix = ""
+        self._replies: dict[str, asyncio.Queue] = {}
+        self._reads = 0
 
     # ------------------------------------------------------------ connection
 
@@ -145,7 +149,14 @@ class ReplicationLog:
                     raise LogUnavailable(f"cannot connect to {','.join(self.urls)}: {error}") from None
                 await asyncio.sleep(0.25)
         self.js = self.nc.jetstream(timeout=REQUEST_TIMEOUT_S)
-        self._inbox_lock = asyncio.Lock()
+        self._reply_prefix = self.nc.new_inbox()
+
+        async def route(message):
+            queue = self._replies.get(message.subject)
+            if queue is not None:
+                queue.put_nowait(message)
+
+        await self.nc.subscribe(f"{self._reply_prefix}.*", cb=route)
         while True:
             try:
                 await self._ensure_stream()
@@ -245,8 +256,9 @@ class ReplicationLog:
         """One batched direct get ($JS.API.DIRECT.GET, nats-server 2.11+):
         the server sends up to `batch` messages then an end-of-batch status."""
         request = json.dumps({"seq": first, "batch": entries_max, "max_bytes": bytes_max}).encode()
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox, max_msgs=0)
+        self._reads += 1
+        inbox = f"{self._reply_prefix}.{self._reads}"
+        replies = self._replies[inbox] = asyncio.Queue()
         found = []
         try:
             await self.nc.publish(f"$JS.API.DIRECT.GET.{self.names.stream}", request, reply=inbox)
@@ -256,8 +268,8 @@ class ReplicationLog:
                 if remaining <= 0:
                     raise LogUnavailable("a read got no end of batch in time")
                 try:
-                    message = await sub.next_msg(remaining)
-                except Exception:  # noqa: BLE001 -- nats' timeout, or a connection lost meanwhile
+                    message = await asyncio.wait_for(replies.get(), remaining)
+                except asyncio.TimeoutError:
                     raise LogUnavailable("no answer to a read") from None
                 headers = message.headers or {}
                 status = headers.get("Status")
@@ -269,7 +281,7 @@ class ReplicationLog:
                     raise LogUnavailable(f"read: status {status} {headers.get('Description', '')}")
                 found.append(_entry_of(message, headers))
         finally:
-            await sub.unsubscribe()
+            del self._replies[inbox]
 
     def state(self, timeout_s: float = REQUEST_TIMEOUT_S) -> StreamState:
         """The stream's first and last positions (from its leader)."""
