@@ -10,6 +10,8 @@
            model of the balances, RSS and latency drift, then the audit
   crash    SIGKILL under load K times; every acknowledged answer and the
            audit checked after each restart
+  backup   Pay under load while `python -m core.backup snapshot` copies the
+           directory: throughput during the snapshot against without
   failover three replicated nodes on a NATS JetStream cluster: kill -9 the
            leader and delete its data under load, N times; RTO per cycle,
            every acknowledged answer read back, audits, nodes identical
@@ -27,6 +29,7 @@ COMMANDS = {
     "soak": "bench.soak",
     "crash": "bench.crash",
     "failover": "bench.failover",
+    "backup": "bench.backup",
 }
 
 

@@ -654,7 +654,10 @@ def client_plans(address: str, parameters: Parameters, fund_cards: bool,
 
 
 def drive_load(address: str, parameters: Parameters, fund_cards: bool, server_pid: int,
-               secrets: tuple[bytes, ...] = ()) -> Measured:
+               secrets: tuple[bytes, ...] = (), on_start=None) -> Measured:
+    """on_start(measure_start_wall_s), if given, is called once the clients
+    are set up, with the wall-clock time the measurement will start at
+    (bench backup schedules its snapshot from it)."""
     # spawn, not fork: the parent has used gRPC (health checks), and gRPC's
     # threads and sockets do not survive a fork.
     context = multiprocessing.get_context("spawn")
@@ -671,6 +674,8 @@ def drive_load(address: str, parameters: Parameters, fund_cards: bool, server_pi
         start_at_wall_s = time.time() + START_DELAY_S
         for _, pipe in workers:
             pipe.send(start_at_wall_s)
+        if on_start is not None:
+            on_start(start_at_wall_s + parameters.warmup_s)
         server_cpu_s = server_cpu_in_window(server_pid, start_at_wall_s, parameters)
         run_timeout_s = parameters.call_timeout_s + 30.0
         samples = [receive(pipe, "samples", run_timeout_s) for _, pipe in workers]
