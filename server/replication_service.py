@@ -12,6 +12,7 @@ Used by: server/app.py.
 
 import logging
 
+from core.replication.errors import LogUnavailable
 from core.replication.node import Replica, Role
 from core.store import Store, replicated_stream
 from tally.v1 import common_pb2, replication_pb2, replication_pb2_grpc
@@ -35,7 +36,10 @@ def start_replica(settings, store: Store, on_append=None) -> Replica | None:
                              "--replicate, or restore a standalone copy (python -m core.backup restore --standalone)")
         return None
     replica = Replica(settings.replication, store, on_append=on_append)
-    replica.connect()
+    try:
+        replica.connect()
+    except LogUnavailable as error:
+        raise SystemExit(f"cannot start node {settings.replication.node_id}: {error}") from None
     log.info("node %s of the log %s on %s, at position %d", settings.replication.node_id, settings.replication.stream,
              settings.replication.urls, replica.position)
     return replica

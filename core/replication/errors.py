@@ -8,7 +8,7 @@ whole on any ReplicationError), the server (maps them like every TallyError:
 NotLeader names the leader in ErrorInfo metadata and trailing metadata).
 """
 
-from core.errors import FailedPrecondition, Unavailable
+from core.errors import FailedPrecondition, ResourceExhausted, Unavailable
 
 
 class ReplicationError:
@@ -55,6 +55,14 @@ class LogTrimmed(ReplicationError, FailedPrecondition):
                          f"at or after position {first - 1} (python -m core.backup restore)", reason="LOG_TRIMMED")
         self.wanted = wanted
         self.first = first
+
+
+class EntryTooLarge(ReplicationError, ResourceExhausted):
+    """One write transaction changed more than a NATS message may carry."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"this change is {size:,} bytes in the log, above the NATS servers' max_payload of {limit:,}: "
+                         "nothing was stored; split it, or raise max_payload", reason="LOG_ENTRY_TOO_LARGE")
 
 
 class ReplicatedStore(ReplicationError, FailedPrecondition):

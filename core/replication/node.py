@@ -33,7 +33,7 @@ from collections.abc import Callable
 import msgspec
 
 from core.replication import applier
-from core.replication.errors import LogFenced, LogTrimmed, LogUnavailable, NotLeader
+from core.replication.errors import EntryTooLarge, LogFenced, LogTrimmed, LogUnavailable, NotLeader
 from core.replication.lease import BUCKET_DEFAULT, TTL_S_DEFAULT, Lease
 from core.replication.log import (
     MAX_PAYLOAD_BYTES, REPLICAS_DEFAULT, STREAM_DEFAULT, SUBJECT_DEFAULT, LogNames, ReplicationLog,
@@ -200,6 +200,8 @@ class Replica:
         if not data:
             return
         self.check_writable()
+        if len(data) > self.log.max_payload:
+            raise EntryTooLarge(len(data), self.log.max_payload)
         started = time.perf_counter()
         position = self._append(data, applier.CHANGES)
         if self.on_append is not None:
