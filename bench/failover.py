@@ -34,7 +34,7 @@ import grpc
 import msgspec
 
 from bench import charts
-from bench.e2e import BenchFailure, log_tail
+from bench.e2e import BenchFailure
 from bench.replica_set import LeaderClient, ReplicaSet
 from core.replication.applier import content_digest
 from core.store import open_store

@@ -3,7 +3,7 @@ restore into a new directory with the audit at the end, point-in-time
 restore to a log position or a wall-clock time, a new node joining from a
 backup, and retention trimming the log only behind the oldest kept backup."""
 
-import os
+import json
 import subprocess
 import sys
 import threading
@@ -173,3 +173,15 @@ def serials_in_running(node: TallyNode, serials) -> bool:
     with grpc.insecure_channel(node.address) as channel:
         query = payment_pb2_grpc.PaymentServiceStub(channel).Query
         return all(query(payment_pb2.QueryRequest(terminal_id=TERMINAL, serial=serial)).found for serial in serials)
+
+
+def test_bench_backup_measures_pay_during_a_snapshot(tmp_path):
+    report_path = tmp_path / "backup.json"
+    result = subprocess.run([sys.executable, "-m", "bench", "backup", "--data", str(tmp_path / "data"), "--duration", "8",
+                             "--before", "2", "--warmup", "1", "--concurrency", "50", "--json", str(report_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["backup_bytes"] > 0 and 0 < report["backup_s"] < 8 and report["errors"] == 0
+    assert report["throughput_during_per_s"] > 0 and report["backup_ratio"] > 0
+    assert len(catalogue.snapshots(str(tmp_path / "backups"))) == 0, "the bench keeps its snapshots to itself"

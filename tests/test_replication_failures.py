@@ -193,3 +193,14 @@ def test_a_paused_leader_acknowledges_nothing_after_its_lease(nodes):
         assert not query(new.address, number).found, f"serial {number} refused by the old leader yet stored"
     assert all(query(new.address, number).found for number in acknowledged)
     assert_same_books(nodes)
+
+
+@pytest.mark.slow
+def test_failover_drill_of_twenty_cycles(tmp_path):
+    """The issue's drill: 20 kills of the leader with its disk."""
+    report_path = tmp_path / "failover.json"
+    result = subprocess.run([sys.executable, "-m", "bench", "failover", "--cycles", "20", "--json", str(report_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert len(report["cycles"]) == 20 and report["lost"] == 0 and report["rto_s_max"] <= 10
