@@ -1039,7 +1039,8 @@ def print_table(report: Report):
               f"{cell(extra.follower_cpu_ms_per_transaction, 3)} ms per transaction, NATS servers' CPU "
               f"{cell(extra.nats_cpu_ms_per_transaction, 3)} ms per transaction, log "
               f"{cell(extra.log_bytes_per_transaction, 0)} bytes per transaction, {extra.log_entries} log entries for "
-              f"{extra.transactions} transactions")
+              f"{extra.transactions} transactions; append to quorum ack {cell(extra.append_ms_avg, 2)} ms on average, "
+              f"{cell(extra.entry_bytes_avg, 0)} bytes an entry")
     if report.echo is None:
         return
     print(f"{'pay/echo':9}{'':10}{cell(report.ratios.throughput, 3):>10}{'':27}{cell(report.ratios.latency_p99, 2):>9}"

@@ -43,6 +43,10 @@ class ReplicatedExtras(msgspec.Struct):
     log_bytes_per_transaction: float | None
     log_entries: int
     transactions: int
+    # The leader's own view (its metrics): mean time from append to quorum
+    # ack, mean entry size.
+    append_ms_avg: float | None = None
+    entry_bytes_avg: float | None = None
 
 
 class ReplicatedSide:
@@ -64,8 +68,9 @@ class ReplicatedSide:
         """One replicated Pay run: (TargetReport, Measured) like e2e.run_target."""
         address = f"127.0.0.1:{e2e.free_port()}"
         flags = ["--replicate", self.cluster.url]
+        metrics_port = e2e.free_port()
         leader = e2e.start_server([*e2e.server_command("pay", address, half, self.leader_dir), *flags,
-                                   "--node-id", "leader"], log_path)
+                                   "--node-id", "leader", "--metrics-port", str(metrics_port)], log_path)
         followers = []
         try:
             e2e.wait_until_serving(leader, address, log_path)
@@ -86,6 +91,7 @@ class ReplicatedSide:
             cpu_after = [e2e.process_cpu_s(process.pid) or 0.0 for process, _ in followers]
             nats_after = self.nats_cpu_s(e2e)
             log_after = self.stream_state()
+            appends = scrape(metrics_port)
         finally:
             for process, _ in followers:
                 e2e.stop_server(process)
@@ -99,6 +105,8 @@ class ReplicatedSide:
             log_bytes_per_transaction=(log_after.bytes - log_before.bytes) / transactions if transactions else None,
             log_entries=log_after.last - log_before.last,
             transactions=transactions,
+            append_ms_avg=mean_of(appends, "tally_replication_append_seconds", 1000.0),
+            entry_bytes_avg=mean_of(appends, "tally_replication_append_bytes"),
         ))
         return e2e.summarize(measured, half.duration_s, exit_code), measured
 
@@ -130,7 +138,28 @@ class ReplicatedSide:
             log_bytes_per_transaction=weighted("log_bytes_per_transaction"),
             log_entries=sum(extra.log_entries for extra in self.extras),
             transactions=transactions,
+            append_ms_avg=weighted("append_ms_avg"),
+            entry_bytes_avg=weighted("entry_bytes_avg"),
         )
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The leader's unlabelled Prometheus samples (name -> value)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, _, value = line.partition(" ")
+            found[name] = float(value)
+    return found
+
+
+def mean_of(samples: dict[str, float], histogram: str, scale: float = 1.0) -> float | None:
+    count = samples.get(f"{histogram}_count")
+    return scale * samples[f"{histogram}_sum"] / count if count else None
 
 
 def wait_until_leader(process, address: str, log_path: str, e2e):
