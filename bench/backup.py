@@ -86,7 +86,8 @@ def run(args, work_dir: str) -> Report:
     server = e2e.start_server(e2e.server_command("pay", address, parameters, args.data), log_path)
 
     def schedule(measure_start_wall_s: float):
-        thread = threading.Thread(target=take_snapshot, args=(args, work_dir, measure_start_wall_s, backup), daemon=True)
+        thread = threading.Thread(target=take_snapshot, args=(args, work_dir, measure_start_wall_s, backup),
+                                  daemon=True)
         thread.start()
         backup["thread"] = thread
 
@@ -108,7 +109,8 @@ def run(args, work_dir: str) -> Report:
 def take_snapshot(args, work_dir: str, measure_start_wall_s: float, backup: dict):
     time.sleep(max(0.0, measure_start_wall_s + args.before - time.time()))
     backup["started_s"] = time.time() - measure_start_wall_s
-    command = [sys.executable, "-m", "core.backup", "snapshot", "--data", args.data, "--to", os.path.join(work_dir, "backups")]
+    command = [sys.executable, "-m", "core.backup", "snapshot", "--data", args.data,
+               "--to", os.path.join(work_dir, "backups")]
     if args.rate_mib_s:
         command += ["--rate-mib-s", str(args.rate_mib_s)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=SNAPSHOT_TIMEOUT_S)
@@ -135,7 +137,7 @@ def report_of(args, transactions, summary, measured, backup) -> Report:
         backup_bytes=backup["bytes"], backup_mib_s=round(backup["bytes"] / 2**20 / max(0.001, ended - started), 1),
         throughput_before_after_per_s=round(float((~during).sum()) / outside_s, 1),
         throughput_during_per_s=round(float(during.sum()) / (ended - started), 1),
-        backup_ratio=round((float(during.sum()) / (ended - started)) / max(1e-9, float((~during).sum()) / outside_s), 3),
+        backup_ratio=round(float(during.sum()) / (ended - started) / max(1e-9, float((~during).sum()) / outside_s), 3),
         latency_ms_during_p99=float(numpy.percentile(latency[during], 99)) if during.any() else None,
         latency_ms_outside_p99=float(numpy.percentile(latency[~during], 99)) if (~during).any() else None,
         errors=summary.errors + summary.errors_unmeasured,
@@ -151,11 +153,12 @@ def main(argv=None) -> int:
         except e2e.BenchFailure as failure:
             print(f"python -m bench backup: {failure}", file=sys.stderr)
             return 1
+    verdict = "meets" if report.backup_ratio >= BACKUP_RATIO_TARGET else "misses"
     print(f"snapshot of {report.data_transactions or 0:,} transactions: {report.backup_bytes:,} bytes in "
           f"{report.backup_s:.1f} s ({report.backup_mib_s:.0f} MiB/s), started {report.backup_started_s:.0f} s in")
     print(f"Pay {report.mode}, {report.concurrency} terminals: {report.throughput_during_per_s:,.0f}/s during the "
           f"snapshot, {report.throughput_before_after_per_s:,.0f}/s before and after it: backup_ratio "
-          f"{report.backup_ratio:.3f} ({'meets' if report.backup_ratio >= BACKUP_RATIO_TARGET else 'misses'} the target "
+          f"{report.backup_ratio:.3f} ({verdict} the target "
           f">= {BACKUP_RATIO_TARGET}); p99 {report.latency_ms_during_p99 or 0:.0f} ms during, "
           f"{report.latency_ms_outside_p99 or 0:.0f} ms outside; {report.errors} errors")
     if args.json:

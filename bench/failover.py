@@ -25,7 +25,6 @@ import datetime
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,8 +35,6 @@ import msgspec
 from bench import charts
 from bench.e2e import BenchFailure
 from bench.replica_set import LeaderClient, ReplicaSet
-from core.replication.applier import content_digest
-from core.store import open_store
 from tally.v1 import card_pb2, card_pb2_grpc, common_pb2, payment_pb2, payment_pb2_grpc
 
 CARD_ID_BASE = 6_280_000_000_000_000
@@ -97,7 +94,8 @@ def parse_args(argv):
         "SIGKILL the leader and delete its data directory, N times. Reports RTO (last answer of the old leader to "
         "the first of the new) per cycle, p50 and max (target max <= 10 s), and checks that no acknowledged payment "
         "is lost (RPO 0), every node's audit is clean and all nodes hold the same books. Exit 0 if all holds.")
-    parser.add_argument("--cycles", type=int, default=20, metavar="N", help=f"kills, 1 .. {CYCLES_MAX} (default %(default)s)")
+    parser.add_argument("--cycles", type=int, default=20, metavar="N",
+                        help=f"kills, 1 .. {CYCLES_MAX} (default %(default)s)")
     parser.add_argument("--clients", type=int, default=100, metavar="C",
                         help=f"concurrent terminals, 1 .. {CLIENTS_MAX} (default %(default)s)")
     parser.add_argument("--load-seconds", type=float, nargs=2, default=(2.0, 5.0), metavar=("MIN", "MAX"),
@@ -135,11 +133,10 @@ async def fund_cards(client: LeaderClient, run_id: int):
         card_id = CARD_ID_BASE + run_id * 100 + index
         await client.call(lambda channel: card_pb2_grpc.CardServiceStub(channel).OpenCard,
                           card_pb2.OpenCardRequest(card_id=card_id, card_type=card_pb2.PERSONAL_CARD), deadline)
-        context = common_pb2.TerminalContext(station_id=1, terminal_id=TERMINAL_ID_BASE - 1, serial=run_id * 1000 + index,
-                                             operator_id=1)
-        answer, _ = await client.call(lambda channel: card_pb2_grpc.CardServiceStub(channel).TopUp,
-                                      card_pb2.TopUpRequest(terminal=context, card_id=card_id, account=common_pb2.PERSONAL,
-                                                            amount=10**11), deadline)
+        context = common_pb2.TerminalContext(station_id=1, terminal_id=TERMINAL_ID_BASE - 1,
+                                             serial=run_id * 1000 + index, operator_id=1)
+        top_up = card_pb2.TopUpRequest(terminal=context, card_id=card_id, account=common_pb2.PERSONAL, amount=10**11)
+        answer, _ = await client.call(lambda channel: card_pb2_grpc.CardServiceStub(channel).TopUp, top_up, deadline)
         if answer.result != common_pb2.APPROVED:
             raise BenchFailure(f"funding card {card_id}: {common_pb2.ResultCode.Name(answer.result)}")
 
@@ -235,44 +232,16 @@ async def one_cycle(number: int, nodes: ReplicaSet, client: LeaderClient, args, 
     return cycle, examples
 
 
-def audit(data_dir: str) -> tuple[bool, str]:
-    result = subprocess.run([sys.executable, "-m", "core.audit", data_dir], capture_output=True, text=True)
-    return result.returncode == 0, (result.stdout + result.stderr).strip()
-
-
-def digests(nodes: ReplicaSet) -> list[tuple[int, str]]:
-    found = []
-    for node in nodes.nodes:
-        store = open_store(node.data_dir, readonly=True)
-        try:
-            found.append(content_digest(store))
-        finally:
-            store.close()
-    return found
-
-
 def finish(nodes: ReplicaSet) -> tuple[int, bool, int, list[str]]:
-    """Catch up, stop followers then the leader, audit and compare every
-    node: (audits failed, digests equal, log position, notes)."""
-    notes = []
-    nodes.wait_caught_up()
-    leader = nodes.leader()
-    for node in sorted(nodes.nodes, key=lambda node: node is leader):
-        code = node.stop()
-        if code != 0:
-            notes.append(f"{node.name} exited with {code} on SIGTERM")
-    failed = 0
-    for node in nodes.nodes:
-        ok, text = audit(node.data_dir)
-        if not ok:
-            failed += 1
-            notes.append(f"audit of {node.name}: {text[-500:]}")
-    found = digests(nodes)
+    """Catch up, stop, audit and compare every node: (audits failed,
+    digests equal, log position, notes)."""
+    notes, found = nodes.stop_and_check()
     equal = len(set(found)) == 1
     if not equal:
         notes.append("nodes differ: " + ", ".join(f"{node.name} at {position}: {digest[:12]}"
                                                   for node, (position, digest) in zip(nodes.nodes, found)))
-    return failed, equal, found[0][0], notes
+    audits_failed = sum(1 for note in notes if note.startswith("audit of"))
+    return audits_failed, equal, found[0][0], notes
 
 
 async def drill(args, work_dir: str) -> tuple[Report, list[str]]:
@@ -292,7 +261,8 @@ async def drill(args, work_dir: str) -> tuple[Report, list[str]]:
                 cycles.append(cycle)
                 notes.extend(examples)
                 print(f"cycle {number}: killed {cycle.killed} -> {cycle.new_leader} leads, RTO {cycle.rto_s:.2f} s, "
-                      f"{cycle.acknowledged} acknowledged, {cycle.lost} lost, restart {cycle.restart_s:.1f} s", flush=True)
+                      f"{cycle.acknowledged} acknowledged, {cycle.lost} lost, restart {cycle.restart_s:.1f} s",
+                      flush=True)
         finally:
             await client.close()
         audits_failed, equal, position, finish_notes = await asyncio.to_thread(finish, nodes)

@@ -24,7 +24,9 @@ import time
 import grpc
 
 from bench.e2e import BenchFailure, free_port, log_tail, wait_until_serving
+from core.replication.applier import content_digest
 from core.replication.local_cluster import LocalCluster
+from core.store import open_store
 from tally.v1 import replication_pb2, replication_pb2_grpc
 
 LEADER_METADATA_KEY = "x-tally-leader"
@@ -160,6 +162,31 @@ class ReplicaSet:
                     return
             time.sleep(0.1)
         raise BenchFailure(f"the nodes did not catch up within {timeout_s:g} s")
+
+
+    def stop_and_check(self) -> tuple[list[str], list[tuple[int, str]]]:
+        """Catch up, stop every node (followers first: a leader stopping
+        hands its lease to a follower, who would add a LEADER entry), then
+        `python -m core.audit` on each directory and each one's (position,
+        content digest). Returns (audit failures, digests in node order)."""
+        self.wait_caught_up()
+        leader = self.leader()
+        failures = []
+        for node in sorted(self.nodes, key=lambda node: node is leader):
+            code = node.stop()
+            if code != 0:
+                failures.append(f"{node.name} exited with {code} on SIGTERM")
+        found = []
+        for node in self.nodes:
+            audit = subprocess.run([sys.executable, "-m", "core.audit", node.data_dir], capture_output=True, text=True)
+            if audit.returncode != 0:
+                failures.append(f"audit of {node.name}: {(audit.stdout + audit.stderr)[-500:]}")
+            store = open_store(node.data_dir, readonly=True)
+            try:
+                found.append(content_digest(store))
+            finally:
+                store.close()
+        return failures, found
 
 
 def leader_of(error: grpc.aio.AioRpcError) -> str:

@@ -127,7 +127,8 @@ class ReplicatedSide:
         transactions = sum(extra.transactions for extra in self.extras)
 
         def weighted(name):
-            values = [(getattr(extra, name), extra.transactions) for extra in self.extras if getattr(extra, name) is not None]
+            values = [(getattr(extra, name), extra.transactions) for extra in self.extras
+                      if getattr(extra, name) is not None]
             total = sum(count for _, count in values)
             return sum(value * count for value, count in values) / total if total else None
 
@@ -178,7 +179,8 @@ def wait_until_leader(process, address: str, log_path: str, e2e):
             except grpc.RpcError:
                 pass
             time.sleep(0.05)
-    raise e2e.BenchFailure(f"the node did not become the leader within {LEADER_TIMEOUT_S:.0f} s\n{e2e.log_tail(log_path)}")
+    raise e2e.BenchFailure(f"the node did not become the leader within {LEADER_TIMEOUT_S:.0f} s\n"
+                           f"{e2e.log_tail(log_path)}")
 
 
 def log_position_of(address: str) -> int:

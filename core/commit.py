@@ -11,6 +11,13 @@ the event loop and a change is stored whole or not at all.
 Used by: the server (every write goes through a GroupCommitter);
 core/writes.py's DirectWriter is the same interface for command-line tools.
 
+Replicated (`log`, a core.replication Replica): each batch's and each
+change's transaction records what it changes, the changes are appended to
+the replicated log and acknowledged by a quorum, and only then does the
+transaction commit and anyone get an answer; a follower refuses every
+write at once (NOT_LEADER, naming the leader), and a refusal of the log
+fails the batch whole (core/replication/node.py).
+
 Why a thread: a durable LMDB commit costs 0.5 to 2 ms of fsync, so one
 request per commit caps near 2,000 requests/s. While the writer commits one
 batch, the next one queues up; the batch size follows the load by itself,

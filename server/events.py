@@ -97,11 +97,13 @@ def _points_of(journal: list, txn_ids: set) -> Iterator[tuple[str, object]]:
     for entry in journal:
         if entry.txn_id in txn_ids:
             continue
-        for kind, owner, sign in ((entry.credit_kind, entry.credit_owner, 1), (entry.debit_kind, entry.debit_owner, -1)):
+        sides = ((entry.credit_kind, entry.credit_owner, 1), (entry.debit_kind, entry.debit_owner, -1))
+        for kind, owner, sign in sides:
             if kind == AccountKind.POINTS:
                 yield "points", events_pb2.PointsMovement(
-                    txn_id=entry.txn_id, card_id=owner, points=sign * entry.amount, movement=_movement_name(entry.movement),
-                    station_id=entry.station_id, business_day=entry.business_day, created_ms=entry.created_ms)
+                    txn_id=entry.txn_id, card_id=owner, points=sign * entry.amount,
+                    movement=_movement_name(entry.movement), station_id=entry.station_id,
+                    business_day=entry.business_day, created_ms=entry.created_ms)
 
 
 def _movement_name(movement: int) -> str:

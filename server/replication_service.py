@@ -21,7 +21,10 @@ log = logging.getLogger("tally.replication")
 
 LEADER_HEALTH_NAME = "tally.v1.Leader"
 SERVICE_NAME = replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"].full_name
-ROLES = {Role.LEADER.value: replication_pb2.REPLICA_ROLE_LEADER, Role.FOLLOWER.value: replication_pb2.REPLICA_ROLE_FOLLOWER}
+ROLES = {
+    Role.LEADER.value: replication_pb2.REPLICA_ROLE_LEADER,
+    Role.FOLLOWER.value: replication_pb2.REPLICA_ROLE_FOLLOWER,
+}
 
 
 def start_replica(settings, store: Store, on_append=None) -> Replica | None:

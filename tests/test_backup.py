@@ -115,14 +115,15 @@ def test_point_in_time_restore_a_joining_node_and_trimming(tmp_path):
             pay(leader.address, serial)
         everything = set(first) | set(second) | set(third)
 
+        between = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(between_ms / 1000)) + f".{between_ms % 1000:03d}Z"
         as_of_time = backup("restore", "--backups", str(tmp_path / "backups"), "--to", str(tmp_path / "as-of-time"),
-                            "--replicate", url, "--time", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(between_ms / 1000))
-                            + f".{between_ms % 1000:03d}Z", "--standalone")
+                            "--replicate", url, "--time", between, "--standalone")
         assert "audit OK" in as_of_time.stdout
         assert serials_in(str(tmp_path / "as-of-time"), everything) == set(first) | set(second)
         assert replicated_stream(open_store(str(tmp_path / "as-of-time"), readonly=True)) is None
 
-        as_of_position = backup("restore", "--backups", str(tmp_path / "backups"), "--to", str(tmp_path / "as-of-position"),
+        as_of_position = backup("restore", "--backups", str(tmp_path / "backups"),
+                                "--to", str(tmp_path / "as-of-position"),
                                 "--replicate", url, "--position", str(position_after_second), "--standalone")
         assert "audit OK" in as_of_position.stdout
         assert serials_in(str(tmp_path / "as-of-position"), everything) == set(first) | set(second)
@@ -164,7 +165,8 @@ def test_point_in_time_restore_a_joining_node_and_trimming(tmp_path):
             node.stop()
         assert len({digest_of(node.data_dir) for node in nodes.nodes}) == 1
         digest = backup("digest", nodes.nodes[0].data_dir)
-        assert digest.stdout.startswith(f"position {log_position(open_store(nodes.nodes[0].data_dir, readonly=True))[0]} ")
+        position = log_position(open_store(nodes.nodes[0].data_dir, readonly=True))[0]
+        assert digest.stdout.startswith(f"position {position} ")
     finally:
         nodes.close()
 
@@ -177,9 +179,9 @@ def serials_in_running(node: TallyNode, serials) -> bool:
 
 def test_bench_backup_measures_pay_during_a_snapshot(tmp_path):
     report_path = tmp_path / "backup.json"
-    result = subprocess.run([sys.executable, "-m", "bench", "backup", "--data", str(tmp_path / "data"), "--duration", "8",
-                             "--before", "2", "--warmup", "1", "--concurrency", "50", "--json", str(report_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "bench", "backup", "--data", str(tmp_path / "data"), "--duration", "8",
+               "--before", "2", "--warmup", "1", "--concurrency", "50", "--json", str(report_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(report_path.read_text())
     assert report["backup_bytes"] > 0 and 0 < report["backup_s"] < 8 and report["errors"] == 0

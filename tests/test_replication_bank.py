@@ -11,17 +11,12 @@ request again (bench/replica_set.py's LeaderClient), as a terminal would."""
 
 import asyncio
 import random
-import subprocess
-import sys
 import time
 
 import grpc
 import pytest
 
 from bench.replica_set import LeaderClient, ReplicaSet
-from core.replication.applier import content_digest
-from core.store import open_store
-from tests.support import REPO
 from tally.v1 import card_pb2, card_pb2_grpc, common_pb2, payment_pb2, payment_pb2_grpc
 
 CARDS = 100
@@ -68,9 +63,9 @@ async def transfers(client: LeaderClient, worker: int, stop: asyncio.Event, done
         amount = rng.randint(1, 5_000)
         serial += 1
         context = common_pb2.TerminalContext(station_id=1, terminal_id=terminal_id, serial=serial, operator_id=1)
-        paid, _ = await client.call(pay_stub, payment_pb2.PayRequest(
-            terminal=context, amount_minor=amount,
-            plan=payment_pb2.PaymentPlan(card_id=card_of(source), use_personal=True)), time.monotonic() + REQUEST_DEADLINE_S)
+        request = payment_pb2.PayRequest(terminal=context, amount_minor=amount,
+                                         plan=payment_pb2.PaymentPlan(card_id=card_of(source), use_personal=True))
+        paid, _ = await client.call(pay_stub, request, time.monotonic() + REQUEST_DEADLINE_S)
         done.append((terminal_id, serial, source, -amount, paid))
         if paid.result != common_pb2.APPROVED:
             continue  # declined (not enough money): nothing moved
@@ -164,27 +159,22 @@ def check_every_answer_once(address: str, done: list):
                 expected[card] += amount
         cards = card_pb2_grpc.CardServiceStub(channel)
         for index, balance in expected.items():
-            found = cards.GetCard(card_pb2.GetCardRequest(card_id=card_of(index)), timeout=30).card.balances.personal_minor
+            found = personal_balance(cards, index)
             assert found == balance, f"card {index}: {found}, expected {balance}"
+
+
+def personal_balance(cards, index: int) -> int:
+    return cards.GetCard(card_pb2.GetCardRequest(card_id=card_of(index)), timeout=30).card.balances.personal_minor
 
 
 def check_cards_hold_what_they_began_with(address: str):
     with grpc.insecure_channel(address) as channel:
         cards = card_pb2_grpc.CardServiceStub(channel)
-        total = sum(cards.GetCard(card_pb2.GetCardRequest(card_id=card_of(index)), timeout=30).card.balances.personal_minor
-                    for index in range(CARDS))
+        total = sum(personal_balance(cards, index) for index in range(CARDS))
     assert total == CARDS * OPENING_MINOR
 
 
 def check_books_identical(nodes: ReplicaSet):
-    leader = nodes.leader()
-    for node in sorted(nodes.nodes, key=lambda node: node is leader):
-        assert node.stop() == 0, node.name
-    found = []
-    for node in nodes.nodes:
-        audit = subprocess.run([sys.executable, "-m", "core.audit", node.data_dir], cwd=REPO, capture_output=True, text=True)
-        assert audit.returncode == 0, audit.stdout + audit.stderr
-        store = open_store(node.data_dir, readonly=True)
-        found.append(content_digest(store))
-        store.close()
+    failures, found = nodes.stop_and_check()
+    assert not failures, failures
     assert len(set(found)) == 1, found

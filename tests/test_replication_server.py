@@ -27,19 +27,22 @@ def nodes(tmp_path_factory):
 
 def pay(address: str, serial: int, amount_minor: int = 100):
     with grpc.insecure_channel(address) as channel:
-        return payment_pb2_grpc.PaymentServiceStub(channel).Pay(payment_pb2.PayRequest(
+        request = payment_pb2.PayRequest(
             terminal=common_pb2.TerminalContext(station_id=1, terminal_id=101, serial=serial, operator_id=7),
-            amount_minor=amount_minor, plan=payment_pb2.PaymentPlan(card_id=DEMO_COMPANY_CARD, use_fleet=True)), timeout=10)
+            amount_minor=amount_minor, plan=payment_pb2.PaymentPlan(card_id=DEMO_COMPANY_CARD, use_fleet=True))
+        return payment_pb2_grpc.PaymentServiceStub(channel).Pay(request, timeout=10)
 
 
 def get_card(address: str):
     with grpc.insecure_channel(address) as channel:
-        return card_pb2_grpc.CardServiceStub(channel).GetCard(card_pb2.GetCardRequest(card_id=DEMO_COMPANY_CARD), timeout=10)
+        cards = card_pb2_grpc.CardServiceStub(channel)
+        return cards.GetCard(card_pb2.GetCardRequest(card_id=DEMO_COMPANY_CARD), timeout=10)
 
 
 def health(address: str, service: str):
     with grpc.insecure_channel(address) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
 def wait_for(condition, timeout_s: float = 20.0):
@@ -62,7 +65,8 @@ def test_a_follower_serves_fresh_reads_and_sends_writes_to_the_leader(nodes):
     assert card.replica.log_position >= position and not card.replica.leader and card.replica.node_id == follower.name
     assert card.replica.lag_ms < 5_000
     with grpc.insecure_channel(follower.address) as channel:
-        points = loyalty_pb2_grpc.LoyaltyServiceStub(channel).GetPoints(loyalty_pb2.GetPointsRequest(card_id=DEMO_COMPANY_CARD))
+        loyalty = loyalty_pb2_grpc.LoyaltyServiceStub(channel)
+        points = loyalty.GetPoints(loyalty_pb2.GetPointsRequest(card_id=DEMO_COMPANY_CARD))
     assert points.replica.log_position >= position
     assert get_card(leader.address).replica.leader
 

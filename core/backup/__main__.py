@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("backups", metavar="BACKUPS")
     listing.set_defaults(function=command_list)
 
-    back = commands.add_parser("restore", help="a snapshot into a new directory, the log replayed onto it, then the audit")
+    back = commands.add_parser("restore",
+                               help="a snapshot into a new directory, the log replayed onto it, then the audit")
     source = back.add_mutually_exclusive_group(required=True)
     source.add_argument("--snapshot", metavar="PATH", help="the snapshot folder to restore")
     source.add_argument("--backups", metavar="BACKUPS", help="pick the newest snapshot of this folder that the target "
@@ -107,7 +108,8 @@ def command_snapshot(args) -> int:
 def command_list(args) -> int:
     for one in catalogue.snapshots(args.backups):
         manifest = one.manifest
-        taken = datetime.datetime.fromtimestamp(manifest.taken_ms / 1000, datetime.timezone.utc).isoformat(timespec="seconds")
+        taken = datetime.datetime.fromtimestamp(manifest.taken_ms / 1000, datetime.timezone.utc)
+        taken = taken.isoformat(timespec="seconds")
         print(f"{one.path}  taken {taken}  position {manifest.position}  {manifest.bytes:,} bytes  "
               f"{manifest.stream or 'standalone'}")
     return 0

