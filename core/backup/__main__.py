@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     take.add_argument("--rate-mib-s", type=float, metavar="MIB",
                       help="write at most this many MiB/s (spares the disk the server commits to); default: as fast "
                       "as the disk goes")
+    take.add_argument("--full-speed", action="store_true",
+                      help="keep normal CPU and I/O priority (by default the snapshot takes the lowest, yielding to "
+                      "the server it runs beside)")
     take.set_defaults(function=command_snapshot)
 
     listing = commands.add_parser("list", help="the snapshots of a folder, oldest first")
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 def command_snapshot(args) -> int:
     if args.rate_mib_s is not None and not 0 < args.rate_mib_s <= snapshots.RATE_MIB_S_MAX:
         raise SystemExit(f"{PROG} snapshot: --rate-mib-s must be within 0 .. {snapshots.RATE_MIB_S_MAX}")
-    path, manifest = snapshots.take(args.data, args.to, args.rate_mib_s)
+    path, manifest = snapshots.take(args.data, args.to, args.rate_mib_s, yielding=not args.full_speed)
     print(f"snapshot {path}: {manifest.bytes:,} bytes, log position {manifest.position}"
           f"{' of ' + manifest.stream if manifest.stream else ' (standalone)'}")
     return 0
