@@ -198,7 +198,8 @@ def transactions_in_directory(path: str) -> int | None:
 
 
 def open_store(
-    path: str, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT, readonly: bool = False, durable: bool = True
+    path: str, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT, readonly: bool = False, durable: bool = True,
+    replicated: bool = False,
 ) -> Store:
     """Open (creating if needed) the data directory at `path`.
 
@@ -207,6 +208,11 @@ def open_store(
     a request only after its commit is durable. durable=False is for bulk
     loading only (`bench seed`): commits skip the fsync, the loader calls
     env.sync(True) once at the end; a crash in between loses the load.
+    replicated: a node of a replicated log (core/replication/) whose
+    durability is the log's quorum: the data pages are synced at each
+    commit but the meta page is not (one fdatasync a commit instead of
+    two). A power cut may then undo the node's last commit, never damage
+    the store, and the position undone with it is replayed from the log.
     """
     if not readonly:
         os.makedirs(path, exist_ok=True)
@@ -216,7 +222,7 @@ def open_store(
         max_dbs=len(DATABASE_NAMES),
         max_readers=READERS_MAX,
         sync=durable,
-        metasync=durable,
+        metasync=durable and not replicated,
         readonly=readonly,
         # The server reads records at random (no readahead); a read-only
         # open is the audit or an export scanning everything in order.

@@ -160,7 +160,7 @@ def follow(replica, address: str, health_servicer, on_promoted, relay=None):
 
 async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     heap.configure_malloc()
-    store = open_store(settings.data_dir, settings.map_size_bytes)
+    store = open_store(settings.data_dir, settings.map_size_bytes, replicated=settings.replication is not None)
     kernel = load_kernel(settings.kernel)
     metrics = None
     if settings.metrics_port is not None or settings.metrics_multiprocess:

@@ -19,7 +19,7 @@ import hashlib
 
 import msgspec
 
-from core.replication.changes import apply_changes, decode_changes
+from core.replication.changes import apply_entry
 from core.records import META_NEXT_JOURNAL_SEQ, META_NEXT_TXN_ID
 from core.replication.log import Entry
 from core.store import DATABASE_NAMES, LOG_POSITION, LOG_POSITION_KEY, LOG_STREAM_KEY, Store, log_position_in, rows
@@ -74,7 +74,7 @@ def apply_entries(store: Store, entries: list[Entry], stop_at: int | None = None
             if entry.sequence != position + 1:
                 raise OutOfOrder(f"entry {entry.sequence} read after {position}")
             if entry.kind == CHANGES:
-                apply_changes(txn, store, decode_changes(entry.data))
+                apply_entry(txn, store, entry.data)
             elif entry.kind == LEADER:
                 _check_base(txn, store, entry)
             else:

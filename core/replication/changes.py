@@ -4,7 +4,7 @@ Owns: RecordingTxn, a stand-in for a py-lmdb write transaction that passes
 every call through to the real one and encodes each key/value change it
 stores (put, delete, replace, pop, a cursor's put/putmulti/delete, and a
 database cleared with drop(db, delete=False)) as it happens; the encoding
-(`encode_changes` / `decode_changes`, `payload`); and `apply_changes`, which
+(`encode_changes` / `decode_changes`, `payload`); and `apply_entry`, which
 makes the same changes in another store's write transaction.
 Used by: core/ledger.py and core/commit.py (the leader records each batch
 and each back-office change), core/replication/applier.py (followers and
@@ -16,8 +16,9 @@ the leader stored needs no kernel, no clock, no rules snapshot and no
 random draw to agree with it byte for byte, and back-office changes (plain
 Python functions of a transaction) are logged the same way as kernel
 batches. Measured (README, "High availability"): a card payment changes 9
-records, 850 bytes raw, about 60 compressed, against 176 bytes for its
-operation; a follower applies it in a fraction of the leader's kernel time.
+records, 850 bytes raw, 57 compressed, against 176 bytes for its
+operation; a follower applies it in 8 us of CPU, where running the kernel
+on the operation takes 12 us.
 
 Encoding: VERSION (u8), then for each change
     database index u8 (core.store.DATABASE_NAMES), kind u8,
@@ -221,13 +222,16 @@ def _finish(body: bytearray) -> bytes:
 
 
 def decode_changes(data: bytes) -> list[Change]:
+    return _decode_body(_body_of(data))
+
+
+def _body_of(data: bytes):
     if not data:
         raise ValueError("an empty log entry")
     version = data[0] & ~COMPRESSED
     if version != VERSION:
         raise ValueError(f"log entry version {version}: this node reads version {VERSION} (upgrade it)")
-    body = _decompressor.decompress(data[1:]) if data[0] & COMPRESSED else memoryview(data)[1:]
-    return _decode_body(body)
+    return _decompressor.decompress(data[1:]) if data[0] & COMPRESSED else memoryview(data)[1:]
 
 
 def _decode_body(body) -> list[Change]:
@@ -248,28 +252,44 @@ def _decode_body(body) -> list[Change]:
     return changes
 
 
-def apply_changes(txn, store: Store, changes: list[Change]):
-    """Make `changes` in the caller's write transaction, in order. Runs of
-    puts into one database go through one cursor (putmulti): the leader's
-    kernel wrote them in key order, so each finds its page next to the last."""
+def apply_entry(txn, store: Store, data: bytes):
+    """Make the changes of a log entry in the caller's write transaction,
+    in order, straight from its bytes (the follower's hot path: no list of
+    changes in between). Runs of puts into one database go through one
+    cursor (putmulti): the leader's kernel wrote them in key order, so each
+    finds its page next to the last."""
     handles = [store.dbs[name] for name in DATABASE_NAMES]
-    run, run_db = [], -1
-    for db, kind, key, value in changes:
+    view = memoryview(_body_of(data))
+    unpack, size, end = CHANGE_HEADER.unpack_from, CHANGE_HEADER.size, len(view)
+    offset, run, run_db = 0, [], -1
+    while offset < end:
+        db, kind, key_length, value_length = unpack(view, offset)
+        offset += size
+        key = view[offset : offset + key_length].tobytes()
+        offset += key_length
         if kind == PUT:
             if db != run_db:
                 _put_run(txn, handles, run_db, run)
                 run, run_db = [], db
-            run.append((key, value))
+            run.append((key, view[offset : offset + value_length].tobytes()))
+            offset += value_length
             continue
+        offset += value_length
         _put_run(txn, handles, run_db, run)
         run, run_db = [], -1
-        if kind == DELETE:
-            txn.delete(key, db=handles[db])
-        elif kind == CLEAR:
-            txn.drop(handles[db], delete=False)
-        else:
-            raise ValueError(f"unknown change kind {kind} in a log entry")
+        _apply_other(txn, handles[db], kind, key)
+    if offset != end:
+        raise ValueError("a log entry ends inside a change: truncated or corrupt")
     _put_run(txn, handles, run_db, run)
+
+
+def _apply_other(txn, db, kind: int, key: bytes):
+    if kind == DELETE:
+        txn.delete(key, db=db)
+    elif kind == CLEAR:
+        txn.drop(db, delete=False)
+    else:
+        raise ValueError(f"unknown change kind {kind} in a log entry")
 
 
 def _put_run(txn, handles, db: int, run: list):
