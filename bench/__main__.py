@@ -10,6 +10,10 @@
            model of the balances, RSS and latency drift, then the audit
   crash    SIGKILL under load K times; every acknowledged answer and the
            audit checked after each restart
+  nats-outage  NATS servers lost under load, one then two, then back:
+           pauses, acknowledgements without a quorum (none), recovery
+  log-content  bytes per payment in the replicated log and a follower's
+           CPU for it, against an operation log
   backup   Pay under load while `python -m core.backup snapshot` copies the
            directory: throughput during the snapshot against without
   failover three replicated nodes on a NATS JetStream cluster: kill -9 the
@@ -30,6 +34,8 @@ COMMANDS = {
     "crash": "bench.crash",
     "failover": "bench.failover",
     "backup": "bench.backup",
+    "nats-outage": "bench.nats_outage",
+    "log-content": "bench.log_content",
 }
 
 
