@@ -145,6 +145,16 @@ def report_of(args, transactions, summary, measured, backup) -> Report:
     )
 
 
+def draw(report: Report, path: str):
+    seconds = list(range(len(report.completions_by_second)))
+    running = [int(report.backup_started_s <= second < report.backup_started_s + report.backup_s) for second in seconds]
+    charts.series_chart(path, f"Pay during an online snapshot ({report.backup_s:.0f} s, from "
+                        f"{report.backup_started_s:.0f} s): backup_ratio {report.backup_ratio:.3f}", [
+        ("Pay answers per second", "answers/s", seconds, {"answers": report.completions_by_second}),
+        ("snapshot running", "1 = running", seconds, {"core.backup snapshot": running}),
+    ])
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="tally-backup-") as work_dir:
@@ -165,11 +175,7 @@ def main(argv=None) -> int:
         with open(args.json, "wb") as json_file:
             json_file.write(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")
     if args.chart:
-        seconds = list(range(len(report.completions_by_second)))
-        charts.series_chart(args.chart, f"Pay during an online snapshot ({report.backup_s:.0f} s, from "
-                            f"{report.backup_started_s:.0f} s): backup_ratio {report.backup_ratio:.3f}", [
-            ("Pay answers per second", "answers/s", seconds, {"answers": report.completions_by_second}),
-        ])
+        draw(report, args.chart)
     return 0 if report.errors == 0 else 1
 
 

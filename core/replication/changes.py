@@ -15,10 +15,10 @@ Why key/value changes and not the operations: a follower that stores what
 the leader stored needs no kernel, no clock, no rules snapshot and no
 random draw to agree with it byte for byte, and back-office changes (plain
 Python functions of a transaction) are logged the same way as kernel
-batches. Measured (README, "High availability"): a card payment changes 9
-records, 850 bytes raw, 57 compressed, against 176 bytes for its
-operation; a follower applies it in 8 us of CPU, where running the kernel
-on the operation takes 12 us.
+batches. Measured (`python -m bench log-content`): a card payment changes
+9 records, 851 bytes raw, 57 compressed, against 176 bytes for its
+operation; a follower applies it in about 11 us of CPU, where running the
+kernel on the operation takes 15 us.
 
 Encoding: VERSION (u8), then for each change
     database index u8 (core.store.DATABASE_NAMES), kind u8,
@@ -44,9 +44,9 @@ CHANGE_HEADER = struct.Struct("<BBHI")
 KEY_BYTES_MAX = 0xFFFF
 # Compressing a few hundred bytes saves nothing worth the CPU.
 COMPRESS_BYTES_MIN = 4096
-# zstd level 1, measured against zlib 1-6 and lz4 on a batch of 1,500
-# payments (1.27 MB): zstd 1 84 KB in 1.3 ms, lz4 197 KB in 1.0 ms, zlib 1
-# 121 KB in 20-40 ms (README, "High availability").
+# zstd level 1, measured against zlib and lz4 on a batch of 1,500 payments
+# (1.27 MB): zstd 1 84 KB in 1.3-1.8 ms, lz4 197 KB in 1.0 ms, zlib 1 121 KB
+# in 4.7 ms on a quiet machine and 20-40 ms on a busy one (bench log-content).
 COMPRESS_LEVEL = 1
 
 Change = tuple[int, int, bytes, bytes]
