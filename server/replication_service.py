@@ -42,7 +42,7 @@ def start_replica(settings, store: Store, on_append=None) -> Replica | None:
     try:
         replica.connect()
     except LogUnavailable as error:
-        raise SystemExit(f"cannot start node {settings.replication.node_id}: {error}") from None
+        raise SystemExit(f"cannot start node {settings.replication.node_id}: {error.detail}") from None
     log.info("node %s of the log %s on %s, at position %d", settings.replication.node_id, settings.replication.stream,
              settings.replication.urls, replica.position)
     return replica

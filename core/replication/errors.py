@@ -45,6 +45,7 @@ class LogUnavailable(ReplicationError, Unavailable):
     def __init__(self, detail: str):
         super().__init__(f"the replicated log is unavailable ({detail}); retry with the same serial",
                          reason="LOG_UNAVAILABLE")
+        self.detail = detail
 
 
 class LogTrimmed(ReplicationError, FailedPrecondition):

@@ -126,7 +126,10 @@ class ReplicationLog:
 
     def connect(self, timeout_s: float = 30.0):
         """Connect (retrying until timeout_s) and make sure the stream exists."""
-        self.thread.call(lambda: self._connect(timeout_s), timeout_s + 5)
+        try:
+            self.thread.call(lambda: self._connect(timeout_s), timeout_s + 5)
+        except TimeoutError:
+            raise LogUnavailable(f"no NATS server of {','.join(self.urls)} answered within {timeout_s:g} s") from None
 
     async def _connect(self, timeout_s: float):
         import nats
@@ -138,15 +141,18 @@ class ReplicationLog:
 
         while True:
             try:
-                self.nc = await nats.connect(
+                # Once connected, it reconnects without end; the first
+                # connection is bounded by the deadline.
+                self.nc = await asyncio.wait_for(nats.connect(
                     self.urls, name=self.client_name, connect_timeout=2, reconnect_time_wait=0.25,
                     max_reconnect_attempts=-1, ping_interval=1, max_outstanding_pings=3,
                     error_cb=quiet, disconnected_cb=None, pending_size=64 * 2**20,
-                )
+                ), max(0.1, deadline - time.monotonic()))
                 break
             except Exception as error:  # noqa: BLE001 -- nats raises many kinds on a refused connect
                 if time.monotonic() > deadline:
-                    raise LogUnavailable(f"cannot connect to {','.join(self.urls)}: {error}") from None
+                    raise LogUnavailable(f"no NATS server of {','.join(self.urls)} answered within {timeout_s:g} s: "
+                                         f"{type(error).__name__} {error}".rstrip()) from None
                 await asyncio.sleep(0.25)
         self.js = self.nc.jetstream(timeout=REQUEST_TIMEOUT_S)
         self._reply_prefix = self.nc.new_inbox()
