@@ -6,9 +6,10 @@ on a recording transaction (core/replication/changes.py), then, per
 payment: the bytes of its key/value changes raw and compressed (zstd level
 1 as logged, and zlib level 1 for comparison, with the time each takes),
 the bytes of its kernel operation (what an operation log would carry), and
-a follower's CPU to apply it, from the changes (core/replication/changes.py
-apply_entry) against running the kernel on the operations over the same
-state (what an operation log would cost every follower).
+a follower's CPU to apply it, from the changes (core/replication/applier.py,
+as a follower applies an entry with its position) against running the
+kernel on the operations over the same state (what an operation log would
+cost every follower).
 Used by: operators; its figures are quoted in the README.
 May call: core only (no server, no NATS).
 """
@@ -26,7 +27,9 @@ import msgspec
 
 from core.ledger import Ledger, encode_ops, load_kernel
 from core.records import Op
-from core.replication.changes import _body_of, apply_entry
+from core.replication.applier import CHANGES, apply_entries
+from core.replication.changes import _body_of
+from core.replication.log import Entry
 from core.results import AccountKind, OpKind, PlanFlag
 from core.store import open_store
 
@@ -92,9 +95,9 @@ def measure(cards: int, batches: int, work_dir: str) -> Report:
     kernel_s = time.process_time() - started
     by_changes = fresh(os.path.join(work_dir, "changes"), cards)
     started = time.process_time()
-    for payload in keeper.payloads:
-        with by_changes.store.env.begin(write=True) as txn:
-            apply_entry(txn, by_changes.store, payload)
+    for position, payload in enumerate(keeper.payloads, start=1):
+        entry = Entry(sequence=position, time_ms=NOW_MS, kind=CHANGES, node="leader", data=payload, pending=0)
+        apply_entries(by_changes.store, [entry])  # as a follower does: the entry and its position
     changes_s = time.process_time() - started
     raw = [bytes(_body_of(payload)) for payload in keeper.payloads]
     started = time.perf_counter()

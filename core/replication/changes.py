@@ -17,8 +17,8 @@ random draw to agree with it byte for byte, and back-office changes (plain
 Python functions of a transaction) are logged the same way as kernel
 batches. Measured (`python -m bench log-content`): a card payment changes
 9 records, 851 bytes raw, 57 compressed, against 176 bytes for its
-operation; a follower applies it in about 11 us of CPU, where running the
-kernel on the operation takes 15 us.
+operation; a follower applies it in 7-11 us of CPU, where running the
+kernel on the operation takes 9-15 us.
 
 Encoding: VERSION (u8), then for each change
     database index u8 (core.store.DATABASE_NAMES), kind u8,
