@@ -111,11 +111,17 @@ class ReplicaSet:
         ]
 
     def start(self) -> "ReplicaSet":
-        self.nats.start()
-        self.nodes[0].start()
-        self.wait_leader()
-        for node in self.nodes[1:]:
-            node.start()
+        """NATS, then the first node until it leads, then the others; if any
+        fails to start, everything started is killed before raising."""
+        try:
+            self.nats.start()
+            self.nodes[0].start()
+            self.wait_leader()
+            for node in self.nodes[1:]:
+                node.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self):

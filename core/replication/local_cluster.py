@@ -141,9 +141,13 @@ class LocalCluster:
         return ",".join(self.urls)
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> "LocalCluster":
-        for server in self.servers:
-            server.start()
-        self.wait_ready(timeout_s)
+        try:
+            for server in self.servers:
+                server.start()
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.kill()
+            raise
         return self
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S):
