@@ -24,7 +24,9 @@ with --terminal-auth, each client signed on as a registered terminal and
 every request MACed (core/admin/terminal_client.py; the bench registers its
 terminals and writes a master key first). The report adds that run and
 auth_ratio = its throughput / the plain Pay run's: the terminal-auth
-interceptor's cost, measured in the same run. The two alternate as plain,
+interceptor's cost, measured in the same run. --terminal-auth-algorithm sm4
+registers the terminals for SM4 keys and CMAC-SM4 instead of AES and
+HMAC-SHA256. The two alternate as plain,
 auth, auth, plain, each for half of --duration, so that a load that drifts
 during the run (other work on the machine) weighs on both sides alike.
 With --promotions, likewise with promotions active (bench/promotions_load.py)
@@ -66,6 +68,8 @@ import numpy
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import charts, promotions_load
+from bench.back_office_load import BackOfficeLoad
+from bench.login_flood import LoginFlood
 from bench.gateway_client import GatewayStream, OperationError
 from bench.replicated import ReplicatedExtras
 from core.store import transactions_in_directory
@@ -97,7 +101,15 @@ DATA_RATIO_TARGET = 0.9
 # of the single node's throughput (issue 17: at most 30% cost).
 REPLICATED_RATIO_TARGET = 0.7
 # What server/admin_service.py logs when it installs the interceptor.
-AUTH_LOG_LINE = "terminal authentication on"
+# --beside KIND: another load run beside Pay in the variant runs, and the most
+# it may raise Pay's p99 by: a login flood (issue 15: 1.2), back-office
+# writes (issue 16: "unchanged", read as within the run's own noise, 1.1).
+BESIDE_LOADS = {"login-flood": (LoginFlood, 1.2), "back-office": (BackOfficeLoad, 1.1)}
+BESIDE_CLIENTS_DEFAULT = 16
+BESIDE_CLIENTS_MAX = 256
+AUTH_LOG_LINE = "terminal and partner authentication on"
+# --terminal-auth-algorithm -> core.admin.keys.KeyAlgorithm (its numbers).
+TERMINAL_ALGORITHMS = {"aes": 1, "sm4": 2}
 SIGNED_TOP_UP_TIMEOUT_S = 30.0
 
 CONCURRENCY_MAX = 5000
@@ -157,6 +169,8 @@ class Parameters(msgspec.Struct, frozen=True):
     clients_per_stream: int = CLIENTS_PER_STREAM_DEFAULT
     # Also run Pay against a server with --terminal-auth, MACed clients.
     terminal_auth: bool = False
+    # Their key suite: "aes" (HMAC-SHA256) or "sm4" (CMAC-SM4).
+    terminal_auth_algorithm: str = "aes"
     # Also run Pay with promotions and a velocity limit active.
     promotions: bool = False
     # Also run Pay on a new empty directory, the baseline of --data.
@@ -164,6 +178,9 @@ class Parameters(msgspec.Struct, frozen=True):
     # Also run Pay on the leader of a replicated log, with this many followers.
     compare_replicated: bool = False
     followers: int = 1
+    # The load run beside Pay in the variant runs (a BESIDE_LOADS name), and its clients.
+    beside: str | None = None
+    beside_clients: int = 0
     # --terminal-auth / --promotions / --compare-empty: how many times the
     # plain, variant, variant, plain sequence runs (each run lasts
     # duration / (2 * rounds)).
@@ -192,6 +209,8 @@ class ClientPlan(msgspec.Struct, frozen=True):
     # --terminal-auth run: the 32-byte secret of each of this process's
     # terminals, in client order; empty: requests carry no MAC.
     terminal_secrets: tuple[bytes, ...] = ()
+    # Their key suite (core.admin.keys.KeyAlgorithm).
+    terminal_algorithm: int = 1
 
 
 class Window(msgspec.Struct, frozen=True):
@@ -308,6 +327,11 @@ class Report(msgspec.Struct, omit_defaults=True):
     replicated: ReplicatedExtras | None = None
     # --data only: the transactions the directory held before the run.
     data_transactions: int | None = None
+    # --beside only: the Pay run with the other load beside it, its ratios to
+    # the plain run, and beside_p99_ratio (bounded by BESIDE_LOADS).
+    pay_beside: TargetReport | None = None
+    beside_ratios: AuthRatios | None = None
+    beside_p99_ratio: float | None = None
 
 
 class Measured(msgspec.Struct):
@@ -372,6 +396,9 @@ def parse_args(argv) -> argparse.Namespace:
                         "on, every request MACed) and report auth_ratio = its throughput / plain Pay's; the two "
                         "alternate (plain, auth, auth, plain, each half of --duration); unary mode only, on a data "
                         "directory whose station 1 and bench terminals are not registered yet")
+    parser.add_argument("--terminal-auth-algorithm", choices=tuple(TERMINAL_ALGORITHMS), default="aes",
+                        help="with --terminal-auth: the terminals' key suite, aes (HMAC-SHA256 MACs) or sm4 "
+                        "(CMAC-SM4 MACs) (default %(default)s)")
     parser.add_argument("--promotions", action="store_true",
                         help="also run Pay with promotions active (a 5%% discount, a lottery chance per sale and a "
                         "velocity limit: three counters linked to every PAY; bench/promotions_load.py) and report "
@@ -387,6 +414,14 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--followers", type=int, default=1, metavar="K",
                         help="with --compare-replicated: followers applying the log during the run, 0 .. 4 "
                         "(default %(default)s)")
+    parser.add_argument("--beside", choices=sorted(BESIDE_LOADS), metavar="KIND",
+                        help="also run Pay with another load beside it and report beside_p99_ratio = Pay's p99 with it / "
+                        "without; the two alternate like --terminal-auth. login-flood: wrong logins "
+                        "(AdminService.Login of unknown users, a full argon2id check each; issue 15 asks at most 1.2); "
+                        "back-office: promotion drafts, blacklist entries and loyalty rules written without pause "
+                        "(issue 16: Pay's p99 unchanged, read as at most 1.1)")
+    parser.add_argument("--beside-clients", type=int, default=BESIDE_CLIENTS_DEFAULT, metavar="N",
+                        help="clients of the --beside load (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=1, metavar="R",
                         help="with --terminal-auth, --promotions or --compare-empty: run the plain, variant, "
                         "variant, plain sequence R times, each run lasting --duration / (2 R); the ratio counts every "
@@ -413,15 +448,19 @@ def check_args(parser, args):
         parser.error("--amount-minor must be within 1 .. 10^12")
     if args.duration <= 0 or args.warmup < 0 or args.call_timeout <= 0:
         parser.error("--duration and --call-timeout must be positive, --warmup not negative")
-    if args.terminal_auth + args.promotions + args.compare_empty + args.compare_replicated > 1:
-        parser.error("--terminal-auth, --promotions, --compare-empty and --compare-replicated each compare two runs: "
-                     "use one at a time")
+    if args.terminal_auth + args.promotions + args.compare_empty + bool(args.beside) + args.compare_replicated > 1:
+        parser.error("--terminal-auth, --promotions, --compare-empty, --beside and --compare-replicated each compare two "
+                     "runs: use one at a time")
+    if not 1 <= args.beside_clients <= BESIDE_CLIENTS_MAX:
+        parser.error(f"--beside-clients must be within 1 .. {BESIDE_CLIENTS_MAX}")
     if not 0 <= args.followers <= 4:
         parser.error(f"--followers must be within 0 .. 4, got {args.followers}")
     if args.compare_empty and not args.data:
         parser.error("--compare-empty needs --data DIR: the directory compared with an empty one")
     if not 1 <= args.rounds <= ROUNDS_MAX:
         parser.error(f"--rounds must be within 1 .. {ROUNDS_MAX}")
+    if args.terminal_auth_algorithm != "aes" and not args.terminal_auth:
+        parser.error("--terminal-auth-algorithm goes with --terminal-auth")
     if args.terminal_auth and args.mode != "unary":
         parser.error("--terminal-auth needs --mode unary: with it the server refuses GatewayService streams")
 
@@ -442,10 +481,13 @@ def parameters_of(args) -> Parameters:
         skip_echo=args.skip_echo,
         clients_per_stream=args.clients_per_stream,
         terminal_auth=args.terminal_auth,
+        terminal_auth_algorithm=args.terminal_auth_algorithm,
         promotions=args.promotions,
         compare_empty=args.compare_empty,
         compare_replicated=args.compare_replicated,
         followers=args.followers,
+        beside=args.beside,
+        beside_clients=args.beside_clients if args.beside else 0,
         rounds=args.rounds,
     )
 
@@ -539,19 +581,26 @@ def server_command(target: str, address: str, parameters: Parameters, data_dir: 
 
 
 def run_target(target: str, parameters: Parameters, data_dir: str, log_path: str,
-               auth: TerminalAuth | None = None) -> tuple[TargetReport, Measured]:
+               auth: TerminalAuth | None = None, beside: str | None = None,
+               beside_clients: int = 0) -> tuple[TargetReport, Measured]:
+    """One server, one load. beside: another load (BESIDE_LOADS) of that
+    many clients runs against the server for the whole run (warm-up included)."""
     address = f"127.0.0.1:{free_port()}"
     process = start_server(server_command(target, address, parameters, data_dir, auth), log_path)
+    other = None
     try:
         wait_until_serving(process, address, log_path)
+        other = BESIDE_LOADS[beside][0](address, beside_clients).start() if beside else None
         measured = drive_load(address, parameters, fund_cards=(target == "pay"), server_pid=process.pid,
                               secrets=auth.secrets if auth is not None else ())
     finally:
+        if other is not None:
+            print(other.stop(), file=sys.stderr)
         exit_code = stop_server(process)
     return summarize(measured, parameters.duration_s, exit_code), measured
 
 
-def register_terminals(data_dir: str, work_dir: str, concurrency: int) -> TerminalAuth:
+def register_terminals(data_dir: str, work_dir: str, concurrency: int, algorithm: str = "aes") -> TerminalAuth:
     """A master key, the bench's headquarters and station STATION_ID, and
     one registered terminal per client, written to the data directory
     before the server starts (as `python -m core.admin` would)."""
@@ -569,7 +618,8 @@ def register_terminals(data_dir: str, work_dir: str, concurrency: int) -> Termin
         try:
             admin.create_headquarters(actor, "Bench", org_id=AUTH_HEADQUARTERS_ID)
             admin.create_organisation(actor, AUTH_HEADQUARTERS_ID, OrgKind.STATION, "Bench station", org_id=STATION_ID)
-            secrets = tuple(admin.register_terminal(actor, TERMINAL_ID_BASE + index, STATION_ID, f"bench {index}")[1]
+            secrets = tuple(admin.register_terminal(actor, TERMINAL_ID_BASE + index, STATION_ID, f"bench {index}",
+                                                    TERMINAL_ALGORITHMS[algorithm])[1]
                             for index in range(concurrency))
         except AdminError as error:
             raise BenchFailure(f"--terminal-auth registers station {STATION_ID} and terminals {TERMINAL_ID_BASE}.. in "
@@ -646,6 +696,7 @@ def client_plans(address: str, parameters: Parameters, fund_cards: bool,
                 duration_s=parameters.duration_s,
                 call_timeout_s=parameters.call_timeout_s,
                 terminal_secrets=secrets[first:first + count],
+                terminal_algorithm=TERMINAL_ALGORITHMS[parameters.terminal_auth_algorithm],
             )
         )
         first += count
@@ -769,7 +820,7 @@ async def sign_on_terminals(channels, plan: ClientPlan) -> dict:
     signers = {}
     for offset, secret in enumerate(plan.terminal_secrets):
         client_index = plan.client_index_first + offset
-        terminal = TerminalKeys(TERMINAL_ID_BASE + client_index, STATION_ID, secret)
+        terminal = TerminalKeys(TERMINAL_ID_BASE + client_index, STATION_ID, secret, plan.terminal_algorithm)
         body, metadata = terminal.sign_on_request(plan.serial_first, OPERATOR_ID)
         sign_on = channels[client_index % len(channels)].unary_unary(
             SIGN_ON_METHOD, request_serializer=None, response_deserializer=admin_pb2.KeySignOnAnswer.FromString)
@@ -1017,7 +1068,8 @@ def print_table(report: Report):
     if report.data_transactions is not None:
         print(f"data directory: {report.data_transactions:,} transactions when the run began")
     rows = (("pay", report.pay), ("pay+auth", report.pay_auth), ("pay+promo", report.pay_promotions),
-            ("pay-empty", report.pay_empty), ("pay-repl", report.pay_replicated), ("echo", report.echo))
+            ("pay-empty", report.pay_empty), ("pay-repl", report.pay_replicated), ("pay+beside", report.pay_beside),
+            ("echo", report.echo))
     for name, target in rows:
         if target is None:
             continue
@@ -1029,7 +1081,9 @@ def print_table(report: Report):
         )
         if target.errors_unmeasured or target.error_codes:
             print(f"{'':9}errors outside the window: {target.errors_unmeasured}; by code: {target.error_codes}")
-    print_variant_ratios("auth/pay", "auth_ratio", report.auth_ratios, AUTH_RATIO_TARGET)
+    algorithm = report.parameters.terminal_auth_algorithm
+    print_variant_ratios("auth/pay", "auth_ratio" + ("" if algorithm == "aes" else f" ({algorithm})"), report.auth_ratios,
+                         AUTH_RATIO_TARGET)
     print_variant_ratios("promo/pay", "promotions_ratio", report.promotions_ratios, PROMOTIONS_RATIO_TARGET)
     print_variant_ratios("pay/empty", "data_ratio", report.data_ratios, DATA_RATIO_TARGET)
     print_variant_ratios("repl/pay", "replicated_ratio", report.replicated_ratios, REPLICATED_RATIO_TARGET)
@@ -1041,17 +1095,23 @@ def print_table(report: Report):
               f"{cell(extra.log_bytes_per_transaction, 0)} bytes per transaction, {extra.log_entries} log entries for "
               f"{extra.transactions} transactions; append to quorum ack {cell(extra.append_ms_avg, 2)} ms on average, "
               f"{cell(extra.entry_bytes_avg, 0)} bytes an entry")
+    print_variant_ratios("beside", "beside_throughput_ratio", report.beside_ratios, None)
+    if report.beside_p99_ratio is not None:
+        limit = BESIDE_LOADS[report.parameters.beside][1]
+        verdict = "meets" if report.beside_p99_ratio <= limit else "misses"
+        print(f"{'':9}beside_p99_ratio ({report.parameters.beside}) {report.beside_p99_ratio:.2f} "
+              f"({verdict} the target <= {limit})")
     if report.echo is None:
         return
     print(f"{'pay/echo':9}{'':10}{cell(report.ratios.throughput, 3):>10}{'':27}{cell(report.ratios.latency_p99, 2):>9}"
           f"{'':35}{cell(report.ratios.server_cpu_per_request, 2):>16}")
 
 
-def print_variant_ratios(label: str, name: str, ratios: AuthRatios | None, target: float):
-    """The ratio line of a --terminal-auth or --promotions run, with its verdict."""
+def print_variant_ratios(label: str, name: str, ratios: AuthRatios | None, target: float | None):
+    """The ratio line of a --terminal-auth or --promotions run, with its verdict (none without a target)."""
     if ratios is None:
         return
-    verdict = "" if ratios.throughput is None else (
+    verdict = "" if ratios.throughput is None or target is None else (
         f"   {name} {ratios.throughput:.3f} ({'meets' if ratios.throughput >= target else 'misses'} the target >= {target})")
     print(f"{label:9}{'':10}{cell(ratios.throughput, 3):>10}{'':27}{cell(ratios.latency_p99, 2):>9}"
           f"{'':35}{cell(ratios.server_cpu_per_request, 2):>16}{verdict}")
@@ -1072,11 +1132,12 @@ def write_json(report: Report, path: str):
 def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
     data_dir = parameters.data_dir or os.path.join(work_dir, "data")
     alternating = (parameters.terminal_auth or parameters.promotions or parameters.compare_empty
-                   or parameters.compare_replicated)
+                   or parameters.compare_replicated or parameters.beside)
     # The log the kernel's name is read from: the first plain Pay run's.
     pay_log_path = os.path.join(work_dir, alternating_log_name("pay-server", 1, 0) if alternating else "pay-server.log")
-    auth = register_terminals(data_dir, work_dir, parameters.concurrency) if parameters.terminal_auth else None
-    pay_auth = pay_promotions = pay_empty = pay_replicated = replicated = None
+    auth = (register_terminals(data_dir, work_dir, parameters.concurrency, parameters.terminal_auth_algorithm)
+            if parameters.terminal_auth else None)
+    pay_auth = pay_promotions = pay_empty = pay_replicated = replicated = pay_beside = None
     by_round = []
     # Every run adds to a --data directory: say what this one began with.
     data_transactions = transactions_in_directory(parameters.data_dir) if parameters.data_dir else None
@@ -1089,6 +1150,8 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
     elif parameters.compare_replicated:
         (pay, measured), (pay_replicated, _), by_round, replicated = run_with_and_without_replication(
             parameters, data_dir, work_dir)
+    elif parameters.beside:
+        (pay, measured), (pay_beside, _), by_round = run_with_and_without_beside(parameters, data_dir, work_dir)
     else:
         pay, measured = run_target("pay", parameters, data_dir, pay_log_path)
     echo = None
@@ -1121,6 +1184,10 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
         report.replicated_ratios = auth_ratios_of(pay, pay_replicated, by_round)
         report.replicated_ratio = report.replicated_ratios.throughput
         report.replicated = replicated
+    if pay_beside is not None:
+        report.pay_beside = pay_beside
+        report.beside_ratios = auth_ratios_of(pay, pay_beside, by_round)
+        report.beside_p99_ratio = report.beside_ratios.latency_p99
     report.data_transactions = data_transactions
     return report, measured
 
@@ -1135,6 +1202,14 @@ def run_with_and_without_auth(parameters: Parameters, data_dir: str, work_dir: s
         return part
 
     return run_alternating(parameters, data_dir, work_dir, "pay-auth-server", run_secured)
+
+
+def run_with_and_without_beside(parameters: Parameters, data_dir: str, work_dir: str) -> tuple:
+    """(plain Pay, Pay with the --beside load beside it)."""
+    def run_beside(half: Parameters, log_path: str):
+        return run_target("pay", half, data_dir, log_path, beside=parameters.beside, beside_clients=parameters.beside_clients)
+
+    return run_alternating(parameters, data_dir, work_dir, "pay-beside-server", run_beside)
 
 
 def run_with_and_without_promotions(parameters: Parameters, data_dir: str, work_dir: str) -> tuple:

@@ -1,4 +1,4 @@
-"""`python -m core.audit DIR`: check the ledger's invariants; exit 1 naming each breach.
+"""`python -m core.audit DIR` (`tally audit`): check the ledger's invariants; exit 1 naming each breach.
 
 Owns: the definition of a consistent data directory:
   - per unit (money, points) all balances sum to zero (double entry);
@@ -49,7 +49,8 @@ from core.results import (
     may_go_negative,
     unit_of,
 )
-from core.store import Store, entries, open_store, rows
+from core import tools
+from core.store import Store, entries, rows
 
 JOURNAL_DTYPE = np.dtype(
     [
@@ -284,15 +285,25 @@ def audit(store: Store) -> AuditReport:
     return report
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m core.audit", description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", metavar="DIR", help="data directory to check (read only)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+def main(argv=None, prog: str = "python -m core.audit") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                     epilog="Exit codes: 0 the books are consistent; 1 breaches (each named); "
+                                     "2 the audit could not run (one line on stderr).")
+    parser.add_argument("dir", nargs="?", metavar="DIR", help="data directory to check (read only); same as --data")
+    tools.add_shared_options(parser)
     args = parser.parse_args(argv)
-    store = open_store(args.data, readonly=True)
-    report = audit(store)
-    store.close()
-    if args.json:
+    if args.dir:
+        args.data = args.dir
+    return tools.run(prog, print_audit, args)
+
+
+def print_audit(args) -> int:
+    store = tools.open_existing_store(tools.data_path(args), readonly=True)
+    try:
+        report = audit(store)
+    finally:
+        store.close()
+    if tools.json_wanted(args):
         print(json.dumps(report.as_dict(), indent=2))
     else:
         counts = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in sorted(report.counts.items()))
@@ -304,7 +315,7 @@ def main(argv=None):
                 print(f"  - {text}")
             if len(report.problems) > PROBLEMS_SHOWN_MAX:
                 print(f"  ... and {len(report.problems) - PROBLEMS_SHOWN_MAX} more")
-    return 0 if report.ok else 1
+    return tools.EXIT_OK if report.ok else tools.EXIT_FOUND
 
 
 if __name__ == "__main__":

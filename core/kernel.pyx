@@ -57,6 +57,7 @@ cdef uint32_t HOLD_TIMEOUT_S_MAX = _limits.HOLD_TIMEOUT_S_MAX
 cdef Py_ssize_t BATCH_SIZE_MAX = _limits.BATCH_SIZE_MAX
 cdef Py_ssize_t KERNEL_RECORDS_CACHED_MAX = _limits.KERNEL_RECORDS_CACHED_MAX
 cdef Py_ssize_t EXPIRE_SWEEP_HOLDS_MAX = _limits.EXPIRE_SWEEP_HOLDS_MAX
+cdef uint32_t STATION_DAY_AHEAD_MAX = _limits.STATION_DAY_AHEAD_MAX
 
 _R = _results.ResultCode
 cdef uint16_t APPROVED = _R.APPROVED
@@ -107,6 +108,9 @@ cdef uint16_t COUNTER_EXHAUSTED = _R.COUNTER_EXHAUSTED
 cdef uint16_t LINKED_FAILED = _R.LINKED_FAILED
 cdef uint16_t PACKET_ALREADY_CLAIMED = _R.PACKET_ALREADY_CLAIMED
 cdef uint16_t PACKET_EMPTY = _R.PACKET_EMPTY
+cdef uint16_t ORIGINAL_NOT_SEEN = _R.ORIGINAL_NOT_SEEN
+cdef uint16_t ORIGINAL_DECLINED = _R.ORIGINAL_DECLINED
+cdef uint8_t RESULT_REPLAYED = _records.RESULT_REPLAYED
 
 _K = _results.OpKind
 cdef uint8_t OP_OPEN_CARD = _K.OPEN_CARD
@@ -433,6 +437,40 @@ cdef inline bint is_reversible_kind(uint8_t kind):
     return kind == OP_PAY or kind == OP_PREAUTH or kind == OP_COMPLETE or kind == OP_TOPUP
 
 
+cdef inline bint is_sale_kind(uint8_t kind):
+    """Mirror of reference.SALE_KINDS."""
+    return kind == OP_PAY or kind == OP_PREAUTH
+
+
+cdef inline uint16_t nothing_to_reverse(const TxnRec* record) noexcept:
+    """Mirror of reference.nothing_to_reverse."""
+    if record.flags & FLAG_REVERSED:
+        return ALREADY_REVERSED
+    if record.flags & FLAG_VOIDED:
+        return ALREADY_VOIDED
+    if record.state == RELEASED:
+        return HOLD_CLOSED
+    if record.state == EXPIRED:
+        return HOLD_EXPIRED
+    if record.state == ABORTED:
+        return ORIGINAL_DECLINED
+    return APPROVED
+
+
+# What an answer reports of a transaction that took nothing.
+cdef int64_t NO_LEGS[LEG_COUNT]
+memset(NO_LEGS, 0, sizeof(NO_LEGS))
+
+
+cdef inline const int64_t* answer_legs(const TxnRec* record) noexcept:
+    """Mirror of reference.answer_legs."""
+    if record.state == POSTED:
+        return &record.posted[0]
+    if record.state == HELD:
+        return &record.held[0]
+    return NO_LEGS
+
+
 cdef inline bint is_card_status(uint8_t status):
     return status == CARD_ACTIVE or status == CARD_STATUS_LOST or status == CARD_STATUS_FROZEN or status == CARD_STATUS_CANCELLED
 
@@ -748,6 +786,8 @@ cdef class Kernel:
         gc.disable()
         cdef Py_ssize_t last
         try:
+            # Mirror of the reference: expiry holds at the moment of use.
+            batch.expire_due_holds()
             i = 0
             while i < count:
                 last = chain_last(op_data, i, count)
@@ -889,7 +929,16 @@ cdef class _Batch:
     cdef bytearray journal
     cdef Py_ssize_t journal_count
     cdef int64_t now_ms
+    # The batch's day by the clock, and the day of the operation being
+    # applied (see reference._Batch and station_day).
+    cdef uint32_t calendar_day
     cdef uint32_t day
+    # station id -> its last closed day (-1: none), read once per batch
+    cdef dict closed_days
+    # The last station_day answer (station 0: none): a batch's operations
+    # mostly come from few stations in runs.
+    cdef uint32_t last_station_id
+    cdef uint32_t last_station_day
     cdef uint64_t next_txn_id, next_journal_seq
 
     def __init__(self, txn, store, _Records records, int64_t now_ms, uint32_t business_day):
@@ -933,7 +982,10 @@ cdef class _Batch:
         self.journal = bytearray()
         self.journal_count = 0
         self.now_ms = now_ms
+        self.calendar_day = business_day
         self.day = business_day
+        self.closed_days = {}
+        self.last_station_id = 0
         self.next_txn_id = self.meta(META_NEXT_TXN_ID, 1)
         self.next_journal_seq = self.meta(META_NEXT_JOURNAL_SEQ, 1)
 
@@ -1101,11 +1153,13 @@ cdef class _Batch:
         return account.balance - account.held
 
     cdef set_card_balances(self, ResultRec* r, uint64_t card_id):
+        """Mirror of reference.card_balances: points as of now."""
         if card_id == 0:
             return
         r.fleet_balance = self.load_account(FLEET, card_id).balance
         r.personal_balance = self.load_account(PERSONAL, card_id).balance
-        r.points_balance = self.load_account(POINTS, card_id).balance
+        cdef AccountRec* points = self.load_account(POINTS, card_id)
+        r.points_balance = points.balance - self.expirable(card_id, points)
 
     cdef void init_result(self, const OpRec* op, ResultRec* r, uint16_t code) noexcept:
         memset(r, 0, sizeof(ResultRec))
@@ -1220,7 +1274,7 @@ cdef class _Batch:
         """Mirror of reference.open_lots: the card's open lots as bytes."""
         cdef list found = []
         for day in self.open_lot_days(card_id):
-            if expired_only and <uint32_t>day > self.day:
+            if expired_only and <uint32_t>day > self.calendar_day:
                 break
             found.append(self.point_lots.get(lot_key(card_id, day)))
         return found
@@ -1272,21 +1326,32 @@ cdef class _Batch:
                 self.point_lots.put(key, PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)))
         assert left == 0, "points balance and lots disagree"
 
+    cdef int64_t expirable(self, uint64_t card_id, const AccountRec* account) except -1:
+        """Mirror of reference.expirable."""
+        if account.balance <= account.held:
+            return 0
+        cdef int64_t due = 0
+        cdef uint32_t day
+        for day in self.open_lot_days(card_id):
+            if day > self.calendar_day:
+                break
+            due += (<const LotRec*>PyBytes_AS_STRING(self.point_lots.get(lot_key(card_id, day)))).remaining
+        cdef int64_t free = account.balance - account.held
+        if free < due:
+            due = free
+        return due if due > 0 else 0
+
     cdef int64_t expire_lots(self, uint64_t card_id) except -1:
         """Mirror of reference.expire_lots."""
         cdef AccountRec* account = self.load_account(POINTS, card_id)
         if account == NULL:
             return 0
-        cdef int64_t expirable = 0
-        for value in self.open_lots(card_id, True):
-            expirable += (<const LotRec*>PyBytes_AS_STRING(value)).remaining
-        cdef int64_t free = account.balance - account.held
-        cdef int64_t amount = expirable if expirable < free else free
+        cdef int64_t amount = self.expirable(card_id, account)
         cdef Posting posting
         if amount > 0:
             set_posting(&posting, POINTS, card_id, POINTS_LIABILITY, 0, amount, MOVE_EXPIRY, REASON_EXPIRY)
             self.post(0, 0, &posting, 1)
-        return amount if amount > 0 else 0
+        return amount
 
     cdef expire_points(self, const OpRec* op, ResultRec* r):
         if self.load_card(op.card_id) == NULL:
@@ -1337,7 +1402,8 @@ cdef class _Batch:
         return APPROVED
 
     cdef inline int64_t spent_today(self, const CardRec* card) noexcept:
-        return card.day_spent if card.day == self.day else 0
+        """Mirror of reference.spent_today."""
+        return card.day_spent if card.day >= self.day else 0
 
     cdef uint16_t limit_decline(self, const CardRec* card, int64_t amount) noexcept:
         if card.limit_per_txn and amount > card.limit_per_txn:
@@ -1349,7 +1415,8 @@ cdef class _Batch:
     cdef add_spent(self, uint64_t card_id, int64_t amount):
         cdef CardRec* card = self.card_for_write(card_id)
         card.day_spent = self.spent_today(card) + amount
-        card.day = self.day
+        if self.day > card.day:
+            card.day = self.day
 
     cdef return_spent(self, uint64_t card_id, uint32_t business_day, int64_t amount):
         if card_id == 0 or amount == 0:
@@ -1362,6 +1429,7 @@ cdef class _Batch:
     # -------------------------------------------------------- dispatch
 
     cdef apply(self, const OpRec* op, ResultRec* r):
+        self.day = self.station_day(op.station_id)
         if not op_is_valid(op):
             self.init_result(op, r, INVALID_OPERATION)
             return
@@ -1376,8 +1444,7 @@ cdef class _Batch:
                 self.replay(op, stored, r)
                 return
         if is_shift_bound_kind(op.kind) and self.shift_closed(op.terminal_id):
-            self.init_result(op, r, SHIFT_CLOSED)
-            r.card_id = op.card_id
+            self.refusal(op, SHIFT_CLOSED, r)
         else:
             self.dispatch(op, r)
         if idempotent:
@@ -1389,6 +1456,7 @@ cdef class _Batch:
         cdef Py_ssize_t takes = count
         cdef const OpRec* main = NULL
         cdef ResultRec* answer = &results[count - 1]
+        self.day = self.station_day(ops[count - 1].station_id)
         if not chain_is_valid(ops, count):
             for k in range(count):
                 self.init_result(&ops[k], &results[k], INVALID_OPERATION)
@@ -1407,8 +1475,7 @@ cdef class _Batch:
             for k in range(takes):
                 self.init_result(&ops[k], &results[k], code if k == refused else LINKED_FAILED)
             if main != NULL:
-                self.init_result(main, answer, LINKED_FAILED)
-                answer.card_id = main.card_id
+                self.refusal(main, LINKED_FAILED, answer)
             return
         if main != NULL:
             self.apply(main, answer)
@@ -1425,12 +1492,30 @@ cdef class _Batch:
         return self.load_idem(idem_key(op.terminal_id, op.serial)) != NULL
 
     cdef replay(self, const OpRec* op, const IdemRec* stored, ResultRec* r):
+        """Mirror of reference.replay."""
         if memcmp(stored.fingerprint, ZERO_FINGERPRINT, 16) == 0:
-            self.init_result(op, r, ALREADY_REVERSED)
+            self.refusal(op, ALREADY_REVERSED, r)
         elif memcmp(stored.fingerprint, op.fingerprint, 16) != 0:
-            self.init_result(op, r, DUPLICATE_MISMATCH)
+            self.refusal(op, DUPLICATE_MISMATCH, r)
         else:
             memcpy(r, &stored.result, sizeof(ResultRec))
+            r.final |= RESULT_REPLAYED
+
+    cdef refusal(self, const OpRec* op, uint16_t code, ResultRec* r):
+        """Mirror of reference.refusal."""
+        if is_sale_kind(op.kind):
+            self.sale_decline(op, code, r)
+        else:
+            self.init_result(op, r, code)
+            r.card_id = op.card_id
+
+    cdef sale_decline(self, const OpRec* op, uint16_t code, ResultRec* r):
+        """Mirror of reference.sale_decline."""
+        self.init_result(op, r, code)
+        r.card_id = op.card_id
+        r.amount = op.amount
+        if op.card_id != 0 and self.load_card(op.card_id) != NULL:
+            self.set_card_balances(r, op.card_id)
 
     cdef dispatch(self, const OpRec* op, ResultRec* r):
         cdef uint8_t kind = op.kind
@@ -1625,8 +1710,7 @@ cdef class _Batch:
             if decline == APPROVED:
                 decline = self.limit_decline(card, op.amount)
             if decline != APPROVED:
-                self.init_result(op, r, decline)
-                r.card_id = op.card_id
+                self.sale_decline(op, decline, r)
                 return
         if card != NULL and op.plan_flags & USE_POINTS:
             self.expire_lots(op.card_id)
@@ -1636,8 +1720,7 @@ cdef class _Batch:
             self.split_internal(op, draft.held)
         cdef int64_t channel_amount = op.amount - draft.held[LEG_FLEET] - draft.held[LEG_PERSONAL] - draft.held[LEG_POINTS_CASH]
         if channel_amount > 0 and op.channel == CHANNEL_NONE:
-            self.init_result(op, r, INSUFFICIENT_FUNDS)
-            r.card_id = op.card_id
+            self.sale_decline(op, INSUFFICIENT_FUNDS, r)
             return
         draft.channel = op.channel if channel_amount > 0 else CHANNEL_NONE
         draft.held[LEG_CHANNEL] = channel_amount
@@ -1648,8 +1731,7 @@ cdef class _Batch:
         if channel_amount == 0:
             count = sale_postings(postings, draft.card_id, draft.station_id, draft.channel, draft.held, draft.points_earned, REASON_SALE)
             if not self.postings_fit(postings, count):
-                self.init_result(op, r, BALANCE_LIMIT)
-                r.card_id = op.card_id
+                self.sale_decline(op, BALANCE_LIMIT, r)
                 return
         draft.txn_id = self.new_txn_id()
         if card != NULL:
@@ -1702,9 +1784,7 @@ cdef class _Batch:
         r.txn_id = record.txn_id
         r.card_id = record.card_id
         r.amount = record.amount
-        cdef const int64_t* legs = &record.held[0]
-        if record.state == POSTED:
-            legs = &record.posted[0]
+        cdef const int64_t* legs = answer_legs(record)
         r.fleet = legs[LEG_FLEET]
         r.personal = legs[LEG_PERSONAL]
         r.points_cash = legs[LEG_POINTS_CASH]
@@ -1730,6 +1810,7 @@ cdef class _Batch:
         if record == NULL:
             self.init_result(op, r, ORIGINAL_NOT_FOUND)
             return
+        self.day = self.station_day(record.station_id)
         cdef uint16_t code = self.channel_wait_decline(record)
         if code != APPROVED:
             self.init_result(op, r, code)
@@ -1751,6 +1832,7 @@ cdef class _Batch:
         if record == NULL:
             self.init_result(op, r, ORIGINAL_NOT_FOUND)
             return
+        self.day = self.station_day(record.station_id)
         cdef uint16_t code = self.channel_wait_decline(record)
         if code != APPROVED:
             self.init_result(op, r, code)
@@ -1793,15 +1875,13 @@ cdef class _Batch:
         if decline == APPROVED:
             decline = self.limit_decline(card, op.amount)
         if decline != APPROVED:
-            self.init_result(op, r, decline)
-            r.card_id = op.card_id
+            self.sale_decline(op, decline, r)
             return
         cdef int64_t fleet_available = self.available(FLEET, op.card_id)
         cdef int64_t fleet = op.amount if op.amount < fleet_available else fleet_available
         cdef int64_t personal = op.amount - fleet
         if personal > self.available(PERSONAL, op.card_id):
-            self.init_result(op, r, INSUFFICIENT_FUNDS)
-            r.card_id = op.card_id
+            self.sale_decline(op, INSUFFICIENT_FUNDS, r)
             return
         cdef TxnRec draft
         self.txn_draft(op, OP_PREAUTH, HELD, &draft)
@@ -1887,7 +1967,8 @@ cdef class _Batch:
         r.personal = record.held[LEG_PERSONAL]
         self.set_card_balances(r, record.card_id)
 
-    cdef expire_holds(self, const OpRec* op, ResultRec* r):
+    cdef Py_ssize_t expire_due_holds(self) except -1:
+        """Mirror of reference.expire_due_holds."""
         cdef list due = []
         cdef const char* data
         cursor = self.txn.cursor(db=self.hold_expiry_db)
@@ -1900,8 +1981,12 @@ cdef class _Batch:
         cursor.close()
         for txn_id in due:
             self.expire_hold(self.load_txn(txn_id))
+        return len(due)
+
+    cdef expire_holds(self, const OpRec* op, ResultRec* r):
+        cdef Py_ssize_t expired = self.expire_due_holds()
         self.init_result(op, r, APPROVED)
-        r.amount = len(due)
+        r.amount = expired
 
     # -------------------------------------------------------- undo
 
@@ -1915,10 +2000,10 @@ cdef class _Batch:
             tombstone.final = 1
             tombstone.business_day = self.day
             self.save_idem(key, ZERO_FINGERPRINT, &tombstone)
-            self.init_result(op, r, APPROVED)
+            self.init_result(op, r, ORIGINAL_NOT_SEEN)
             return
         if memcmp(original.fingerprint, ZERO_FINGERPRINT, 16) == 0:
-            self.init_result(op, r, APPROVED)
+            self.init_result(op, r, ORIGINAL_NOT_SEEN)
             return
         cdef ResultRec* answer = &original.result
         if not is_reversible_kind(answer.kind):
@@ -1926,11 +2011,13 @@ cdef class _Batch:
             r.txn_id = answer.txn_id
             return
         if answer.code != APPROVED and answer.code != PENDING:
-            self.init_result(op, r, APPROVED)
+            self.init_result(op, r, ORIGINAL_DECLINED)
+            r.txn_id = answer.txn_id
             return
         cdef TxnRec* record = self.load_txn(answer.txn_id)
-        if (record.flags & (FLAG_REVERSED | FLAG_VOIDED)) or record.state == RELEASED or record.state == EXPIRED or record.state == ABORTED:
-            self.init_result(op, r, APPROVED)
+        cdef uint16_t code = nothing_to_reverse(record)
+        if code != APPROVED:
+            self.init_result(op, r, code)
             r.txn_id = record.txn_id
             return
         if money_total(record.refunded) != 0:
@@ -2000,10 +2087,10 @@ cdef class _Batch:
         cdef uint16_t code = self.posted_sale(op, &record)
         if code == APPROVED and money_total(record.refunded) != 0:
             code = ALREADY_REFUNDED
-        if code == APPROVED and record.business_day != self.day:
-            code = VOID_NOT_SAME_DAY
         if code == APPROVED and <int64_t>record.business_day <= self.closed_day(record.station_id):
             code = DAY_CLOSED
+        if code == APPROVED and record.business_day != self.day:
+            code = VOID_NOT_SAME_DAY
         if code != APPROVED:
             self.init_result(op, r, code)
             r.txn_id = 0 if record == NULL else record.txn_id
@@ -2133,9 +2220,7 @@ cdef class _Batch:
         r.txn_id = record.txn_id
         r.card_id = record.card_id
         r.amount = record.amount
-        cdef const int64_t* legs = &record.held[0]
-        if record.state == POSTED:
-            legs = &record.posted[0]
+        cdef const int64_t* legs = answer_legs(record)
         r.fleet = legs[LEG_FLEET]
         r.personal = legs[LEG_PERSONAL]
         r.points_cash = legs[LEG_POINTS_CASH]
@@ -2603,11 +2688,29 @@ cdef class _Batch:
         r.amount = shift.last_txn_id
 
     cdef int64_t closed_day(self, uint32_t station_id) except? -2:
+        cdef PyObject* cached = PyDict_GetItem(self.closed_days, station_id)
+        if cached != NULL:
+            return <int64_t><object>cached
         raw = self.txn.get(u32_key(station_id), None, self.day_ends_db)
-        if raw is None:
-            return -1
         cdef uint32_t day
-        memcpy(&day, PyBytes_AS_STRING(raw), 4)
+        cdef int64_t closed = -1
+        if raw is not None:
+            memcpy(&day, PyBytes_AS_STRING(raw), 4)
+            closed = day
+        self.closed_days[station_id] = closed
+        return closed
+
+    cdef uint32_t station_day(self, uint32_t station_id) except? 0:
+        """Mirror of reference.station_day."""
+        if station_id == 0:
+            return self.calendar_day
+        if station_id == self.last_station_id:
+            return self.last_station_day
+        cdef uint32_t day = self.calendar_day
+        if self.closed_day(station_id) >= self.calendar_day:
+            day += STATION_DAY_AHEAD_MAX
+        self.last_station_id = station_id
+        self.last_station_day = day
         return day
 
     cdef day_end(self, const OpRec* op, ResultRec* r):
@@ -2616,6 +2719,8 @@ cdef class _Batch:
             closed = op.period
         cdef uint32_t day = <uint32_t>closed
         self.txn.put(u32_key(op.station_id), PyBytes_FromStringAndSize(<char*>&day, 4), db=self.day_ends_db)
+        self.closed_days[op.station_id] = closed
+        self.last_station_id = 0
         self.init_result(op, r, APPROVED)
         r.amount = closed
 

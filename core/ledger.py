@@ -2,7 +2,9 @@
 
 Owns: choosing the kernel (Cython if built, the reference otherwise), one
 durable write transaction per batch, and the read helpers every other part
-uses instead of touching LMDB keys itself.
+uses instead of touching LMDB keys itself. The `*_as_of` helpers answer as
+of a moment (core/current.py): what time has expired reads expired, whether
+or not a write has recorded it yet; the plain ones give the stored record.
 Used by: commit.py (the writer thread), the server's read paths, audit,
 benchmarks and tests.
 """
@@ -10,7 +12,7 @@ benchmarks and tests.
 import logging
 from collections.abc import Iterator, Sequence
 
-from core import limits
+from core import current, limits
 from core.counters import COUNTER_VALUE, TXN_COUNTER_ENTRY, counter_key, parse_counter_key
 from core.records import (
     Account,
@@ -24,11 +26,13 @@ from core.records import (
     decode,
     encode,
     idem_key,
+    u32_key,
     u64_key,
 )
 from core.reference import ReferenceKernel
 from core.replication.changes import database_index, recording
 from core.replication.errors import ReplicatedStore
+from core.results import CARD_ACCOUNT_KINDS
 from core.store import Store, replicated_stream
 
 log = logging.getLogger(__name__)
@@ -162,6 +166,51 @@ class Ledger:
 
     def idem(self, terminal_id: int, serial: int) -> Idem | None:
         return self._get(Idem, self.store.idem, idem_key(terminal_id, serial))
+
+    def station_day(self, station_id: int, now_ms: int, utc_offset_minutes: int = 0) -> int:
+        """The business day a request at this station takes now: the
+        calendar's, or the day after the station's closed day (as the
+        kernels' station_day)."""
+        calendar_day = business_day(now_ms, utc_offset_minutes)
+        with self.store.env.begin() as txn:
+            raw = txn.get(u32_key(station_id), db=self.store.day_ends) if station_id else None
+        if raw is not None and int.from_bytes(raw, "little") >= calendar_day:
+            return calendar_day + limits.STATION_DAY_AHEAD_MAX
+        return calendar_day
+
+    def sale_declined(self, code: int, kind: int, card_id: int, amount: int, station_id: int, now_ms: int,
+                      utc_offset_minutes: int = 0) -> Result:
+        """The answer to a sale the server declines before the kernel sees it
+        (a basket rule, the blacklist), as the kernels decline one: the
+        amount asked and, when the card exists, its balances as of now."""
+        result = Result(code=code, kind=kind, business_day=self.station_day(station_id, now_ms, utc_offset_minutes), card_id=card_id, amount=amount)
+        found = self.card_as_of(card_id, now_ms, utc_offset_minutes) if card_id else None
+        if found is not None:
+            fleet, personal, points = found[1]
+            result.fleet_balance, result.personal_balance, result.points_balance = fleet.balance, personal.balance, points.balance
+        return result
+
+    def txn_as_of(self, txn_id: int, now_ms: int) -> Txn | None:
+        """The transaction as of now_ms: a hold past its time reads EXPIRED."""
+        record = self.txn(txn_id)
+        return None if record is None else current.txn_as_of(record, now_ms)
+
+    def card_as_of(self, card_id: int, now_ms: int, utc_offset_minutes: int = 0) -> tuple[Card, tuple[Account, Account, Account]] | None:
+        """The card and its (fleet, personal, points) accounts as of now_ms:
+        its holds past their time released, the points of its lots past
+        their day expired. None if there is no such card."""
+        with self.store.env.begin() as txn:
+            raw = txn.get(u64_key(card_id), db=self.store.cards)
+            if raw is None:
+                return None
+            fleet, personal, points = (
+                decode(Account, txn.get(account_key(kind, card_id), db=self.store.accounts)) for kind in CARD_ACCOUNT_KINDS
+            )
+            holds = current.due_holds(txn, self.store, card_id, now_ms) if fleet.held or personal.held else []
+            lots = current.card_lots(txn, self.store.point_lots, card_id) if points.balance > points.held else []
+        card, fleet, personal = current.card_as_of(decode(Card, raw), fleet, personal, holds)
+        points = current.points_as_of(points, lots, business_day(now_ms, utc_offset_minutes)).account
+        return card, (fleet, personal, points)
 
     def pending_txn_ids(self) -> list[int]:
         """Transactions waiting for an external channel (crash recovery)."""

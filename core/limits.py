@@ -98,5 +98,11 @@ REDEEM_QUANTITY_MAX = 1000
 PARTNER_RATE_TERM_MAX = 10**6
 LOT_EXTENSION_DAYS_MAX = 3660
 
-# Holds expired by one sweep operation; the sweep is repeated until done.
+# Holds expired by one sweep operation, and by every batch before its first
+# operation; the sweep is repeated until done.
 EXPIRE_SWEEP_HOLDS_MAX = 1024
+# Days a station's business day may be ahead of the calendar's: once a
+# station closed today (DAY_END), its operations belong to tomorrow. So a
+# transaction's business day is its calendar day or the next, and the
+# settlement scans by day (core/settlement) allow for that one day.
+STATION_DAY_AHEAD_MAX = 1

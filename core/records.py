@@ -105,11 +105,21 @@ class Op(msgspec.Struct):
     link: int = 0
 
 
+RESULT_FINAL = 1
+RESULT_REPLAYED = 2
+
+
 class Result(msgspec.Struct):
     """The kernel's answer to one operation; also the stored answer of a request.
 
-    final is 0 while a PAY or REFUND waits for its channel, 1 otherwise.
-    Balances are those of the card after the operation (0 without a card).
+    final is a set of bits. RESULT_FINAL (1) is clear while a PAY or REFUND
+    waits for its channel, set otherwise. RESULT_REPLAYED (2) is set only in
+    a returned result that is the stored answer of an earlier request with
+    the same (terminal, serial) and fingerprint (a retry: nothing applied
+    again); it is never stored.
+    Balances are those of the card after the operation (0 without a card);
+    the points balance is as of the operation's time (points of lots whose
+    day has come do not count, written or not).
     """
 
     LAYOUT: ClassVar[struct.Struct] = struct.Struct("<HBBIQQqqqqqqqqqqqq")
@@ -132,6 +142,11 @@ class Result(msgspec.Struct):
     fleet_balance: int = 0
     personal_balance: int = 0
     points_balance: int = 0
+
+    @property
+    def replayed(self) -> bool:
+        """The stored answer of an earlier request (see RESULT_REPLAYED)."""
+        return bool(self.final & RESULT_REPLAYED)
 
 
 # ------------------------------------------------------------ stored records

@@ -29,6 +29,7 @@ from core.records import (
     META_NEXT_JOURNAL_SEQ,
     META_NEXT_TXN_ID,
     META_VALUE,
+    RESULT_REPLAYED,
     TOMBSTONE_FINGERPRINT,
     Account,
     Card,
@@ -108,6 +109,9 @@ IDEMPOTENT_KINDS = frozenset(
 # itself, and a completion of fuel already pumped are never refused).
 SHIFT_BOUND_KINDS = frozenset((OpKind.PAY, OpKind.PREAUTH, OpKind.TOPUP, OpKind.REFUND, OpKind.VOID, OpKind.REDEEM))
 REVERSIBLE_KINDS = frozenset((OpKind.PAY, OpKind.PREAUTH, OpKind.COMPLETE, OpKind.TOPUP))
+# Requests that take money from a card: a decline answers the amount asked
+# and the card's balances.
+SALE_KINDS = frozenset((OpKind.PAY, OpKind.PREAUTH))
 # Main operations of a chain whose counters are given back when the
 # transaction is voided, reversed, released or aborted.
 COUNTER_RETURNING_KINDS = frozenset((OpKind.PAY, OpKind.PREAUTH, OpKind.COMPLETE, OpKind.TOPUP))
@@ -239,6 +243,9 @@ class ReferenceKernel:
         assert len(ops) % OP_SIZE == 0
         assert len(ops) // OP_SIZE <= limits.BATCH_SIZE_MAX
         batch = _Batch(txn, store, now_ms, business_day)
+        # Expiry holds at the moment of use: no operation of the batch sees a
+        # hold whose time has come (bounded; EXPIRE_HOLDS sweeps the rest).
+        batch.expire_due_holds()
         decoded = [decode(Op, ops[offset : offset + OP_SIZE]) for offset in range(0, len(ops), OP_SIZE)]
         results = bytearray()
         first = 0
@@ -265,12 +272,19 @@ def chain_last(ops: list[Op], first: int) -> int:
 
 
 class _Batch:
-    """One batch: the write transaction, the clock and the counters."""
+    """One batch: the write transaction, the clock and the counters.
+
+    Two days: calendar_day is the batch's business day by the clock (points
+    lots expire by it); day is the business day of the operation being
+    applied, which at a station whose day is closed (DAY_END) is the day
+    after the closed one (see station_day).
+    """
 
     def __init__(self, txn, store, now_ms: int, business_day: int):
         self.txn = txn
         self.store = store
         self.now_ms = now_ms
+        self.calendar_day = business_day
         self.day = business_day
         self.next_txn_id = self._meta(META_NEXT_TXN_ID, 1)
         self.next_journal_seq = self._meta(META_NEXT_JOURNAL_SEQ, 1)
@@ -286,6 +300,7 @@ class _Batch:
     # ------------------------------------------------------------ dispatch
 
     def apply(self, op: Op) -> Result:
+        self.day = self.station_day(op.station_id)
         if not op_is_valid(op):
             return self.result(op, R.INVALID_OPERATION)
         self.lot_validity_days = op.lot_validity_days or limits.LOT_VALIDITY_DAYS_DEFAULT
@@ -295,7 +310,7 @@ class _Batch:
             if stored is not None:
                 return self.replay(op, stored)
         if op.kind in SHIFT_BOUND_KINDS and self.shift_closed(op.terminal_id):
-            result = self.result(op, R.SHIFT_CLOSED, card_id=op.card_id)
+            result = self.refusal(op, R.SHIFT_CLOSED)
         else:
             result = HANDLERS[op.kind](self, op)
         if idempotent:
@@ -306,6 +321,7 @@ class _Batch:
         """Counters, then the main operation: all applied or none. The
         counters are checked first, the main operation applied, and the
         counters taken only if it was approved (or waits for its channel)."""
+        self.day = self.station_day(ops[-1].station_id)
         if not chain_is_valid(ops):
             return [self.result(op, R.INVALID_OPERATION) for op in ops]
         takes, main = (ops, None) if ops[-1].kind == OpKind.COUNTER else (ops[:-1], ops[-1])
@@ -316,7 +332,7 @@ class _Batch:
         if refusal is not None:
             refused, code = refusal
             answers = [self.result(op, code if index == refused else R.LINKED_FAILED) for index, op in enumerate(takes)]
-            return answers + ([] if main is None else [self.result(main, R.LINKED_FAILED, card_id=main.card_id)])
+            return answers + ([] if main is None else [self.refusal(main, R.LINKED_FAILED)])
         answer = None if main is None else self.apply(main)
         if answer is not None and answer.code not in (R.APPROVED, R.PENDING):
             return [self.result(op, R.LINKED_FAILED) for op in takes] + [answer]
@@ -329,16 +345,32 @@ class _Batch:
         return op.serial != 0 and op.kind in IDEMPOTENT_KINDS and self.load_idem(op.terminal_id, op.serial) is not None
 
     def replay(self, op: Op, stored: Idem) -> Result:
-        """A request seen before: its first answer, or why it is refused."""
+        """A request seen before: its first answer, marked replayed (a mark
+        never stored), or why it is refused."""
         if stored.fingerprint == TOMBSTONE_FINGERPRINT:
-            return self.result(op, R.ALREADY_REVERSED)
+            return self.refusal(op, R.ALREADY_REVERSED)
         if stored.fingerprint != op.fingerprint:
-            return self.result(op, R.DUPLICATE_MISMATCH)
-        return stored.result
+            return self.refusal(op, R.DUPLICATE_MISMATCH)
+        answer = stored.result
+        answer.final |= RESULT_REPLAYED
+        return answer
 
     def result(self, op: Op, code: int, **fields) -> Result:
         fields.setdefault("final", 1)
         return Result(code=code, kind=op.kind, business_day=self.day, **fields)
+
+    def refusal(self, op: Op, code: int) -> Result:
+        """A request refused before its handler ran (closed shift, linked
+        counter, replay refusal); a sale's refusal is a decline like any."""
+        if op.kind in SALE_KINDS:
+            return self.sale_decline(op, code)
+        return self.result(op, code, card_id=op.card_id)
+
+    def sale_decline(self, op: Op, code: int) -> Result:
+        """A declined PAY or PREAUTH: nothing taken; the amount asked and,
+        when the card exists, its balances."""
+        known = op.card_id != 0 and self.load_card(op.card_id) is not None
+        return self.result(op, code, card_id=op.card_id, amount=op.amount, **(self.card_balances(op.card_id) if known else {}))
 
     # ------------------------------------------------------------ storage
 
@@ -387,12 +419,15 @@ class _Batch:
         return 0 if account is None else account.balance - account.held
 
     def card_balances(self, card_id: int) -> dict:
+        """The card's balances for an answer; points as of now (what the
+        next touch of the card expires does not count)."""
         if card_id == 0:
             return {}
+        points = self.load_account(K.POINTS, card_id)
         return {
             "fleet_balance": self.load_account(K.FLEET, card_id).balance,
             "personal_balance": self.load_account(K.PERSONAL, card_id).balance,
-            "points_balance": self.load_account(K.POINTS, card_id).balance,
+            "points_balance": points.balance - self.expirable(card_id, points),
         }
 
     # ------------------------------------------------------------ postings
@@ -467,7 +502,7 @@ class _Batch:
                 if not key.startswith(prefix):
                     break
                 lot = decode(Lot, value)
-                if expired_only and lot.expires_day > self.day:
+                if expired_only and lot.expires_day > self.calendar_day:
                     break
                 found.append(lot)
         cursor.close()
@@ -506,15 +541,20 @@ class _Batch:
                 self.txn.put(key, encode(lot), db=self.store.point_lots)
         assert left == 0, "points balance and lots disagree"
 
+    def expirable(self, card_id: int, account: Account) -> int:
+        """Points of the card's lots whose day has come (by the calendar, not
+        a station's day), never below what open holds need."""
+        due = sum(lot.remaining for lot in self.open_lots(card_id, expired_only=True))
+        return max(0, min(due, account.balance - account.held))
+
     def expire_lots(self, card_id: int) -> int:
-        """Expire what is left of the card's lots whose day has come, never
-        below what open holds need. Runs before anything spends points, so
-        that an expired point is never spent."""
+        """Expire what is left of the card's lots whose day has come. Runs
+        before anything spends points, so that an expired point is never
+        spent."""
         account = self.load_account(K.POINTS, card_id)
         if account is None:
             return 0
-        expirable = sum(lot.remaining for lot in self.open_lots(card_id, expired_only=True))
-        amount = min(expirable, account.balance - account.held)
+        amount = self.expirable(card_id, account)
         if amount > 0:
             self.post(0, 0, [(K.POINTS, card_id, K.POINTS_LIABILITY, 0, amount, Movement.EXPIRY, Reason.EXPIRY)])
         return amount
@@ -598,7 +638,11 @@ class _Batch:
                            personal=accounts[K.PERSONAL].balance, points_used=accounts[K.POINTS].balance)
 
     def spent_today(self, card: Card) -> int:
-        return card.day_spent if card.day == self.day else 0
+        """What counts against the day limit: the spend of the card's last
+        day of spending, unless this operation's day is later. (A station
+        still on the day before, while another's day is closed, counts the
+        later day's spend too: stations cannot be played off to pass a limit.)"""
+        return card.day_spent if card.day >= self.day else 0
 
     def limit_decline(self, card: Card, amount: int) -> int:
         if card.limit_per_txn and amount > card.limit_per_txn:
@@ -609,7 +653,7 @@ class _Batch:
 
     def add_spent(self, card: Card, amount: int):
         card.day_spent = self.spent_today(card) + amount
-        card.day = self.day
+        card.day = max(card.day, self.day)
 
     def return_spent(self, card_id: int, business_day: int, amount: int):
         """Give back day spend authorized on `business_day` but not taken."""
@@ -729,13 +773,13 @@ class _Batch:
             if decline == R.APPROVED:
                 decline = self.limit_decline(card, op.amount)
             if decline != R.APPROVED:
-                return self.result(op, decline, card_id=op.card_id)
+                return self.sale_decline(op, decline)
         if card is not None and op.plan_flags & PlanFlag.USE_POINTS:
             self.expire_lots(op.card_id)
         fleet, personal, points_cash, points_used = self.split_internal(op, card)
         channel_amount = op.amount - fleet - personal - points_cash
         if channel_amount > 0 and op.channel == Channel.NONE:
-            return self.result(op, R.INSUFFICIENT_FUNDS, card_id=op.card_id)
+            return self.sale_decline(op, R.INSUFFICIENT_FUNDS)
         record = self.txn_draft(op, OpKind.PAY, TxnState.HELD)
         record.channel = op.channel if channel_amount > 0 else Channel.NONE
         record.held_fleet = fleet
@@ -747,7 +791,7 @@ class _Batch:
             # Points are earned on what money paid, not on what points paid.
             record.points_earned = share(op.earn_points, op.amount - points_cash, op.amount)
         if channel_amount == 0 and not self.postings_fit(sale_postings(record)):
-            return self.result(op, R.BALANCE_LIMIT, card_id=op.card_id)
+            return self.sale_decline(op, R.BALANCE_LIMIT)
         record.txn_id = self.new_txn_id()
         if card is not None:
             self.add_spent(card, op.amount)
@@ -789,7 +833,6 @@ class _Batch:
         record.state = TxnState.POSTED
 
     def sale_result(self, op: Op, record: Txn, code: int) -> Result:
-        prefix = "posted_" if record.state == TxnState.POSTED else "held_"
         return self.result(
             op,
             code,
@@ -797,11 +840,7 @@ class _Batch:
             txn_id=record.txn_id,
             card_id=record.card_id,
             amount=record.amount,
-            fleet=getattr(record, prefix + "fleet"),
-            personal=getattr(record, prefix + "personal"),
-            points_cash=getattr(record, prefix + "points_cash"),
-            points_used=getattr(record, prefix + "points_used"),
-            channel_amount=getattr(record, prefix + "channel"),
+            **answer_legs(record),
             points_earned=record.points_earned if record.state == TxnState.POSTED else 0,
             **self.card_balances(record.card_id),
         )
@@ -813,6 +852,7 @@ class _Batch:
         record = self.load_txn(op.ref_txn_id)
         if record is None:
             return self.result(op, R.ORIGINAL_NOT_FOUND)
+        self.day = self.station_day(record.station_id)
         code = self.channel_wait_decline(record)
         if code != R.APPROVED:
             return self.result(op, code, txn_id=record.txn_id)
@@ -831,6 +871,7 @@ class _Batch:
         record = self.load_txn(op.ref_txn_id)
         if record is None:
             return self.result(op, R.ORIGINAL_NOT_FOUND)
+        self.day = self.station_day(record.station_id)
         code = self.channel_wait_decline(record)
         if code != R.APPROVED:
             return self.result(op, code, txn_id=record.txn_id)
@@ -882,11 +923,11 @@ class _Batch:
         if decline == R.APPROVED:
             decline = self.limit_decline(card, op.amount)
         if decline != R.APPROVED:
-            return self.result(op, decline, card_id=op.card_id)
+            return self.sale_decline(op, decline)
         fleet = min(op.amount, self.available(K.FLEET, op.card_id))
         personal = op.amount - fleet
         if personal > self.available(K.PERSONAL, op.card_id):
-            return self.result(op, R.INSUFFICIENT_FUNDS, card_id=op.card_id)
+            return self.sale_decline(op, R.INSUFFICIENT_FUNDS)
         record = self.txn_draft(op, OpKind.PREAUTH, TxnState.HELD)
         record.txn_id = self.new_txn_id()
         record.held_fleet = fleet
@@ -963,9 +1004,9 @@ class _Batch:
             **self.card_balances(record.card_id),
         )
 
-    def expire_holds(self, op: Op) -> Result:
-        """Expire up to EXPIRE_SWEEP_HOLDS_MAX holds whose time has come."""
-        expired = 0
+    def expire_due_holds(self) -> int:
+        """Expire up to EXPIRE_SWEEP_HOLDS_MAX holds whose time has come,
+        soonest first; the number expired."""
         cursor = self.txn.cursor(db=self.store.hold_expiry)
         due = []
         if cursor.first():
@@ -977,27 +1018,33 @@ class _Batch:
         cursor.close()
         for txn_id in due:
             self.expire_hold(self.load_txn(txn_id))
-            expired += 1
-        return self.result(op, R.APPROVED, amount=expired)
+        return len(due)
+
+    def expire_holds(self, op: Op) -> Result:
+        """The sweep of holds nobody touches: each batch expires those due
+        before its first operation, this what was left beyond the bound."""
+        return self.result(op, R.APPROVED, amount=self.expire_due_holds())
 
     # ------------------------------------------------------------ undo
 
     def reverse(self, op: Op) -> Result:
-        """Undo the request with serial `ref_serial`, whether or not it came."""
+        """Undo the request with serial `ref_serial`, whether or not it came.
+        APPROVED only when something was undone; else what was found."""
         original = self.load_idem(op.terminal_id, op.ref_serial)
         if original is None:
             self.save_idem(op.terminal_id, op.ref_serial, Idem(TOMBSTONE_FINGERPRINT, Result(code=R.ALREADY_REVERSED, business_day=self.day)))
-            return self.result(op, R.APPROVED)
+            return self.result(op, R.ORIGINAL_NOT_SEEN)
         answer = original.result
         if original.fingerprint == TOMBSTONE_FINGERPRINT:
-            return self.result(op, R.APPROVED)
+            return self.result(op, R.ORIGINAL_NOT_SEEN)
         if answer.kind not in REVERSIBLE_KINDS:
             return self.result(op, R.NOT_REVERSIBLE, txn_id=answer.txn_id)
         if answer.code not in (R.APPROVED, R.PENDING):
-            return self.result(op, R.APPROVED)
+            return self.result(op, R.ORIGINAL_DECLINED, txn_id=answer.txn_id)
         record = self.load_txn(answer.txn_id)
-        if record.flags & (TxnFlag.REVERSED | TxnFlag.VOIDED) or record.state in (TxnState.RELEASED, TxnState.EXPIRED, TxnState.ABORTED):
-            return self.result(op, R.APPROVED, txn_id=record.txn_id)
+        code = nothing_to_reverse(record)
+        if code != R.APPROVED:
+            return self.result(op, code, txn_id=record.txn_id)
         if refunded_total(record) != 0:
             return self.result(op, R.NOT_REVERSIBLE, txn_id=record.txn_id)
         if record.kind == OpKind.TOPUP:
@@ -1038,10 +1085,12 @@ class _Batch:
         record, code = self.posted_sale(op)
         if code == R.APPROVED and refunded_total(record) != 0:
             code = R.ALREADY_REFUNDED
-        if code == R.APPROVED and record.business_day != self.day:
-            code = R.VOID_NOT_SAME_DAY
+        # A closed day first: after DAY_END the station is on the next day,
+        # and "closed" says more than "not the same day".
         if code == R.APPROVED and record.business_day <= self.closed_day(record.station_id):
             code = R.DAY_CLOSED
+        if code == R.APPROVED and record.business_day != self.day:
+            code = R.VOID_NOT_SAME_DAY
         if code != R.APPROVED:
             return self.result(op, code, txn_id=0 if record is None else record.txn_id)
         return self.undo_posted(op, record, TxnFlag.VOIDED, Reason.VOID)
@@ -1135,7 +1184,6 @@ class _Batch:
         return self.refund_result(op, record, code)
 
     def refund_result(self, op: Op, record: Txn, code: int) -> Result:
-        prefix = "posted_" if record.state == TxnState.POSTED else "held_"
         return self.result(
             op,
             code,
@@ -1143,11 +1191,7 @@ class _Batch:
             txn_id=record.txn_id,
             card_id=record.card_id,
             amount=record.amount,
-            fleet=getattr(record, prefix + "fleet"),
-            personal=getattr(record, prefix + "personal"),
-            points_cash=getattr(record, prefix + "points_cash"),
-            points_used=getattr(record, prefix + "points_used"),
-            channel_amount=getattr(record, prefix + "channel"),
+            **answer_legs(record),
             points_clawed_back=record.points_clawed_back,
             shortfall_settled=record.shortfall_settled,
             **self.card_balances(record.card_id),
@@ -1466,6 +1510,16 @@ class _Batch:
         raw = self.txn.get(u32_key(station_id), db=self.store.day_ends)
         return -1 if raw is None else int.from_bytes(raw, "little")
 
+    def station_day(self, station_id: int) -> int:
+        """The business day of an operation at this station: the calendar's,
+        or the next day once the station has closed the calendar's (a sale
+        after DAY_END belongs to the next day); never further ahead
+        (limits.STATION_DAY_AHEAD_MAX). Station 0 (operations of no
+        station) takes the calendar's."""
+        if station_id != 0 and self.closed_day(station_id) >= self.calendar_day:
+            return self.calendar_day + limits.STATION_DAY_AHEAD_MAX
+        return self.calendar_day
+
     def day_end(self, op: Op) -> Result:
         """Close business day `period` at the station (days only move forward)."""
         closed = max(self.closed_day(op.station_id), op.period)
@@ -1568,6 +1622,35 @@ class _Batch:
 
 
 LEG_FIELDS = ("fleet", "personal", "points_cash", "points_used", "channel")
+ANSWER_LEG_NAMES = ("fleet", "personal", "points_cash", "points_used", "channel_amount")
+
+
+def answer_legs(record: Txn) -> dict:
+    """The legs an answer reports: posted, or held while waiting; none for a
+    transaction that took nothing (aborted: its channel declined or did not
+    answer, or it was reversed while waiting)."""
+    if record.state == TxnState.POSTED:
+        prefix = "posted_"
+    elif record.state == TxnState.HELD:
+        prefix = "held_"
+    else:
+        return {}
+    return {name: getattr(record, prefix + field) for name, field in zip(ANSWER_LEG_NAMES, LEG_FIELDS)}
+
+
+def nothing_to_reverse(record: Txn) -> int:
+    """Why a reversal finds nothing to undo in `record`, or APPROVED."""
+    if record.flags & TxnFlag.REVERSED:
+        return R.ALREADY_REVERSED
+    if record.flags & TxnFlag.VOIDED:
+        return R.ALREADY_VOIDED
+    if record.state == TxnState.RELEASED:
+        return R.HOLD_CLOSED
+    if record.state == TxnState.EXPIRED:
+        return R.HOLD_EXPIRED
+    if record.state == TxnState.ABORTED:
+        return R.ORIGINAL_DECLINED
+    return R.APPROVED
 
 
 def _posted_view(record: Txn) -> Txn:

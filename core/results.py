@@ -78,6 +78,13 @@ class ResultCode(enum.IntEnum):
     CARD_BLACKLISTED = 51
     # A basket line is not among the goods the card may buy.
     GOODS_NOT_ALLOWED = 52
+    # Reverse: no request with the original's serial was seen (never sent, or
+    # not arrived yet). Its serial is now blocked: if it arrives, it is
+    # refused (ALREADY_REVERSED). Nothing was undone because nothing was taken.
+    ORIGINAL_NOT_SEEN = 53
+    # Reverse: the original was declined (or its channel declined or did not
+    # answer), so it took nothing and there is nothing to undo.
+    ORIGINAL_DECLINED = 54
 
 
 class OpKind(enum.IntEnum):
@@ -332,4 +339,6 @@ RESULT_TEXT = {
     ResultCode.PACKET_EMPTY: "every share of the red packet is claimed",
     ResultCode.CARD_BLACKLISTED: "card refused by the risk blacklist",
     ResultCode.GOODS_NOT_ALLOWED: "the card may not buy these goods",
+    ResultCode.ORIGINAL_NOT_SEEN: "original never seen: its serial is now blocked (refused if it arrives)",
+    ResultCode.ORIGINAL_DECLINED: "the original was declined and took nothing: nothing to reverse",
 }

@@ -13,7 +13,8 @@ Named databases (keys big-endian, values in core.records layouts):
   journal         seq u64                    -> JournalEntry
   hold_expiry     (expires_ms u64, txn u64)  -> b""   open pre-authorizations
   pending         txn_id u64                 -> b""   waiting for a channel
-  meta            name                       -> u64   counters; and, on a replicated node (core/replication/),
+  meta            name                       -> u64   counters; b"format_version": the data format (below);
+                  and, on a replicated node (core/replication/):
                   b"log_position"            -> (u64 position, u64 time_ms) of the last log entry applied, put
                                                 in the same transaction as its changes and never logged itself
                   b"log_stream"              -> the stream's name: this directory is a node of that log
@@ -25,7 +26,9 @@ Named databases (keys big-endian, values in core.records layouts):
   tier_changes    (card_id u64, number u64)  -> TierChange  every tier change, in order
   gifts           gift_id u64                -> Gift        catalogue, with stock
   gift_counts     (gift_id u64, card_id u64) -> u32         redemptions per customer
-  loyalty_config  b"rules"                   -> JSON        core.loyalty.rules.LoyaltyRules
+  loyalty_config  b"rules"                   -> JSON        core.loyalty.rules.LoyaltyRules, the network's
+                  b"rules/" + domain u32     -> JSON        a headquarters domain's own
+  loyalty_gift_domains gift_id u64           -> u32         the domain whose catalogue holds a gift (none: the network's)
   shifts          terminal_id u32            -> Shift       the terminal's current or last shift
   day_ends        station_id u32             -> u32         last business day closed at the station
   card_domains    (card_id u64, domain u32)  -> b""         application domains enabled for a card
@@ -35,12 +38,13 @@ Named databases (keys big-endian, values in core.records layouts):
                                                  given back when it is voided, reversed or aborted
   packet_shares   (packet u64, index u32)    -> i64         a red packet's shares, fixed at creation
 
-Settlement's databases (values msgpack of core.settlement.model records):
-  settlement_imports      (channel u8, day u32, sha256)  -> ImportRecord   files imported
-  settlement_statements   (channel u8, day u32)          -> StoredStatement
-  settlement_differences  (channel u8, day u32, item u8, reference u64) -> Difference
+Settlement's databases (values msgpack of core.settlement.model records),
+each statement a headquarters domain's merchant account (0: the network's):
+  settlement_imports      (domain u32, channel u8, day u32, sha256)  -> ImportRecord   files imported
+  settlement_statements   (domain u32, channel u8, day u32)          -> StoredStatement
+  settlement_differences  (domain u32, channel u8, day u32, item u8, reference u64) -> Difference
   settlement_actions      seq u64                        -> Action   the queue's log
-  settlement_runs         (channel u8, day u32)          -> ReconcileRun
+  settlement_runs         (domain u32, channel u8, day u32)          -> ReconcileRun
 
 Administration's databases (values msgpack of core.admin.model records):
   admin_orgs        org_id u32                 -> Organisation  the tree; a station's id is its org_id
@@ -56,22 +60,33 @@ Administration's databases (values msgpack of core.admin.model records):
   admin_cards       card_id u64                -> CardOwner     the issuing organisation of a card
   admin_customers   customer_id u64            -> Customer      card holders' profiles
   admin_customer_cards (customer u64, card u64) -> b""          a customer's cards
+  admin_partners    partner_id u32             -> Partner       partner programmes, their keys sealed
 
 Promotions' and risk's databases (core/promotions/store.py, core/risk/):
   promotion_records       promotion_id u64           -> JSON Promotion (core.promotions.model)
   promotion_meta          name                       -> u64 sequences and version; b"policy" -> JSON StackingPolicy
+                          (the network's), b"policy/" + domain u32 -> a headquarters domain's
   promotion_coupons       coupon_id u64              -> msgpack Coupon
   promotion_coupon_codes  code utf-8                 -> coupon_id u64
   promotion_card_coupons  (card_id u64, coupon_id u64) -> b""   a card's coupons
   promotion_packets       packet_id u64              -> msgpack Packet (its shares: packet_shares)
   promotion_draws         seq u64                    -> msgpack Draw   every lottery draw
-  risk_config             b"rules"                   -> JSON RiskRules (core.risk.rules)
+  risk_config             b"rules"                   -> JSON RiskRules (core.risk.rules), the network's;
+                          b"rules/" + domain u32     -> a headquarters domain's
   risk_blacklist          card_id u64                -> msgpack BlacklistEntry
   risk_flags              seq u64                    -> msgpack Flag   patterns flagged for review
   promotion_issued        txn_id u64                 -> b""  a sale or top-up whose coupons were issued (once)
 
 Requests the caller numbers itself (core/once.py):
   once              (rpc utf-8, 0, request id utf-8) -> fingerprint 16 bytes + answer  done once, answered the same
+
+The data format. meta b"format_version" (u64 little-endian, as the other
+meta values) is the version of the layout above a store holds; a store
+without it was made before versions were kept and is version 1. A new store
+is stamped with DATA_FORMAT_VERSION when it is created. open_store refuses a
+store of another version (StoreFormatError, one line): a newer one this code
+does not know, an older one until `python -m core.migrations DIR` brought it
+up to date (core/migrations.py holds the steps, one per version).
 """
 
 import os
@@ -79,6 +94,8 @@ import struct
 
 import lmdb
 import msgspec
+
+from core.errors import FailedPrecondition
 
 DATABASE_NAMES = (
     "accounts",
@@ -124,6 +141,7 @@ DATABASE_NAMES = (
     "admin_cards",
     "admin_customers",
     "admin_customer_cards",
+    "admin_partners",
     "promotion_records",
     "promotion_meta",
     "promotion_coupons",
@@ -136,7 +154,14 @@ DATABASE_NAMES = (
     "risk_flags",
     "promotion_issued",
     "once",
+    "loyalty_gift_domains",
 )
+
+# The layout this code reads and writes (see the module docstring); each
+# version above 1 has its step in core/migrations.py.
+DATA_FORMAT_VERSION = 2
+FORMAT_VERSION_KEY = b"format_version"
+_FORMAT_VALUE = struct.Struct("<Q")
 
 # The map is a reservation of address space, not of disk: LMDB files grow as
 # data is written. 64 GiB holds well over 10 million transactions.
@@ -197,11 +222,53 @@ def transactions_in_directory(path: str) -> int | None:
         store.close()
 
 
+class StoreFormatError(FailedPrecondition):
+    """A store of a data format this code does not read."""
+
+
+def format_version(store: Store) -> int:
+    """The store's data format version (1: made before versions were kept)."""
+    if store.meta is None:
+        return 1
+    with store.env.begin() as txn:
+        raw = txn.get(FORMAT_VERSION_KEY, db=store.meta)
+    return 1 if raw is None else _FORMAT_VALUE.unpack(raw)[0]
+
+
+def set_format_version(txn, store: Store, version: int):
+    """Record the format, in the caller's write transaction (a migration
+    step's own, so the step and its version are stored together)."""
+    txn.put(FORMAT_VERSION_KEY, _FORMAT_VALUE.pack(version), db=store.meta)
+
+
+def require_current_format(store: Store, path: str):
+    version = format_version(store)
+    if version > DATA_FORMAT_VERSION:
+        raise StoreFormatError(f"{path} holds data format {version}, newer than this code's {DATA_FORMAT_VERSION}: "
+                               "run the version of Tally that wrote it", reason="STORE_FORMAT_NEWER")
+    if version < DATA_FORMAT_VERSION:
+        raise StoreFormatError(f"{path} holds data format {version}, this code reads {DATA_FORMAT_VERSION}: "
+                               f"run `python -m core.migrations {path}` first", reason="STORE_FORMAT_OLD")
+
+
+def require_format_of(path: str):
+    """Refuse (StoreFormatError) a data directory of another data format;
+    a directory without a store yet passes (it is made current). For the
+    server, before it starts its workers."""
+    if os.path.exists(os.path.join(path, "data.mdb")):
+        open_store(path, MAP_SIZE_BYTES_DEFAULT, readonly=True).close()
+
+
 def open_store(
     path: str, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT, readonly: bool = False, durable: bool = True,
     replicated: bool = False,
+    check_format: bool = True,
 ) -> Store:
     """Open (creating if needed) the data directory at `path`.
+
+    A new store is stamped with DATA_FORMAT_VERSION; an existing one of
+    another version is refused (StoreFormatError) unless check_format is
+    False (core/migrations.py, which brings it up to date).
 
     sync and metasync are on: a commit returns only when its data and the
     meta page are on disk (fdatasync), which is what lets the server answer
@@ -216,6 +283,7 @@ def open_store(
     """
     if not readonly:
         os.makedirs(path, exist_ok=True)
+    is_new = not readonly and not os.path.exists(os.path.join(path, "data.mdb"))
     env = lmdb.open(
         path,
         map_size=map_size_bytes,
@@ -231,7 +299,18 @@ def open_store(
         # serialises their writers with its own lock.
         lock=True,
     )
-    return Store(env, path, readonly)
+    store = Store(env, path, readonly)
+    if is_new:
+        from core.writes import DirectWriter  # it imports this module
+
+        DirectWriter(store).write_blocking(lambda txn: set_format_version(txn, store, DATA_FORMAT_VERSION))
+    elif check_format:
+        try:
+            require_current_format(store, path)
+        except StoreFormatError:
+            store.close()
+            raise
+    return store
 
 
 LOG_POSITION_KEY = b"log_position"

@@ -1,15 +1,32 @@
 """From kernel results and stored records to gRPC answers and receipts.
 
-Owns: PaymentAnswer, Transaction and Card messages, and the receipt text.
-Used by: server/payments.py and server/cards.py.
+Owns: PaymentAnswer, Transaction and Card messages, the receipt text, and
+the currency every amount is answered in (set once at start, --currency).
+Used by: server/payments.py and server/cards.py; settlement answers take
+the currency from here.
 """
 
+from core import dates
 from core.promotions.model import funder_name
 from core.records import Account, Card, Result, Txn
 from core.results import RESULT_TEXT, CardFlag, OpKind, ResultCode, TxnFlag
 from tally.v1 import card_pb2, common_pb2, payment_pb2
 
 RESULT_NAMES = {int(code): code.name for code in ResultCode}
+SALE_KINDS = (OpKind.PAY, OpKind.PREAUTH)
+_currency = "CNY"
+
+
+def set_currency(code: str):
+    """The server's currency setting (server/app.py, at start)."""
+    global _currency
+    _currency = code
+
+
+def currency() -> str:
+    return _currency
+
+
 RECEIPT_TITLES = {
     OpKind.PAY: "SALE",
     OpKind.PREAUTH: "PRE-AUTHORIZATION",
@@ -50,14 +67,26 @@ def fill_sources(sources: payment_pb2.Sources, result: Result, channel: int):
     sources.channel = channel if result.channel_amount else 0
 
 
-def points_items(quote, points_earned: int) -> list:
-    """The rules' items, and what the sale did not earn because points paid."""
+def points_items(quote, points_earned: int, paid_with_points: bool = False) -> list:
+    """The rules' items, and, when points paid part of a card's sale
+    (paid_with_points), what the sale did not earn because of it."""
     if quote is None:
         return []
     items = [common_pb2.PointsItem(rule=i.rule, description=i.description, points=i.points) for i in quote.items]
-    if quote.total != points_earned:
+    if paid_with_points and quote.total != points_earned:
         items.append(common_pb2.PointsItem(rule="paid_with_points", description="no points on what points paid", points=points_earned - quote.total))
     return items
+
+
+def shows_balances(result: Result) -> bool:
+    """Whether the answer's balances are the card's: an approved request on
+    a card, or a sale declined on a card that exists (a declined Pay or
+    PreAuthorize answers the card's balances; other declines answer none)."""
+    if not result.card_id:
+        return False
+    if result.code == ResultCode.APPROVED:
+        return True
+    return result.kind in SALE_KINDS and result.code not in (ResultCode.CARD_NOT_FOUND, ResultCode.PENDING)
 
 
 def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0, quote=None, promotions=(), declined_by: str = "") -> payment_pb2.PaymentAnswer:
@@ -74,14 +103,17 @@ def payment_answer(result: Result, terminal=None, basket=(), channel: int = 0, q
         business_day=result.business_day,
         shortfall_settled_minor=result.shortfall_settled,
         declined_by=declined_by,
+        currency=_currency,
+        replayed=result.replayed,
     )
     fill_sources(answer.sources, result, channel)
     balances = answer.balances
     balances.fleet_minor = result.fleet_balance
     balances.personal_minor = result.personal_balance
     balances.points = result.points_balance
-    if result.code == ResultCode.APPROVED:
-        answer.points_items.extend(points_items(quote, result.points_earned))
+    if result.code == ResultCode.APPROVED and result.card_id:
+        # A sale without a card earns nothing: no rule to itemise.
+        answer.points_items.extend(points_items(quote, result.points_earned, result.points_cash > 0))
     if promotions:
         answer.promotions.extend(promotions)
         answer.discount_minor = sum(item.discount_minor for item in promotions)
@@ -93,7 +125,7 @@ def receipt(result: Result, terminal, basket, channel: int, promotions=()) -> st
     lines = [
         f"TALLY {title}",
         f"station {terminal.station_id}  terminal {terminal.terminal_id}  operator {terminal.operator_id}",
-        f"serial {terminal.serial}  txn {result.txn_id}  day {result.business_day}",
+        f"serial {terminal.serial}  txn {result.txn_id}  day {dates.date_of(result.business_day)}",
     ]
     for line in basket:
         lines.append(f"{line.name or line.goods_code}  {quantity(line.quantity_milli)} x {money(line.unit_price_minor)}  {money(line.amount_minor)}")
@@ -115,10 +147,8 @@ def receipt(result: Result, terminal, basket, channel: int, promotions=()) -> st
             lines.append(f"points taken back {result.points_clawed_back}")
         if result.shortfall_settled:
             lines.append(f"kept for points already spent {money(result.shortfall_settled)}")
-        if result.card_id:
-            lines.append(
-                f"balance fleet {money(result.fleet_balance)}  personal {money(result.personal_balance)}  points {result.points_balance}"
-            )
+    if shows_balances(result):
+        lines.append(f"balance fleet {money(result.fleet_balance)}  personal {money(result.personal_balance)}  points {result.points_balance}")
     lines.append(f"{RESULT_NAMES.get(result.code, result.code)}: {result_text(result.code)}")
     return "\n".join(lines)
 
@@ -157,6 +187,7 @@ def transaction(record: Txn) -> payment_pb2.Transaction:
         points_clawed_back=record.points_clawed_back,
         points_shortfall=record.points_shortfall,
         original_txn_id=record.ref_txn_id if record.kind == OpKind.REFUND else 0,
+        currency=_currency,
     )
 
 

@@ -25,8 +25,7 @@ from core.records import Op, parse_hold_expiry_key
 from core.results import OpKind
 from core.store import open_store
 from server import metrics as observability
-from server import admin_service, heap, tls
-from server import replication_service
+from server import admin_service, answers, heap, replication_service, tls
 from server.cards import CardService
 from server.channel_flow import ChannelFlow
 from server.demo import seed_demo_data
@@ -35,6 +34,7 @@ from server.payments import PaymentService
 from server import promotion_service
 from server.promotion_flow import PromotionFlow
 from server.rpc import Guards, Registrar
+from server.partner_auth import PartnerGuard
 from server.terminal_auth import TerminalGuard
 from server.settings import ServerSettings
 from server.settlement_service import SettlementService
@@ -78,13 +78,34 @@ def guards_for(settings: ServerSettings, store, master_key, admin: Admin) -> Gua
     """The credentials the server checks (server/rpc.py): terminal MACs with
     --terminal-auth, staff tokens (always for AdminService; for the other
     back-office RPCs with --back-office-auth)."""
-    terminal = None
+    terminal = partner = None
     if settings.terminal_auth:
-        log.info("terminal authentication on: every terminal request needs its MAC")
+        log.info("terminal and partner authentication on: every terminal and partner request needs its MAC")
         terminal = TerminalGuard(store, master_key)
+        partner = PartnerGuard(store, master_key)
     if settings.back_office_auth:
         log.info("back-office authentication on: back-office RPCs need an AdminService token")
-    return Guards(admin, terminal=terminal, back_office=settings.back_office_auth)
+    return Guards(admin, terminal=terminal, partner=partner, back_office=settings.back_office_auth)
+
+
+WRITES_HEALTH_NAME = "tally.v1.Writes"
+STORE_WATCH_INTERVAL_S = 1.0
+
+
+async def watch_store(committer: GroupCommitter, health_servicer):
+    """Health of "tally.v1.Writes": NOT_SERVING while the store is full (the
+    whole server, "", stays SERVING: reads go on), SERVING again once a
+    write commits."""
+    serving = True
+    while True:
+        await asyncio.sleep(STORE_WATCH_INTERVAL_S)
+        if serving == (committer.store_full is None):
+            continue
+        serving = committer.store_full is None
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await health_servicer.set(WRITES_HEALTH_NAME, status)
+        if not serving:
+            log.error("writes refused: %s; reads are still served", committer.store_full)
 
 
 async def sample_gauges(metrics, committer: GroupCommitter, store):
@@ -160,6 +181,7 @@ def follow(replica, address: str, health_servicer, on_promoted, relay=None):
 
 async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     heap.configure_malloc()
+    answers.set_currency(settings.currency)
     store = open_store(settings.data_dir, settings.map_size_bytes, replicated=settings.replication is not None)
     kernel = load_kernel(settings.kernel)
     metrics = None
@@ -176,14 +198,15 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         on_batch=metrics.batch if metrics is not None else None, log=replica,
     )
     committer.start()
-    channels = build_channels(settings.simulator)
+    channels = build_channels(settings.simulator, settings.channel_adapters, settings.channel_timeout_ms)
     rules = RulesHolder(store, committer)
     flow = ChannelFlow(ledger, committer, channels, settings.channel_timeout_ms, lambda: rules.rules.expiry.lot_validity_days)
     if replica is None:
         await take_over(settings, flow, committer, ledger, demo)
 
     master_key = admin_service.load_master_key_of(settings)
-    admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=settings.utc_offset_minutes, writer=committer)
+    admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=settings.utc_offset_minutes, writer=committer,
+                  field_cipher=admin_service.field_cipher_of(settings))
     server = grpc.aio.server(options=grpc_options(settings.reuse_port))
     # Every service registers through this one registrar: it parses each
     # request, checks its caller against server/callers.py, and maps errors.
@@ -212,11 +235,12 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.listen}")
     await server.start()
-    for name in ("", *SERVICE_NAMES):
+    for name in ("", *SERVICE_NAMES, WRITES_HEALTH_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     leader_health = replication_service.LEADER_HEALTH_NAME
     await health_servicer.set(leader_health, health_pb2.HealthCheckResponse.SERVING if replica is None
                               else health_pb2.HealthCheckResponse.NOT_SERVING)
+    store_watch = asyncio.create_task(watch_store(committer, health_servicer))
     sweeper = asyncio.create_task(sweep_expired_holds(committer, settings.hold_sweep_interval_s))
     trimmer = asyncio.create_task(heap.release_free_heap_every(settings.heap_trim_interval_s)) if settings.heap_trim_interval_s else None
     sampler = asyncio.create_task(sample_gauges(metrics, committer, store)) if metrics is not None else None
@@ -224,6 +248,11 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         metrics_port = observability.serve_metrics(settings.metrics_port, host=settings.listen.rsplit(":", 1)[0])
         # Tests read the bound port from this line (--metrics-port 0).
         log.info("metrics on http://%s:%d/metrics", settings.listen.rsplit(":", 1)[0], metrics_port)
+    # Before anyone is told the server listens: a SIGTERM from then on stops it cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     host = settings.listen.rsplit(":", 1)[0]
     relay = None
     if replica is not None:
@@ -240,16 +269,13 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     if ready is not None:
         ready(port)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
 
     log.info("stopping: finishing calls in flight")
     await health_servicer.enter_graceful_shutdown()
     gateway.stop()
     sweeper.cancel()
+    store_watch.cancel()
     if trimmer is not None:
         trimmer.cancel()
     promotions.job.cancel()

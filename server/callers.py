@@ -215,6 +215,11 @@ CALLERS: dict[str, Allowed] = {
     **{_ADMIN + name: admin(ADMINISTRATOR, CUSTOMER_SERVICE) for name in (
         "CreateCustomer", "UpdateCustomer", "GetCustomer", "ListCustomers", "ExportCustomer")},
     _ADMIN + "EraseCustomer": admin(ADMINISTRATOR),
+    # Logins and partners.
+    _ADMIN + "UnlockUser": admin(ADMINISTRATOR),
+    _ADMIN + "RegisterPartner": admin(ADMINISTRATOR),
+    _ADMIN + "DisablePartner": admin(ADMINISTRATOR, OPERATIONS),
+    _ADMIN + "ListPartners": admin(ADMINISTRATOR, OPERATIONS, AUDITOR),
     # The terminal proves itself with the sign-on MAC under its secret.
     _KEYS + "SignOn": PUBLIC,
     # ---- gRPC's own services.
@@ -260,3 +265,17 @@ def staff_actor() -> Actor:
 def permissions_of(service_prefix: str) -> dict[str, frozenset]:
     """{method name: roles} for one service's table entries (tests, docs)."""
     return {path[len(service_prefix):]: allowed.roles for path, allowed in CALLERS.items() if path.startswith(service_prefix)}
+
+
+def markdown_table() -> str:
+    """The table for README.md's Security section (tests/test_callers.py
+    keeps the README's copy equal to it): `python -m server.callers`."""
+    lines = ["| RPC | who may call it in secure mode |", "|---|---|"]
+    for path, allowed in sorted(CALLERS.items()):
+        service, method = path.strip("/").rsplit("/", 1)
+        lines.append(f"| `{service.removeprefix('tally.v1.')}.{method}` | {allowed.describe()} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

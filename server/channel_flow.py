@@ -7,7 +7,10 @@ left waiting for a channel.
 Used by: server/payments.py, server/app.py (recovery).
 
 A channel is never called inside a write transaction. A channel that times
-out leaves no money moved: its side is reversed and ours released.
+out leaves no money moved: ours is released at once and its side reversed
+in the background (retried, then left to reconciliation), so a terminal
+waits at most --channel-timeout-ms for the channel plus a commit: it should
+set its own deadline to that plus a margin of a second or two.
 """
 
 import asyncio
@@ -40,6 +43,8 @@ class ChannelFlow:
         self.lot_validity_days = lot_validity_days
         # txn_id -> the task settling it; a retry of a waiting request joins it.
         self.inflight: dict[int, asyncio.Task] = {}
+        # Reversals on a channel still being retried after the answer went out.
+        self.undoing: set[asyncio.Task] = set()
 
     async def settle(self, pending: Result) -> Result:
         """The final answer of a request that came back PENDING."""
@@ -62,13 +67,13 @@ class ChannelFlow:
         except ChannelTimeout as error:
             log.warning("channel %s timed out on txn %d: %s", channel.name, txn_id, error)
             if record.kind != OpKind.REFUND:
-                await self.undo_on_channel(record.channel, txn_id)
+                self.undo_later(record.channel, txn_id)
             return await self._finish(Op(kind=OpKind.ABORT, ref_txn_id=txn_id, abort_code=ResultCode.CHANNEL_UNAVAILABLE))
         if answer.outcome == ChannelOutcome.APPROVED:
             result = await self._finish(Op(kind=OpKind.CAPTURE, ref_txn_id=txn_id, lot_validity_days=self.lot_validity_days()))
             if result.code == ResultCode.ALREADY_REVERSED:
                 # The terminal reversed the payment while the channel worked.
-                await self.undo_on_channel(record.channel, txn_id)
+                self.undo_later(record.channel, txn_id)
             return result
         return await self._finish(Op(kind=OpKind.ABORT, ref_txn_id=txn_id, abort_code=ResultCode.CHANNEL_DECLINED))
 
@@ -87,23 +92,35 @@ class ChannelFlow:
             return self.ledger.idem(record.terminal_id, record.serial).result
         return result
 
-    async def undo_on_channel(self, channel_id: int, txn_id: int):
-        """Reverse a payment on its channel; retried, then left to
-        reconciliation if the channel stays away."""
+    async def undo_on_channel(self, channel_id: int, txn_id: int, attempts: int = CHANNEL_UNDO_ATTEMPTS,
+                              final: bool = True) -> bool:
+        """Reverse a payment on its channel; retried, then (final) left to
+        reconciliation if the channel stays away. Whether it was reversed."""
         channel = self.channels[channel_id]
-        for attempt in range(1, CHANNEL_UNDO_ATTEMPTS + 1):
+        for attempt in range(1, attempts + 1):
             try:
                 await self._call(channel.reverse(txn_id))
-                return
+                return True
             except ChannelTimeout:
                 log.warning("channel %s: reversal of txn %d failed (attempt %d)", channel.name, txn_id, attempt)
-        log.error("channel %s: txn %d could not be reversed; reconciliation will show it", channel.name, txn_id)
+        if final:
+            log.error("channel %s: txn %d could not be reversed; reconciliation will show it", channel.name, txn_id)
+        return False
+
+    def undo_later(self, channel_id: int, txn_id: int, attempts: int = CHANNEL_UNDO_ATTEMPTS):
+        """undo_on_channel in the background: nobody's answer waits for it."""
+        task = asyncio.get_running_loop().create_task(self.undo_on_channel(channel_id, txn_id, attempts))
+        self.undoing.add(task)
+        task.add_done_callback(self.undoing.discard)
 
     async def after_undo(self, result: Result):
-        """A void or reversal approved on our side: tell the channel."""
+        """A void or reversal approved on our side: tell the channel, waiting
+        for one attempt at most (the terminal's answer is bounded by the
+        channel time-out); further attempts go on in the background."""
         if result.code == ResultCode.APPROVED and result.channel_amount > 0:
             record = self.ledger.txn(result.txn_id)
-            await self.undo_on_channel(record.channel, record.txn_id)
+            if not await self.undo_on_channel(record.channel, record.txn_id, attempts=1, final=False):
+                self.undo_later(record.channel, record.txn_id, CHANNEL_UNDO_ATTEMPTS - 1)
 
     async def recover(self):
         """Settle everything a crash left waiting for a channel, before serving."""

@@ -44,16 +44,14 @@ def _outcome_names() -> dict[int, str]:
 
 def outcome_of(answer) -> str:
     """The label of an answer: its ResultCode name, FOUND / NOT_FOUND for a
-    QueryAnswer, OK for an answer that has neither."""
+    QueryAnswer, OK for an answer with neither (a back-office record)."""
     global RESULT_OUTCOMES
     if RESULT_OUTCOMES is None:
         RESULT_OUTCOMES = _outcome_names()
     result = getattr(answer, "result", None)
     if result is None:
         found = getattr(answer, "found", None)
-        if found is None:
-            return "OK"  # an answer without a result code (ReplicationService.GetStatus)
-        return "FOUND" if found else "NOT_FOUND"
+        return "OK" if found is None else "FOUND" if found else "NOT_FOUND"
     return RESULT_OUTCOMES.get(result, str(result))
 
 
@@ -117,6 +115,12 @@ class Metrics:
             "tally_replication_leader_changes_total", "Leader changes this node has seen in the log (LEADER entries)",
             registry=registry)
         self._leader_changes_seen = 0
+        self.login_failures = Counter(
+            "tally_login_failures_total", "Logins refused, by reason (WRONG_LOGIN, USER_LOCKED)", ("reason",),
+            registry=registry)
+        self.store_full = Gauge(
+            "tally_store_full", "1 while writes are refused because the LMDB map or the disk is full, else 0",
+            registry=registry, multiprocess_mode="livemax")
         self._children = {}
 
     def request(self, rpc: str, transport: str, outcome: str, seconds: float):
@@ -169,6 +173,10 @@ class Observer:
         self.active = metrics is not None or log_requests
         self._pid = os.getpid()
 
+    def login_failed(self, reason: str):
+        if self.metrics is not None:
+            self.metrics.login_failures.labels(reason).inc()
+
     def new_request_id(self) -> str:
         """Unique within the server's life across worker processes: pid, then a counter."""
         return f"{self._pid:x}-{next(self._request_ids):x}"
@@ -218,6 +226,7 @@ def sample(metrics: Metrics, committer, env):
     metrics.queue_length.set(committer.queue_length)
     if committer.log is not None:
         metrics.sample_replica(committer.log)
+    metrics.store_full.set(1 if committer.store_full else 0)
     used, size = lmdb_map_use(env)
     metrics.map_used.set(used)
     metrics.map_size.set(size)

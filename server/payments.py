@@ -12,13 +12,15 @@ stream (server/stream.py) both call these methods: one code path, so the
 same validation, idempotency and result codes on both transports.
 """
 
+import asyncio
+
 import msgspec
 
 from core.admin.cards import basket_refusal
 from core.commit import GroupCommitter
 from core.ledger import Ledger
 from core.promotions.model import CouponTrigger
-from core.records import Op, Result
+from core.records import RESULT_REPLAYED, Op, Result
 from core.results import OpKind, ResultCode
 from server import answers, requests
 from server.channel_flow import ChannelFlow
@@ -39,17 +41,20 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         # Promotions and risk (server/promotion_flow.PromotionFlow); None: Pay
         # prices nothing and checks no limits beyond the card's own.
         self.promotions = promotions
-        self._op_settings = settings
+        # lot validity days -> the settings ops are built with.
+        self._op_settings = {settings.lot_validity_days: settings}
 
-    @property
-    def op_settings(self) -> ServerSettings:
-        """The settings ops are built with: the points lots' validity comes
-        from the loyalty rules in force, when there are rules."""
-        if self.rules is not None:
-            days = self.rules.rules.expiry.lot_validity_days
-            if days != self._op_settings.lot_validity_days:
-                self._op_settings = msgspec.structs.replace(self.settings, lot_validity_days=days)
-        return self._op_settings
+    def op_settings(self, station_id: int) -> ServerSettings:
+        """The settings a station's ops are built with: the points lots'
+        validity comes from the loyalty rules of its domain, when there are
+        rules."""
+        if self.rules is None:
+            return self.settings
+        days = self.rules.rules_at(station_id).expiry.lot_validity_days
+        found = self._op_settings.get(days)
+        if found is None:
+            found = self._op_settings[days] = msgspec.structs.replace(self.settings, lot_validity_days=days)
+        return found
 
     def _quote(self, basket, amount_minor: int, card_id: int, station_id: int):
         if self.rules is None:
@@ -59,36 +64,39 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
     # ------------------------------------------------------------ operations
 
     async def _run(self, op) -> Result:
-        result = await self.committer.submit(op)
-        if result.code == ResultCode.PENDING:
-            result = await self.flow.settle(result)
-        return result
+        return await self._settled(await self.committer.submit(op))
+
+    async def _settled(self, result: Result) -> Result:
+        """The final answer; a retry's stays marked replayed once its
+        channel settles (BatchUpload labels its items by the mark)."""
+        if result.code != ResultCode.PENDING:
+            return result
+        final = await self.flow.settle(result)
+        return msgspec.structs.replace(final, final=final.final | RESULT_REPLAYED) if result.replayed else final
 
     async def pay(self, request):
+        base = requests.pay_op(request, self.op_settings(request.terminal.station_id))  # validates the request before anything reads it
         refusal = basket_refusal(self.ledger.store, request.plan.card_id, request.basket)
         if refusal:
-            requests.pay_op(request, self.op_settings)  # bad input is still INVALID_ARGUMENT first
-            declined = Result(code=ResultCode.GOODS_NOT_ALLOWED, kind=OpKind.PAY, card_id=request.plan.card_id)
+            declined = self.ledger.sale_declined(ResultCode.GOODS_NOT_ALLOWED, OpKind.PAY, request.plan.card_id, request.amount_minor,
+                                                 request.terminal.station_id, self.committer.clock(), self.committer.utc_offset_minutes)
             return answers.payment_answer(declined, request.terminal, request.basket, request.plan.channel, declined_by=refusal)
         if self.promotions is None:
             quote = self._quote(request.basket, request.amount_minor, request.plan.card_id, request.terminal.station_id)
-            op = requests.pay_op(request, self.op_settings, None if quote is None else quote.total)
+            op = base if quote is None else msgspec.structs.replace(base, earn_points=quote.total)
             result = await self._run(op)
             return answers.payment_answer(result, request.terminal, request.basket, request.plan.channel, quote=quote)
-        base = requests.pay_op(request, self.op_settings)  # validates the request first
         quotes = []
 
         def build_op(amount_minor: int, lines) -> Op:
             """The PAY for what is left after discounts, earning on it."""
             quote = self._quote(lines, amount_minor, request.plan.card_id, request.terminal.station_id)
             quotes.append(quote)
-            earn = requests.base_points(amount_minor, self.op_settings) if quote is None else quote.total
+            earn = requests.base_points(amount_minor, self.op_settings(request.terminal.station_id)) if quote is None else quote.total
             return msgspec.structs.replace(base, amount=amount_minor, earn_points=earn)
 
         outcome = await self.promotions.pay(request, build_op)
-        result = outcome.result
-        if result.code == ResultCode.PENDING:
-            result = await self.flow.settle(result)
+        result = await self._settled(outcome.result)
         answer = answers.payment_answer(
             result, request.terminal, request.basket, request.plan.channel, quote=quotes[-1] if quotes else None,
             promotions=self.promotions.applied(result) if outcome.priced else (), declined_by=outcome.declined_by,
@@ -97,13 +105,15 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return answer
 
     async def pre_authorize(self, request):
-        result = await self._run(requests.preauth_op(request, self.op_settings))
+        result = await self._run(requests.preauth_op(request, self.op_settings(request.terminal.station_id)))
         return answers.payment_answer(result, request.terminal)
 
     async def complete(self, request):
-        hold = self.ledger.txn(request.txn_id) if request.txn_id else None
+        op = requests.complete_op(request, self.op_settings(request.terminal.station_id))  # validates the request before anything reads it
+        hold = self.ledger.txn(request.txn_id)
         quote = self._quote(request.basket, request.amount_minor, hold.card_id if hold else 0, request.terminal.station_id)
-        op = requests.complete_op(request, self.op_settings, None if quote is None else quote.total)
+        if quote is not None:
+            op = msgspec.structs.replace(op, earn_points=quote.total)
         result = await self._run(op)
         return answers.payment_answer(result, request.terminal, request.basket, quote=quote)
 
@@ -112,22 +122,23 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         return answers.payment_answer(result, request.terminal)
 
     async def reverse(self, request):
-        result = await self._run(requests.reverse_op(request, self.op_settings))
-        await self.flow.after_undo(result)
+        result = await self._run(requests.reverse_op(request, self.op_settings(request.terminal.station_id)))
+        await asyncio.shield(self.flow.after_undo(result))
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def void(self, request):
-        result = await self._run(requests.by_txn_op(OpKind.VOID, request, self.op_settings))
-        await self.flow.after_undo(result)
+        result = await self._run(requests.by_txn_op(OpKind.VOID, request, self.op_settings(request.terminal.station_id)))
+        # Shielded: a terminal that hangs up must not cancel the channel's reversal.
+        await asyncio.shield(self.flow.after_undo(result))
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def refund(self, request):
-        result = await self._run(requests.refund_op(request, self.op_settings))
+        result = await self._run(requests.refund_op(request, self.op_settings(request.terminal.station_id)))
         return answers.payment_answer(result, request.terminal, channel=self._channel_of(result))
 
     async def query(self, request):
         if request.txn_id:
-            record = self.ledger.txn(request.txn_id)
+            record = self.ledger.txn_as_of(request.txn_id, self.committer.clock())
             if record is None:
                 return payment_pb2.QueryAnswer(found=False)
             return payment_pb2.QueryAnswer(found=True, transaction=answers.transaction(record))
@@ -137,7 +148,7 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         if entry is None:
             return payment_pb2.QueryAnswer(found=False)
         answer = payment_pb2.QueryAnswer(found=True, answer=answers.payment_answer(entry.result, channel=self._channel_of(entry.result)))
-        record = self.ledger.txn(entry.result.txn_id) if entry.result.txn_id else None
+        record = self.ledger.txn_as_of(entry.result.txn_id, self.committer.clock()) if entry.result.txn_id else None
         if record is not None and entry.result.kind != OpKind.TRANSFER:
             answer.transaction.CopyFrom(answers.transaction(record))
         return answer

@@ -7,6 +7,9 @@ its PAY (promotion budget and stock, coupon use, lottery chances, velocity
 limits: core/counters.py), and pricing again without a promotion the kernel
 found used up. Also the answer's itemised promotions, read back from what
 the transaction really took, so a retried request answers the same.
+A sale sees only what reaches its station (core/domains.py): the network's
+promotions and lotteries and those of the station's organisations, its
+domain's stacking policy and velocity limits.
 Used by: server/payments.py.
 
 Why price again: the snapshot pricing reads may be a moment old, and many
@@ -84,17 +87,22 @@ class PromotionFlow:
         now_ms = self.clock()
         entry = self.risk.blocking_entry(card_id, now_ms) if card_id else None
         if entry is not None:
-            return SaleOutcome(Result(code=ResultCode.CARD_BLACKLISTED, kind=OpKind.PAY, card_id=card_id), entry.rule)
+            declined = self.ledger.sale_declined(ResultCode.CARD_BLACKLISTED, OpKind.PAY, card_id, request.amount_minor,
+                                                 request.terminal.station_id, now_ms, self.committer.utc_offset_minutes)
+            return SaleOutcome(declined, entry.rule)
         lotteries = self._lotteries()
-        if not (request.coupon_codes or self.holder.snapshot.priced or lotteries or self.risk.rules.limits):
+        if not (request.coupon_codes or self.holder.snapshot.priced or lotteries or self.risk.any_limits):
             # Nothing to price or count: the plain path, no chain.
             return SaleOutcome(await self.committer.submit(build_op(request.amount_minor, list(request.basket))), priced=False)
         refused: dict[str, str] = {}
+        station_id = request.terminal.station_id
+        # Only the lotteries of the station's organisations (or the network's) count.
+        lotteries = self.holder.reaching(lotteries, station_id) if lotteries else lotteries
         for _ in range(PRICING_ATTEMPTS_MAX):
             pricing = self._price(request, now_ms, refused)
             op = build_op(pricing.amount_minor, discounted_lines(request.basket, pricing))
-            risk_takes = self.risk.sale_takes(card_id, now_ms, pricing.amount_minor, op.earn_points)
-            chance_takes = lottery.chance_takes(lotteries, card_id, pricing.amount_minor, request.terminal.station_id, now_ms)
+            risk_takes = self.risk.sale_takes(card_id, now_ms, pricing.amount_minor, op.earn_points, station_id)
+            chance_takes = lottery.chance_takes(lotteries, card_id, pricing.amount_minor, station_id, now_ms)
             # Velocity takes first and never dropped; pricing left room for
             # them and for CHANCE_TAKES_MAX lotteries' chances.
             takes = [*risk_takes, *chance_takes[:CHANCE_TAKES_MAX], *pricing.takes]

@@ -10,6 +10,13 @@ Used by: server/app.py; server/payments.py prices a Pay with
 Rules are core/promotions/ and core/risk/ (pure Python); every counter that
 must not oversell is taken by the kernel through server/counter_client.py,
 linked to the operation it belongs to. Money moves only through the kernel.
+
+Domains (core/domains.py): a staff caller sees and changes the promotions
+of its organisation's subtree, and their coupons, packets and draws;
+another's answer as an unknown id does. What a terminal prices, claims,
+looks up or draws is only what reaches its station (the network's, or its
+station's, region's or headquarters'); so is what any sale prices. The
+stacking policy is its headquarters domain's.
 """
 
 import asyncio
@@ -23,6 +30,7 @@ from google.protobuf import json_format
 from core import limits, once
 from core.commit import GroupCommitter, QueueFull
 from core.counters import CounterScope, CounterTake, chain, packet_claim_op
+from core.domains import EVERYWHERE, NETWORK, Scope, StationTree, reaches, require_card, settings_domain_of
 from core.errors import FailedPrecondition, InvalidInput, NotFound
 from core.ledger import Ledger, business_day
 from core.loyalty import jobs
@@ -46,6 +54,7 @@ from core.results import AccountKind, OpKind, PlanFlag, ResultCode, Tier
 from server import answers, requests
 from server.counter_client import CounterClient, outcome_of
 from server.risk_service import RiskHolder, RiskService, require_by
+from server.scope import staff_scope, station_of_request, terminal_station
 from tally.v1 import promotion_pb2, promotion_pb2_grpc
 
 log = logging.getLogger("tally.promotions")
@@ -149,6 +158,7 @@ class PromotionHolder:
 
     def __init__(self, store):
         self.store = store
+        self.tree = StationTree(store)
         self._snapshot = promotion_store.load_snapshot(store)
         self._checked_at = time.monotonic()
 
@@ -164,11 +174,22 @@ class PromotionHolder:
         self._snapshot = promotion_store.load_snapshot(self.store)
         self._checked_at = time.monotonic()
 
-    def coupons_by_code(self, codes) -> tuple[list, list[str]]:
-        """(coupons found, codes that name none), codes normalised."""
+    def owner_of(self, promotion_id: int) -> int | None:
+        """The organisation owning a promotion (ended ones too); None if none."""
+        promotion = self.snapshot.by_id.get(promotion_id) or promotion_store.load_promotion(self.store, promotion_id)
+        return None if promotion is None else promotion.org_id
+
+    def coupons_by_code(self, codes, station_ancestry: tuple | None = None) -> tuple[list, list[str]]:
+        """(coupons found, codes that name none), codes normalised. With a
+        station's ancestry, a coupon of a promotion that does not reach it
+        names none either (another domain's coupons are unknown there)."""
         found, unknown = [], []
         for code in codes:
             coupon = promotion_store.coupon_by_code(self.store, coupons.normalise_code(code))
+            if coupon is not None and station_ancestry is not None:
+                owner = self.owner_of(coupon.promotion_id)
+                if owner is None or not reaches(owner, station_ancestry):
+                    coupon = None
             (unknown.append(code) if coupon is None else found.append(coupon))
         return found, unknown
 
@@ -186,6 +207,7 @@ class PromotionHolder:
         if not snapshot.priced and not coupon_codes and not explain:
             # Nothing could apply: no reads, no arithmetic (the Pay hot path).
             return Pricing(applied=(), skipped=(), discount_minor=0, amount_minor=amount_minor), []
+        station_ancestry = self.tree.ancestry(station_id)
         card = ledger.card(card_id) if card_id else None
         sale = Sale(
             amount_minor=amount_minor,
@@ -197,10 +219,17 @@ class PromotionHolder:
             tier=jobs.member_tier(self.store, card_id) if card is not None else Tier.REGULAR,
             partner_id=partner_id,
         )
-        found, unknown = self.coupons_by_code(coupon_codes)
-        promotions = snapshot.priced + snapshot.unapproved if explain else snapshot.priced
-        pricing = price_basket(promotions, sale, found, snapshot.by_id, snapshot.policy, refused, takes_max)
+        found, unknown = self.coupons_by_code(coupon_codes, station_ancestry)
+        priced, unapproved = snapshot.priced_at(station_ancestry)
+        promotions = priced + unapproved if explain else priced
+        policy = snapshot.policy_for(station_ancestry[-1] if station_ancestry else NETWORK)
+        pricing = price_basket(promotions, sale, found, snapshot.by_id, policy, refused, takes_max)
         return pricing, unknown
+
+    def reaching(self, promotions, station_id: int) -> list:
+        """Those of `promotions` that apply at station_id."""
+        station_ancestry = self.tree.ancestry(station_id)
+        return [promotion for promotion in promotions if reaches(promotion.org_id, station_ancestry)]
 
 
 # ---------------------------------------------------------------- the service
@@ -221,6 +250,26 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
 
     def now_ms(self) -> int:
         return self.committer.clock()
+
+    def scope(self) -> Scope:
+        """The staff caller's scope (everywhere for terminals and the open server)."""
+        return staff_scope(self.store)
+
+    def _seer(self, station_id: int = 0):
+        """seen(promotion_id) for this call's caller: a terminal (of
+        station_id, or the MAC'ed caller's station) sees what reaches its
+        station; staff what their scope holds; the open server all."""
+        station = station_id or terminal_station()
+        scope = self.scope()
+        station_ancestry = self.holder.tree.ancestry(station) if station else None
+
+        def seen(promotion_id: int) -> bool:
+            owner = self.holder.owner_of(promotion_id)
+            if owner is None or (station_ancestry is not None and not reaches(owner, station_ancestry)):
+                return False
+            return scope.sees(owner)
+
+        return seen
 
     def apply_in(self, txn, ops, now_ms: int):
         """Kernel operations inside a change's transaction (see Ledger.apply_in)."""
@@ -248,8 +297,10 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         require_by(request.by)
         promotion = promotion_from_message(request.promotion)
         now_ms = self.now_ms()
+        scope = self.scope()
         try:
-            saved = await self.committer.write(lambda txn: promotion_store.save_draft(txn, self.store, promotion, request.by, now_ms))
+            saved = await self.committer.write(
+                lambda txn: promotion_store.save_draft(txn, self.store, promotion, request.by, now_ms, scope))
         except PromotionError as error:
             raise error.within("promotion") from None
         self.holder.reload()
@@ -259,8 +310,9 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         requests.require_range(request.promotion_id, "promotion_id", 1, ID_MAX)
         require_by(request.by)
         now_ms = self.now_ms()
+        scope = self.scope()
         moved = await self.committer.write(
-            lambda txn: promotion_store.step_promotion(txn, self.store, request.promotion_id, stage, request.by, now_ms))
+            lambda txn: promotion_store.step_promotion(txn, self.store, request.promotion_id, stage, request.by, now_ms, scope))
         self.holder.reload()
         log.info("promotion %d is %s (by %s)", moved.promotion_id, stage.name, request.by)
         return self._answer(moved)
@@ -280,32 +332,44 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
     async def ListPromotions(self, request, context):
         limit = request.limit or LIST_LIMIT_DEFAULT
         requests.require_range(limit, "limit", 1, promotion_store.LIST_LIMIT_MAX)
-        found = promotion_store.list_promotions(self.store, request.kind, request.stage, limit)
+        found = promotion_store.list_promotions(self.store, request.kind, request.stage, limit, self.scope())
         return promotion_pb2.ListPromotionsAnswer(promotions=[self._answer(promotion) for promotion in found])
 
-    def _promotion(self, promotion_id: int) -> Promotion:
-        promotion = promotion_store.load_promotion(self.store, promotion_id)
+    def _promotion(self, promotion_id: int, scope: Scope = EVERYWHERE) -> Promotion:
+        promotion = promotion_store.load_promotion(self.store, promotion_id, scope)
         if promotion is None:
-            raise NotFound(f"no promotion {promotion_id}")
+            raise NotFound(promotion_store.missing(promotion_id))
         return promotion
 
     async def GetPromotion(self, request, context):
-        return self._answer(self._promotion(request.promotion_id))
+        return self._answer(self._promotion(request.promotion_id, self.scope()))
+
+    def _policy_answer(self, policy: StackingPolicy, domain: int, defaults: bool) -> promotion_pb2.StackingPolicy:
+        answer = to_message(policy, promotion_pb2.StackingPolicy)
+        answer.org_id, answer.defaults = domain, defaults
+        return answer
 
     async def GetStackingPolicy(self, request, context):
-        return to_message(promotion_store.load_policy(self.store), promotion_pb2.StackingPolicy)
+        domain = settings_domain_of(self.store, self.scope(), request.org_id, False, "the stacking policy")
+        policy, defaults = promotion_store.load_policy(self.store, domain)
+        return self._policy_answer(policy, domain, defaults)
 
     async def SetStackingPolicy(self, request, context):
+        domain = settings_domain_of(self.store, self.scope(), request.org_id, True, "the stacking policy")
         policy = StackingPolicy(coupons_per_sale_max=request.coupons_per_sale_max)
-        saved = await self.committer.write(lambda txn: promotion_store.save_policy(txn, self.store, policy))
+        saved = await self.committer.write(lambda txn: promotion_store.save_policy(txn, self.store, policy, domain))
         self.holder.reload()
-        return to_message(saved, promotion_pb2.StackingPolicy)
+        return self._policy_answer(saved, domain, False)
 
-    def _running(self, promotion_id: int, kind: PromotionKind, now_ms: int) -> Promotion:
+    def _running(self, promotion_id: int, kind: PromotionKind, now_ms: int, scope: Scope = EVERYWHERE) -> Promotion:
+        """A running promotion of `kind` the caller sees (a terminal: one
+        that reaches its station); NotFound as for an unknown id otherwise."""
         requests.require_range(promotion_id, "promotion_id", 1, ID_MAX)
         promotion = self.holder.snapshot.running(promotion_id, kind, now_ms)
+        if promotion is not None and not scope.sees(promotion.org_id):
+            raise NotFound(promotion_store.missing(promotion_id))
         if promotion is None:
-            promotion = self._promotion(promotion_id)  # NOT_FOUND if none at all
+            promotion = self._promotion(promotion_id, scope)  # NOT_FOUND if none the caller sees
             if promotion.kind != kind:
                 raise FailedPrecondition(f"promotion {promotion_id} is {promotion.kind.name}, not {kind.name}")
             self.holder.reload()
@@ -324,6 +388,9 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
             raise InvalidInput("coupon_codes", f"at most {limits.COUNTER_TAKES_PER_SALE_MAX} codes")
         for index, code in enumerate(request.coupon_codes):
             requests.require_length(code, f"coupon_codes[{index}]", 1, 2 * coupons.CODE_LENGTH)
+        # A terminal prices at its own station, staff at one of theirs.
+        station_of_request(request.station_id)
+        self.scope().require(request.station_id, f"station {request.station_id} not found")
         if request.card_id and self.ledger.card(request.card_id) is None:
             raise NotFound(f"no card {request.card_id}")
         pricing, unknown = self.holder.price(self.ledger, request.basket, request.amount_minor, request.station_id, request.card_id,
@@ -367,7 +434,7 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         if card is None or self.risk.blocking_entry(card_id, now_ms) is not None:
             return []
         tier = jobs.member_tier(self.store, card_id)
-        promotions = self.holder.snapshot.by_id.values()
+        promotions = self.holder.reaching(self.holder.snapshot.by_id.values(), station_id)
         issuing = coupons.issuing(promotions, trigger, amount_minor, station_id, now_ms, card.card_type, tier)
         if not issuing:
             return []
@@ -385,10 +452,13 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         requests.require_range(request.station_id, "station_id", 0, limits.STATION_ID_MAX)
         once.require_request_id(request.request_id)
         now_ms = self.now_ms()
-        promotion = self._running(request.promotion_id, PromotionKind.COUPON, now_ms)
+        promotion = self._running(request.promotion_id, PromotionKind.COUPON, now_ms, self.scope())
         issue_stations = promotion.coupon.issue_stations
         if issue_stations and request.station_id not in issue_stations:
             raise InvalidInput("station_id", f"promotion {promotion.promotion_id} issues at stations {list(issue_stations)} only")
+        if request.station_id and not reaches(promotion.org_id, self.holder.tree.ancestry(request.station_id)):
+            raise InvalidInput("station_id", f"station {request.station_id} is not in the subtree of organisation "
+                               f"{promotion.org_id}, promotion {promotion.promotion_id}'s owner")
         if request.card_id:
             refusal = self._card_decline(request.card_id, now_ms)
             if refusal is not None:
@@ -417,13 +487,15 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
     async def GetCoupon(self, request, context):
         requests.require_length(request.code, "code", 1, 2 * coupons.CODE_LENGTH)
         coupon = promotion_store.coupon_by_code(self.store, coupons.normalise_code(request.code))
-        if coupon is None:
+        # A coupon is its promotion's: seen where its promotion is.
+        if coupon is None or not self._seer()(coupon.promotion_id):
             raise NotFound("no coupon with this code")
         return promotion_pb2.CouponAnswer(coupon=coupon_message(coupon, self._used(coupon)))
 
     async def ListCoupons(self, request, context):
         requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
-        found = promotion_store.coupons_of_card(self.store, request.card_id)
+        seen = self._seer()
+        found = [coupon for coupon in promotion_store.coupons_of_card(self.store, request.card_id) if seen(coupon.promotion_id)]
         return promotion_pb2.ListCouponsAnswer(coupons=[coupon_message(coupon, self._used(coupon)) for coupon in found])
 
     # ------------------------------------------------------------ red packets
@@ -434,7 +506,9 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         requests.require_range(request.issuer_owner, "issuer_owner", 0, limits.CARD_ID_MAX)
         once.require_request_id(request.request_id)
         now_ms = self.now_ms()
-        promotion = self._running(request.promotion_id, PromotionKind.RED_PACKET, now_ms)
+        scope = self.scope()
+        promotion = self._running(request.promotion_id, PromotionKind.RED_PACKET, now_ms, scope)
+        self._require_issuer(scope, request.issuer_kind, request.issuer_owner)
         # Checked, and the shares drawn, before the change: it decides nothing at random.
         checked = packets.new_packet(promotion, 0, request.total_minor, request.issuer_kind, request.issuer_owner, now_ms,
                                      request.by)
@@ -473,6 +547,16 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
                  packet.total_minor, packet.share_count, request.by, ResultCode(code).name)
         return self._packet_answer(packet, code)
 
+    def _require_issuer(self, scope: Scope, issuer_kind: int, issuer_owner: int):
+        """A packet is funded from an account the caller sees: a card's of
+        its subtree, or a system account of one of its organisations."""
+        if scope.everywhere:
+            return
+        if issuer_kind in (AccountKind.FLEET, AccountKind.PERSONAL):
+            require_card(self.store, scope, issuer_owner, f"card {issuer_owner} not found")
+        else:
+            scope.require(issuer_owner, f"organisation {issuer_owner} not found")
+
     def _packet_answer(self, packet: Packet, code: int = ResultCode.APPROVED, with_shares: bool = False) -> promotion_pb2.PacketAnswer:
         claimed = self.ledger.counter(CounterScope.PACKET_CLAIMS, packet.packet_id)
         shares = promotion_store.packet_shares(self.store, packet.packet_id, packet.share_count)
@@ -485,7 +569,8 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
 
     async def GetPacket(self, request, context):
         packet = promotion_store.load_packet(self.store, request.packet_id)
-        if packet is None:
+        # A packet is its promotion's: seen where its promotion is.
+        if packet is None or not self._seer()(packet.promotion_id):
             raise NotFound(f"no red packet {request.packet_id}")
         return self._packet_answer(packet, with_shares=request.with_shares)
 
@@ -517,6 +602,8 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         requests.require_range(request.packet_id, "packet_id", 1, ID_MAX)
         requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
         packet = promotion_store.load_packet(self.store, request.packet_id)
+        if packet is not None and not self._seer(request.terminal.station_id)(packet.promotion_id):
+            packet = None  # another domain's packet: as if there were none
         terminal = request.terminal
         # A retry of a claim the kernel saw gets its stored answer, whatever changed since.
         if packet is None or self.ledger.idem(terminal.terminal_id, terminal.serial) is None:
@@ -531,16 +618,19 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         return decline(promotion_pb2.ClaimPacketAnswer, result.code, amount_minor=result.amount if approved else 0,
                        txn_id=result.txn_id, personal_balance_minor=result.personal_balance)
 
-    async def return_expired_packets(self) -> list[tuple[int, int]]:
+    async def return_expired_packets(self, scope: Scope = EVERYWHERE) -> list[tuple[int, int]]:
         """The expiry job: every expired open packet's balance back to its
-        issuer; (packet_id, amount) of those returned. A claim racing the
-        return is refused by the kernel for lack of funds, or it lands
-        first and the return fails for lack of funds and is retried."""
+        issuer (only those of the promotions `scope` sees); (packet_id,
+        amount) of those returned. A claim racing the return is refused by
+        the kernel for lack of funds, or it lands first and the return fails
+        for lack of funds and is retried."""
         async with self._returning:
             now_ms = self.now_ms()
             returned = []
             for packet in promotion_store.list_packets(self.store):
                 if packet.state != PacketState.OPEN or now_ms < packet.expires_ms:
+                    continue
+                if not scope.everywhere and self.holder.owner_of(packet.promotion_id) not in scope.orgs:
                     continue
                 unclaimed = await self.committer.write(lambda txn, packet=packet: self._return_in(txn, packet, now_ms))
                 if unclaimed is not None:
@@ -569,7 +659,7 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         return unclaimed if promotion_store.finish_packet(txn, self.store, packet.packet_id, unclaimed) else None
 
     async def ReturnExpiredPackets(self, request, context):
-        returned = await self.return_expired_packets()
+        returned = await self.return_expired_packets(self.scope())
         return promotion_pb2.ReturnExpiredPacketsAnswer(
             returned=[promotion_pb2.ReturnedPacket(packet_id=packet_id, returned_minor=amount) for packet_id, amount in returned])
 
@@ -583,7 +673,7 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         if (request.count == 0) == (request.spend_minor == 0):
             raise InvalidInput("count", "give either count or spend_minor")
         now_ms = self.now_ms()
-        promotion = self._running(request.promotion_id, PromotionKind.LOTTERY, now_ms)
+        promotion = self._running(request.promotion_id, PromotionKind.LOTTERY, now_ms, self.scope())
         count = request.count or lottery.chances_for_spend(promotion.lottery, request.spend_minor)
         refusal = self._card_decline(request.card_id, now_ms)
         if refusal is not None:
@@ -614,7 +704,7 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
         requests.require_range(request.count, "count", 1, lottery.CHANCES_PER_GRANT_MAX)
         now_ms = self.now_ms()
-        promotion = self._running(request.promotion_id, PromotionKind.LOTTERY, now_ms)
+        promotion = self._reaching_station(request.promotion_id, PromotionKind.LOTTERY, now_ms, request.terminal.station_id)
         price_minor = promotion.lottery.chance_price_minor
         if not price_minor:
             raise FailedPrecondition(f"promotion {promotion.promotion_id} does not sell chances")
@@ -628,7 +718,7 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
                  plan_flags=PlanFlag.USE_POINTS, points_per_unit=self.settings.points_per_unit,
                  lot_validity_days=self.settings.lot_validity_days, fingerprint=requests.fingerprint(OpKind.PAY, request))
         takes = [lottery.chances_take(promotion, request.card_id, request.count),
-                 *self.risk.sale_takes(request.card_id, now_ms, amount_minor)]
+                 *self.risk.sale_takes(request.card_id, now_ms, amount_minor, station_id=terminal.station_id)]
         outcome = await self.counters.take(takes, pay)
         if outcome.code != ResultCode.APPROVED:
             return decline(promotion_pb2.ChancesAnswer, outcome.code, outcome.refused_by)
@@ -637,10 +727,18 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         return decline(promotion_pb2.ChancesAnswer, ResultCode.APPROVED, granted=request.count, chances=chances,
                        txn_id=outcome.main.txn_id, points_used=outcome.main.points_used)
 
+    def _reaching_station(self, promotion_id: int, kind: PromotionKind, now_ms: int, station_id: int) -> Promotion:
+        """A running promotion a terminal of station_id may use; another
+        organisation's is NotFound, as an unknown id is."""
+        promotion = self._running(promotion_id, kind, now_ms)
+        if station_id and not reaches(promotion.org_id, self.holder.tree.ancestry(station_id)):
+            raise NotFound(promotion_store.missing(promotion_id))
+        return promotion
+
     async def Draw(self, request, context):
         requests.require_range(request.card_id, "card_id", 1, limits.CARD_ID_MAX)
         now_ms = self.now_ms()
-        promotion = self._running(request.promotion_id, PromotionKind.LOTTERY, now_ms)
+        promotion = self._reaching_station(request.promotion_id, PromotionKind.LOTTERY, now_ms, terminal_station())
         refusal = self._card_decline(request.card_id, now_ms)
         if refusal is not None:
             return decline(promotion_pb2.DrawAnswer, *refusal)
@@ -688,7 +786,10 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
     async def ListDraws(self, request, context):
         limit = request.limit or LIST_LIMIT_DEFAULT
         requests.require_range(limit, "limit", 1, promotion_store.LIST_LIMIT_MAX)
-        found = promotion_store.list_draws(self.store, request.promotion_id, limit)
+        scope = self.scope()
+        if request.promotion_id:
+            self._promotion(request.promotion_id, scope)  # NOT_FOUND unless the caller's
+        found = promotion_store.list_draws(self.store, request.promotion_id, limit, None if scope.everywhere else self._seer())
         return promotion_pb2.ListDrawsAnswer(draws=[to_message(draw, promotion_pb2.DrawRecord) for draw in found])
 
 

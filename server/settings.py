@@ -1,9 +1,14 @@
-"""Settings of one server process, from the command line.
+"""Settings of one server process: the one typed object, with the one set of defaults.
 
 Owns: the business parameters a request needs that the terminal does not
-send (points rates, hold timeout, time zone) and the operating ones.
-Used by: server/app.py (builds it from flags), the servicers.
+send (points rates, hold timeout, time zone) and the operating ones, each
+with its default and its limits (checked when the object is made).
+Used by: server/__main__.py (the flags take their defaults from DEFAULTS;
+server/config.py merges a config file and TALLY_* variables under them),
+server/app.py, the servicers.
 """
+
+import ipaddress
 
 import msgspec
 
@@ -13,7 +18,28 @@ from core.replication.node import ReplicaSettings
 
 
 HEAP_TRIM_INTERVAL_S_DEFAULT = 60.0
+PII_CIPHERS = ("aes", "sm4")
 HEAP_TRIM_INTERVAL_S_MAX = 86_400.0
+MAP_SIZE_GIB_MAX = 16_384
+# --map-size-mib, for tests and small demos: the smallest map that holds a
+# demo directory with room for some writes.
+MAP_SIZE_MIB_MIN = 8
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether HOST:PORT listens on this machine only."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+KERNELS = ("auto", "cython", "reference")
 
 
 class ServerSettings(msgspec.Struct, frozen=True):
@@ -62,6 +88,16 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # The master key the terminals' keys are sealed under (core/admin/keys.py);
     # needed by --terminal-auth, terminal registration and sign-on.
     master_key_file: str | None = None
+    # Or the master key inside a PKCS#11 token (core/admin/hsm.py): the
+    # library, the token's label, the key's label, and the file holding the
+    # user PIN (None: the TALLY_PKCS11_PIN environment variable).
+    pkcs11_module: str | None = None
+    pkcs11_token_label: str = ""
+    pkcs11_key_label: str = "tally-master"
+    pkcs11_pin_file: str | None = None
+    # Customers' personal fields at rest (core/admin/customers.py): "aes"
+    # (AES-256-GCM) or "sm4" (SM4-GCM), under each customer's data key.
+    pii_cipher: str = "aes"
     # TLS on the gRPC port when both are set (PEM files); then plaintext is refused.
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -77,6 +113,31 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # The leader publishes committed transactions as tally.v1 events on this
     # JetStream stream (server/events.py); "": no events.
     events_stream: str = ""
+    # Server processes sharing the port (server/workers.py).
+    workers: int = 1
+    log_level: str = "INFO"
+    # "text" lines, or "json": one object a line, for log collectors.
+    log_format: str = "text"
+    # Channel name ("wechat_pay") -> adapter name (an entry point of the
+    # "tally.channels" group, core/channels); a channel not named gets the
+    # built-in simulator.
+    channel_adapters: dict[str, str] = {}
+    # ISO 4217 code of every amount the server answers with (the answers'
+    # and records' `currency` field); one currency per network.
+    currency: str = "CNY"
+    # Listen beyond the loopback without TLS and both guards anyway.
+    insecure: bool = False
+
+    def missing_for_secure_mode(self) -> list[str]:
+        """What secure mode needs that these settings lack."""
+        missing = []
+        if self.tls_cert_file is None:
+            missing.append("TLS (--tls-cert, --tls-key)")
+        if not self.terminal_auth:
+            missing.append("--terminal-auth")
+        if not self.back_office_auth:
+            missing.append("--back-office-auth")
+        return missing
 
     def __post_init__(self):
         if not 0 < self.points_per_unit <= limits.POINTS_PER_UNIT_MAX:
@@ -95,13 +156,40 @@ class ServerSettings(msgspec.Struct, frozen=True):
             raise ValueError("metrics_port must be within 0 .. 65535")
         if not -14 * 60 <= self.utc_offset_minutes <= 14 * 60:
             raise ValueError("utc_offset_minutes must be within -840 .. 840")
-        if self.terminal_auth and not self.master_key_file:
-            raise ValueError("--terminal-auth needs --master-key-file")
+        if self.master_key_file and self.pkcs11_module:
+            raise ValueError("--master-key-file or --pkcs11-module: one master key, not both")
+        if self.pkcs11_module and not self.pkcs11_token_label:
+            raise ValueError("--pkcs11-module needs --pkcs11-token-label")
+        if self.terminal_auth and not (self.master_key_file or self.pkcs11_module):
+            raise ValueError("--terminal-auth needs --master-key-file or --pkcs11-module")
+        if self.pii_cipher not in PII_CIPHERS:
+            raise ValueError(f"--pii-cipher must be one of {', '.join(PII_CIPHERS)}, got {self.pii_cipher!r}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.replication is not None and self.reuse_port:
             raise ValueError("--replicate runs one process per node: drop --workers")
         if self.events_stream and self.replication is None:
             raise ValueError("--events-stream needs --replicate (events are read from the replicated log)")
+        if not (len(self.currency) == 3 and self.currency.isascii() and self.currency.isalpha() and self.currency.isupper()):
+            raise ValueError(f"--currency must be an ISO 4217 code, three capital letters (CNY), got {self.currency!r}")
         if not 0 <= self.heap_trim_interval_s <= HEAP_TRIM_INTERVAL_S_MAX:
             raise ValueError(f"--heap-trim-interval must be within 0 .. {HEAP_TRIM_INTERVAL_S_MAX:g} seconds")
+        for name, allowed in (("kernel", KERNELS), ("log_level", LOG_LEVELS), ("log_format", LOG_FORMATS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        from server.workers import WORKERS_MAX
+
+        if not 1 <= self.workers <= WORKERS_MAX:
+            raise ValueError(f"--workers must be within 1 .. {WORKERS_MAX}, got {self.workers}")
+        if not MAP_SIZE_MIB_MIN * 2**20 <= self.map_size_bytes <= MAP_SIZE_GIB_MAX * 2**30:
+            raise ValueError(f"--map-size-gib must be within 1 .. {MAP_SIZE_GIB_MAX} (LMDB's own default of 1 MiB "
+                             f"would fill at once), got {self.map_size_bytes / 2**30:g}")
+        missing = self.missing_for_secure_mode()
+        if missing and not self.insecure and not is_loopback(self.listen):
+            raise ValueError(f"refusing to listen on {self.listen} without {', '.join(missing)}: tokens, keys and card "
+                             "data would cross the network in the clear or unchecked (pass --insecure to do it anyway)")
+
+
+# The defaults every flag shows and falls back to (data_dir has none: --data,
+# TALLY_DATA or the config file's `data` must name it).
+DEFAULTS = ServerSettings(data_dir="")

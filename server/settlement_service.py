@@ -14,6 +14,12 @@ A statement the parser refuses is an answer (REJECTED, with the line and the
 reason); malformed requests are INVALID_ARGUMENT naming the field; asking
 for what does not exist (a statement not imported, an unknown difference) is
 FAILED_PRECONDITION or NOT_FOUND with the reason.
+
+Domains (core/domains.py): statements and reconciliation runs are a
+headquarters domain's (its users read them, the headquarters' users import
+and reconcile); a difference is seen by users whose subtree holds its
+station (one at no known station by the headquarters' users); clearing
+lists the caller's stations. The rest answers as an unknown id.
 """
 
 import asyncio
@@ -21,7 +27,9 @@ import logging
 
 import msgspec
 
+from core.admin.access import Actor, subtree
 from core.commit import GroupCommitter
+from core.domains import Scope, settings_domain_of
 from core.errors import InvalidInput
 from core.ledger import Ledger, business_day
 from core.results import Channel
@@ -31,6 +39,8 @@ from core.settlement.model import DifferenceState, ItemKind, ResolutionAction, p
 from core.settlement.reconcile import WINDOW_MS_DEFAULT, WINDOW_MS_MAX
 from core.settlement.statements import StatementError
 from core.settlement.statements.common import STATEMENT_BYTES_MAX
+from server import answers
+from server.scope import staff_scope
 from server.shift_service import ShiftHandlers
 from tally.v1 import settlement_pb2, settlement_pb2_grpc
 
@@ -46,6 +56,14 @@ DAY_MAX = 2**32 - 1
 
 def _invalid(field: str, message: str) -> InvalidInput:
     return InvalidInput(field, message)
+
+
+def _day(value: int, field: str = "day") -> int:
+    """A business day (days since 1970-01-01), with room for the day
+    before and after that reconciliation reads."""
+    if not 1 <= value < DAY_MAX:
+        raise _invalid(field, f"must be within 1 .. {DAY_MAX - 1} (days since 1970-01-01), got {value}")
+    return value
 
 
 def _channel(value: int, field: str = "channel") -> int:
@@ -70,7 +88,7 @@ def status_message(run) -> settlement_pb2.ReconcileStatus:
         differences_by_kind=[settlement_pb2.DifferenceCount(kind=settlement_pb2.DifferenceKind.Value(kind), count=count)
                              for kind, count in run.differences_by_kind.items()],
         fees_minor=run.fees_minor, ours_minor=run.ours_minor, channel_minor=run.channel_minor,
-        window_s=run.window_ms // 1000, statement_sha256=run.statement_sha256,
+        window_s=run.window_ms // 1000, statement_sha256=run.statement_sha256, org_id=run.domain,
     )
 
 
@@ -83,6 +101,7 @@ def difference_message(found) -> settlement_pb2.Difference:
         kind=int(found.kind), state=int(found.state), station_id=found.station_id, ours_minor=found.ours_minor,
         channel_minor=found.channel_minor, delta_minor=found.delta_minor, ours_status=found.ours_status,
         channel_status=found.channel_status, fee_minor=found.fee_minor, detail=found.detail, found_ms=found.found_ms,
+        org_id=found.domain,
     )
     if found.resolution is not None:
         resolution = found.resolution
@@ -91,6 +110,15 @@ def difference_message(found) -> settlement_pb2.Difference:
             adjustment_txn_id=resolution.adjustment_txn_id, adjustment_minor=resolution.adjustment_minor,
         ))
     return message
+
+
+def differences_seen(scope: Scope):
+    """seen(difference) for a staff caller (None: every one): its domain's,
+    at a station of its subtree; at no known station, the headquarters'."""
+    if scope.everywhere:
+        return None
+    whole_domain = scope.org_id == scope.domain
+    return lambda found: found.domain == scope.domain and (whole_domain or scope.sees(found.station_id))
 
 
 # ------------------------------------------------------------------ service
@@ -105,18 +133,23 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         self.committer = committer
         self.shifts = ShiftHandlers(ledger, committer, payments)
 
+    def _domain(self, org_id: int, change: bool) -> int:
+        return settings_domain_of(self.store, staff_scope(self.store), org_id, change, "statements and reconciliation")
+
     async def ImportStatement(self, request_iterator, context):
         header, data = await self._read_statement(request_iterator)
-        answer = settlement_pb2.ImportStatementAnswer()
+        domain = self._domain(header.org_id, True)
+        answer = settlement_pb2.ImportStatementAnswer(org_id=domain)
         try:
             result, record = await asyncio.to_thread(
                 queue.import_statement, self.store, header.channel, data, header.file_name or "statement", header.by,
-                day=header.day or None, replace=header.replace, writer=self.committer,
+                day=header.day or None, replace=header.replace, writer=self.committer, domain=domain,
             )
         except StatementError as error:
-            return settlement_pb2.ImportStatementAnswer(result=settlement_pb2.REJECTED, error_line=error.line, error_reason=error.reason)
+            return settlement_pb2.ImportStatementAnswer(result=settlement_pb2.REJECTED, error_line=error.line, error_reason=error.reason,
+                                                        org_id=domain)
         except queue.SettlementError as error:
-            return settlement_pb2.ImportStatementAnswer(result=settlement_pb2.CONFLICT, error_reason=str(error))
+            return settlement_pb2.ImportStatementAnswer(result=settlement_pb2.CONFLICT, error_reason=str(error), org_id=domain)
         answer.result = int(result)
         answer.sha256, answer.day, answer.rows = record.sha256, record.day, record.rows
         answer.payments_minor, answer.refunds_minor = record.totals.payments_minor, record.totals.refunds_minor
@@ -151,13 +184,16 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         window_ms = request.window_s * 1000 if request.window_s else WINDOW_MS_DEFAULT
         if window_ms > WINDOW_MS_MAX:
             raise _invalid("window_s", f"at most {WINDOW_MS_MAX // 1000}")
-        run = await asyncio.to_thread(queue.reconcile_day, self.store, channel, request.day, window_ms, txn_lookup=self.ledger.txn,
-                                      writer=self.committer)
+        domain = self._domain(request.org_id, True)
+        run = await asyncio.to_thread(queue.reconcile_day, self.store, channel, _day(request.day), window_ms, txn_lookup=self.ledger.txn,
+                                      writer=self.committer, domain=domain)
         return status_message(run)
 
     async def GetReconcileStatus(self, request, context):
         channels = [_channel(request.channel)] if request.channel else list(STATEMENT_CHANNELS)
-        runs = await asyncio.to_thread(lambda: [queue.last_run(self.store, channel, request.day) for channel in channels])
+        day = _day(request.day)
+        domain = self._domain(request.org_id, False)
+        runs = await asyncio.to_thread(lambda: [queue.last_run(self.store, channel, day, domain) for channel in channels])
         return settlement_pb2.ReconcileStatusAnswer(statuses=[status_message(run) for run in runs if run is not None])
 
     async def ListDifferences(self, request, context):
@@ -166,11 +202,16 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         if limit > LIST_LIMIT_MAX:
             raise _invalid("limit", f"at most {LIST_LIMIT_MAX}")
         state = None if request.all_states else (request.state or DifferenceState.OPEN)
-        day = request.day or None
+        day = _day(request.day) if request.day else None
+        scope = staff_scope(self.store)
+        # The open server lists every domain's unless one is named.
+        domain = None if scope.everywhere and not request.org_id else self._domain(request.org_id, False)
+        seen = differences_seen(scope)
 
         def read():
-            listed = queue.differences(self.store, day=day, channel=channel, state=state, limit=limit)
-            open_count = len(queue.differences(self.store, day=day, channel=channel, state=DifferenceState.OPEN))
+            listed = queue.differences(self.store, day=day, channel=channel, state=state, limit=limit, domain=domain, seen=seen)
+            open_count = len(queue.differences(self.store, day=day, channel=channel, state=DifferenceState.OPEN, domain=domain,
+                                               seen=seen))
             return listed, open_count
 
         listed, open_count = await asyncio.to_thread(read)
@@ -187,6 +228,11 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         _text(request.why, "why")
         now_ms = self.committer.clock()
         day = business_day(now_ms, self.committer.utc_offset_minutes)
+        scope = staff_scope(self.store)
+        seen = differences_seen(scope)
+        if request.station_id:
+            # An adjustment posts to a station's receivable: one of the caller's.
+            scope.require(request.station_id, f"station {request.station_id} not found")
 
         def apply_in(txn, ops):
             return self.ledger.apply_in(txn, ops, now_ms, day)
@@ -194,22 +240,38 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         try:
             resolved = await asyncio.to_thread(
                 queue.resolve, self.store, request.id, ResolutionAction(request.action), request.by, request.why,
-                apply_in=apply_in, station_id=request.station_id, now_ms=now_ms, writer=self.committer,
+                apply_in=apply_in, station_id=request.station_id, now_ms=now_ms, writer=self.committer, seen=seen,
             )
         except queue.SettlementError as error:
-            current = await asyncio.to_thread(queue.difference, self.store, request.id)
+            current = await asyncio.to_thread(queue.difference, self.store, request.id, seen)
             return settlement_pb2.ResolveDifferenceAnswer(resolved=False, reason=str(error), difference=difference_message(current))
         return settlement_pb2.ResolveDifferenceAnswer(resolved=True, difference=difference_message(resolved))
 
+    def _stations_seen(self, org_id: int):
+        """seen(station) for clearing: the stations of org_id's subtree (0:
+        the caller's; every station for the open server), which the caller
+        must see; None: every station."""
+        scope = staff_scope(self.store)
+        if scope.everywhere and not org_id:
+            return None
+        with self.store.env.begin() as txn:
+            target = scope.owner_for(txn, self.store, org_id)
+            stations = frozenset(subtree(txn, self.store, Actor("clearing", target)))
+        return stations.__contains__
+
     async def GetClearing(self, request, context):
-        clearing = await asyncio.to_thread(clear_day, self.store, request.day)
+        seen = self._stations_seen(request.org_id)
+        clearing = await asyncio.to_thread(clear_day, self.store, _day(request.day))
+        lines = [line for line in clearing.lines if seen is None or seen(line.station_id)]
+        discounts = [line for line in clearing.discounts if seen is None or seen(line.station_id)]
         return settlement_pb2.ClearingAnswer(
             day=clearing.day,
             lines=[settlement_pb2.ClearingLine(station_id=line.station_id, method=line.method, funded_by=line.funded_by,
                                                in_minor=line.in_minor, out_minor=line.out_minor, net_minor=line.net_minor,
-                                               entries=line.entries) for line in clearing.lines],
-            net_minor=clearing.net_minor,
-            discounts=[settlement_pb2.DiscountLine(**msgspec.structs.asdict(line)) for line in clearing.discounts],
+                                               entries=line.entries) for line in lines],
+            net_minor=clearing.net_minor if seen is None else sum(line.net_minor for line in lines),
+            discounts=[settlement_pb2.DiscountLine(**msgspec.structs.asdict(line)) for line in discounts],
+            currency=answers.currency(),
         )
 
     # ------------------------------------------------------------ shifts, days, offline batches

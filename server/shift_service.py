@@ -8,23 +8,19 @@ offline batch's sales one by one through PaymentService.pay, the very path
 of the Pay RPC (same validation, pricing, idempotency and result codes).
 Used by: server/settlement_service.py (its RPC methods call these).
 May call: core.settlement.shifts, server.requests (validation),
-server.payments (pay), server.errors (statuses).
+server.payments (pay), server.errors (statuses), server.scope (DayEnd closes
+a station of the caller's subtree; a shift's totals are its terminal's own).
 
 Offline batches. Each item is a Pay request with its own (terminal,
 serial), so the kernel's idempotency applies it at most once, however often
 the batch is sent: a batch cut short by a crash is completed by sending it
-again, never doubled. An item is DUPLICATE when the kernel already held an
-idempotency entry for its (terminal, serial) with the same fingerprint
-before this upload submitted it. The kernel answers a replay with the
-stored result and nothing in the result tells a replay from a first
-application, so the entry is read just before the item is submitted. The
-race: if another request with the same (terminal, serial) commits between
-that read and the item's commit (the same sale sent online at that moment,
-or by another server process), the item is reported ACCEPTED although the
-other request applied it. Money still moves once; only the label is off.
-Uploads of one terminal are serialised in this process (a terminal
-re-sending a batch whose first upload is still running gets exact labels).
-A kernel flag "replayed" in the result would close the race for good.
+again, never doubled. An item is DUPLICATE when the kernel answered it from
+the idempotency entry of an earlier request with the same (terminal, serial)
+and content (the answer's `replayed` mark, set in the same write
+transaction that found the entry): an earlier upload, the same sale sent
+online, or another server process, whenever it committed. Uploads of one
+terminal are serialised in this process, so a re-sent batch whose first
+upload is still running waits for it.
 """
 
 import asyncio
@@ -37,7 +33,8 @@ from core.ledger import Ledger, business_day
 from core.records import Op, Shift
 from core.results import Channel, OpKind, ResultCode
 from core.settlement.shifts import MethodTotals, Totals, day_end_op, day_totals, load_shift, shift_totals
-from server import requests
+from server import answers, requests
+from server.scope import staff_scope
 from server.answers import result_text
 from core.errors import InvalidInput, ResourceExhausted, Unavailable
 from tally.v1 import settlement_pb2
@@ -57,7 +54,6 @@ BATCH_UPLOAD_WINDOW = 64
 BY_LENGTH_MAX = 500
 # What an overloaded or stopping server advises a BatchUpload.
 BATCH_RETRY_TEXT = "; send the whole batch again: items applied already answer DUPLICATE"
-KIND_PAY = int(OpKind.PAY)
 
 
 # ------------------------------------------------------------------ messages
@@ -158,7 +154,7 @@ class ShiftHandlers:
             result=result.code, result_text=result_text(result.code), shift_id=shift.shift_id,
             station_id=shift.station_id, terminal_id=terminal_id, operator_id=shift.operator_id,
             opened_ms=shift.opened_ms, closed_ms=shift.closed_ms, first_txn_id=shift.first_txn_id,
-            last_txn_id=shift.last_txn_id, totals=totals_message(totals),
+            last_txn_id=shift.last_txn_id, totals=totals_message(totals), currency=answers.currency(),
         )
 
     async def DayEnd(self, request, context):
@@ -166,9 +162,12 @@ class ShiftHandlers:
         requests.require_range(request.business_day, "business_day", 1, self.today())
         if not request.by.strip() or len(request.by) > BY_LENGTH_MAX:
             raise InvalidInput("by", f"required, 1 .. {BY_LENGTH_MAX} characters")
+        # A day of a station of the caller's subtree (core/domains.py).
+        staff_scope(self.store).require(request.station_id, f"station {request.station_id} not found")
         result = await self.committer.submit(day_end_op(request.station_id, request.business_day))
         answer = settlement_pb2.DayEndAnswer(result=result.code, result_text=result_text(result.code),
-                                             station_id=request.station_id, business_day=request.business_day)
+                                             station_id=request.station_id, business_day=request.business_day,
+                                             currency=answers.currency())
         if result.code != ResultCode.APPROVED:
             return answer
         log.info("day %d of station %d closed by %s (closed through day %d)", request.business_day, request.station_id,
@@ -211,11 +210,9 @@ class ShiftHandlers:
     async def _apply_item(self, item) -> settlement_pb2.BatchItemResult:
         # No await before payments.pay submits: the items enter the queue in order.
         terminal = item.terminal
-        stored = self.ledger.idem(terminal.terminal_id, terminal.serial)
-        seen = stored is not None and stored.fingerprint == requests.fingerprint(KIND_PAY, item)
         paid = await self.payments.pay(item)
         approved = paid.result == ResultCode.APPROVED
-        if seen:
+        if paid.replayed:
             status = settlement_pb2.DUPLICATE
         else:
             status = settlement_pb2.ACCEPTED if approved else settlement_pb2.DECLINED

@@ -58,6 +58,8 @@ log = logging.getLogger("tally.terminal_auth")
 DECIMAL_DIGITS_MAX = 20
 _FIELDS = (keys.METADATA_TERMINAL, keys.METADATA_KEY_ID, keys.METADATA_SERIAL, keys.METADATA_MAC)
 _NO_FINGERPRINT = bytes(16)
+# Of every key suite's MAC; the terminal's own suite decides which one verifies.
+MAC_LENGTHS = frozenset(suite.mac_bytes for suite in keys.SUITES.values())
 
 
 def _decimal(text: str, key: str) -> int:
@@ -83,8 +85,9 @@ def parse_metadata(metadata) -> tuple[int, int, int, bytes]:
         mac_bytes = bytes.fromhex(mac)
     except ValueError:
         mac_bytes = b""
-    if len(mac_bytes) != keys.MAC_BYTES:
-        raise InvalidInput(keys.METADATA_MAC, f"must be {2 * keys.MAC_BYTES} hex digits", reason="BAD_METADATA")
+    if len(mac_bytes) not in MAC_LENGTHS:
+        raise InvalidInput(keys.METADATA_MAC, f"must be {2 * keys.MAC_BYTES} hex digits (HMAC-SHA256) or "
+                                              f"{2 * keys.SM4_MAC_BYTES} (CMAC-SM4)", reason="BAD_METADATA")
     return (_decimal(terminal, keys.METADATA_TERMINAL), _decimal(key_id, keys.METADATA_KEY_ID),
             _decimal(serial, keys.METADATA_SERIAL), mac_bytes)
 
@@ -92,7 +95,7 @@ def parse_metadata(metadata) -> tuple[int, int, int, bytes]:
 class TerminalGuard:
     """The checks of the module's docstring, without gRPC around them."""
 
-    def __init__(self, store: Store, master_key: bytes, clock=now_ms):
+    def __init__(self, store: Store, master_key: keys.MasterKey, clock=now_ms):
         self.store = store
         self.working_keys = WorkingKeys(store, master_key)
         self.clock = clock
@@ -106,7 +109,7 @@ class TerminalGuard:
         terminal_id, key_id, serial, mac = parse_metadata(metadata)
         with self._env.begin() as txn:
             terminal, working_key = self.working_keys.current(txn, terminal_id, key_id, self.clock())
-            if not keys.mac_matches(working_key, method, terminal_id, key_id, serial, body, mac):
+            if not keys.mac_matches(working_key, method, terminal_id, key_id, serial, body, mac, terminal.key_algorithm):
                 raise Unauthenticated(f"MAC of terminal {terminal_id} does not verify", reason="BAD_MAC")
             request = parse(body)
             self._check_context(request, kind, terminal_id, serial, terminal.station_id)

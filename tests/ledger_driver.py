@@ -5,8 +5,10 @@ Used by the rule tests and the property tests; it talks to core.ledger only.
 
 import hashlib
 
+import msgspec
+
 from core.ledger import Ledger
-from core.records import Op, Result
+from core.records import RESULT_REPLAYED, Op, Result
 from core.results import AccountKind, CardType, Channel, OpKind, PlanFlag
 
 DAY_MS = 86_400_000
@@ -14,6 +16,11 @@ START_MS = 20_000 * DAY_MS + 10 * 3_600_000  # 10:00 on business day 20000
 STATION = 1
 TERMINAL = 101
 ALL_SOURCES = PlanFlag.USE_FLEET | PlanFlag.USE_PERSONAL | PlanFlag.USE_POINTS
+
+
+def replayed(result: Result) -> Result:
+    """`result` as a retry of its request receives it: marked replayed."""
+    return msgspec.structs.replace(result, final=result.final | RESULT_REPLAYED)
 
 
 class Driver:

@@ -51,7 +51,7 @@ ADMIN_PERMISSIONS = permissions_of("/tally.v1.AdminService/")
 def objects_of(org_id: int) -> dict:
     """The ids of what made_at makes at an organisation."""
     return {"org": org_id, "terminal": 7000 + org_id, "operator": 9000 + org_id, "username": f"clerk-{org_id}",
-            "customer": 100 + org_id, "card": CARD_BASE + org_id, "hq": 50 if org_id == 51 else 1}
+            "customer": 100 + org_id, "card": CARD_BASE + org_id, "hq": 50 if org_id == 51 else 1, "partner": org_id}
 
 
 def made_at(client, org_id: int):
@@ -127,6 +127,13 @@ def _own_verify_audit(env):
     assert [field.name for field, _ in answer.ListFields()] == ["intact", "entries", "head_seq", "head_hash"]
 
 
+def _own_list_partners(env):
+    """Partners of the attacker's subtree only (a region sees none: they
+    belong to headquarters)."""
+    listed = {partner.org_id for partner in env.admin.ListPartners().partners}
+    assert listed <= env.subtree, listed
+
+
 def _list(call, org_of, *filtered):
     return (LIST, (call, org_of, filtered))
 
@@ -190,6 +197,10 @@ CASES = {
     "ListCustomers": _list(lambda c: c.ListCustomers().customers, _rows_org, lambda c, v: c.ListCustomers(org_id=v["org"])),
     "ExportCustomer": (GET, lambda c, v, o: [lambda: list(c.ExportCustomer(customer_id=v["customer"]))]),
     "EraseCustomer": (CHANGE, lambda c, v, o: [lambda: c.EraseCustomer(customer_id=v["customer"], reason="mine")]),
+    "UnlockUser": (CHANGE, lambda c, v, o: [lambda: c.UnlockUser(username=v["username"], reason="mine")]),
+    "RegisterPartner": (CHANGE, lambda c, v, o: [lambda: c.RegisterPartner(partner_id=90 + v["org"], org_id=v["hq"])]),
+    "DisablePartner": (CHANGE, lambda c, v, o: [lambda: c.DisablePartner(partner_id=v["partner"], reason="mine")]),
+    "ListPartners": (OWN, lambda env: _own_list_partners(env)),
 }
 
 
@@ -221,6 +232,9 @@ def served(tmp_path_factory):
     clients = {username: AdminClient(channel, username) for username in USERS}
     for org_id, maker in MAKERS.items():
         made_at(clients[maker], org_id)
+    # Partners belong to a headquarters: one of each domain's.
+    clients["root"].RegisterPartner(partner_id=objects_of(13)["partner"], org_id=1, name="Acme's airline")
+    clients["other"].RegisterPartner(partner_id=objects_of(51)["partner"], org_id=50, name="Other's airline")
     yield channel, clients
     process.stop()
 

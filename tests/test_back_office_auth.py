@@ -80,11 +80,15 @@ def test_risk_and_loyalty_changes_are_guarded_and_customer_rpcs_are_not(guarded_
     risk = promotion_pb2_grpc.RiskServiceStub(guarded_server.channel())
     loyalty = loyalty_pb2_grpc.LoyaltyServiceStub(guarded_server.channel())
     promotions = promotion_pb2_grpc.PromotionServiceStub(guarded_server.channel())
+    operations = bearer(guarded_server, "north-ops")
+    # A card of north-ops' own region (a blacklist entry is its card's organisation's).
+    cards = card_pb2_grpc.CardServiceStub(guarded_server.channel())
+    cards.OpenCard(card_pb2.OpenCardRequest(card_id=1234, card_type=card_pb2.PERSONAL_CARD), metadata=operations)
     entry = P.AddBlacklistEntryRequest(card_id=1234, reason="stolen", by="north-ops")
     refused(lambda: risk.AddBlacklistEntry(entry), grpc.StatusCode.UNAUTHENTICATED)
     desk = bearer(guarded_server, "desk")
     refused(lambda: risk.AddBlacklistEntry(entry, metadata=desk), grpc.StatusCode.PERMISSION_DENIED)
-    assert risk.AddBlacklistEntry(entry, metadata=bearer(guarded_server, "north-ops")).entry.card_id == 1234
+    assert risk.AddBlacklistEntry(entry, metadata=operations).entry.card_id == 1234
     refused(lambda: loyalty.SetTimeZone(loyalty_pb2.SetTimeZoneRequest(card_id=1234, utc_offset_minutes=60)),
             grpc.StatusCode.UNAUTHENTICATED)
     # A customer's dry run and balance enquiry are answered without a token
@@ -107,12 +111,13 @@ def test_settlement_and_card_changes_are_guarded(guarded_server):
         return iter([settlement_pb2.ImportStatementChunk(header=header, data=b"not a statement")])
 
     # A client stream: the token before the first message, `by` in its header.
-    refused(lambda: settlement.ImportStatement(statement("north-ops")), grpc.StatusCode.UNAUTHENTICATED)
-    operations = bearer(guarded_server, "north-ops")
-    assert "by is 'root'" in refused(lambda: settlement.ImportStatement(statement("root"), metadata=operations),
-                                     grpc.StatusCode.PERMISSION_DENIED)
-    imported = settlement.ImportStatement(statement("north-ops"), metadata=operations)
+    refused(lambda: settlement.ImportStatement(statement("root")), grpc.StatusCode.UNAUTHENTICATED)
+    root = bearer(guarded_server, "root")
+    assert "by is 'north-ops'" in refused(lambda: settlement.ImportStatement(statement("north-ops"), metadata=root),
+                                          grpc.StatusCode.PERMISSION_DENIED)
+    imported = settlement.ImportStatement(statement("root"), metadata=root)
     assert imported.result == settlement_pb2.REJECTED, "let through, and the file itself judged"
+    assert imported.org_id == 1, "a statement is the headquarters' merchant account"
     opening = card_pb2.OpenCardRequest(card_id=88_000_001, card_type=card_pb2.PERSONAL_CARD)
     refused(lambda: cards.OpenCard(opening), grpc.StatusCode.UNAUTHENTICATED)
     assert cards.OpenCard(opening, metadata=bearer(guarded_server, "desk")).result == common_pb2.APPROVED

@@ -138,3 +138,13 @@ def test_redemptions_per_hour_are_limited_and_the_decline_names_the_rule(loyalty
     assert [a.result for a in answers] == [R.APPROVED, R.APPROVED, R.COUNTER_LIMIT_REACHED]
     assert "two gifts an hour" in answers[2].declined_by
     assert loyalty.GetPoints(loyalty_pb2.GetPointsRequest(card_id=card)).points_balance == 10_000 - 200
+
+
+def test_set_gift_refuses_a_stock_it_would_ignore(loyalty):
+    """Stock changes only by AddGiftStock (counted, never below zero): a stock
+    in SetGift's terms was silently ignored, now it is refused naming the RPC."""
+    with pytest.raises(grpc.RpcError) as error:
+        loyalty.SetGift(loyalty_pb2.SetGiftRequest(terms=loyalty_pb2.GiftTerms(gift_id=79, points_price=100, stock=50)))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith("terms.stock: ") and "AddGiftStock" in error.value.details()
+    assert [gift.gift_id for gift in loyalty.ListCatalogue(loyalty_pb2.ListCatalogueRequest()).gifts].count(79) == 0

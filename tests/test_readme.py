@@ -40,6 +40,7 @@ def test_every_entry_point_has_help():
         ("core.loyalty", "usage: python -m core.loyalty"),
         ("core.admin", "usage: python -m core.admin"),
         ("core.settlement", "usage: python -m core.settlement"),
+        ("core.migrations", "usage: python -m core.migrations"),
         ("bench", "python -m bench COMMAND"),
         ("bench kernel", "--transfers"),
         ("bench e2e", "--concurrency"),

@@ -4,9 +4,9 @@ import pytest
 
 from core import limits
 from core.audit import audit
-from core.records import Account, Op, account_key, encode
+from core.records import RESULT_FINAL, Account, Op, account_key, encode
 from core.results import AccountKind, CardStatus, Channel, Movement, OpKind, PlanFlag, ResultCode as R, TxnFlag, TxnState, Unit
-from tests.ledger_driver import DAY_MS, Driver
+from tests.ledger_driver import DAY_MS, Driver, replayed
 
 CARD = 6200000000000001
 OTHER_CARD = 6200000000000002
@@ -81,8 +81,8 @@ def test_channel_decline_releases_the_hold_and_is_the_stored_answer(books):
     final = books.abort(pending.txn_id, R.CHANNEL_DECLINED)
     assert final.code == R.CHANNEL_DECLINED
     assert books.held(CARD) == (0, 0, 0) and books.balances(CARD) == (100, 0, 0)
-    # A retry of the same request gets the same final answer.
-    assert books.one(op) == final
+    # A retry of the same request gets the same final answer, marked replayed.
+    assert books.one(op) == replayed(final)
     assert books.ledger.txn(pending.txn_id).state == TxnState.ABORTED
 
 
@@ -146,9 +146,27 @@ def test_a_retry_gets_the_first_answer_and_moves_nothing(books):
     books.open_card(CARD, personal=1_000)
     op = books.pay_op(CARD, 400)
     first = books.one(op)
+    assert not first.replayed and first.final == RESULT_FINAL
     again = books.apply(op, op)
-    assert again == [first, first]
+    assert again == [replayed(first), replayed(first)]
+    # The mark is the answer's alone: the stored answer is the first one.
+    assert books.ledger.idem(op.terminal_id, op.serial).result == first
     assert books.balances(CARD)[1] == 600
+
+
+def test_a_retry_in_the_batch_of_its_first_request_is_marked_replayed(books):
+    books.open_card(CARD, personal=1_000)
+    op = books.pay_op(CARD, 400)
+    first, retry = books.apply(op, op)
+    assert (first.replayed, retry.replayed) == (False, True)
+    assert retry == replayed(first)
+
+
+def test_a_refused_retry_is_not_marked_replayed(books):
+    books.open_card(CARD, personal=1_000)
+    books.pay(CARD, 400, serial=77)
+    mismatch = books.pay(CARD, 401, serial=77)
+    assert (mismatch.code, mismatch.replayed) == (R.DUPLICATE_MISMATCH, False)
 
 
 def test_a_used_serial_with_other_content_is_a_duplicate_mismatch(books):
@@ -214,7 +232,9 @@ def test_the_sweep_expires_holds_nobody_touches(books):
     early = books.preauth(CARD, 1_000, hold_timeout_s=60)
     late = books.preauth(CARD, 1_000, hold_timeout_s=600)
     books.advance(61_000)
-    assert books.one(Op(kind=OpKind.EXPIRE_HOLDS)).amount == 1
+    # The batch expired the due hold before its first operation: the sweep
+    # itself finds nothing left.
+    assert books.one(Op(kind=OpKind.EXPIRE_HOLDS)).amount == 0
     assert books.ledger.txn(early.txn_id).state == TxnState.EXPIRED
     assert books.ledger.txn(late.txn_id).state == TxnState.HELD
     assert books.held(CARD) == (1_000, 0, 0)
@@ -238,23 +258,26 @@ def test_reversal_undoes_a_sale_and_its_points(books):
     assert (undo.code, undo.amount, undo.points_clawed_back) == (R.APPROVED, 1_500, 15)
     assert books.balances(CARD) == (1_000, 1_000, 0)
     assert books.ledger.txn(sale.txn_id).flags & TxnFlag.REVERSED
-    # Repeated: approved again, nothing more moves.
-    assert books.reverse(10).code == R.APPROVED
+    # Repeated: it says the sale is reversed already, and nothing more moves.
+    again = books.reverse(10)
+    assert (again.code, again.txn_id, again.amount) == (R.ALREADY_REVERSED, sale.txn_id, 0)
     assert books.balances(CARD) == (1_000, 1_000, 0)
 
 
 def test_reversal_before_the_original_refuses_the_late_original(books):
     books.open_card(CARD, fleet=1_000)
-    assert books.reverse(10).code == R.APPROVED
+    assert books.reverse(10).code == R.ORIGINAL_NOT_SEEN
     late = books.pay(CARD, 500, serial=10)
     assert (late.code, late.txn_id) == (R.ALREADY_REVERSED, 0)
     assert books.balances(CARD) == (1_000, 0, 0)
+    # A second reversal of the serial: still never seen, still blocked.
+    assert books.reverse(10).code == R.ORIGINAL_NOT_SEEN
 
 
-def test_reversal_of_a_declined_request_is_approved_and_moves_nothing(books):
+def test_reversal_of_a_declined_request_says_so_and_moves_nothing(books):
     books.open_card(CARD, fleet=100)
     assert books.pay(CARD, 500, serial=10).code == R.INSUFFICIENT_FUNDS
-    assert books.reverse(10).code == R.APPROVED
+    assert books.reverse(10).code == R.ORIGINAL_DECLINED
     assert books.balances(CARD) == (100, 0, 0)
 
 
@@ -519,7 +542,7 @@ def test_a_closed_shift_refuses_sales_until_the_next_sign_on(books):
     assert books.void(sale.txn_id).code == R.SHIFT_CLOSED
     assert books.one(books.request(OpKind.SHIFT_CLOSE)).code == R.SHIFT_NOT_OPEN
     # A reversal from the terminal itself is never refused.
-    assert books.reverse(10**6).code == R.APPROVED
+    assert books.reverse(10**6).code == R.ORIGINAL_NOT_SEEN
     assert books.one(books.request(OpKind.SIGN_ON)).code == R.APPROVED
     assert books.pay(CARD, 300).code == R.APPROVED
     assert books.balances(CARD)[1] == 10_000 - 600
@@ -562,3 +585,169 @@ def test_cancelling_a_card_owes_its_balance_back_and_lapses_its_points(books):
     assert books.ledger.account(AccountKind.REFUND_PAYABLE, CARD).balance == 1_500
     assert books.pay(CARD, 1).code == R.CARD_CANCELLED
     assert books.one(Op(kind=OpKind.CANCEL_CARD, card_id=CARD)).code == R.CARD_CANCELLED
+
+
+# ---------------------------------------------------------------- every answer right in time (issue 16)
+
+
+def test_a_hold_past_its_time_frees_its_funds_for_the_next_sale_at_once(books):
+    books.open_card(CARD, fleet=1_000)
+    hold = books.preauth(CARD, 1_000, hold_timeout_s=60)
+    assert books.pay(CARD, 1_000, plan_flags=PlanFlag.USE_FLEET).code == R.INSUFFICIENT_FUNDS
+    books.advance(60_000)  # the very millisecond it expires; no sweep has run
+    sale = books.pay(CARD, 1_000, plan_flags=PlanFlag.USE_FLEET)
+    assert (sale.code, sale.fleet) == (R.APPROVED, 1_000)
+    assert books.ledger.txn(hold.txn_id).state == TxnState.EXPIRED
+    assert books.complete(hold.txn_id, 500).code == R.HOLD_EXPIRED
+    assert books.release(hold.txn_id).code == R.HOLD_EXPIRED
+    assert books.held(CARD) == (0, 0, 0)
+
+
+def test_a_batch_expires_a_bounded_number_of_due_holds_first_and_the_sweep_the_rest(books):
+    books.open_card(CARD, fleet=10**9)
+    count = limits.EXPIRE_SWEEP_HOLDS_MAX + 2
+    results = books.apply(*(books.request(OpKind.PREAUTH, card_id=CARD, amount=1, hold_timeout_s=60) for _ in range(count)))
+    assert {result.code for result in results} == {R.APPROVED}
+    books.advance(60_000)
+    assert books.one(Op(kind=OpKind.EXPIRE_HOLDS)).amount == 2  # the batch took the first EXPIRE_SWEEP_HOLDS_MAX
+    assert books.held(CARD) == (0, 0, 0)
+
+
+def test_an_answer_never_counts_points_whose_lot_has_expired(books):
+    books.open_card(CARD, fleet=5_000)
+    books.topup(CARD, AccountKind.POINTS, 500, lot_validity_days=1)
+    books.topup(CARD, AccountKind.POINTS, 100, lot_validity_days=30)
+    books.advance(DAY_MS)
+    # A sale that does not touch the points: nothing expires in the store,
+    # but the answer's points are those the card has today.
+    sale = books.pay(CARD, 1_000, plan_flags=PlanFlag.USE_FLEET, earn_points=0)
+    assert (sale.code, sale.points_balance) == (R.APPROVED, 100)
+    assert books.balances(CARD)[2] == 600
+
+
+def test_after_day_end_a_stations_sales_land_in_the_next_business_day(books):
+    books.open_card(CARD, personal=100_000)
+    today = books.day
+    assert books.pay(CARD, 100).business_day == today
+    assert books.one(Op(kind=OpKind.DAY_END, station_id=1, period=today)).code == R.APPROVED
+    late = books.pay(CARD, 200)
+    assert late.business_day == today + 1
+    assert books.ledger.txn(late.txn_id).business_day == today + 1
+    assert {entry.business_day for entry in books.ledger.journal(late.txn_id)} == {today + 1}
+    # Another station's day is still open: its sales stay on the calendar's day.
+    assert books.pay(CARD, 300, station_id=2).business_day == today
+    # The station's day moves on once the calendar passes it.
+    books.advance(2 * DAY_MS)
+    assert books.pay(CARD, 400).business_day == today + 2
+
+
+def test_after_day_end_the_cards_day_limit_starts_again(books):
+    books.open_card(CARD, personal=100_000, limit_per_day=1_000)
+    assert books.pay(CARD, 1_000).code == R.APPROVED
+    assert books.pay(CARD, 1).code == R.LIMIT_PER_DAY_EXCEEDED
+    books.one(Op(kind=OpKind.DAY_END, station_id=1, period=books.day))
+    assert books.pay(CARD, 600).code == R.APPROVED
+    # A station still on the earlier day counts the card's latest day, so
+    # playing stations off against each other passes no limit.
+    assert books.pay(CARD, 401, station_id=2).code == R.LIMIT_PER_DAY_EXCEEDED
+    assert books.pay(CARD, 400, station_id=2).code == R.APPROVED
+    assert books.pay(CARD, 1).code == R.LIMIT_PER_DAY_EXCEEDED
+
+
+def test_after_day_end_points_are_earned_on_the_next_business_day(books):
+    books.open_card(CARD, personal=20_000)
+    books.one(Op(kind=OpKind.DAY_END, station_id=1, period=books.day))
+    books.pay(CARD, 10_000, earn_points=100, lot_validity_days=730)
+    (lot,) = lots(books, CARD)
+    assert (lot.earned_day, lot.expires_day) == (books.day + 1, books.day + 1 + 730)
+
+
+def test_after_day_end_a_gift_window_is_that_of_the_next_business_day(books):
+    books.open_card(CARD, points=1_000)
+    assert books.one(Op(kind=OpKind.GIFT_SET, item_id=5, amount=100, period_start=0, period=books.day)).code == R.APPROVED
+    assert books.one(Op(kind=OpKind.GIFT_STOCK, item_id=5, amount=10)).code == R.APPROVED
+    books.one(Op(kind=OpKind.DAY_END, station_id=1, period=books.day))
+    redeem = lambda station: books.one(books.request(OpKind.REDEEM, station_id=station, card_id=CARD, item_id=5, amount=1))
+    assert redeem(1).code == R.GIFT_NOT_AVAILABLE  # the gift's last day is over at station 1
+    assert redeem(2).code == R.APPROVED
+
+
+def test_a_reversal_that_finds_nothing_to_undo_says_what_it_found(books):
+    books.open_card(CARD, fleet=10_000)
+    voided = books.pay(CARD, 100, serial=20)
+    books.void(voided.txn_id)
+    released = books.preauth(CARD, 100, serial=21)
+    books.release(released.txn_id)
+    books.preauth(CARD, 100, serial=22, hold_timeout_s=1)
+    declined = books.pay(CARD, 10**6, serial=23)
+    pending = books.pay(CARD, 20_000, serial=24, channel=Channel.BANK_CARD)
+    books.abort(pending.txn_id, R.CHANNEL_UNAVAILABLE)
+    books.advance(1_000)
+    found = {serial: books.reverse(serial) for serial in (20, 21, 22, 23, 24, 25)}
+    assert {serial: result.code for serial, result in found.items()} == {
+        20: R.ALREADY_VOIDED, 21: R.HOLD_CLOSED, 22: R.HOLD_EXPIRED, 23: R.ORIGINAL_DECLINED, 24: R.ORIGINAL_DECLINED,
+        25: R.ORIGINAL_NOT_SEEN,
+    }
+    assert found[20].txn_id == voided.txn_id and declined.txn_id == 0
+    assert all(result.amount == 0 for result in found.values())
+    assert (books.balances(CARD), books.held(CARD)) == ((10_000, 0, 0), (0, 0, 0))  # nothing moved but the expiry
+    assert books.pay(CARD, 1, serial=25).code == R.ALREADY_REVERSED  # the never-seen serial is blocked
+
+
+def test_a_declined_sale_answers_the_amount_asked_and_the_cards_balances(books):
+    books.open_card(CARD, fleet=100, personal=50, points=30)
+    declined = books.pay(CARD, 500, plan_flags=PlanFlag.USE_FLEET | PlanFlag.USE_PERSONAL)
+    assert (declined.code, declined.txn_id, declined.amount) == (R.INSUFFICIENT_FUNDS, 0, 500)
+    assert (declined.fleet, declined.personal, declined.points_cash, declined.channel_amount) == (0, 0, 0, 0)
+    assert (declined.fleet_balance, declined.personal_balance, declined.points_balance) == (100, 50, 30)
+    refused = books.preauth(CARD, 500)
+    assert (refused.code, refused.amount, refused.fleet_balance) == (R.INSUFFICIENT_FUNDS, 500, 100)
+    books.one(Op(kind=OpKind.SET_CARD_STATUS, card_id=CARD, card_status=CardStatus.FROZEN))
+    frozen = books.pay(CARD, 40)
+    assert (frozen.code, frozen.amount, frozen.personal_balance) == (R.CARD_FROZEN, 40, 50)
+    unknown = books.pay(OTHER_CARD, 40)
+    assert (unknown.code, unknown.amount, unknown.card_id, unknown.fleet_balance) == (R.CARD_NOT_FOUND, 40, OTHER_CARD, 0)
+
+
+def test_a_sale_refused_before_its_handler_answers_like_a_decline(books):
+    books.open_card(CARD, fleet=700)
+    books.one(books.request(OpKind.SIGN_ON))
+    books.one(books.request(OpKind.SHIFT_CLOSE))
+    closed = books.pay(CARD, 300)
+    assert (closed.code, closed.amount, closed.fleet_balance) == (R.SHIFT_CLOSED, 300, 700)
+    books.one(books.request(OpKind.SIGN_ON))
+    books.reverse(90)
+    late = books.pay(CARD, 300, serial=90)
+    assert (late.code, late.amount, late.fleet_balance) == (R.ALREADY_REVERSED, 300, 700)
+
+
+@pytest.mark.parametrize("code", [R.CHANNEL_UNAVAILABLE, R.CHANNEL_DECLINED])
+def test_a_channel_that_took_nothing_leaves_no_legs_in_the_answer(books, code):
+    books.open_card(CARD, fleet=100, personal=200)
+    op = books.pay_op(CARD, 15_000, channel=Channel.WECHAT_PAY)
+    pending = books.one(op)
+    assert (pending.fleet, pending.personal, pending.channel_amount) == (100, 200, 14_700)
+    final = books.abort(pending.txn_id, code)
+    assert (final.code, final.amount, final.txn_id) == (code, 15_000, pending.txn_id)
+    legs = (final.fleet, final.personal, final.points_cash, final.points_used, final.channel_amount, final.points_earned)
+    assert legs == (0, 0, 0, 0, 0, 0)
+    assert (final.fleet_balance, final.personal_balance) == (100, 200)
+    assert books.ledger.idem(op.terminal_id, op.serial).result == final
+
+
+def test_a_refund_whose_channel_took_nothing_leaves_no_legs_in_the_answer(books):
+    sale = books.pay(0, 5_000, plan_flags=0, channel=Channel.ALIPAY)
+    books.capture(sale.txn_id)
+    pending = books.refund(sale.txn_id, 2_000)
+    assert (pending.code, pending.channel_amount) == (R.PENDING, 2_000)
+    final = books.abort(pending.txn_id, R.CHANNEL_UNAVAILABLE)
+    assert (final.code, final.amount, final.channel_amount) == (R.CHANNEL_UNAVAILABLE, 2_000, 0)
+
+
+def test_a_retry_of_a_request_waiting_for_its_channel_is_marked_replayed(books):
+    books.open_card(CARD, fleet=100)
+    op = books.pay_op(CARD, 500, channel=Channel.BANK_CARD)
+    pending = books.one(op)
+    retry = books.one(op)
+    assert (retry.code, retry.replayed, retry.final & 1) == (R.PENDING, True, 0)
+    assert retry == replayed(pending)

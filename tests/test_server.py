@@ -29,6 +29,9 @@ def test_a_first_payment_is_approved_with_its_receipt(terminal):
 def test_a_retry_returns_the_first_answer_and_moves_money_once(terminal):
     first, request = terminal.pay(1_000)
     again = terminal.payments.Pay(request)
+    # The same answer, marked as the stored answer of the first request.
+    assert (first.replayed, again.replayed) == (False, True)
+    again.replayed = False
     assert again == first
     assert terminal.card(DEMO_COMPANY_CARD).balances.fleet_minor == first.balances.fleet_minor
 
@@ -110,7 +113,8 @@ def test_preauthorize_complete_and_query(terminal):
 def test_reversal_before_the_original_refuses_the_late_original(terminal):
     lost_serial = terminal.serial + 100
     reverse = terminal.payments.Reverse(payment_pb2.ReverseRequest(terminal=terminal.context(), original_serial=lost_serial))
-    assert reverse.result == R.APPROVED
+    assert (reverse.result, reverse.amount_minor) == (R.ORIGINAL_NOT_SEEN, 0)
+    assert "blocked" in reverse.result_text and "ORIGINAL_NOT_SEEN" in reverse.receipt
     late, _ = terminal.pay(500, serial=lost_serial)
     assert late.result == R.ALREADY_REVERSED
 
@@ -175,6 +179,21 @@ def test_channel_declines_and_time_outs_move_nothing(server_factory):
         after = terminal.card(DEMO_COMPANY_CARD)
         assert after.balances == before.balances and after.held == before.held
         assert terminal.payments.Pay(request).result == code
+
+
+def test_a_channel_that_never_answers_costs_a_terminal_one_channel_timeout(server_factory):
+    """--channel-timeout-ms bounds the whole wait: the answer comes within it
+    plus a commit (the deadline a terminal should set, as documented), not
+    after the channel side's reversal attempts, which go on in the background."""
+    timeout_ms = 1_000
+    process = server_factory("--channel-timeout-ppm", "1000000", "--channel-timeout-ms", str(timeout_ms))
+    terminal = Terminal(process.channel())
+    request = payment_pb2.PayRequest(terminal=terminal.context(), amount_minor=650_000,
+                                     plan=payment_pb2.PaymentPlan(card_id=DEMO_COMPANY_CARD, use_personal=True,
+                                                                  channel=common_pb2.BANK_CARD))
+    answer = terminal.payments.Pay(request, timeout=timeout_ms / 1000 + 1.5)
+    assert answer.result == R.CHANNEL_UNAVAILABLE
+    assert "could not be reversed" not in process.log
 
 
 def test_clean_shutdown_keeps_everything_and_the_audit_passes(server_factory):

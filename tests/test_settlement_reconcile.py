@@ -316,6 +316,32 @@ def test_a_days_journal_exports_as_csv_and_parquet(sample, tmp_path):
     assert open(tmp_path / "empty.csv").read().startswith('"seq","txn_id","amount_minor"')
 
 
+def test_an_export_and_the_queue_log_tell_time_in_the_networks_zone(sample, tmp_path):
+    """Statements are UTC+8: an export's created_at and the queue log are in
+    the network's time zone too, with the offset written beside them."""
+    import datetime
+    import subprocess
+    import sys
+
+    import pyarrow.parquet
+
+    from core.settlement.export import export_day
+
+    ledger, _ = sample
+    export_day(ledger.store, DAY, str(tmp_path / "day.csv"), str(tmp_path / "day.parquet"), utc_offset_minutes=480)
+    table = pyarrow.parquet.read_table(tmp_path / "day.parquet")
+    assert str(table.schema.field("created_at").type.tz) == "+08:00"
+    first = table.column("created_at")[0].as_py()
+    created_ms = table.column("created_ms")[0].as_py()
+    assert first.utcoffset() == datetime.timedelta(hours=8) and int(first.timestamp() * 1000) == created_ms
+    assert "+08" in open(tmp_path / "day.csv").read().splitlines()[1]
+    log = subprocess.run([sys.executable, "-m", "core.settlement", "queue", "log", "--data", ledger.store.path],
+                         cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TALLY_UTC_OFFSET_MINUTES": "480"})
+    assert log.returncode == 0, log.stderr
+    assert log.stdout and all(" UTC+8 " in line for line in log.stdout.splitlines())
+
+
 def test_the_command_line_runs_a_whole_day(tmp_path, capsys):
     from core.settlement.__main__ import main
 
@@ -326,9 +352,9 @@ def test_the_command_line_runs_a_whole_day(tmp_path, capsys):
     for channel in ("bank_card", "wechat_pay", "alipay"):
         paths = [os.path.join(statements, name) for name in files if name.startswith(channel)]
         assert main(["import", "--data", data, "--channel", channel, *paths, "--by", "ops"]) == 0
-    assert main(["import", "--data", data, "--channel", "alipay", os.path.join(DATA, "bad", "alipay-footer.csv")]) == 1
+    assert main(["import", "--data", data, "--channel", "alipay", os.path.join(DATA, "bad", "alipay-footer.csv")]) == 2
     capsys.readouterr()
-    assert main(["reconcile", "--data", data, "--day", "2024-06-01"]) == 0
+    assert main(["reconcile", "--data", data, "--day", "2024-06-01"]) == 1  # differences found
     out = capsys.readouterr().out
     assert "wechat_pay 2024-06-01:" in out and "1 only_channel" in out
     assert main(["queue", "list", "--data", data]) == 0

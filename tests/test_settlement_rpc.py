@@ -205,11 +205,15 @@ def test_day_end_totals_equal_the_journal_and_a_closed_day_is_refunded_not_voide
     assert (void.result, void.result_text) == (R.DAY_CLOSED, RESULT_TEXT[ResultCode.DAY_CLOSED])
     before = west.card(card).balances.fleet_minor
     refund = west.payments.Refund(payment_pb2.RefundRequest(terminal=west.context(), txn_id=big.txn_id, amount_minor=3_300))
-    assert (refund.result, refund.amount_minor) == (R.APPROVED, 3_300)
+    # After the day-end the station works in the next business day: the
+    # refund belongs to it, not to the closed day.
+    assert (refund.result, refund.amount_minor, refund.business_day) == (R.APPROVED, 3_300, today + 1)
     assert west.card(card).balances.fleet_minor == before + 3_300
-    again = settlement.DayEnd(request)  # safe to repeat; the refund now counts
+    again = settlement.DayEnd(request)  # safe to repeat; the closed day's totals stay as closed
     assert again.closed_through_day == today and again.station.sales_count == 4
-    assert again.station.refunds_count == 1 and methods(again.station.refunds) == (3_300, 0, 0, 0, {}, 3_300)
+    assert again.station.refunds_count == 0 and again.station == day.station
+    late = pay(west, 700, card, use_fleet=True)
+    assert (late.result, late.business_day) == (R.APPROVED, today + 1)
 
     refused(lambda: settlement.DayEnd(settlement_pb2.DayEndRequest(station_id=6, business_day=today + 1, by="x")), "business_day")
     refused(lambda: settlement.DayEnd(settlement_pb2.DayEndRequest(station_id=0, business_day=today, by="x")), "station_id")
@@ -263,7 +267,8 @@ def test_an_offline_batch_is_accepted_declined_and_answered_duplicate_when_sent_
         (4, "ACCEPTED", "APPROVED"), (9, "DECLINED", "DUPLICATE_MISMATCH"),
     ]
     assert (first.accepted, first.duplicates, first.declined) == (2, 1, 2)
-    assert [item.amount_minor for item in first.results] == [200, 600, 0, 100, 0]
+    # A declined item answers the amount asked, as a declined Pay does.
+    assert [item.amount_minor for item in first.results] == [200, 600, 500, 100, 60]
     assert first.results[2].result_text == RESULT_TEXT[ResultCode.INSUFFICIENT_FUNDS] and first.results[1].result_text == ""
     assert till.card(card).balances.personal_minor == 1_000 - 200 - 50 - 600 - 100
 

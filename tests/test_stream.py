@@ -51,6 +51,14 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
+def replayed(answer: payment_pb2.PaymentAnswer) -> payment_pb2.PaymentAnswer:
+    """`answer` as a retry of its request receives it."""
+    again = payment_pb2.PaymentAnswer()
+    again.CopyFrom(answer)
+    again.replayed = True
+    return again
+
+
 def test_a_stream_answers_exactly_as_the_unary_rpcs_and_shares_their_idempotency(server):
     terminal = Terminal(server.channel(), terminal_id=401)
     before = terminal.card(DEMO_COMPANY_CARD).balances.fleet_minor
@@ -61,12 +69,13 @@ def test_a_stream_answers_exactly_as_the_unary_rpcs_and_shares_their_idempotency
     assert [reply.correlation_id for reply in replies] == [77]
     answer = replies[0].results[0].payment
     assert answer.result == R.APPROVED and answer.sources.fleet_minor == 1_500
-    # The same request over unary is a retry: the stored answer, byte for byte.
-    assert terminal.payments.Pay(first) == answer
+    # The same request over unary is a retry: the stored answer, byte for
+    # byte, marked replayed.
+    assert terminal.payments.Pay(first) == replayed(answer)
     # And a unary request retried on the stream, likewise.
     unary, request = terminal.pay(2_000, serial=2)
     replies, _, _ = run(exchange(server.address, [message(78, {"pay": request})]))
-    assert replies[0].results[0].payment == unary
+    assert replies[0].results[0].payment == replayed(unary)
     assert terminal.card(DEMO_COMPANY_CARD).balances.fleet_minor == before - 3_500
     # A reused serial with other content is refused the same way.
     changed = pay(401, 1, 1_501)
@@ -113,7 +122,7 @@ def test_a_batch_answers_each_operation_in_order_and_refuses_bad_ones_naming_the
     by_id = {reply.correlation_id: reply.results[0].payment for reply in replies}
     assert by_id[7].result == R.HOLD_CLOSED
     assert (by_id[8].result, by_id[8].amount_minor) == (R.APPROVED, 300)
-    assert by_id[9].result == R.APPROVED
+    assert by_id[9].result == R.ORIGINAL_NOT_SEEN
     assert terminal.pay(10, serial=99)[0].result == R.ALREADY_REVERSED
 
 

@@ -10,7 +10,10 @@ Owns (one module each):
   terminals.py   registration, disabling, daily sign-on, working keys
   cards.py       cards for back-office users: issue to cancel, owner records
   customers.py   card holders: profile, tier, export, erasure on request
+  partners.py    partner programmes: registration, their keys
   keys.py        master key, sealing, key derivation, the terminal MAC
+                 (AES/HMAC-SHA256 or SM4/CMAC-SM4), field encryption
+  hsm.py         the master key and the audit head's key in a PKCS#11 token
   audit.py       the hash-chained audit log and its check
   terminal_client.py   the POS side: sign on, MAC every request
   __main__.py    `python -m core.admin` (first administrator, terminals, audit)
@@ -28,12 +31,13 @@ from core.admin.access import Actor, require_range, subtree
 from core.admin.cards import CardsMixin
 from core.admin.customers import CustomersMixin
 from core.admin.directory import DirectoryMixin
-from core.admin.model import LIST_LIMIT_MAX, AuditEntry
+from core.admin.model import LIST_LIMIT_MAX, AuditEntry, AuditHead
+from core.admin.partners import PartnersMixin
 from core.admin.terminals import TerminalsMixin
 from core.admin.users import UsersMixin
 
 
-class Admin(DirectoryMixin, UsersMixin, TerminalsMixin, CardsMixin, CustomersMixin):
+class Admin(DirectoryMixin, UsersMixin, TerminalsMixin, CardsMixin, CustomersMixin, PartnersMixin):
     """Administration over an open store (see the mixins for each part)."""
 
     def read_audit(self, actor: Actor, after_seq: int = 0, limit: int = LIST_LIMIT_MAX) -> tuple[list[AuditEntry], bool]:
@@ -46,6 +50,7 @@ class Admin(DirectoryMixin, UsersMixin, TerminalsMixin, CardsMixin, CustomersMix
 
         return self._read(look)
 
-    def verify_audit(self) -> audit.Verification:
-        """The whole chain, every domain's entries: one chain for all."""
-        return audit.verify(self.store)
+    def verify_audit(self, expected: AuditHead | None = None) -> audit.Verification:
+        """The whole chain, every domain's entries: one chain for all; with
+        `expected`, also against that published head (core/admin/audit.py)."""
+        return audit.verify(self.store, expected)

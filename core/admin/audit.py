@@ -12,12 +12,20 @@ transaction as the change: both are stored or neither), the auditors' RPCs,
 
 Nothing in Tally updates or deletes an entry. The chain proves the log was
 not changed by anyone who could not also rewrite every later entry and the
-head; to bind even that, keep the head hash printed by `verify-audit`
-somewhere else (a ticket, a mail, a daily report) and compare.
+head: someone with the data files can recompute every hash, and the chain
+then verifies. The published head binds even that: `python -m core.admin
+audit-head --out FILE` writes the head (seq, hash) to a file the operator
+ships off the host (a ticket, a mail, another machine), with an HSM also a
+MAC of it under a key in the token (core/admin/hsm.py), and
+`verify-audit --expected-head FILE` checks that the chain still holds that
+entry, with that hash, at that position, hashing consistently up to it.
+A rewrite of anything at or before the published entry is then caught;
+entries after it are bound by the next published head.
 """
 
 import enum
 import hashlib
+import struct
 
 import msgspec
 
@@ -27,7 +35,9 @@ from core.store import Store, rows
 GENESIS_HASH = bytes(32)
 HEAD_KEY = b"audit_head"
 # Fields never written into an entry's before/after.
-SECRET_FIELDS = frozenset(("password_hash", "secret_sealed", "key_sealed"))
+SECRET_FIELDS = frozenset(("password_hash", "secret_sealed", "key_sealed", "data_key_sealed", "fields_sealed"))
+HEAD_FORMAT = "tally.v1 audit head"
+_HEAD_MAC_FIELDS = struct.Struct(">Q32s")
 
 
 # What stands in an entry for a personal field that has a value: the log
@@ -42,6 +52,8 @@ def view(record) -> str:
     "" for None."""
     if record is None:
         return ""
+    if isinstance(record, dict):  # a few named values (a lockout, a reason)
+        return msgspec.json.encode(record).decode()
     personal = getattr(type(record), "PERSONAL_FIELDS", frozenset())
     fields = {}
     for name in record.__struct_fields__:
@@ -115,9 +127,12 @@ class Verification(msgspec.Struct, frozen=True):
         return not self.breaches
 
 
-def verify(store: Store) -> Verification:
-    """Walk the whole chain once; every breach names its entry."""
+def verify(store: Store, expected: AuditHead | None = None) -> Verification:
+    """Walk the whole chain once; every breach names its entry. With
+    `expected` (a published head): that entry must be in the chain with
+    that hash."""
     breaches = []
+    found_expected = None
     with store.env.begin() as txn:
         previous_seq, previous_hash = 0, GENESIS_HASH
         for key, value in rows(txn, store.admin_audit):
@@ -131,12 +146,67 @@ def verify(store: Store) -> Verification:
                 previous_seq, previous_hash = seq, None
                 continue
             breaches.extend(_check_entry(seq, entry, previous_seq, previous_hash))
+            if expected is not None and seq == expected.seq:
+                found_expected = entry
             previous_seq, previous_hash = seq, entry.hash
         recorded = head(txn, store)
+    if expected is not None:
+        breaches.extend(_check_published(expected, found_expected))
     if (recorded.seq, recorded.hash) != (previous_seq, previous_hash) and not (recorded.seq == 0 and previous_seq == 0):
         breaches.append(Breach(recorded.seq, f"the head names entry {recorded.seq} ({recorded.hash.hex()[:16]}...), "
                                              f"the chain ends at entry {previous_seq}: entries were cut off or added"))
     return Verification(previous_seq, recorded.seq, recorded.hash.hex(), tuple(breaches))
+
+
+def _check_published(expected: AuditHead, entry: AuditEntry | None) -> list[Breach]:
+    if entry is None:
+        return [Breach(expected.seq, f"the published head names entry {expected.seq}, which the chain no longer "
+                                     f"holds: entries were removed or the chain was cut")]
+    if entry.seq != expected.seq or entry.hash != expected.hash:
+        return [Breach(expected.seq, f"hash is {entry.hash.hex()[:16]}..., the published head says "
+                                     f"{expected.hash.hex()[:16]}...: the chain was rewritten at or before this entry")]
+    return []
+
+
+def head_mac_input(published: AuditHead) -> bytes:
+    """What the HSM MACs of a published head: the format's name, 0x00, seq
+    (u64 big-endian), hash (32 bytes)."""
+    return HEAD_FORMAT.encode() + b"\0" + _HEAD_MAC_FIELDS.pack(published.seq, published.hash)
+
+
+class PublishedHead(msgspec.Struct, frozen=True):
+    """The file `audit-head` writes: JSON, one object."""
+
+    format: str
+    seq: int
+    # Hex, 64 digits.
+    hash: str
+    written_ms: int
+    # Hex HMAC-SHA256 of head_mac_input under mac_key; "" when no HSM signed it.
+    mac: str = ""
+    mac_key: str = ""
+
+    def head(self) -> AuditHead:
+        return AuditHead(self.seq, bytes.fromhex(self.hash))
+
+
+def read_published(path: str) -> PublishedHead:
+    """A head file; ValueError naming what is wrong."""
+    try:
+        with open(path, "rb") as file:
+            published = msgspec.json.decode(file.read(), type=PublishedHead)
+    except OSError as error:
+        raise ValueError(f"head file {path}: {error.strerror}") from None
+    except msgspec.DecodeError as error:
+        raise ValueError(f"head file {path}: not an audit head ({error})") from None
+    if published.format != HEAD_FORMAT:
+        raise ValueError(f"head file {path}: format is {published.format!r}, not {HEAD_FORMAT!r}")
+    try:
+        if len(bytes.fromhex(published.hash)) != len(GENESIS_HASH) or (published.mac and not bytes.fromhex(published.mac)):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"head file {path}: hash must be {2 * len(GENESIS_HASH)} hex digits, mac hex digits") from None
+    return published
 
 
 def _check_entry(seq: int, entry: AuditEntry, previous_seq: int, previous_hash: bytes | None) -> list[Breach]:

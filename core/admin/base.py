@@ -1,7 +1,8 @@
-"""What every part of the admin API shares: the open store, the master key,
-the clock, one write transaction per change with its audit entry (through
-the one write path, core/writes.py: the server passes its group commit, the
-command line a DirectWriter), and the kernel for the changes to cards.
+"""What every part of the admin API shares: the open store, the master key
+(core/admin/keys.py's MasterKey: a key file's or an HSM's), the clock, one
+write transaction per change with its audit entry (through the one write
+path, core/writes.py: the server passes its group commit, the command line
+a DirectWriter), and the kernel for the changes to cards.
 
 Used by: directory.py, users.py, terminals.py, cards.py, customers.py (their
 mixins make up core.admin.Admin).
@@ -17,21 +18,27 @@ kept from the last batch when another transaction came between).
 
 from collections.abc import Callable, Sequence
 
-from core.admin import audit
+from core.admin import audit, keys
 from core.admin.access import Actor, now_ms
 from core.admin.errors import FailedPrecondition
+from core.admin.model import FieldCipher
 from core.records import Op, Result
 from core.store import Store
 from core.writes import DirectWriter
 
 
 class AdminBase:
-    def __init__(self, store: Store, master_key: bytes | None = None, clock: Callable[[], int] = now_ms,
-                 kernel=None, utc_offset_minutes: int = 0, writer=None):
+    def __init__(self, store: Store, master_key: keys.MasterKey | bytes | None = None, clock: Callable[[], int] = now_ms,
+                 kernel=None, utc_offset_minutes: int = 0, writer=None,
+                 field_cipher: FieldCipher = FieldCipher.AES_256_GCM):
         self.store = store
         # The one write path (core/writes.py): a GroupCommitter in the server.
         self.writer = writer if writer is not None else DirectWriter(store)
-        self.master_key = master_key
+        # A key file's or an HSM's (keys.MasterKey); raw bytes are a key in memory.
+        self.master_key = None if master_key is None else keys.as_master_key(master_key)
+        # How new and changed customers' personal fields are encrypted
+        # (core/admin/customers.py): the network's choice, --pii-cipher.
+        self.field_cipher = field_cipher
         self.clock = clock
         # None: core.ledger.load_kernel() at the first card change.
         self.kernel = kernel
@@ -62,7 +69,8 @@ class AdminBase:
         return decode_results(self.kernel.apply_batch(txn, self.store, encode_ops(ops), now,
                                                       business_day(now, self.utc_offset_minutes)))
 
-    def _require_master_key(self) -> bytes:
+    def _require_master_key(self) -> keys.MasterKey:
         if self.master_key is None:
-            raise FailedPrecondition("no master key: start the server (or the command) with --master-key-file")
+            raise FailedPrecondition("no master key: start the server (or the command) with --master-key-file "
+                                     "or --pkcs11-module")
         return self.master_key

@@ -24,36 +24,72 @@ The choices, and why:
 - Every later request: HMAC-SHA256 under the working key over `mac_input`
   (the method, the terminal, the key id, the serial and the request's exact
   bytes on the wire), sent in the metadata keys below.
+
+Two algorithm suites for terminal keys, chosen per terminal at
+registration (KeyAlgorithm; the record keeps it, SignOn tells the terminal):
+- AES_HMAC_SHA256 (the default, as above): HKDF-SHA256, 32-byte keys,
+  AES-256-GCM wrap, HMAC-SHA256 MAC (32 bytes).
+- SM4_CMAC (the Chinese national algorithms, GB/T 32907 SM4 and GB/T 32905
+  SM3): HKDF-SM3 derives 16-byte SM4 keys from the same 32-byte secret, the
+  16-byte working key travels under SM4-GCM (RFC 8998's AEAD; same layout
+  as AES-GCM's: nonce || ciphertext || tag), and the MAC is CMAC (NIST SP
+  800-38B) over SM4 under the working key: 16 bytes. CMAC rather than
+  HMAC-SM3 because it needs the SM4 block cipher alone, which every POS
+  secure element with SM4 has, and keys the MAC with the SM4 working key
+  itself. docs/terminal-mac-vectors.json publishes vectors for both.
+
+The master key is a MasterKey: anything that seals and opens bytes under
+associated data. SoftwareMasterKey is AES-256-GCM in this process (the key
+file of the demo, or raw bytes in tests); core/admin/hsm.py's
+Pkcs11MasterKey does the same inside a PKCS#11 token, the key never
+leaving it. Both write nonce || ciphertext || tag, so a sealed value says
+nothing of where its key lives.
 """
 
+import enum
 import os
 import stat
 import struct
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives import cmac, hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+# The master key's and a terminal secret's length (both suites).
 KEY_BYTES = 32
 NONCE_BYTES = 12
+TAG_BYTES = 16
+# HMAC-SHA256's; CMAC-SM4's is SM4_MAC_BYTES.
 MAC_BYTES = 32
+SM4_KEY_BYTES = 16
+SM4_MAC_BYTES = 16
 
 # gRPC metadata of an authenticated terminal request (all ASCII text).
 METADATA_TERMINAL = "x-tally-terminal"  # terminal id, decimal
 METADATA_KEY_ID = "x-tally-key-id"  # working key id, decimal; 0 on SignOn (the sign-on key)
 METADATA_SERIAL = "x-tally-serial"  # the request's serial, decimal
-METADATA_MAC = "x-tally-mac"  # HMAC-SHA256, 64 lowercase hex digits
+METADATA_MAC = "x-tally-mac"  # the MAC in lowercase hex: 64 digits (HMAC-SHA256) or 32 (CMAC-SM4)
 
 SIGN_ON_KEY_ID = 0
 MAC_LABEL = b"tally.v1 terminal mac"
 _MAC_FIELDS = struct.Struct(">IQQ")
 _WRAP_AAD = struct.Struct(">IQQ")
 _SEAL_AAD = struct.Struct(">IQ")
+_U64 = struct.Struct(">Q")
 
 
 class SealError(Exception):
     """A sealed value that does not open: wrong master key or altered data."""
+
+
+class KeyAlgorithm(enum.IntEnum):
+    """A terminal's key suite (admin.proto's TerminalKeyAlgorithm)."""
+
+    AES_HMAC_SHA256 = 1
+    SM4_CMAC = 2
 
 
 # ---------------------------------------------------------------- master key
@@ -86,6 +122,50 @@ def load_master_key(path: str) -> bytes:
     return key
 
 
+class MasterKey(Protocol):
+    """What seals every stored key (terminal secrets, working keys,
+    customers' data keys). `description` names it in logs, never its bits."""
+
+    description: str
+
+    def seal_bytes(self, aad: bytes, plaintext: bytes) -> bytes:
+        """nonce || ciphertext || tag, bound to `aad`."""
+
+    def unseal_bytes(self, aad: bytes, sealed: bytes) -> bytes:
+        """The plaintext, or SealError."""
+
+
+class SoftwareMasterKey:
+    """AES-256-GCM in this process: the master key file's key (the demo),
+    or raw bytes (tests)."""
+
+    def __init__(self, key: bytes, description: str = "master key in memory"):
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"a master key is {KEY_BYTES} bytes")
+        self._aead = AESGCM(key)
+        self.description = description
+
+    @classmethod
+    def from_file(cls, path: str) -> "SoftwareMasterKey":
+        return cls(load_master_key(path), f"master key file {path}")
+
+    def seal_bytes(self, aad: bytes, plaintext: bytes) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def unseal_bytes(self, aad: bytes, sealed: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
+        except (InvalidTag, ValueError):
+            raise SealError("does not open: wrong master key or altered data") from None
+
+
+def as_master_key(master_key) -> MasterKey:
+    """A MasterKey as is; raw bytes (tests, older callers) as a
+    SoftwareMasterKey."""
+    return SoftwareMasterKey(master_key) if isinstance(master_key, (bytes, bytearray)) else master_key
+
+
 # ---------------------------------------------------------------- sealing
 
 
@@ -94,50 +174,142 @@ class Purpose:
 
     TERMINAL_SECRET = 1
     WORKING_KEY = 2
+    PARTNER_SECRET = 3
+    CUSTOMER_DATA_KEY = 4
 
 
-def seal(master_key: bytes, purpose: int, terminal_id: int, key_id: int, plaintext: bytes) -> bytes:
-    """nonce || AES-256-GCM(master_key, plaintext, aad=(purpose, terminal, key id))."""
-    nonce = os.urandom(NONCE_BYTES)
+def seal(master_key, purpose: int, terminal_id: int, key_id: int, plaintext: bytes) -> bytes:
+    """nonce || AEAD(master key, plaintext, aad=(purpose, terminal, key id))."""
     aad = bytes((purpose,)) + _SEAL_AAD.pack(terminal_id, key_id)
-    return nonce + AESGCM(master_key).encrypt(nonce, plaintext, aad)
+    return as_master_key(master_key).seal_bytes(aad, plaintext)
 
 
-def unseal(master_key: bytes, purpose: int, terminal_id: int, key_id: int, sealed: bytes) -> bytes:
+def unseal(master_key, purpose: int, terminal_id: int, key_id: int, sealed: bytes) -> bytes:
     aad = bytes((purpose,)) + _SEAL_AAD.pack(terminal_id, key_id)
     try:
-        return AESGCM(master_key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
-    except (InvalidTag, ValueError):
+        return as_master_key(master_key).unseal_bytes(aad, sealed)
+    except SealError:
         raise SealError(f"sealed key of terminal {terminal_id} does not open: wrong master key or altered data") from None
+
+
+def seal_data_key(master_key, customer_id: int, data_key: bytes) -> bytes:
+    """A customer's data key under the master key, bound to the customer."""
+    return as_master_key(master_key).seal_bytes(_data_key_aad(customer_id), data_key)
+
+
+def unseal_data_key(master_key, customer_id: int, sealed: bytes) -> bytes:
+    try:
+        return as_master_key(master_key).unseal_bytes(_data_key_aad(customer_id), sealed)
+    except SealError:
+        raise SealError(f"data key of customer {customer_id} does not open: wrong master key or altered data") from None
+
+
+def _data_key_aad(customer_id: int) -> bytes:
+    return bytes((Purpose.CUSTOMER_DATA_KEY,)) + _U64.pack(customer_id)
+
+
+# ---------------------------------------------------------------- the two suites
+
+
+class _AesSuite:
+    """AES_HMAC_SHA256: HKDF-SHA256, AES-256-GCM, HMAC-SHA256."""
+
+    key_bytes = KEY_BYTES
+    mac_bytes = MAC_BYTES
+    _hash = hashes.SHA256()
+
+    def derive(self, secret: bytes, label: bytes) -> bytes:
+        return HKDF(algorithm=self._hash, length=self.key_bytes, salt=None, info=label).derive(secret)
+
+    def encrypt(self, key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        return AESGCM(key).encrypt(nonce, plaintext, aad)
+
+    def decrypt(self, key: bytes, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
+        return AESGCM(key).decrypt(nonce, sealed, aad)
+
+    def signer(self, key: bytes):
+        return hmac.HMAC(key, self._hash)
+
+
+class _Sm4Suite:
+    """SM4_CMAC: HKDF-SM3, SM4-GCM, CMAC-SM4."""
+
+    key_bytes = SM4_KEY_BYTES
+    mac_bytes = SM4_MAC_BYTES
+    _hash = hashes.SM3()
+
+    def derive(self, secret: bytes, label: bytes) -> bytes:
+        return HKDF(algorithm=self._hash, length=self.key_bytes, salt=None, info=label).derive(secret)
+
+    def encrypt(self, key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        encryptor = Cipher(algorithms.SM4(key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(aad)
+        return encryptor.update(plaintext) + encryptor.finalize() + encryptor.tag
+
+    def decrypt(self, key: bytes, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
+        if len(sealed) < TAG_BYTES:
+            raise InvalidTag()
+        decryptor = Cipher(algorithms.SM4(key), modes.GCM(nonce, sealed[-TAG_BYTES:])).decryptor()
+        decryptor.authenticate_additional_data(aad)
+        return decryptor.update(sealed[:-TAG_BYTES]) + decryptor.finalize()
+
+    def signer(self, key: bytes):
+        return cmac.CMAC(algorithms.SM4(key))
+
+
+SUITES = {KeyAlgorithm.AES_HMAC_SHA256: _AesSuite(), KeyAlgorithm.SM4_CMAC: _Sm4Suite()}
+AES, SM4 = KeyAlgorithm.AES_HMAC_SHA256, KeyAlgorithm.SM4_CMAC
+
+
+def working_key_bytes(algorithm: int = AES) -> int:
+    return SUITES[algorithm].key_bytes
+
+
+def mac_bytes_of(algorithm: int = AES) -> int:
+    return SUITES[algorithm].mac_bytes
+
+
+def aead_encrypt(algorithm: int, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """nonce || ciphertext || tag: AES-256-GCM or SM4-GCM under `key`."""
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + SUITES[algorithm].encrypt(key, nonce, plaintext, aad)
+
+
+def aead_decrypt(algorithm: int, key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    """The plaintext, or SealError."""
+    try:
+        return SUITES[algorithm].decrypt(key, sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
+    except (InvalidTag, ValueError):
+        raise SealError("does not open under this key") from None
 
 
 # ---------------------------------------------------------------- derived keys
 
 
-def _derive(secret: bytes, label: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=label).derive(secret)
-
-
-def sign_on_key(secret: bytes) -> bytes:
+def sign_on_key(secret: bytes, algorithm: int = AES) -> bytes:
     """The key a terminal MACs its SignOn with (key id 0)."""
-    return _derive(secret, b"tally.v1 sign-on mac")
+    return SUITES[algorithm].derive(secret, b"tally.v1 sign-on mac")
 
 
-def wrap_key(secret: bytes) -> bytes:
+def wrap_key(secret: bytes, algorithm: int = AES) -> bytes:
     """The key a working key travels under, from the server to the terminal."""
-    return _derive(secret, b"tally.v1 working-key wrap")
+    return SUITES[algorithm].derive(secret, b"tally.v1 working-key wrap")
 
 
-def wrap_working_key(secret: bytes, terminal_id: int, key_id: int, expires_ms: int, working_key: bytes) -> bytes:
-    nonce = os.urandom(NONCE_BYTES)
+def wrap_working_key(secret: bytes, terminal_id: int, key_id: int, expires_ms: int, working_key: bytes,
+                     algorithm: int = AES, nonce: bytes | None = None) -> bytes:
+    """nonce || AEAD(wrap key, working key, aad=(terminal, key id, expires));
+    `nonce` is given only to reproduce a published test vector."""
+    nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
     aad = _WRAP_AAD.pack(terminal_id, key_id, expires_ms)
-    return nonce + AESGCM(wrap_key(secret)).encrypt(nonce, working_key, aad)
+    return nonce + SUITES[algorithm].encrypt(wrap_key(secret, algorithm), nonce, working_key, aad)
 
 
-def unwrap_working_key(secret: bytes, terminal_id: int, key_id: int, expires_ms: int, wrapped: bytes) -> bytes:
+def unwrap_working_key(secret: bytes, terminal_id: int, key_id: int, expires_ms: int, wrapped: bytes,
+                       algorithm: int = AES) -> bytes:
     aad = _WRAP_AAD.pack(terminal_id, key_id, expires_ms)
     try:
-        return AESGCM(wrap_key(secret)).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], aad)
+        return SUITES[algorithm].decrypt(wrap_key(secret, algorithm), wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], aad)
     except (InvalidTag, ValueError):
         raise SealError("working key does not open under this terminal's secret") from None
 
@@ -156,6 +328,7 @@ def mac_input(method: str, terminal_id: int, key_id: int, serial: int, body: byt
     The method is in it so that a request's bytes cannot be replayed to
     another RPC; the key id and serial so that the metadata cannot be
     swapped; the body last, whole, so that any changed byte changes the MAC.
+    The same bytes for both suites.
     """
     return _mac_header(method, terminal_id, key_id, serial) + body
 
@@ -164,17 +337,19 @@ def _mac_header(method: str, terminal_id: int, key_id: int, serial: int) -> byte
     return b"".join((MAC_LABEL, b"\0", method.encode(), b"\0", _MAC_FIELDS.pack(terminal_id, key_id, serial)))
 
 
-def compute_mac(key: bytes, method: str, terminal_id: int, key_id: int, serial: int, body: bytes) -> bytes:
-    signer = hmac.HMAC(key, hashes.SHA256())
+def compute_mac(key: bytes, method: str, terminal_id: int, key_id: int, serial: int, body: bytes,
+                algorithm: int = AES) -> bytes:
+    signer = SUITES[algorithm].signer(key)
     signer.update(_mac_header(method, terminal_id, key_id, serial))
     signer.update(body)
     return signer.finalize()
 
 
-def mac_matches(key: bytes, method: str, terminal_id: int, key_id: int, serial: int, body: bytes, mac: bytes) -> bool:
+def mac_matches(key: bytes, method: str, terminal_id: int, key_id: int, serial: int, body: bytes, mac: bytes,
+                algorithm: int = AES) -> bool:
     """Constant-time comparison (cryptography's verify). The header and the
     body go in as two updates: no copy of the body."""
-    checker = hmac.HMAC(key, hashes.SHA256())
+    checker = SUITES[algorithm].signer(key)
     checker.update(_mac_header(method, terminal_id, key_id, serial))
     checker.update(body)
     try:
@@ -184,11 +359,54 @@ def mac_matches(key: bytes, method: str, terminal_id: int, key_id: int, serial: 
     return True
 
 
-def mac_metadata(key: bytes, method: str, terminal_id: int, key_id: int, serial: int, body: bytes) -> tuple:
+# ---------------------------------------------------------------- partners
+
+METADATA_PARTNER = "x-tally-partner"  # partner id, decimal
+PARTNER_MAC_LABEL = b"tally.v1 partner mac"
+_PARTNER_FIELDS = struct.Struct(">I")
+
+
+def partner_mac_key(secret: bytes) -> bytes:
+    """The key a partner MACs its requests with (derived: the secret itself
+    serves nothing else)."""
+    return SUITES[AES].derive(secret, PARTNER_MAC_LABEL)
+
+
+def partner_mac_input(method: str, partner_id: int, body: bytes) -> bytes:
+    """The bytes a partner's MAC covers: "tally.v1 partner mac" 0x00, the
+    gRPC path 0x00, the partner id (u32 big-endian), the request exactly as
+    sent. A replayed request is harmless: ExchangePartnerPoints is done once
+    per (partner, partner_reference) and answers a retry the same."""
+    return b"".join((PARTNER_MAC_LABEL, b"\0", method.encode(), b"\0", _PARTNER_FIELDS.pack(partner_id), body))
+
+
+def partner_mac(secret: bytes, method: str, partner_id: int, body: bytes) -> bytes:
+    signer = hmac.HMAC(partner_mac_key(secret), hashes.SHA256())
+    signer.update(partner_mac_input(method, partner_id, body))
+    return signer.finalize()
+
+
+def partner_mac_matches(secret: bytes, method: str, partner_id: int, body: bytes, mac: bytes) -> bool:
+    checker = hmac.HMAC(partner_mac_key(secret), hashes.SHA256())
+    checker.update(partner_mac_input(method, partner_id, body))
+    try:
+        checker.verify(mac)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def partner_metadata(secret: bytes, method: str, partner_id: int, body: bytes) -> tuple:
+    """The metadata pairs of a partner's request."""
+    return ((METADATA_PARTNER, str(partner_id)), (METADATA_MAC, partner_mac(secret, method, partner_id, body).hex()))
+
+
+def mac_metadata(key: bytes, method: str, terminal_id: int, key_id: int, serial: int, body: bytes,
+                 algorithm: int = AES) -> tuple:
     """The four metadata pairs of an authenticated request."""
     return (
         (METADATA_TERMINAL, str(terminal_id)),
         (METADATA_KEY_ID, str(key_id)),
         (METADATA_SERIAL, str(serial)),
-        (METADATA_MAC, compute_mac(key, method, terminal_id, key_id, serial, body).hex()),
+        (METADATA_MAC, compute_mac(key, method, terminal_id, key_id, serial, body, algorithm).hex()),
     )

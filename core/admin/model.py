@@ -23,6 +23,7 @@ from typing import ClassVar
 import msgspec
 
 from core import limits
+from core.admin.keys import KeyAlgorithm
 
 # ---------------------------------------------------------------- limits
 # Administration's limits, next to its records (core/limits.py holds the
@@ -44,6 +45,11 @@ TOKEN_VALIDITY_S_DEFAULT = 8 * 3600
 TOKEN_VALIDITY_S_MAX = 7 * 86400
 WORKING_KEY_VALIDITY_S_DEFAULT = 86400
 WORKING_KEY_VALIDITY_S_MAX = 7 * 86400
+# Consecutive wrong passwords before a user is locked, and for how long.
+LOGIN_FAILURES_MAX_DEFAULT = 10
+LOGIN_FAILURES_MAX_MAX = 100
+LOGIN_LOCKOUT_S_DEFAULT = 30 * 60
+LOGIN_LOCKOUT_S_MAX = 7 * 86400
 # Rows one list call returns at most.
 LIST_LIMIT_DEFAULT = 1000
 LIST_LIMIT_MAX = 10_000
@@ -89,6 +95,25 @@ class TerminalStatus(enum.IntEnum):
     DISABLED = 2
 
 
+class PartnerStatus(enum.IntEnum):
+    ACTIVE = 1
+    DISABLED = 2
+
+
+class Partner(msgspec.Struct):
+    """A partner programme that credits points or cash into cards of one
+    headquarters' domain (LoyaltyService.ExchangePartnerPoints): its secret
+    key sealed under the master key, bound to the partner id."""
+
+    partner_id: int
+    org_id: int
+    name: str
+    status: PartnerStatus
+    secret_sealed: bytes
+    registered_ms: int
+    disabled_reason: str = ""
+
+
 class Organisation(msgspec.Struct):
     org_id: int
     # 0 for a headquarters.
@@ -103,8 +128,8 @@ class Terminal(msgspec.Struct):
     """A registered terminal and its keys, sealed under the master key.
 
     secret_sealed: the terminal's secret key (given to the terminal once, at
-    registration), AES-256-GCM under the server's master key, bound to the
-    terminal id (core/admin/keys.py). key_id / key_sealed / key_expires_ms:
+    registration), sealed under the server's master key (a key file's, or an
+    HSM's), bound to the terminal id (core/admin/keys.py). key_id / key_sealed / key_expires_ms:
     the current working key, from the last sign-on; an older key id is
     refused. signon_serial: the serial of the last accepted sign-on; a
     sign-on must carry a larger one (no replay).
@@ -122,6 +147,9 @@ class Terminal(msgspec.Struct):
     key_expires_ms: int = 0
     signon_serial: int = 0
     signon_ms: int = 0
+    # The key suite chosen at registration (core/admin/keys.py): a record
+    # written before suites existed is AES_HMAC_SHA256.
+    key_algorithm: KeyAlgorithm = KeyAlgorithm.AES_HMAC_SHA256
 
 
 class Operator(msgspec.Struct):
@@ -158,11 +186,17 @@ class Parameters(msgspec.Struct):
     token_validity_s: int = TOKEN_VALIDITY_S_DEFAULT
     # Lifetime of a working key given at SignOn.
     working_key_validity_s: int = WORKING_KEY_VALIDITY_S_DEFAULT
+    # After this many wrong passwords in a row a user is locked for
+    # login_lockout_s (an administrator may unlock it sooner).
+    login_failures_max: int = LOGIN_FAILURES_MAX_DEFAULT
+    login_lockout_s: int = LOGIN_LOCKOUT_S_DEFAULT
 
 
 PARAMETER_RANGES = {
     "token_validity_s": (1, TOKEN_VALIDITY_S_MAX),
     "working_key_validity_s": (1, WORKING_KEY_VALIDITY_S_MAX),
+    "login_failures_max": (1, LOGIN_FAILURES_MAX_MAX),
+    "login_lockout_s": (1, LOGIN_LOCKOUT_S_MAX),
 }
 
 
@@ -175,6 +209,10 @@ class User(msgspec.Struct):
     enabled: bool = True
     created_ms: int = 0
     password_changed_ms: int = 0
+    # Wrong passwords since the last good login; locked until this time
+    # (ms since the epoch) once they reach the domain's login_failures_max.
+    failed_logins: int = 0
+    locked_until_ms: int = 0
 
 
 class Session(msgspec.Struct):
@@ -207,9 +245,25 @@ class CardOwner(msgspec.Struct):
     activated_ms: int = 0
 
 
+class FieldCipher(enum.IntEnum):
+    """How a customer's personal fields are stored (core/admin/customers.py)."""
+
+    # In the clear: records written before encryption at rest, or by a
+    # server without a master key.
+    PLAINTEXT = 0
+    AES_256_GCM = 1
+    SM4_GCM = 2
+
+
 class Customer(msgspec.Struct):
     """A card holder. PERSONAL_FIELDS are what EraseCustomer blanks and
-    what the audit log never holds (it shows "[personal]" instead)."""
+    what the audit log never holds (it shows "[personal]" instead).
+
+    Stored encrypted (field_cipher not PLAINTEXT), the personal fields
+    themselves are "" and their values are in fields_sealed, each under the
+    customer's own data key, which is data_key_sealed under the master key
+    (core/admin/customers.py opens them; nothing else should read them).
+    """
 
     PERSONAL_FIELDS: ClassVar[frozenset] = frozenset(("name", "phone", "email", "address", "birth_date"))
 
@@ -227,6 +281,12 @@ class Customer(msgspec.Struct):
     erased_ms: int = 0
     # The erasure request's reference (a ticket number, no personal data).
     erasure_reference: str = ""
+    field_cipher: FieldCipher = FieldCipher.PLAINTEXT
+    # The customer's data key, sealed under the master key (keys.py,
+    # Purpose.CUSTOMER_DATA_KEY); b"" when in the clear or erased.
+    data_key_sealed: bytes = b""
+    # Personal field name -> nonce || ciphertext || tag under the data key.
+    fields_sealed: dict[str, bytes] = msgspec.field(default_factory=dict)
 
 
 class AuditEntry(msgspec.Struct, frozen=True):

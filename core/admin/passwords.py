@@ -1,10 +1,16 @@
-"""Password hashing: argon2id through argon2-cffi, its default parameters
-(RFC 9106's low-memory profile: 64 MiB, 3 passes, 4 lanes), stored as the
-PHC string so that the parameters travel with each hash and stronger ones
-can be rolled in at the next login (`needs_rehash`).
+"""Password hashing: argon2id through argon2-cffi: 64 MiB, 3 passes (RFC
+9106's low-memory profile) but one lane, stored as the PHC string so that the
+parameters travel with each hash and others can be rolled in at the next
+login (`needs_rehash`: hashes made with argon2-cffi's default of 4 lanes are
+rehashed then).
 
+Why one lane: with 4, each check runs 4 threads of the argon2 library and a
+flood of logins took both cores of a small server from the payments (Pay's
+p99 rose 1.9x). With one it runs in the server's single hashing thread at
+the lowest priority (server/admin_service.py HashGate); the memory and work
+per guess, what makes guessing costly, are the same.
 Used by: core/admin/users.py. Each hash or check takes tens of
-milliseconds on purpose: the server runs them in a worker thread.
+milliseconds on purpose: the server runs them in that thread.
 """
 
 from argon2 import PasswordHasher
@@ -13,7 +19,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from core.admin.errors import InvalidInput
 from core.admin.model import PASSWORD_LENGTH_MAX, PASSWORD_LENGTH_MIN
 
-_hasher = PasswordHasher()
+_hasher = PasswordHasher(time_cost=3, memory_cost=64 * 1024, parallelism=1)
 # Checked against when the user does not exist, so that an unknown name
 # takes as long to refuse as a wrong password.
 _DUMMY_HASH = _hasher.hash("tally: no such user, never a password")

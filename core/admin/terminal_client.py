@@ -19,8 +19,11 @@ serializing the message the same way a second time):
 
 The serial of the MAC is the request's TerminalContext.serial; a request
 without one (PaymentService.Query) uses 0. A vendor implementing this in
-another language: HMAC-SHA256(working key, mac_input) in keys.py, the
-working key opened as KeySignOnAnswer.wrapped_key documents in admin.proto.
+another language: HMAC-SHA256(working key, mac_input) in keys.py (CMAC-SM4
+for a terminal registered with SM4_CMAC: `TerminalKeys(..., algorithm=
+keys.KeyAlgorithm.SM4_CMAC)`), the working key opened as
+KeySignOnAnswer.wrapped_key documents in admin.proto; known answers of
+both suites: docs/terminal-mac-vectors.json.
 """
 
 import collections
@@ -48,12 +51,16 @@ class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", 
 class TerminalKeys:
     """A terminal's secret and its current working key."""
 
-    def __init__(self, terminal_id: int, station_id: int, secret: bytes):
+    def __init__(self, terminal_id: int, station_id: int, secret: bytes,
+                 algorithm: keys.KeyAlgorithm = keys.KeyAlgorithm.AES_HMAC_SHA256):
+        """`algorithm`: the suite the terminal was registered with (it MACs
+        the sign-on already); the sign-on answer confirms it."""
         if len(secret) != keys.KEY_BYTES:
             raise ValueError(f"secret must be {keys.KEY_BYTES} bytes")
         self.terminal_id = terminal_id
         self.station_id = station_id
         self.secret = secret
+        self.algorithm = keys.KeyAlgorithm(algorithm)
         self.key_id = 0
         self.working_key: bytes | None = None
         self.expires_ms = 0
@@ -65,14 +72,22 @@ class TerminalKeys:
         request = admin_pb2.KeySignOnRequest(terminal=common_pb2.TerminalContext(
             station_id=self.station_id, terminal_id=self.terminal_id, serial=serial, operator_id=operator_id))
         body = request.SerializeToString(deterministic=True)
-        metadata = keys.mac_metadata(keys.sign_on_key(self.secret), SIGN_ON_METHOD, self.terminal_id,
-                                     keys.SIGN_ON_KEY_ID, serial, body)
+        metadata = keys.mac_metadata(keys.sign_on_key(self.secret, self.algorithm), SIGN_ON_METHOD, self.terminal_id,
+                                     keys.SIGN_ON_KEY_ID, serial, body, self.algorithm)
         return body, metadata
 
     def accept(self, answer: admin_pb2.KeySignOnAnswer):
-        """Open the working key of a sign-on answer and use it from now on."""
+        """Open the working key of a sign-on answer and use it from now on.
+        An answer naming another suite than this terminal's is refused
+        (ValueError): the terminal is misconfigured, nothing it MACs would pass."""
+        # 0: a server from before key suites, which knew AES_HMAC_SHA256 only.
+        told = answer.key_algorithm or keys.KeyAlgorithm.AES_HMAC_SHA256
+        if told != self.algorithm:
+            named = keys.KeyAlgorithm(told).name if told in keys.SUITES else f"number {told}"
+            raise ValueError(f"terminal {self.terminal_id} is registered for key suite {named}, "
+                             f"configured for {self.algorithm.name}")
         self.working_key = keys.unwrap_working_key(self.secret, self.terminal_id, answer.key_id, answer.expires_ms,
-                                                   answer.wrapped_key)
+                                                   answer.wrapped_key, self.algorithm)
         self.key_id = answer.key_id
         self.expires_ms = answer.expires_ms
 
@@ -90,7 +105,7 @@ class TerminalKeys:
         """The four metadata pairs for a request whose wire bytes are `body`."""
         if self.working_key is None:
             raise RuntimeError("no working key: sign on first")
-        return keys.mac_metadata(self.working_key, method, self.terminal_id, self.key_id, serial, body)
+        return keys.mac_metadata(self.working_key, method, self.terminal_id, self.key_id, serial, body, self.algorithm)
 
     def call(self, channel: grpc.Channel, method: str, request, answer_type, timeout: float | None = 10):
         """Send `request` to `method` with its MAC, as exactly the bytes MACed."""

@@ -4,11 +4,12 @@ Owns: the admin_terminals database and the life of a terminal's keys
 (core/admin/keys.py says how they are made and sealed):
 
 1. RegisterTerminal (an administrator): a terminal id at a station gets a
-   random 32-byte secret key, returned this once; the store keeps it sealed
-   under the master key.
+   random 32-byte secret key, returned this once, and its key suite
+   (keys.KeyAlgorithm: AES and HMAC-SHA256 by default, or SM4 and
+   CMAC-SM4); the store keeps the secret sealed under the master key.
 2. SignOn (the terminal, every day): MACed with the sign-on key derived from
    its secret, with a serial above that of its last sign-on. It receives a
-   new working key wrapped under its secret, valid for the domain's
+   new working key (of its suite) wrapped under its secret, valid for the domain's
    working_key_validity_s (a day by default). The previous working key is
    dead from that moment: keys rotate at each sign-on and expire by
    themselves.
@@ -39,6 +40,7 @@ from core.admin.model import (
     ORG_ID_MAX,
     REASON_LENGTH_MAX,
     OrgKind,
+    KeyAlgorithm,
     Terminal,
     TerminalStatus,
     pack,
@@ -52,9 +54,11 @@ class SignedOn(msgspec.Struct, frozen=True):
     """What a terminal receives at sign-on."""
 
     key_id: int
-    # nonce || AES-256-GCM(wrap key, working key, aad=(terminal, key id, expires_ms)).
+    # nonce || AEAD(wrap key, working key, aad=(terminal, key id, expires_ms)):
+    # AES-256-GCM or SM4-GCM, as key_algorithm says.
     wrapped_key: bytes
     expires_ms: int
+    key_algorithm: KeyAlgorithm = KeyAlgorithm.AES_HMAC_SHA256
 
 
 def terminal_record(txn, store: Store, terminal_id: int) -> Terminal | None:
@@ -78,10 +82,13 @@ class TerminalsMixin(AdminBase):
             raise NotFound(f"terminal {terminal_id} not found")
         return terminal
 
-    def register_terminal(self, actor: Actor, terminal_id: int, station_id: int, name: str = "") -> tuple[Terminal, bytes]:
+    def register_terminal(self, actor: Actor, terminal_id: int, station_id: int, name: str = "",
+                          key_algorithm: KeyAlgorithm = KeyAlgorithm.AES_HMAC_SHA256) -> tuple[Terminal, bytes]:
         """(the record, the secret key): give the secret to the terminal now;
         it is never shown again."""
         require_range(terminal_id, "terminal_id", 1, limits.TERMINAL_ID_MAX)
+        if key_algorithm not in keys.SUITES:
+            raise InvalidInput("key_algorithm", f"must be one of {', '.join(algorithm.name for algorithm in keys.SUITES)}")
         require_range(station_id, "station_id", 1, ORG_ID_MAX)
         require_text(name, "name", 0, NAME_LENGTH_MAX)
         master_key = self._require_master_key()
@@ -94,7 +101,8 @@ class TerminalsMixin(AdminBase):
                 raise AlreadyExists(f"terminal id {terminal_id} is registered")
             secret = os.urandom(keys.KEY_BYTES)
             sealed = keys.seal(master_key, keys.Purpose.TERMINAL_SECRET, terminal_id, 0, secret)
-            terminal = Terminal(terminal_id, station_id, name, TerminalStatus.ACTIVE, sealed, self.clock())
+            terminal = Terminal(terminal_id, station_id, name, TerminalStatus.ACTIVE, sealed, self.clock(),
+                                key_algorithm=KeyAlgorithm(key_algorithm))
             txn.put(u32_key(terminal_id), pack(terminal), db=self.store.admin_terminals)
             self._audit(txn, actor, "RegisterTerminal", f"terminal:{terminal_id}", station_id, None, terminal)
             return terminal, secret
@@ -146,7 +154,9 @@ class TerminalsMixin(AdminBase):
             if key_id != keys.SIGN_ON_KEY_ID:
                 raise Unauthenticated(f"SignOn is MACed with the sign-on key: {keys.METADATA_KEY_ID} must be 0, got {key_id}")
             secret = keys.unseal(master_key, keys.Purpose.TERMINAL_SECRET, terminal_id, 0, terminal.secret_sealed)
-            if not keys.mac_matches(keys.sign_on_key(secret), method, terminal_id, key_id, serial, body, mac):
+            algorithm = terminal.key_algorithm
+            if not keys.mac_matches(keys.sign_on_key(secret, algorithm), method, terminal_id, key_id, serial, body, mac,
+                                    algorithm):
                 raise Unauthenticated(f"MAC of terminal {terminal_id} does not verify")
             if station_id != terminal.station_id:
                 raise PermissionDenied(f"terminal {terminal_id} is registered at station {terminal.station_id}, not {station_id}")
@@ -155,21 +165,25 @@ class TerminalsMixin(AdminBase):
             now = self.clock()
             new_key_id = terminal.key_id + 1
             expires_ms = now + self.parameters_of(txn, terminal.station_id).working_key_validity_s * 1000
-            working_key = os.urandom(keys.KEY_BYTES)
+            working_key = os.urandom(keys.working_key_bytes(algorithm))
             after = msgspec.structs.replace(
                 terminal, key_id=new_key_id, key_expires_ms=expires_ms, signon_serial=serial, signon_ms=now,
                 key_sealed=keys.seal(master_key, keys.Purpose.WORKING_KEY, terminal_id, new_key_id, working_key))
             txn.put(u32_key(terminal_id), pack(after), db=self.store.admin_terminals)
             self._audit(txn, Actor(f"terminal:{terminal_id}", terminal.station_id), "SignOn", f"terminal:{terminal_id}",
                         terminal.station_id, terminal, after)
-            wrapped = keys.wrap_working_key(secret, terminal_id, new_key_id, expires_ms, working_key)
-            return SignedOn(new_key_id, wrapped, expires_ms)
+            wrapped = keys.wrap_working_key(secret, terminal_id, new_key_id, expires_ms, working_key, algorithm)
+            return SignedOn(new_key_id, wrapped, expires_ms, algorithm)
 
         return self._write(change)
 
 
-# Working keys opened, at most; then the cache starts over (a terminal costs
-# one AES-GCM open per key per process).
+# Working keys kept opened in memory, at most (one per terminal in use):
+# past it the oldest opened goes. Why a cache: with the master key in an
+# HSM, opening is a call into the token (~30 us on SoftHSM2, more over a
+# network HSM's link), once per terminal and key per process instead of
+# once per request. What it costs: the working keys of up to this many
+# terminals sit in this process's memory, as they would in the terminals'.
 KEY_CACHE_ENTRIES_MAX = 100_000
 
 
@@ -178,9 +192,9 @@ class WorkingKeys:
     terminal's record (so a disable or a sign-on by any process counts at
     once) and gets its current working key, opened once per process."""
 
-    def __init__(self, store: Store, master_key: bytes):
+    def __init__(self, store: Store, master_key: keys.MasterKey | bytes):
         self.store = store
-        self.master_key = master_key
+        self.master_key = keys.as_master_key(master_key)
         self._opened: dict[tuple[int, int], tuple[bytes, bytes]] = {}
         # terminal id -> (its stored bytes, decoded): decoded again only
         # when the stored record changed.
@@ -216,6 +230,7 @@ class WorkingKeys:
             return terminal, cached[1]
         working_key = keys.unseal(self.master_key, keys.Purpose.WORKING_KEY, terminal_id, key_id, terminal.key_sealed)
         if len(self._opened) >= KEY_CACHE_ENTRIES_MAX:
-            self._opened.clear()
+            # Dicts keep insertion order: the first is the oldest opened.
+            del self._opened[next(iter(self._opened))]
         self._opened[(terminal_id, key_id)] = (terminal.key_sealed, working_key)
         return terminal, working_key

@@ -6,6 +6,14 @@ token (32 bytes, URL-safe base64), valid for the domain's token_validity_s;
 only the token's SHA-256 is stored. Every call with a token reads the
 session and the user again, so disabling a user, changing a role or a
 password takes effect on the next call.
+
+Lockout: each wrong password counts against the user; at the domain's
+login_failures_max in a row the user is locked for login_lockout_s (even
+the right password is refused then, without hashing), until an
+administrator unlocks it with a reason. The audit log gets one entry when a
+user is locked and one when it is unlocked, not one per failure, so a
+flood of wrong logins cannot grow it without bound; failures are counted
+in the user record and in the server's metrics.
 Used by: core.admin.Admin (its UsersMixin), server/admin_service.py.
 """
 
@@ -21,7 +29,17 @@ from core.admin.access import Actor, require_range, require_text, require_visibl
 from core.admin.base import AdminBase
 from core.admin.directory import collect
 from core.admin.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, PermissionDenied, Unauthenticated
-from core.admin.model import LIST_LIMIT_MAX, ORG_ID_MAX, USERNAME_LENGTH_MAX, Role, Session, User, pack, unpack
+from core.admin.model import (
+    LIST_LIMIT_MAX,
+    ORG_ID_MAX,
+    REASON_LENGTH_MAX,
+    USERNAME_LENGTH_MAX,
+    Role,
+    Session,
+    User,
+    pack,
+    unpack,
+)
 from core.store import rows
 
 log = logging.getLogger("tally.admin")
@@ -32,6 +50,7 @@ TOKEN_LENGTH_MAX = 100
 # login does.
 EXPIRED_SESSIONS_SWEPT_MAX = 100
 WRONG_LOGIN_TEXT = "wrong username or password"
+LOCKED_TEXT = "user locked after too many wrong passwords: retry after the lockout, or ask an administrator to unlock it"
 _USERNAME = re.compile(r"[A-Za-z0-9._@\-]+\Z")
 
 
@@ -65,16 +84,20 @@ class UsersMixin(AdminBase):
 
     def login(self, username: str, password: str) -> tuple[str, User, int]:
         """(token, user, expires_ms). Wrong name, wrong password and a
-        disabled user are refused in the same words and the same time."""
+        disabled user are refused in the same words and the same time; a
+        locked user is refused at once (see the module's docstring)."""
         require_username(username)
         require_text(password, "password", 1, passwords.PASSWORD_LENGTH_MAX)
         user = self._read(lambda txn: self._user(txn, username))
+        if user is not None and user.locked_until_ms > self.clock():
+            log.warning("login refused for %r: locked", username)
+            raise Unauthenticated(LOCKED_TEXT, reason="USER_LOCKED")
         matches = passwords.password_matches(user.password_hash if user else None, password)
         if not matches or not user.enabled:
-            if user is not None:
-                self._write(lambda txn: self._audit(txn, actor_of(user), "LoginFailed", f"user:{username}", user.org_id))
+            if user is not None and not matches:
+                self._write(lambda txn: self._count_failure(txn, username))
             log.warning("login refused for %r", username)
-            raise Unauthenticated(WRONG_LOGIN_TEXT)
+            raise Unauthenticated(WRONG_LOGIN_TEXT, reason="WRONG_LOGIN")
         token = secrets.token_urlsafe(TOKEN_BYTES)
         rehashed = passwords.hash_password(password) if passwords.needs_rehash(user.password_hash) else None
 
@@ -83,12 +106,49 @@ class UsersMixin(AdminBase):
             self._sweep_sessions(txn, now)
             expires_ms = now + self.parameters_of(txn, user.org_id).token_validity_s * 1000
             txn.put(token_key(token), pack(Session(username, expires_ms, now)), db=self.store.admin_sessions)
-            if rehashed is not None:
-                txn.put(username.encode(), pack(msgspec.structs.replace(user, password_hash=rehashed)), db=self.store.admin_users)
+            current = self._user(txn, username) or user
+            if rehashed is not None or current.failed_logins:
+                after = msgspec.structs.replace(current, password_hash=rehashed or current.password_hash, failed_logins=0)
+                txn.put(username.encode(), pack(after), db=self.store.admin_users)
             self._audit(txn, actor_of(user), "Login", f"user:{username}", user.org_id)
             return expires_ms
 
         return token, user, self._write(change)
+
+    def _count_failure(self, txn, username: str):
+        """One more wrong password; at the domain's limit, the user is
+        locked (and that, once, goes to the audit log)."""
+        user = self._user(txn, username)
+        if user is None:
+            return
+        parameters = self.parameters_of(txn, user.org_id)
+        failed = user.failed_logins + 1
+        locked_until_ms = user.locked_until_ms
+        if failed >= parameters.login_failures_max:
+            locked_until_ms = self.clock() + parameters.login_lockout_s * 1000
+            failed = 0
+            self._audit(txn, actor_of(user), "UserLocked", f"user:{username}", user.org_id, None,
+                        {"after_failures": parameters.login_failures_max, "locked_until_ms": locked_until_ms})
+            log.warning("user %r locked until %d after %d wrong passwords", username, locked_until_ms,
+                        parameters.login_failures_max)
+        txn.put(username.encode(), pack(msgspec.structs.replace(user, failed_logins=failed, locked_until_ms=locked_until_ms)),
+                db=self.store.admin_users)
+
+    def unlock_user(self, actor: Actor, username: str, reason: str) -> User:
+        """Lift a lockout before its time (an administrator of the user's
+        organisation), with the reason in the audit log."""
+        require_text(reason, "reason", 1, REASON_LENGTH_MAX)
+
+        def change(txn):
+            user = self._visible_user(txn, actor, username)
+            if user.locked_until_ms <= self.clock() and not user.failed_logins:
+                raise FailedPrecondition(f"user {username} is not locked", reason="NOT_LOCKED")
+            after = msgspec.structs.replace(user, failed_logins=0, locked_until_ms=0)
+            txn.put(username.encode(), pack(after), db=self.store.admin_users)
+            self._audit(txn, actor, "UnlockUser", f"user:{username}", user.org_id, None, {"reason": reason})
+            return after
+
+        return self._write(change)
 
     def _sweep_sessions(self, txn, now: int):
         ended = [key for key, value in rows(txn, self.store.admin_sessions) if unpack(Session, value).expires_ms <= now]

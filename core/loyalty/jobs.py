@@ -15,23 +15,18 @@ import collections
 import datetime
 import sys
 
-from core import limits
+from core import dates, limits
 from core.ledger import Ledger
-from core.loyalty.rules import LoyaltyRules
+from core.loyalty.rules import CardRules, LoyaltyRules
 from core.records import Lot, Member, Op, Txn, decode, parse_lot_expiry_key, u64_key
 from core.results import OpKind, Tier, TierReason, TxnFlag, TxnState
 
 MS_PER_DAY = 86_400_000
-EPOCH = datetime.date(1970, 1, 1)
+EPOCH = dates.EPOCH
 SPEND_KINDS = (OpKind.PAY, OpKind.PREAUTH)
 
 
-def day_of(date: datetime.date) -> int:
-    return (date - EPOCH).days
-
-
-def date_of(day: int) -> datetime.date:
-    return EPOCH + datetime.timedelta(days=day)
+day_of, date_of = dates.day_of, dates.date_of
 
 
 def month_index(year: int, month: int) -> int:
@@ -99,14 +94,22 @@ def spend_by_card(store, first_day: int, last_day: int) -> dict[int, int]:
     return dict(spend)
 
 
-def extend_lots(ledger: Ledger, rules: LoyaltyRules, year: int, month: int) -> dict:
+def _per_card(rules: LoyaltyRules | CardRules) -> CardRules:
+    return rules if isinstance(rules, CardRules) else CardRules.fixed(rules)
+
+
+def extend_lots(ledger: Ledger, rules: LoyaltyRules | CardRules, year: int, month: int) -> dict:
     """Extend every lot of each card whose spend in the month reached the
-    threshold, once per card and month."""
+    threshold of its rules (its domain's, with CardRules), once per card and
+    month."""
+    per_card = _per_card(rules)
     first = datetime.date(year, month, 1)
     last = datetime.date(year + month // 12, month % 12 + 1, 1) - datetime.timedelta(days=1)
     spend = spend_by_card(ledger.store, day_of(first), day_of(last))
-    cards = sorted(card for card, total in spend.items() if total >= rules.expiry.extension_spend_minor)
-    ops = [Op(kind=OpKind.EXTEND_LOTS, card_id=card, amount=rules.expiry.extension_days, period=month_index(year, month)) for card in cards]
+    expiry = {card: per_card.for_card(card).expiry for card in spend}
+    cards = sorted(card for card, total in spend.items() if total >= expiry[card].extension_spend_minor)
+    ops = [Op(kind=OpKind.EXTEND_LOTS, card_id=card, amount=expiry[card].extension_days, period=month_index(year, month))
+           for card in cards]
     results = run_ops(ledger, ops, day_of(last), "extend")
     return {"cards": len(cards), "lots_moved": sum(r.amount for r in results)}
 
@@ -137,10 +140,13 @@ def tier_for(spend_minor: int, rules: LoyaltyRules) -> int:
     return tier
 
 
-def update_tiers(ledger: Ledger, rules: LoyaltyRules, as_of_day: int) -> dict:
-    """Move every card to the tier its spend over the rolling period earns,
-    recording each change with its reason and the spend behind it."""
-    spend = spend_by_card(ledger.store, as_of_day - rules.tiers.rolling_days + 1, as_of_day)
+def update_tiers(ledger: Ledger, rules: LoyaltyRules | CardRules, as_of_day: int) -> dict:
+    """Move every card to the tier its spend over the rolling period earns
+    (by its rules: its domain's, with CardRules), recording each change with
+    its reason and the spend behind it."""
+    per_card = _per_card(rules)
+    periods = {every.tiers.rolling_days for every in per_card.every()}
+    spends = {days: spend_by_card(ledger.store, as_of_day - days + 1, as_of_day) for days in periods}
     current = {}
     with ledger.store.env.begin() as txn:
         for key, _ in txn.cursor(db=ledger.store.cards):
@@ -150,10 +156,12 @@ def update_tiers(ledger: Ledger, rules: LoyaltyRules, as_of_day: int) -> dict:
             current[member.card_id] = member.tier
     ops = []
     for card_id, tier in sorted(current.items()):
-        target = tier_for(spend.get(card_id, 0), rules)
+        card_rules = per_card.for_card(card_id)
+        spent = spends[card_rules.tiers.rolling_days].get(card_id, 0)
+        target = tier_for(spent, card_rules)
         if target != tier:
             reason = TierReason.SPEND_UP if target > tier else TierReason.SPEND_DOWN
-            ops.append(Op(kind=OpKind.SET_TIER, card_id=card_id, tier=target, reason=reason, amount=spend.get(card_id, 0)))
+            ops.append(Op(kind=OpKind.SET_TIER, card_id=card_id, tier=target, reason=reason, amount=spent))
     run_ops(ledger, ops, as_of_day, "tiers")
     ups = sum(op.reason == TierReason.SPEND_UP for op in ops)
     return {"cards": len(current), "upgraded": ups, "downgraded": len(ops) - ups}
@@ -163,11 +171,13 @@ def update_tiers(ledger: Ledger, rules: LoyaltyRules, as_of_day: int) -> dict:
 
 
 def expiring_soon(store, today: int, within_days: int) -> list[dict]:
-    """Cards with points expiring in the next `within_days` days, soonest first."""
+    """Cards with points expiring in the next `within_days` days, soonest
+    first. A lot expiring today is expired already (usable while the day is
+    before its expires_day), so the list starts tomorrow."""
     found = []
     with store.env.begin() as txn:
         cursor = txn.cursor(db=store.lot_expiry)
-        if cursor.set_range(today.to_bytes(4, "big")):
+        if cursor.set_range((today + 1).to_bytes(4, "big")):
             for key in cursor.iternext(values=False):
                 expires_day, card_id = parse_lot_expiry_key(key)
                 if expires_day > today + within_days:

@@ -8,6 +8,12 @@ server/loyalty_service.py (admin RPCs), server/requests.py (every Pay).
 
 Multipliers are integers in thousandths (per mille): 1.5x is 1500. Money is
 minor units, points are whole points. No floats.
+
+Domains (core/domains.py): the rules are one set per headquarters domain,
+stored under b"rules/" + domain u32, and the network's under b"rules" (what
+a domain that saved none runs by, and all there was before domains). A sale
+earns by its station's domain's rules; a card's jobs (tiers, extensions) and
+partner exchanges run by its issuing organisation's domain's (`CardRules`).
 """
 
 import msgspec
@@ -15,11 +21,13 @@ import msgspec
 from core import limits
 from core.errors import InvalidInput
 from core.results import Tier
-from core.store import load_json, put_versioned_json
+from core.domains import NETWORK, card_domain
+from core.store import put_versioned_json
 
 PERMILLE_ONE = 1000
 MULTIPLIER_PERMILLE_MAX = 100_000
 RULES_KEY = b"rules"
+RULES_DOMAIN_KEY = b"rules/"
 
 
 class RuleError(InvalidInput):
@@ -200,13 +208,65 @@ def _validate_campaigns(campaigns):
 # ---------------------------------------------------------------- storage
 
 
-def load_rules(store) -> LoyaltyRules:
-    """The saved rules, or the defaults if none were saved."""
-    return load_json(store, store.loyalty_config, RULES_KEY, LoyaltyRules)
+def rules_key(domain: int) -> bytes:
+    return RULES_KEY if domain == NETWORK else RULES_DOMAIN_KEY + domain.to_bytes(4, "big")
 
 
-def save_rules(txn, store, rules: LoyaltyRules) -> LoyaltyRules:
-    """Validate and save in the caller's write transaction; the saved rules
-    carry the next version number."""
+def load_all_rules(store) -> dict[int, LoyaltyRules]:
+    """domain -> the rules it saved (NETWORK: the network's)."""
+    found = {}
+    with store.env.begin() as txn:
+        cursor = txn.cursor(db=store.loyalty_config)
+        if cursor.set_range(RULES_KEY):
+            for key, raw in cursor.iternext():
+                if not key.startswith(RULES_KEY):
+                    break
+                domain = NETWORK if key == RULES_KEY else int.from_bytes(key[len(RULES_DOMAIN_KEY):], "big")
+                found[domain] = msgspec.json.decode(raw, type=LoyaltyRules)
+    return found
+
+
+def rules_in(saved: dict[int, LoyaltyRules], domain: int) -> tuple[LoyaltyRules, bool]:
+    """(the rules a domain runs by, whether they are the network's (or the
+    defaults) because it saved none)."""
+    own = saved.get(domain)
+    if own is not None:
+        return own, False
+    return saved.get(NETWORK) or LoyaltyRules(), domain != NETWORK
+
+
+def load_rules(store, domain: int = NETWORK) -> LoyaltyRules:
+    """The rules a domain runs by: its own, else the network's, else the defaults."""
+    return rules_in(load_all_rules(store), domain)[0]
+
+
+def save_rules(txn, store, rules: LoyaltyRules, domain: int = NETWORK) -> LoyaltyRules:
+    """Validate and save a domain's rules in the caller's write transaction;
+    the saved rules carry the next version number."""
     validate(rules)
-    return put_versioned_json(txn, store.loyalty_config, RULES_KEY, rules)
+    return put_versioned_json(txn, store.loyalty_config, rules_key(domain), rules)
+
+
+class CardRules:
+    """The rules each card runs by: those of its issuing organisation's
+    domain (admin_cards), or the network's for a card without an owner
+    record. For the jobs, which touch many cards: one read per card."""
+
+    def __init__(self, store, saved: dict[int, LoyaltyRules] | None = None):
+        self.store = store
+        self.saved = load_all_rules(store) if saved is None else saved
+
+    @classmethod
+    def fixed(cls, rules: LoyaltyRules) -> "CardRules":
+        """Every card by the same rules (one domain, or tests)."""
+        return cls(None, {NETWORK: rules})
+
+    def for_card(self, card_id: int) -> LoyaltyRules:
+        if self.store is None or len(self.saved) <= (NETWORK in self.saved):
+            return rules_in(self.saved, NETWORK)[0]
+        with self.store.env.begin() as txn:
+            return rules_in(self.saved, card_domain(txn, self.store, card_id))[0]
+
+    def every(self) -> list[LoyaltyRules]:
+        """Each distinct set in force (the network's included)."""
+        return [*self.saved.values(), rules_in(self.saved, NETWORK)[0]]

@@ -1,13 +1,21 @@
 """A card's points statement: every lot, earning, spending and expiry, with dates.
 
 Owns: reading a card's points history (the points_history index over the
-journal) and its lots, open and closed.
-Used by: server/loyalty_service.py (GetStatement), `python -m core.loyalty statement`.
+journal) and its lots, open and closed, as of a moment: points of lots
+whose day has come are expired in the statement even before a write has
+recorded it (core/current.py). Such an expiry is the statement's last line,
+with seq 0 and txn_id 0 (it has no journal entry yet).
+Used by: server/loyalty_service.py (GetPoints, GetStatement), core/admin,
+`python -m core.loyalty statement`.
 """
+
+import time
 
 import msgspec
 
-from core.records import JournalEntry, Lot, decode, parse_points_history_key, u64_key
+from core import current
+from core.ledger import business_day
+from core.records import Account, JournalEntry, Lot, account_key, decode, parse_points_history_key, u64_key
 from core.results import AccountKind, Movement
 
 STATEMENT_LINES_MAX = 10_000
@@ -26,27 +34,22 @@ class StatementLine(msgspec.Struct, frozen=True):
 
 class PointsStatement(msgspec.Struct, frozen=True):
     card_id: int
+    # Points as of the statement's moment; held: what payments waiting for
+    # their channel hold of them.
     balance: int
+    held: int
     open_lots: tuple[Lot, ...]
     closed_lots: tuple[Lot, ...]
     lines: tuple[StatementLine, ...]
     truncated: bool
 
 
-def _lots(txn, db, card_id: int) -> list[Lot]:
-    prefix = u64_key(card_id)
-    found = []
-    cursor = txn.cursor(db=db)
-    if cursor.set_range(prefix):
-        for key, value in cursor.iternext():
-            if not key.startswith(prefix):
-                break
-            found.append(decode(Lot, value))
-    return found
-
-
-def points_statement(store, card_id: int, lines_max: int = STATEMENT_LINES_MAX) -> PointsStatement:
-    """Oldest line first; at most lines_max lines (the most recent ones)."""
+def points_statement(store, card_id: int, lines_max: int = STATEMENT_LINES_MAX, now_ms: int | None = None,
+                     utc_offset_minutes: int = 0) -> PointsStatement:
+    """Oldest line first; at most lines_max lines (the most recent ones).
+    As of now_ms (default: the clock) on the network's business day."""
+    if now_ms is None:
+        now_ms = time.time_ns() // 1_000_000
     prefix = u64_key(card_id)
     entries = []
     with store.env.begin() as txn:
@@ -57,8 +60,10 @@ def points_statement(store, card_id: int, lines_max: int = STATEMENT_LINES_MAX) 
                     break
                 _, seq = parse_points_history_key(key)
                 entries.append(decode(JournalEntry, txn.get(u64_key(seq), db=store.journal)))
-        open_lots = _lots(txn, store.point_lots, card_id)
-        closed_lots = _lots(txn, store.closed_lots, card_id)
+        open_lots = current.card_lots(txn, store.point_lots, card_id)
+        closed_lots = current.card_lots(txn, store.closed_lots, card_id)
+        raw = txn.get(account_key(AccountKind.POINTS, card_id), db=store.accounts)
+    account = decode(Account, raw) if raw is not None else Account(kind=AccountKind.POINTS, owner=card_id)
     lines = []
     balance = 0
     for entry in entries:
@@ -66,5 +71,11 @@ def points_statement(store, card_id: int, lines_max: int = STATEMENT_LINES_MAX) 
         points = entry.amount if incoming else -entry.amount
         balance += points
         lines.append(StatementLine(entry.seq, entry.business_day, entry.created_ms, entry.txn_id, Movement(entry.movement).name, points, balance))
+    today = business_day(now_ms, utc_offset_minutes)
+    now = current.points_as_of(account, open_lots, today)
+    if now.expired:
+        balance -= now.expired
+        lines.append(StatementLine(0, today, now_ms, 0, Movement.EXPIRY.name, -now.expired, balance))
+    closed = tuple(sorted((*closed_lots, *now.closed_lots), key=lambda lot: lot.expires_day))
     truncated = len(lines) > lines_max
-    return PointsStatement(card_id, balance, tuple(open_lots), tuple(closed_lots), tuple(lines[-lines_max:]), truncated)
+    return PointsStatement(card_id, balance, account.held, now.open_lots, closed, tuple(lines[len(lines) - lines_max :] if lines_max else ()), truncated)

@@ -203,6 +203,10 @@ class Promotion(msgspec.Struct, frozen=True):
     funder: Funder = Funder.HEADQUARTERS
     # The station or partner that funds it (0 for headquarters).
     funder_id: int = 0
+    # The organisation that owns it (core/domains.py): its subtree's users
+    # see and change it, and it applies only at the stations below it.
+    # 0: the whole network's (made by the command line or the open server).
+    org_id: int = 0
     priority: int = 0
     exclusive_group: str = ""
     stackable: bool = True
@@ -309,7 +313,8 @@ class Draw(msgspec.Struct, frozen=True):
 
 
 class StackingPolicy(msgspec.Struct, frozen=True):
-    """The configurable part of the stacking policy (pricing.py)."""
+    """The configurable part of the stacking policy (pricing.py); one per
+    headquarters domain, and the network's for domains that saved none."""
 
     version: int = 0
     coupons_per_sale_max: int = 1

@@ -108,6 +108,7 @@ def validate(promotion: Promotion):
     _range(promotion.stock, "stock", 0, limits.COUNTER_CEILING_MAX)
     _range(promotion.uses_per_card, "uses_per_card", 0, COUNT_MAX)
     _validate_funder(promotion)
+    _range(promotion.org_id, "org_id", 0, limits.STATION_ID_MAX)
     _range(promotion.priority, "priority", -PRIORITY_ABS_MAX, PRIORITY_ABS_MAX)
     _length(promotion.exclusive_group, "exclusive_group", 0, GROUP_LENGTH_MAX)
     _validate_terms(promotion)

@@ -5,6 +5,10 @@ operation on a card makes before it is built.
 Used by: server/risk_service.py (add, remove, list), server/promotion_service.py
 and server/payments.py (`blocking_entry` before an operation).
 
+An entry is its card's organisation's (core/domains.py): staff add, remove
+and list the entries of the cards they see; the check itself holds at every
+station.
+
 An entry is read from LMDB at each check (a few microseconds), not cached:
 a card frozen by staff is refused by every server process at once.
 """
@@ -19,6 +23,11 @@ from core.store import rows
 REASON_LENGTH_MAX = 200
 BY_LENGTH_MAX = 64
 LIST_LIMIT_MAX = 10_000
+
+
+# The latest time an entry may name: ms since the epoch fit a signed 64-bit
+# integer (the wire type is unsigned: a negative time from a client arrives huge).
+TIME_MS_MAX = 2**63 - 1
 
 
 class BlacklistError(InvalidInput):
@@ -53,6 +62,8 @@ def validate(entry: BlacklistEntry):
         raise BlacklistError("by", f"length must be within 1 .. {BY_LENGTH_MAX} characters, got {len(entry.added_by)}")
     if entry.until_ms and entry.until_ms <= entry.added_ms:
         raise BlacklistError("until_ms", f"{entry.until_ms} is not after now ({entry.added_ms}): the freeze would end before it starts")
+    if entry.until_ms > TIME_MS_MAX:
+        raise BlacklistError("until_ms", f"must be at most {TIME_MS_MAX} (ms since the epoch), got {entry.until_ms}")
 
 
 def add(txn, store, entry: BlacklistEntry) -> BlacklistEntry:
@@ -81,6 +92,15 @@ def blocking_entry(store, card_id: int, now_ms: int) -> BlacklistEntry | None:
     return entry if entry is not None and entry.blocks(now_ms) else None
 
 
-def entries(store, limit: int = LIST_LIMIT_MAX) -> list[BlacklistEntry]:
+def entries(store, limit: int = LIST_LIMIT_MAX, seen=None) -> list[BlacklistEntry]:
+    """Entries in card order; seen(txn, card_id): whether the caller sees
+    the card (None: every card)."""
+    found = []
     with store.env.begin() as txn:
-        return [msgspec.msgpack.decode(raw, type=BlacklistEntry) for _, (_, raw) in zip(range(limit), rows(txn, store.risk_blacklist))]
+        for _, raw in rows(txn, store.risk_blacklist):
+            entry = msgspec.msgpack.decode(raw, type=BlacklistEntry)
+            if seen is None or seen(txn, entry.card_id):
+                found.append(entry)
+                if len(found) >= limit:
+                    break
+    return found

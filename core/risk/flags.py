@@ -91,7 +91,9 @@ def record(txn, store, flags: list[Flag]) -> list[Flag]:
     return saved
 
 
-def list_flags(store, after_seq: int = 0, card_id: int = 0, limit: int = LIST_LIMIT_MAX) -> list[Flag]:
+def list_flags(store, after_seq: int = 0, card_id: int = 0, limit: int = LIST_LIMIT_MAX, seen=None) -> list[Flag]:
+    """Flags after after_seq, of one card or all; seen(txn, card_id): whether
+    the caller sees the card (a flag is its card's organisation's)."""
     found = []
     with store.env.begin() as txn:
         cursor = txn.cursor(db=store.risk_flags)
@@ -99,6 +101,8 @@ def list_flags(store, after_seq: int = 0, card_id: int = 0, limit: int = LIST_LI
             return found
         for _, raw in cursor.iternext():
             flag = msgspec.msgpack.decode(raw, type=Flag)
+            if seen is not None and not seen(txn, flag.card_id):
+                continue
             if not card_id or flag.card_id == card_id:
                 found.append(flag)
                 if len(found) >= limit:

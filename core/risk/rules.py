@@ -13,7 +13,16 @@ the card, period the number of the window (minutes, hours or days since
 operation, the kernel counts and checks it in that operation's write
 transaction: a request that would pass the limit is declined
 COUNTER_LIMIT_REACHED naming the rule, and nothing of it is applied.
+
+Domains (core/domains.py): the rules are one set per headquarters domain
+(a sale takes the limits and flag rules of its station's domain), and the
+network's (domain 0) for domains that saved none. Stored under b"rules"
+(the network's) and b"rules/" + domain u32. Two domains may number their
+limits alike: a domain's limit counts under its own counter owner
+(`counter_owner`), so their counts never mix on a card used in both.
 """
+
+import hashlib
 
 import enum
 
@@ -22,9 +31,14 @@ import msgspec
 from core import limits
 from core.errors import InvalidInput
 from core.counters import CounterScope, CounterTake
-from core.store import load_json, put_versioned_json
+from core.store import put_versioned_json
 
 RULES_KEY = b"rules"
+RULES_DOMAIN_KEY = b"rules/"
+NETWORK = 0
+# Counter owners of domain limits have the top bit set: they never meet the
+# network's, whose limit ids are at most LIMIT_ID_MAX (2^63 - 1).
+DOMAIN_OWNER_BIT = 1 << 63
 LIMITS_MAX = 64
 NAME_LENGTH_MAX = limits.GOODS_NAME_LENGTH_MAX
 LIMIT_ID_MAX = 2**63 - 1
@@ -69,6 +83,15 @@ class VelocityLimit(msgspec.Struct, frozen=True):
     def rule(self) -> str:
         return f"risk {self.limit_id} {self.name}"
 
+    def counter_owner(self, domain: int) -> int:
+        """The RISK_VELOCITY counter's owner: the limit id for the network's
+        limits (as stored before domains), a 63-bit digest of (domain, limit
+        id) with the top bit set for a domain's."""
+        if domain == NETWORK:
+            return self.limit_id
+        digest = hashlib.blake2b(domain.to_bytes(4, "big") + self.limit_id.to_bytes(8, "big"), digest_size=8).digest()
+        return DOMAIN_OWNER_BIT | int.from_bytes(digest, "big") & (DOMAIN_OWNER_BIT - 1)
+
 
 class FlagRules(msgspec.Struct, frozen=True):
     """small_sales_count sales of at most small_sale_max_minor by one card
@@ -99,10 +122,11 @@ def period_of(window: Window, now_ms: int, utc_offset_minutes: int = 0) -> int:
 
 
 def velocity_takes(rules: RiskRules, card_id: int, now_ms: int, *, sale_minor: int = 0, points_earned: int = 0,
-                   redemptions: int = 0, utc_offset_minutes: int = 0) -> list[CounterTake]:
+                   redemptions: int = 0, utc_offset_minutes: int = 0, domain: int = NETWORK) -> list[CounterTake]:
     """The RISK_VELOCITY takes of one operation by card_id: a sale of
-    sale_minor (counts one sale), points_earned, redemptions. A measure the
-    operation does not touch takes nothing. No card, no takes."""
+    sale_minor (counts one sale), points_earned, redemptions, under the
+    rules of `domain`. A measure the operation does not touch takes
+    nothing. No card, no takes."""
     if not card_id:
         return []
     deltas = {
@@ -115,7 +139,7 @@ def velocity_takes(rules: RiskRules, card_id: int, now_ms: int, *, sale_minor: i
     for limit in rules.limits:
         delta = deltas[limit.measure]
         if delta > 0:
-            takes.append(CounterTake(CounterScope.RISK_VELOCITY, limit.limit_id, subject=card_id,
+            takes.append(CounterTake(CounterScope.RISK_VELOCITY, limit.counter_owner(domain), subject=card_id,
                                      period=period_of(limit.window, now_ms, utc_offset_minutes), delta=delta,
                                      ceiling=limit.ceiling, rule=limit.rule))
     return takes
@@ -170,12 +194,32 @@ def validate(rules: RiskRules):
 # ---------------------------------------------------------------- storage
 
 
-def load_rules(store) -> RiskRules:
-    return load_json(store, store.risk_config, RULES_KEY, RiskRules)
+def rules_key(domain: int) -> bytes:
+    return RULES_KEY if domain == NETWORK else RULES_DOMAIN_KEY + domain.to_bytes(4, "big")
 
 
-def save_rules(txn, store, rules: RiskRules) -> RiskRules:
-    """Validate and save in the caller's write transaction; the saved rules
-    carry the next version number."""
+def load_rules(store, domain: int = NETWORK) -> RiskRules:
+    """The rules a domain saved, or the network's (or the defaults) if none."""
+    saved = load_all_rules(store)
+    return saved.get(domain) or saved.get(NETWORK) or RiskRules()
+
+
+def load_all_rules(store) -> dict[int, RiskRules]:
+    """domain -> the rules it saved (NETWORK: the network's)."""
+    found = {}
+    with store.env.begin() as txn:
+        cursor = txn.cursor(db=store.risk_config)
+        if cursor.set_range(RULES_KEY):
+            for key, raw in cursor.iternext():
+                if not key.startswith(RULES_KEY):
+                    break
+                domain = NETWORK if key == RULES_KEY else int.from_bytes(key[len(RULES_DOMAIN_KEY):], "big")
+                found[domain] = msgspec.json.decode(raw, type=RiskRules)
+    return found
+
+
+def save_rules(txn, store, rules: RiskRules, domain: int = NETWORK) -> RiskRules:
+    """Validate and save a domain's rules in the caller's write transaction;
+    the saved rules carry the next version number."""
     validate(rules)
-    return put_versioned_json(txn, store.risk_config, RULES_KEY, rules)
+    return put_versioned_json(txn, store.risk_config, rules_key(domain), rules)

@@ -2,12 +2,20 @@
 queue, clearing, day-end, exports and reports for finance staff and batch
 clients.
 
-Every command works on a data directory (--data DIR, the server's) and may
-run while the server serves: LMDB serialises writers across processes.
+Every command works on a data directory (--data DIR or $TALLY_DATA, the
+server's; one that holds no Tally store is refused) and may run while the
+server serves: LMDB serialises writers across processes. --json (before or
+after the command) prints the outcome as JSON.
 Days are dates (YYYY-MM-DD) or business day numbers. Re-running any command
 is safe: an import of a file already imported, or a reconciliation with
 nothing new, changes nothing, so a long batch that stopped resumes by being
-run again.
+run again. A statement is a headquarters domain's merchant account
+(--domain HQ; 0, the default: the network's, matched against the stations
+of no domain): import, reconcile and the queue take --domain.
+
+Exit codes: 0 done (reconcile: every channel clean); 1 reconcile found
+differences; 2 refused or failed, one line on stderr per problem (a file
+not imported, a channel with sales but no statement, a bad --data).
 """
 
 import argparse
@@ -24,9 +32,14 @@ from core.settlement.model import DifferenceState, ResolutionAction
 from core.settlement.money import date_of_day, format_yuan, parse_day
 from core.settlement.reconcile import WINDOW_MS_DEFAULT, WINDOW_MS_MAX
 from core.settlement.statements import StatementError
+from core import dates, tools
 from core.store import open_store
 
 PROG = "python -m core.settlement"
+EXIT_CODES = __doc__.split("\n\n")[-1].replace("\n", " ").strip()
+ZONE_HELP = (f"the network's time zone, minutes east of UTC (480 for UTC+8), as the server's; default: "
+             f"${dates.UTC_OFFSET_VARIABLE}, else 0")
+DOMAIN_HELP = "the headquarters whose merchant account the statements are (0, default: the network's)"
 CHANNEL_CHOICES = {channel.name.lower(): channel for channel in (Channel.BANK_CARD, Channel.WECHAT_PAY, Channel.ALIPAY)}
 
 
@@ -44,7 +57,13 @@ def _progress(total: int, description: str, unit: str = "rows"):
 
 
 def _open(args):
-    return open_store(args.data, args.map_size_gib * 2**30)
+    store = tools.open_existing_store(tools.data_path(args), args.map_size_gib * 2**30)
+    if getattr(args, "domain", None):
+        from core.domains import require_headquarters
+
+        with store.env.begin() as txn:
+            require_headquarters(txn, store, args.domain, "--domain")
+    return store
 
 
 def _open_for_writing(args):
@@ -81,49 +100,85 @@ def _print_json(value):
 def command_import(args) -> int:
     store = _open_for_writing(args)
     failures = 0
+    imported = []
     with _progress(len(args.files), "import", "files") as bar:
         for path in args.files:
-            with open(path, "rb") as file:
-                data = file.read()
             try:
+                with open(path, "rb") as file:
+                    data = file.read()
                 result, record = queue.import_statement(store, CHANNEL_CHOICES[args.channel], data, os.path.basename(path), args.by,
-                                                        day=args.day, utc_offset_minutes=args.utc_offset_minutes, replace=args.replace)
-            except (StatementError, queue.SettlementError) as error:
-                print(f"{path}: rejected, nothing imported: {error}", file=sys.stderr)
+                                                        day=args.day, utc_offset_minutes=args.utc_offset_minutes, replace=args.replace,
+                                                        domain=args.domain)
+            except (OSError, StatementError, queue.SettlementError) as error:
+                print(f"{path}: rejected, nothing imported: {tools.describe(error)}", file=sys.stderr)
                 failures += 1
             else:
-                print(f"{path}: {result.name.lower().replace('_', ' ')}: {args.channel} {date_of_day(record.day)}, "
-                      f"{record.rows} rows, payments {format_yuan(record.totals.payments_minor)}, "
-                      f"refunds {format_yuan(record.totals.refunds_minor)}, fees {format_yuan(record.totals.fees_minor)}")
+                imported.append({"file": path, "result": result.name.lower(), "record": record})
+                if not tools.json_wanted(args):
+                    print(f"{path}: {result.name.lower().replace('_', ' ')}: {args.channel} {date_of_day(record.day)}, "
+                          f"{record.rows} rows, payments {format_yuan(record.totals.payments_minor)}, "
+                          f"refunds {format_yuan(record.totals.refunds_minor)}, fees {format_yuan(record.totals.fees_minor)}")
             bar.update(1)
     store.close()
-    return 1 if failures else 0
+    if tools.json_wanted(args):
+        _print_json(imported)
+    return tools.EXIT_ERROR if failures else tools.EXIT_OK
 
 
 def command_reconcile(args) -> int:
+    """Exit 0 if every channel is clean (a channel with neither sales nor a
+    statement that day is), 1 if any has differences, 2 if any could not be
+    reconciled (sales but no statement imported, or a refusal)."""
     store = _open_for_writing(args)
-    status = 0
-    for channel in _channels(args):
-        try:
-            run = queue.reconcile_day(store, channel, args.day, args.window_s * 1000, args.utc_offset_minutes)
-        except queue.SettlementError as error:
-            print(f"{channel.name.lower()}: {error}", file=sys.stderr)
-            status = 1
-            continue
+    outcomes = {}
+    try:
+        for channel in _channels(args):
+            outcomes[channel.name.lower()] = reconcile_channel(store, channel, args)
+    finally:
+        store.close()
+    if tools.json_wanted(args):
+        _print_json(outcomes)
+    statuses = {outcome["status"] for outcome in outcomes.values()}
+    if "error" in statuses:
+        return tools.EXIT_ERROR
+    return tools.EXIT_FOUND if "differences" in statuses else tools.EXIT_OK
+
+
+def reconcile_channel(store, channel: Channel, args) -> dict:
+    """One channel's reconciliation of args.day, said on stdout (stderr for
+    an error) unless --json; its outcome: status clean, differences or error."""
+    from core.settlement.queue import domain_stations
+    from core.settlement.reconcile import our_events
+
+    name = f"{channel.name.lower()} {date_of_day(args.day)}"
+    if queue.load_statement(store, channel, args.day, args.domain) is None:
+        sales = len(our_events(store, channel, args.day, args.day, *domain_stations(store, args.domain)))
+        if sales == 0:
+            if not tools.json_wanted(args):
+                print(f"{name}: no sales and no statement: nothing to reconcile")
+            return {"status": "clean", "sales": 0, "statement": False}
+        error = f"{sales} channel movements but no statement imported: import the channel's statement of the day first"
+        print(f"{name}: {error}", file=sys.stderr)
+        return {"status": "error", "error": error, "sales": sales, "statement": False}
+    try:
+        run = queue.reconcile_day(store, channel, args.day, args.window_s * 1000, args.utc_offset_minutes, domain=args.domain)
+    except queue.SettlementError as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        return {"status": "error", "error": str(error)}
+    if not tools.json_wanted(args):
         kinds = ", ".join(f"{count} {kind.lower()}" for kind, count in run.differences_by_kind.items() if count) or "none"
-        print(f"{channel.name.lower()} {date_of_day(run.day)}: {run.items_matched} matched, {run.items_waiting} waiting "
+        print(f"{name}: {run.items_matched} matched, {run.items_waiting} waiting "
               f"for the next statement, differences: {kinds}; fees {format_yuan(run.fees_minor)}")
-    store.close()
-    return status
+    return {"status": "differences" if run.differences else "clean", "run": msgspec.to_builtins(run)}
 
 
 def command_queue_list(args) -> int:
     store = _open(args)
     state = None if args.all else DifferenceState.OPEN
     channel = CHANNEL_CHOICES[args.channel] if args.channel else None
-    found = queue.differences(store, day=args.day, channel=channel, state=state)
+    found = queue.differences(store, day=args.day, channel=channel, state=state, domain=args.domain)
     store.close()
-    if args.json:
+    if tools.json_wanted(args):
         _print_json([dict(msgspec.to_builtins(item), id=item.key) for item in found])
         return 0
     for item in found:
@@ -134,26 +189,26 @@ def command_queue_list(args) -> int:
     return 0
 
 
+def _kernel_in_transaction(store, args):
+    """apply_in(txn, ops) for ADJUST: the kernel inside resolve's transaction."""
+    from core.ledger import business_day
+
+    ledger = _ledger(store, args.kernel)
+    now_ms = time.time_ns() // 1_000_000
+    return lambda txn, ops: ledger.apply_in(txn, ops, now_ms, business_day(now_ms, args.utc_offset_minutes))
+
+
 def command_queue_resolve(args) -> int:
     store = _open_for_writing(args)
     action = ResolutionAction[args.action.upper()]
-    apply_in = None
-    if action == ResolutionAction.ADJUST:
-        from core.ledger import business_day
-
-        ledger = _ledger(store, args.kernel)
-        now_ms = time.time_ns() // 1_000_000
-
-        def apply_in(txn, ops):
-            return ledger.apply_in(txn, ops, now_ms, business_day(now_ms, args.utc_offset_minutes))
-
+    apply_in = _kernel_in_transaction(store, args) if action == ResolutionAction.ADJUST else None
     try:
         resolved = queue.resolve(store, args.id, action, args.by, args.why, apply_in=apply_in, station_id=args.station)
-    except queue.SettlementError as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
-        return 1
     finally:
         store.close()
+    if tools.json_wanted(args):
+        _print_json(dict(msgspec.to_builtins(resolved), id=resolved.key))
+        return 0
     extra = f", transfer txn {resolved.resolution.adjustment_txn_id}" if resolved.resolution.adjustment_txn_id else ""
     print(f"{resolved.key}: resolved ({action.name.lower()} by {args.by}{extra})")
     return 0
@@ -161,10 +216,17 @@ def command_queue_resolve(args) -> int:
 
 def command_queue_log(args) -> int:
     store = _open(args)
-    for action in queue.actions(store, args.id):
-        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(action.at_ms / 1000))
-        print(f"{action.seq:>6} {at}Z {action.key:<28} {action.what} -- {action.by}: {action.why}")
-    store.close()
+    try:
+        logged = queue.actions(store, args.id, args.domain)
+    finally:
+        store.close()
+    if tools.json_wanted(args):
+        _print_json(logged)
+        return 0
+    offset = dates.network_offset(args.utc_offset_minutes)
+    for action in logged:
+        at = dates.local_time(action.at_ms, offset)
+        print(f"{action.seq:>6} {at} {dates.zone_name(offset)} {action.key:<28} {action.what} -- {action.by}: {action.why}")
     return 0
 
 
@@ -177,7 +239,7 @@ def command_clear(args) -> int:
     store.close()
     if args.csv:
         write_takings_csv(clearing, args.csv)
-    if args.json:
+    if tools.json_wanted(args):
         _print_json(clearing)
         return 0
     print(f"clearing of {date_of_day(args.day)}: + the station is owed, - it owes")
@@ -224,7 +286,7 @@ def command_close_day(args) -> int:
         totals = day_totals(store, args.station, args.day)
     finally:
         store.close()
-    if args.json:
+    if tools.json_wanted(args):
         _print_json({"closed_through_day": result.amount, "by": args.by, "totals": totals})
         return 0
     print(f"station {args.station} {date_of_day(args.day)}: closed by {args.by} (closed through {date_of_day(result.amount)}); "
@@ -254,9 +316,13 @@ def command_export(args) -> int:
     with store.env.begin() as txn:
         total = txn.stat(store.journal)["entries"]
     with _progress(total, "journal") as bar:
-        rows = export_day(store, args.day, args.csv, args.parquet, progress=bar.update)
+        rows = export_day(store, args.day, args.csv, args.parquet, progress=bar.update,
+                          utc_offset_minutes=dates.network_offset(args.utc_offset_minutes))
     store.close()
     elapsed = time.perf_counter() - started
+    if tools.json_wanted(args):
+        _print_json({"rows": rows, "day": args.day, "csv": args.csv, "parquet": args.parquet, "seconds": elapsed})
+        return 0
     print(f"exported {rows} journal rows of {date_of_day(args.day)} in {elapsed:.2f} s")
     return 0
 
@@ -268,6 +334,9 @@ def command_report(args) -> int:
     store = _open(args)
     paths = write_day_report(store, clear_day(store, args.day), args.out)
     store.close()
+    if tools.json_wanted(args):
+        _print_json({"files": paths})
+        return 0
     for path in paths:
         print(path)
     return 0
@@ -297,7 +366,8 @@ def command_generate(args) -> int:
     if refusal is not None:
         print(f"{PROG} generate: {refusal}", file=sys.stderr)
         return 2
-    store = _open_for_writing(args)
+    # The one command that may make a new data directory: it writes demo data.
+    store = open_store(tools.data_path(args), args.map_size_gib * 2**30)
     network = Network(_ledger(store, args.kernel), seed=args.seed)
     first = args.day - args.days + 1
     for day in range(first, args.day + 1):
@@ -325,21 +395,27 @@ def command_generate(args) -> int:
 # ------------------------------------------------------------------ arguments
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=prog,
         description="Tally settlement: channel statements, reconciliation, the error queue, clearing, "
         "exports and reports. Each command has --help.",
+        epilog=EXIT_CODES,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tools.add_shared_options(parser)
 
     def command(name, function, help_text, data=True):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         if data:
-            sub.add_argument("--data", required=True, metavar="DIR", help="the data directory (LMDB) of the server")
-            sub.add_argument("--map-size-gib", type=int, default=64, help="LMDB map size, GiB (as the server's)")
+            data_options(sub)
         sub.set_defaults(function=function)
         return sub
+
+    def data_options(sub):
+        tools.add_shared_options(sub)
+        sub.add_argument("--map-size-gib", type=int, default=64, help="LMDB map size, GiB (as the server's)")
 
     sub = command("import", command_import, "import channel statement files (each whole or not at all; idempotent by file hash)")
     sub.add_argument("--channel", required=True, choices=CHANNEL_CHOICES)
@@ -348,13 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--by", default=os.environ.get("USER", "settlement"), help="who imports (logged)")
     sub.add_argument("--replace", action="store_true", help="replace a different file imported for the same channel and day")
     sub.add_argument("--utc-offset-minutes", type=int, help="the statement's time zone (default: the channel's, 480 = UTC+8)")
+    sub.add_argument("--domain", type=int, default=0, metavar="HQ", help=DOMAIN_HELP)
 
     sub = command("reconcile", command_reconcile, "match the day's statements against the journal; differences go to the queue")
+    sub.epilog = EXIT_CODES
     sub.add_argument("--day", type=_day, required=True)
     sub.add_argument("--channel", choices=CHANNEL_CHOICES, help="one channel (default: each)")
     sub.add_argument("--window-s", type=int, default=WINDOW_MS_DEFAULT // 1000,
                      help="rows across midnight this close (seconds) are matched, not reported (default %(default)s)")
     sub.add_argument("--utc-offset-minutes", type=int, help="the statements' time zone (default: the channel's)")
+    sub.add_argument("--domain", type=int, default=0, metavar="HQ", help=DOMAIN_HELP)
 
     sub = command("queue", None, "the error queue: list, resolve, log", data=False)
     queue_commands = sub.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
@@ -362,10 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--day", type=_day)
     listing.add_argument("--channel", choices=CHANNEL_CHOICES)
     listing.add_argument("--all", action="store_true", help="also resolved and cleared ones")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--domain", type=int, metavar="HQ", help="only this domain's (0: the network's; default: every one)")
     listing.set_defaults(function=command_queue_list)
     resolving = queue_commands.add_parser("resolve", help="resolve one difference, with who and why")
-    resolving.add_argument("id", help="the difference's id, as listed (CHANNEL-DAY-ITEM-REFERENCE)")
+    resolving.add_argument("id", help="the difference's id, as listed ([DOMAIN-]CHANNEL-DAY-ITEM-REFERENCE)")
     resolving.add_argument("--action", required=True, choices=[action.name.lower() for action in ResolutionAction],
                            help="accept: as is; adjust: post a correcting transfer; reverse: reversed at its source")
     resolving.add_argument("--by", required=True, help="who resolves")
@@ -376,15 +455,16 @@ def build_parser() -> argparse.ArgumentParser:
     resolving.set_defaults(function=command_queue_resolve)
     log = queue_commands.add_parser("log", help="every action on the queue, oldest first")
     log.add_argument("id", nargs="?", help="only this difference")
+    log.add_argument("--domain", type=int, metavar="HQ", help="only this domain's (0: the network's; default: every one)")
+    log.add_argument("--utc-offset-minutes", type=int, help=ZONE_HELP)
     log.set_defaults(function=command_queue_log)
+    tools.add_shared_options(sub)
     for child in (listing, resolving, log):
-        child.add_argument("--data", required=True, metavar="DIR", help="the data directory (LMDB) of the server")
-        child.add_argument("--map-size-gib", type=int, default=64, help="LMDB map size, GiB (as the server's)")
+        data_options(child)
 
     sub = command("clear", command_clear, "what each station is owed or owes for the day, per payment method")
     sub.add_argument("--day", type=_day, required=True)
     sub.add_argument("--csv", metavar="FILE", help="also write the lines as CSV")
-    sub.add_argument("--json", action="store_true")
 
     sub = command("close-day", command_close_day, "close a station's business day (voids of it are refused from then on; "
                   "refunds work) and print its totals by method, terminal and operator")
@@ -393,14 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--by", default=os.environ.get("USER", "settlement"), help="who closes the day (printed)")
     sub.add_argument("--kernel", choices=("auto", "cython", "reference"), default="auto")
     sub.add_argument("--utc-offset-minutes", type=int, default=0, help="the ledger's business day boundary (as the server's)")
-    sub.add_argument("--json", action="store_true")
 
-    sub = command("export", command_export, "a day's journal as CSV and/or Parquet; --benchmark measures 1,000,000 rows", data=False)
-    sub.add_argument("--data", metavar="DIR", help="the data directory (LMDB) of the server")
-    sub.add_argument("--map-size-gib", type=int, default=64, help="LMDB map size, GiB (as the server's)")
+    sub = command("export", command_export, "a day's journal as CSV and/or Parquet; --benchmark measures 1,000,000 rows")
     sub.add_argument("--day", type=_day)
     sub.add_argument("--csv", metavar="FILE")
     sub.add_argument("--parquet", metavar="FILE")
+    sub.add_argument("--utc-offset-minutes", type=int, help=ZONE_HELP)
     sub.add_argument("--benchmark", action="store_true", help="build a journal of --rows rows in a temporary directory and time both exports")
     sub.add_argument("--rows", type=int, default=1_000_000, help="benchmark: journal rows of the day (default %(default)s)")
 
@@ -419,12 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv=None, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
     if getattr(args, "window_s", 0) is not None and not 0 <= getattr(args, "window_s", 0) * 1000 <= WINDOW_MS_MAX:
-        print(f"{PROG}: --window-s must be within 0 .. {WINDOW_MS_MAX // 1000}", file=sys.stderr)
+        print(f"{prog}: --window-s must be within 0 .. {WINDOW_MS_MAX // 1000}", file=sys.stderr)
         return 2
-    return args.function(args)
+    return tools.run(f"{prog} {args.command}", args.function, args)
 
 
 if __name__ == "__main__":

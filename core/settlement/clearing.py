@@ -31,7 +31,7 @@ from core.promotions.store import load_promotion
 from core.records import Txn, decode, u64_key
 from core.results import AccountKind, Channel, Movement, TxnState, Unit, unit_of
 from core.settlement.journal import read_days
-from core.settlement.shifts import first_txn_of_day
+from core.settlement.shifts import first_txn_of_day, past_day
 
 STATION_ACCOUNT_KINDS = (AccountKind.STATION_RECEIVABLE, AccountKind.TOPUP_FUNDING)
 METHOD_NAMES = {
@@ -157,7 +157,7 @@ def discounts_of_day(store, day: int) -> tuple[DiscountLine, ...]:
                 if record is None:
                     continue
                 sale = decode(Txn, record)
-                if sale.business_day > day:
+                if past_day(sale, day):
                     break
                 if sale.business_day != day or sale.state != TxnState.POSTED or sale.flags:
                     continue

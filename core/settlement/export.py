@@ -7,7 +7,8 @@ entries is exported in seconds with bounded memory.
 Used by: the CLI (`export`, `export --benchmark`), batch clients.
 
 Columns, one row per journal entry (money in integer minor units):
-  seq, txn_id, amount_minor, created_ms, created_at (UTC), business_day,
+  seq, txn_id, amount_minor, created_ms, created_at (the network's local
+  time, its offset written with it: statements are local too), business_day,
   station_id, debit_kind, debit_owner, credit_kind, credit_owner, movement,
   reason. Kinds, movements and reasons are names (AccountKind, Movement,
   Reason of core/results.py); in Parquet they are dictionary-encoded.
@@ -34,13 +35,24 @@ def _names(enum_type: type[enum.IntEnum]) -> pa.Array:
 
 
 _KINDS, _MOVEMENTS, _REASONS = _names(AccountKind), _names(Movement), _names(Reason)
-SCHEMA = pa.schema(
-    [
+def schema_of(utc_offset_minutes: int = 0) -> pa.Schema:
+    return pa.schema(_columns(timestamp_type(utc_offset_minutes)))
+
+
+def timestamp_type(utc_offset_minutes: int) -> pa.DataType:
+    """Milliseconds with the network's offset as their zone ("+08:00")."""
+    sign = "+" if utc_offset_minutes >= 0 else "-"
+    hours, minutes = divmod(abs(utc_offset_minutes), 60)
+    return pa.timestamp("ms", tz=f"{sign}{hours:02d}:{minutes:02d}")
+
+
+def _columns(created_at_type: pa.DataType) -> list:
+    return [
         ("seq", pa.uint64()),
         ("txn_id", pa.uint64()),
         ("amount_minor", pa.int64()),
         ("created_ms", pa.uint64()),
-        ("created_at", pa.timestamp("ms", tz="UTC")),
+        ("created_at", created_at_type),
         ("business_day", pa.uint32()),
         ("station_id", pa.uint32()),
         ("debit_kind", pa.dictionary(pa.uint8(), pa.string())),
@@ -50,14 +62,16 @@ SCHEMA = pa.schema(
         ("movement", pa.dictionary(pa.uint8(), pa.string())),
         ("reason", pa.dictionary(pa.uint8(), pa.string())),
     ]
-)
+
+
+SCHEMA = schema_of(0)
 
 
 def _coded(codes: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(np.ascontiguousarray(codes)), dictionary)
 
 
-def to_arrow(chunk: np.ndarray) -> pa.RecordBatch:
+def to_arrow(chunk: np.ndarray, utc_offset_minutes: int = 0) -> pa.RecordBatch:
     """Journal entries (JOURNAL_DTYPE) -> one Arrow record batch."""
     column = lambda name: pa.array(np.ascontiguousarray(chunk[name]))  # noqa: E731
     created = np.ascontiguousarray(chunk["created_ms"]).view(np.int64)
@@ -67,7 +81,7 @@ def to_arrow(chunk: np.ndarray) -> pa.RecordBatch:
             column("txn_id"),
             column("amount"),
             column("created_ms"),
-            pa.array(created, type=pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            pa.array(created, type=pa.int64()).cast(timestamp_type(utc_offset_minutes)),
             column("business_day"),
             column("station_id"),
             _coded(chunk["debit_kind"], _KINDS),
@@ -77,7 +91,7 @@ def to_arrow(chunk: np.ndarray) -> pa.RecordBatch:
             _coded(chunk["movement"], _MOVEMENTS),
             _coded(chunk["reason"], _REASONS),
         ],
-        schema=SCHEMA,
+        schema=schema_of(utc_offset_minutes),
     )
 
 
@@ -87,7 +101,8 @@ def _plain(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
-def export_day(store, day: int, csv_path: str | None = None, parquet_path: str | None = None, progress=None) -> int:
+def export_day(store, day: int, csv_path: str | None = None, parquet_path: str | None = None, progress=None,
+               utc_offset_minutes: int = 0) -> int:
     """Write the day's journal to the paths given; returns the rows written."""
     assert csv_path or parquet_path
     csv_writer = parquet_writer = None
@@ -96,10 +111,10 @@ def export_day(store, day: int, csv_path: str | None = None, parquet_path: str |
         for chunk in iter_chunks(store, day, day, progress):
             if len(chunk) == 0:
                 continue
-            batch = to_arrow(chunk)
+            batch = to_arrow(chunk, utc_offset_minutes)
             if parquet_path:
                 if parquet_writer is None:
-                    parquet_writer = pyarrow.parquet.ParquetWriter(parquet_path, SCHEMA, compression="zstd")
+                    parquet_writer = pyarrow.parquet.ParquetWriter(parquet_path, batch.schema, compression="zstd")
                 parquet_writer.write_batch(batch)
             if csv_path:
                 plain = _plain(batch)
@@ -114,7 +129,7 @@ def export_day(store, day: int, csv_path: str | None = None, parquet_path: str |
             csv_writer.close()
     if rows == 0:
         # An empty day still gets files with the columns, so clients need no special case.
-        empty = to_arrow(np.empty(0, dtype=JOURNAL_DTYPE))
+        empty = to_arrow(np.empty(0, dtype=JOURNAL_DTYPE), utc_offset_minutes)
         if parquet_path:
             pyarrow.parquet.write_table(pa.Table.from_batches([empty]), parquet_path)
         if csv_path:

@@ -6,14 +6,18 @@ into numpy structured arrays (core.audit.JOURNAL_DTYPE, the JournalEntry
 layout), so that a day of millions of entries is read in about a second.
 Used by: reconcile.py, clearing.py, export.py.
 
-Several writer processes may interleave batches near midnight, so the scan
-starts one day early and stops only after a whole chunk lies past the range.
+Several writer processes may interleave batches near midnight, and a
+station whose day is closed works on the next business day
+(limits.STATION_DAY_AHEAD_MAX), so the scan starts that much earlier than
+one day early and stops only after a whole chunk lies past the range by as
+much.
 """
 
 from collections.abc import Iterator
 
 import numpy as np
 
+from core import limits
 from core.audit import JOURNAL_DTYPE
 from core.records import JournalEntry, parse_u64_key, u64_key
 from core.store import Store
@@ -49,7 +53,7 @@ def iter_chunks(store: Store, first_day: int, last_day: int, progress=None) -> I
     """The journal entries of business days first_day .. last_day, in seq order,
     as arrays of at most CHUNK_ENTRIES. `progress(n)` is told of each chunk."""
     with store.env.begin(buffers=True) as txn:
-        start = _first_seq_from_day(txn, store, first_day - 1)
+        start = _first_seq_from_day(txn, store, first_day - 1 - limits.STATION_DAY_AHEAD_MAX)
         cursor = txn.cursor(db=store.journal)
         if not cursor.set_range(u64_key(start)):
             return
@@ -63,7 +67,7 @@ def iter_chunks(store: Store, first_day: int, last_day: int, progress=None) -> I
                     progress(len(chunk))
                 days = chunk["business_day"]
                 yield chunk[(days >= first_day) & (days <= last_day)]
-                if days.min() > last_day:
+                if days.min() > last_day + limits.STATION_DAY_AHEAD_MAX:
                     return
         if values:
             chunk = np.frombuffer(b"".join(values), dtype=JOURNAL_DTYPE)

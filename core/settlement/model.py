@@ -10,6 +10,12 @@ Money is integer minor units; times are ms since the epoch (UTC). A row's
 `reference` is the Tally transaction id that Tally gave the channel as its
 order number: the sale's id for a payment, and for a refund the sale's id
 with the refund's own id in `refund_reference`.
+
+Domains (core/domains.py): a statement is a headquarters domain's merchant
+account with the channel (`domain`; 0: the network's, as before domains),
+matched against the journal of that domain's stations only. Its import,
+run and differences carry that domain; a difference's id names it (the
+network's keep the id they had).
 """
 
 import enum
@@ -166,11 +172,14 @@ class Difference(msgspec.Struct, frozen=True):
     state: DifferenceState = DifferenceState.OPEN
     found_ms: int = 0
     resolution: Resolution | None = None
+    # The headquarters whose statement found it (0: the network's).
+    domain: int = 0
 
     @property
     def key(self) -> str:
-        """Stable id shown to staff: CHANNEL-DAY-ITEM-REFERENCE."""
-        return difference_key(self.channel, self.day, self.item, self.reference)
+        """Stable id shown to staff: CHANNEL-DAY-ITEM-REFERENCE, with
+        DOMAIN- before it for a domain's difference."""
+        return difference_key(self.channel, self.day, self.item, self.reference, self.domain)
 
     @property
     def delta_minor(self) -> int:
@@ -178,18 +187,25 @@ class Difference(msgspec.Struct, frozen=True):
         return self.channel_minor - self.ours_minor
 
 
-def difference_key(channel: int, day: int, item: int, reference: int) -> str:
-    return f"{int(channel)}-{day}-{int(item)}-{reference}"
+def difference_key(channel: int, day: int, item: int, reference: int, domain: int = 0) -> str:
+    key = f"{int(channel)}-{day}-{int(item)}-{reference}"
+    return f"{domain}-{key}" if domain else key
 
 
-def parse_difference_key(text: str) -> tuple[int, int, int, int]:
+def parse_difference_key(text: str) -> tuple[int, int, int, int, int]:
+    """(channel, day, item, reference, domain) of a difference id."""
     parts = text.split("-")
-    if len(parts) != 4 or not all(part.isascii() and part.isdigit() for part in parts):
-        raise ValueError(f"{text!r} is not a difference id (CHANNEL-DAY-ITEM-REFERENCE)")
-    channel, day, item, reference = (int(part) for part in parts)
-    if not (0 < channel < 256 and day < 2**32 and item in set(ItemKind) and reference < 2**64):
-        raise ValueError(f"{text!r} is not a difference id (CHANNEL-DAY-ITEM-REFERENCE)")
-    return channel, day, item, reference
+    wrong = f"{text!r} is not a difference id ([DOMAIN-]CHANNEL-DAY-ITEM-REFERENCE)"
+    if len(parts) not in (4, 5) or not all(part.isascii() and part.isdigit() for part in parts):
+        raise ValueError(wrong)
+    numbers = [int(part) for part in parts]
+    domain = numbers.pop(0) if len(numbers) == 5 else 0
+    channel, day, item, reference = numbers
+    if not (0 < channel < 256 and day < 2**32 and item in set(ItemKind) and reference < 2**64 and domain < 2**32):
+        raise ValueError(wrong)
+    if len(parts) == 5 and domain == 0:
+        raise ValueError(wrong + ": the network's ids have no domain part")
+    return channel, day, item, reference, domain
 
 
 class ImportRecord(msgspec.Struct, frozen=True):
@@ -203,6 +219,7 @@ class ImportRecord(msgspec.Struct, frozen=True):
     totals: StatementTotals
     by: str
     at_ms: int
+    domain: int = 0
 
 
 class ReconcileRun(msgspec.Struct, frozen=True):
@@ -220,6 +237,7 @@ class ReconcileRun(msgspec.Struct, frozen=True):
     fees_minor: int
     ours_minor: int
     channel_minor: int
+    domain: int = 0
 
 
 class Action(msgspec.Struct, frozen=True):
@@ -231,3 +249,5 @@ class Action(msgspec.Struct, frozen=True):
     what: str
     by: str
     why: str
+    # The domain of what it is about (0: the network's).
+    domain: int = 0

@@ -9,6 +9,8 @@ Used by: the statement parsers and writers, reports, the command line.
 import datetime
 import re
 
+from core import dates
+
 MINOR_PER_UNIT = 100
 # Amounts with exactly two decimals: "12.34", "-0.60", "+5.00". No exponent,
 # no thousands separator, no spaces: a statement that has them is malformed.
@@ -16,7 +18,7 @@ _AMOUNT = re.compile(r"([+-]?)([0-9]{1,15})\.([0-9]{2})")
 # Fees may carry up to five decimals (WeChat writes "0.60000"); the digits
 # past the fen must be zero, since money is whole minor units.
 _FEE = re.compile(r"([+-]?)([0-9]{1,15})\.([0-9]{2})([0-9]{0,3})")
-EPOCH = datetime.date(1970, 1, 1)
+EPOCH = dates.EPOCH
 MS_PER_DAY = 86_400_000
 
 
@@ -53,12 +55,8 @@ def format_yuan(minor: int) -> str:
     return f"{sign}{units}.{cents:02d}"
 
 
-def day_of_date(date: datetime.date) -> int:
-    return (date - EPOCH).days
-
-
-def date_of_day(day: int) -> datetime.date:
-    return EPOCH + datetime.timedelta(days=day)
+# Calendar dates of business days: core/dates.py's, under settlement's names.
+day_of_date, date_of_day = dates.day_of, dates.date_of
 
 
 def parse_day(text: str) -> int:

@@ -31,6 +31,7 @@ import enum
 from collections import defaultdict
 
 import msgspec
+import numpy as np
 
 from core.results import AccountKind, Movement, Reason, TxnState
 from core.settlement.journal import read_days
@@ -75,13 +76,18 @@ class Outcome(msgspec.Struct):
 # ------------------------------------------------------------------ events
 
 
-def our_events(store, channel: int, first_day: int, last_day: int) -> list[Event]:
-    """The journal's entries for this channel's clearing account, as events."""
+def our_events(store, channel: int, first_day: int, last_day: int, stations=None, include: bool = True) -> list[Event]:
+    """The journal's entries for this channel's clearing account, as events:
+    of `stations` only (include), of all but them (not include), or of every
+    station (stations None)."""
     entries = read_days(store, first_day, last_day, movements=(Movement.CHANNEL,))
     clearing = AccountKind.CHANNEL_CLEARING
     mine = ((entries["debit_kind"] == clearing) & (entries["debit_owner"] == channel)) | (
         (entries["credit_kind"] == clearing) & (entries["credit_owner"] == channel)
     )
+    if stations is not None:
+        listed = np.isin(entries["station_id"], np.fromiter(stations, dtype=np.uint32, count=len(stations)))
+        mine &= listed if include else ~listed
     events = []
     for entry in entries[mine].tolist():
         _, txn_id, amount, created_ms, _, _, _, _, _, reason, business_day, station_id, _ = entry

@@ -14,6 +14,7 @@ import collections
 
 import msgspec
 
+from core import limits
 from core.counters import budget_takes
 from core.records import Op, Shift, Txn, decode, u32_key, u64_key
 from core.results import Channel, OpKind, TxnFlag, TxnState
@@ -124,8 +125,13 @@ def shift_totals(store, shift: Shift) -> Totals:
 
 
 def first_txn_of_day(txn, store, day: int) -> int:
-    """Transaction ids grow with time, so the day's first one is found by
-    bisection over the ids (skipping ids that name no transaction)."""
+    """An id at or before the day's first transaction, by bisection over the
+    ids (skipping ids that name no transaction). Ids grow with time and a
+    transaction's business day is its calendar day or up to
+    STATION_DAY_AHEAD_MAX days later (a station whose day is closed works on
+    the next), so ids whose business day is before day - that are all
+    before the day's first transaction."""
+    day -= limits.STATION_DAY_AHEAD_MAX
     low, high = 1, 1
     cursor = txn.cursor(db=store.txns)
     if cursor.last():
@@ -143,6 +149,12 @@ def first_txn_of_day(txn, store, day: int) -> int:
     return low
 
 
+def past_day(record: Txn, day: int) -> bool:
+    """Whether `record` and every later transaction are past business day
+    `day` (see first_txn_of_day)."""
+    return record.business_day > day + limits.STATION_DAY_AHEAD_MAX
+
+
 def day_end_op(station_id: int, day: int) -> Op:
     """The kernel operation that closes business day `day` at the station
     (and so every day before it: days only move forward). It has no serial:
@@ -158,7 +170,7 @@ def day_totals(store, station_id: int, day: int) -> DayTotals:
     by_operator = collections.defaultdict(Totals)
     with store.env.begin() as txn:
         for record in _txns_from(txn, store, first_txn_of_day(txn, store, day)):
-            if record.business_day > day:
+            if past_day(record, day):
                 break
             if record.station_id != station_id or record.business_day != day:
                 continue
