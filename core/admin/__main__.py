@@ -240,7 +240,7 @@ def run(args) -> int:
     else:
         store = tools.open_existing_store(path, MAP_SIZE_BYTES_DEFAULT, readonly=args.command in READ_ONLY)
     try:
-        if not readonly:
+        if args.command not in READ_ONLY:
             refuse_if_replicated(store)  # its changes go through the leader's AdminService
         return COMMANDS[args.command](Admin(store, master_key), args)
     finally:
