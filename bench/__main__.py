@@ -10,6 +10,15 @@
            model of the balances, RSS and latency drift, then the audit
   crash    SIGKILL under load K times; every acknowledged answer and the
            audit checked after each restart
+  nats-outage  NATS servers lost under load, one then two, then back:
+           pauses, acknowledgements without a quorum (none), recovery
+  log-content  bytes per payment in the replicated log and a follower's
+           CPU for it, against an operation log
+  backup   Pay under load while `python -m core.backup snapshot` copies the
+           directory: throughput during the snapshot against without
+  failover three replicated nodes on a NATS JetStream cluster: kill -9 the
+           leader and delete its data under load, N times; RTO per cycle,
+           every acknowledged answer read back, audits, nodes identical
   console  the web console's page times (card, dashboard, error queue) on a
            seeded directory, and Pay's p99 with and without the console in use
 
@@ -25,6 +34,10 @@ COMMANDS = {
     "seed": "bench.seed",
     "soak": "bench.soak",
     "crash": "bench.crash",
+    "failover": "bench.failover",
+    "backup": "bench.backup",
+    "nats-outage": "bench.nats_outage",
+    "log-content": "bench.log_content",
     "console": "bench.console",
 }
 

@@ -30,7 +30,12 @@ HMAC-SHA256. The two alternate as plain,
 auth, auth, plain, each for half of --duration, so that a load that drifts
 during the run (other work on the machine) weighs on both sides alike.
 With --promotions, likewise with promotions active (bench/promotions_load.py)
-and promotions_ratio. With --compare-empty, likewise on --data DIR and on a
+and promotions_ratio. With --compare-replicated, likewise with replication
+on (bench/replicated.py: a 3-node NATS cluster on loopback, the leader
+under load and --followers K followers applying the log): replicated_ratio
+= the leader's throughput / the single node's (issue 17 asks for at least
+0.7), with the followers' CPU and the log's bytes per transaction. With
+--compare-empty, likewise on --data DIR and on a
 new empty directory: data_ratio = DIR's throughput / the empty one's, what a
 big directory costs (issue 7 asks for at least 0.9 on 10 million
 transactions). Every report on --data says how many transactions DIR held
@@ -66,6 +71,7 @@ from bench import charts, promotions_load
 from bench.back_office_load import BackOfficeLoad
 from bench.login_flood import LoginFlood
 from bench.gateway_client import GatewayStream, OperationError
+from bench.replicated import ReplicatedExtras
 from core.store import transactions_in_directory
 from tally.v1 import admin_pb2, card_pb2, card_pb2_grpc, common_pb2, payment_pb2, payment_pb2_grpc
 
@@ -91,6 +97,9 @@ PROMOTIONS_RATIO_TARGET = 0.8
 # --compare-empty: Pay on a 10-million-transaction directory keeps at least
 # this share of the throughput on an empty one (issue 7).
 DATA_RATIO_TARGET = 0.9
+# --compare-replicated: Pay on a replicated leader keeps at least this share
+# of the single node's throughput (issue 17: at most 30% cost).
+REPLICATED_RATIO_TARGET = 0.7
 # What server/admin_service.py logs when it installs the interceptor.
 # --beside KIND: another load run beside Pay in the variant runs, and the most
 # it may raise Pay's p99 by: a login flood (issue 15: 1.2), back-office
@@ -166,6 +175,9 @@ class Parameters(msgspec.Struct, frozen=True):
     promotions: bool = False
     # Also run Pay on a new empty directory, the baseline of --data.
     compare_empty: bool = False
+    # Also run Pay on the leader of a replicated log, with this many followers.
+    compare_replicated: bool = False
+    followers: int = 1
     # The load run beside Pay in the variant runs (a BESIDE_LOADS name), and its clients.
     beside: str | None = None
     beside_clients: int = 0
@@ -306,6 +318,13 @@ class Report(msgspec.Struct, omit_defaults=True):
     pay_empty: TargetReport | None = None
     data_ratios: AuthRatios | None = None
     data_ratio: float | None = None
+    # --compare-replicated only: Pay on the leader of a replicated log, its
+    # ratios to the single node, replicated_ratio (issue 17 asks for at
+    # least REPLICATED_RATIO_TARGET), and the followers' and the log's costs.
+    pay_replicated: TargetReport | None = None
+    replicated_ratios: AuthRatios | None = None
+    replicated_ratio: float | None = None
+    replicated: ReplicatedExtras | None = None
     # --data only: the transactions the directory held before the run.
     data_transactions: int | None = None
     # --beside only: the Pay run with the other load beside it, its ratios to
@@ -388,6 +407,13 @@ def parse_args(argv) -> argparse.Namespace:
                         help="with --data: also run Pay on a new empty data directory and report data_ratio = the "
                         "throughput on --data / on the empty one (issue 7 asks for at least 0.9 on 10 million "
                         "transactions); the two alternate like --terminal-auth, each run with its own warm-up")
+    parser.add_argument("--compare-replicated", action="store_true",
+                        help="also run Pay on the leader of a replicated log (a 3-node NATS JetStream cluster on "
+                        "loopback, --followers K followers applying it) and report replicated_ratio = its throughput / "
+                        "the single node's (issue 17 asks for at least 0.7); the two alternate like --terminal-auth")
+    parser.add_argument("--followers", type=int, default=1, metavar="K",
+                        help="with --compare-replicated: followers applying the log during the run, 0 .. 4 "
+                        "(default %(default)s)")
     parser.add_argument("--beside", choices=sorted(BESIDE_LOADS), metavar="KIND",
                         help="also run Pay with another load beside it and report beside_p99_ratio = Pay's p99 with it / "
                         "without; the two alternate like --terminal-auth. login-flood: wrong logins "
@@ -422,10 +448,13 @@ def check_args(parser, args):
         parser.error("--amount-minor must be within 1 .. 10^12")
     if args.duration <= 0 or args.warmup < 0 or args.call_timeout <= 0:
         parser.error("--duration and --call-timeout must be positive, --warmup not negative")
-    if args.terminal_auth + args.promotions + args.compare_empty + bool(args.beside) > 1:
-        parser.error("--terminal-auth, --promotions, --compare-empty and --beside each compare two runs: use one at a time")
+    if args.terminal_auth + args.promotions + args.compare_empty + bool(args.beside) + args.compare_replicated > 1:
+        parser.error("--terminal-auth, --promotions, --compare-empty, --beside and --compare-replicated each compare two "
+                     "runs: use one at a time")
     if not 1 <= args.beside_clients <= BESIDE_CLIENTS_MAX:
         parser.error(f"--beside-clients must be within 1 .. {BESIDE_CLIENTS_MAX}")
+    if not 0 <= args.followers <= 4:
+        parser.error(f"--followers must be within 0 .. 4, got {args.followers}")
     if args.compare_empty and not args.data:
         parser.error("--compare-empty needs --data DIR: the directory compared with an empty one")
     if not 1 <= args.rounds <= ROUNDS_MAX:
@@ -455,6 +484,8 @@ def parameters_of(args) -> Parameters:
         terminal_auth_algorithm=args.terminal_auth_algorithm,
         promotions=args.promotions,
         compare_empty=args.compare_empty,
+        compare_replicated=args.compare_replicated,
+        followers=args.followers,
         beside=args.beside,
         beside_clients=args.beside_clients if args.beside else 0,
         rounds=args.rounds,
@@ -674,7 +705,10 @@ def client_plans(address: str, parameters: Parameters, fund_cards: bool,
 
 
 def drive_load(address: str, parameters: Parameters, fund_cards: bool, server_pid: int,
-               secrets: tuple[bytes, ...] = ()) -> Measured:
+               secrets: tuple[bytes, ...] = (), on_start=None) -> Measured:
+    """on_start(measure_start_wall_s), if given, is called once the clients
+    are set up, with the wall-clock time the measurement will start at
+    (bench backup schedules its snapshot from it)."""
     # spawn, not fork: the parent has used gRPC (health checks), and gRPC's
     # threads and sockets do not survive a fork.
     context = multiprocessing.get_context("spawn")
@@ -691,6 +725,8 @@ def drive_load(address: str, parameters: Parameters, fund_cards: bool, server_pi
         start_at_wall_s = time.time() + START_DELAY_S
         for _, pipe in workers:
             pipe.send(start_at_wall_s)
+        if on_start is not None:
+            on_start(start_at_wall_s + parameters.warmup_s)
         server_cpu_s = server_cpu_in_window(server_pid, start_at_wall_s, parameters)
         run_timeout_s = parameters.call_timeout_s + 30.0
         samples = [receive(pipe, "samples", run_timeout_s) for _, pipe in workers]
@@ -1032,7 +1068,8 @@ def print_table(report: Report):
     if report.data_transactions is not None:
         print(f"data directory: {report.data_transactions:,} transactions when the run began")
     rows = (("pay", report.pay), ("pay+auth", report.pay_auth), ("pay+promo", report.pay_promotions),
-            ("pay-empty", report.pay_empty), ("pay+beside", report.pay_beside), ("echo", report.echo))
+            ("pay-empty", report.pay_empty), ("pay-repl", report.pay_replicated), ("pay+beside", report.pay_beside),
+            ("echo", report.echo))
     for name, target in rows:
         if target is None:
             continue
@@ -1049,6 +1086,15 @@ def print_table(report: Report):
                          AUTH_RATIO_TARGET)
     print_variant_ratios("promo/pay", "promotions_ratio", report.promotions_ratios, PROMOTIONS_RATIO_TARGET)
     print_variant_ratios("pay/empty", "data_ratio", report.data_ratios, DATA_RATIO_TARGET)
+    print_variant_ratios("repl/pay", "replicated_ratio", report.replicated_ratios, REPLICATED_RATIO_TARGET)
+    if report.replicated is not None:
+        extra = report.replicated
+        print(f"{'':9}replicated: {extra.followers} follower(s), follower CPU "
+              f"{cell(extra.follower_cpu_ms_per_transaction, 3)} ms per transaction, NATS servers' CPU "
+              f"{cell(extra.nats_cpu_ms_per_transaction, 3)} ms per transaction, log "
+              f"{cell(extra.log_bytes_per_transaction, 0)} bytes per transaction, {extra.log_entries} log entries for "
+              f"{extra.transactions} transactions; append to quorum ack {cell(extra.append_ms_avg, 2)} ms on average, "
+              f"{cell(extra.entry_bytes_avg, 0)} bytes an entry")
     print_variant_ratios("beside", "beside_throughput_ratio", report.beside_ratios, None)
     if report.beside_p99_ratio is not None:
         limit = BESIDE_LOADS[report.parameters.beside][1]
@@ -1085,12 +1131,13 @@ def write_json(report: Report, path: str):
 
 def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
     data_dir = parameters.data_dir or os.path.join(work_dir, "data")
-    alternating = parameters.terminal_auth or parameters.promotions or parameters.compare_empty or parameters.beside
+    alternating = (parameters.terminal_auth or parameters.promotions or parameters.compare_empty
+                   or parameters.compare_replicated or parameters.beside)
     # The log the kernel's name is read from: the first plain Pay run's.
     pay_log_path = os.path.join(work_dir, alternating_log_name("pay-server", 1, 0) if alternating else "pay-server.log")
     auth = (register_terminals(data_dir, work_dir, parameters.concurrency, parameters.terminal_auth_algorithm)
             if parameters.terminal_auth else None)
-    pay_auth = pay_promotions = pay_empty = pay_beside = None
+    pay_auth = pay_promotions = pay_empty = pay_replicated = replicated = pay_beside = None
     by_round = []
     # Every run adds to a --data directory: say what this one began with.
     data_transactions = transactions_in_directory(parameters.data_dir) if parameters.data_dir else None
@@ -1100,6 +1147,9 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
         (pay, measured), (pay_auth, _), by_round = run_with_and_without_auth(parameters, data_dir, work_dir, auth)
     elif parameters.promotions:
         (pay, measured), (pay_promotions, _), by_round = run_with_and_without_promotions(parameters, data_dir, work_dir)
+    elif parameters.compare_replicated:
+        (pay, measured), (pay_replicated, _), by_round, replicated = run_with_and_without_replication(
+            parameters, data_dir, work_dir)
     elif parameters.beside:
         (pay, measured), (pay_beside, _), by_round = run_with_and_without_beside(parameters, data_dir, work_dir)
     else:
@@ -1129,6 +1179,11 @@ def run(parameters: Parameters, work_dir: str) -> tuple[Report, Measured]:
         report.pay_empty = pay_empty
         report.data_ratios = auth_ratios_of(pay_empty, pay, by_round)
         report.data_ratio = report.data_ratios.throughput
+    if pay_replicated is not None:
+        report.pay_replicated = pay_replicated
+        report.replicated_ratios = auth_ratios_of(pay, pay_replicated, by_round)
+        report.replicated_ratio = report.replicated_ratios.throughput
+        report.replicated = replicated
     if pay_beside is not None:
         report.pay_beside = pay_beside
         report.beside_ratios = auth_ratios_of(pay, pay_beside, by_round)
@@ -1168,6 +1223,21 @@ def run_with_and_without_promotions(parameters: Parameters, data_dir: str, work_
             promotions_load.switch_off(data_dir)
 
     return run_alternating(parameters, data_dir, work_dir, "pay-promotions-server", run_promoted)
+
+
+def run_with_and_without_replication(parameters: Parameters, data_dir: str, work_dir: str) -> tuple:
+    """(plain Pay, Pay on a replicated leader, by round, the replicated
+    side's extras): one NATS cluster for the whole run (bench/replicated.py)."""
+    from bench import e2e as this_module
+    from bench.replicated import ReplicatedSide
+
+    side = ReplicatedSide(work_dir, parameters.followers)
+    try:
+        plain, variant, by_round = run_alternating(parameters, data_dir, work_dir, "pay-replicated-server",
+                                                   lambda half, log_path: side.run(this_module, half, log_path))
+    finally:
+        side.close()
+    return plain, variant, by_round, side.summary()
 
 
 def run_on_data_and_empty(parameters: Parameters, work_dir: str) -> tuple:
@@ -1250,7 +1320,7 @@ def main(argv) -> int:
         write_json(report, args.json)
     if args.chart:
         draw(report, measured, args.chart)
-    targets = (report.pay, report.pay_auth, report.pay_promotions, report.pay_empty, report.echo)
+    targets = (report.pay, report.pay_auth, report.pay_promotions, report.pay_empty, report.pay_replicated, report.echo)
     return 0 if all(succeeded(target) for target in targets) else 1
 
 

@@ -11,6 +11,13 @@ the event loop and a change is stored whole or not at all.
 Used by: the server (every write goes through a GroupCommitter);
 core/writes.py's DirectWriter is the same interface for command-line tools.
 
+Replicated (`log`, a core.replication Replica): each batch's and each
+change's transaction records what it changes, the changes are appended to
+the replicated log and acknowledged by a quorum, and only then does the
+transaction commit and anyone get an answer; a follower refuses every
+write at once (NOT_LEADER, naming the leader), and a refusal of the log
+fails the batch whole (core/replication/node.py).
+
 Why a thread: a durable LMDB commit costs 0.5 to 2 ms of fsync, so one
 request per commit caps near 2,000 requests/s. While the writer commits one
 batch, the next one queues up; the batch size follows the load by itself,
@@ -33,6 +40,7 @@ from core import limits
 from core.errors import Internal, ResourceExhausted, Unavailable
 from core.ledger import Ledger, business_day, decode_results
 from core.records import Op, encode
+from core.replication.errors import ReplicationError
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +87,7 @@ class GroupCommitter:
         batch_wait_ms: float = limits.BATCH_WAIT_MS_MAX,
         clock=clock_ms,
         on_batch=None,
+        log=None,
     ):
         assert 0 < batch_size_max <= limits.BATCH_SIZE_MAX
         assert 0 < queue_length_max <= limits.QUEUE_LENGTH_MAX
@@ -92,6 +101,10 @@ class GroupCommitter:
         # Called in the writer thread after each commit with (size, seconds);
         # the server's metrics hook in here.
         self.on_batch = on_batch
+        # A core.replication Replica on a replicated node: every write is
+        # appended to the log and acknowledged by a quorum before it commits,
+        # and only the leader takes writes. None: the embedded single node.
+        self.log = log
         # Why the last write failed for lack of room (None once a write
         # commits again): health and metrics report it.
         self.store_full: str | None = None
@@ -120,6 +133,18 @@ class GroupCommitter:
     @property
     def queue_length(self) -> int:
         return len(self._queue)
+
+    @property
+    def takes_writes(self) -> bool:
+        """False on a replicated node that is not the leader (its writes
+        would be refused): background jobs skip their rounds there."""
+        if self.log is None:
+            return True
+        try:
+            self.log.check_writable()
+        except ReplicationError:
+            return False
+        return True
 
     # ------------------------------------------------------------ submit
 
@@ -164,6 +189,8 @@ class GroupCommitter:
         return future.result()
 
     def _enqueue(self, entry: "_Entry", bypass_limit: bool):
+        if self.log is not None:
+            self.log.check_writable()  # a follower refuses at once, naming the leader
         with self._ready:
             if self._stopping and not bypass_limit:
                 raise ShuttingDown()
@@ -231,11 +258,24 @@ class GroupCommitter:
     def _apply_change(self, change):
         """What change(txn) returned, or the exception that undid it."""
         try:
-            with self.ledger.store.env.begin(write=True) as txn:
-                value = change(txn)
+            if self.log is not None:
+                value = self._apply_change_logged(change)
+            else:
+                with self.ledger.store.env.begin(write=True) as txn:
+                    value = change(txn)
         except Exception as error:
             return _Raised(self._store_error(error) or error)
         self.store_full = None
+        return value
+
+    def _apply_change_logged(self, change):
+        """change(txn) on a recording transaction; its changes are appended
+        to the log before the commit."""
+        self.log.prepare()
+        with self.ledger.store.env.begin(write=True) as txn:
+            recorder = self.ledger.recording(txn)
+            value = change(recorder)
+            self.log.commit_changes(txn, recorder)
         return value
 
     def _store_error(self, error: Exception) -> StoreFull | None:
@@ -254,10 +294,17 @@ class GroupCommitter:
         now_ms = self.clock()
         day = business_day(now_ms, self.utc_offset_minutes)
         try:
-            results = decode_results(self.ledger.apply_encoded(b"".join(entry.data for entry in batch), now_ms, day))
+            if self.log is not None:
+                self.log.prepare()
+            results = decode_results(self.ledger.apply_encoded(b"".join(entry.data for entry in batch), now_ms, day,
+                                                               self.log))
             self.store_full = None
             return _outcomes(batch, results)
         except Exception as error:
+            if isinstance(error, ReplicationError):
+                # The log refused (not the leader, no quorum): the batch
+                # fails whole, and nothing of it was committed here.
+                return [_Raised(error)] * len(batch)
             full = self._store_error(error)
             if full is not None:
                 return [_Raised(full)] * len(batch)
@@ -268,7 +315,8 @@ class GroupCommitter:
         outcomes = []
         for entry in batch:
             try:
-                outcomes.extend(_outcomes([entry], decode_results(self.ledger.apply_encoded(entry.data, now_ms, day))))
+                outcomes.extend(_outcomes([entry], decode_results(self.ledger.apply_encoded(entry.data, now_ms, day,
+                                                                                            self.log))))
             except Exception as error:
                 full = self._store_error(error)
                 if full is None:

@@ -30,8 +30,10 @@ from core.records import (
     u64_key,
 )
 from core.reference import ReferenceKernel
+from core.replication.changes import database_index, recording
+from core.replication.errors import ReplicatedStore
 from core.results import CARD_ACCOUNT_KINDS
-from core.store import Store
+from core.store import Store, replicated_stream
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,10 @@ class Ledger:
     def __init__(self, store: Store, kernel=None):
         self.store = store
         self.kernel = kernel if kernel is not None else load_kernel()
+        # A node of a replicated log takes writes only through the log
+        # (apply_encoded's `log`); tools writing its files are refused.
+        self.replicated_stream = replicated_stream(store)
+        self._database_index = None
 
     @property
     def kernel_name(self) -> str:
@@ -86,19 +92,42 @@ class Ledger:
 
     # ------------------------------------------------------------ writes
 
-    def apply_encoded(self, ops: bytes, now_ms: int, day: int) -> bytes:
+    def apply_encoded(self, ops: bytes, now_ms: int, day: int, log=None) -> bytes:
         """Apply encoded operations in one write transaction and commit it.
 
         Returns only after the commit is on disk. If the kernel raises, the
         transaction is aborted and nothing of the batch is stored.
+        log: a core.replication Replica (the leader's group commit): the
+        kernel writes through a recording transaction, and the changes are
+        appended to the log and acknowledged by a quorum before the commit;
+        if the log refuses, the transaction is aborted and the error raised.
         """
         assert len(ops) // Op.LAYOUT.size <= limits.BATCH_SIZE_MAX
+        if log is not None:
+            return self._apply_logged(ops, now_ms, day, log)
+        if self.replicated_stream is not None:
+            raise ReplicatedStore(self.store.path, self.replicated_stream)
         with self.store.env.begin(write=True) as txn:
             results = self.kernel.apply_batch(txn, self.store, ops, now_ms, day)
             txn_id = txn.id()
         # Only now may the kernel keep this batch's records for the next one.
         self.kernel.batch_committed(txn_id)
         return results
+
+    def _apply_logged(self, ops: bytes, now_ms: int, day: int, log) -> bytes:
+        with self.store.env.begin(write=True) as txn:
+            recorder = self.recording(txn)
+            results = self.kernel.apply_batch(recorder, self.store, ops, now_ms, day)
+            log.commit_changes(txn, recorder)
+            txn_id = txn.id()
+        self.kernel.batch_committed(txn_id)
+        return results
+
+    def recording(self, txn):
+        """`txn` wrapped so that what it changes can be logged."""
+        if self._database_index is None:
+            self._database_index = database_index(self.store)
+        return recording(txn, self.store, self._database_index)
 
     def apply(self, ops: Sequence[Op], now_ms: int, day: int) -> list[Result]:
         return decode_results(self.apply_encoded(encode_ops(ops), now_ms, day))

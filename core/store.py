@@ -15,7 +15,11 @@ Named databases (keys big-endian, values in core.records layouts):
   journal         seq u64                    -> JournalEntry
   hold_expiry     (expires_ms u64, txn u64)  -> b""   open pre-authorizations
   pending         txn_id u64                 -> b""   waiting for a channel
-  meta            name                       -> u64   counters; b"format_version": the data format (below)
+  meta            name                       -> u64   counters; b"format_version": the data format (below);
+                  and, on a replicated node (core/replication/):
+                  b"log_position"            -> (u64 position, u64 time_ms) of the last log entry applied, put
+                                                in the same transaction as its changes and never logged itself
+                  b"log_stream"              -> the stream's name: this directory is a node of that log
   point_lots      (card_id u64, expires u32) -> Lot   open points lots, oldest first
   closed_lots     (card_id u64, expires u32) -> Lot   lots spent or expired to zero
   lot_expiry      (expires u32, card_id u64) -> b""   open lots by expiry (the expiry job)
@@ -260,6 +264,7 @@ def require_format_of(path: str):
 
 def open_store(
     path: str, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT, readonly: bool = False, durable: bool = True,
+    replicated: bool = False,
     check_format: bool = True,
 ) -> Store:
     """Open (creating if needed) the data directory at `path`.
@@ -273,6 +278,11 @@ def open_store(
     a request only after its commit is durable. durable=False is for bulk
     loading only (`bench seed`): commits skip the fsync, the loader calls
     env.sync(True) once at the end; a crash in between loses the load.
+    replicated: a node of a replicated log (core/replication/) whose
+    durability is the log's quorum: the data pages are synced at each
+    commit but the meta page is not (one fdatasync a commit instead of
+    two). A power cut may then undo the node's last commit, never damage
+    the store, and the position undone with it is replayed from the log.
     """
     if not readonly:
         os.makedirs(path, exist_ok=True)
@@ -283,7 +293,7 @@ def open_store(
         max_dbs=len(DATABASE_NAMES),
         max_readers=READERS_MAX,
         sync=durable,
-        metasync=durable,
+        metasync=durable and not replicated,
         readonly=readonly,
         # The server reads records at random (no readahead); a read-only
         # open is the audit or an export scanning everything in order.
@@ -304,6 +314,32 @@ def open_store(
             store.close()
             raise
     return store
+
+
+LOG_POSITION_KEY = b"log_position"
+LOG_STREAM_KEY = b"log_stream"
+LOG_POSITION = struct.Struct("<QQ")
+
+
+def log_position_in(txn, store: Store) -> tuple[int, int]:
+    """(position, time_ms) of the last log entry this directory applied;
+    (0, 0) if none (a new node, or a directory never replicated)."""
+    raw = txn.get(LOG_POSITION_KEY, db=store.meta) if store.meta is not None else None
+    return (0, 0) if raw is None else LOG_POSITION.unpack(raw)
+
+
+def log_position(store: Store) -> tuple[int, int]:
+    with store.env.begin() as txn:
+        return log_position_in(txn, store)
+
+
+def replicated_stream(store: Store) -> str | None:
+    """The log this directory is a node of, or None (a standalone store)."""
+    if store.meta is None:
+        return None
+    with store.env.begin() as txn:
+        raw = txn.get(LOG_STREAM_KEY, db=store.meta)
+    return None if raw is None else raw.decode()
 
 
 def load_json(store: Store, db, key: bytes, record_type):

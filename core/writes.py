@@ -17,7 +17,8 @@ tests/test_write_path.py keeps it so.
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from core.store import Store
+from core.replication.errors import ReplicatedStore
+from core.store import Store, replicated_stream
 
 
 class Writer(Protocol):
@@ -26,13 +27,28 @@ class Writer(Protocol):
     def write_blocking(self, change: Callable[[Any], Any]) -> Any: ...
 
 
+def refuse_if_replicated(store: Store):
+    """Raise ReplicatedStore (FAILED_PRECONDITION: one line naming the log)
+    if `store` is a node of a replicated log: the command-line tools call it
+    before a command that writes, so they refuse before doing any work."""
+    stream = replicated_stream(store)
+    if stream is not None:
+        raise ReplicatedStore(store.path, stream)
+
+
 class DirectWriter:
-    """Runs each change at once in its own durable write transaction."""
+    """Runs each change at once in its own durable write transaction.
+
+    Refuses (ReplicatedStore, FAILED_PRECONDITION) a directory that is a
+    node of a replicated log: a change made there behind the log's back
+    would be on this node alone, and gone at the next failover. Those
+    changes go through the leader's gRPC API."""
 
     def __init__(self, store: Store):
         self.store = store
 
     def write_blocking(self, change: Callable[[Any], Any]) -> Any:
+        refuse_if_replicated(self.store)
         with self.store.env.begin(write=True) as txn:
             return change(txn)
 

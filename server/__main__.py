@@ -11,6 +11,7 @@ import sys
 from core import tools
 from core.channels import SimulatorSettings, adapter_names, parse_adapter_choice
 from core.errors import InvalidInput, TallyError
+from core.replication import lease, log as replication_log, node as replication_node
 from core.store import require_format_of
 from server import config
 from server.settings import (DEFAULTS, KERNELS, LOCALES, LOG_FORMATS, LOG_LEVELS, MAP_SIZE_GIB_MAX, MAP_SIZE_MIB_MIN,
@@ -116,11 +117,65 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--heap-trim-interval", type=float, default=DEFAULTS.heap_trim_interval_s, metavar="S",
                         help="hand the heap's free pages back to the OS every S seconds, so that RSS shows memory "
                         "in use, not a past burst's (glibc malloc_trim; server/heap.py); 0: never (default %(default)g)")
+    add_replication_flags(parser)
     return parser
+
+
+def add_replication_flags(parser):
+    group = parser.add_argument_group(
+        "replication", "high availability on NATS JetStream (README: High availability); without --replicate the "
+        "server is the embedded single node")
+    group.add_argument("--replicate", metavar="URLS",
+                       help="comma-separated NATS URLs (nats://host:port,...) of a JetStream cluster: every write is "
+                       "appended to a replicated log and acknowledged by a quorum before it is answered; one node "
+                       "leads (takes writes), the others apply the log and serve reads")
+    group.add_argument("--node-id", default="", metavar="ID",
+                       help="this node's name, unique among the nodes of the log (letters, digits, - and _)")
+    group.add_argument("--advertise", default="", metavar="HOST:PORT",
+                       help="the gRPC address clients reach this node at, given to them by followers when this node "
+                       "leads (default: the address of --listen)")
+    group.add_argument("--log-stream", default=replication_log.STREAM_DEFAULT, metavar="NAME",
+                       help="JetStream stream of the log (default %(default)s; subject: its name in lower case, "
+                       "dots for underscores, e.g. tally.log)")
+    group.add_argument("--lease-ttl-s", type=float, default=lease.TTL_S_DEFAULT, metavar="S",
+                       help="the leader's lease: a follower takes over at most this long after the leader stops "
+                       "renewing it (default %(default)g)")
+    group.add_argument("--append-timeout-s", type=float, default=replication_node.APPEND_TIMEOUT_S_DEFAULT,
+                       metavar="S", help="how long the leader retries an append the log does not answer before the "
+                       "batch fails with UNAVAILABLE (default %(default)g)")
+    group.add_argument("--events-stream", default="", metavar="NAME",
+                       help="publish each committed transaction as a tally.v1.Event on this JetStream stream "
+                       "(subjects tally.events.*; proto/tally/v1/events.proto); default: no events")
+
+
+def replication_of(args) -> "replication_node.ReplicaSettings | None":
+    if not args.replicate:
+        return None
+    stream = args.log_stream
+    subject = replication_log.SUBJECT_DEFAULT if stream == replication_log.STREAM_DEFAULT else stream.lower().replace("_", ".")
+    return replication_node.ReplicaSettings(
+        urls=args.replicate, node_id=args.node_id, stream=stream, subject=subject,
+        lease_bucket=f"{stream}_LEADER", lease_ttl_s=args.lease_ttl_s, append_timeout_s=args.append_timeout_s,
+    )
+
+
+def check_replication_args(args):
+    """The replication flags' own limits (ValueError names the flag)."""
+    if args.replicate and args.workers > 1:
+        raise InvalidInput("--replicate", "runs one process per node: drop --workers")
+    if args.replicate and not args.node_id:
+        raise InvalidInput("--node-id", "--replicate needs it: a name unique among the nodes of the log")
+    if args.node_id and not (len(args.node_id) <= 32 and args.node_id.replace("-", "").replace("_", "").isalnum()):
+        raise InvalidInput("--node-id", f"1 .. 32 letters, digits, - or _, got {args.node_id!r}")
+    if not lease.TTL_S_MIN <= args.lease_ttl_s <= lease.TTL_S_MAX:
+        raise InvalidInput("--lease-ttl-s", f"must be within {lease.TTL_S_MIN:g} .. {lease.TTL_S_MAX:g}, got {args.lease_ttl_s:g}")
+    if not 0.1 <= args.append_timeout_s <= 60:
+        raise InvalidInput("--append-timeout-s", f"must be within 0.1 .. 60, got {args.append_timeout_s:g}")
 
 
 def settings_of(args) -> ServerSettings:
     """The typed settings of merged arguments; ValueError names a bad one."""
+    check_replication_args(args)
     if not args.data:
         raise InvalidInput("--data", "give the data directory: --data DIR, TALLY_DATA=DIR or `data` in the config file")
     for channel, name in map(parse_adapter_choice, args.channel_adapter):
@@ -159,6 +214,9 @@ def settings_of(args) -> ServerSettings:
             log_level=args.log_level,
             log_format=args.log_format,
             channel_adapters=dict(parse_adapter_choice(choice) for choice in args.channel_adapter),
+            replication=replication_of(args),
+            advertise=args.advertise,
+            events_stream=args.events_stream,
             simulator=SimulatorSettings(
                 latency_ms_min=args.channel_latency_ms[0],
                 latency_ms_max=args.channel_latency_ms[1],

@@ -232,6 +232,8 @@ CALLERS: dict[str, Allowed] = {
     # ---- gRPC's own services.
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,
+    # A replicated node's role and lag, like health (server/replication_service.py).
+    "/tally.v1.ReplicationService/GetStatus": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": PUBLIC,
 }

@@ -46,7 +46,11 @@ def refusal_of(error: BaseException) -> Refusal | None:
     if not isinstance(error, TallyError):
         return None
     code = _CODES[error.status]
-    return Refusal(code, str(error), ((DETAILS_KEY, status_details(error, code).SerializeToString()),), error.reason)
+    trailing = ((DETAILS_KEY, status_details(error, code).SerializeToString()),)
+    # What the error adds for machines is also plain trailing metadata, so a
+    # client need not decode the details: x-tally-leader on NOT_LEADER.
+    extra = tuple((f"x-tally-{key.replace('_', '-')}", value) for key, value in getattr(error, "metadata", {}).items())
+    return Refusal(code, str(error), trailing + extra, error.reason)
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str] | None:

@@ -92,6 +92,29 @@ class Metrics:
         self.window_refusals = Counter(
             "tally_gateway_window_refusals_total", "Stream messages refused because they exceeded the window",
             registry=registry)
+        # Replication (--replicate; core/replication/node.py).
+        self.append_time = Histogram(
+            "tally_replication_append_seconds", "Time from a batch's append to the log to its quorum ack, seconds",
+            buckets=COMMIT_BUCKETS_S, registry=registry)
+        self.append_bytes = Histogram(
+            "tally_replication_append_bytes", "Bytes of each log entry the leader appends (compressed changes)",
+            buckets=tuple(float(4**power) for power in range(4, 13)), registry=registry)
+        self.replication_role = Gauge(
+            "tally_replication_leader", "1 on the leader of a replicated log, 0 on a follower or a single node",
+            registry=registry, multiprocess_mode="livemax")
+        self.replication_position = Gauge(
+            "tally_replication_log_position", "The last log entry applied on this node", registry=registry,
+            multiprocess_mode="livemax")
+        self.replication_lag_entries = Gauge(
+            "tally_replication_lag_entries", "Log entries past this node's position (0 on the leader)",
+            registry=registry, multiprocess_mode="livemax")
+        self.replication_lag = Gauge(
+            "tally_replication_lag_seconds", "Seconds since this follower last saw it had applied the whole log "
+            "(0 on the leader)", registry=registry, multiprocess_mode="livemax")
+        self.leader_changes = Counter(
+            "tally_replication_leader_changes_total", "Leader changes this node has seen in the log (LEADER entries)",
+            registry=registry)
+        self._leader_changes_seen = 0
         self.login_failures = Counter(
             "tally_login_failures_total", "Logins refused, by reason (WRONG_LOGIN, USER_LOCKED)", ("reason",),
             registry=registry)
@@ -115,6 +138,22 @@ class Metrics:
         """GroupCommitter.on_batch: runs in the writer thread."""
         self.batch_size.observe(size)
         self.commit_time.observe(seconds)
+
+
+    def append(self, seconds: float, size: int):
+        """Replica.on_append: runs in the writer thread after each quorum ack."""
+        self.append_time.observe(seconds)
+        self.append_bytes.observe(size)
+
+    def sample_replica(self, replica):
+        status = replica.status()
+        self.replication_role.set(1 if status.role == "leader" else 0)
+        self.replication_position.set(status.position)
+        self.replication_lag_entries.set(status.lag_entries)
+        self.replication_lag.set(status.lag_ms / 1000)
+        if status.leader_changes > self._leader_changes_seen:
+            self.leader_changes.inc(status.leader_changes - self._leader_changes_seen)
+            self._leader_changes_seen = status.leader_changes
 
 
 class Observer:
@@ -185,6 +224,8 @@ def lmdb_map_use(env) -> tuple[int, int]:
 def sample(metrics: Metrics, committer, env):
     """Gauges that are states rather than events, read once per interval."""
     metrics.queue_length.set(committer.queue_length)
+    if committer.log is not None:
+        metrics.sample_replica(committer.log)
     metrics.store_full.set(1 if committer.store_full else 0)
     used, size = lmdb_map_use(env)
     metrics.map_used.set(used)

@@ -36,6 +36,7 @@ from core.ledger import Ledger, business_day
 from core.loyalty import jobs
 from core.promotions import coupons, lottery, packets
 from core.promotions import store as promotion_store
+from core.replication.errors import ReplicationError
 from core.promotions.model import (
     CouponTrigger,
     Draw,
@@ -801,8 +802,8 @@ async def packet_job(service: PromotionService, interval_s: float = PACKET_JOB_I
         await asyncio.sleep(interval_s)
         try:
             await service.return_expired_packets()
-        except QueueFull:
-            continue
+        except (QueueFull, ReplicationError):
+            continue  # full, or a follower of a replicated log (the leader runs it)
         except Exception:
             log.exception("the red packet expiry job failed; retried next time")
 

@@ -83,8 +83,10 @@ def clearing_lines(lines, seen) -> list[settlement_pb2.ClearingLine]:
 
 
 class ReportService(report_pb2_grpc.ReportServiceServicer):
-    def __init__(self, ledger: Ledger, committer: GroupCommitter):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter, replica=None):
         self.ledger = ledger
+        # The node of --replicate (core/replication), None when standalone.
+        self.replica = replica
         self.store = ledger.store
         self.committer = committer
         # The current day's running takings (replaced when the day turns).
@@ -255,13 +257,13 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
                     used_bytes=(info["last_pgno"] + 1) * stat["psize"], transactions=entries(txn, self.store.txns),
                     journal_entries=entries(txn, self.store.journal), queue_length=self.committer.queue_length,
                     queue_length_max=self.committer.queue_length_max, kernel=self.ledger.kernel_name,
-                    replication="none")
+                    replication="standalone" if self.replica is None else self.replica.role.name.lower())
 
         return await asyncio.to_thread(read)
 
 
-def add_report_service(server, ledger: Ledger, committer: GroupCommitter):
-    report_pb2_grpc.add_ReportServiceServicer_to_server(ReportService(ledger, committer), server)
+def add_report_service(server, ledger: Ledger, committer: GroupCommitter, replica=None):
+    report_pb2_grpc.add_ReportServiceServicer_to_server(ReportService(ledger, committer, replica), server)
 
 
 SERVICE_NAMES = (report_pb2.DESCRIPTOR.services_by_name["ReportService"].full_name,)

@@ -161,9 +161,12 @@ def require_by_is_actor(request, actor):
 class Registrar:
     """Stands for the server when services register (see the module docstring)."""
 
-    def __init__(self, server, guards: Guards):
+    def __init__(self, server, guards: Guards, stamp=None):
         self._server = server
         self.guards = guards
+        # On a replicated node: stamps each unary answer with its freshness
+        # (server/replication_service.py); None on the single node.
+        self.stamp = stamp
 
     def add_generic_rpc_handlers(self, handlers):
         self._server.add_generic_rpc_handlers(tuple(_WrappedHandlers(handler, self) for handler in handlers))
@@ -197,6 +200,7 @@ class Registrar:
     def _unary(self, method: str, allowed: Allowed, handler):
         inner, parse, guards = handler.unary_unary, parser_of(handler.request_deserializer), self.guards
         name = method.rsplit("/", 1)[1]
+        stamp = self.stamp
 
         async def behaviour(body: bytes, context):
             started = time.perf_counter()
@@ -206,6 +210,8 @@ class Registrar:
                 if caller is not OPEN:
                     set_current_caller(caller)
                 answer = await inner(request, context)
+                if stamp is not None:
+                    stamp(answer)
             except grpc.aio.AbortError:
                 raise
             except Exception as error:

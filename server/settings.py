@@ -14,6 +14,7 @@ import msgspec
 
 from core import limits
 from core.channels import SimulatorSettings
+from core.replication.node import ReplicaSettings
 
 
 HEAP_TRIM_INTERVAL_S_DEFAULT = 60.0
@@ -105,6 +106,15 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # Seconds between handing the heap's free pages back to the OS
     # (server/heap.py); 0: never.
     heap_trim_interval_s: float = HEAP_TRIM_INTERVAL_S_DEFAULT
+    # A node of a replicated log (--replicate, --node-id; core/replication/);
+    # None: the embedded single node.
+    replication: ReplicaSettings | None = None
+    # The gRPC address clients are sent to when this node leads (followers
+    # name it in their refusals); "" : the address it listens on.
+    advertise: str = ""
+    # The leader publishes committed transactions as tally.v1 events on this
+    # JetStream stream (server/events.py); "": no events.
+    events_stream: str = ""
     # Server processes sharing the port (server/workers.py).
     workers: int = 1
     log_level: str = "INFO"
@@ -180,6 +190,10 @@ class ServerSettings(msgspec.Struct, frozen=True):
             raise ValueError(f"--pii-cipher must be one of {', '.join(PII_CIPHERS)}, got {self.pii_cipher!r}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("--tls-cert and --tls-key go together")
+        if self.replication is not None and self.reuse_port:
+            raise ValueError("--replicate runs one process per node: drop --workers")
+        if self.events_stream and self.replication is None:
+            raise ValueError("--events-stream needs --replicate (events are read from the replicated log)")
         if not (len(self.currency) == 3 and self.currency.isascii() and self.currency.isalpha() and self.currency.isupper()):
             raise ValueError(f"--currency must be an ISO 4217 code, three capital letters (CNY), got {self.currency!r}")
         if not 0 <= self.heap_trim_interval_s <= HEAP_TRIM_INTERVAL_S_MAX:

@@ -65,6 +65,17 @@ class ServerProcess:
     def log(self) -> str:
         return "".join(self.log_lines)
 
+    def logged(self, text: str, timeout_s: float = 10.0) -> bool:
+        """Whether the server's log says `text` within timeout_s: its lines
+        reach this process through a pipe a moment after the server wrote
+        them (after the answer that a test waited for, possibly)."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def stop(self, timeout_s: float = 30) -> int:
         """SIGTERM: a clean shutdown; returns the exit code."""
         self.process.send_signal(signal.SIGTERM)

@@ -139,6 +139,8 @@ def test_a_missing_config_file_or_data_directory_is_one_line(tmp_path):
 NOT_VARIABLES = {
     "TALLY_NAME": "the pattern, in help texts",
     "TALLY_LOG": "the name of the replication log's NATS stream (core/replication)",
+    "TALLY_LOG_LEADER": "the name of the leader lease's JetStream key-value bucket (core/replication/lease.py)",
+    "TALLY_EVENTS": "a JetStream stream of events in the tests (server/events.py)",
 }
 
 

@@ -1,7 +1,9 @@
 """The one write path (core/writes.py): only the group commit, the ledger's
 batches and DirectWriter open LMDB write transactions, so that every durable
 change runs off the event loop in the server, is stored whole or not at all,
-and passes the one place a replicated log can see it."""
+and passes the one place a replicated log can see it. The other side of that
+log, core/replication/applier.py, is the only other writer: a follower's
+store changes only from the log."""
 
 import asyncio
 import pathlib
@@ -13,7 +15,7 @@ from core.ledger import Ledger, load_kernel
 from core.store import open_store
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-WRITERS = {"core/commit.py", "core/ledger.py", "core/writes.py"}
+WRITERS = {"core/commit.py", "core/ledger.py", "core/writes.py", "core/replication/applier.py"}
 
 
 def test_only_the_write_path_opens_write_transactions():

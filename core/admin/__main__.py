@@ -36,6 +36,7 @@ from core.admin.model import AuditHead, OrgKind, Role
 from core.errors import FailedPrecondition as Refused
 from core.errors import InvalidInput
 from core.store import MAP_SIZE_BYTES_DEFAULT, open_store
+from core.writes import refuse_if_replicated
 
 PROG = "python -m core.admin"
 
@@ -239,6 +240,8 @@ def run(args) -> int:
     else:
         store = tools.open_existing_store(path, MAP_SIZE_BYTES_DEFAULT, readonly=args.command in READ_ONLY)
     try:
+        if args.command not in READ_ONLY:
+            refuse_if_replicated(store)  # its changes go through the leader's AdminService
         return COMMANDS[args.command](Admin(store, master_key), args)
     finally:
         store.close()

@@ -26,7 +26,7 @@ from core.domains import require_headquarters
 from core.errors import InvalidInput, NotFound
 from core.ledger import Ledger, load_kernel
 from core.loyalty import jobs
-from core.writes import DirectWriter
+from core.writes import DirectWriter, refuse_if_replicated
 from core.loyalty.rules import CardRules, LoyaltyRules, RuleError, load_rules, save_rules, validate
 from core.loyalty.statement import PointsStatement, points_statement
 from core.records import u64_key
@@ -82,9 +82,16 @@ def statement_of(store, card_id: int) -> PointsStatement:
     return points_statement(store, card_id)
 
 
+# Commands that write; on a node of a replicated log they are refused (the
+# leader's gRPC API takes those changes).
+WRITING = ("expire", "extend", "clear", "tiers")
+
+
 def run(args) -> object:
     store = tools.open_existing_store(tools.data_path(args))
     try:
+        if args.command in WRITING or (args.command == "rules" and args.action == "save"):
+            refuse_if_replicated(store)
         return run_command(args, store)
     finally:
         store.close()

@@ -66,6 +66,20 @@ def _open(args):
     return store
 
 
+def _open_for_writing(args):
+    """The store of a command that writes; a node of a replicated log is
+    refused in one line (its changes go through the leader's gRPC API)."""
+    from core.writes import refuse_if_replicated
+
+    store = _open(args)
+    try:
+        refuse_if_replicated(store)
+    except ValueError as error:
+        store.close()
+        raise SystemExit(f"{PROG} {args.command}: {error}") from None
+    return store
+
+
 def _ledger(store, kernel: str):
     from core.ledger import Ledger, load_kernel
 
@@ -84,7 +98,7 @@ def _print_json(value):
 
 
 def command_import(args) -> int:
-    store = _open(args)
+    store = _open_for_writing(args)
     failures = 0
     imported = []
     with _progress(len(args.files), "import", "files") as bar:
@@ -115,7 +129,7 @@ def command_reconcile(args) -> int:
     """Exit 0 if every channel is clean (a channel with neither sales nor a
     statement that day is), 1 if any has differences, 2 if any could not be
     reconciled (sales but no statement imported, or a refusal)."""
-    store = _open(args)
+    store = _open_for_writing(args)
     outcomes = {}
     try:
         for channel in _channels(args):
@@ -185,7 +199,7 @@ def _kernel_in_transaction(store, args):
 
 
 def command_queue_resolve(args) -> int:
-    store = _open(args)
+    store = _open_for_writing(args)
     action = ResolutionAction[args.action.upper()]
     apply_in = _kernel_in_transaction(store, args) if action == ResolutionAction.ADJUST else None
     try:
@@ -266,7 +280,7 @@ def command_close_day(args) -> int:
         print(f"{PROG} close-day: --day must be within 1 .. today ({date_of_day(today)}), --station within 1 .. 2^32-1",
               file=sys.stderr)
         return 2
-    store = _open(args)
+    store = _open_for_writing(args)
     try:
         result = _ledger(store, args.kernel).apply([day_end_op(args.station, args.day)], now_ms, today)[0]
         totals = day_totals(store, args.station, args.day)

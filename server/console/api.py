@@ -22,6 +22,7 @@ from tally.v1 import (
     loyalty_pb2_grpc,
     payment_pb2_grpc,
     promotion_pb2_grpc,
+    replication_pb2_grpc,
     report_pb2_grpc,
     settlement_pb2_grpc,
 )
@@ -37,6 +38,7 @@ STUBS = {
     "risk": promotion_pb2_grpc.RiskServiceStub,
     "settlement": settlement_pb2_grpc.SettlementServiceStub,
     "reports": report_pb2_grpc.ReportServiceStub,
+    "replication": replication_pb2_grpc.ReplicationServiceStub,
 }
 
 

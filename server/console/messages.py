@@ -204,6 +204,9 @@ ZH_CN = {
     "GIFT_STOCK": "礼品库存", "REDEEM": "兑换", "PARTNER_EXCHANGE": "合作方积分兑换", "EXTEND_LOTS": "积分延期",
     "CLEAR_LOTS": "积分清零", "SIGN_ON": "签到", "SHIFT_CLOSE": "交班", "DAY_END": "日结", "ENABLE_DOMAIN": "开通应用域",
     "STATION_DOMAIN": "油站应用域", "CANCEL_CARD": "销卡", "COUNTER": "计数器", "PACKET_CLAIM": "领取红包",
+    "REPLICA_ROLE_UNSPECIFIED": "未知", "REPLICA_ROLE_STANDALONE": "单机（无复制）", "REPLICA_ROLE_LEADER": "主节点",
+    "REPLICA_ROLE_FOLLOWER": "从节点", "standalone": "单机（无复制）", "leader": "主节点", "follower": "从节点",
+    "node": "节点", "log position": "日志位置", "behind by": "落后",
     "HELD": "冻结中", "POSTED": "已入账", "RELEASED": "已释放", "EXPIRED": "已过期", "ABORTED": "已中止",
 }
 
@@ -219,4 +222,6 @@ EN = {
     "PARTNER_EXCHANGE": "Partner points", "PACKET_CLAIM": "Red packet", "CANCEL_CARD": "Cancellation",
     "FLAG_KIND_SMALL_SALES": "Many small sales", "FLAG_KIND_UNUSUAL_HOUR": "Unusual hour",
     "PROMOTION_KIND_RED_PACKET": "Red packet", "PACKET_STATE_OPEN": "Claimable",
+    "REPLICA_ROLE_STANDALONE": "Standalone (no replication)", "REPLICA_ROLE_LEADER": "Leader",
+    "REPLICA_ROLE_FOLLOWER": "Follower", "standalone": "Standalone (no replication)",
 }

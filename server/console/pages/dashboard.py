@@ -1,5 +1,5 @@
 """The dashboard: today's takings by station and payment method (charts),
-open holds, reconciliation per channel, the store's health.
+open holds, reconciliation per channel, the store's and replication's health.
 
 Each part is one call made with the user's token, all at once; a part the
 user's role may not read shows the API's refusal in its place.
@@ -9,7 +9,7 @@ import asyncio
 
 from server.console import charts
 from server.console.web import Ctx, page, route
-from tally.v1 import common_pb2, report_pb2, settlement_pb2
+from tally.v1 import common_pb2, replication_pb2, report_pb2, settlement_pb2
 
 STATEMENT_CHANNELS = (common_pb2.BANK_CARD, common_pb2.WECHAT_PAY, common_pb2.ALIPAY)
 # Methods that are not takings of a sale (the station's top-up cash, corrections).
@@ -40,12 +40,13 @@ def takings_view(ctx: Ctx, answer) -> dict:
 
 async def dashboard(ctx: Ctx):
     yesterday = ctx.today() - 1
-    takings, holds, reconciled, queue, store = await asyncio.gather(
+    takings, holds, reconciled, queue, store, replication = await asyncio.gather(
         ctx.maybe("reports", "GetTakings", report_pb2.GetTakingsRequest()),
         ctx.maybe("reports", "ListOpenHolds", report_pb2.ListOpenHoldsRequest(limit=HOLDS_LISTED)),
         ctx.maybe("settlement", "GetReconcileStatus", settlement_pb2.ReconcileStatusRequest(day=yesterday)),
         ctx.maybe("settlement", "ListDifferences", settlement_pb2.ListDifferencesRequest(limit=1)),
         ctx.maybe("reports", "GetStoreStatus", report_pb2.GetStoreStatusRequest()),
+        ctx.maybe("replication", "GetStatus", replication_pb2.GetReplicationStatusRequest()),
     )
     statuses = {}
     if reconciled[0] is not None:
@@ -54,7 +55,8 @@ async def dashboard(ctx: Ctx):
     return ctx.render(
         "dashboard.html", takings=takings, view=takings_view(ctx, takings[0]) if takings[0] is not None else None,
         holds=holds, reconciled=reconciled, statuses=statuses, channels=STATEMENT_CHANNELS,
-        channel_name=common_pb2.Channel.Name, queue=queue, store=store, yesterday=yesterday,
+        channel_name=common_pb2.Channel.Name, queue=queue, store=store, yesterday=yesterday, replication=replication[0],
+        role_name=replication_pb2.ReplicaRole.Name,
         refresh_s=max(int(refresh), REFRESH_S_MIN) if refresh.isdigit() else 0)
 
 
