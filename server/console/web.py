@@ -7,7 +7,7 @@ with the user's language and the network's formats), the ASGI middleware
 that puts the security headers and Server-Timing on every answer, and
 `submit`, which every POST goes through: a logged-in session, the CSRF
 token, the form's nonce (once only), then the page's action.
-Used by: server/console/serve.py (builds and serves the app), the pages.
+Used by: server/console/__main__.py (builds and serves the app), the pages.
 
 Security headers on every answer: Content-Security-Policy (no script at
 all, styles from the console's own file, frames refused), X-Frame-Options
