@@ -39,7 +39,7 @@ ZH_CN = {
     "In": "收入", "Out": "支出", "Net": "净额", "Entries": "分录数", "No takings yet today.": "今日尚无营收。",
     "Open holds": "未完成预授权", "Holds": "笔数", "Held": "冻结金额", "held": "冻结", "Transaction": "交易号", "Card": "卡号",
     "Reconciliation": "对账", "Channel": "渠道", "Matched": "已匹配", "Differences": "差错", "differences": "笔差错",
-    "reconciled": "已对账", "not reconciled": "未对账", "Open differences in the queue": "差错队列中未处理",
+    "reconciled": "已对账", "not reconciled": "未对账",
     "Store and replication": "存储与复制", "Writes": "写入", "accepted": "正常", "refused": "拒绝", "Map in use": "已用空间",
     "Transactions": "交易", "Journal entries": "账务分录", "Writer queue": "写入队列", "Kernel": "内核", "Replication": "复制",
     "fleet": "车队账户", "personal": "个人账户", "points": "积分抵现", "top-up": "充值", "bank_card": "银行卡",

@@ -40,11 +40,10 @@ def takings_view(ctx: Ctx, answer) -> dict:
 
 async def dashboard(ctx: Ctx):
     yesterday = ctx.today() - 1
-    takings, holds, reconciled, queue, store, replication = await asyncio.gather(
+    takings, holds, reconciled, store, replication = await asyncio.gather(
         ctx.maybe("reports", "GetTakings", report_pb2.GetTakingsRequest()),
         ctx.maybe("reports", "ListOpenHolds", report_pb2.ListOpenHoldsRequest(limit=HOLDS_LISTED)),
         ctx.maybe("settlement", "GetReconcileStatus", settlement_pb2.ReconcileStatusRequest(day=yesterday)),
-        ctx.maybe("settlement", "ListDifferences", settlement_pb2.ListDifferencesRequest(limit=1)),
         ctx.maybe("reports", "GetStoreStatus", report_pb2.GetStoreStatusRequest()),
         ctx.maybe("replication", "GetStatus", replication_pb2.GetReplicationStatusRequest()),
     )
@@ -55,7 +54,7 @@ async def dashboard(ctx: Ctx):
     return ctx.render(
         "dashboard.html", takings=takings, view=takings_view(ctx, takings[0]) if takings[0] is not None else None,
         holds=holds, reconciled=reconciled, statuses=statuses, channels=STATEMENT_CHANNELS,
-        channel_name=common_pb2.Channel.Name, queue=queue, store=store, yesterday=yesterday, replication=replication[0],
+        channel_name=common_pb2.Channel.Name, store=store, yesterday=yesterday, replication=replication[0],
         role_name=replication_pb2.ReplicaRole.Name,
         refresh_s=max(int(refresh), REFRESH_S_MIN) if refresh.isdigit() else 0)
 
