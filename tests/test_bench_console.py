@@ -30,4 +30,5 @@ def test_bench_console_times_each_page_and_the_cost_to_pay(tmp_path):
     assert all(run["requests"] > 0 and run["errors"] == 0 for run in runs)
     assert all(run["console_pages"] > 0 for run in runs if run["variant"] == "console")
     assert report["console_p99_ratio"] > 0 and len(report["round_ratios"]) == 1
+    assert report["median_round_ratio"] == report["round_ratios"][0]
     assert "console_p99_ratio" in result.stdout and "server p95" in result.stdout
