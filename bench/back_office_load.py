@@ -9,11 +9,11 @@ Used by: bench/e2e.py. The server runs without guards (the bench's own).
 """
 
 import itertools
-import threading
 import time
 
 import grpc
 
+from bench.beside import BesideLoad
 from tally.v1 import card_pb2, card_pb2_grpc, loyalty_pb2, loyalty_pb2_grpc, promotion_pb2, promotion_pb2_grpc
 
 CALL_TIMEOUT_S = 30.0
@@ -22,32 +22,17 @@ BLACKLISTED_CARD = 999_999
 HOUR_MS = 3_600_000
 
 
-class BackOfficeLoad:
+class BackOfficeLoad(BesideLoad):
     def __init__(self, address: str, clients: int):
-        assert clients > 0
-        self.address = address
-        self.clients = clients
+        super().__init__(address, clients)
         self.writes = 0
         self.errors = 0
         self._numbers = itertools.count(1)
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._threads = []
 
-    def start(self) -> "BackOfficeLoad":
-        for _ in range(self.clients):
-            thread = threading.Thread(target=self._write, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def stop(self) -> str:
-        self._stopping.set()
-        for thread in self._threads:
-            thread.join(CALL_TIMEOUT_S)
+    def summary(self) -> str:
         return f"back office: {self.writes} durable writes by {self.clients} clients, {self.errors} refused"
 
-    def _write(self):
+    def one_client(self):
         with grpc.insecure_channel(self.address) as channel:
             promotions = promotion_pb2_grpc.PromotionServiceStub(channel)
             risk = promotion_pb2_grpc.RiskServiceStub(channel)
@@ -58,7 +43,7 @@ class BackOfficeLoad:
             except grpc.RpcError:
                 pass
             rules = loyalty.GetRules(loyalty_pb2.GetRulesRequest(), timeout=CALL_TIMEOUT_S).rules_json
-            while not self._stopping.is_set():
+            while not self.stopping.is_set():
                 number = next(self._numbers)
                 now_ms = time.time_ns() // 1_000_000
                 calls = (
@@ -78,5 +63,4 @@ class BackOfficeLoad:
                         outcome = "writes"
                     except grpc.RpcError:
                         outcome = "errors"
-                    with self._lock:
-                        setattr(self, outcome, getattr(self, outcome) + 1)
+                    self.count(outcome)

@@ -17,7 +17,6 @@ May call: the server through gRPC (subprocess), core.audit (subprocess).
 import argparse
 import asyncio
 import datetime
-import json
 import os
 import random
 import shlex
@@ -130,6 +129,17 @@ class Server:
             return -signal.SIGKILL
 
 
+def mixed_sale(card_id: int, terminal_id: int, serial: int, rng) -> payment_pb2.PayRequest:
+    """A sale of the crash and failover drills: the card's personal account,
+    and every third one with Alipay for the rest (a channel leg that a kill
+    may leave pending)."""
+    plan = payment_pb2.PaymentPlan(card_id=card_id, use_personal=True)
+    if serial % 3 == 0:
+        plan.channel = common_pb2.ALIPAY
+    context = common_pb2.TerminalContext(station_id=1, terminal_id=terminal_id, serial=serial, operator_id=1)
+    return payment_pb2.PayRequest(terminal=context, amount_minor=rng.randint(1, 5_000), plan=plan)
+
+
 def open_cards(address: str, run_id: int):
     with grpc.insecure_channel(address) as channel:
         cards = card_pb2_grpc.CardServiceStub(channel)
@@ -157,11 +167,7 @@ async def load(address: str, args, run_id: int, cycle: int, rng: random.Random, 
         serial = serial_base
         while not stop.is_set():
             serial += 1
-            plan = payment_pb2.PaymentPlan(card_id=CARD_ID_BASE + run_id * 100 + index % CARDS, use_personal=True)
-            if serial % 3 == 0:
-                plan.channel = common_pb2.ALIPAY
-            context = common_pb2.TerminalContext(station_id=1, terminal_id=terminal_id, serial=serial, operator_id=1)
-            request = payment_pb2.PayRequest(terminal=context, amount_minor=rng.randint(1, 5_000), plan=plan)
+            request = mixed_sale(CARD_ID_BASE + run_id * 100 + index % CARDS, terminal_id, serial, rng)
             try:
                 answer = await (stream.pay(request) if stream is not None else pay_unary(request, timeout=10))
             except (grpc.aio.AioRpcError, OperationError):

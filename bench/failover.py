@@ -33,6 +33,7 @@ import grpc
 import msgspec
 
 from bench import charts
+from bench.crash import mixed_sale
 from bench.e2e import BenchFailure
 from bench.replica_set import LeaderClient, ReplicaSet
 from tally.v1 import card_pb2, card_pb2_grpc, common_pb2, payment_pb2, payment_pb2_grpc
@@ -155,11 +156,7 @@ async def load_until(client: LeaderClient, clients: int, run_id: int, rng: rando
         serial = serial_base
         while not stop.is_set():
             serial += 1
-            plan = payment_pb2.PaymentPlan(card_id=CARD_ID_BASE + run_id * 100 + index % CARDS, use_personal=True)
-            if serial % 3 == 0:
-                plan.channel = common_pb2.ALIPAY
-            context = common_pb2.TerminalContext(station_id=1, terminal_id=terminal_id, serial=serial, operator_id=1)
-            request = payment_pb2.PayRequest(terminal=context, amount_minor=rng.randint(1, 5_000), plan=plan)
+            request = mixed_sale(CARD_ID_BASE + run_id * 100 + index % CARDS, terminal_id, serial, rng)
             try:
                 answer, address = await client.call(pay, request, time.monotonic() + REQUEST_DEADLINE_S)
             except (grpc.aio.AioRpcError, TimeoutError):

@@ -8,50 +8,34 @@ Used by: bench/e2e.py, which measures Pay with and without it.
 """
 
 import itertools
-import threading
 
 import grpc
 
+from bench.beside import BesideLoad
 from tally.v1 import admin_pb2, admin_pb2_grpc
 
 LOGIN_TIMEOUT_S = 30.0
 WRONG_PASSWORD = "not the password at all"
 
 
-class LoginFlood:
+class LoginFlood(BesideLoad):
     def __init__(self, address: str, clients: int):
-        assert clients > 0
-        self.address = address
-        self.clients = clients
+        super().__init__(address, clients)
         self.attempts = 0
         self.busy = 0  # refused at once (RESOURCE_EXHAUSTED: the hash gate was full)
         self._names = itertools.count()
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._threads = []
 
-    def start(self) -> "LoginFlood":
-        for _ in range(self.clients):
-            thread = threading.Thread(target=self._flood, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def stop(self) -> str:
-        self._stopping.set()
-        for thread in self._threads:
-            thread.join(LOGIN_TIMEOUT_S)
+    def summary(self) -> str:
         return (f"login flood: {self.attempts} wrong logins by {self.clients} clients, {self.busy} refused at once "
                 "(RESOURCE_EXHAUSTED)")
 
-    def _flood(self):
+    def one_client(self):
         with grpc.insecure_channel(self.address) as channel:
             login = admin_pb2_grpc.AdminServiceStub(channel).Login
-            while not self._stopping.is_set():
+            while not self.stopping.is_set():
                 request = admin_pb2.LoginRequest(username=f"flood-{next(self._names)}", password=WRONG_PASSWORD)
                 try:
                     login(request, timeout=LOGIN_TIMEOUT_S)
                 except grpc.RpcError as error:
-                    with self._lock:
-                        self.attempts += 1
-                        self.busy += error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    self.count("attempts")
+                    self.count("busy", error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)

@@ -38,7 +38,7 @@ DATA_FILE = "data.mdb"
 # without it is some other program's LMDB.
 TALLY_MARKER_DATABASE = b"accounts"
 # Optional packages (pyproject.toml's extras) a command may need.
-EXTRAS_OF_MODULE = {"pyarrow": "settlement", "matplotlib": "settlement"}
+EXTRAS_OF_MODULE = {"pyarrow": "settlement", "matplotlib": "settlement", "nats": "replication", "pkcs11": "hsm"}
 
 
 def add_shared_options(parser: argparse.ArgumentParser, data: bool = True):

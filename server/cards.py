@@ -15,14 +15,13 @@ usable at its station; any other card is CARD_NOT_FOUND, as an unknown one.
 from core.admin.access import domain_of
 from core.admin.model import CardOwner, pack
 from core.commit import GroupCommitter
-from core.domains import card_org, card_usable_at
 from core.errors import InvalidInput
 from core.ledger import Ledger, business_day
 from core.promotions.model import CouponTrigger
 from core.records import Op, Result, u64_key
 from core.results import OpKind, ResultCode
 from server import answers, requests
-from server.scope import staff_scope, terminal_station
+from server.scope import card_seen, staff_scope
 from tally.v1 import card_pb2, card_pb2_grpc
 
 
@@ -44,16 +43,7 @@ class CardService(card_pb2_grpc.CardServiceServicer):
         return answer
 
     def _seen(self, card_id: int) -> bool:
-        """A user sees the cards of its subtree, a terminal those usable at
-        its station, the open server every card."""
-        station = terminal_station()
-        scope = staff_scope(self.store)
-        if not station and scope.everywhere:
-            return True
-        with self.store.env.begin() as txn:
-            if station:
-                return card_usable_at(txn, self.store, card_id, station)
-            return scope.sees(card_org(txn, self.store, card_id))
+        return card_seen(self.store, card_id)
 
     async def _change(self, op) -> card_pb2.CardAnswer:
         if not self._seen(op.card_id):

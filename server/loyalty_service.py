@@ -21,7 +21,7 @@ import msgspec
 
 from core import limits
 from core.commit import GroupCommitter
-from core.domains import NETWORK, Scope, StationTree, card_domain, card_org, card_usable_at, settings_domain_of
+from core.domains import NETWORK, Scope, StationTree, card_domain, card_org, settings_domain_of
 from core.errors import InvalidInput, NotFound, PermissionDenied
 from core.ledger import Ledger, business_day
 from core.loyalty import jobs
@@ -35,7 +35,7 @@ from server.callers import current_caller
 from server.counter_client import CounterClient
 from core.admin.access import domain_of
 from core.admin.partners import card_in_domain, partner_record
-from server.scope import staff_scope, station_of_request, terminal_station
+from server.scope import card_seen, staff_scope, station_of_request, terminal_station
 from tally.v1 import loyalty_pb2, loyalty_pb2_grpc
 
 CARD_ID_MAX = limits.CARD_ID_MAX
@@ -170,16 +170,7 @@ class LoyaltyService(loyalty_pb2_grpc.LoyaltyServiceServicer):
     # ------------------------------------------------------------ who sees what
 
     def _card_seen(self, card_id: int) -> bool:
-        """A terminal sees the cards usable at its station; staff those of
-        their subtree; the open server every card."""
-        station = terminal_station()
-        scope = staff_scope(self.store)
-        if not station and scope.everywhere:
-            return True
-        with self.store.env.begin() as txn:
-            if station:
-                return card_usable_at(txn, self.store, card_id, station)
-            return scope.sees(card_org(txn, self.store, card_id))
+        return card_seen(self.store, card_id)
 
     def _gifts_seen(self):
         """seen(domain) for gifts: a terminal's station's domain and the

@@ -9,7 +9,7 @@ Used by: server/promotion_service.py, risk_service.py, loyalty_service.py,
 settlement_service.py, shift_service.py, cards.py.
 """
 
-from core.domains import EVERYWHERE, Scope, scope_of
+from core.domains import EVERYWHERE, Scope, card_org, card_usable_at, scope_of
 from core.errors import PermissionDenied
 from server.callers import current_caller
 
@@ -28,6 +28,20 @@ def terminal_station() -> int:
     """The station of a MAC'ed terminal caller; 0 for any other caller."""
     caller = current_caller()
     return caller.station_id if caller.kind == "terminal" else 0
+
+
+def card_seen(store, card_id: int) -> bool:
+    """Whether this call's caller may see the card: a terminal the cards
+    usable at its station, staff those of their subtree, the open server
+    every card (unseen answers as unknown)."""
+    station = terminal_station()
+    scope = staff_scope(store)
+    if not station and scope.everywhere:
+        return True
+    with store.env.begin() as txn:
+        if station:
+            return card_usable_at(txn, store, card_id, station)
+        return scope.sees(card_org(txn, store, card_id))
 
 
 def station_of_request(station_id: int, field: str = "station_id") -> int:
