@@ -10,10 +10,10 @@ Used by: server/app.py; the web console (server/console/) calls it with the
 logged-in user's token like any client.
 
 Who may call what is server/callers.py's table (a token always, like
-AdminService); what an answer shows is the caller's subtree: a card is
-visible as AdminService.GetCardRecord decides (core/admin/cards.py), and
-every list and sum keeps only the stations of the caller's subtree
-(core/admin/access.py subtree).
+AdminService); what an answer shows is the caller's subtree: a card as
+server/scope.py card_seen decides for every RPC, and every list and sum
+keeps only the stations of the caller's subtree (core/admin/access.py
+subtree).
 """
 
 import asyncio
@@ -24,8 +24,7 @@ import tempfile
 import numpy as np
 
 from core import card_txns, limits
-from core.admin.access import require_visible, subtree, visible
-from core.admin.cards import card_owner
+from core.admin.access import require_visible, subtree
 from core.commit import GroupCommitter
 from core.errors import InvalidInput, NotFound
 from core.ledger import Ledger, business_day
@@ -37,6 +36,7 @@ from core.settlement import shifts as shift_totals
 from core.store import entries, rows
 from server import answers
 from server.callers import staff_actor
+from server.scope import card_seen
 from server.shift_service import totals_message
 from tally.v1 import report_pb2, report_pb2_grpc, settlement_pb2
 
@@ -114,13 +114,12 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
         if request.limit > card_txns.PAGE_TXNS_MAX:
             raise InvalidInput("limit", f"must be within 0 .. {card_txns.PAGE_TXNS_MAX}, got {request.limit}")
         limit = request.limit or card_txns.PAGE_TXNS_DEFAULT
-        actor = staff_actor()
+        # The one card-visibility check of the API (as for GetCard, GetPoints).
+        if not card_seen(self.store, request.card_id):
+            raise NotFound(f"card {request.card_id} not found")
 
         def read():
             with self.store.env.begin() as txn:
-                owner = card_owner(txn, self.store, request.card_id)
-                if owner is None or not visible(txn, self.store, actor, owner.org_id):
-                    raise NotFound(f"card {request.card_id} not found")
                 return card_txns.page(txn, self.store, request.card_id, request.before_txn_id, limit)
 
         found, more = await asyncio.to_thread(read)
