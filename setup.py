@@ -52,7 +52,8 @@ setup(
     packages=find_packages(include=["core", "core.*", "server", "server.*", "bench", "bench.*"])
     + find_namespace_packages(where=PROTO_ROOT, include=["tally", "tally.*"]),
     package_dir={"tally": os.path.join(PROTO_ROOT, "tally")},
-    package_data={"core": ["kernel.pxd"], "tally.v1": ["*.proto"]},
+    package_data={"core": ["kernel.pxd"], "tally.v1": ["*.proto"],
+                  "server.console": ["templates/*.html", "static/*.css"]},
     exclude_package_data={"core": ["kernel.c"]},
     ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}, annotate=False),
     cmdclass={"build_py": build_py_with_stubs},

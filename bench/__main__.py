@@ -19,6 +19,8 @@
   failover three replicated nodes on a NATS JetStream cluster: kill -9 the
            leader and delete its data under load, N times; RTO per cycle,
            every acknowledged answer read back, audits, nodes identical
+  console  the web console's page times (card, dashboard, error queue) on a
+           seeded directory, and Pay's p99 with and without the console in use
 
 Each command has --help, --json FILE and (except kernel) --chart FILE.png.
 """
@@ -36,6 +38,7 @@ COMMANDS = {
     "backup": "bench.backup",
     "nats-outage": "bench.nats_outage",
     "log-content": "bench.log_content",
+    "console": "bench.console",
 }
 
 

@@ -356,6 +356,11 @@ cdef inline bytes points_history_key(uint64_t card_id, uint64_t seq):
     return PyBytes_FromStringAndSize(buffer, 16)
 
 
+cdef inline bytes card_txn_key(uint64_t card_id, uint64_t txn_id):
+    """card_txns: (card_id u64, txn_id u64) big-endian, laid out as points_history."""
+    return points_history_key(card_id, txn_id)
+
+
 cdef inline bytes counter_key(uint8_t scope, uint64_t owner, uint64_t subject, uint32_t period):
     cdef char buffer[21]
     cdef uint64_t big_owner = bswap64(owner)
@@ -906,7 +911,7 @@ cdef class _Batch:
     cdef object txn
     cdef object accounts_db, cards_db, card_stations_db, txns_db, idem_db
     cdef object journal_db, hold_expiry_db, pending_db, meta_db
-    cdef object points_history_db, tier_changes_db
+    cdef object points_history_db, tier_changes_db, card_txns_db
     # Read and written through per-batch caches, flushed in key order by finish.
     cdef _Table point_lots, closed_lots, lot_expiry, members, gifts, gift_counts
     # card id -> expiry days of the card's open lots (see _Records)
@@ -916,6 +921,8 @@ cdef class _Batch:
     cdef AccountMemo account_memo[ACCOUNT_MEMO_SLOTS]
     # points_history keys this batch adds -> their value (empty)
     cdef dict points_history_keys
+    # card_txns keys of the transactions this batch creates -> b""
+    cdef dict card_txns_keys
     cdef object shifts_db, day_ends_db, card_domains_db, station_domains_db
     cdef object counters_db, txn_counters_db, packet_shares_db
     # terminal id -> ShiftState (0: never signed on), read once per batch
@@ -962,6 +969,8 @@ cdef class _Batch:
         self.gift_counts = records.gift_counts
         self.lot_days = records.lot_days
         self.points_history_keys = {}
+        self.card_txns_db = store.card_txns
+        self.card_txns_keys = {}
         self.shifts_db = store.shifts
         self.day_ends_db = store.day_ends
         self.card_domains_db = store.card_domains
@@ -1011,6 +1020,7 @@ cdef class _Batch:
         for table in (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts):
             (<_Table>table).flush()
         put_in_key_order(self.txn, self.points_history_db, sorted_items(self.points_history_keys))
+        put_in_key_order(self.txn, self.card_txns_db, sorted_items(self.card_txns_keys))
         self.txn.put(META_NEXT_TXN_ID, (<char*>&self.next_txn_id)[:8], db=self.meta_db)
         self.txn.put(META_NEXT_JOURNAL_SEQ, (<char*>&self.next_journal_seq)[:8], db=self.meta_db)
 
@@ -1119,6 +1129,8 @@ cdef class _Batch:
         cdef bytearray record = PyByteArray_FromStringAndSize(<char*>draft, sizeof(TxnRec))
         self.txns[key] = record
         self.txns_dirty[key] = record
+        if draft.card_id:
+            self.card_txns_keys[card_txn_key(draft.card_id, draft.txn_id)] = b""
         return <TxnRec*>PyByteArray_AS_STRING(record)
 
     cdef IdemRec* load_idem(self, bytes key) except? NULL:

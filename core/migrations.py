@@ -21,12 +21,16 @@ Steps:
   2  settlement's keys gain the headquarters domain whose merchant account
      a statement is (issue 15): every statement, import, run and difference
      of a version 1 store becomes the network's (domain 0).
+  3  transactions indexed by card (issue 19, the console's card page): the
+     kernel writes card_txns with each new transaction; this step puts every
+     transaction of an older store into it (core/card_txns.py).
 """
 
 import argparse
 import sys
 from collections.abc import Callable
 
+from core import card_txns
 from core.errors import TallyError
 from core.store import DATA_FORMAT_VERSION, Store, format_version, open_store, set_format_version
 from core.writes import DirectWriter
@@ -66,8 +70,13 @@ class Step:
         self.rows_of = rows_of
 
 
+def transaction_rows(txn, store: Store) -> int:
+    return txn.stat(store.txns)["entries"]
+
+
 STEPS: dict[int, Step] = {
     2: Step("settlement keys gain the domain", settlement_keys_gain_the_domain, settlement_rows),
+    3: Step("transactions indexed by card", card_txns.index_transactions, transaction_rows),
 }
 assert sorted(STEPS) == list(range(2, DATA_FORMAT_VERSION + 1)), "one step per version above 1"
 

@@ -474,6 +474,15 @@ def parse_points_history_key(key: bytes) -> tuple[int, int]:
     return _HISTORY_KEY.unpack(key)
 
 
+def card_txn_key(card_id: int, txn_id: int) -> bytes:
+    """card_txns: a card's transactions, in id order (so in time order)."""
+    return _HISTORY_KEY.pack(card_id, txn_id)
+
+
+def parse_card_txn_key(key: bytes) -> tuple[int, int]:
+    return _HISTORY_KEY.unpack(key)
+
+
 # Meta keys: counters the kernel advances, stored as little-endian u64.
 META_NEXT_TXN_ID = b"next_txn_id"
 META_NEXT_JOURNAL_SEQ = b"next_journal_seq"

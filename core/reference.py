@@ -45,6 +45,7 @@ from core.records import (
     Txn,
     account_key,
     card_station_key,
+    card_txn_key,
     decode,
     encode,
     hold_expiry_key,
@@ -402,6 +403,9 @@ class _Batch:
 
     def save_txn(self, record: Txn):
         self.txn.put(u64_key(record.txn_id), encode(record), db=self.store.txns)
+        if record.card_id:
+            # The card's index (a transaction's card never changes: putting it again changes nothing).
+            self.txn.put(card_txn_key(record.card_id, record.txn_id), b"", db=self.store.card_txns)
 
     def load_idem(self, terminal_id: int, serial: int):
         return self.load(Idem, self.store.idem, idem_key(terminal_id, serial))

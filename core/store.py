@@ -9,6 +9,8 @@ Named databases (keys big-endian, values in core.records layouts):
   cards           card_id u64                -> Card
   card_stations   (card_id u64, station u32) -> b""   allow list of a card
   txns            txn_id u64                 -> Txn
+  card_txns       (card_id u64, txn_id u64)  -> b""   a card's transactions, written by the kernel with each
+                                                 transaction (the console's card page; format 3)
   idem            (terminal u32, serial u64) -> Idem
   journal         seq u64                    -> JournalEntry
   hold_expiry     (expires_ms u64, txn u64)  -> b""   open pre-authorizations
@@ -102,6 +104,7 @@ DATABASE_NAMES = (
     "cards",
     "card_stations",
     "txns",
+    "card_txns",
     "idem",
     "journal",
     "hold_expiry",
@@ -159,7 +162,7 @@ DATABASE_NAMES = (
 
 # The layout this code reads and writes (see the module docstring); each
 # version above 1 has its step in core/migrations.py.
-DATA_FORMAT_VERSION = 2
+DATA_FORMAT_VERSION = 3
 FORMAT_VERSION_KEY = b"format_version"
 _FORMAT_VALUE = struct.Struct("<Q")
 

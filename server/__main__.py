@@ -14,8 +14,8 @@ from core.errors import InvalidInput, TallyError
 from core.replication import lease, log as replication_log, node as replication_node
 from core.store import require_format_of
 from server import config
-from server.settings import (DEFAULTS, KERNELS, LOG_FORMATS, LOG_LEVELS, MAP_SIZE_GIB_MAX, MAP_SIZE_MIB_MIN, PII_CIPHERS,
-                             ServerSettings)
+from server.settings import (DEFAULTS, KERNELS, LOCALES, LOG_FORMATS, LOG_LEVELS, MAP_SIZE_GIB_MAX, MAP_SIZE_MIB_MIN,
+                             PII_CIPHERS, ServerSettings)
 from server.stream import STREAM_WINDOW_MAX
 from server.workers import WORKERS_MAX
 
@@ -109,6 +109,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     parser.add_argument("--currency", default=DEFAULTS.currency, metavar="CODE",
                         help="ISO 4217 code of the network's currency, sent with every amount (default %(default)s)")
+    parser.add_argument("--console-listen", metavar="HOST:PORT",
+                        help="serve the web console (server/console/) on this address, HTTPS with --tls-cert; needs "
+                        "--back-office-auth; users log in with AdminService users; default: no console")
+    parser.add_argument("--locale", choices=LOCALES, default=DEFAULTS.locale,
+                        help="the network's language, the console's default for every user (default %(default)s)")
     parser.add_argument("--heap-trim-interval", type=float, default=DEFAULTS.heap_trim_interval_s, metavar="S",
                         help="hand the heap's free pages back to the OS every S seconds, so that RSS shows memory "
                         "in use, not a past burst's (glibc malloc_trim; server/heap.py); 0: never (default %(default)g)")
@@ -203,6 +208,8 @@ def settings_of(args) -> ServerSettings:
             heap_trim_interval_s=args.heap_trim_interval,
             currency=args.currency,
             insecure=args.insecure,
+            console_listen=args.console_listen,
+            locale=args.locale,
             workers=args.workers,
             log_level=args.log_level,
             log_format=args.log_format,

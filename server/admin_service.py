@@ -455,7 +455,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     @admin_rpc
     def ListCardRecords(self, call, request):
         found, truncated = self.admin.list_cards(call.actor, request.org_id, request.customer_id,
-                                                 limit_of(request.limit))
+                                                 limit_of(request.limit), request.vehicle_plate)
         return admin_pb2.ListCardRecordsAnswer(cards=map(card_message, found), truncated=truncated)
 
     # ------------------------------------------------------------ customers

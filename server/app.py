@@ -25,7 +25,7 @@ from core.records import Op, parse_hold_expiry_key
 from core.results import OpKind
 from core.store import open_store
 from server import metrics as observability
-from server import admin_service, answers, heap, replication_service, tls
+from server import admin_service, answers, heap, replication_service, report_service, tls
 from server.cards import CardService
 from server.channel_flow import ChannelFlow
 from server.demo import seed_demo_data
@@ -53,6 +53,7 @@ SERVICE_NAMES = (
     *admin_service.SERVICE_NAMES,
     *promotion_service.SERVICE_NAMES,
     replication_service.SERVICE_NAME,
+    *report_service.SERVICE_NAMES,
 )
 
 # gRPC core refuses calls beyond max_pending_requests (1,000 by default) when
@@ -224,6 +225,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server(LoyaltyService(ledger, committer, rules, promotions.risk), services)
     admin_service.add_admin_services(services, admin, committer)
     replication_pb2_grpc.add_ReplicationServiceServicer_to_server(replication_service.ReplicationService(replica), services)
+    report_service.add_report_service(services, ledger, committer, replica)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # Reflection wants the aio server itself (it checks the type); it is public.
@@ -248,6 +250,13 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
         metrics_port = observability.serve_metrics(settings.metrics_port, host=settings.listen.rsplit(":", 1)[0])
         # Tests read the bound port from this line (--metrics-port 0).
         log.info("metrics on http://%s:%d/metrics", settings.listen.rsplit(":", 1)[0], metrics_port)
+    # The console (server/console/) calls the gRPC port just bound; it is up
+    # before the "serving on" line, so whoever reads that line can use both.
+    console = None
+    if settings.console_listen is not None:
+        from server.console.serve import start_console
+
+        console = await start_console(settings, port)
     # Before anyone is told the server listens: a SIGTERM from then on stops it cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -272,6 +281,8 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     await stop.wait()
 
     log.info("stopping: finishing calls in flight")
+    if console is not None:
+        await console.stop()
     await health_servicer.enter_graceful_shutdown()
     gateway.stop()
     sweeper.cancel()

@@ -101,6 +101,7 @@ PARTNER = Allowed(partner=True)
 _PAYMENT, _CARD, _GATEWAY = "/tally.v1.PaymentService/", "/tally.v1.CardService/", "/tally.v1.GatewayService/"
 _LOYALTY, _PROMOTION, _RISK = "/tally.v1.LoyaltyService/", "/tally.v1.PromotionService/", "/tally.v1.RiskService/"
 _SETTLEMENT, _ADMIN, _KEYS = "/tally.v1.SettlementService/", "/tally.v1.AdminService/", "/tally.v1.TerminalKeyService/"
+_REPORT = "/tally.v1.ReportService/"
 
 GATEWAY_REFUSED_TEXT = ("GatewayService carries no per-request MAC: in secure mode terminals call the unary RPCs with "
                         "x-tally-mac")
@@ -220,6 +221,12 @@ CALLERS: dict[str, Allowed] = {
     _ADMIN + "RegisterPartner": admin(ADMINISTRATOR),
     _ADMIN + "DisablePartner": admin(ADMINISTRATOR, OPERATIONS),
     _ADMIN + "ListPartners": admin(ADMINISTRATOR, OPERATIONS, AUDITOR),
+    # ---- reports (read only): a token always, like AdminService. A card's
+    # history for every role that reads cards; the books for those who read
+    # settlement; the store's health for those who run it.
+    _REPORT + "ListCardTransactions": admin(EVERY_ROLE),
+    **{_REPORT + name: admin(FINANCE_READ) for name in ("GetTakings", "ListOpenHolds", "GetStationDay", "ExportDay")},
+    _REPORT + "GetStoreStatus": admin(ADMINISTRATOR, OPERATIONS),
     # The terminal proves itself with the sign-on MAC under its secret.
     _KEYS + "SignOn": PUBLIC,
     # ---- gRPC's own services.

@@ -3,6 +3,7 @@
 usage: tally [--data DIR] [--json] [--config FILE] COMMAND [ARGS ...]
 
   serve       run a server                           (python -m server)
+  console     the web console beside a server        (python -m server.console)
   audit       check the books                        (python -m core.audit)
   loyalty     loyalty jobs, statements, rules        (python -m core.loyalty)
   settlement  statements, reconciliation, the queue, clearing, exports
@@ -43,6 +44,7 @@ from core.errors import FailedPrecondition, InvalidInput, TallyError
 # as `python -m MODULE ARGS` would run them.
 COMMANDS = {
     "serve": "server.__main__",
+    "console": "server.console.__main__",
     "audit": "core.audit",
     "loyalty": "core.loyalty.__main__",
     "settlement": "core.settlement.__main__",

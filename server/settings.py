@@ -19,6 +19,8 @@ from core.replication.node import ReplicaSettings
 
 HEAP_TRIM_INTERVAL_S_DEFAULT = 60.0
 PII_CIPHERS = ("aes", "sm4")
+# The console's languages (server/console/i18n.py).
+LOCALES = ("zh-CN", "en")
 HEAP_TRIM_INTERVAL_S_MAX = 86_400.0
 MAP_SIZE_GIB_MAX = 16_384
 # --map-size-mib, for tests and small demos: the smallest map that holds a
@@ -127,6 +129,12 @@ class ServerSettings(msgspec.Struct, frozen=True):
     currency: str = "CNY"
     # Listen beyond the loopback without TLS and both guards anyway.
     insecure: bool = False
+    # The web console (server/console/): HOST:PORT of its HTTP(S) port;
+    # None: no console. It needs back_office_auth (its users act through
+    # the API with their own tokens) and, away from the loopback, TLS.
+    console_listen: str | None = None
+    # The network's language: the console's default for every user.
+    locale: str = "zh-CN"
 
     def missing_for_secure_mode(self) -> list[str]:
         """What secure mode needs that these settings lack."""
@@ -138,6 +146,22 @@ class ServerSettings(msgspec.Struct, frozen=True):
         if not self.back_office_auth:
             missing.append("--back-office-auth")
         return missing
+
+    def _check_console(self):
+        if self.locale not in LOCALES:
+            raise ValueError(f"--locale must be one of {', '.join(LOCALES)}, got {self.locale!r}")
+        if self.console_listen is None:
+            return
+        if not self.back_office_auth:
+            raise ValueError("--console-listen needs --back-office-auth: the console's users act through the API with "
+                             "their own tokens, and without it the back-office RPCs would not check them")
+        if self.workers > 1 or self.reuse_port:
+            raise ValueError("--console-listen starts one console for one server process: with --workers, run "
+                             "`python -m server.console --server HOST:PORT` beside the server")
+        if self.tls_cert_file is None and not self.insecure and not is_loopback(self.console_listen):
+            raise ValueError(f"refusing to serve the console on {self.console_listen} without TLS (--tls-cert, --tls-key): "
+                             "passwords and session cookies would cross the network in the clear (pass --insecure to do "
+                             "it anyway)")
 
     def __post_init__(self):
         if not 0 < self.points_per_unit <= limits.POINTS_PER_UNIT_MAX:
@@ -184,6 +208,7 @@ class ServerSettings(msgspec.Struct, frozen=True):
         if not MAP_SIZE_MIB_MIN * 2**20 <= self.map_size_bytes <= MAP_SIZE_GIB_MAX * 2**30:
             raise ValueError(f"--map-size-gib must be within 1 .. {MAP_SIZE_GIB_MAX} (LMDB's own default of 1 MiB "
                              f"would fill at once), got {self.map_size_bytes / 2**30:g}")
+        self._check_console()
         missing = self.missing_for_secure_mode()
         if missing and not self.insecure and not is_loopback(self.listen):
             raise ValueError(f"refusing to listen on {self.listen} without {', '.join(missing)}: tokens, keys and card "

@@ -214,7 +214,7 @@ def test_json_after_the_command_is_the_json_before_it_on_every_tool(server, sett
 def test_every_command_has_help():
     listing = tally("--help")
     assert listing.returncode == 0
-    for command in ("serve", "audit", "loyalty", "settlement", "admin", "backup", "migrate", "bench"):
+    for command in ("serve", "console", "audit", "loyalty", "settlement", "admin", "backup", "migrate", "bench"):
         assert f"  {command} " in listing.stdout, command
         helped = tally(command, "--help")
         if command in ("backup", "migrate") and helped.returncode == 2:

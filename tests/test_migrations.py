@@ -81,7 +81,8 @@ def test_an_older_store_is_refused_until_migrated_then_reads_as_before(tmp_path)
     assert run("-m", "core.migrations", path, "--check").returncode == 1
     migrated = run("-m", "core.migrations", path)
     assert migrated.returncode == 0, migrated.stderr
-    assert migrated.stdout.strip() == f"{path}: data format 1 -> {DATA_FORMAT_VERSION} (settlement keys gain the domain)"
+    assert migrated.stdout.strip() == (f"{path}: data format 1 -> {DATA_FORMAT_VERSION} (settlement keys gain the "
+                                       "domain, transactions indexed by card)")
     again = run("-m", "core.migrations", path)
     assert again.stdout.strip() == f"{path}: data format {DATA_FORMAT_VERSION}, up to date"
 

@@ -44,6 +44,8 @@ def test_every_entry_point_has_help():
         ("bench", "python -m bench COMMAND"),
         ("bench kernel", "--transfers"),
         ("bench e2e", "--concurrency"),
+        ("bench console", "--console-rate"),
+        ("server.console", "usage: python -m server.console"),
     ):
         result = subprocess.run([sys.executable, "-m", *command.split(), "--help"], capture_output=True, text=True, cwd=REPO)
         assert result.returncode == 0, result.stderr

@@ -187,6 +187,11 @@ def basket_refusal(store: Store, card_id: int, basket) -> str:
     return ""
 
 
+def plate_key(plate: str) -> str:
+    """A plate as searched: case, spaces and dashes do not matter."""
+    return "".join(character for character in plate.casefold() if character not in " -")
+
+
 # ---------------------------------------------------------------- input
 
 
@@ -460,9 +465,11 @@ class CardsMixin(AdminBase):
         return self._read(lambda txn: card_view(txn, self.store, self._visible_card(txn, actor, card_id)))
 
     def list_cards(self, actor: Actor, org_id: int = 0, customer_id: int = 0,
-                   limit: int = LIST_LIMIT_MAX) -> tuple[list[CardView], bool]:
-        """Cards of the actor's subtree, by card id; only org_id's, or only
-        customer_id's, if given."""
+                   limit: int = LIST_LIMIT_MAX, vehicle_plate: str = "") -> tuple[list[CardView], bool]:
+        """Cards of the actor's subtree, by card id; only org_id's, only
+        customer_id's, or only those with a vehicle plate, if given."""
+        plate = plate_key(require_text(vehicle_plate, "vehicle_plate", 0, VEHICLE_PLATE_LENGTH_MAX))
+
         def look(txn):
             if org_id:
                 require_visible(txn, self.store, actor, org_id)
@@ -471,7 +478,8 @@ class CardsMixin(AdminBase):
             seen = subtree(txn, self.store, actor)
             owners = (unpack(CardOwner, value) for _, value in rows(txn, self.store.admin_cards))
             chosen = (owner for owner in owners if (seen is None or owner.org_id in seen)
-                      and org_id in (0, owner.org_id) and customer_id in (0, owner.customer_id))
+                      and org_id in (0, owner.org_id) and customer_id in (0, owner.customer_id)
+                      and plate in ("", plate_key(owner.vehicle_plate)))
             return collect((card_view(txn, self.store, owner) for owner in chosen), limit)
 
         return self._read(look)

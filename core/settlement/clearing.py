@@ -124,8 +124,10 @@ def _side(entries: np.ndarray, side: str, other: str) -> tuple[np.ndarray, np.nd
     return keys, chosen["amount"]
 
 
-def clear_day(store, day: int) -> Clearing:
-    entries = _money_only(read_days(store, day, day))
+def group_sums(entries: np.ndarray) -> dict[tuple[int, int, int], tuple[int, int, int]]:
+    """(station, movement, channel) -> (money in, money out, entries) of the
+    journal entries given (any days: the caller picks them)."""
+    entries = _money_only(entries)
     credit_keys, credit_amounts = _side(entries, "credit", "debit")
     debit_keys, debit_amounts = _side(entries, "debit", "credit")
     keys = np.concatenate([credit_keys, debit_keys])
@@ -137,12 +139,22 @@ def clear_day(store, day: int) -> Clearing:
     counts = np.bincount(inverse, minlength=len(unique))
     np.add.at(in_sums, inverse, np.where(signed > 0, signed, 0))
     np.add.at(out_sums, inverse, np.where(signed < 0, -signed, 0))
+    return {tuple(key): (money_in, money_out, count)
+            for key, money_in, money_out, count in zip(unique.tolist(), in_sums.tolist(), out_sums.tolist(), counts.tolist())}
+
+
+def lines_of(sums: dict[tuple[int, int, int], tuple[int, int, int]]) -> tuple[ClearingLine, ...]:
+    """Clearing lines of group_sums' sums, in station, movement, channel order."""
     lines = []
-    for (station, movement, channel), money_in, money_out, count in zip(unique.tolist(), in_sums.tolist(), out_sums.tolist(), counts.tolist()):
+    for (station, movement, channel), (money_in, money_out, count) in sorted(sums.items()):
         method = method_name(movement, channel)
         funded_by = FUNDED_BY.get(method) or (f"the channel ({method})" if movement == Movement.CHANNEL else "see the journal")
         lines.append(ClearingLine(station, method, funded_by, money_in, money_out, money_in - money_out, count))
-    return Clearing(day=day, lines=tuple(lines), discounts=discounts_of_day(store, day))
+    return tuple(lines)
+
+
+def clear_day(store, day: int) -> Clearing:
+    return Clearing(day=day, lines=lines_of(group_sums(read_days(store, day, day))), discounts=discounts_of_day(store, day))
 
 
 def discounts_of_day(store, day: int) -> tuple[DiscountLine, ...]:

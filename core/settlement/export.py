@@ -102,13 +102,16 @@ def _plain(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 def export_day(store, day: int, csv_path: str | None = None, parquet_path: str | None = None, progress=None,
-               utc_offset_minutes: int = 0) -> int:
-    """Write the day's journal to the paths given; returns the rows written."""
+               utc_offset_minutes: int = 0, stations: np.ndarray | None = None) -> int:
+    """Write the day's journal to the paths given; returns the rows written.
+    stations: only the entries of these station ids (None: every entry)."""
     assert csv_path or parquet_path
     csv_writer = parquet_writer = None
     rows = 0
     try:
         for chunk in iter_chunks(store, day, day, progress):
+            if stations is not None:
+                chunk = chunk[np.isin(chunk["station_id"], stations)]
             if len(chunk) == 0:
                 continue
             batch = to_arrow(chunk, utc_offset_minutes)

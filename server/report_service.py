@@ -1,0 +1,268 @@
+"""ReportService over gRPC: read-only views of the books for the back office.
+
+Owns: the handlers of tally.v1.ReportService (proto/tally/v1/report.proto):
+a card's transactions (core/card_txns.py), a day's takings kept up to date
+(core/settlement/takings.py), the open pre-authorizations, a station's day
+and shifts so far (core/settlement/shifts.py), a day's files
+(core/settlement/export.py, report.py) and the store's health. Each reads
+in a worker thread, off the event loop; nothing here writes.
+Used by: server/app.py; the web console (server/console/) calls it with the
+logged-in user's token like any client.
+
+Who may call what is server/callers.py's table (a token always, like
+AdminService); what an answer shows is the caller's subtree: a card as
+server/scope.py card_seen decides for every RPC, and every list and sum
+keeps only the stations of the caller's subtree (core/admin/access.py
+subtree).
+"""
+
+import asyncio
+import datetime
+import os
+import tempfile
+
+import numpy as np
+
+from core import card_txns, limits
+from core.admin.access import require_visible, subtree
+from core.commit import GroupCommitter
+from core.errors import InvalidInput, NotFound
+from core.ledger import Ledger, business_day
+from core.records import Shift, Txn, decode, parse_hold_expiry_key, u32_key, u64_key
+from core.results import Channel, OpKind, TxnFlag, TxnState
+from core.settlement.clearing import Clearing, clear_day
+from core.settlement.takings import RunningTakings
+from core.settlement import shifts as shift_totals
+from core.store import entries, rows
+from server import answers
+from server.callers import staff_actor
+from server.scope import card_seen
+from server.shift_service import totals_message
+from tally.v1 import report_pb2, report_pb2_grpc, settlement_pb2
+
+OPEN_HOLDS_LISTED_DEFAULT = 100
+OPEN_HOLDS_LISTED_MAX = 1000
+EXPORT_CHUNK_BYTES = 32 * 1024
+# The file name and media type of each export, by kind.
+EXPORT_FILES = {
+    report_pb2.EXPORT_KIND_JOURNAL_CSV: ("journal-{date}.csv", "text/csv"),
+    report_pb2.EXPORT_KIND_JOURNAL_PARQUET: ("journal-{date}.parquet", "application/vnd.apache.parquet"),
+    report_pb2.EXPORT_KIND_TAKINGS_CSV: ("takings-{date}.csv", "text/csv"),
+    report_pb2.EXPORT_KIND_TAKINGS_PNG: ("takings-{date}.png", "image/png"),
+}
+
+
+def transaction_message(record: Txn) -> report_pb2.CardTransaction:
+    prefix = "held_" if record.state == TxnState.HELD else "posted_"
+    refunded = (record.refunded_fleet + record.refunded_personal + record.refunded_points_cash
+                + record.refunded_channel)
+    return report_pb2.CardTransaction(
+        txn_id=record.txn_id, kind=_name(OpKind, record.kind), state=_name(TxnState, record.state),
+        voided=bool(record.flags & TxnFlag.VOIDED), reversed=bool(record.flags & TxnFlag.REVERSED),
+        business_day=record.business_day, created_ms=record.created_ms, station_id=record.station_id,
+        terminal_id=record.terminal_id, operator_id=record.operator_id, amount_minor=record.amount,
+        fleet_minor=getattr(record, prefix + "fleet"), personal_minor=getattr(record, prefix + "personal"),
+        points_cash_minor=getattr(record, prefix + "points_cash"), points_used=getattr(record, prefix + "points_used"),
+        channel=record.channel if record.channel in set(Channel) else 0, channel_minor=getattr(record, prefix + "channel"),
+        refunded_minor=refunded, points_earned=record.points_earned - record.points_clawed_back,
+        ref_txn_id=record.ref_txn_id)
+
+
+def _name(enum_type, value: int) -> str:
+    try:
+        return enum_type(value).name
+    except ValueError:
+        return str(value)
+
+
+def clearing_lines(lines, seen) -> list[settlement_pb2.ClearingLine]:
+    return [settlement_pb2.ClearingLine(station_id=line.station_id, method=line.method, funded_by=line.funded_by,
+                                        in_minor=line.in_minor, out_minor=line.out_minor, net_minor=line.net_minor,
+                                        entries=line.entries)
+            for line in lines if seen is None or line.station_id in seen]
+
+
+class ReportService(report_pb2_grpc.ReportServiceServicer):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter, replica=None):
+        self.ledger = ledger
+        # The node of --replicate (core/replication), None when standalone.
+        self.replica = replica
+        self.store = ledger.store
+        self.committer = committer
+        # The current day's running takings (replaced when the day turns).
+        self._today: RunningTakings | None = None
+
+    def today(self) -> int:
+        return business_day(self.committer.clock(), self.committer.utc_offset_minutes)
+
+    def _day(self, day: int, field: str = "day") -> int:
+        """day, 0 meaning today, within 1 .. tomorrow (a station may be a day ahead)."""
+        today = self.today()
+        if not 0 <= day <= today + 1:
+            raise InvalidInput(field, f"must be within 1 .. {today + 1} (days since 1970-01-01; 0: today), got {day}")
+        return day or today
+
+    def _seen(self, txn) -> set[int] | None:
+        """The organisations (stations among them) the caller sees; None: all."""
+        return subtree(txn, self.store, staff_actor())
+
+    # ------------------------------------------------------------ cards
+
+    async def ListCardTransactions(self, request, context):
+        if not 1 <= request.card_id <= limits.CARD_ID_MAX:
+            raise InvalidInput("card_id", f"must be within 1 .. {limits.CARD_ID_MAX}, got {request.card_id}")
+        if request.limit > card_txns.PAGE_TXNS_MAX:
+            raise InvalidInput("limit", f"must be within 0 .. {card_txns.PAGE_TXNS_MAX}, got {request.limit}")
+        limit = request.limit or card_txns.PAGE_TXNS_DEFAULT
+        # The one card-visibility check of the API (as for GetCard, GetPoints).
+        if not card_seen(self.store, request.card_id):
+            raise NotFound(f"card {request.card_id} not found")
+
+        def read():
+            with self.store.env.begin() as txn:
+                return card_txns.page(txn, self.store, request.card_id, request.before_txn_id, limit)
+
+        found, more = await asyncio.to_thread(read)
+        return report_pb2.ListCardTransactionsAnswer(transactions=map(transaction_message, found), more=more)
+
+    # ------------------------------------------------------------ takings and holds
+
+    def _running_takings(self, day: int) -> RunningTakings:
+        if self._today is None or self._today.day != day:
+            self._today = RunningTakings(day)
+        return self._today
+
+    async def GetTakings(self, request, context):
+        day = self._day(request.day)
+        with self.store.env.begin() as txn:
+            seen = self._seen(txn)
+        if day == self.today():
+            lines, read = await asyncio.to_thread(self._running_takings(day).lines, self.store, seen)
+        else:
+            clearing: Clearing = await asyncio.to_thread(clear_day, self.store, day)
+            lines, read = clearing.lines, 0
+        listed = clearing_lines(lines, seen)
+        return report_pb2.GetTakingsAnswer(day=day, lines=listed, net_minor=sum(line.net_minor for line in listed),
+                                           journal_entries=read, currency=answers.currency())
+
+    async def ListOpenHolds(self, request, context):
+        if request.limit > OPEN_HOLDS_LISTED_MAX:
+            raise InvalidInput("limit", f"must be within 0 .. {OPEN_HOLDS_LISTED_MAX}, got {request.limit}")
+        limit = request.limit or OPEN_HOLDS_LISTED_DEFAULT
+        actor = staff_actor()
+
+        def read():
+            answer = report_pb2.ListOpenHoldsAnswer(currency=answers.currency())
+            with self.store.env.begin() as txn:
+                if request.station_id:
+                    require_visible(txn, self.store, actor, request.station_id, "station")
+                seen = subtree(txn, self.store, actor)
+                for key in rows(txn, self.store.hold_expiry, values=False):
+                    expires_ms, txn_id = parse_hold_expiry_key(key)
+                    value = txn.get(u64_key(txn_id), db=self.store.txns)
+                    if value is None:
+                        continue
+                    record = decode(Txn, value)
+                    if (request.station_id not in (0, record.station_id)
+                            or (seen is not None and record.station_id not in seen)):
+                        continue
+                    held = record.held_fleet + record.held_personal + record.held_points_cash
+                    answer.count += 1
+                    answer.held_minor += held
+                    if len(answer.holds) < limit:
+                        answer.holds.add(txn_id=txn_id, card_id=record.card_id, station_id=record.station_id,
+                                         terminal_id=record.terminal_id, held_minor=held,
+                                         created_ms=record.created_ms, expires_ms=expires_ms)
+                    else:
+                        answer.truncated = True
+            return answer
+
+        return await asyncio.to_thread(read)
+
+    # ------------------------------------------------------------ a station's day
+
+    async def GetStationDay(self, request, context):
+        day = self._day(request.day)
+        actor = staff_actor()
+        with self.store.env.begin() as txn:
+            require_visible(txn, self.store, actor, request.station_id, "station")
+            closed = txn.get(u32_key(request.station_id), db=self.store.day_ends)
+            station_shifts = [shift for shift in (decode(Shift, value) for _, value in rows(txn, self.store.shifts))
+                              if shift.station_id == request.station_id]
+        totals = await asyncio.to_thread(shift_totals.day_totals, self.store, request.station_id, day)
+        answer = report_pb2.GetStationDayAnswer(
+            station_id=request.station_id, day=day, station=totals_message(totals.station),
+            closed_through_day=0 if closed is None else int.from_bytes(closed, "little"), currency=answers.currency())
+        answer.terminals.extend(settlement_pb2.TerminalTotals(terminal_id=terminal_id, totals=totals_message(part))
+                                for terminal_id, part in sorted(totals.by_terminal.items()))
+        answer.operators.extend(settlement_pb2.OperatorTotals(operator_id=operator_id, totals=totals_message(part))
+                                for operator_id, part in sorted(totals.by_operator.items()))
+        for shift in sorted(station_shifts, key=lambda shift: shift.terminal_id):
+            part = await asyncio.to_thread(shift_totals.shift_totals, self.store, shift)
+            answer.shifts.add(terminal_id=shift.terminal_id, shift_id=shift.shift_id, operator_id=shift.operator_id,
+                              opened_ms=shift.opened_ms, closed_ms=shift.closed_ms, totals=totals_message(part))
+        return answer
+
+    # ------------------------------------------------------------ files
+
+    async def ExportDay(self, request, context):
+        if request.kind not in EXPORT_FILES:
+            raise InvalidInput("kind", f"must be one of {', '.join(report_pb2.ExportKind.Name(k) for k in EXPORT_FILES)}")
+        if not 1 <= request.day <= self.today():
+            raise InvalidInput("day", f"must be within 1 .. {self.today()} (days since 1970-01-01), got {request.day}")
+        with self.store.env.begin() as txn:
+            seen = self._seen(txn)
+        name, media_type = EXPORT_FILES[request.kind]
+        file_name = name.format(date=datetime.date(1970, 1, 1) + datetime.timedelta(days=request.day))
+        with tempfile.TemporaryDirectory(prefix="tally-export-") as directory:
+            path = os.path.join(directory, file_name)
+            await asyncio.to_thread(self._write_export, request.kind, request.day, seen, path)
+            first = True
+            with open(path, "rb") as file:
+                while True:
+                    data = await asyncio.to_thread(file.read, EXPORT_CHUNK_BYTES)
+                    if not data and not first:
+                        return
+                    yield report_pb2.ExportDayChunk(data=data, file_name=file_name if first else "",
+                                                    media_type=media_type if first else "")
+                    first = False
+
+    def _write_export(self, kind: int, day: int, seen: set[int] | None, path: str):
+        from core.settlement import export, report
+
+        stations = None if seen is None else np.fromiter(sorted(seen), dtype=np.uint32)
+        if kind == report_pb2.EXPORT_KIND_JOURNAL_CSV:
+            export.export_day(self.store, day, csv_path=path, stations=stations)
+        elif kind == report_pb2.EXPORT_KIND_JOURNAL_PARQUET:
+            export.export_day(self.store, day, parquet_path=path, stations=stations)
+        else:
+            clearing = clear_day(self.store, day)
+            clearing = Clearing(day=day, lines=tuple(line for line in clearing.lines
+                                                     if seen is None or line.station_id in seen))
+            if kind == report_pb2.EXPORT_KIND_TAKINGS_CSV:
+                report.write_takings_csv(clearing, path)
+            else:
+                report.plot_takings(clearing, path)
+
+    # ------------------------------------------------------------ the store
+
+    async def GetStoreStatus(self, request, context):
+        def read():
+            info, stat = self.store.env.info(), self.store.env.stat()
+            with self.store.env.begin() as txn:
+                return report_pb2.GetStoreStatusAnswer(
+                    writes_accepted=self.committer.store_full is None,
+                    store_full_reason=self.committer.store_full or "", map_size_bytes=info["map_size"],
+                    used_bytes=(info["last_pgno"] + 1) * stat["psize"], transactions=entries(txn, self.store.txns),
+                    journal_entries=entries(txn, self.store.journal), queue_length=self.committer.queue_length,
+                    queue_length_max=self.committer.queue_length_max, kernel=self.ledger.kernel_name,
+                    replication="standalone" if self.replica is None else self.replica.role.name.lower())
+
+        return await asyncio.to_thread(read)
+
+
+def add_report_service(server, ledger: Ledger, committer: GroupCommitter, replica=None):
+    report_pb2_grpc.add_ReportServiceServicer_to_server(ReportService(ledger, committer, replica), server)
+
+
+SERVICE_NAMES = (report_pb2.DESCRIPTOR.services_by_name["ReportService"].full_name,)
