@@ -34,6 +34,8 @@ from core.records import (
     META_NEXT_TXN_ID,
     META_VALUE,
     POINTS_ACCOUNT_SIZE,
+    REQUEST_BUCKET_BITS,
+    REQUEST_INDEX_PAIR,
     TOMBSTONE_FINGERPRINT,
     Account,
     JournalEntry,
@@ -45,8 +47,9 @@ from core.records import (
     inline_lot,
     lot_key,
     parse_account_key,
-    parse_idem_key,
     parse_lot_expiry_key,
+    parse_request_bucket_key,
+    u64_key,
 )
 from core.results import (
     SYSTEM_ACCOUNT_KIND_MIN,
@@ -328,10 +331,15 @@ def _check_requests(store: Store, txn, txn_ids: set, report: AuditReport):
     report.counts["requests"] = counted
     listed = 0
     for key, value in rows(txn, store.request_index):
-        listed += 1
-        stored = txn.get(value, db=store.requests)
-        if stored is None or stored[:4] + stored[8:16] != _index_key_bytes(key):
-            report.problem(f"request index {parse_idem_key(key)} names request {int.from_bytes(value, 'big')}, not its own")
+        terminal_id, bucket = parse_request_bucket_key(key)
+        previous = -1
+        for serial, seq in REQUEST_INDEX_PAIR.iter_unpack(value):
+            listed += 1
+            stored = txn.get(u64_key(seq), db=store.requests)
+            own = terminal_id.to_bytes(4, "little") + serial.to_bytes(8, "little")
+            if serial >> REQUEST_BUCKET_BITS != bucket or serial <= previous or stored is None or stored[:4] + stored[8:16] != own:
+                report.problem(f"request index of terminal {terminal_id} lists serial {serial} as request {seq}, not its own")
+            previous = serial
     for terminal_id, tail in tails.items():
         for _, request in idempotency.tail_requests(txn, store, tail):
             listed += 1
@@ -339,12 +347,6 @@ def _check_requests(store: Store, txn, txn_ids: set, report: AuditReport):
                 report.problem(f"the request tail of terminal {terminal_id} holds {request.terminal_id}/{request.serial}")
     if listed != counted:
         report.problem(f"{counted} requests stored but {listed} found by index and tails")
-
-
-def _index_key_bytes(key: bytes) -> bytes:
-    """A request index key as a Request's terminal_id (u32) and serial (u64) are stored (little-endian)."""
-    terminal_id, serial = parse_idem_key(key)
-    return terminal_id.to_bytes(4, "little") + serial.to_bytes(8, "little")
 
 
 def _check_answer(request: Request, txn_ids: set, report: AuditReport):

@@ -3,7 +3,7 @@
 Owns: the read side of the three databases that keep them (core/store.py):
   requests       seq -> Request        every request as answered, in the order first answered
   request_tails  terminal -> RequestTail   the terminal's newest requests, chained
-  request_index  (terminal, serial) -> seq (the request's key)  the terminal's older requests
+  request_index  (terminal, serial >> 5) -> its (serial, seq) pairs   the terminal's older requests
 Used by: core/reference.py (the rules that write them; core/kernel.pyx
 mirrors both sides), core/ledger.py (Query, the tests), core/audit.py,
 server/terminal_auth.py, core/admin/cards.py.
@@ -16,7 +16,7 @@ directory (each terminal's last one) and their branch pages. Now a
 commit writes its requests on a few pages of `requests`, the tails of its
 terminals on the few pages of `request_tails` (one small record per
 terminal), and `request_index` only once per REQUEST_TAIL_MAX requests of
-a terminal, a run of keys on one page.
+a terminal: one or two records listing the tail's serials.
 
 Finding (terminal, serial): a serial above the terminal's largest was
 never answered (the usual case, a new sale: one small read); one within
@@ -26,7 +26,7 @@ REQUEST_TAIL_MAX reads of recent records); anything else in the index.
 
 from collections.abc import Iterator
 
-from core.records import Request, RequestTail, decode, idem_key, u32_key, u64_key
+from core.records import Request, RequestTail, bucket_seq, decode, request_bucket_key, u32_key, u64_key
 
 
 def tail_of(txn, store, terminal_id: int) -> RequestTail | None:
@@ -56,11 +56,9 @@ def find(txn, store, terminal_id: int, serial: int) -> tuple[int, Request] | Non
         for seq, request in tail_requests(txn, store, tail):
             if request.serial == serial:
                 return seq, request
-    raw = txn.get(idem_key(terminal_id, serial), db=store.request_index)
-    if raw is None:
-        return None
-    seq = int.from_bytes(raw, "big")
-    return seq, request_at(txn, store, seq)
+    raw = txn.get(request_bucket_key(terminal_id, serial), db=store.request_index)
+    seq = 0 if raw is None else bucket_seq(raw, serial)
+    return None if seq == 0 else (seq, request_at(txn, store, seq))
 
 
 def every_request(txn, store) -> Iterator[Request]:

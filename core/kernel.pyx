@@ -58,6 +58,7 @@ cdef Py_ssize_t BATCH_SIZE_MAX = _limits.BATCH_SIZE_MAX
 cdef Py_ssize_t KERNEL_RECORDS_CACHED_MAX = _limits.KERNEL_RECORDS_CACHED_MAX
 cdef Py_ssize_t EXPIRE_SWEEP_HOLDS_MAX = _limits.EXPIRE_SWEEP_HOLDS_MAX
 cdef uint32_t REQUEST_TAIL_MAX = _limits.REQUEST_TAIL_MAX
+cdef int REQUEST_BUCKET_BITS = _records.REQUEST_BUCKET_BITS
 cdef uint32_t STATION_DAY_AHEAD_MAX = _limits.STATION_DAY_AHEAD_MAX
 
 _R = _results.ResultCode
@@ -313,6 +314,51 @@ cdef inline bytes idem_key(uint32_t terminal_id, uint64_t serial):
     memcpy(buffer, &big_terminal, 4)
     memcpy(buffer + 4, &big_serial, 8)
     return PyBytes_FromStringAndSize(buffer, 12)
+
+
+cdef inline bytes request_bucket_key(uint32_t terminal_id, uint64_t serial):
+    return idem_key(terminal_id, serial >> REQUEST_BUCKET_BITS)
+
+
+cdef struct IndexPair:
+    uint64_t serial
+    uint64_t seq
+
+cdef enum:
+    # Bound of a tail's length (limits.REQUEST_TAIL_MAX, checked at import).
+    REQUEST_TAIL_LENGTH_MAX = 256
+
+assert REQUEST_TAIL_MAX <= REQUEST_TAIL_LENGTH_MAX
+
+
+cdef int compare_pairs(const void* a, const void* b) noexcept nogil:
+    cdef uint64_t left = (<const IndexPair*>a).serial
+    cdef uint64_t right = (<const IndexPair*>b).serial
+    return -1 if left < right else (1 if left > right else 0)
+
+
+cdef bytes bucket_with(object stored, const IndexPair* pairs, Py_ssize_t count):
+    """Mirror of records.bucket_with: the record `stored` (or none) with
+    `count` pairs added, in serial order."""
+    cdef Py_ssize_t stored_count = 0 if stored is None else PyBytes_GET_SIZE(stored) // sizeof(IndexPair)
+    cdef bytes merged = PyBytes_FromStringAndSize(NULL, (stored_count + count) * sizeof(IndexPair))
+    cdef IndexPair* out = <IndexPair*>PyBytes_AS_STRING(merged)
+    if stored_count:
+        memcpy(out, PyBytes_AS_STRING(stored), stored_count * sizeof(IndexPair))
+    memcpy(out + stored_count, pairs, count * sizeof(IndexPair))
+    qsort(out, stored_count + count, sizeof(IndexPair), compare_pairs)
+    return merged
+
+
+cdef uint64_t bucket_seq(bytes value, uint64_t serial) noexcept:
+    """Mirror of records.bucket_seq: the seq a request_index record lists
+    for serial, or 0."""
+    cdef const uint64_t* pairs = <const uint64_t*>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t i
+    for i in range(PyBytes_GET_SIZE(value) // 16):
+        if pairs[2 * i] == serial:
+            return pairs[2 * i + 1]
+    return 0
 
 
 cdef inline bytes hold_expiry_key(uint64_t expires_ms, uint64_t txn_id):
@@ -878,7 +924,8 @@ cdef class _Records:
     # key -> bytearray holding the record, or None
     cdef dict accounts, cards
     cdef _Table point_lots, closed_lots, lot_expiry, members, gifts, gift_counts
-    cdef _Table request_tails, request_index
+    # terminal id -> bytearray holding its RequestTailRec, or None
+    cdef dict request_tails
     # card id -> expiry days of the card's lots in point_lots, ascending (the
     # order of their keys), for the cards whose lots have been listed; the
     # newest lot is the one inline with the card's POINTS account
@@ -893,8 +940,7 @@ cdef class _Records:
         self.members = _Table(store.members)
         self.gifts = _Table(store.gifts)
         self.gift_counts = _Table(store.gift_counts)
-        self.request_tails = _Table(store.request_tails)
-        self.request_index = _Table(store.request_index)
+        self.request_tails = {}
         self.lot_days = {}
 
     cdef begin(self, txn):
@@ -902,11 +948,10 @@ cdef class _Records:
             (<_Table>table).txn = txn
 
     cdef tuple tables(self):
-        return (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts,
-                self.request_tails, self.request_index)
+        return (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts)
 
     cdef Py_ssize_t count(self):
-        cdef Py_ssize_t total = len(self.accounts) + len(self.cards) + len(self.lot_days)
+        cdef Py_ssize_t total = len(self.accounts) + len(self.cards) + len(self.lot_days) + len(self.request_tails)
         for table in self.tables():
             total += len((<_Table>table).values)
         return total
@@ -914,12 +959,12 @@ cdef class _Records:
 
 cdef class _Batch:
     cdef object txn
-    cdef object accounts_db, cards_db, card_stations_db, txns_db, requests_db
+    cdef object accounts_db, cards_db, card_stations_db, txns_db
+    cdef object requests_db, request_index_db, request_tails_db
     cdef object journal_db, hold_expiry_db, pending_db, meta_db
     cdef object tier_changes_db
     # Read and written through caches, flushed in key order by finish.
     cdef _Table point_lots, closed_lots, lot_expiry, members, gifts, gift_counts
-    cdef _Table request_tails, request_index
     # card id -> expiry days of the card's open lots (see _Records)
     cdef dict lot_days
     # Zeroed with the object; a slot is only ever set to a record of
@@ -935,10 +980,20 @@ cdef class _Batch:
     cdef dict accounts, cards, txns
     # key -> the same bytearray, for records this batch changed
     cdef dict accounts_dirty, cards_dirty, txns_dirty
-    # Requests (core/idempotency.py), read or made by this batch:
-    # idem_key -> bytearray holding the RequestRec, or None when never answered;
-    # idem_key -> its seq; u64_key(seq) -> the same bytearray; and those changed
-    cdef dict requests, request_seqs, requests_by_seq, requests_dirty
+    # Requests (core/idempotency.py): those this batch adds (seq
+    # first_request_seq + i at index i), each a bytearray holding its
+    # RequestRec; older ones it read (u64_key(seq) -> bytearray) and changed
+    cdef list new_requests
+    cdef uint64_t first_request_seq
+    cdef dict requests_loaded, requests_changed
+    # Terminals' tails (the _Records' dict: terminal id -> bytearray or None),
+    # those changed, and the last one looked up (a batch's requests come from
+    # a terminal in runs)
+    cdef dict request_tails, request_tails_dirty
+    cdef uint32_t last_tail_terminal
+    cdef bytearray last_tail
+    # request_index records this batch writes: bucket key -> value
+    cdef dict index_puts
     cdef bytearray journal
     cdef Py_ssize_t journal_count
     cdef int64_t now_ms
@@ -961,6 +1016,8 @@ cdef class _Batch:
         self.card_stations_db = store.card_stations
         self.txns_db = store.txns
         self.requests_db = store.requests
+        self.request_index_db = store.request_index
+        self.request_tails_db = store.request_tails
         self.journal_db = store.journal
         self.hold_expiry_db = store.hold_expiry
         self.pending_db = store.pending
@@ -973,7 +1030,6 @@ cdef class _Batch:
         self.gifts = records.gifts
         self.gift_counts = records.gift_counts
         self.request_tails = records.request_tails
-        self.request_index = records.request_index
         self.lot_days = records.lot_days
         self.shifts_db = store.shifts
         self.day_ends_db = store.day_ends
@@ -990,10 +1046,12 @@ cdef class _Batch:
         self.accounts_dirty = {}
         self.cards_dirty = {}
         self.txns_dirty = {}
-        self.requests = {}
-        self.request_seqs = {}
-        self.requests_by_seq = {}
-        self.requests_dirty = {}
+        self.new_requests = []
+        self.requests_loaded = {}
+        self.requests_changed = {}
+        self.request_tails_dirty = {}
+        self.last_tail = None
+        self.index_puts = {}
         self.journal = bytearray()
         self.journal_count = 0
         self.now_ms = now_ms
@@ -1004,6 +1062,7 @@ cdef class _Batch:
         self.next_txn_id = self.meta(META_NEXT_TXN_ID, 1)
         self.next_journal_seq = self.meta(META_NEXT_JOURNAL_SEQ, 1)
         self.next_request_seq = self.meta(META_NEXT_REQUEST_SEQ, 1)
+        self.first_request_seq = self.next_request_seq
 
     cdef uint64_t meta(self, bytes name, uint64_t default) except? 0:
         value = self.txn.get(name, None, self.meta_db)
@@ -1015,8 +1074,11 @@ cdef class _Batch:
         cdef Py_ssize_t i
         cdef Py_ssize_t entry_size = sizeof(JournalRec)
         for db, dirty in ((self.accounts_db, self.accounts_dirty), (self.cards_db, self.cards_dirty),
-                          (self.txns_db, self.txns_dirty), (self.requests_db, self.requests_dirty)):
+                          (self.txns_db, self.txns_dirty), (self.requests_db, self.requests_changed)):
             put_in_key_order(self.txn, db, sorted_items(dirty))
+        if self.new_requests:
+            self.txn.cursor(self.requests_db).putmulti(
+                [(u64_key(self.first_request_seq + i), self.new_requests[i]) for i in range(len(self.new_requests))], append=True)
         cdef const char* entries = PyByteArray_AS_STRING(self.journal)
         cdef uint64_t first_seq = self.next_journal_seq - self.journal_count
         if self.journal_count:
@@ -1024,9 +1086,11 @@ cdef class _Batch:
                 [(u64_key(first_seq + i), PyBytes_FromStringAndSize(entries + i * entry_size, entry_size)) for i in range(self.journal_count)],
                 append=True,
             )
-        for table in (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts,
-                      self.request_tails, self.request_index):
+        for table in (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts):
             (<_Table>table).flush()
+        put_in_key_order(self.txn, self.request_index_db, sorted_items(self.index_puts))
+        put_in_key_order(self.txn, self.request_tails_db,
+                         [(u32_key(terminal_id), self.request_tails_dirty[terminal_id]) for terminal_id in sorted(self.request_tails_dirty)])
         self.txn.put(META_NEXT_TXN_ID, (<char*>&self.next_txn_id)[:8], db=self.meta_db)
         self.txn.put(META_NEXT_JOURNAL_SEQ, (<char*>&self.next_journal_seq)[:8], db=self.meta_db)
         self.txn.put(META_NEXT_REQUEST_SEQ, (<char*>&self.next_request_seq)[:8], db=self.meta_db)
@@ -1144,28 +1208,38 @@ cdef class _Batch:
     # Mirror of core/idempotency.py (finding) and reference.save_idem.
 
     cdef IdemRec* load_idem(self, uint32_t terminal_id, uint64_t serial) except? NULL:
-        """The stored answer of (terminal, serial), or NULL; found once per batch."""
-        cdef bytes key = idem_key(terminal_id, serial)
-        cdef PyObject* cached = PyDict_GetItem(self.requests, key)
-        if cached == NULL:
-            seq = self.find_request(terminal_id, serial)
-            if seq == 0:
-                self.requests[key] = None
-                return NULL
-            self.requests[key] = self.request_record(seq)
-            self.request_seqs[key] = seq
-            cached = PyDict_GetItem(self.requests, key)
-        if <object>cached is None:
+        """The stored answer of (terminal, serial), or NULL."""
+        cdef uint64_t seq = self.find_request(terminal_id, serial)
+        if seq == 0:
             return NULL
-        return &(<RequestRec*>PyByteArray_AS_STRING(<bytearray>cached)).idem
+        return &(<RequestRec*>PyByteArray_AS_STRING(self.request_record(seq))).idem
+
+    cdef bytearray load_tail(self, uint32_t terminal_id):
+        """The terminal's RequestTailRec in a bytearray (kept, see _Records), or None."""
+        if self.last_tail is not None and terminal_id == self.last_tail_terminal:
+            return self.last_tail
+        cdef PyObject* cached = PyDict_GetItem(self.request_tails, terminal_id)
+        cdef bytearray tail = None
+        if cached != NULL:
+            if <object>cached is not None:
+                tail = <bytearray>cached
+        else:
+            value = self.txn.get(u32_key(terminal_id), None, self.request_tails_db)
+            if value is not None:
+                tail = PyByteArray_FromStringAndSize(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
+            self.request_tails[terminal_id] = tail
+        if tail is not None:
+            self.last_tail_terminal = terminal_id
+            self.last_tail = tail
+        return tail
 
     cdef uint64_t find_request(self, uint32_t terminal_id, uint64_t serial) except? 0:
         """Mirror of idempotency.find: the request's seq, or 0."""
-        raw = self.request_tails.get(u32_key(terminal_id))
-        if raw is None:
+        cdef bytearray record = self.load_tail(terminal_id)
+        if record is None:
             return 0
         cdef RequestTailRec tail
-        memcpy(&tail, PyBytes_AS_STRING(raw), sizeof(RequestTailRec))
+        memcpy(&tail, PyByteArray_AS_STRING(record), sizeof(RequestTailRec))
         if serial > tail.max_serial:
             return 0
         cdef uint64_t seq
@@ -1178,46 +1252,51 @@ cdef class _Batch:
                 if request.serial == serial:
                     return seq
                 seq = request.prev_seq
-        value = self.request_index.get(idem_key(terminal_id, serial))
+        cdef bytes key = request_bucket_key(terminal_id, serial)
+        cdef PyObject* cached = PyDict_GetItem(self.index_puts, key)
+        value = <object>cached if cached != NULL else self.txn.get(key, None, self.request_index_db)
         if value is None:
             return 0
-        return parse_u64(PyBytes_AS_STRING(value))
+        return bucket_seq(value, serial)
 
     cdef bytearray request_record(self, uint64_t seq):
         """The request stored under seq (one bytearray per batch, however found)."""
+        if seq >= self.first_request_seq:
+            return <bytearray>self.new_requests[seq - self.first_request_seq]
         cdef bytes key = u64_key(seq)
-        cdef PyObject* cached = PyDict_GetItem(self.requests_by_seq, key)
+        cdef PyObject* cached = PyDict_GetItem(self.requests_loaded, key)
         if cached != NULL:
             return <bytearray>cached
         value = self.txn.get(key, None, self.requests_db)
         assert value is not None, "a request index or tail names a missing request"
         cdef bytearray record = PyByteArray_FromStringAndSize(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
-        self.requests_by_seq[key] = record
+        self.requests_loaded[key] = record
         return record
 
     cdef save_idem(self, uint32_t terminal_id, uint64_t serial, const char* fingerprint, const ResultRec* result):
         """Mirror of reference.save_idem. An answer already stored is
         overwritten in place, so pointers into it (the fingerprint passed in,
         say) stay valid."""
-        cdef IdemRec* entry = self.load_idem(terminal_id, serial)
-        cdef bytes key
-        if entry != NULL:
-            memmove(entry.fingerprint, fingerprint, 16)
-            memmove(&entry.result, result, sizeof(ResultRec))
-            key = idem_key(terminal_id, serial)
-            self.requests_dirty[u64_key(self.request_seqs[key])] = self.requests[key]
+        cdef uint64_t seq = self.find_request(terminal_id, serial)
+        if seq == 0:
+            self.add_request(terminal_id, serial, fingerprint, result)
             return
-        self.add_request(terminal_id, serial, fingerprint, result)
+        cdef bytearray record = self.request_record(seq)
+        cdef IdemRec* entry = &(<RequestRec*>PyByteArray_AS_STRING(record)).idem
+        memmove(entry.fingerprint, fingerprint, 16)
+        memmove(&entry.result, result, sizeof(ResultRec))
+        if seq < self.first_request_seq:
+            self.requests_changed[u64_key(seq)] = record
 
     cdef add_request(self, uint32_t terminal_id, uint64_t serial, const char* fingerprint, const ResultRec* result):
         """The terminal's newest request, at the end of `requests` and of its tail."""
-        cdef bytes tail_key = u32_key(terminal_id)
-        cdef RequestTailRec tail
-        raw = self.request_tails.get(tail_key)
-        if raw is None:
-            memset(&tail, 0, sizeof(RequestTailRec))
-        else:
-            memcpy(&tail, PyBytes_AS_STRING(raw), sizeof(RequestTailRec))
+        cdef bytearray tail_record = self.load_tail(terminal_id)
+        if tail_record is None:
+            tail_record = PyByteArray_FromStringAndSize(NULL, sizeof(RequestTailRec))
+            memset(PyByteArray_AS_STRING(tail_record), 0, sizeof(RequestTailRec))
+            self.request_tails[terminal_id] = tail_record
+        self.request_tails_dirty[terminal_id] = tail_record
+        cdef RequestTailRec* tail = <RequestTailRec*>PyByteArray_AS_STRING(tail_record)
         cdef uint64_t seq = self.next_request_seq
         self.next_request_seq += 1
         cdef bytearray record = PyByteArray_FromStringAndSize(NULL, sizeof(RequestRec))
@@ -1228,12 +1307,7 @@ cdef class _Batch:
         request.prev_seq = tail.last_seq
         memmove(request.idem.fingerprint, fingerprint, 16)
         memmove(&request.idem.result, result, sizeof(ResultRec))
-        cdef bytes key = idem_key(terminal_id, serial)
-        cdef bytes seq_key = u64_key(seq)
-        self.requests[key] = record
-        self.request_seqs[key] = seq
-        self.requests_by_seq[seq_key] = record
-        self.requests_dirty[seq_key] = record
+        self.new_requests.append(record)
         if tail.tail_count == 0 or serial < tail.tail_min_serial:
             tail.tail_min_serial = serial
         if serial > tail.tail_max_serial:
@@ -1243,18 +1317,30 @@ cdef class _Batch:
         tail.last_seq = seq
         tail.tail_count += 1
         if tail.tail_count == REQUEST_TAIL_MAX:
-            self.index_tail(terminal_id, &tail)
-        self.request_tails.put(tail_key, PyBytes_FromStringAndSize(<char*>&tail, sizeof(RequestTailRec)))
+            self.index_tail(terminal_id, tail)
 
     cdef index_tail(self, uint32_t terminal_id, RequestTailRec* tail):
         """Mirror of reference.index_tail."""
+        cdef IndexPair pairs[REQUEST_TAIL_LENGTH_MAX]
         cdef uint64_t seq = tail.last_seq
-        cdef uint32_t i
+        cdef uint32_t i, first
         cdef const RequestRec* request
+        assert tail.tail_count <= REQUEST_TAIL_LENGTH_MAX
         for i in range(tail.tail_count):
             request = <const RequestRec*>PyByteArray_AS_STRING(self.request_record(seq))
-            self.request_index.put(idem_key(terminal_id, request.serial), u64_key(seq))
+            pairs[i].serial = request.serial
+            pairs[i].seq = seq
             seq = request.prev_seq
+        # By serial: each bucket's pairs together.
+        qsort(pairs, tail.tail_count, sizeof(IndexPair), compare_pairs)
+        first = 0
+        for i in range(1, tail.tail_count + 1):
+            if i == tail.tail_count or pairs[i].serial >> REQUEST_BUCKET_BITS != pairs[first].serial >> REQUEST_BUCKET_BITS:
+                key = request_bucket_key(terminal_id, pairs[first].serial)
+                cached = PyDict_GetItem(self.index_puts, key)
+                stored = <object>cached if cached != NULL else self.txn.get(key, None, self.request_index_db)
+                self.index_puts[key] = bucket_with(stored, &pairs[first], i - first)
+                first = i
         cdef uint64_t max_serial = tail.max_serial
         memset(tail, 0, sizeof(RequestTailRec))
         tail.max_serial = max_serial

@@ -44,8 +44,10 @@ from core.records import (
     Account,
     JournalEntry,
     RequestTail,
+    bucket_with,
     encode,
     parse_idem_key,
+    request_bucket_key,
     u32_key,
     u64_key,
 )
@@ -181,15 +183,23 @@ def requests_in_order(txn, store: Store, progress):
     seq = 0
     tails: dict[int, int] = {}
     requests, index = [], []
+    bucket, pairs = None, []
     for key, value in txn.cursor(db=idem):
         assert len(value) == V2_IDEM_SIZE
         terminal_id, serial = parse_idem_key(key)
         seq += 1
         requests.append((u64_key(seq), struct.pack("<IIQQ", terminal_id, 0, serial, 0) + value))
-        index.append((key, u64_key(seq)))
         tails[terminal_id] = max(tails.get(terminal_id, 0), serial)
-        if len(requests) == REWRITE_CHUNK_ROWS:
+        # In (terminal, serial) order: each bucket's pairs come together.
+        if request_bucket_key(terminal_id, serial) != bucket:
+            if pairs:
+                index.append((bucket, bucket_with(None, pairs)))
+            bucket, pairs = request_bucket_key(terminal_id, serial), []
+        pairs.append((serial, seq))
+        if len(requests) >= REWRITE_CHUNK_ROWS:
             append_requests(txn, store, requests, index, progress)
+    if pairs:
+        index.append((bucket, bucket_with(None, pairs)))
     append_requests(txn, store, requests, index, progress)
     txn.cursor(db=store.request_tails).putmulti(
         [(u32_key(terminal_id), encode(RequestTail(max_serial=serial))) for terminal_id, serial in sorted(tails.items())], append=True)

@@ -504,12 +504,45 @@ def parse_u64_key(key: bytes) -> int:
 
 
 def idem_key(terminal_id: int, serial: int) -> bytes:
-    """Key of a request in request_index: (terminal, serial)."""
+    """(terminal, serial): version 2's key of an idempotency record."""
     return _IDEM_KEY.pack(terminal_id, serial)
 
 
 def parse_idem_key(key: bytes) -> tuple[int, int]:
     return _IDEM_KEY.unpack(key)
+
+
+# request_index lists a terminal's requests by runs of serials: the key is
+# (terminal, serial >> REQUEST_BUCKET_BITS), the value the (serial, seq)
+# pairs of that run, in serial order (REQUEST_INDEX_PAIR each). A tail of a
+# terminal numbering its serials one after the other is listed with one or
+# two records, not one per request.
+REQUEST_BUCKET_BITS = 5
+REQUEST_INDEX_PAIR = struct.Struct("<QQ")
+
+
+def request_bucket_key(terminal_id: int, serial: int) -> bytes:
+    """Key of the request_index record listing (terminal, serial)."""
+    return _IDEM_KEY.pack(terminal_id, serial >> REQUEST_BUCKET_BITS)
+
+
+def parse_request_bucket_key(key: bytes) -> tuple[int, int]:
+    """(terminal, bucket): the bucket's serials are bucket << REQUEST_BUCKET_BITS and the next ones."""
+    return _IDEM_KEY.unpack(key)
+
+
+def bucket_seq(value: bytes, serial: int) -> int:
+    """The seq a request_index record lists for serial, or 0."""
+    for listed, seq in REQUEST_INDEX_PAIR.iter_unpack(value):
+        if listed == serial:
+            return seq
+    return 0
+
+
+def bucket_with(value: bytes | None, pairs: list[tuple[int, int]]) -> bytes:
+    """A request_index record with (serial, seq) pairs added, in serial order."""
+    merged = sorted([*REQUEST_INDEX_PAIR.iter_unpack(value or b""), *pairs])
+    return b"".join(REQUEST_INDEX_PAIR.pack(serial, seq) for serial, seq in merged)
 
 
 def hold_expiry_key(expires_ms: int, txn_id: int) -> bytes:

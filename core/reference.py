@@ -53,11 +53,12 @@ from core.records import (
     encode,
     hold_expiry_key,
     gift_count_key,
-    idem_key,
+    bucket_with,
     inline_lot,
     lot_expiry_key,
     lot_key,
     parse_hold_expiry_key,
+    request_bucket_key,
     tier_change_key,
     u32_key,
     u64_key,
@@ -443,11 +444,14 @@ class _Batch:
         self.txn.put(u32_key(terminal_id), encode(tail), db=self.store.request_tails)
 
     def index_tail(self, terminal_id: int, tail: RequestTail) -> RequestTail:
-        """List the tail's requests in request_index, all at once (adjacent
-        keys: one page of the index per REQUEST_TAIL_MAX requests); the
-        tail starts empty again."""
+        """List the tail's requests in request_index, all at once (a run of
+        serials: one or two records per REQUEST_TAIL_MAX requests); the tail
+        starts empty again."""
+        buckets = {}
         for seq, request in idempotency.tail_requests(self.txn, self.store, tail):
-            self.txn.put(idem_key(terminal_id, request.serial), u64_key(seq), db=self.store.request_index)
+            buckets.setdefault(request_bucket_key(terminal_id, request.serial), []).append((request.serial, seq))
+        for key, pairs in buckets.items():
+            self.txn.put(key, bucket_with(self.txn.get(key, db=self.store.request_index), pairs), db=self.store.request_index)
         return RequestTail(max_serial=tail.max_serial)
 
     def new_txn_id(self) -> int:

@@ -10,7 +10,7 @@ Named databases (keys big-endian, values in core.records layouts):
   card_stations   (card_id u64, station u32) -> b""   allow list of a card
   txns            txn_id u64                 -> Txn
   requests        seq u64                    -> Request  terminal requests as answered, in order (idempotency)
-  request_index   (terminal u32, serial u64) -> seq u64  (the request's key) requests older than their terminal's tail
+  request_index   (terminal u32, serial >> 5 u64) -> (serial u64, seq u64)*  requests older than their terminal's tail
   request_tails   terminal u32               -> RequestTail  the terminal's newest requests, not indexed yet
   journal         seq u64                    -> JournalEntry (each names the entry before it on both accounts)
   hold_expiry     (expires_ms u64, txn u64)  -> b""   open pre-authorizations
