@@ -980,6 +980,10 @@ cdef class _Batch:
     cdef dict accounts, cards, txns
     # key -> the same bytearray, for records this batch changed
     cdef dict accounts_dirty, cards_dirty, txns_dirty
+    # Transactions this batch made: the record of id first_txn_id + i at
+    # index i (None: an id without one, a transfer's say)
+    cdef list new_txns
+    cdef uint64_t first_txn_id
     # Requests (core/idempotency.py): those this batch adds (seq
     # first_request_seq + i at index i), each a bytearray holding its
     # RequestRec; older ones it read (u64_key(seq) -> bytearray) and changed
@@ -1046,6 +1050,7 @@ cdef class _Batch:
         self.accounts_dirty = {}
         self.cards_dirty = {}
         self.txns_dirty = {}
+        self.new_txns = []
         self.new_requests = []
         self.requests_loaded = {}
         self.requests_changed = {}
@@ -1063,6 +1068,7 @@ cdef class _Batch:
         self.next_journal_seq = self.meta(META_NEXT_JOURNAL_SEQ, 1)
         self.next_request_seq = self.meta(META_NEXT_REQUEST_SEQ, 1)
         self.first_request_seq = self.next_request_seq
+        self.first_txn_id = self.next_txn_id
 
     cdef uint64_t meta(self, bytes name, uint64_t default) except? 0:
         value = self.txn.get(name, None, self.meta_db)
@@ -1076,6 +1082,10 @@ cdef class _Batch:
         for db, dirty in ((self.accounts_db, self.accounts_dirty), (self.cards_db, self.cards_dirty),
                           (self.txns_db, self.txns_dirty), (self.requests_db, self.requests_changed)):
             put_in_key_order(self.txn, db, sorted_items(dirty))
+        if self.new_txns:
+            self.txn.cursor(self.txns_db).putmulti(
+                [(u64_key(self.first_txn_id + i), self.new_txns[i]) for i in range(len(self.new_txns)) if self.new_txns[i] is not None],
+                append=True)
         if self.new_requests:
             self.txn.cursor(self.requests_db).putmulti(
                 [(u64_key(self.first_request_seq + i), self.new_requests[i]) for i in range(len(self.new_requests))], append=True)
@@ -1187,21 +1197,36 @@ cdef class _Batch:
         self.remember_account(kind, owner, record, True)
 
     cdef TxnRec* load_txn(self, uint64_t txn_id) except? NULL:
-        cdef bytearray record = self.fetch(self.txns, self.txns_db, u64_key(txn_id))
+        cdef bytearray record
+        cdef uint64_t index
+        if txn_id >= self.first_txn_id:
+            # An id this batch gave: its record, if it has one, is new.
+            index = txn_id - self.first_txn_id
+            if index < <uint64_t>len(self.new_txns) and self.new_txns[index] is not None:
+                return <TxnRec*>PyByteArray_AS_STRING(<bytearray>self.new_txns[index])
+            return NULL
+        record = self.fetch(self.txns, self.txns_db, u64_key(txn_id))
         if record is None:
             return NULL
         return <TxnRec*>PyByteArray_AS_STRING(record)
 
     cdef mark_txn(self, uint64_t txn_id):
-        """Write the (changed) transaction back at the end of the batch."""
+        """Write the (changed) transaction back at the end of the batch (a
+        new one is written then anyway)."""
+        if txn_id >= self.first_txn_id:
+            return
         cdef bytes key = u64_key(txn_id)
         self.txns_dirty[key] = self.txns[key]
 
     cdef TxnRec* store_txn(self, const TxnRec* draft) except NULL:
-        cdef bytes key = u64_key(draft.txn_id)
+        """A new transaction (its id given by this batch): kept in id order
+        and appended at the end of the batch."""
         cdef bytearray record = PyByteArray_FromStringAndSize(<char*>draft, sizeof(TxnRec))
-        self.txns[key] = record
-        self.txns_dirty[key] = record
+        cdef Py_ssize_t index = draft.txn_id - self.first_txn_id
+        while len(self.new_txns) < index:
+            self.new_txns.append(None)
+        assert len(self.new_txns) == index, "a new transaction stored twice"
+        self.new_txns.append(record)
         return <TxnRec*>PyByteArray_AS_STRING(record)
 
     # -------------------------------------------------------- requests
