@@ -182,17 +182,14 @@ class Registrar:
             return handler
         # Fail closed: a tally.v1 RPC missing from the table cannot be served.
         allowed = CALLERS[method]
+        serializer = passing_bytes(handler.response_serializer)
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, allowed, handler), response_serializer=handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(self._unary(method, allowed, handler), response_serializer=serializer)
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._unary_stream(method, allowed, handler), response_serializer=handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(self._unary_stream(method, allowed, handler), response_serializer=serializer)
         if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._stream_unary(method, allowed, handler), response_serializer=handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(
-            self._stream_stream(method, allowed, handler), response_serializer=handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(self._stream_unary(method, allowed, handler), response_serializer=serializer)
+        return grpc.stream_stream_rpc_method_handler(self._stream_stream(method, allowed, handler), response_serializer=serializer)
 
     def _unary(self, method: str, allowed: Allowed, handler):
         inner, parse, guards = handler.unary_unary, parser_of(handler.request_deserializer), self.guards
@@ -278,7 +275,10 @@ class Registrar:
                     async for raw in request_iterator:
                         yield parse(raw)
 
-                result = inner(parsed(), context)
+                # A handler marked wire_bytes reads the messages' bytes itself
+                # (GatewayService: server/fastpay.pyx), refusing those that do
+                # not parse as parse would.
+                result = inner(request_iterator if getattr(inner, "wire_bytes", False) else parsed(), context)
                 if hasattr(result, "__aiter__"):
                     async for answer in result:
                         yield answer
@@ -290,6 +290,18 @@ class Registrar:
                 await _refuse(method, name, error, context, started, None)
 
         return behaviour
+
+
+def passing_bytes(serializer):
+    """The RPC's response serializer, passing an answer already written as
+    wire bytes (server/fastpay.pyx) as it is."""
+    if serializer is None:
+        return None
+
+    def serialize(answer):
+        return answer if answer.__class__ is bytes else serializer(answer)
+
+    return serialize
 
 
 async def _refuse(method: str, name: str, error: Exception, context, started: float, request):
