@@ -231,7 +231,7 @@ class GroupCommitter:
             else:
                 outcomes = self._apply(batch)
                 if self.on_batch is not None:
-                    self.on_batch(len(batch), time.perf_counter() - started)
+                    self.on_batch(sum(entry.op_count for entry in batch), time.perf_counter() - started)
             self._deliver(batch, outcomes)
 
     def _deliver(self, batch, outcomes):
