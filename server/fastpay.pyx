@@ -602,6 +602,27 @@ cdef class PayMessage:
         assert 0 <= index < self.count
         return self.fields[index].station_id
 
+    def plain_stations(self) -> set:
+        """The stations of the plain Pays."""
+        cdef set found = set()
+        cdef Py_ssize_t index
+        for index in range(self.count):
+            if self.parsed[index] == PARSED_PLAIN:
+                found.add(self.fields[index].station_id)
+        return found
+
+    def split(self, dict settings) -> tuple:
+        """(indexes of the plain Pays at a station in settings, indexes of the others)."""
+        cdef list plain = []
+        cdef list others = []
+        cdef Py_ssize_t index
+        for index in range(self.count):
+            if self.parsed[index] == PARSED_PLAIN and self.fields[index].station_id in settings:
+                plain.append(index)
+            else:
+                others.append(index)
+        return plain, others
+
     def ops(self, list indexes, dict settings) -> bytes:
         """The Op of each Pay listed (plain ones), concatenated, as
         requests.pay_op builds it. settings: station id -> (points_per_unit,
@@ -653,3 +674,55 @@ cdef class PayMessage:
                 found.append(tables.gateway_result(r, request, per_unit, b"%d per currency unit" % per_unit))
             r += 1
         return found
+
+
+# ------------------------------------------------------------ replies
+
+cdef inline Py_ssize_t varint_size(uint64_t value) noexcept:
+    cdef Py_ssize_t size = 1
+    while value >= 0x80:
+        value >>= 7
+        size += 1
+    return size
+
+
+cdef bytes reply_of(uint64_t correlation_id, list results, Py_ssize_t first, Py_ssize_t stop):
+    """GatewayReply(correlation_id, results[first:stop], first_index=first) as protobuf writes it."""
+    cdef Out out
+    memset(&out, 0, sizeof(Out))
+    cdef Py_ssize_t index
+    try:
+        put_field_varint(&out, 1, correlation_id)
+        for index in range(first, stop):
+            result = <bytes>results[index]
+            put_field_bytes(&out, 2, PyBytes_AS_STRING(result), PyBytes_GET_SIZE(result), True)
+        put_field_varint(&out, 4, first)
+        return PyBytes_FromStringAndSize(out.data, out.size)
+    finally:
+        free(out.data)
+
+
+def replies(uint64_t correlation_id, list results, Py_ssize_t reply_bytes_max) -> list:
+    """Mirror of server/stream.py split_replies for results given as wire
+    bytes: one reply, or consecutive parts of at most reply_bytes_max each,
+    counted as split_replies counts them."""
+    cdef Py_ssize_t count = len(results)
+    cdef Py_ssize_t size = varint_size(correlation_id) + 1 if correlation_id else 0
+    cdef Py_ssize_t index, length
+    for index in range(count):
+        length = PyBytes_GET_SIZE(<bytes>results[index])
+        size += 1 + varint_size(length) + length
+    if count == 1 or size <= reply_bytes_max:
+        return [reply_of(correlation_id, results, 0, count)]
+    cdef list found = []
+    cdef Py_ssize_t first = 0
+    size = 0
+    for index in range(count):
+        length = PyBytes_GET_SIZE(<bytes>results[index]) + 8  # as split_replies counts
+        if index > first and size + length > reply_bytes_max:
+            found.append(reply_of(correlation_id, results, first, index))
+            first = index
+            size = 0
+        size += length
+    found.append(reply_of(correlation_id, results, first, count))
+    return found

@@ -78,29 +78,26 @@ class PayLine:
         """Each Pay's GatewayResult bytes, in the message's order.
         run_reference(index, request) answers the message's Pay number index
         the reference way (a GatewayResult message)."""
-        count = message.count
-        stations = {}
-        for index in range(count):
-            if message.plain(index):
-                station = message.station_of(index)
-                if station not in stations:
-                    stations[station] = self.settings_at(station)
-        settings = {station: found for station, found in stations.items() if found is not None}
-        plain = [index for index in range(count) if message.plain(index) and message.station_of(index) in settings]
-        found: list = [None] * count
-        chosen = set(plain)
-        others = [index for index in range(count) if index not in chosen]
+        settings = {}
+        for station in message.plain_stations():
+            found = self.settings_at(station)
+            if found is not None:
+                settings[station] = found
+        plain, others = message.split(settings)
+        if not others:
+            return await self._plain(message, plain, settings)
         # The reference Pays run beside the plain ones, as every operation
         # of a message ran before.
         outcomes = await asyncio.gather(
             self._plain(message, plain, settings) if plain else _nothing(),
             *(run_reference(index, payment_pb2.PayRequest.FromString(message.request(index))) for index in others),
         )
+        results: list = [None] * message.count
         for index, result in zip(plain, outcomes[0]):
-            found[index] = result
+            results[index] = result
         for index, result in zip(others, outcomes[1:]):
-            found[index] = result.SerializeToString()
-        return found
+            results[index] = result.SerializeToString()
+        return results
 
     async def _plain(self, message: fastpay.PayMessage, plain: list, settings: dict) -> list:
         started = time.perf_counter()
@@ -114,17 +111,18 @@ class PayLine:
             return [refused] * len(plain)
         written = message.answers(self.tables(), plain, results, settings)
         size = Result.LAYOUT.size
-        for position, index in enumerate(written):
-            if index is None:  # waiting for a channel, or a date past year 9999: the reference finishes it
-                result = Result(*Result.LAYOUT.unpack_from(results, position * size))
-                written[position] = (await self._finish(message, plain[position], result, settings)).SerializeToString()
+        if None in written:
+            for position, answer in enumerate(written):
+                if answer is None:  # waiting for a channel, or a date past year 9999: the reference finishes it
+                    result = Result(*Result.LAYOUT.unpack_from(results, position * size))
+                    written[position] = (await self._finish(message, plain[position], result)).SerializeToString()
         if OBSERVER.active:
             seconds = time.perf_counter() - started
             for position in range(len(plain)):
                 OBSERVER.request("Pay", "stream", outcome_of(_Outcome(results[position * size] | results[position * size + 1] << 8)), seconds)
         return written
 
-    async def _finish(self, message: fastpay.PayMessage, index: int, result: Result, settings: dict) -> gateway_pb2.GatewayResult:
+    async def _finish(self, message: fastpay.PayMessage, index: int, result: Result) -> gateway_pb2.GatewayResult:
         """The rest of PaymentService.pay for a plain Pay: its channel
         settles, the reference writes the answer."""
         request = payment_pb2.PayRequest.FromString(message.request(index))

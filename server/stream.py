@@ -27,7 +27,7 @@ import grpc
 
 from core import limits
 from server.errors import internal_error, status_of
-from server.fastpay import PayMessage
+from server.fastpay import PayMessage, replies as reply_bytes
 from server.metrics import OBSERVER, outcome_of
 from server.payline import PayLine
 from server.rpc import parser_of
@@ -86,51 +86,6 @@ def split_replies(correlation_id: int, results: list) -> list[gateway_pb2.Gatewa
             first, size = index, 0
         size += result_size
     replies.append(gateway_pb2.GatewayReply(correlation_id=correlation_id, first_index=first, results=results[first:]))
-    return replies
-
-
-def varint_size(value: int) -> int:
-    size = 1
-    while value >= 0x80:
-        value >>= 7
-        size += 1
-    return size
-
-
-def reply_bytes(correlation_id: int, results: list, first_index: int = 0) -> bytes:
-    """GatewayReply(correlation_id, results, first_index).SerializeToString()
-    for results given as GatewayResult wire bytes."""
-    parts = [b"\x08" + encode_varint(correlation_id)] if correlation_id else []
-    for result in results:
-        parts.append(b"\x12" + encode_varint(len(result)))
-        parts.append(result)
-    if first_index:
-        parts.append(b"\x20" + encode_varint(first_index))
-    return b"".join(parts)
-
-
-def encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def split_reply_bytes(correlation_id: int, results: list) -> list[bytes]:
-    """split_replies, for results given as wire bytes: the same replies' bytes."""
-    size = (1 + varint_size(correlation_id) if correlation_id else 0) + sum(1 + varint_size(len(result)) + len(result) for result in results)
-    if len(results) == 1 or size <= REPLY_BYTES_MAX:
-        return [reply_bytes(correlation_id, results)]
-    replies, first, size = [], 0, 0
-    for index, result in enumerate(results):
-        result_size = len(result) + 8  # as split_replies counts
-        if index > first and size + result_size > REPLY_BYTES_MAX:
-            replies.append(reply_bytes(correlation_id, results[first:index], first))
-            first, size = index, 0
-        size += result_size
-    replies.append(reply_bytes(correlation_id, results[first:], first))
     return replies
 
 
@@ -291,7 +246,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         try:
             results = await self.payline.results(
                 message, lambda index, request: self._run_request("pay", request, stream, message.correlation_id, index))
-            replies = split_reply_bytes(message.correlation_id, results)
+            replies = reply_bytes(message.correlation_id, results, REPLY_BYTES_MAX)
         finally:
             stream.in_flight -= message.count
             stream.tasks_open -= 1

@@ -25,9 +25,9 @@ from core.loyalty.rules import EarningRules
 from core.records import RESULT_REPLAYED, Result, encode
 from core.results import Channel, OpKind, ResultCode
 from server import answers, requests
-from server.fastpay import Answers, PayMessage
+from server.fastpay import Answers, PayMessage, replies
 from server.settings import ServerSettings
-from server.stream import reply_bytes, split_replies, split_reply_bytes
+from server.stream import REPLY_BYTES_MAX, split_replies
 from tally.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, payment_pb2
 from tests.support import DEMO_COMPANY_CARD, Terminal
 
@@ -207,9 +207,7 @@ def test_an_answer_is_the_bytes_of_payment_answer(request, station_settings, res
 def test_replies_split_as_split_replies_splits_them(correlation_id, sizes):
     results = [gateway_pb2.GatewayResult(error=gateway_pb2.GatewayError(code=3, message="x" * size)) for size in sizes]
     expected = [reply.SerializeToString() for reply in split_replies(correlation_id, results)]
-    assert split_reply_bytes(correlation_id, [result.SerializeToString() for result in results]) == expected
-    assert reply_bytes(correlation_id, [r.SerializeToString() for r in results[:1]]) == gateway_pb2.GatewayReply(
-        correlation_id=correlation_id, results=results[:1]).SerializeToString()
+    assert replies(correlation_id, [result.SerializeToString() for result in results], REPLY_BYTES_MAX) == expected
 
 
 # ---------------------------------------------------------------- on a server
@@ -242,15 +240,19 @@ def test_plain_pays_and_the_others_of_one_message_answer_in_order(server):
         gateway_pb2.GatewayOperation(pay=pay(411, 3, 700, basket=[line])),
         gateway_pb2.GatewayOperation(pay=pay(411, 4, 400)),
         gateway_pb2.GatewayOperation(pay=pay(411, 5, 10**13)),
+        # Plain, but its channel answers later: the reference settles it.
+        gateway_pb2.GatewayOperation(pay=payment_pb2.PayRequest(terminal=context(411, 6), amount_minor=250,
+                                                                plan=payment_pb2.PaymentPlan(channel=common_pb2.BANK_CARD))),
     ])
     (reply,) = asyncio.run(exchange(server.address, [batch]))
     results = reply.results
-    assert [result.WhichOneof("outcome") for result in results] == ["payment", "error", "payment", "payment", "error"]
+    assert [result.WhichOneof("outcome") for result in results] == ["payment", "error", "payment", "payment", "error", "payment"]
     assert [results[i].payment.amount_minor for i in (0, 2, 3)] == [300, 700, 400]
+    assert (results[5].payment.result, results[5].payment.sources.channel_minor) == (common_pb2.APPROVED, 250)
     assert results[1].error.message == "amount_minor: must be within 1 .. 1000000000000, got 0"
     assert "petrol 92" in results[2].payment.receipt
     # Each one is the stored answer a unary retry gets back, marked replayed.
-    for index, serial in ((0, 1), (2, 3), (3, 4)):
+    for index in (0, 2, 3, 5):
         request = batch.operations[index].pay
         again = terminal.payments.Pay(request)
         assert again.replayed
