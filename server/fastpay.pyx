@@ -498,6 +498,14 @@ cdef class Answers:
             free(part.data)
 
 
+cdef bytes without_tag(bytes field):
+    """A length-delimited field's content: its tag and length dropped."""
+    cdef Py_ssize_t position = 1
+    cdef uint64_t length
+    read_varint(<const uint8_t*>PyBytes_AS_STRING(field), PyBytes_GET_SIZE(field), &position, &length)
+    return field[position:]
+
+
 cdef int put_points_item(Out* answer, bytes rule, bytes description, int64_t points) except -1:
     cdef Out item
     memset(&item, 0, sizeof(Out))
@@ -540,6 +548,24 @@ cdef class PayMessage:
     def __dealloc__(self):
         free(self.fields)
         free(self.parsed)
+
+    @staticmethod
+    def single(bytes raw):
+        """One PayRequest's wire bytes (a unary Pay's), as a message of one."""
+        message = PayMessage()
+        message.raw = raw
+        message.correlation_id = 0
+        message.count = 1
+        message.fields = <PayFields*>malloc(sizeof(PayFields))
+        message.parsed = <uint8_t*>malloc(1)
+        if message.fields == NULL or message.parsed == NULL:
+            raise MemoryError()
+        message.parsed[0] = read_request(<const uint8_t*>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), 0, &message.fields[0])
+        message.fields[0].offset = 0
+        message.fields[0].length = PyBytes_GET_SIZE(raw)
+        if message.parsed[0] == PARSED_PLAIN and not plainly_valid(&message.fields[0]):
+            message.parsed[0] = PARSED_OTHER
+        return message
 
     @staticmethod
     def read(bytes raw):
@@ -657,9 +683,10 @@ cdef class PayMessage:
             op += 1
         return ops
 
-    def answers(self, Answers tables, list indexes, bytes results, dict settings) -> list:
+    def answers(self, Answers tables, list indexes, bytes results, dict settings, bint unwrapped=False) -> list:
         """The GatewayResult bytes of each Pay listed, from its Result (the
-        kernel's, in the same order)."""
+        kernel's, in the same order); unwrapped: the PaymentAnswer's bytes
+        alone (a unary Pay's answer)."""
         assert PyBytes_GET_SIZE(results) == len(indexes) * sizeof(ResultRec)
         cdef const ResultRec* r = <const ResultRec*>PyBytes_AS_STRING(results)
         cdef const PayFields* request
@@ -671,7 +698,8 @@ cdef class PayMessage:
                 found.append(None)  # the reference settles the channel, or writes the date
             else:
                 _, _, per_unit = settings[request.station_id]
-                found.append(tables.gateway_result(r, request, per_unit, b"%d per currency unit" % per_unit))
+                written = tables.gateway_result(r, request, per_unit, b"%d per currency unit" % per_unit)
+                found.append(without_tag(written) if unwrapped else written)
             r += 1
         return found
 

@@ -99,6 +99,27 @@ class PayLine:
             results[index] = result.SerializeToString()
         return results
 
+    async def one(self, body: bytes):
+        """A unary Pay from its wire bytes: (its answer, its outcome label)
+        where the answer is the PaymentAnswer's wire bytes (or the message,
+        when the reference finished it), or None when it is not plain here
+        (the reference answers it whole)."""
+        message = fastpay.PayMessage.single(body)
+        if not message.plain(0):
+            return None
+        station = message.station_of(0)
+        found = self.settings_at(station)
+        if found is None:
+            return None
+        settings = {station: found}
+        results = await self.committer.submit_group(message.ops([0], settings))
+        (written,) = message.answers(self.tables(), [0], results, settings, True)
+        code = results[0] | results[1] << 8
+        if written is None:
+            answer = (await self._finish(message, 0, Result(*Result.LAYOUT.unpack(results)))).payment
+            return answer, outcome_of(answer)
+        return written, outcome_of(_Outcome(code))
+
     async def _plain(self, message: fastpay.PayMessage, plain: list, settings: dict) -> list:
         started = time.perf_counter()
         try:

@@ -29,7 +29,6 @@ from core import limits
 from server.errors import internal_error, status_of
 from server.fastpay import PayMessage, replies as reply_bytes
 from server.metrics import OBSERVER, outcome_of
-from server.payline import PayLine
 from server.rpc import parser_of
 from tally.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -135,7 +134,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         }
         self.stopping = False
         self._streams: set[_Stream] = set()
-        self.payline = PayLine(payments)
+        self.payline = payments.payline
         self.parse = parser_of(gateway_pb2.GatewayMessage.FromString)
 
     def stop(self):

@@ -200,6 +200,9 @@ def test_an_answer_is_the_bytes_of_payment_answer(request, station_settings, res
     finally:
         answers.set_currency(previous)
     assert written == gateway_pb2.GatewayResult(payment=expected).SerializeToString()
+    # A unary Pay's answer: the PaymentAnswer alone, byte for byte.
+    unwrapped = PayMessage.single(request.SerializeToString()).answers(Answers(currency), [0], encode(result), station, True)[0]
+    assert unwrapped == expected.SerializeToString()
 
 
 @settings(max_examples=100, deadline=None)
@@ -258,3 +261,27 @@ def test_plain_pays_and_the_others_of_one_message_answer_in_order(server):
         assert again.replayed
         again.replayed = False
         assert again == results[index].payment
+
+
+def test_a_unary_plain_pay_is_answered_as_the_reference_answers_it(server):
+    """Unary Pay goes the compiled way when it is plain (server/payline.py,
+    PaymentService.pay_wire); its answer is the one a retry over the stream
+    gets back, and a Pay that is not plain still gets the reference's error."""
+    terminal = Terminal(server.channel(), terminal_id=412)
+    first = terminal.payments.Pay(pay(412, 1, 300))
+    assert (first.result, first.amount_minor, first.replayed) == (common_pb2.APPROVED, 300, False)
+    assert first.receipt
+    channel = terminal.payments.Pay(payment_pb2.PayRequest(
+        terminal=context(412, 2), amount_minor=250, plan=payment_pb2.PaymentPlan(channel=common_pb2.BANK_CARD)))
+    assert (channel.result, channel.sources.channel_minor) == (common_pb2.APPROVED, 250)
+    with pytest.raises(grpc.RpcError) as refused:
+        terminal.payments.Pay(pay(412, 3, 0))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "amount_minor" in refused.value.details()
+    batch = gateway_pb2.GatewayMessage(correlation_id=4, operations=[
+        gateway_pb2.GatewayOperation(pay=pay(412, 1, 300))])
+    (reply,) = asyncio.run(exchange(server.address, [batch]))
+    again = reply.results[0].payment
+    assert again.replayed
+    again.replayed = False
+    assert again == first
