@@ -43,7 +43,14 @@ extensions = [
         "core.kernel",
         ["core/kernel.pyx"],
         extra_compile_args=["-O2"],
-    )
+    ),
+    # Pay's hot path above the kernel (issue 20): it cimports the record
+    # structs of core/kernel.pxd.
+    Extension(
+        "server.fastpay",
+        ["server/fastpay.pyx"],
+        extra_compile_args=["-O2"],
+    ),
 ]
 
 setup(

@@ -11,6 +11,11 @@ kernel: as many operations, a third each sales that earn points, sales that
 spend points (with the rest from the personal account) and gift
 redemptions, over as many cards; reported as operations/s and as a share of
 the transfer workload's rate in the same run.
+
+The workloads take turns (--rounds, 10 by default): each round applies the
+next share of every workload's batches, the order flipping from round to
+round, so that other load on the machine weighs on each alike; the rates
+are over all rounds, and the report lists each round's too.
 """
 
 import argparse
@@ -43,12 +48,16 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=1, help="random seed of the workload")
     parser.add_argument("--kernels", default="cython,reference", help="kernels to run, comma-separated")
     parser.add_argument("--mixed", action="store_true", help="also run the loyalty mix through the Cython kernel")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="the workloads take turns this many times, each round a share of each (default %(default)s)")
     parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
     args = parser.parse_args(argv)
     if not 0 < args.batch_size <= limits.BATCH_SIZE_MAX:
         parser.error(f"--batch-size must be within 1 .. {limits.BATCH_SIZE_MAX}")
     if args.accounts < 2 or args.transfers < 1:
         parser.error("--accounts must be at least 2 and --transfers at least 1")
+    if not 1 <= args.rounds <= 100:
+        parser.error(f"--rounds must be within 1 .. 100, got {args.rounds}")
     return args
 
 
@@ -133,49 +142,79 @@ def mixed_batches(cards: int, operations: int, batch_size: int, seed: int) -> li
     return batches
 
 
-def run_mixed(directory: str, args) -> dict:
-    ledger = Ledger(open_store(f"{directory}/mixed", 8 * 2**30), load_kernel("cython"))
-    setup = mixed_setup_ops(args.accounts)
-    for start in range(0, len(setup), limits.BATCH_SIZE_MAX):
-        ledger.apply(setup[start : start + limits.BATCH_SIZE_MAX], NOW_MS, DAY)
-    batches = mixed_batches(args.accounts, args.transfers, args.batch_size, args.seed)
-    started = time.perf_counter()
-    approved = 0
-    for batch in batches:
-        approved += ledger.apply_encoded(batch, NOW_MS, DAY)[::RESULT_SIZE].count(1)
-    seconds = time.perf_counter() - started
-    ledger.store.close()
-    print(f"  mixed     {args.transfers / seconds:>12,.0f} operations/s ({seconds:.2f} s, {approved:,} approved)", file=sys.stderr)
-    return {"operations_per_s": args.transfers / seconds, "seconds": seconds, "approved": approved}
+class Workload:
+    """One ledger on its own directory and the batches it applies, timed
+    round by round: the workloads of a run take turns (see main), so that
+    what else runs on the machine weighs on each alike."""
+
+    def __init__(self, name: str, unit: str, ledger: Ledger, batches: list[bytes]):
+        self.name = name
+        self.unit = unit
+        self.ledger = ledger
+        self.batches = batches
+        self.done = 0
+        self.operations = 0
+        self.seconds = 0.0
+        self.approved = 0
+        self.round_rates: list[float] = []
+
+    def run_round(self, rounds_left: int):
+        """The next 1/rounds_left of the batches left."""
+        count = -(-(len(self.batches) - self.done) // rounds_left)
+        batches = self.batches[self.done : self.done + count]
+        started = time.perf_counter()
+        for batch in batches:
+            self.approved += self.ledger.apply_encoded(batch, NOW_MS, DAY)[::RESULT_SIZE].count(1)  # first byte of each Result: code APPROVED
+        seconds = time.perf_counter() - started
+        operations = sum(len(batch) for batch in batches) // Op.LAYOUT.size
+        self.done += count
+        self.operations += operations
+        self.seconds += seconds
+        self.round_rates.append(operations / seconds if seconds else 0.0)
+
+    def report(self) -> dict:
+        rate = self.operations / self.seconds
+        print(f"  {self.name:9s} {rate:>12,.0f} {self.unit}/s  ({self.seconds:.2f} s, {self.approved:,} approved)", file=sys.stderr)
+        return {f"{self.unit}_per_s": rate, "seconds": self.seconds, "approved": self.approved, "rounds": self.round_rates}
 
 
-def run_kernel(name: str, directory: str, args, batches: list[bytes]) -> dict:
-    ledger = Ledger(open_store(f"{directory}/{name}", 8 * 2**30), load_kernel(name))
-    setup = setup_ops(args.accounts)
+def opened(directory: str, name: str, kernel: str, setup: list[Op]) -> Ledger:
+    ledger = Ledger(open_store(f"{directory}/{name}", 8 * 2**30), load_kernel(kernel))
     for start in range(0, len(setup), limits.BATCH_SIZE_MAX):
         ledger.apply(setup[start : start + limits.BATCH_SIZE_MAX], NOW_MS, DAY)
-    started = time.perf_counter()
-    approved = 0
-    for batch in batches:
-        results = ledger.apply_encoded(batch, NOW_MS, DAY)
-        approved += results[::RESULT_SIZE].count(1)  # first byte of each Result: code APPROVED
-    seconds = time.perf_counter() - started
+    return ledger
+
+
+def run_rounds(workloads: list[Workload], rounds: int):
+    """Each round runs a share of every workload, in turn; the order flips
+    from one round to the next."""
+    for index in range(rounds):
+        for workload in workloads if index % 2 == 0 else workloads[::-1]:
+            workload.run_round(rounds - index)
+
+
+def books_of(ledger: Ledger) -> dict:
     with ledger.store.env.begin() as txn:
-        books = {name: list(txn.cursor(db=ledger.store.dbs[name])) for name in ("accounts", "journal")}
-    ledger.store.close()
-    print(f"  {name:9s} {args.transfers / seconds:>12,.0f} transfers/s  ({seconds:.2f} s, {approved:,} approved)", file=sys.stderr)
-    return {"transfers_per_s": args.transfers / seconds, "seconds": seconds, "approved": approved, "books": books}
+        return {name: list(txn.cursor(db=ledger.store.dbs[name])) for name in ("accounts", "journal")}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     kernels = args.kernels.split(",")
-    print(f"kernel benchmark: {args.transfers:,} transfers over {args.accounts:,} accounts, batches of {args.batch_size:,}, durable", file=sys.stderr)
+    print(f"kernel benchmark: {args.transfers:,} transfers over {args.accounts:,} accounts, batches of {args.batch_size:,}, durable, "
+          f"{args.rounds} rounds", file=sys.stderr)
     batches = transfer_batches(args.accounts, args.transfers, args.batch_size, args.seed)
     with tempfile.TemporaryDirectory(prefix="tally-bench-kernel-") as directory:
-        runs = {name: run_kernel(name, directory, args, batches) for name in kernels}
-        mixed = run_mixed(directory, args) if args.mixed else None
-    books = [run.pop("books") for run in runs.values()]
+        workloads = [Workload(name, "transfers", opened(directory, name, name, setup_ops(args.accounts)), batches) for name in kernels]
+        if args.mixed:
+            workloads.append(Workload("mixed", "operations", opened(directory, "mixed", "cython", mixed_setup_ops(args.accounts)),
+                                      mixed_batches(args.accounts, args.transfers, args.batch_size, args.seed)))
+        run_rounds(workloads, args.rounds)
+        runs = {workload.name: workload.report() for workload in workloads}
+        books = [books_of(workload.ledger) for workload in workloads if workload.name in kernels]
+        for workload in workloads:
+            workload.ledger.store.close()
+    mixed = runs.pop("mixed", None)
     identical = all(b == books[0] for b in books)
     report = {
         "benchmark": "kernel",
@@ -189,7 +228,10 @@ def main(argv=None) -> int:
         report["mixed"] = mixed
         if "cython" in runs:
             report["mixed_share_of_transfers"] = mixed["operations_per_s"] / runs["cython"]["transfers_per_s"]
-            print(f"  mixed / transfers {report['mixed_share_of_transfers']:.2f}", file=sys.stderr)
+            shares = [m / t for m, t in zip(mixed["rounds"], runs["cython"]["rounds"]) if t]
+            report["mixed_share_rounds"] = shares
+            print(f"  mixed / transfers {report['mixed_share_of_transfers']:.2f} (rounds {', '.join(f'{share:.2f}' for share in shares)})",
+                  file=sys.stderr)
     if "cython" in runs and "reference" in runs:
         report["ratio"] = runs["cython"]["transfers_per_s"] / runs["reference"]["transfers_per_s"]
         print(f"  ratio     {report['ratio']:>12.1f} x  (cython / reference, same run)", file=sys.stderr)

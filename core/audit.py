@@ -3,13 +3,19 @@
 Owns: the definition of a consistent data directory:
   - per unit (money, points) all balances sum to zero (double entry);
   - every account's balance equals credits - debits, and those equal the sums
-    of its journal entries;
+    of its journal entries; its entries form one chain, newest first, from
+    the account's last_seq (each entry names the one before it on each side);
   - every account's held amount equals the open holds against it, and no
     card or general account is overdrawn;
   - no hold is both posted and voided: a released, expired or aborted
     transaction has no sale postings; a posted one's sale postings equal its
     posted legs; a void or reversal returned exactly what was posted;
-  - refunds never exceed what was paid; every stored answer's transaction exists.
+  - refunds never exceed what was paid; every stored answer's transaction exists;
+  - every request's answer is found by its (terminal, serial): in the
+    request index or in its terminal's tail (core/idempotency.py);
+  - a card's points balance is what its open lots hold, its newest lot is
+    the one stored with its points account, and the expiry index lists
+    exactly the open lots (core/lots.py).
 Used by: operators, the crash tests, the soak, CI.
 
 The journal is read in chunks into numpy arrays, so a directory with tens of
@@ -23,19 +29,27 @@ import sys
 
 import numpy as np
 
+from core import idempotency
 from core.records import (
     META_NEXT_TXN_ID,
     META_VALUE,
+    POINTS_ACCOUNT_SIZE,
+    REQUEST_BUCKET_BITS,
+    REQUEST_INDEX_PAIR,
     TOMBSTONE_FINGERPRINT,
     Account,
-    Idem,
     JournalEntry,
     Lot,
+    Request,
+    RequestTail,
     Txn,
     decode,
+    inline_lot,
     lot_key,
     parse_account_key,
     parse_lot_expiry_key,
+    parse_request_bucket_key,
+    u64_key,
 )
 from core.results import (
     SYSTEM_ACCOUNT_KIND_MIN,
@@ -67,6 +81,8 @@ JOURNAL_DTYPE = np.dtype(
         ("business_day", "<u4"),
         ("station_id", "<u4"),
         ("reserved", "<u4"),
+        ("debit_prev", "<u8"),
+        ("credit_prev", "<u8"),
     ]
 )
 assert JOURNAL_DTYPE.itemsize == JournalEntry.LAYOUT.size
@@ -118,9 +134,15 @@ class _JournalTotals:
         self.entries = 0
         self.last_seq = 0
         self.seq_gaps = 0
+        # (kind, owner) -> the seq of the account's newest entry so far
+        self.chain_heads: dict[tuple[int, int], int] = {}
+        # (kind, owner, seq) of entries that do not name the entry before
+        # them on that account
+        self.chain_breaks: list[tuple[int, int, int]] = []
 
     def add_chunk(self, chunk: np.ndarray):
         self.entries += len(chunk)
+        self._follow_chains(chunk)
         expected = np.arange(self.last_seq + 1, self.last_seq + 1 + len(chunk), dtype=np.uint64)
         self.seq_gaps += int(np.count_nonzero(chunk["seq"] != expected))
         self.last_seq = int(chunk["seq"][-1])
@@ -138,6 +160,28 @@ class _JournalTotals:
         returns = money & np.isin(chunk["reason"], (Reason.REFUND, Reason.REVERSAL, Reason.VOID))
         np.add.at(self.sale_money, chunk["txn_id"][sales].astype(np.int64), chunk["amount"][sales])
         np.add.at(self.return_money, chunk["txn_id"][returns].astype(np.int64), chunk["amount"][returns])
+
+
+    def _follow_chains(self, chunk: np.ndarray):
+        """Each entry must name, on each side, the account's entry before it
+        (JournalEntry.debit_prev, credit_prev): sorted by account and seq,
+        every entry's prev is the seq before it, and an account's first entry
+        in the chunk names the last one of the chunks before."""
+        kinds = np.concatenate([chunk["debit_kind"], chunk["credit_kind"]])
+        owners = np.concatenate([chunk["debit_owner"], chunk["credit_owner"]])
+        seqs = np.concatenate([chunk["seq"], chunk["seq"]])
+        prevs = np.concatenate([chunk["debit_prev"], chunk["credit_prev"]])
+        order = np.lexsort((seqs, owners, kinds))
+        kinds, owners, seqs, prevs = kinds[order], owners[order], seqs[order], prevs[order]
+        same = (kinds[1:] == kinds[:-1]) & (owners[1:] == owners[:-1])
+        broken = np.flatnonzero(same & (prevs[1:] != seqs[:-1])) + 1
+        self.chain_breaks.extend(zip(kinds[broken].tolist(), owners[broken].tolist(), seqs[broken].tolist()))
+        first = np.concatenate([[True], ~same])
+        last = np.concatenate([~same, [True]])
+        for kind, owner, seq, prev in zip(kinds[first].tolist(), owners[first].tolist(), seqs[first].tolist(), prevs[first].tolist()):
+            if prev != self.chain_heads.get((kind, owner), 0):
+                self.chain_breaks.append((kind, owner, seq))
+        self.chain_heads.update(zip(zip(kinds[last].tolist(), owners[last].tolist()), seqs[last].tolist()))
 
 
 def _read_journal(store: Store, txn, txn_id_limit: int) -> _JournalTotals:
@@ -215,6 +259,11 @@ def _check_accounts(store: Store, txn, journal: _JournalTotals, expected_held, r
                 f"{name}: debits/credits {account.debits}/{account.credits} but its journal entries total "
                 f"{journal.debits[ident]}/{journal.credits[ident]}"
             )
+        if account.last_seq != journal.chain_heads.get(ident, 0):
+            report.problem(f"{name}: last journal entry {account.last_seq} but its newest entry is {journal.chain_heads.get(ident, 0)}")
+        expected_size = POINTS_ACCOUNT_SIZE if account.kind == AccountKind.POINTS else Account.LAYOUT.size
+        if len(value) != expected_size:
+            report.problem(f"{name}: stored in {len(value)} bytes, not {expected_size}")
         if account.held != expected_held[ident]:
             report.problem(f"{name}: held {account.held} but open holds total {expected_held[ident]}")
         if not may_go_negative(account.kind) and account.balance - account.held < 0:
@@ -227,26 +276,88 @@ def _check_accounts(store: Store, txn, journal: _JournalTotals, expected_held, r
 
 
 def _check_lots(store: Store, txn, report: AuditReport):
-    """A card's points balance is the sum of its open lots; the expiry index
-    lists exactly the open lots."""
+    """A card's points balance is the sum of its open lots; its newest open
+    lot is the one stored with its points account (none there: no open lot);
+    the expiry index lists exactly the open lots."""
     lots_total = collections.Counter()
     open_keys = set()
+    stored_newest = {}
     for key, value in rows(txn, store.point_lots):
         lot = decode(Lot, value)
-        report.counts["open_lots"] += 1
-        open_keys.add((lot.expires_day, lot.card_id))
+        stored_newest[lot.card_id] = lot.expires_day
         if key != lot_key(lot.card_id, lot.expires_day):
             report.problem(f"lot of card {lot.card_id} stored under the wrong key")
-        if not 0 < lot.remaining <= lot.original:
-            report.problem(f"open lot {lot.card_id}/{lot.expires_day} has {lot.remaining} of {lot.original} points left")
-        lots_total[lot.card_id] += lot.remaining
+        _count_lot(lot, lots_total, open_keys, report)
+    for _, value in rows(txn, store.accounts):
+        account = decode(Account, value)
+        if account.kind != AccountKind.POINTS:
+            continue
+        newest = inline_lot(value)
+        if newest is None and account.owner in stored_newest:
+            report.problem(f"card {account.owner}: open lots in point_lots but none stored with its points account")
+        if newest is not None:
+            if newest.card_id != account.owner or newest.expires_day <= stored_newest.get(account.owner, 0):
+                report.problem(f"card {account.owner}: the lot stored with its points account is not its newest")
+            _count_lot(newest, lots_total, open_keys, report)
+        if account.balance != lots_total[account.owner]:
+            report.problem(f"card {account.owner}: points balance {account.balance} but its lots hold {lots_total[account.owner]}")
     indexed = {parse_lot_expiry_key(key) for key in rows(txn, store.lot_expiry, values=False)}
     if indexed != open_keys:
         report.problem(f"lot expiry index differs from the open lots: {len(indexed - open_keys)} extra, {len(open_keys - indexed)} missing")
-    for _, value in rows(txn, store.accounts):
-        account = decode(Account, value)
-        if account.kind == AccountKind.POINTS and account.balance != lots_total[account.owner]:
-            report.problem(f"card {account.owner}: points balance {account.balance} but its lots hold {lots_total[account.owner]}")
+
+
+def _count_lot(lot: Lot, lots_total: collections.Counter, open_keys: set, report: AuditReport):
+    report.counts["open_lots"] += 1
+    open_keys.add((lot.expires_day, lot.card_id))
+    if not 0 < lot.remaining <= lot.original:
+        report.problem(f"open lot {lot.card_id}/{lot.expires_day} has {lot.remaining} of {lot.original} points left")
+    lots_total[lot.card_id] += lot.remaining
+
+
+def _check_requests(store: Store, txn, txn_ids: set, report: AuditReport):
+    """Every stored answer names a transaction that exists, and is found by
+    its (terminal, serial): each index entry names the request of its key,
+    each tail holds its terminal's requests within its serial range, no
+    serial is above its terminal's largest, and the index and the tails
+    together hold every request."""
+    tails = {int.from_bytes(key, "big"): decode(RequestTail, value) for key, value in rows(txn, store.request_tails)}
+    counted = 0
+    for request in idempotency.every_request(txn, store):
+        counted += 1
+        tail = tails.get(request.terminal_id)
+        if tail is None or request.serial > tail.max_serial:
+            report.problem(f"request {request.terminal_id}/{request.serial}: above its terminal's largest serial")
+        _check_answer(request, txn_ids, report)
+    report.counts["requests"] = counted
+    listed = 0
+    for key, value in rows(txn, store.request_index):
+        terminal_id, bucket = parse_request_bucket_key(key)
+        previous = -1
+        for serial, seq in REQUEST_INDEX_PAIR.iter_unpack(value):
+            listed += 1
+            stored = txn.get(u64_key(seq), db=store.requests)
+            own = terminal_id.to_bytes(4, "little") + serial.to_bytes(8, "little")
+            if serial >> REQUEST_BUCKET_BITS != bucket or serial <= previous or stored is None or stored[:4] + stored[8:16] != own:
+                report.problem(f"request index of terminal {terminal_id} lists serial {serial} as request {seq}, not its own")
+            previous = serial
+    for terminal_id, tail in tails.items():
+        for _, request in idempotency.tail_requests(txn, store, tail):
+            listed += 1
+            if request.terminal_id != terminal_id or not tail.tail_min_serial <= request.serial <= tail.tail_max_serial:
+                report.problem(f"the request tail of terminal {terminal_id} holds {request.terminal_id}/{request.serial}")
+    if listed != counted:
+        report.problem(f"{counted} requests stored but {listed} found by index and tails")
+
+
+def _check_answer(request: Request, txn_ids: set, report: AuditReport):
+    entry = request.entry
+    result = entry.result
+    if entry.fingerprint == TOMBSTONE_FINGERPRINT or result.kind in KINDS_WITHOUT_TXN_RECORD or result.txn_id == 0:
+        return
+    if result.code == ResultCode.NOT_REVERSIBLE:
+        return  # may name a journal-only original (a check-in, a redemption)
+    if result.txn_id not in txn_ids:
+        report.problem(f"a stored {OpKind(result.kind).name} answer names txn {result.txn_id}, which does not exist")
 
 
 def audit(store: Store) -> AuditReport:
@@ -272,16 +383,11 @@ def audit(store: Store) -> AuditReport:
                 bar.update(1)
         _check_accounts(store, txn, journal, expected_held, report)
         _check_lots(store, txn, report)
-        for _, value in rows(txn, store.idem):
-            entry = decode(Idem, value)
-            report.counts["requests"] += 1
-            result = entry.result
-            if entry.fingerprint == TOMBSTONE_FINGERPRINT or result.kind in KINDS_WITHOUT_TXN_RECORD or result.txn_id == 0:
-                continue
-            if result.code == ResultCode.NOT_REVERSIBLE:
-                continue  # may name a journal-only original (a check-in, a redemption)
-            if result.txn_id not in txn_ids:
-                report.problem(f"a stored {OpKind(result.kind).name} answer names txn {result.txn_id}, which does not exist")
+        _check_requests(store, txn, txn_ids, report)
+        for kind, owner, seq in journal.chain_breaks[:PROBLEMS_SHOWN_MAX]:
+            report.problem(f"journal entry {seq} does not name the entry before it on account {AccountKind(kind).name}/{owner}")
+        if len(journal.chain_breaks) > PROBLEMS_SHOWN_MAX:
+            report.problem(f"... and {len(journal.chain_breaks) - PROBLEMS_SHOWN_MAX} more journal entries out of their accounts' chains")
     return report
 
 

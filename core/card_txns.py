@@ -1,77 +1,85 @@
-"""A card's transactions, newest first, read through the card_txns index.
+"""A card's transactions, newest first, read from its accounts' journal chains.
 
 Owns: reading one page of a card's transactions (the card's page in the
-console, ReportService.ListCardTransactions) and filling the index in for a
-data directory made before the kernel wrote it (data format 3:
-`index_transactions`, run by `python -m core.migrations DIR`).
-Used by: server/report_service.py, core/migrations.py.
+console, ReportService.ListCardTransactions).
+Used by: server/report_service.py.
 
-The kernel (core/kernel.pyx, core/reference.py) adds (card_id, txn_id) to
-card_txns in the batch that creates each transaction with a card, so the
-index is exactly the transactions table's view by card, committed with it.
-Without it a card's history is a scan of every transaction (seconds on a
-directory of millions); with it, a page is one cursor walk.
+No index is written for it (issue 20: a sale writes no record a read can
+derive). Each of the card's accounts (FLEET, PERSONAL, POINTS) names its
+newest journal entry and each entry the one before it on either account
+(core/records.py JournalEntry), so the card's transactions are the
+transactions of those three chains, walked together newest entry first.
+
+What the page lists, then: every transaction that moved the card's money or
+points. A sale still waiting for its channel or a pre-authorization whose
+hold is open has posted nothing yet: it appears once it posts
+(ReportService.ListOpenHolds lists the open holds meanwhile).
+
+Order: by transaction id, newest first, so that before_txn_id pages exactly.
+A transaction may post after newer ones (a hold captured later, a channel
+sale completed later), so the walk goes on past the page's last id until
+the entries it reads were posted before that transaction was created: every
+transaction not met by then was created earlier, with a smaller id.
 """
 
-from collections.abc import Callable
+import heapq
 
-from core import limits
-from core.records import Txn, card_txn_key, decode, parse_card_txn_key, u64_key
+from core.records import Account, JournalEntry, Txn, account_key, decode, u64_key
+from core.results import AccountKind
 from core.store import Store
 
-# The migration's progress is told this often.
-PROGRESS_EVERY_TXNS = 100_000
 # A page of the card's page, and the most one request may ask.
 PAGE_TXNS_DEFAULT = 50
 PAGE_TXNS_MAX = 1000
+CARD_ACCOUNT_KINDS = (AccountKind.FLEET, AccountKind.PERSONAL, AccountKind.POINTS)
 
 
 def page(txn, store: Store, card_id: int, before_txn_id: int, limit: int) -> tuple[list[Txn], bool]:
     """Up to `limit` of the card's transactions with ids below before_txn_id
     (0: from the newest), newest first, and whether older ones remain."""
     assert 0 < limit <= PAGE_TXNS_MAX
-    cursor = txn.cursor(db=store.card_txns)
-    if before_txn_id:
-        upper = card_txn_key(card_id, before_txn_id)
-    elif card_id < limits.CARD_ID_MAX:
-        upper = card_txn_key(card_id + 1, 0)
-    else:
-        upper = None
-    # On the first key at or past the upper bound (none: the end), then back.
-    positioned = upper is not None and cursor.set_range(upper)
-    moved = cursor.prev() if positioned else cursor.last()
-    found: list[Txn] = []
-    while moved:
-        owner, txn_id = parse_card_txn_key(cursor.key())
-        if owner != card_id:
-            return found, False
-        if len(found) == limit:
-            return found, True
-        value = txn.get(u64_key(txn_id), db=store.txns)
-        if value is not None:
-            found.append(decode(Txn, value))
-        moved = cursor.prev()
-    return found, False
+    found: dict[int, Txn] = {}
+    # The (limit + 1)-th newest found so far decides when the walk may stop.
+    kept: list[int] = []  # a min-heap of the limit + 1 largest ids found
+    for entry in _entries_newest_first(txn, store, card_id):
+        if len(kept) > limit and entry.created_ms < found[kept[0]].created_ms:
+            break
+        if entry.txn_id in found or (before_txn_id and entry.txn_id >= before_txn_id):
+            continue
+        value = txn.get(u64_key(entry.txn_id), db=store.txns)
+        if value is None:
+            continue
+        found[entry.txn_id] = decode(Txn, value)
+        if len(kept) <= limit:
+            heapq.heappush(kept, entry.txn_id)
+        elif entry.txn_id > kept[0]:
+            heapq.heapreplace(kept, entry.txn_id)
+    newest = sorted(kept, reverse=True)
+    return [found[txn_id] for txn_id in newest[:limit]], len(newest) > limit
 
 
-def index_transactions(txn, store: Store, progress: Callable[[int], None]):
-    """Data format 3 (core/migrations.py): put every transaction of an older
-    directory into card_txns, inside the migration's write transaction;
-    progress(n) is told of each PROGRESS_EVERY_TXNS transactions read."""
-    keys, read = [], 0
-    for value in txn.cursor(db=store.txns).iternext(keys=False):
-        record = decode(Txn, value)
-        if record.card_id:
-            keys.append(card_txn_key(record.card_id, record.txn_id))
-        read += 1
-        if read == PROGRESS_EVERY_TXNS:
-            _put(txn, store, keys)
-            progress(read)
-            keys, read = [], 0
-    _put(txn, store, keys)
-    progress(read)
-
-
-def _put(txn, store: Store, keys: list[bytes]):
-    for key in sorted(keys):
-        txn.put(key, b"", db=store.card_txns)
+def _entries_newest_first(txn, store: Store, card_id: int):
+    """The journal entries of the card's accounts, newest first (an entry
+    between two of its accounts once)."""
+    heads = []
+    for kind in CARD_ACCOUNT_KINDS:
+        raw = txn.get(account_key(kind, card_id), db=store.accounts)
+        if raw is not None:
+            last_seq = decode(Account, raw).last_seq
+            if last_seq:
+                heads.append((-last_seq, kind))
+    heapq.heapify(heads)
+    previous_seq = 0
+    while heads:
+        negative_seq, kind = heads[0]
+        seq = -negative_seq
+        entry = decode(JournalEntry, txn.get(u64_key(seq), db=store.journal))
+        on_debit = entry.debit_kind == kind and entry.debit_owner == card_id
+        before = entry.debit_prev if on_debit else entry.credit_prev
+        if before:
+            heapq.heapreplace(heads, (-before, kind))
+        else:
+            heapq.heappop(heads)
+        if seq != previous_seq:
+            yield entry
+        previous_seq = seq

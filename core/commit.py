@@ -39,12 +39,13 @@ import lmdb
 from core import limits
 from core.errors import Internal, ResourceExhausted, Unavailable
 from core.ledger import Ledger, business_day, decode_results
-from core.records import Op, encode
+from core.records import Op, Result, encode
 from core.replication.errors import ReplicationError
 
 log = logging.getLogger(__name__)
 
 OP_SIZE = Op.LAYOUT.size
+RESULT_SIZE = Result.LAYOUT.size
 CHAIN_LENGTH_MAX = limits.COUNTER_TAKES_PER_SALE_MAX + 1
 
 
@@ -109,6 +110,8 @@ class GroupCommitter:
         # commits again): health and metrics report it.
         self.store_full: str | None = None
         self._queue = collections.deque()
+        # Operations (a change counts one) in the queue: what its bound bounds.
+        self._queued_ops = 0
         self._ready = threading.Condition()
         self._stopping = False
         self._thread = None
@@ -171,6 +174,16 @@ class GroupCommitter:
         assert all(op.link for op in ops[:-1]) and not ops[-1].link
         return self._enqueue(_Entry(b"".join(encode(op) for op in ops), self._loop.create_future(), len(ops), True, None), False)
 
+    def submit_group(self, ops: bytes) -> asyncio.Future:
+        """Queue encoded operations, each applied on its own (no chain), in
+        one batch; the future resolves to their Results as the kernel wrote
+        them (bytes, RESULT_SIZE each, in order): the stream's plain Pays
+        (server/payline.py) answer from those bytes without decoding them.
+        Each operation counts against the queue's bound."""
+        count = len(ops) // OP_SIZE
+        assert 0 < count <= self.batch_size_max and len(ops) == count * OP_SIZE
+        return self._enqueue(_Entry(ops, self._loop.create_future(), count, False, None, True), False)
+
     def write(self, change: Callable[[Any], Any]) -> asyncio.Future:
         """Queue a change: `change(txn)` runs in the writer thread inside a
         write transaction of its own, committed durably; the future resolves
@@ -194,9 +207,10 @@ class GroupCommitter:
         with self._ready:
             if self._stopping and not bypass_limit:
                 raise ShuttingDown()
-            if len(self._queue) >= self.queue_length_max and not bypass_limit:
+            if self._queued_ops + max(1, entry.op_count) > self.queue_length_max and not bypass_limit:
                 raise QueueFull()
             self._queue.append(entry)
+            self._queued_ops += max(1, entry.op_count)
             if len(self._queue) == 1 or len(self._queue) == self.batch_size_max or entry.change is not None:
                 self._ready.notify()
         return entry.future
@@ -208,6 +222,7 @@ class GroupCommitter:
             while not self._queue and not self._stopping:
                 self._ready.wait()
             if self._queue and self._queue[0].change is not None:
+                self._queued_ops -= 1
                 return [self._queue.popleft()]
             # Requests come in bursts (the event loop reads many at once); the
             # first of a burst wakes the writer. Lingering a moment lets the
@@ -229,6 +244,7 @@ class GroupCommitter:
                 entry = self._queue.popleft()
                 batch.append(entry)
                 op_count += entry.op_count
+            self._queued_ops -= op_count
             return batch
 
     def _run(self):
@@ -242,7 +258,7 @@ class GroupCommitter:
             else:
                 outcomes = self._apply(batch)
                 if self.on_batch is not None:
-                    self.on_batch(len(batch), time.perf_counter() - started)
+                    self.on_batch(sum(entry.op_count for entry in batch), time.perf_counter() - started)
             self._deliver(batch, outcomes)
 
     def _deliver(self, batch, outcomes):
@@ -296,8 +312,7 @@ class GroupCommitter:
         try:
             if self.log is not None:
                 self.log.prepare()
-            results = decode_results(self.ledger.apply_encoded(b"".join(entry.data for entry in batch), now_ms, day,
-                                                               self.log))
+            results = self.ledger.apply_encoded(b"".join(entry.data for entry in batch), now_ms, day, self.log)
             self.store_full = None
             return _outcomes(batch, results)
         except Exception as error:
@@ -315,8 +330,7 @@ class GroupCommitter:
         outcomes = []
         for entry in batch:
             try:
-                outcomes.extend(_outcomes([entry], decode_results(self.ledger.apply_encoded(entry.data, now_ms, day,
-                                                                                            self.log))))
+                outcomes.extend(_outcomes([entry], self.ledger.apply_encoded(entry.data, now_ms, day, self.log)))
             except Exception as error:
                 full = self._store_error(error)
                 if full is None:
@@ -326,25 +340,31 @@ class GroupCommitter:
 
 
 class _Entry(NamedTuple):
-    """One waiter: an operation, a linked chain of them, or a change."""
+    """One waiter: an operation, a linked chain of them, a group of them
+    (answered with their Results' bytes), or a change."""
 
     data: bytes
     future: "asyncio.Future | concurrent.futures.Future"
     op_count: int
     chained: bool
     change: Callable[[Any], Any] | None
+    grouped: bool = False
 
 
-def _outcomes(batch, results) -> list:
-    """Each waiter's outcome: its Result, or a chain's list of Results."""
+def _outcomes(batch, results: bytes) -> list:
+    """Each waiter's outcome: its Result, a chain's list of Results, or a
+    group's Results as bytes."""
     outcomes, first = [], 0
     for entry in batch:
-        if entry.chained:
-            outcomes.append(results[first : first + entry.op_count])
+        part = results[first * RESULT_SIZE : (first + entry.op_count) * RESULT_SIZE]
+        if entry.grouped:
+            outcomes.append(part)
+        elif entry.chained:
+            outcomes.append(decode_results(part))
         else:
-            outcomes.append(results[first])
+            outcomes.append(Result(*Result.LAYOUT.unpack(part)))
         first += entry.op_count
-    assert first == len(results)
+    assert first * RESULT_SIZE == len(results)
     return outcomes
 
 

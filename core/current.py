@@ -12,7 +12,7 @@ core/kernel.pyx), so that no read shows what time has already taken:
 Used by: core/ledger.py's read helpers (GetCard, Query) and
 core/loyalty/statement.py (GetPoints, GetStatement, the statement CLI).
 Calls nothing but the record layouts: the caller reads, in one LMDB read
-transaction, what these functions look at.
+transaction, what these functions look at (a card's lots: core/lots.py).
 """
 
 import msgspec
@@ -54,19 +54,6 @@ def due_holds(txn, store, card_id: int, now_ms: int) -> list[Txn]:
         record = decode(Txn, txn.get(u64_key(txn_id), db=store.txns))
         if record.card_id == card_id and hold_expired(record, now_ms):
             found.append(record)
-    return found
-
-
-def card_lots(txn, db, card_id: int) -> list[Lot]:
-    """The card's lots in `db` (point_lots or closed_lots), oldest first."""
-    prefix = u64_key(card_id)
-    found = []
-    cursor = txn.cursor(db=db)
-    if cursor.set_range(prefix):
-        for key, value in cursor.iternext():
-            if not key.startswith(prefix):
-                break
-            found.append(decode(Lot, value))
     return found
 
 

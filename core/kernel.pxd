@@ -82,6 +82,7 @@ cdef struct AccountRec:
     int64_t held
     int64_t debits
     int64_t credits
+    uint64_t last_seq
 
 cdef struct CardRec:
     uint64_t card_id
@@ -138,6 +139,8 @@ cdef struct JournalRec:
     uint32_t business_day
     uint32_t station_id
     uint32_t reserved
+    uint64_t debit_prev
+    uint64_t credit_prev
 
 cdef struct LotRec:
     uint64_t card_id
@@ -146,6 +149,27 @@ cdef struct LotRec:
     int64_t original
     int64_t remaining
     uint64_t first_txn_id
+
+# A card's POINTS account as stored: the account, then its newest open lot
+# (all zero: none).
+cdef struct PointsAccountRec:
+    AccountRec account
+    LotRec lot
+
+cdef struct RequestRec:
+    uint32_t terminal_id
+    uint32_t reserved
+    uint64_t serial
+    uint64_t prev_seq
+    IdemRec idem
+
+cdef struct RequestTailRec:
+    uint64_t last_seq
+    uint64_t max_serial
+    uint64_t tail_min_serial
+    uint64_t tail_max_serial
+    uint32_t tail_count
+    uint32_t reserved
 
 cdef struct MemberRec:
     uint64_t card_id

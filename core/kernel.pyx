@@ -57,6 +57,8 @@ cdef uint32_t HOLD_TIMEOUT_S_MAX = _limits.HOLD_TIMEOUT_S_MAX
 cdef Py_ssize_t BATCH_SIZE_MAX = _limits.BATCH_SIZE_MAX
 cdef Py_ssize_t KERNEL_RECORDS_CACHED_MAX = _limits.KERNEL_RECORDS_CACHED_MAX
 cdef Py_ssize_t EXPIRE_SWEEP_HOLDS_MAX = _limits.EXPIRE_SWEEP_HOLDS_MAX
+cdef uint32_t REQUEST_TAIL_MAX = _limits.REQUEST_TAIL_MAX
+cdef int REQUEST_BUCKET_BITS = _records.REQUEST_BUCKET_BITS
 cdef uint32_t STATION_DAY_AHEAD_MAX = _limits.STATION_DAY_AHEAD_MAX
 
 _R = _results.ResultCode
@@ -232,6 +234,7 @@ cdef uint8_t REASON_PROMOTION = _results.Reason.PROMOTION
 
 cdef bytes META_NEXT_TXN_ID = _records.META_NEXT_TXN_ID
 cdef bytes META_NEXT_JOURNAL_SEQ = _records.META_NEXT_JOURNAL_SEQ
+cdef bytes META_NEXT_REQUEST_SEQ = _records.META_NEXT_REQUEST_SEQ
 cdef char ZERO_FINGERPRINT[16]
 memset(ZERO_FINGERPRINT, 0, 16)
 
@@ -278,6 +281,8 @@ def record_sizes():
         "Card": sizeof(CardRec),
         "Txn": sizeof(TxnRec),
         "Idem": sizeof(IdemRec),
+        "Request": sizeof(RequestRec),
+        "RequestTail": sizeof(RequestTailRec),
         "JournalEntry": sizeof(JournalRec),
         "Lot": sizeof(LotRec),
         "Member": sizeof(MemberRec),
@@ -309,6 +314,51 @@ cdef inline bytes idem_key(uint32_t terminal_id, uint64_t serial):
     memcpy(buffer, &big_terminal, 4)
     memcpy(buffer + 4, &big_serial, 8)
     return PyBytes_FromStringAndSize(buffer, 12)
+
+
+cdef inline bytes request_bucket_key(uint32_t terminal_id, uint64_t serial):
+    return idem_key(terminal_id, serial >> REQUEST_BUCKET_BITS)
+
+
+cdef struct IndexPair:
+    uint64_t serial
+    uint64_t seq
+
+cdef enum:
+    # Bound of a tail's length (limits.REQUEST_TAIL_MAX, checked at import).
+    REQUEST_TAIL_LENGTH_MAX = 256
+
+assert REQUEST_TAIL_MAX <= REQUEST_TAIL_LENGTH_MAX
+
+
+cdef int compare_pairs(const void* a, const void* b) noexcept nogil:
+    cdef uint64_t left = (<const IndexPair*>a).serial
+    cdef uint64_t right = (<const IndexPair*>b).serial
+    return -1 if left < right else (1 if left > right else 0)
+
+
+cdef bytes bucket_with(object stored, const IndexPair* pairs, Py_ssize_t count):
+    """Mirror of records.bucket_with: the record `stored` (or none) with
+    `count` pairs added, in serial order."""
+    cdef Py_ssize_t stored_count = 0 if stored is None else PyBytes_GET_SIZE(stored) // sizeof(IndexPair)
+    cdef bytes merged = PyBytes_FromStringAndSize(NULL, (stored_count + count) * sizeof(IndexPair))
+    cdef IndexPair* out = <IndexPair*>PyBytes_AS_STRING(merged)
+    if stored_count:
+        memcpy(out, PyBytes_AS_STRING(stored), stored_count * sizeof(IndexPair))
+    memcpy(out + stored_count, pairs, count * sizeof(IndexPair))
+    qsort(out, stored_count + count, sizeof(IndexPair), compare_pairs)
+    return merged
+
+
+cdef uint64_t bucket_seq(bytes value, uint64_t serial) noexcept:
+    """Mirror of records.bucket_seq: the seq a request_index record lists
+    for serial, or 0."""
+    cdef const uint64_t* pairs = <const uint64_t*>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t i
+    for i in range(PyBytes_GET_SIZE(value) // 16):
+        if pairs[2 * i] == serial:
+            return pairs[2 * i + 1]
+    return 0
 
 
 cdef inline bytes hold_expiry_key(uint64_t expires_ms, uint64_t txn_id):
@@ -347,18 +397,14 @@ cdef inline bytes lot_expiry_key(uint32_t expires_day, uint64_t card_id):
     return PyBytes_FromStringAndSize(buffer, 12)
 
 
-cdef inline bytes points_history_key(uint64_t card_id, uint64_t seq):
+cdef inline bytes pair_key(uint64_t first, uint64_t second):
+    """Key of a gift's count for a card, or a card's tier change."""
     cdef char buffer[16]
-    cdef uint64_t big_card = bswap64(card_id)
-    cdef uint64_t big_seq = bswap64(seq)
-    memcpy(buffer, &big_card, 8)
-    memcpy(buffer + 8, &big_seq, 8)
+    cdef uint64_t big_first = bswap64(first)
+    cdef uint64_t big_second = bswap64(second)
+    memcpy(buffer, &big_first, 8)
+    memcpy(buffer + 8, &big_second, 8)
     return PyBytes_FromStringAndSize(buffer, 16)
-
-
-cdef inline bytes card_txn_key(uint64_t card_id, uint64_t txn_id):
-    """card_txns: (card_id u64, txn_id u64) big-endian, laid out as points_history."""
-    return points_history_key(card_id, txn_id)
 
 
 cdef inline bytes counter_key(uint8_t scope, uint64_t owner, uint64_t subject, uint32_t period):
@@ -878,8 +924,11 @@ cdef class _Records:
     # key -> bytearray holding the record, or None
     cdef dict accounts, cards
     cdef _Table point_lots, closed_lots, lot_expiry, members, gifts, gift_counts
-    # card id -> expiry days of the card's open lots, ascending (the order of
-    # their keys in point_lots), for the cards whose lots have been listed
+    # terminal id -> bytearray holding its RequestTailRec, or None
+    cdef dict request_tails
+    # card id -> expiry days of the card's lots in point_lots, ascending (the
+    # order of their keys), for the cards whose lots have been listed; the
+    # newest lot is the one inline with the card's POINTS account
     cdef dict lot_days
 
     def __init__(self, store):
@@ -891,6 +940,7 @@ cdef class _Records:
         self.members = _Table(store.members)
         self.gifts = _Table(store.gifts)
         self.gift_counts = _Table(store.gift_counts)
+        self.request_tails = {}
         self.lot_days = {}
 
     cdef begin(self, txn):
@@ -901,7 +951,7 @@ cdef class _Records:
         return (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts)
 
     cdef Py_ssize_t count(self):
-        cdef Py_ssize_t total = len(self.accounts) + len(self.cards) + len(self.lot_days)
+        cdef Py_ssize_t total = len(self.accounts) + len(self.cards) + len(self.lot_days) + len(self.request_tails)
         for table in self.tables():
             total += len((<_Table>table).values)
         return total
@@ -909,20 +959,17 @@ cdef class _Records:
 
 cdef class _Batch:
     cdef object txn
-    cdef object accounts_db, cards_db, card_stations_db, txns_db, idem_db
+    cdef object accounts_db, cards_db, card_stations_db, txns_db
+    cdef object requests_db, request_index_db, request_tails_db
     cdef object journal_db, hold_expiry_db, pending_db, meta_db
-    cdef object points_history_db, tier_changes_db, card_txns_db
-    # Read and written through per-batch caches, flushed in key order by finish.
+    cdef object tier_changes_db
+    # Read and written through caches, flushed in key order by finish.
     cdef _Table point_lots, closed_lots, lot_expiry, members, gifts, gift_counts
     # card id -> expiry days of the card's open lots (see _Records)
     cdef dict lot_days
     # Zeroed with the object; a slot is only ever set to a record of
     # self.accounts, whose entries this batch never removes.
     cdef AccountMemo account_memo[ACCOUNT_MEMO_SLOTS]
-    # points_history keys this batch adds -> their value (empty)
-    cdef dict points_history_keys
-    # card_txns keys of the transactions this batch creates -> b""
-    cdef dict card_txns_keys
     cdef object shifts_db, day_ends_db, card_domains_db, station_domains_db
     cdef object counters_db, txn_counters_db, packet_shares_db
     # terminal id -> ShiftState (0: never signed on), read once per batch
@@ -930,9 +977,27 @@ cdef class _Batch:
     cdef uint32_t lot_validity_days
     # key -> bytearray holding the record, or None when LMDB has none
     # (accounts and cards are the _Records' own dicts, kept between batches)
-    cdef dict accounts, cards, txns, idems
+    cdef dict accounts, cards, txns
     # key -> the same bytearray, for records this batch changed
-    cdef dict accounts_dirty, cards_dirty, txns_dirty, idems_dirty
+    cdef dict accounts_dirty, cards_dirty, txns_dirty
+    # Transactions this batch made: the record of id first_txn_id + i at
+    # index i (None: an id without one, a transfer's say)
+    cdef list new_txns
+    cdef uint64_t first_txn_id
+    # Requests (core/idempotency.py): those this batch adds (seq
+    # first_request_seq + i at index i), each a bytearray holding its
+    # RequestRec; older ones it read (u64_key(seq) -> bytearray) and changed
+    cdef list new_requests
+    cdef uint64_t first_request_seq
+    cdef dict requests_loaded, requests_changed
+    # Terminals' tails (the _Records' dict: terminal id -> bytearray or None),
+    # those changed, and the last one looked up (a batch's requests come from
+    # a terminal in runs)
+    cdef dict request_tails, request_tails_dirty
+    cdef uint32_t last_tail_terminal
+    cdef bytearray last_tail
+    # request_index records this batch writes: bucket key -> value
+    cdef dict index_puts
     cdef bytearray journal
     cdef Py_ssize_t journal_count
     cdef int64_t now_ms
@@ -946,7 +1011,7 @@ cdef class _Batch:
     # mostly come from few stations in runs.
     cdef uint32_t last_station_id
     cdef uint32_t last_station_day
-    cdef uint64_t next_txn_id, next_journal_seq
+    cdef uint64_t next_txn_id, next_journal_seq, next_request_seq
 
     def __init__(self, txn, store, _Records records, int64_t now_ms, uint32_t business_day):
         self.txn = txn
@@ -954,12 +1019,13 @@ cdef class _Batch:
         self.cards_db = store.cards
         self.card_stations_db = store.card_stations
         self.txns_db = store.txns
-        self.idem_db = store.idem
+        self.requests_db = store.requests
+        self.request_index_db = store.request_index
+        self.request_tails_db = store.request_tails
         self.journal_db = store.journal
         self.hold_expiry_db = store.hold_expiry
         self.pending_db = store.pending
         self.meta_db = store.meta
-        self.points_history_db = store.points_history
         self.tier_changes_db = store.tier_changes
         self.point_lots = records.point_lots
         self.closed_lots = records.closed_lots
@@ -967,10 +1033,8 @@ cdef class _Batch:
         self.members = records.members
         self.gifts = records.gifts
         self.gift_counts = records.gift_counts
+        self.request_tails = records.request_tails
         self.lot_days = records.lot_days
-        self.points_history_keys = {}
-        self.card_txns_db = store.card_txns
-        self.card_txns_keys = {}
         self.shifts_db = store.shifts
         self.day_ends_db = store.day_ends
         self.card_domains_db = store.card_domains
@@ -983,11 +1047,16 @@ cdef class _Batch:
         self.accounts = records.accounts
         self.cards = records.cards
         self.txns = {}
-        self.idems = {}
         self.accounts_dirty = {}
         self.cards_dirty = {}
         self.txns_dirty = {}
-        self.idems_dirty = {}
+        self.new_txns = []
+        self.new_requests = []
+        self.requests_loaded = {}
+        self.requests_changed = {}
+        self.request_tails_dirty = {}
+        self.last_tail = None
+        self.index_puts = {}
         self.journal = bytearray()
         self.journal_count = 0
         self.now_ms = now_ms
@@ -997,6 +1066,9 @@ cdef class _Batch:
         self.last_station_id = 0
         self.next_txn_id = self.meta(META_NEXT_TXN_ID, 1)
         self.next_journal_seq = self.meta(META_NEXT_JOURNAL_SEQ, 1)
+        self.next_request_seq = self.meta(META_NEXT_REQUEST_SEQ, 1)
+        self.first_request_seq = self.next_request_seq
+        self.first_txn_id = self.next_txn_id
 
     cdef uint64_t meta(self, bytes name, uint64_t default) except? 0:
         value = self.txn.get(name, None, self.meta_db)
@@ -1008,8 +1080,15 @@ cdef class _Batch:
         cdef Py_ssize_t i
         cdef Py_ssize_t entry_size = sizeof(JournalRec)
         for db, dirty in ((self.accounts_db, self.accounts_dirty), (self.cards_db, self.cards_dirty),
-                          (self.txns_db, self.txns_dirty), (self.idem_db, self.idems_dirty)):
+                          (self.txns_db, self.txns_dirty), (self.requests_db, self.requests_changed)):
             put_in_key_order(self.txn, db, sorted_items(dirty))
+        if self.new_txns:
+            self.txn.cursor(self.txns_db).putmulti(
+                [(u64_key(self.first_txn_id + i), self.new_txns[i]) for i in range(len(self.new_txns)) if self.new_txns[i] is not None],
+                append=True)
+        if self.new_requests:
+            self.txn.cursor(self.requests_db).putmulti(
+                [(u64_key(self.first_request_seq + i), self.new_requests[i]) for i in range(len(self.new_requests))], append=True)
         cdef const char* entries = PyByteArray_AS_STRING(self.journal)
         cdef uint64_t first_seq = self.next_journal_seq - self.journal_count
         if self.journal_count:
@@ -1019,10 +1098,12 @@ cdef class _Batch:
             )
         for table in (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts):
             (<_Table>table).flush()
-        put_in_key_order(self.txn, self.points_history_db, sorted_items(self.points_history_keys))
-        put_in_key_order(self.txn, self.card_txns_db, sorted_items(self.card_txns_keys))
+        put_in_key_order(self.txn, self.request_index_db, sorted_items(self.index_puts))
+        put_in_key_order(self.txn, self.request_tails_db,
+                         [(u32_key(terminal_id), self.request_tails_dirty[terminal_id]) for terminal_id in sorted(self.request_tails_dirty)])
         self.txn.put(META_NEXT_TXN_ID, (<char*>&self.next_txn_id)[:8], db=self.meta_db)
         self.txn.put(META_NEXT_JOURNAL_SEQ, (<char*>&self.next_journal_seq)[:8], db=self.meta_db)
+        self.txn.put(META_NEXT_REQUEST_SEQ, (<char*>&self.next_request_seq)[:8], db=self.meta_db)
 
     # -------------------------------------------------------- storage
 
@@ -1102,10 +1183,12 @@ cdef class _Batch:
         return self.remember_account(kind, owner, record, for_write)
 
     cdef new_account(self, uint8_t kind, uint64_t owner):
+        # A POINTS account is stored with its inline lot (none yet).
+        cdef Py_ssize_t size = sizeof(PointsAccountRec) if kind == POINTS else sizeof(AccountRec)
         cdef bytes key = account_key(kind, owner)
-        cdef bytearray record = PyByteArray_FromStringAndSize(NULL, sizeof(AccountRec))
+        cdef bytearray record = PyByteArray_FromStringAndSize(NULL, size)
         cdef AccountRec* account = <AccountRec*>PyByteArray_AS_STRING(record)
-        memset(account, 0, sizeof(AccountRec))
+        memset(account, 0, size)
         account.kind = kind
         account.unit = unit_of(kind)
         account.owner = owner
@@ -1114,45 +1197,178 @@ cdef class _Batch:
         self.remember_account(kind, owner, record, True)
 
     cdef TxnRec* load_txn(self, uint64_t txn_id) except? NULL:
-        cdef bytearray record = self.fetch(self.txns, self.txns_db, u64_key(txn_id))
+        cdef bytearray record
+        cdef uint64_t index
+        if txn_id >= self.first_txn_id:
+            # An id this batch gave: its record, if it has one, is new.
+            index = txn_id - self.first_txn_id
+            if index < <uint64_t>len(self.new_txns) and self.new_txns[index] is not None:
+                return <TxnRec*>PyByteArray_AS_STRING(<bytearray>self.new_txns[index])
+            return NULL
+        record = self.fetch(self.txns, self.txns_db, u64_key(txn_id))
         if record is None:
             return NULL
         return <TxnRec*>PyByteArray_AS_STRING(record)
 
     cdef mark_txn(self, uint64_t txn_id):
-        """Write the (changed) transaction back at the end of the batch."""
+        """Write the (changed) transaction back at the end of the batch (a
+        new one is written then anyway)."""
+        if txn_id >= self.first_txn_id:
+            return
         cdef bytes key = u64_key(txn_id)
         self.txns_dirty[key] = self.txns[key]
 
     cdef TxnRec* store_txn(self, const TxnRec* draft) except NULL:
-        cdef bytes key = u64_key(draft.txn_id)
+        """A new transaction (its id given by this batch): kept in id order
+        and appended at the end of the batch."""
         cdef bytearray record = PyByteArray_FromStringAndSize(<char*>draft, sizeof(TxnRec))
-        self.txns[key] = record
-        self.txns_dirty[key] = record
-        if draft.card_id:
-            self.card_txns_keys[card_txn_key(draft.card_id, draft.txn_id)] = b""
+        cdef Py_ssize_t index = draft.txn_id - self.first_txn_id
+        while len(self.new_txns) < index:
+            self.new_txns.append(None)
+        assert len(self.new_txns) == index, "a new transaction stored twice"
+        self.new_txns.append(record)
         return <TxnRec*>PyByteArray_AS_STRING(record)
 
-    cdef IdemRec* load_idem(self, bytes key) except? NULL:
-        cdef bytearray record = self.fetch(self.idems, self.idem_db, key)
-        if record is None:
-            return NULL
-        return <IdemRec*>PyByteArray_AS_STRING(record)
+    # -------------------------------------------------------- requests
+    # Mirror of core/idempotency.py (finding) and reference.save_idem.
 
-    cdef save_idem(self, bytes key, const char* fingerprint, const ResultRec* result):
-        """Store an answer under `key`. An entry already read is overwritten in
-        place, so pointers into it (the fingerprint passed in, say) stay valid."""
-        cdef PyObject* cached = PyDict_GetItem(self.idems, key)
-        cdef bytearray record
-        if cached != NULL and <object>cached is not None:
-            record = <bytearray>cached
+    cdef IdemRec* load_idem(self, uint32_t terminal_id, uint64_t serial) except? NULL:
+        """The stored answer of (terminal, serial), or NULL."""
+        cdef uint64_t seq = self.find_request(terminal_id, serial)
+        if seq == 0:
+            return NULL
+        return &(<RequestRec*>PyByteArray_AS_STRING(self.request_record(seq))).idem
+
+    cdef bytearray load_tail(self, uint32_t terminal_id):
+        """The terminal's RequestTailRec in a bytearray (kept, see _Records), or None."""
+        if self.last_tail is not None and terminal_id == self.last_tail_terminal:
+            return self.last_tail
+        cdef PyObject* cached = PyDict_GetItem(self.request_tails, terminal_id)
+        cdef bytearray tail = None
+        if cached != NULL:
+            if <object>cached is not None:
+                tail = <bytearray>cached
         else:
-            record = PyByteArray_FromStringAndSize(NULL, sizeof(IdemRec))
-            self.idems[key] = record
-        cdef IdemRec* entry = <IdemRec*>PyByteArray_AS_STRING(record)
+            value = self.txn.get(u32_key(terminal_id), None, self.request_tails_db)
+            if value is not None:
+                tail = PyByteArray_FromStringAndSize(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
+            self.request_tails[terminal_id] = tail
+        if tail is not None:
+            self.last_tail_terminal = terminal_id
+            self.last_tail = tail
+        return tail
+
+    cdef uint64_t find_request(self, uint32_t terminal_id, uint64_t serial) except? 0:
+        """Mirror of idempotency.find: the request's seq, or 0."""
+        cdef bytearray record = self.load_tail(terminal_id)
+        if record is None:
+            return 0
+        cdef RequestTailRec tail
+        memcpy(&tail, PyByteArray_AS_STRING(record), sizeof(RequestTailRec))
+        if serial > tail.max_serial:
+            return 0
+        cdef uint64_t seq
+        cdef uint32_t i
+        cdef const RequestRec* request
+        if tail.tail_count and tail.tail_min_serial <= serial <= tail.tail_max_serial:
+            seq = tail.last_seq
+            for i in range(tail.tail_count):
+                request = <const RequestRec*>PyByteArray_AS_STRING(self.request_record(seq))
+                if request.serial == serial:
+                    return seq
+                seq = request.prev_seq
+        cdef bytes key = request_bucket_key(terminal_id, serial)
+        cdef PyObject* cached = PyDict_GetItem(self.index_puts, key)
+        value = <object>cached if cached != NULL else self.txn.get(key, None, self.request_index_db)
+        if value is None:
+            return 0
+        return bucket_seq(value, serial)
+
+    cdef bytearray request_record(self, uint64_t seq):
+        """The request stored under seq (one bytearray per batch, however found)."""
+        if seq >= self.first_request_seq:
+            return <bytearray>self.new_requests[seq - self.first_request_seq]
+        cdef bytes key = u64_key(seq)
+        cdef PyObject* cached = PyDict_GetItem(self.requests_loaded, key)
+        if cached != NULL:
+            return <bytearray>cached
+        value = self.txn.get(key, None, self.requests_db)
+        assert value is not None, "a request index or tail names a missing request"
+        cdef bytearray record = PyByteArray_FromStringAndSize(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
+        self.requests_loaded[key] = record
+        return record
+
+    cdef save_idem(self, uint32_t terminal_id, uint64_t serial, const char* fingerprint, const ResultRec* result):
+        """Mirror of reference.save_idem. An answer already stored is
+        overwritten in place, so pointers into it (the fingerprint passed in,
+        say) stay valid."""
+        cdef uint64_t seq = self.find_request(terminal_id, serial)
+        if seq == 0:
+            self.add_request(terminal_id, serial, fingerprint, result)
+            return
+        cdef bytearray record = self.request_record(seq)
+        cdef IdemRec* entry = &(<RequestRec*>PyByteArray_AS_STRING(record)).idem
         memmove(entry.fingerprint, fingerprint, 16)
         memmove(&entry.result, result, sizeof(ResultRec))
-        self.idems_dirty[key] = record
+        if seq < self.first_request_seq:
+            self.requests_changed[u64_key(seq)] = record
+
+    cdef add_request(self, uint32_t terminal_id, uint64_t serial, const char* fingerprint, const ResultRec* result):
+        """The terminal's newest request, at the end of `requests` and of its tail."""
+        cdef bytearray tail_record = self.load_tail(terminal_id)
+        if tail_record is None:
+            tail_record = PyByteArray_FromStringAndSize(NULL, sizeof(RequestTailRec))
+            memset(PyByteArray_AS_STRING(tail_record), 0, sizeof(RequestTailRec))
+            self.request_tails[terminal_id] = tail_record
+        self.request_tails_dirty[terminal_id] = tail_record
+        cdef RequestTailRec* tail = <RequestTailRec*>PyByteArray_AS_STRING(tail_record)
+        cdef uint64_t seq = self.next_request_seq
+        self.next_request_seq += 1
+        cdef bytearray record = PyByteArray_FromStringAndSize(NULL, sizeof(RequestRec))
+        cdef RequestRec* request = <RequestRec*>PyByteArray_AS_STRING(record)
+        memset(request, 0, sizeof(RequestRec))
+        request.terminal_id = terminal_id
+        request.serial = serial
+        request.prev_seq = tail.last_seq
+        memmove(request.idem.fingerprint, fingerprint, 16)
+        memmove(&request.idem.result, result, sizeof(ResultRec))
+        self.new_requests.append(record)
+        if tail.tail_count == 0 or serial < tail.tail_min_serial:
+            tail.tail_min_serial = serial
+        if serial > tail.tail_max_serial:
+            tail.tail_max_serial = serial
+        if serial > tail.max_serial:
+            tail.max_serial = serial
+        tail.last_seq = seq
+        tail.tail_count += 1
+        if tail.tail_count == REQUEST_TAIL_MAX:
+            self.index_tail(terminal_id, tail)
+
+    cdef index_tail(self, uint32_t terminal_id, RequestTailRec* tail):
+        """Mirror of reference.index_tail."""
+        cdef IndexPair pairs[REQUEST_TAIL_LENGTH_MAX]
+        cdef uint64_t seq = tail.last_seq
+        cdef uint32_t i, first
+        cdef const RequestRec* request
+        assert tail.tail_count <= REQUEST_TAIL_LENGTH_MAX
+        for i in range(tail.tail_count):
+            request = <const RequestRec*>PyByteArray_AS_STRING(self.request_record(seq))
+            pairs[i].serial = request.serial
+            pairs[i].seq = seq
+            seq = request.prev_seq
+        # By serial: each bucket's pairs together.
+        qsort(pairs, tail.tail_count, sizeof(IndexPair), compare_pairs)
+        first = 0
+        for i in range(1, tail.tail_count + 1):
+            if i == tail.tail_count or pairs[i].serial >> REQUEST_BUCKET_BITS != pairs[first].serial >> REQUEST_BUCKET_BITS:
+                key = request_bucket_key(terminal_id, pairs[first].serial)
+                cached = PyDict_GetItem(self.index_puts, key)
+                stored = <object>cached if cached != NULL else self.txn.get(key, None, self.request_index_db)
+                self.index_puts[key] = bucket_with(stored, &pairs[first], i - first)
+                first = i
+        cdef uint64_t max_serial = tail.max_serial
+        memset(tail, 0, sizeof(RequestTailRec))
+        tail.max_serial = max_serial
 
     cdef uint64_t new_txn_id(self):
         self.next_txn_id += 1
@@ -1250,22 +1466,25 @@ cdef class _Batch:
             entry.business_day = self.day
             entry.station_id = station_id
             entry.reserved = 0
+            # Each entry names the one before it on each account.
+            entry.debit_prev = debit.last_seq
+            entry.credit_prev = credit.last_seq
+            debit.last_seq = self.next_journal_seq
+            credit.last_seq = self.next_journal_seq
             self.next_journal_seq += 1
             self.journal_count += 1
             # Mirror of the lots hook in reference.post.
             if postings[i].debit_kind == POINTS:
                 self.take_from_lots(postings[i].debit_owner, postings[i].amount)
-                self.points_history_keys[points_history_key(postings[i].debit_owner, self.next_journal_seq - 1)] = b""
             if postings[i].credit_kind == POINTS:
                 self.add_to_lot(postings[i].credit_owner, postings[i].amount, txn_id)
-                self.points_history_keys[points_history_key(postings[i].credit_owner, self.next_journal_seq - 1)] = b""
 
     # -------------------------------------------------------- points lots
 
     cdef list open_lot_days(self, uint64_t card_id):
-        """The expiry days of the card's open lots, ascending, read from LMDB
-        once per batch. Every change to a card's lots goes through this list
-        (and the point_lots table), so it stays exact for the whole batch."""
+        """The expiry days of the card's lots in point_lots, ascending, read
+        from LMDB once (then kept, see _Records). Every change to those lots
+        goes through this list (and the point_lots table), so it stays exact."""
         cdef PyObject* cached = PyDict_GetItem(self.lot_days, card_id)
         if cached != NULL:
             return <list>cached
@@ -1282,61 +1501,105 @@ cdef class _Batch:
         self.lot_days[card_id] = days
         return days
 
+    cdef LotRec* newest_lot(self, uint64_t card_id, bint for_write) except NULL:
+        """The card's newest open lot, inline after its POINTS account
+        (expires_day 0: none); for_write marks the account changed."""
+        cdef AccountRec* account
+        if for_write:
+            account = self.account_or_new(POINTS, card_id, True)
+        else:
+            account = self.load_account(POINTS, card_id)
+        assert account != NULL, "a card's points account exists"
+        return &(<PointsAccountRec*>account).lot
+
     cdef list open_lots(self, uint64_t card_id, bint expired_only):
-        """Mirror of reference.open_lots: the card's open lots as bytes."""
+        """Mirror of reference.open_lots: the card's open lots as bytes,
+        those of point_lots, then the inline newest."""
         cdef list found = []
         for day in self.open_lot_days(card_id):
             if expired_only and <uint32_t>day > self.calendar_day:
                 break
             found.append(self.point_lots.get(lot_key(card_id, day)))
+        cdef const LotRec* newest = self.newest_lot(card_id, False)
+        if newest.expires_day != 0 and not (expired_only and newest.expires_day > self.calendar_day):
+            found.append(PyBytes_FromStringAndSize(<const char*>newest, sizeof(LotRec)))
         return found
 
     cdef add_to_lot(self, uint64_t card_id, int64_t amount, uint64_t txn_id):
+        """Mirror of reference.add_to_lot."""
         cdef uint32_t expires_day = self.day + self.lot_validity_days
+        cdef LotRec* newest = self.newest_lot(card_id, True)
+        if newest.expires_day == 0 or expires_day > newest.expires_day:
+            if newest.expires_day != 0:
+                self.point_lots.put(lot_key(card_id, newest.expires_day), PyBytes_FromStringAndSize(<char*>newest, sizeof(LotRec)))
+                insort(self.open_lot_days(card_id), newest.expires_day)
+            self.open_lot(card_id, expires_day, txn_id, newest)
+        if newest.expires_day == expires_day:
+            newest.original += amount
+            newest.remaining += amount
+            return
         cdef bytes key = lot_key(card_id, expires_day)
         cdef LotRec lot
-        cdef list days = self.open_lot_days(card_id)
         value = self.point_lots.get(key)
         if value is None:
-            value = self.closed_lots.get(key)
-            if value is None:
-                memset(&lot, 0, sizeof(LotRec))
-                lot.card_id = card_id
-                lot.expires_day = expires_day
-                lot.earned_day = self.day
-                lot.first_txn_id = txn_id
-            else:
-                memcpy(&lot, PyBytes_AS_STRING(value), sizeof(LotRec))
-                self.closed_lots.delete(key)
-            self.lot_expiry.put(lot_expiry_key(expires_day, card_id), b"")
-            insort(days, expires_day)
+            self.open_lot(card_id, expires_day, txn_id, &lot)
+            insort(self.open_lot_days(card_id), expires_day)
         else:
             memcpy(&lot, PyBytes_AS_STRING(value), sizeof(LotRec))
         lot.original += amount
         lot.remaining += amount
         self.point_lots.put(key, PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)))
 
+    cdef open_lot(self, uint64_t card_id, uint32_t expires_day, uint64_t txn_id, LotRec* lot):
+        """Mirror of reference.open_lot: *lot is the new lot."""
+        cdef bytes key = lot_key(card_id, expires_day)
+        value = self.closed_lots.get(key)
+        if value is None:
+            memset(lot, 0, sizeof(LotRec))
+            lot.card_id = card_id
+            lot.expires_day = expires_day
+            lot.earned_day = self.day
+            lot.first_txn_id = txn_id
+        else:
+            memcpy(lot, PyBytes_AS_STRING(value), sizeof(LotRec))
+            self.closed_lots.delete(key)
+        self.lot_expiry.put(lot_expiry_key(expires_day, card_id), b"")
+
     cdef take_from_lots(self, uint64_t card_id, int64_t amount):
+        """Mirror of reference.take_from_lots: oldest first, the inline newest last."""
         cdef int64_t left = amount
         cdef int64_t taken
         cdef LotRec lot
         cdef bytes key
-        for value in self.open_lots(card_id, False):
-            if left == 0:
-                break
-            memcpy(&lot, PyBytes_AS_STRING(value), sizeof(LotRec))
+        cdef list days = self.open_lot_days(card_id)
+        while days and left:
+            key = lot_key(card_id, days[0])
+            memcpy(&lot, PyBytes_AS_STRING(self.point_lots.get(key)), sizeof(LotRec))
             taken = lot.remaining if lot.remaining < left else left
             lot.remaining -= taken
             left -= taken
-            key = lot_key(card_id, lot.expires_day)
             if lot.remaining == 0:
                 self.point_lots.delete(key)
-                self.open_lot_days(card_id).remove(lot.expires_day)
-                self.lot_expiry.delete(lot_expiry_key(lot.expires_day, card_id))
-                self.closed_lots.put(key, PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)))
+                del days[0]
+                self.close_lot(&lot)
             else:
                 self.point_lots.put(key, PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)))
+        cdef LotRec* newest
+        if left:
+            newest = self.newest_lot(card_id, True)
+            assert newest.expires_day != 0, "points balance and lots disagree"
+            taken = newest.remaining if newest.remaining < left else left
+            newest.remaining -= taken
+            left -= taken
+            if newest.remaining == 0:
+                self.close_lot(newest)
+                memset(newest, 0, sizeof(LotRec))
         assert left == 0, "points balance and lots disagree"
+
+    cdef close_lot(self, const LotRec* lot):
+        """A lot left empty: off the expiry index, into closed_lots."""
+        self.lot_expiry.delete(lot_expiry_key(lot.expires_day, lot.card_id))
+        self.closed_lots.put(lot_key(lot.card_id, lot.expires_day), PyBytes_FromStringAndSize(<const char*>lot, sizeof(LotRec)))
 
     cdef int64_t expirable(self, uint64_t card_id, const AccountRec* account) except -1:
         """Mirror of reference.expirable."""
@@ -1348,6 +1611,9 @@ cdef class _Batch:
             if day > self.calendar_day:
                 break
             due += (<const LotRec*>PyBytes_AS_STRING(self.point_lots.get(lot_key(card_id, day)))).remaining
+        cdef const LotRec* newest = &(<const PointsAccountRec*>account).lot
+        if newest.expires_day != 0 and newest.expires_day <= self.calendar_day:
+            due += newest.remaining
         cdef int64_t free = account.balance - account.held
         if free < due:
             due = free
@@ -1447,11 +1713,9 @@ cdef class _Batch:
             return
         self.lot_validity_days = op.lot_validity_days if op.lot_validity_days else LOT_VALIDITY_DAYS_DEFAULT
         cdef bint idempotent = op.serial != 0 and is_idempotent_kind(op.kind)
-        cdef bytes key = None
         cdef IdemRec* stored
         if idempotent:
-            key = idem_key(op.terminal_id, op.serial)
-            stored = self.load_idem(key)
+            stored = self.load_idem(op.terminal_id, op.serial)
             if stored != NULL:
                 self.replay(op, stored, r)
                 return
@@ -1460,7 +1724,7 @@ cdef class _Batch:
         else:
             self.dispatch(op, r)
         if idempotent:
-            self.save_idem(key, op.fingerprint, r)
+            self.save_idem(op.terminal_id, op.serial, op.fingerprint, r)
 
     cdef apply_chain(self, const OpRec* ops, ResultRec* results, Py_ssize_t count):
         """Mirror of reference.apply_chain."""
@@ -1501,7 +1765,7 @@ cdef class _Batch:
     cdef bint is_replay(self, const OpRec* op) except? True:
         if op.serial == 0 or not is_idempotent_kind(op.kind):
             return False
-        return self.load_idem(idem_key(op.terminal_id, op.serial)) != NULL
+        return self.load_idem(op.terminal_id, op.serial) != NULL
 
     cdef replay(self, const OpRec* op, const IdemRec* stored, ResultRec* r):
         """Mirror of reference.replay."""
@@ -1869,10 +2133,9 @@ cdef class _Batch:
             self.refund_result(record.kind, record, code, r)
         else:
             self.sale_result(record.kind, record, code, r)
-        cdef bytes key = idem_key(record.terminal_id, record.serial)
-        cdef IdemRec* entry = self.load_idem(key)
+        cdef IdemRec* entry = self.load_idem(record.terminal_id, record.serial)
         if entry != NULL:
-            self.save_idem(key, entry.fingerprint, r)
+            self.save_idem(record.terminal_id, record.serial, entry.fingerprint, r)
 
     cdef release_hold(self, const TxnRec* record):
         self.change_held(record.card_id, -record.held[LEG_FLEET], -record.held[LEG_PERSONAL], -record.held[LEG_POINTS_USED])
@@ -2003,15 +2266,14 @@ cdef class _Batch:
     # -------------------------------------------------------- undo
 
     cdef reverse(self, const OpRec* op, ResultRec* r):
-        cdef bytes key = idem_key(op.terminal_id, op.ref_serial)
-        cdef IdemRec* original = self.load_idem(key)
+        cdef IdemRec* original = self.load_idem(op.terminal_id, op.ref_serial)
         cdef ResultRec tombstone
         if original == NULL:
             memset(&tombstone, 0, sizeof(ResultRec))
             tombstone.code = ALREADY_REVERSED
             tombstone.final = 1
             tombstone.business_day = self.day
-            self.save_idem(key, ZERO_FINGERPRINT, &tombstone)
+            self.save_idem(op.terminal_id, op.ref_serial, ZERO_FINGERPRINT, &tombstone)
             self.init_result(op, r, ORIGINAL_NOT_SEEN)
             return
         if memcmp(original.fingerprint, ZERO_FINGERPRINT, 16) == 0:
@@ -2048,7 +2310,7 @@ cdef class _Batch:
             else:
                 record.state = ABORTED
                 self.sale_result(record.kind, record, ALREADY_REVERSED, &final)
-                self.save_idem(idem_key(record.terminal_id, record.serial), original.fingerprint, &final)
+                self.save_idem(record.terminal_id, record.serial, original.fingerprint, &final)
             record.flags |= FLAG_REVERSED
             self.mark_txn(record.txn_id)
             self.undo_result(op, record, r)
@@ -2388,7 +2650,7 @@ cdef class _Batch:
             change.new_tier = op.tier
             change.reason = op.reason
             change.spend_minor = op.amount
-            self.txn.put(points_history_key(op.card_id, number), PyBytes_FromStringAndSize(<char*>&change, sizeof(TierChangeRec)), db=self.tier_changes_db)
+            self.txn.put(pair_key(op.card_id, number), PyBytes_FromStringAndSize(<char*>&change, sizeof(TierChangeRec)), db=self.tier_changes_db)
             member.tier = op.tier
             self.save_member(&member)
         self.decline_for_card(op, APPROVED, r)
@@ -2464,7 +2726,7 @@ cdef class _Batch:
         if gift.stock < op.amount:
             self.decline_for_card(op, GIFT_OUT_OF_STOCK, r)
             return
-        cdef bytes count_key = points_history_key(op.item_id, op.card_id)
+        cdef bytes count_key = pair_key(op.item_id, op.card_id)
         raw = self.gift_counts.get(count_key)
         cdef uint32_t count = 0
         if raw is not None:
@@ -2547,19 +2809,25 @@ cdef class _Batch:
             return
         cdef list lots = self.open_lots(op.card_id, False)
         cdef list days = self.open_lot_days(op.card_id)
+        # The newest is the last, and stays inline: all move by the same days.
+        cdef Py_ssize_t stored = len(days)
+        cdef Py_ssize_t i
         cdef LotRec lot
-        for value in lots:
-            memcpy(&lot, PyBytes_AS_STRING(value), sizeof(LotRec))
-            self.point_lots.delete(lot_key(op.card_id, lot.expires_day))
+        for i in range(len(lots)):
+            memcpy(&lot, PyBytes_AS_STRING(lots[i]), sizeof(LotRec))
             self.lot_expiry.delete(lot_expiry_key(lot.expires_day, op.card_id))
-        # Every lot moves by the same number of days: the order stays.
+            if i < stored:
+                self.point_lots.delete(lot_key(op.card_id, lot.expires_day))
         days.clear()
-        for value in lots:
-            memcpy(&lot, PyBytes_AS_STRING(value), sizeof(LotRec))
+        for i in range(len(lots)):
+            memcpy(&lot, PyBytes_AS_STRING(lots[i]), sizeof(LotRec))
             lot.expires_day += <uint32_t>op.amount
-            self.point_lots.put(lot_key(op.card_id, lot.expires_day), PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)))
             self.lot_expiry.put(lot_expiry_key(lot.expires_day, op.card_id), b"")
-            days.append(lot.expires_day)
+            if i < stored:
+                self.point_lots.put(lot_key(op.card_id, lot.expires_day), PyBytes_FromStringAndSize(<char*>&lot, sizeof(LotRec)))
+                days.append(lot.expires_day)
+            else:
+                memcpy(self.newest_lot(op.card_id, True), &lot, sizeof(LotRec))
         member.extended_month = op.period
         self.save_member(&member)
         self.decline_for_card(op, APPROVED, r)

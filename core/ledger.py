@@ -12,7 +12,7 @@ benchmarks and tests.
 import logging
 from collections.abc import Iterator, Sequence
 
-from core import current, limits
+from core import current, idempotency, limits, lots
 from core.counters import COUNTER_VALUE, TXN_COUNTER_ENTRY, counter_key, parse_counter_key
 from core.records import (
     Account,
@@ -25,7 +25,6 @@ from core.records import (
     account_key,
     decode,
     encode,
-    idem_key,
     u32_key,
     u64_key,
 )
@@ -165,7 +164,10 @@ class Ledger:
         return self._get(Txn, self.store.txns, u64_key(txn_id))
 
     def idem(self, terminal_id: int, serial: int) -> Idem | None:
-        return self._get(Idem, self.store.idem, idem_key(terminal_id, serial))
+        """The stored answer of the request (terminal, serial), or None."""
+        with self.store.env.begin() as txn:
+            found = idempotency.find(txn, self.store, terminal_id, serial)
+        return None if found is None else found[1].entry
 
     def station_day(self, station_id: int, now_ms: int, utc_offset_minutes: int = 0) -> int:
         """The business day a request at this station takes now: the
@@ -207,9 +209,9 @@ class Ledger:
                 decode(Account, txn.get(account_key(kind, card_id), db=self.store.accounts)) for kind in CARD_ACCOUNT_KINDS
             )
             holds = current.due_holds(txn, self.store, card_id, now_ms) if fleet.held or personal.held else []
-            lots = current.card_lots(txn, self.store.point_lots, card_id) if points.balance > points.held else []
+            open_lots = lots.open_lots(txn, self.store, card_id) if points.balance > points.held else []
         card, fleet, personal = current.card_as_of(decode(Card, raw), fleet, personal, holds)
-        points = current.points_as_of(points, lots, business_day(now_ms, utc_offset_minutes)).account
+        points = current.points_as_of(points, open_lots, business_day(now_ms, utc_offset_minutes)).account
         return card, (fleet, personal, points)
 
     def pending_txn_ids(self) -> list[int]:

@@ -39,6 +39,12 @@ BATCH_WAIT_MS_MAX = 1
 # operations/s instead of 66,000 to 80,000.
 KERNEL_RECORDS_CACHED_MAX = 500_000
 
+# A terminal's requests kept in its tail (core/idempotency.py) before they
+# are listed in request_index at once: one index page written per this many
+# requests of a terminal, instead of one per request; a retry of a recent
+# serial reads at most this many requests to find it.
+REQUEST_TAIL_MAX = 32
+
 # Counters (core/counters.py): a delta is at most one amount, a ceiling keeps
 # value + delta inside a signed 64-bit integer; a sale links at most this many
 # counters (promotion stock and budget, coupon, velocity rules) to itself.

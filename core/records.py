@@ -15,6 +15,8 @@ from typing import ClassVar
 
 import msgspec
 
+from core.results import AccountKind
+
 # ---------------------------------------------------------------- operations
 
 
@@ -158,9 +160,18 @@ class Account(msgspec.Struct):
     Card accounts (FLEET, PERSONAL, POINTS) never go below zero; system
     accounts may. POINTS and POINTS_LIABILITY count points, all others minor
     units.
+
+    last_seq is the seq of the account's newest journal entry (0: none yet);
+    each entry names the one before it on each side (JournalEntry.debit_prev,
+    credit_prev), so an account's history is read from the journal newest
+    first, with no index written beside it.
+
+    A card's POINTS account is stored with its newest open points lot after
+    it (POINTS_ACCOUNT_SIZE bytes; see inline_lot): a sale's earning changes
+    the account it already writes, not a record of its own.
     """
 
-    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BBHIQqqqq")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BBHIQqqqqQ")
     kind: int = 0
     unit: int = 0
     flags: int = 0
@@ -170,6 +181,7 @@ class Account(msgspec.Struct):
     held: int = 0
     debits: int = 0
     credits: int = 0
+    last_seq: int = 0
 
 
 class Card(msgspec.Struct):
@@ -255,10 +267,51 @@ class Idem(msgspec.Struct):
     result: Result = msgspec.field(default_factory=Result)
 
 
-class JournalEntry(msgspec.Struct):
-    """One posted transfer: amount moves from the debit to the credit account."""
+class Request(msgspec.Struct):
+    """A terminal request as answered: the idempotency record of (terminal,
+    serial), stored in the order requests were first answered (key: the
+    request's seq), so the requests of one commit sit on a few pages however
+    long each terminal's history is.
 
-    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<QQqQQQBBBBIII")
+    prev_seq: the terminal's previous request not yet in request_index (0:
+    none); the newest is its RequestTail's last_seq. See core/idempotency.py.
+    """
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IIQQ" + Idem.LAYOUT.format[1:])
+    terminal_id: int = 0
+    reserved: int = 0
+    serial: int = 0
+    prev_seq: int = 0
+    entry: Idem = msgspec.field(default_factory=Idem)
+
+
+class RequestTail(msgspec.Struct):
+    """A terminal's requests that request_index does not list yet: the
+    newest's seq, how many (each names the one before, Request.prev_seq),
+    the range of their serials, and the largest serial the terminal ever
+    sent (a serial above it was never answered: no lookup at all).
+    Every REQUEST_TAIL_MAX requests the tail is listed in request_index at
+    once, in serial order, and starts empty again."""
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<QQQQII")
+    last_seq: int = 0
+    max_serial: int = 0
+    tail_min_serial: int = 0
+    tail_max_serial: int = 0
+    tail_count: int = 0
+    reserved: int = 0
+
+
+class JournalEntry(msgspec.Struct):
+    """One posted transfer: amount moves from the debit to the credit account.
+
+    debit_prev and credit_prev: the seq of the entry before this one on the
+    debit account and on the credit account (0: this is its first), so that
+    each account's entries form a chain from Account.last_seq back (a card's
+    points statement, any account's history).
+    """
+
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<QQqQQQBBBBIIIQQ")
     seq: int = 0
     txn_id: int = 0
     amount: int = 0
@@ -272,12 +325,18 @@ class JournalEntry(msgspec.Struct):
     business_day: int = 0
     station_id: int = 0
     reserved: int = 0
+    debit_prev: int = 0
+    credit_prev: int = 0
 
 
 class Lot(msgspec.Struct):
     """Open points of a card that expire together: every earning of one day
     with the same validity shares a lot. Usable while day < expires_day.
-    A lot leaves point_lots when its last point is spent or expires."""
+
+    A card's newest open lot (the latest expires_day) is stored inline, after
+    its POINTS account; the older ones in point_lots. A lot leaves both when
+    its last point is spent or expires (closed_lots keeps it).
+    """
 
     LAYOUT: ClassVar[struct.Struct] = struct.Struct("<QIIqqQ")
     card_id: int = 0
@@ -362,6 +421,8 @@ RECORD_SIZES = {
     "Card": Card.LAYOUT.size,
     "Txn": Txn.LAYOUT.size,
     "Idem": Idem.LAYOUT.size,
+    "Request": Request.LAYOUT.size,
+    "RequestTail": RequestTail.LAYOUT.size,
     "JournalEntry": JournalEntry.LAYOUT.size,
     "Lot": Lot.LAYOUT.size,
     "Member": Member.LAYOUT.size,
@@ -372,10 +433,16 @@ RECORD_SIZES = {
 
 
 def decode(record_type, data):
-    """Bytes of a stored record -> its typed view."""
+    """Bytes of a stored record -> its typed view. An Account is read from
+    the first bytes of its value (a POINTS account's inline lot follows)."""
     if record_type is Idem:
         fields = Idem.LAYOUT.unpack(data)
         return Idem(fields[0], Result(*fields[1:]))
+    if record_type is Request:
+        fields = Request.LAYOUT.unpack(data)
+        return Request(*fields[:4], Idem(fields[4], Result(*fields[5:])))
+    if record_type is Account:
+        return Account(*Account.LAYOUT.unpack_from(data))
     return record_type(*record_type.LAYOUT.unpack(data))
 
 
@@ -383,7 +450,31 @@ def encode(record) -> bytes:
     """Typed view -> bytes, in the record's fixed layout."""
     if type(record) is Idem:
         return Idem.LAYOUT.pack(record.fingerprint, *msgspec.structs.astuple(record.result))
+    if type(record) is Request:
+        entry = record.entry
+        return Request.LAYOUT.pack(record.terminal_id, record.reserved, record.serial, record.prev_seq, entry.fingerprint,
+                                   *msgspec.structs.astuple(entry.result))
     return record.LAYOUT.pack(*msgspec.structs.astuple(record))
+
+
+# A POINTS account's value: the Account, then its newest open lot (all zero
+# bytes when the card has no open lot).
+POINTS_ACCOUNT_SIZE = Account.LAYOUT.size + Lot.LAYOUT.size
+NO_LOT = bytes(Lot.LAYOUT.size)
+
+
+def inline_lot(value: bytes) -> Lot | None:
+    """The newest open lot stored after a POINTS account, or None."""
+    lot = value[Account.LAYOUT.size : POINTS_ACCOUNT_SIZE]
+    return None if len(lot) < Lot.LAYOUT.size or lot == NO_LOT else decode(Lot, lot)
+
+
+def account_value(account: Account, lot: Lot | None = None) -> bytes:
+    """The stored value of an account: a POINTS account with its inline lot
+    (or none), any other the Account alone."""
+    if account.kind != AccountKind.POINTS:
+        return encode(account)
+    return encode(account) + (NO_LOT if lot is None else encode(lot))
 
 
 # ---------------------------------------------------------------------- keys
@@ -413,11 +504,45 @@ def parse_u64_key(key: bytes) -> int:
 
 
 def idem_key(terminal_id: int, serial: int) -> bytes:
+    """(terminal, serial): version 2's key of an idempotency record."""
     return _IDEM_KEY.pack(terminal_id, serial)
 
 
 def parse_idem_key(key: bytes) -> tuple[int, int]:
     return _IDEM_KEY.unpack(key)
+
+
+# request_index lists a terminal's requests by runs of serials: the key is
+# (terminal, serial >> REQUEST_BUCKET_BITS), the value the (serial, seq)
+# pairs of that run, in serial order (REQUEST_INDEX_PAIR each). A tail of a
+# terminal numbering its serials one after the other is listed with one or
+# two records, not one per request.
+REQUEST_BUCKET_BITS = 5
+REQUEST_INDEX_PAIR = struct.Struct("<QQ")
+
+
+def request_bucket_key(terminal_id: int, serial: int) -> bytes:
+    """Key of the request_index record listing (terminal, serial)."""
+    return _IDEM_KEY.pack(terminal_id, serial >> REQUEST_BUCKET_BITS)
+
+
+def parse_request_bucket_key(key: bytes) -> tuple[int, int]:
+    """(terminal, bucket): the bucket's serials are bucket << REQUEST_BUCKET_BITS and the next ones."""
+    return _IDEM_KEY.unpack(key)
+
+
+def bucket_seq(value: bytes, serial: int) -> int:
+    """The seq a request_index record lists for serial, or 0."""
+    for listed, seq in REQUEST_INDEX_PAIR.iter_unpack(value):
+        if listed == serial:
+            return seq
+    return 0
+
+
+def bucket_with(value: bytes | None, pairs: list[tuple[int, int]]) -> bytes:
+    """A request_index record with (serial, seq) pairs added, in serial order."""
+    merged = sorted([*REQUEST_INDEX_PAIR.iter_unpack(value or b""), *pairs])
+    return b"".join(REQUEST_INDEX_PAIR.pack(serial, seq) for serial, seq in merged)
 
 
 def hold_expiry_key(expires_ms: int, txn_id: int) -> bytes:
@@ -466,24 +591,8 @@ def tier_change_key(card_id: int, number: int) -> bytes:
     return _HISTORY_KEY.pack(card_id, number)
 
 
-def points_history_key(card_id: int, seq: int) -> bytes:
-    return _HISTORY_KEY.pack(card_id, seq)
-
-
-def parse_points_history_key(key: bytes) -> tuple[int, int]:
-    return _HISTORY_KEY.unpack(key)
-
-
-def card_txn_key(card_id: int, txn_id: int) -> bytes:
-    """card_txns: a card's transactions, in id order (so in time order)."""
-    return _HISTORY_KEY.pack(card_id, txn_id)
-
-
-def parse_card_txn_key(key: bytes) -> tuple[int, int]:
-    return _HISTORY_KEY.unpack(key)
-
-
 # Meta keys: counters the kernel advances, stored as little-endian u64.
 META_NEXT_TXN_ID = b"next_txn_id"
 META_NEXT_JOURNAL_SEQ = b"next_journal_seq"
+META_NEXT_REQUEST_SEQ = b"next_request_seq"
 META_VALUE = struct.Struct("<Q")

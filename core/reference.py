@@ -16,7 +16,7 @@ layouts, concatenated) in order inside the caller's write transaction and
 returns their results (core.records.Result layouts, concatenated).
 """
 
-from core import limits
+from core import idempotency, limits
 from core.counters import (
     COUNTER_VALUE,
     PACKET_SHARE_VALUE,
@@ -27,8 +27,10 @@ from core.counters import (
 )
 from core.records import (
     META_NEXT_JOURNAL_SEQ,
+    META_NEXT_REQUEST_SEQ,
     META_NEXT_TXN_ID,
     META_VALUE,
+    NO_LOT,
     RESULT_REPLAYED,
     TOMBSTONE_FINGERPRINT,
     Account,
@@ -39,22 +41,24 @@ from core.records import (
     Lot,
     Member,
     Op,
+    Request,
+    RequestTail,
     Shift,
     TierChange,
     Result,
     Txn,
     account_key,
     card_station_key,
-    card_txn_key,
     decode,
     encode,
     hold_expiry_key,
     gift_count_key,
-    idem_key,
+    bucket_with,
+    inline_lot,
     lot_expiry_key,
     lot_key,
     parse_hold_expiry_key,
-    points_history_key,
+    request_bucket_key,
     tier_change_key,
     u32_key,
     u64_key,
@@ -81,6 +85,7 @@ from core.results import (
 )
 
 OP_SIZE = Op.LAYOUT.size
+ACCOUNT_SIZE = Account.LAYOUT.size
 
 K = AccountKind
 R = ResultCode
@@ -289,6 +294,7 @@ class _Batch:
         self.day = business_day
         self.next_txn_id = self._meta(META_NEXT_TXN_ID, 1)
         self.next_journal_seq = self._meta(META_NEXT_JOURNAL_SEQ, 1)
+        self.next_request_seq = self._meta(META_NEXT_REQUEST_SEQ, 1)
 
     def _meta(self, name: bytes, default: int) -> int:
         value = self.txn.get(name, db=self.store.meta)
@@ -297,6 +303,7 @@ class _Batch:
     def finish(self):
         self.txn.put(META_NEXT_TXN_ID, META_VALUE.pack(self.next_txn_id), db=self.store.meta)
         self.txn.put(META_NEXT_JOURNAL_SEQ, META_VALUE.pack(self.next_journal_seq), db=self.store.meta)
+        self.txn.put(META_NEXT_REQUEST_SEQ, META_VALUE.pack(self.next_request_seq), db=self.store.meta)
 
     # ------------------------------------------------------------ dispatch
 
@@ -396,22 +403,56 @@ class _Batch:
         return account
 
     def save_account(self, account: Account):
-        self.txn.put(account_key(account.kind, account.owner), encode(account), db=self.store.accounts)
+        """Store the account; a POINTS account keeps the inline lot stored after it."""
+        key = account_key(account.kind, account.owner)
+        value = encode(account)
+        if account.kind == K.POINTS:
+            stored = self.txn.get(key, db=self.store.accounts)
+            value += NO_LOT if stored is None else stored[ACCOUNT_SIZE:]
+        self.txn.put(key, value, db=self.store.accounts)
 
     def load_txn(self, txn_id: int):
         return self.load(Txn, self.store.txns, u64_key(txn_id))
 
     def save_txn(self, record: Txn):
         self.txn.put(u64_key(record.txn_id), encode(record), db=self.store.txns)
-        if record.card_id:
-            # The card's index (a transaction's card never changes: putting it again changes nothing).
-            self.txn.put(card_txn_key(record.card_id, record.txn_id), b"", db=self.store.card_txns)
 
     def load_idem(self, terminal_id: int, serial: int):
-        return self.load(Idem, self.store.idem, idem_key(terminal_id, serial))
+        found = idempotency.find(self.txn, self.store, terminal_id, serial)
+        return None if found is None else found[1].entry
 
     def save_idem(self, terminal_id: int, serial: int, entry: Idem):
-        self.txn.put(idem_key(terminal_id, serial), encode(entry), db=self.store.idem)
+        """Store the answer of (terminal, serial): over the stored one, or
+        as the terminal's newest request (see core/idempotency.py)."""
+        found = idempotency.find(self.txn, self.store, terminal_id, serial)
+        if found is not None:
+            seq, request = found
+            request.entry = entry
+            self.txn.put(u64_key(seq), encode(request), db=self.store.requests)
+            return
+        tail = idempotency.tail_of(self.txn, self.store, terminal_id) or RequestTail()
+        seq = self.next_request_seq
+        self.next_request_seq += 1
+        self.txn.put(u64_key(seq), encode(Request(terminal_id, 0, serial, tail.last_seq, entry)), db=self.store.requests, append=True)
+        tail.tail_min_serial = serial if tail.tail_count == 0 else min(tail.tail_min_serial, serial)
+        tail.tail_max_serial = max(tail.tail_max_serial, serial)
+        tail.max_serial = max(tail.max_serial, serial)
+        tail.last_seq = seq
+        tail.tail_count += 1
+        if tail.tail_count == limits.REQUEST_TAIL_MAX:
+            tail = self.index_tail(terminal_id, tail)
+        self.txn.put(u32_key(terminal_id), encode(tail), db=self.store.request_tails)
+
+    def index_tail(self, terminal_id: int, tail: RequestTail) -> RequestTail:
+        """List the tail's requests in request_index, all at once (a run of
+        serials: one or two records per REQUEST_TAIL_MAX requests); the tail
+        starts empty again."""
+        buckets = {}
+        for seq, request in idempotency.tail_requests(self.txn, self.store, tail):
+            buckets.setdefault(request_bucket_key(terminal_id, request.serial), []).append((request.serial, seq))
+        for key, pairs in buckets.items():
+            self.txn.put(key, bucket_with(self.txn.get(key, db=self.store.request_index), pairs), db=self.store.request_index)
+        return RequestTail(max_serial=tail.max_serial)
 
     def new_txn_id(self) -> int:
         txn_id = self.next_txn_id
@@ -460,17 +501,22 @@ class _Batch:
         for debit_kind, debit_owner, credit_kind, credit_owner, amount, movement, reason in postings:
             if amount == 0:
                 continue
+            seq = self.next_journal_seq
             debit = self.account_or_new(debit_kind, debit_owner)
             debit.balance -= amount
             debit.debits += amount
             assert may_go_negative(debit_kind) or debit.balance >= debit.held, "overdraft"
+            # Each entry names the one before it on each account: the
+            # account's history is a chain from its last_seq back.
+            debit_prev, debit.last_seq = debit.last_seq, seq
             self.save_account(debit)
             credit = self.account_or_new(credit_kind, credit_owner)
             credit.balance += amount
             credit.credits += amount
+            credit_prev, credit.last_seq = credit.last_seq, seq
             self.save_account(credit)
             entry = JournalEntry(
-                seq=self.next_journal_seq,
+                seq=seq,
                 txn_id=txn_id,
                 amount=amount,
                 created_ms=self.now_ms,
@@ -482,6 +528,8 @@ class _Batch:
                 reason=reason,
                 business_day=self.day,
                 station_id=station_id,
+                debit_prev=debit_prev,
+                credit_prev=credit_prev,
             )
             self.txn.put(u64_key(entry.seq), encode(entry), db=self.store.journal, append=True)
             self.next_journal_seq += 1
@@ -489,15 +537,14 @@ class _Batch:
             # lot of its expiry, every point out leaves the oldest lot.
             if debit_kind == K.POINTS:
                 self.take_from_lots(debit_owner, amount)
-                self.txn.put(points_history_key(debit_owner, entry.seq), b"", db=self.store.points_history)
             if credit_kind == K.POINTS:
                 self.add_to_lot(credit_owner, amount, txn_id)
-                self.txn.put(points_history_key(credit_owner, entry.seq), b"", db=self.store.points_history)
 
     # ------------------------------------------------------------ points lots
 
-    def open_lots(self, card_id: int, expired_only: bool = False):
-        """The card's open lots, oldest (closest to expiry) first."""
+    def open_lots(self, card_id: int, expired_only: bool = False) -> list[Lot]:
+        """The card's open lots, oldest (closest to expiry) first: those of
+        point_lots, then the newest, stored inline with the POINTS account."""
         prefix = u64_key(card_id)
         found = []
         cursor = self.txn.cursor(db=self.store.point_lots)
@@ -505,28 +552,56 @@ class _Batch:
             for key, value in cursor.iternext():
                 if not key.startswith(prefix):
                     break
-                lot = decode(Lot, value)
-                if expired_only and lot.expires_day > self.calendar_day:
-                    break
-                found.append(lot)
+                found.append(decode(Lot, value))
         cursor.close()
-        return found
+        newest = self.load_inline_lot(card_id)
+        if newest is not None:
+            found.append(newest)
+        return [lot for lot in found if lot.expires_day <= self.calendar_day] if expired_only else found
+
+    def load_inline_lot(self, card_id: int):
+        """The card's newest open lot, or None."""
+        return inline_lot(self.txn.get(account_key(K.POINTS, card_id), db=self.store.accounts))
+
+    def save_inline_lot(self, card_id: int, lot):
+        """Store the card's newest open lot (None: it has none) after its POINTS account."""
+        key = account_key(K.POINTS, card_id)
+        stored = self.txn.get(key, db=self.store.accounts)
+        self.txn.put(key, stored[:ACCOUNT_SIZE] + (NO_LOT if lot is None else encode(lot)), db=self.store.accounts)
 
     def add_to_lot(self, card_id: int, amount: int, txn_id: int):
+        """Points in join the lot of their expiry day. The card's newest lot
+        is stored inline, so a sale's earning writes no record of its own: a
+        later expiry opens a new newest lot and the one before moves out to
+        point_lots; an earlier one (a shorter validity) goes to point_lots."""
         expires_day = self.day + self.lot_validity_days
+        newest = self.load_inline_lot(card_id)
+        if newest is None or expires_day > newest.expires_day:
+            if newest is not None:
+                self.txn.put(lot_key(card_id, newest.expires_day), encode(newest), db=self.store.point_lots)
+            newest = self.open_lot(card_id, expires_day, txn_id)
+        if newest.expires_day == expires_day:
+            newest.original += amount
+            newest.remaining += amount
+            self.save_inline_lot(card_id, newest)
+            return
         key = lot_key(card_id, expires_day)
-        lot = self.load(Lot, self.store.point_lots, key)
-        if lot is None:
-            # A lot of the same day closed earlier opens again.
-            lot = self.load(Lot, self.store.closed_lots, key)
-            if lot is None:
-                lot = Lot(card_id=card_id, expires_day=expires_day, earned_day=self.day, first_txn_id=txn_id)
-            else:
-                self.txn.delete(key, db=self.store.closed_lots)
-            self.txn.put(lot_expiry_key(expires_day, card_id), b"", db=self.store.lot_expiry)
+        lot = self.load(Lot, self.store.point_lots, key) or self.open_lot(card_id, expires_day, txn_id)
         lot.original += amount
         lot.remaining += amount
         self.txn.put(key, encode(lot), db=self.store.point_lots)
+
+    def open_lot(self, card_id: int, expires_day: int, txn_id: int) -> Lot:
+        """A new open lot, listed in lot_expiry; a lot of the same day closed
+        earlier opens again."""
+        key = lot_key(card_id, expires_day)
+        lot = self.load(Lot, self.store.closed_lots, key)
+        if lot is None:
+            lot = Lot(card_id=card_id, expires_day=expires_day, earned_day=self.day, first_txn_id=txn_id)
+        else:
+            self.txn.delete(key, db=self.store.closed_lots)
+        self.txn.put(lot_expiry_key(expires_day, card_id), b"", db=self.store.lot_expiry)
+        return lot
 
     def take_from_lots(self, card_id: int, amount: int):
         left = amount
@@ -536,14 +611,25 @@ class _Batch:
             taken = min(lot.remaining, left)
             lot.remaining -= taken
             left -= taken
-            key = lot_key(card_id, lot.expires_day)
-            if lot.remaining == 0:
-                self.txn.delete(key, db=self.store.point_lots)
-                self.txn.delete(lot_expiry_key(lot.expires_day, card_id), db=self.store.lot_expiry)
-                self.txn.put(key, encode(lot), db=self.store.closed_lots)
-            else:
-                self.txn.put(key, encode(lot), db=self.store.point_lots)
+            self.save_lot(lot)
         assert left == 0, "points balance and lots disagree"
+
+    def save_lot(self, lot: Lot):
+        """Write an open lot back where it is stored; one left empty closes."""
+        newest = self.load_inline_lot(lot.card_id)
+        inline = newest is not None and newest.expires_day == lot.expires_day
+        key = lot_key(lot.card_id, lot.expires_day)
+        if lot.remaining == 0:
+            if inline:
+                self.save_inline_lot(lot.card_id, None)
+            else:
+                self.txn.delete(key, db=self.store.point_lots)
+            self.txn.delete(lot_expiry_key(lot.expires_day, lot.card_id), db=self.store.lot_expiry)
+            self.txn.put(key, encode(lot), db=self.store.closed_lots)
+        elif inline:
+            self.save_inline_lot(lot.card_id, lot)
+        else:
+            self.txn.put(key, encode(lot), db=self.store.point_lots)
 
     def expirable(self, card_id: int, account: Account) -> int:
         """Points of the card's lots whose day has come (by the calendar, not
@@ -1438,16 +1524,22 @@ class _Batch:
         member = self.load_member(op.card_id)
         if member.extended_month == op.period:
             return self.result(op, R.APPROVED, card_id=op.card_id, amount=0)
-        # Every lot moves by the same days, so no two meet: remove all, then
-        # put each back under its new expiry.
+        # Every lot moves by the same days, so no two meet and the newest
+        # stays the newest (inline): remove all, then put each back under its
+        # new expiry.
         lots = self.open_lots(op.card_id)
+        stored = lots[:-1] if self.load_inline_lot(op.card_id) is not None else lots
         for lot in lots:
-            self.txn.delete(lot_key(op.card_id, lot.expires_day), db=self.store.point_lots)
             self.txn.delete(lot_expiry_key(lot.expires_day, op.card_id), db=self.store.lot_expiry)
+        for lot in stored:
+            self.txn.delete(lot_key(op.card_id, lot.expires_day), db=self.store.point_lots)
         for lot in lots:
             lot.expires_day += op.amount
-            self.txn.put(lot_key(op.card_id, lot.expires_day), encode(lot), db=self.store.point_lots)
             self.txn.put(lot_expiry_key(lot.expires_day, op.card_id), b"", db=self.store.lot_expiry)
+        for lot in stored:
+            self.txn.put(lot_key(op.card_id, lot.expires_day), encode(lot), db=self.store.point_lots)
+        if len(stored) < len(lots):
+            self.save_inline_lot(op.card_id, lots[-1])
         member.extended_month = op.period
         self.save_member(member)
         return self.result(op, R.APPROVED, card_id=op.card_id, amount=len(lots))

@@ -5,25 +5,20 @@ named databases and what their keys and values are.
 Used by: ledger.py (the writer), audit.py, the server's read paths, tests.
 
 Named databases (keys big-endian, values in core.records layouts):
-  accounts        (kind u8, owner u64)       -> Account
+  accounts        (kind u8, owner u64)       -> Account; a POINTS account: Account + its newest open Lot
   cards           card_id u64                -> Card
   card_stations   (card_id u64, station u32) -> b""   allow list of a card
   txns            txn_id u64                 -> Txn
-  card_txns       (card_id u64, txn_id u64)  -> b""   a card's transactions, written by the kernel with each
-                                                 transaction (the console's card page; format 3)
-  idem            (terminal u32, serial u64) -> Idem
-  journal         seq u64                    -> JournalEntry
+  requests        seq u64                    -> Request  terminal requests as answered, in order (idempotency)
+  request_index   (terminal u32, serial >> 5 u64) -> (serial u64, seq u64)*  requests older than their terminal's tail
+  request_tails   terminal u32               -> RequestTail  the terminal's newest requests, not indexed yet
+  journal         seq u64                    -> JournalEntry (each names the entry before it on both accounts)
   hold_expiry     (expires_ms u64, txn u64)  -> b""   open pre-authorizations
   pending         txn_id u64                 -> b""   waiting for a channel
-  meta            name                       -> u64   counters; b"format_version": the data format (below);
-                  and, on a replicated node (core/replication/):
-                  b"log_position"            -> (u64 position, u64 time_ms) of the last log entry applied, put
-                                                in the same transaction as its changes and never logged itself
-                  b"log_stream"              -> the stream's name: this directory is a node of that log
-  point_lots      (card_id u64, expires u32) -> Lot   open points lots, oldest first
+  meta            name                       -> u64   counters; b"format_version": the data format (below)
+  point_lots      (card_id u64, expires u32) -> Lot   open points lots but each card's newest, oldest first
   closed_lots     (card_id u64, expires u32) -> Lot   lots spent or expired to zero
-  lot_expiry      (expires u32, card_id u64) -> b""   open lots by expiry (the expiry job)
-  points_history  (card_id u64, seq u64)     -> b""   journal entries of a card's points
+  lot_expiry      (expires u32, card_id u64) -> b""   every open lot (inline ones too) by expiry (the expiry job)
   members         card_id u64                -> Member      loyalty state of a card
   tier_changes    (card_id u64, number u64)  -> TierChange  every tier change, in order
   gifts           gift_id u64                -> Gift        catalogue, with stock
@@ -104,8 +99,9 @@ DATABASE_NAMES = (
     "cards",
     "card_stations",
     "txns",
-    "card_txns",
-    "idem",
+    "requests",
+    "request_index",
+    "request_tails",
     "journal",
     "hold_expiry",
     "pending",
@@ -113,7 +109,6 @@ DATABASE_NAMES = (
     "point_lots",
     "closed_lots",
     "lot_expiry",
-    "points_history",
     "members",
     "tier_changes",
     "gifts",
@@ -159,6 +154,11 @@ DATABASE_NAMES = (
     "once",
     "loyalty_gift_domains",
 )
+
+# Databases of older formats that only their migration step opens (and
+# deletes): version 2's idem ((terminal, serial) -> Idem) and points_history
+# ((card, seq) -> b"").
+RETIRED_DATABASE_NAMES = ("idem", "points_history")
 
 # The layout this code reads and writes (see the module docstring); each
 # version above 1 has its step in core/migrations.py.
@@ -290,7 +290,7 @@ def open_store(
     env = lmdb.open(
         path,
         map_size=map_size_bytes,
-        max_dbs=len(DATABASE_NAMES),
+        max_dbs=len(DATABASE_NAMES) + len(RETIRED_DATABASE_NAMES),
         max_readers=READERS_MAX,
         sync=durable,
         metasync=durable and not replicated,

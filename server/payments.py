@@ -24,6 +24,7 @@ from core.records import RESULT_REPLAYED, Op, Result
 from core.results import OpKind, ResultCode
 from server import answers, requests
 from server.channel_flow import ChannelFlow
+from server.payline import PayLine
 from core.errors import InvalidInput
 from server.settings import ServerSettings
 from tally.v1 import payment_pb2, payment_pb2_grpc
@@ -43,6 +44,9 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
         self.promotions = promotions
         # lot validity days -> the settings ops are built with.
         self._op_settings = {settings.lot_validity_days: settings}
+        # Plain Pays, compiled (server/payline.py): the stream's, and the
+        # unary ones server/rpc.py hands over as wire bytes (pay_wire).
+        self.payline = PayLine(self)
 
     def op_settings(self, station_id: int) -> ServerSettings:
         """The settings a station's ops are built with: the points lots'
@@ -157,6 +161,11 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
 
     async def Pay(self, request, context):
         return await self.pay(request)
+
+    async def pay_wire(self, body: bytes):
+        """Pay from its wire bytes when it is plain (server/payline.py):
+        (answer, outcome label), or None for the reference path."""
+        return await self.payline.one(body)
 
     async def PreAuthorize(self, request, context):
         return await self.pre_authorize(request)

@@ -115,13 +115,29 @@ class PromotionFlow:
             refused[refusal_key(outcome.refused_by)] = REFUSED_REASON
         return SaleOutcome(_declined(outcome.main, outcome.code), outcome.refused_by)
 
-    async def issue_coupons(self, trigger: CouponTrigger, result: Result, station_id: int) -> list[str]:
-        """Codes of the coupons an approved sale or top-up issues to its card
-        (once per transaction); nothing when no promotion issues on it."""
+    def plain_at(self, station_id: int) -> bool:
+        """Whether any Pay without coupon codes at the station takes _pay's
+        plain branch and nothing after it: nothing priced, no lotteries, no
+        velocity limits, an empty blacklist, no flag rules at the station,
+        no coupons issued on purchase (server/payline.py)."""
         snapshot = self.holder.snapshot
+        if snapshot.priced or self._lotteries() or self.risk.any_limits or self.risk.blocking_possible():
+            return False
+        if self.risk.flags_at(station_id).enabled:
+            return False
+        self._issuing(snapshot)
+        return CouponTrigger.PURCHASE not in self._issuing_of[1]
+
+    def _issuing(self, snapshot):
+        """The triggers the snapshot's coupons are issued on, found once per snapshot."""
         if self._issuing_of[0] is not snapshot:
             triggers = frozenset(p.coupon.issue_on for p in snapshot.by_id.values() if p.kind == PromotionKind.COUPON)
             self._issuing_of = (snapshot, triggers)
+
+    async def issue_coupons(self, trigger: CouponTrigger, result: Result, station_id: int) -> list[str]:
+        """Codes of the coupons an approved sale or top-up issues to its card
+        (once per transaction); nothing when no promotion issues on it."""
+        self._issuing(self.holder.snapshot)
         if trigger not in self._issuing_of[1] or result.code != ResultCode.APPROVED or not result.card_id:
             return []
         issued = await self.service.issue_on_event(trigger, result.amount, station_id, result.card_id, result.txn_id)

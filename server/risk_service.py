@@ -112,6 +112,14 @@ class RiskHolder:
             return None
         return blacklist.blocking_entry(self.store, card_id, now_ms)
 
+    def blocking_possible(self) -> bool:
+        """Whether the blacklist holds any entry (what blocking_entry looks up)."""
+        return not self._blacklist_empty()
+
+    def flags_at(self, station_id: int):
+        """The flag rules of the station's domain (observe_sale's)."""
+        return self._at(station_id)[0].flags
+
     def blacklist_changed(self):
         self._blacklist_checked_at = None
 

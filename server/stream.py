@@ -12,6 +12,11 @@ May call: PaymentService and CardService operation methods, server/errors.py
 Each message becomes one task; its operations run concurrently (they meet in
 the group commit, so a batch of 200 Pays is typically one LMDB commit). One
 writer per stream sends the replies: grpc.aio allows one write at a time.
+
+A message of Pays alone is read from its wire bytes (server/fastpay.pyx):
+its plain Pays are translated, committed as one group and answered as wire
+bytes by server/payline.py, the rest of it the reference way; any other
+message is parsed and each operation runs through the unary RPC's method.
 """
 
 import asyncio
@@ -22,7 +27,9 @@ import grpc
 
 from core import limits
 from server.errors import internal_error, status_of
+from server.fastpay import PayMessage, replies as reply_bytes
 from server.metrics import OBSERVER, outcome_of
+from server.rpc import parser_of
 from tally.v1 import gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -127,6 +134,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         }
         self.stopping = False
         self._streams: set[_Stream] = set()
+        self.payline = payments.payline
+        self.parse = parser_of(gateway_pb2.GatewayMessage.FromString)
 
     def stop(self):
         """Stop taking messages; streams end (UNAVAILABLE) once their
@@ -153,6 +162,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         if self.stopping:
             await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING_TEXT)
 
+    # server/rpc.py hands Exchange the messages' wire bytes: a message of
+    # Pays is read from them (PayMessage), any other parsed here.
+    Exchange.wire_bytes = True
+
     async def _write(self, context, stream: _Stream):
         """Send replies until the client has half-closed and everything is
         answered, or the server stops and everything in flight is answered."""
@@ -166,7 +179,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
     async def _read(self, request_iterator, stream: _Stream):
         loop = asyncio.get_running_loop()
         try:
-            async for message in request_iterator:
+            async for raw in request_iterator:
+                message = PayMessage.read(raw)
+                if message is None or message.count == 0:
+                    message = self.parse(raw)
                 if stream.outbox.qsize() > stream.window:
                     stream.outbox_room.clear()
                     await stream.outbox_room.wait()
@@ -175,7 +191,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
                     stream.outbox.put_nowait(reply)
                     continue
                 stream.tasks_open += 1
-                loop.create_task(self._answer(message, stream))
+                loop.create_task(self._answer_pays(message, stream) if type(message) is PayMessage else self._answer(message, stream))
         except grpc.aio.AioRpcError as error:  # the client went away; the writer ends too
             log.debug("gateway stream %s: %s", stream.stream_id, error.code())
         finally:
@@ -184,7 +200,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
     def _admit(self, message, stream: _Stream) -> gateway_pb2.GatewayReply | None:
         """None if the message may run, else the reply that refuses it."""
-        count = len(message.operations)
+        count = message.count if type(message) is PayMessage else len(message.operations)
         correlation_id = message.correlation_id
         if self.stopping:
             return refused(correlation_id, grpc.StatusCode.UNAVAILABLE, STOPPING_TEXT)
@@ -224,12 +240,28 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         for reply in replies:
             stream.outbox.put_nowait(reply)
 
+    async def _answer_pays(self, message: PayMessage, stream: _Stream):
+        """A message of Pays (server/payline.py), answered with wire bytes."""
+        try:
+            results = await self.payline.results(
+                message, lambda index, request: self._run_request("pay", request, stream, message.correlation_id, index))
+            replies = reply_bytes(message.correlation_id, results, REPLY_BYTES_MAX)
+        finally:
+            stream.in_flight -= message.count
+            stream.tasks_open -= 1
+            if OBSERVER.metrics is not None:
+                OBSERVER.metrics.stream_in_flight.dec(message.count)
+        for reply in replies:
+            stream.outbox.put_nowait(reply)
+
     async def _run(self, operation, stream: _Stream, correlation_id: int, index: int) -> gateway_pb2.GatewayResult:
         """One operation through the unary RPC's own method; never raises."""
         name = operation.WhichOneof("request")
         if name is None:
             return error_result(grpc.StatusCode.INVALID_ARGUMENT, NO_REQUEST_TEXT)
-        request = getattr(operation, name)
+        return await self._run_request(name, getattr(operation, name), stream, correlation_id, index)
+
+    async def _run_request(self, name: str, request, stream: _Stream, correlation_id: int, index: int) -> gateway_pb2.GatewayResult:
         started = time.perf_counter() if OBSERVER.active else 0.0
         try:
             answer = await self.handlers[name](request)

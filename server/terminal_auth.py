@@ -42,12 +42,13 @@ and is not replay-checked: it reads.
 """
 
 import logging
+import types
 
+from core import idempotency
 from core.admin import keys
 from core.admin.access import now_ms
 from core.admin.terminals import WorkingKeys
 from core.errors import InvalidInput, PermissionDenied, Unauthenticated
-from core.records import Idem, decode, idem_key
 from core.results import OpKind
 from core.store import Store
 from server.callers import Caller
@@ -100,7 +101,9 @@ class TerminalGuard:
         self.working_keys = WorkingKeys(store, master_key)
         self.clock = clock
         # The handles themselves: Store finds a database by name on each access.
-        self._env, self._idem = store.env, store.idem
+        self._env = store.env
+        self._requests = types.SimpleNamespace(requests=store.requests, request_tails=store.request_tails,
+                                               request_index=store.request_index)
 
     def check(self, method: str, kind: int | None, metadata, body: bytes, parse) -> tuple[object, Caller]:
         """(the parsed request, the terminal as caller); raises a TallyError
@@ -113,9 +116,9 @@ class TerminalGuard:
                 raise Unauthenticated(f"MAC of terminal {terminal_id} does not verify", reason="BAD_MAC")
             request = parse(body)
             self._check_context(request, kind, terminal_id, serial, terminal.station_id)
-            stored = txn.get(idem_key(terminal_id, serial), db=self._idem) if kind is not None else None
+            stored = idempotency.find(txn, self._requests, terminal_id, serial) if kind is not None else None
         if stored is not None:
-            previous = decode(Idem, stored).fingerprint
+            previous = stored[1].entry.fingerprint
             if previous != _NO_FINGERPRINT and previous != fingerprint(kind, request):
                 raise PermissionDenied(f"serial {serial} of terminal {terminal_id} was used for another request: a replay",
                                        reason="REPLAY")

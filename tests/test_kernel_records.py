@@ -110,3 +110,17 @@ def test_a_late_confirmation_of_an_earlier_batch_is_ignored(cython_ledger):
     paid = pay_personal(driver, 901)
     assert paid.code == ResultCode.APPROVED
     assert paid.personal_balance == 0
+
+
+def test_a_request_answered_by_another_writer_is_replayed(cython_ledger):
+    """The kernel keeps terminals' request tails between batches: one that
+    another writer added to must be read again."""
+    driver = Driver(cython_ledger)
+    driver.open_card(CARD, personal=1_000)
+    assert pay_personal(driver, 100).code == ResultCode.APPROVED  # terminal 101's tail is now kept
+    other = other_writer(cython_ledger)
+    op = other.pay_op(CARD, 200, plan_flags=PlanFlag.USE_PERSONAL)
+    first = other.one(op)
+    retried = driver.one(op)
+    assert retried.replayed and retried.txn_id == first.txn_id
+    assert cython_ledger.account(AccountKind.PERSONAL, CARD).balance == 700

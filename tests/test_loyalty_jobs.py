@@ -112,7 +112,7 @@ def test_the_command_line_runs_a_job_and_refuses_bad_rules(books, tmp_path):
 
 
 def lots(books, card_id):
-    from core.records import Lot, decode
+    from core.lots import open_lots
 
     with books.ledger.store.env.begin() as txn:
-        return [decode(Lot, v) for k, v in txn.cursor(db=books.ledger.store.point_lots) if k[:8] == card_id.to_bytes(8, "big")]
+        return open_lots(txn, books.ledger.store, card_id)

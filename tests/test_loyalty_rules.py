@@ -168,7 +168,7 @@ def test_clearance_removes_the_old_years_lots_once(books):
 
 
 def lots(books):
-    from core.records import Lot
+    from core.lots import open_lots
 
     with books.ledger.store.env.begin() as txn:
-        return [decode(Lot, v) for k, v in txn.cursor(db=books.ledger.store.point_lots) if k[:8] == CARD.to_bytes(8, "big")]
+        return open_lots(txn, books.ledger.store, CARD)

@@ -1,5 +1,5 @@
 """ReportService over a real server on 127.0.0.1: a card's transactions
-through the card_txns index (and its backfill for an older directory),
+read from its accounts' journal chains (core/card_txns.py),
 today's takings by station and method, open holds, a station's day, a day's
 files, the store's health; a token always, and each caller's subtree only."""
 
@@ -11,12 +11,11 @@ import itertools
 import grpc
 import pytest
 
-from core import card_txns, migrations
+from core import card_txns
 from core.ledger import Ledger, load_kernel
-from core.records import Op
+from core.records import Op, Txn, decode
 from core.results import AccountKind, CardType, OpKind, ResultCode
-from core.store import format_version, open_store, set_format_version
-from core.writes import DirectWriter
+from core.store import open_store
 from tally.v1 import card_pb2, common_pb2, payment_pb2, report_pb2, report_pb2_grpc
 from tests.support import ServerProcess, Terminal
 from tests.test_admin_service import AdminClient, refused, seed_directory
@@ -159,41 +158,55 @@ def test_cards_are_found_by_vehicle_plate_whatever_its_spelling(server):
     assert not AdminClient(server.channel(), "other").ListCardRecords(vehicle_plate="京A12345").cards
 
 
-def test_migrating_to_format_3_indexes_the_transactions_of_an_older_directory(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kernel", ["reference", "cython"])
+def test_a_cards_pages_list_every_posted_transaction_in_id_order_even_one_posted_late(tmp_path, kernel):
+    """core/card_txns.py walks the card's account chains: a pre-authorization
+    completed after newer sales still takes its place by id, and paging by
+    before_txn_id meets every transaction once; another card's never."""
     store = open_store(str(tmp_path / "data"), 2**28)
-    ledger = Ledger(store, load_kernel("auto"))
+    ledger = Ledger(store, load_kernel(kernel))
     now_ms, day = 1_780_000_000_000, 20_600
-    cards = (11, 12)
-    ops = [Op(kind=OpKind.OPEN_CARD, card_id=card, card_status=CardType.PERSONAL) for card in cards]
-    ops += [Op(kind=OpKind.TOPUP, terminal_id=9, station_id=1, serial=serial, card_id=cards[serial % 2],
-               account_kind=AccountKind.PERSONAL, amount=100 + serial) for serial in range(1, 41)]
-    results = ledger.apply(ops, now_ms, day)
-    assert all(result.code == ResultCode.APPROVED for result in results)
-    # As a directory of format 2, written before card_txns: no index.
-    def downgrade(txn):
-        txn.drop(store.card_txns, delete=False)
-        set_format_version(txn, store, 2)
+    card, other = 11, 12
 
-    DirectWriter(store).write_blocking(downgrade)
+    def apply(ops, at_ms):
+        results = ledger.apply(ops, at_ms, day)
+        assert all(result.code == ResultCode.APPROVED for result in results), results
+        return results
+
+    serials = itertools.count(1)
+
+    def topup(card_id, amount):
+        return Op(kind=OpKind.TOPUP, terminal_id=9, station_id=1, serial=next(serials), card_id=card_id,
+                  account_kind=AccountKind.PERSONAL, amount=amount)
+
+    apply([Op(kind=OpKind.OPEN_CARD, card_id=c, card_status=CardType.PERSONAL) for c in (card, other)], now_ms)
+    apply([topup(card if n % 3 else other, 1_000 + n) for n in range(1, 10)], now_ms + 1)
+    (hold,) = apply([Op(kind=OpKind.PREAUTH, terminal_id=9, station_id=1, serial=next(serials), card_id=card,
+                        amount=500, hold_timeout_s=600)], now_ms + 2)
+    apply([topup(card, 2_000 + n) for n in range(1, 6)], now_ms + 3)
+
+    def all_pages(limit):
+        listed, before = [], 0
+        while True:
+            with store.env.begin() as txn:
+                found, more = card_txns.page(txn, store, card, before, limit)
+            listed += [record.txn_id for record in found]
+            if not more:
+                return listed
+            before = found[-1].txn_id
+
+    open_hold_hidden = all_pages(2)
+    assert hold.txn_id not in open_hold_hidden, "a hold posts nothing until completed"
+    apply([Op(kind=OpKind.COMPLETE, terminal_id=9, station_id=1, serial=next(serials), ref_txn_id=hold.txn_id,
+              amount=400)], now_ms + 4)
     with store.env.begin() as txn:
-        assert card_txns.page(txn, store, 11, 0, 100) == ([], False)
-    told = []
-    monkeypatch.setattr(card_txns, "PROGRESS_EVERY_TXNS", 7)
-    assert migrations.migrate(store, lambda total, what: progress_of(told, total, what)) == [3]
-    assert sum(told) == 40 and format_version(store) == 3
+        expected = sorted((record.txn_id for record in map(lambda value: decode(Txn, value),
+                                                            txn.cursor(db=store.txns).iternext(keys=False))
+                           if record.card_id == card), reverse=True)
+    assert hold.txn_id in expected and len(expected) == 6 + 5 + 1
+    for limit in (1, 2, 5, 1000):
+        assert all_pages(limit) == expected
     with store.env.begin() as txn:
-        found, more = card_txns.page(txn, store, 12, 0, 100)
-    assert [record.amount for record in found] == [100 + serial for serial in range(39, 0, -2)] and not more
+        first, more = card_txns.page(txn, store, card, 0, 3)
+    assert [record.txn_id for record in first] == expected[:3] and more
     store.close()
-
-
-def progress_of(told: list, total: int, what: str):
-    import contextlib
-
-    assert total == 40 and what == "3: transactions indexed by card"
-
-    class Bar:
-        def update(self, count):
-            told.append(count)
-
-    return contextlib.nullcontext(Bar())

@@ -429,10 +429,11 @@ def test_balances_never_leave_the_allowed_range(ledger):
 
 
 def lots(books, card_id):
-    from core.records import Lot, decode
+    """The card's open lots, oldest first, wherever stored (core/lots.py)."""
+    from core.lots import open_lots
 
     with books.ledger.store.env.begin() as txn:
-        return [decode(Lot, value) for key, value in txn.cursor(db=books.ledger.store.point_lots) if key[:8] == card_id.to_bytes(8, "big")]
+        return open_lots(txn, books.ledger.store, card_id)
 
 
 def test_earned_points_form_a_lot_that_expires_after_its_validity(books):

@@ -31,7 +31,7 @@ import struct
 
 import msgspec
 
-from core import limits
+from core import idempotency, limits
 from core.admin.access import (
     Actor,
     domain_of,
@@ -59,7 +59,7 @@ from core.admin.model import (
     pack,
     unpack,
 )
-from core.records import Account, Card, Member, Op, account_key, decode, idem_key, u64_key
+from core.records import Account, Card, Member, Op, account_key, decode, u64_key
 from core.results import RESULT_TEXT, AccountKind, CardStatus, CardType, OpKind, ResultCode, Tier
 from core.store import Store, rows
 
@@ -446,7 +446,7 @@ class CardsMixin(AdminBase):
             owner = self._visible_card(txn, actor, card_id)
             domain = domain_of(txn, self.store, owner.org_id)
             serial = top_up_serial(domain, request_id)
-            replayed = txn.get(idem_key(BACK_OFFICE_TERMINAL_ID, serial), db=self.store.idem) is not None
+            replayed = idempotency.find(txn, self.store, BACK_OFFICE_TERMINAL_ID, serial) is not None
             before = card_view(txn, self.store, owner)
             op = Op(kind=OpKind.TOPUP, station_id=owner.org_id, terminal_id=BACK_OFFICE_TERMINAL_ID, serial=serial,
                     card_id=card_id, account_kind=account, amount=amount_minor,

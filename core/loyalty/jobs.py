@@ -15,10 +15,10 @@ import collections
 import datetime
 import sys
 
-from core import dates, limits
+from core import dates, limits, lots
 from core.ledger import Ledger
 from core.loyalty.rules import CardRules, LoyaltyRules
-from core.records import Lot, Member, Op, Txn, decode, parse_lot_expiry_key, u64_key
+from core.records import Member, Op, Txn, decode, parse_lot_expiry_key, u64_key
 from core.results import OpKind, Tier, TierReason, TxnFlag, TxnState
 
 MS_PER_DAY = 86_400_000
@@ -120,8 +120,7 @@ def clear_lots(ledger: Ledger, year: int) -> dict:
     cutoff = day_of(datetime.date(year - 1, 1, 1))
     cards = set()
     with ledger.store.env.begin() as txn:
-        for _, value in txn.cursor(db=ledger.store.point_lots):
-            lot = decode(Lot, value)
+        for lot in lots.every_open_lot(txn, ledger.store):
             if lot.earned_day < cutoff:
                 cards.add(lot.card_id)
     ops = [Op(kind=OpKind.CLEAR_LOTS, card_id=card, period=year, period_start=cutoff) for card in sorted(cards)]
@@ -182,7 +181,7 @@ def expiring_soon(store, today: int, within_days: int) -> list[dict]:
                 expires_day, card_id = parse_lot_expiry_key(key)
                 if expires_day > today + within_days:
                     break
-                lot = decode(Lot, txn.get(key[4:] + key[:4], db=store.point_lots))
+                lot = lots.open_lot(txn, store, card_id, expires_day)
                 found.append({"card_id": card_id, "expires_day": expires_day, "expires": str(date_of(expires_day)), "points": lot.remaining})
     return found
 

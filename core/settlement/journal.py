@@ -23,8 +23,8 @@ from core.records import JournalEntry, parse_u64_key, u64_key
 from core.store import Store
 
 CHUNK_ENTRIES = 262_144
-_DAY_OFFSET = JournalEntry.LAYOUT.size - 12  # business_day, station_id, reserved: the last three u32
-assert JOURNAL_DTYPE.fields["business_day"][1] == _DAY_OFFSET
+_DAY_OFFSET = JOURNAL_DTYPE.fields["business_day"][1]
+assert JOURNAL_DTYPE.itemsize == JournalEntry.LAYOUT.size
 
 
 def _day_of(value: bytes) -> int:

@@ -90,7 +90,7 @@ def our_events(store, channel: int, first_day: int, last_day: int, stations=None
         mine &= listed if include else ~listed
     events = []
     for entry in entries[mine].tolist():
-        _, txn_id, amount, created_ms, _, _, _, _, _, reason, business_day, station_id, _ = entry
+        _, txn_id, amount, created_ms, _, _, _, _, _, reason, business_day, station_id, *_ = entry
         if reason in _SALE_REASONS:
             kind = EventKind.PAY
         elif reason in _UNDO_REASONS:
