@@ -16,6 +16,14 @@ cards with a fleet account) and funded; then 85% payments (card payments,
 fleet then personal; 5% name an external channel, 3% pay by it alone, settled
 by CAPTURE as the server does after the channel approves), 10% top-ups, 5%
 partial refunds of recent card sales at their station. Stations 1..500, four terminals each.
+
+--worn-sales N (issue 20's worn directory): then `bench e2e`'s own terminals
+and cards (--worn-clients of them: terminal 1000 + i paying with card
+6290000000000000 + i at station 1, as e2e's client i does) get N past
+sales each, spread over the same days, a batch holding one sale of every
+terminal in turn, as a busy network's commits do: the histories a year of
+traffic leaves under the records e2e's Pay then writes. Their serials count
+from 1; e2e's start from the clock, far above.
 """
 
 import argparse
@@ -49,6 +57,9 @@ OPENING_PERSONAL_MINOR = 500_000
 OPENING_FLEET_MINOR = 2_000_000
 RECENT_SALES_KEPT = 50_000
 TRANSACTIONS_MAX = 100_000_000
+WORN_SALES_MAX = 100_000
+WORN_CLIENTS_MAX = 10_000
+WORN_SALE_MINOR = 100
 ACCOUNTS_MAX = 10_000_000
 
 
@@ -92,9 +103,18 @@ def parse_args(argv):
                         help=f"operations per commit, 1 .. {limits.BATCH_SIZE_MAX} (default %(default)s)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default %(default)s)")
     parser.add_argument("--map-size-gib", type=int, default=64, help="LMDB map size, GiB (default %(default)s)")
+    parser.add_argument("--worn-sales", type=int, default=0, metavar="N",
+                        help=f"then N past sales for each of bench e2e's terminals and cards, 0 .. {WORN_SALES_MAX:,} "
+                        "(a worn directory, issue 20; default %(default)s: none)")
+    parser.add_argument("--worn-clients", type=int, default=1_500, metavar="C",
+                        help=f"with --worn-sales: e2e's clients 0 .. C-1 (its --concurrency), 1 .. {WORN_CLIENTS_MAX:,} (default %(default)s)")
     parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
     parser.add_argument("--chart", metavar="FILE.png", help="draw transactions/s and commit time over the run")
     args = parser.parse_args(argv)
+    if not 0 <= args.worn_sales <= WORN_SALES_MAX:
+        parser.error(f"--worn-sales must be within 0 .. {WORN_SALES_MAX}, got {args.worn_sales}")
+    if not 1 <= args.worn_clients <= WORN_CLIENTS_MAX:
+        parser.error(f"--worn-clients must be within 1 .. {WORN_CLIENTS_MAX}, got {args.worn_clients}")
     if not 1 <= args.transactions <= TRANSACTIONS_MAX:
         parser.error(f"--transactions must be within 1 .. {TRANSACTIONS_MAX}, got {args.transactions}")
     if not 1 <= args.accounts <= ACCOUNTS_MAX:
@@ -237,6 +257,38 @@ class Seeder:
             del self.captures[: len(ops)]
             self.apply(ops, 0, 1.0)
 
+    def wear(self, progress_bar):
+        """--worn-sales: e2e's terminals and cards, each with its history."""
+        from bench import e2e
+
+        clients, sales = self.args.worn_clients, self.args.worn_sales
+        batch_size = self.args.batch_size
+        cards = [e2e.CARD_ID_BASE + i for i in range(clients)]
+        for first in range(0, clients, batch_size):
+            self.apply([Op(kind=OpKind.OPEN_CARD, card_id=card_id, card_status=CardType.PERSONAL)
+                        for card_id in cards[first : first + batch_size]], 0, 0.0)
+        funding = [translate.topup_op(card_pb2.TopUpRequest(
+            terminal=e2e.terminal_of(i, 1), card_id=cards[i], account=common_pb2.PERSONAL,
+            amount=WORN_SALE_MINOR * (sales + 1))) for i in range(clients)]
+        for first in range(0, clients, batch_size):
+            self.apply(funding[first : first + batch_size], len(funding[first : first + batch_size]), 0.0)
+        total = clients * sales
+        progress_bar.reset(total)
+        ops, done = [], 0
+        for serial in range(2, sales + 2):
+            for i in range(clients):
+                ops.append(translate.pay_op(payment_pb2.PayRequest(
+                    terminal=e2e.terminal_of(i, serial), amount_minor=WORN_SALE_MINOR,
+                    plan=payment_pb2.PaymentPlan(card_id=cards[i], use_personal=True)), self.settings))
+                if len(ops) == batch_size:
+                    done += len(ops)
+                    self.apply(ops, len(ops), done / total)
+                    progress_bar.update(len(ops))
+                    ops = []
+        if ops:
+            self.apply(ops, len(ops), 1.0)
+            progress_bar.update(len(ops))
+
 
 def directory_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(path, name)) for name in os.listdir(path))
@@ -270,6 +322,9 @@ def main(argv=None) -> int:
     seeder = Seeder(ledger, args, settings)
     with tqdm(total=args.transactions, unit="txn", unit_scale=True, desc="seed", file=sys.stderr, disable=None) as bar:
         seeder.run(bar)
+    if args.worn_sales:
+        with tqdm(total=1, unit="sale", unit_scale=True, desc="worn", file=sys.stderr, disable=None) as bar:
+            seeder.wear(bar)
     store.env.sync(True)
     seconds = time.perf_counter() - seeder.started_s
     kernel = ledger.kernel_name

@@ -186,3 +186,32 @@ def test_soak_heap_growth_compares_interval_medians_so_one_spike_does_not_fail_i
     start, end = soak.heap_at_start_and_end(parameters, leaking)
     assert (end - start) * 100 / start > 10
     assert soak.heap_at_start_and_end(parameters, [(0, 50 * mib)]) == (None, None)
+
+
+def test_a_worn_seed_gives_e2es_terminals_and_cards_their_histories(tmp_path):
+    """bench seed --worn-sales: each of e2e's clients' cards and terminals has
+    N past sales (audited), and e2e then pays on them, its serials above."""
+    from bench import e2e
+    from core.card_txns import page
+    from core.store import open_store
+
+    directory = str(tmp_path / "worn")
+    result = bench("seed", "--transactions", "200", "--accounts", "20", "--worn-sales", "30", "--worn-clients", "12",
+                   "--batch-size", "50", directory)
+    assert result.returncode == 0, result.stderr
+    audit = subprocess.run([sys.executable, "-m", "core.audit", directory, "--json"], capture_output=True, text=True, cwd=REPO)
+    assert audit.returncode == 0, audit.stdout
+    assert json.loads(audit.stdout)["counts"]["requests"] == 200 + 12 * (1 + 30)
+    store = open_store(directory, 2**28, readonly=True)
+    with store.env.begin() as txn:
+        for client in (0, 11):
+            history, more = page(txn, store, e2e.CARD_ID_BASE + client, 0, 1000)
+            assert [record.kind for record in history].count(6) == 30 and not more  # 30 PAYs, then the top-up
+            assert {record.terminal_id for record in history} == {e2e.TERMINAL_ID_BASE + client}
+    store.close()
+    report_path = tmp_path / "worn.json"
+    result = bench("e2e", "--mode", "stream", "--concurrency", "12", "--duration", "1", "--warmup", "0.3", "--skip-echo",
+                   "--data", directory, "--json", str(report_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(report_path.read_text())["pay"]
+    assert report["requests"] > 0 and report["errors"] == report["declines"] == 0
