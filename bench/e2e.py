@@ -268,6 +268,11 @@ class TargetReport(msgspec.Struct):
     server_cpu_s: float | None
     server_cpu_ms_per_request: float | None
     server_exit_code: int | None
+    # Bytes the server process (and its children) handed to write() in the
+    # measurement, /proc/PID/io wchar: LMDB's pages and the logs (issue 20
+    # asks for at most 8 KB a payment); null where there is no /proc.
+    server_written_bytes: int | None = None
+    server_written_bytes_per_request: float | None = None
 
 
 class Ratios(msgspec.Struct):
@@ -337,6 +342,7 @@ class Report(msgspec.Struct, omit_defaults=True):
 class Measured(msgspec.Struct):
     samples: list[ProcessSamples]
     server_cpu_s: float | None
+    server_written_bytes: int | None = None
 
 
 class BenchFailure(Exception):
@@ -653,16 +659,27 @@ def child_pids(pid: int) -> list[int]:
         return []
 
 
-def server_cpu_in_window(server_pid: int, start_at_wall_s: float, parameters: Parameters) -> float | None:
-    """Sleep through the run, reading the server's CPU when the measurement
-    starts and when it ends."""
-    time.sleep(max(0.0, start_at_wall_s + parameters.warmup_s - time.time()))
-    cpu_s_first = process_cpu_s(server_pid)
-    time.sleep(max(0.0, start_at_wall_s + parameters.warmup_s + parameters.duration_s - time.time()))
-    cpu_s_last = process_cpu_s(server_pid)
-    if cpu_s_first is None or cpu_s_last is None:
+def process_written_bytes(pid: int) -> int | None:
+    """Bytes a process and its children passed to write() and its kind
+    (wchar of /proc/PID/io, man 5 proc)."""
+    try:
+        with open(f"/proc/{pid}/io") as io_file:
+            fields = dict(line.split(": ") for line in io_file.read().splitlines())
+    except OSError:
         return None
-    return cpu_s_last - cpu_s_first
+    return int(fields["wchar"]) + sum(process_written_bytes(child) or 0 for child in child_pids(pid))
+
+
+def server_use_in_window(server_pid: int, start_at_wall_s: float, parameters: Parameters) -> tuple[float | None, int | None]:
+    """Sleep through the run, reading the server's CPU and bytes written
+    when the measurement starts and when it ends."""
+    time.sleep(max(0.0, start_at_wall_s + parameters.warmup_s - time.time()))
+    cpu_s_first, written_first = process_cpu_s(server_pid), process_written_bytes(server_pid)
+    time.sleep(max(0.0, start_at_wall_s + parameters.warmup_s + parameters.duration_s - time.time()))
+    cpu_s_last, written_last = process_cpu_s(server_pid), process_written_bytes(server_pid)
+    cpu_s = None if cpu_s_first is None or cpu_s_last is None else cpu_s_last - cpu_s_first
+    written = None if written_first is None or written_last is None else written_last - written_first
+    return cpu_s, written
 
 
 # ----------------------------------------------------------------------------
@@ -727,10 +744,10 @@ def drive_load(address: str, parameters: Parameters, fund_cards: bool, server_pi
             pipe.send(start_at_wall_s)
         if on_start is not None:
             on_start(start_at_wall_s + parameters.warmup_s)
-        server_cpu_s = server_cpu_in_window(server_pid, start_at_wall_s, parameters)
+        server_cpu_s, server_written_bytes = server_use_in_window(server_pid, start_at_wall_s, parameters)
         run_timeout_s = parameters.call_timeout_s + 30.0
         samples = [receive(pipe, "samples", run_timeout_s) for _, pipe in workers]
-        return Measured(samples=samples, server_cpu_s=server_cpu_s)
+        return Measured(samples=samples, server_cpu_s=server_cpu_s, server_written_bytes=server_written_bytes)
     finally:
         for process, pipe in workers:
             process.join(timeout=5.0)
@@ -1008,6 +1025,8 @@ def summarize(measured: Measured, duration_s: float, server_exit_code: int | Non
         server_cpu_s=measured.server_cpu_s,
         server_cpu_ms_per_request=ratio(server_cpu_ms, latency_ms.size),
         server_exit_code=server_exit_code,
+        server_written_bytes=measured.server_written_bytes,
+        server_written_bytes_per_request=ratio(measured.server_written_bytes, latency_ms.size),
     )
 
 
@@ -1063,7 +1082,7 @@ def print_table(report: Report):
     )
     print(
         f"{'':9}{'requests':>10}{'req/s':>10}{'avg ms':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        f"{'errors':>8}{'declines':>10}{'srv cpu ms/req':>16}"
+        f"{'errors':>8}{'declines':>10}{'srv cpu ms/req':>16}{'srv KB written/req':>20}"
     )
     if report.data_transactions is not None:
         print(f"data directory: {report.data_transactions:,} transactions when the run began")
@@ -1078,6 +1097,7 @@ def print_table(report: Report):
             f"{name:9}{target.requests:>10}{target.throughput_per_s:>10.0f}{cell(latency.avg, 2):>9}{cell(latency.p50, 2):>9}"
             f"{cell(latency.p95, 2):>9}{cell(latency.p99, 2):>9}{cell(latency.max, 2):>9}"
             f"{target.errors:>8}{target.declines:>10}{cell(target.server_cpu_ms_per_request, 3):>16}"
+            f"{cell(None if target.server_written_bytes_per_request is None else target.server_written_bytes_per_request / 1000, 2):>20}"
         )
         if target.errors_unmeasured or target.error_codes:
             print(f"{'':9}errors outside the window: {target.errors_unmeasured}; by code: {target.error_codes}")
@@ -1284,7 +1304,9 @@ def merged(parts: list[tuple[TargetReport, Measured]], part_duration_s: float) -
                                                error_s=[value + shift_s for value in one.error_s])
                        for one in measured.samples)
     cpu_s = [measured.server_cpu_s for _, measured in parts]
-    measured = Measured(samples=samples, server_cpu_s=None if None in cpu_s else sum(cpu_s))
+    written = [measured.server_written_bytes for _, measured in parts]
+    measured = Measured(samples=samples, server_cpu_s=None if None in cpu_s else sum(cpu_s),
+                        server_written_bytes=None if None in written else sum(written))
     exit_code = next((report.server_exit_code for report, _ in parts if report.server_exit_code != 0), 0)
     return summarize(measured, part_duration_s * len(parts), exit_code), measured
 

@@ -77,6 +77,8 @@ def test_e2e_stream_mode_on_a_seeded_directory(seeded, tmp_path):
     for side in ("pay", "echo"):
         assert report[side]["requests"] > 0 and report[side]["errors"] == 0
     assert report["pay"]["declines"] == 0 and report["pay"]["latency_ms"]["avg"] > 0
+    # Each sale is committed durably: the server wrote its pages (wchar).
+    assert report["pay"]["server_written_bytes_per_request"] > 100
     assert_png(chart_path)
 
 
