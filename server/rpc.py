@@ -202,37 +202,37 @@ class Registrar:
         name = method.rsplit("/", 1)[1]
         stamp = self.stamp
         # A handler that may answer from the wire bytes (PaymentService.Pay:
-        # server/payline.py) when the call runs unauthenticated anyway and
-        # its answer needs no freshness stamp (a single node's).
+        # server/payline.py), when its answer needs no freshness stamp (a
+        # single node's): straight away when no guard reads the call, or
+        # once the terminal's MAC has verified over those very bytes.
         wire = getattr(getattr(inner, "__self__", None), WIRE_HANDLERS.get(method, ""), None) if stamp is None else None
 
         async def behaviour(body: bytes, context):
             started = time.perf_counter()
-            request = None
-            if wire is not None and guards.terminal is None and not guards.guarded(allowed):
-                try:
-                    found = await wire(body)
-                except Exception as error:
-                    await _refuse(method, name, error, context, started, None)
-                if found is not None:
-                    answer, outcome = found
-                    if OBSERVER.active:
-                        OBSERVER.request(name, "unary", outcome, time.perf_counter() - started, None,
-                                         request_id_of(context) if OBSERVER.log_requests else None)
-                    return answer
+            request, found = None, None
             try:
-                request, caller = guards.admit(method, allowed, context.invocation_metadata(), body, parse)
-                if caller is not OPEN:
-                    set_current_caller(caller)
-                answer = await inner(request, context)
-                if stamp is not None:
-                    stamp(answer)
+                unguarded = wire is not None and guards.terminal is None and not guards.guarded(allowed)
+                if unguarded:
+                    found = await wire(body)
+                if found is None:
+                    request, caller = guards.admit(method, allowed, context.invocation_metadata(), body, parse)
+                    if caller is not OPEN:
+                        set_current_caller(caller)
+                    if wire is not None and not unguarded:
+                        found = await wire(body)
+                if found is None:
+                    answer = await inner(request, context)
+                    if stamp is not None:
+                        stamp(answer)
+                    outcome = outcome_of(answer)
+                else:
+                    answer, outcome = found
             except grpc.aio.AbortError:
                 raise
             except Exception as error:
                 await _refuse(method, name, error, context, started, request)
             if OBSERVER.active:
-                OBSERVER.request(name, "unary", outcome_of(answer), time.perf_counter() - started, request,
+                OBSERVER.request(name, "unary", outcome, time.perf_counter() - started, request,
                                  request_id_of(context) if OBSERVER.log_requests else None)
             return answer
 
