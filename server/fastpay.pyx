@@ -628,6 +628,10 @@ cdef class PayMessage:
         assert 0 <= index < self.count
         return self.fields[index].station_id
 
+    def card_of(self, Py_ssize_t index) -> int:
+        assert 0 <= index < self.count
+        return self.fields[index].card_id
+
     def plain_stations(self) -> set:
         """The stations of the plain Pays."""
         cdef set found = set()

@@ -2,7 +2,7 @@
 
 Owns: whether the plain path applies, per station, in the server's state
 now (PaymentService.pay would take its plain branch: nothing for promotions
-to price or count, no velocity limits, an empty blacklist, no flag rules,
+to price or count, no velocity limits, the card not on the blacklist, no flag rules,
 no coupons issued on purchase, earning rules of the base rate alone, no
 request log), the settings its operations are built with, and running a
 message's plain Pays: one group commit for all of them, their answers'
@@ -74,6 +74,17 @@ class PayLine:
             return None
         return (payments.settings.points_per_unit, rules.expiry.lot_validity_days, rules.earning.base_points_per_unit)
 
+    def blocked(self, message: fastpay.PayMessage, indexes: list) -> set:
+        """The Pays listed whose card the blacklist refuses now: the
+        reference declines them (looked up only while the blacklist holds
+        entries, as PromotionFlow._pay does)."""
+        promotions = self.payments.promotions
+        if promotions is None or not promotions.risk.blocking_possible():
+            return set()
+        now_ms = self.committer.clock()
+        return {index for index in indexes
+                if message.card_of(index) and promotions.risk.blocking_entry(message.card_of(index), now_ms) is not None}
+
     async def results(self, message: fastpay.PayMessage, run_reference) -> list:
         """Each Pay's GatewayResult bytes, in the message's order.
         run_reference(index, request) answers the message's Pay number index
@@ -84,6 +95,10 @@ class PayLine:
             if found is not None:
                 settings[station] = found
         plain, others = message.split(settings)
+        blocked = self.blocked(message, plain)
+        if blocked:
+            plain = [index for index in plain if index not in blocked]
+            others = sorted([*others, *blocked])
         if not others:
             return await self._plain(message, plain, settings)
         # The reference Pays run beside the plain ones, as every operation
@@ -110,6 +125,8 @@ class PayLine:
         station = message.station_of(0)
         found = self.settings_at(station)
         if found is None:
+            return None
+        if self.blocked(message, [0]):
             return None
         settings = {station: found}
         results = await self.committer.submit_group(message.ops([0], settings))

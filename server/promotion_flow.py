@@ -118,10 +118,11 @@ class PromotionFlow:
     def plain_at(self, station_id: int) -> bool:
         """Whether any Pay without coupon codes at the station takes _pay's
         plain branch and nothing after it: nothing priced, no lotteries, no
-        velocity limits, an empty blacklist, no flag rules at the station,
-        no coupons issued on purchase (server/payline.py)."""
+        velocity limits, no flag rules at the station, no coupons issued on
+        purchase (server/payline.py). A card on the blacklist is looked for
+        per Pay (PayLine.blocked), as _pay does before its plain branch."""
         snapshot = self.holder.snapshot
-        if snapshot.priced or self._lotteries() or self.risk.any_limits or self.risk.blocking_possible():
+        if snapshot.priced or self._lotteries() or self.risk.any_limits:
             return False
         if self.risk.flags_at(station_id).enabled:
             return False

@@ -29,7 +29,7 @@ from server.fastpay import Answers, PayMessage, replies
 from server.settings import ServerSettings
 from server.stream import REPLY_BYTES_MAX, split_replies
 from tally.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, payment_pb2
-from tests.support import DEMO_COMPANY_CARD, Terminal
+from tests.support import DEMO_COMPANY_CARD, DEMO_PERSONAL_CARD, Terminal
 
 U32 = 2**32 - 1
 U64 = 2**64 - 1
@@ -285,3 +285,32 @@ def test_a_unary_plain_pay_is_answered_as_the_reference_answers_it(server):
     assert again.replayed
     again.replayed = False
     assert again == first
+
+
+def test_with_a_card_on_the_blacklist_other_cards_stay_compiled_and_that_one_is_declined(server):
+    """A non-empty blacklist keeps the compiled path for every other card
+    (server/payline.py blocked): the listed card is declined by the
+    reference, over unary and in a stream message beside plain Pays."""
+    from tally.v1 import promotion_pb2, promotion_pb2_grpc
+
+    risk = promotion_pb2_grpc.RiskServiceStub(server.channel())
+    risk.AddBlacklistEntry(promotion_pb2.AddBlacklistEntryRequest(card_id=DEMO_PERSONAL_CARD, reason="stolen", by="test"))
+    try:
+        terminal = Terminal(server.channel(), terminal_id=413)
+        listed = payment_pb2.PayRequest(terminal=context(413, 1), amount_minor=100,
+                                        plan=payment_pb2.PaymentPlan(card_id=DEMO_PERSONAL_CARD, use_personal=True))
+        assert terminal.payments.Pay(listed).result == common_pb2.CARD_BLACKLISTED
+        assert terminal.payments.Pay(pay(413, 2, 150)).result == common_pb2.APPROVED
+        batch = gateway_pb2.GatewayMessage(correlation_id=5, operations=[
+            gateway_pb2.GatewayOperation(pay=pay(413, 3, 200)),
+            gateway_pb2.GatewayOperation(pay=payment_pb2.PayRequest(
+                terminal=context(413, 4), amount_minor=100,
+                plan=payment_pb2.PaymentPlan(card_id=DEMO_PERSONAL_CARD, use_personal=True))),
+            gateway_pb2.GatewayOperation(pay=pay(413, 5, 300)),
+        ])
+        (reply,) = asyncio.run(exchange(server.address, [batch]))
+        assert [result.payment.result for result in reply.results] == [
+            common_pb2.APPROVED, common_pb2.CARD_BLACKLISTED, common_pb2.APPROVED]
+        assert [reply.results[i].payment.amount_minor for i in (0, 2)] == [200, 300]
+    finally:
+        risk.RemoveBlacklistEntry(promotion_pb2.RemoveBlacklistEntryRequest(card_id=DEMO_PERSONAL_CARD, by="test"))
