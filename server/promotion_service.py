@@ -20,6 +20,7 @@ stacking policy is its headquarters domain's.
 """
 
 import asyncio
+import functools
 import logging
 import struct
 import time
@@ -70,6 +71,11 @@ PACKET_ANSWER = struct.Struct(">QH")
 # ---------------------------------------------------------------- messages
 
 
+@functools.cache
+def _promotion_type_info() -> msgspec.inspect.StructType:
+    return msgspec.inspect.type_info(Promotion)
+
+
 def promotion_from_message(message: promotion_pb2.Promotion) -> Promotion:
     """The typed promotion of a message. proto3 leaves out fields at zero,
     so a zero takes the record's default (1 coupon per issue, 30 days, ...)."""
@@ -77,7 +83,7 @@ def promotion_from_message(message: promotion_pb2.Promotion) -> Promotion:
     for name in OUTPUT_ONLY:
         given.pop(name, None)
     try:
-        return msgspec.convert(with_zeros(given, msgspec.inspect.type_info(Promotion)), Promotion, strict=False)
+        return msgspec.convert(with_zeros(given, _promotion_type_info()), Promotion, strict=False)
     except msgspec.ValidationError as error:
         raise InvalidInput(validation_field("promotion", error), str(error)) from None
 
@@ -170,8 +176,17 @@ class PromotionHolder:
                 self._snapshot = promotion_store.load_snapshot(self.store)
         return self._snapshot
 
-    def reload(self):
-        self._snapshot = promotion_store.load_snapshot(self.store)
+    def reload(self, saved: Promotion | None = None):
+        """After a change of ours: `saved`, the one promotion it wrote, is
+        put into the snapshot in memory when it is the only change since the
+        snapshot (no JSON decoding of every promotion on the event loop: a
+        network with thousands of drafts paid that per draft created);
+        anything else reads them all again."""
+        current = promotion_store.version(self.store)
+        if saved is not None and current == self._snapshot.version + 1:
+            self._snapshot = self._snapshot.with_promotion(saved, current)
+        elif current != self._snapshot.version or saved is None:
+            self._snapshot = promotion_store.load_snapshot(self.store)
         self._checked_at = time.monotonic()
 
     def owner_of(self, promotion_id: int) -> int | None:
@@ -303,7 +318,7 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
                 lambda txn: promotion_store.save_draft(txn, self.store, promotion, request.by, now_ms, scope))
         except PromotionError as error:
             raise error.within("promotion") from None
-        self.holder.reload()
+        self.holder.reload(saved)
         return self._answer(saved)
 
     async def _step(self, request, stage: Stage):
@@ -313,7 +328,7 @@ class PromotionService(promotion_pb2_grpc.PromotionServiceServicer):
         scope = self.scope()
         moved = await self.committer.write(
             lambda txn: promotion_store.step_promotion(txn, self.store, request.promotion_id, stage, request.by, now_ms, scope))
-        self.holder.reload()
+        self.holder.reload(moved)
         log.info("promotion %d is %s (by %s)", moved.promotion_id, stage.name, request.by)
         return self._answer(moved)
 

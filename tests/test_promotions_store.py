@@ -80,6 +80,28 @@ def test_the_snapshot_follows_the_version(store):
     assert error.value.field == "coupons_per_sale_max"
 
 
+def snapshot_view(snapshot) -> tuple:
+    return (snapshot.version, snapshot.by_id, [p.promotion_id for p in snapshot.priced],
+            [p.promotion_id for p in snapshot.unapproved], snapshot.policies)
+
+
+def test_a_snapshot_with_one_promotion_written_is_the_one_read_again(store):
+    """PromotionHolder.reload(saved) puts a change into the snapshot in
+    memory: it must equal reading every promotion again, each step of the way."""
+    write_now(store, promotion_store.save_policy, StackingPolicy(coupons_per_sale_max=2))
+    snapshot = promotion_store.load_snapshot(store)
+    first = write_now(store, promotion_store.save_draft, DISCOUNT, "alice", T0)
+    steps = [first, write_now(store, promotion_store.save_draft, COUPON, "alice", T0)]
+    steps.append(write_now(store, promotion_store.step_promotion, first.promotion_id, Stage.SUBMITTED, "alice", T0))
+    steps.append(write_now(store, promotion_store.step_promotion, first.promotion_id, Stage.APPROVED, "bob", T0))
+    steps.append(write_now(store, promotion_store.step_promotion, first.promotion_id, Stage.ENDED, "bob", T0))
+    versions = iter(range(snapshot.version + 1, snapshot.version + 1 + len(steps)))
+    for saved in steps:
+        snapshot = snapshot.with_promotion(saved, next(versions))
+    assert snapshot_view(snapshot) == snapshot_view(promotion_store.load_snapshot(store))
+    assert first.promotion_id not in snapshot.by_id, "an ended promotion leaves the snapshot"
+
+
 def test_coupon_codes_are_unguessable_unique_and_found_by_code(store):
     made = coupons.make_coupons(COUPON, first_coupon_id=10, count=3, card_id=42, now_ms=T0, station_id=1, trigger=CouponTrigger.TOPUP)
     assert [c.coupon_id for c in made] == [10, 11, 12]

@@ -242,6 +242,7 @@ class Snapshot:
     PLACES_MAX = 10_000
 
     def __init__(self, promotions: Iterable[Promotion], policy: StackingPolicy | dict = StackingPolicy(), version: int = 0):
+        self._policy_given = policy
         alive = sorted((p for p in promotions if p.stage != Stage.ENDED), key=lambda p: p.promotion_id)
         self.version = version
         self.policies = dict(policy) if isinstance(policy, dict) else {NETWORK: policy}
@@ -253,6 +254,11 @@ class Snapshot:
         self._owners = frozenset(p.org_id for p in alive)
         # station ancestry -> (priced, unapproved) of what reaches it.
         self._at: dict[tuple, tuple] = {}
+
+    def with_promotion(self, promotion: Promotion, version: int) -> "Snapshot":
+        """This snapshot with one promotion written (new, changed or ended) at `version`."""
+        others = (p for p in self.by_id.values() if p.promotion_id != promotion.promotion_id)
+        return Snapshot([*others, promotion], self._policy_given, version)
 
     def running(self, promotion_id: int, kind: PromotionKind, now_ms: int) -> Promotion | None:
         promotion = self.by_id.get(promotion_id)
