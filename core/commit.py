@@ -78,6 +78,10 @@ def clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# Back-office changes that may share one commit with a batch of operations.
+CHANGES_PER_BATCH_MAX = 64
+
+
 class GroupCommitter:
     def __init__(
         self,
@@ -221,7 +225,8 @@ class GroupCommitter:
         with self._ready:
             while not self._queue and not self._stopping:
                 self._ready.wait()
-            if self._queue and self._queue[0].change is not None:
+            joining = self.log is None
+            if self._queue and self._queue[0].change is not None and not joining:
                 self._queued_ops -= 1
                 return [self._queue.popleft()]
             # Requests come in bursts (the event loop reads many at once); the
@@ -236,15 +241,25 @@ class GroupCommitter:
                 if remaining <= 0:
                     break
                 self._ready.wait(remaining)
-            # A chain is never split across two batches (it commits whole); a
-            # change waits for the batch queued before it and goes alone.
-            batch, op_count = [], 0
-            while (self._queue and self._queue[0].change is None
-                   and op_count + self._queue[0].op_count <= self.batch_size_max):
-                entry = self._queue.popleft()
-                batch.append(entry)
-                op_count += entry.op_count
-            self._queued_ops -= op_count
+            # A chain is never split across two batches (it commits whole).
+            # Changes join the batch (up to CHANGES_PER_BATCH_MAX) on a single
+            # node: one commit, one fsync, for the operations and the
+            # back-office writes waiting together (each change in a nested
+            # transaction of its own). On a replicated node a change waits for
+            # the batch queued before it and goes alone.
+            batch, op_count, changes = [], 0, 0
+            while self._queue:
+                entry = self._queue[0]
+                if entry.change is not None:
+                    if not joining or changes == CHANGES_PER_BATCH_MAX:
+                        break
+                    changes += 1
+                elif op_count + entry.op_count > self.batch_size_max:
+                    break
+                else:
+                    op_count += entry.op_count
+                batch.append(self._queue.popleft())
+            self._queued_ops -= op_count + changes
             return batch
 
     def _run(self):
@@ -253,10 +268,11 @@ class GroupCommitter:
             if not batch:
                 return  # stopping and drained
             started = time.perf_counter()
-            if batch[0].change is not None:
+            if len(batch) == 1 and batch[0].change is not None:
                 outcomes = [self._apply_change(batch[0].change)]
             else:
-                outcomes = self._apply(batch)
+                together = any(entry.change is not None for entry in batch)
+                outcomes = self._apply_together(batch) if together else self._apply(batch)
                 if self.on_batch is not None:
                     self.on_batch(sum(entry.op_count for entry in batch), time.perf_counter() - started)
             self._deliver(batch, outcomes)
@@ -282,6 +298,35 @@ class GroupCommitter:
         except Exception as error:
             return _Raised(self._store_error(error) or error)
         self.store_full = None
+        return value
+
+    def _apply_together(self, batch):
+        """Operations and changes in one write transaction: the kernel's
+        batch first, then each change in a nested transaction (one that
+        raises is undone alone and answered with its error). Their order is
+        free: all were waiting at once, none answered. If the transaction
+        fails as a whole, each part is applied again on its own."""
+        ops = [entry for entry in batch if entry.change is None]
+        now_ms = self.clock()
+        day = business_day(now_ms, self.utc_offset_minutes)
+        try:
+            with self.ledger.store.env.begin(write=True) as txn:
+                results = (self.ledger.kernel.apply_batch(txn, self.ledger.store, b"".join(entry.data for entry in ops), now_ms, day)
+                           if ops else b"")
+                env = self.ledger.store.env
+                values = {id(entry): _nested(env, txn, entry.change) for entry in batch if entry.change is not None}
+            # No batch_committed: a change may have written records the kernel keeps.
+        except Exception as error:
+            log.warning("a batch with back-office changes failed whole (%s); each part again on its own", error)
+            outcomes = iter(self._apply(ops) if ops else [])
+            return [self._apply_change(entry.change) if entry.change is not None else next(outcomes) for entry in batch]
+        self.store_full = None
+        answers = iter(_outcomes(ops, results))
+        return [self._change_outcome(values[id(entry)]) if entry.change is not None else next(answers) for entry in batch]
+
+    def _change_outcome(self, value):
+        if isinstance(value, _Raised):
+            return _Raised(self._store_error(value.error) or value.error)
         return value
 
     def _apply_change_logged(self, change):
@@ -366,6 +411,16 @@ def _outcomes(batch, results: bytes) -> list:
         first += entry.op_count
     assert first * RESULT_SIZE == len(results)
     return outcomes
+
+
+def _nested(env, txn, change):
+    """change(child) in a transaction nested in txn: its value, or _Raised
+    with what it raised (and nothing of it kept)."""
+    try:
+        with env.begin(write=True, parent=txn) as child:
+            return change(child)
+    except Exception as error:
+        return _Raised(error)
 
 
 class _Raised(NamedTuple):

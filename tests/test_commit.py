@@ -96,3 +96,39 @@ def test_concurrent_chains_never_pass_a_counters_ceiling(cython_ledger):
     assert {o.refused_by for o in refused} == {"goods promotion 5"}
     assert all(o.main.code == ResultCode.LINKED_FAILED for o in refused)
     assert cython_ledger.account(AccountKind.PERSONAL, 9).balance == 37 * 10
+
+
+def test_changes_share_a_commit_with_operations_and_one_that_raises_is_undone_alone(cython_ledger):
+    """A single node commits back-office changes with the operations waiting
+    beside them (one fsync), each change nested: one that raises leaves
+    nothing of itself and takes nothing of the others with it."""
+    store = cython_ledger.store
+    commits = []
+
+    def put(key: bytes, fail: bool = False):
+        def change(txn):
+            txn.put(key, b"written", db=store.meta)
+            if fail:
+                raise ValueError("refused after writing")
+            return key
+        return change
+
+    async def scenario():
+        committer = GroupCommitter(cython_ledger, on_batch=lambda size, seconds: commits.append(size))
+        committer.start()
+        await committer.submit(Op(kind=OpKind.OPEN_CARD, card_id=9, card_status=2))
+        committer._loop = asyncio.get_running_loop()
+        waiting = [committer.submit(topup(serial)) for serial in range(1, 6)]
+        waiting += [committer.write(put(b"test-a")), committer.write(put(b"test-b", fail=True)), committer.write(put(b"test-c"))]
+        waiting += [committer.submit(topup(serial)) for serial in range(6, 11)]
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        committer.stop()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert [o.code for o in outcomes[:5] + outcomes[8:]] == [ResultCode.APPROVED] * 10
+    assert outcomes[5:8] == [b"test-a", outcomes[6], b"test-c"] and isinstance(outcomes[6], ValueError)
+    with store.env.begin() as txn:
+        assert [txn.get(key, db=store.meta) for key in (b"test-a", b"test-b", b"test-c")] == [b"written", None, b"written"]
+    assert commits[1:] == [10], "the ten top-ups and three changes went in one commit"
+    assert cython_ledger.account(AccountKind.PERSONAL, 9).balance == 100
