@@ -173,7 +173,7 @@ class PromotionHolder:
         if time.monotonic() - self._checked_at > self.REFRESH_INTERVAL_S:
             self._checked_at = time.monotonic()
             if promotion_store.version(self.store) != self._snapshot.version:
-                self._snapshot = promotion_store.load_snapshot(self.store)
+                self._snapshot = promotion_store.load_snapshot(self.store, self._snapshot)
         return self._snapshot
 
     def reload(self, saved: Promotion | None = None):
@@ -186,7 +186,7 @@ class PromotionHolder:
         if saved is not None and current == self._snapshot.version + 1:
             self._snapshot = self._snapshot.with_promotion(saved, current)
         elif current != self._snapshot.version or saved is None:
-            self._snapshot = promotion_store.load_snapshot(self.store)
+            self._snapshot = promotion_store.load_snapshot(self.store, self._snapshot)
         self._checked_at = time.monotonic()
 
     def owner_of(self, promotion_id: int) -> int | None:

@@ -243,6 +243,8 @@ class Snapshot:
 
     def __init__(self, promotions: Iterable[Promotion], policy: StackingPolicy | dict = StackingPolicy(), version: int = 0):
         self._policy_given = policy
+        # stored bytes -> the promotion they decode to (load_snapshot's; empty when built otherwise)
+        self.decoded: dict[bytes, Promotion] = {}
         alive = sorted((p for p in promotions if p.stage != Stage.ENDED), key=lambda p: p.promotion_id)
         self.version = version
         self.policies = dict(policy) if isinstance(policy, dict) else {NETWORK: policy}
@@ -258,7 +260,9 @@ class Snapshot:
     def with_promotion(self, promotion: Promotion, version: int) -> "Snapshot":
         """This snapshot with one promotion written (new, changed or ended) at `version`."""
         others = (p for p in self.by_id.values() if p.promotion_id != promotion.promotion_id)
-        return Snapshot([*others, promotion], self._policy_given, version)
+        changed = Snapshot([*others, promotion], self._policy_given, version)
+        changed.decoded = self.decoded
+        return changed
 
     def running(self, promotion_id: int, kind: PromotionKind, now_ms: int) -> Promotion | None:
         promotion = self.by_id.get(promotion_id)
@@ -285,12 +289,22 @@ class Snapshot:
         return self.policies.get(domain) or self.policy
 
 
-def load_snapshot(store) -> Snapshot:
+def load_snapshot(store, previous: Snapshot | None = None) -> Snapshot:
+    """Every promotion as stored now. With the snapshot before, a record
+    whose bytes have not changed is not decoded again (a network keeps
+    thousands of promotions, and a change rewrites one)."""
+    known = previous.decoded if previous is not None else {}
+    decoded = {}
     with store.env.begin() as txn:
         current = _get_u64(txn, store.promotion_meta, VERSION_KEY)
-        promotions = [msgspec.json.decode(raw, type=Promotion) for _, raw in rows(txn, store.promotion_records)]
+        for _, raw in rows(txn, store.promotion_records):
+            raw = bytes(raw)
+            promotion = known.get(raw)
+            decoded[raw] = promotion if promotion is not None else msgspec.json.decode(raw, type=Promotion)
         policies = _policies(txn, store)
-    return Snapshot(promotions, policies, current)
+    snapshot = Snapshot(decoded.values(), policies, current)
+    snapshot.decoded = decoded
+    return snapshot
 
 
 # ---------------------------------------------------------------- coupons
