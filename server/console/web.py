@@ -104,22 +104,19 @@ class Ctx:
         return (time.time_ns() // 1_000_000 + self.settings.utc_offset_minutes * 60_000) // 86_400_000
 
     async def call(self, service: str, rpc: str, request):
-        try:
-            return await self.console.api.call(self.session.token, service, rpc, request)
-        except ApiError as error:
-            self._check_login(error)
-            raise
+        return await self._api(self.console.api.call, service, rpc, request)
 
     async def stream(self, service: str, rpc: str, request) -> list:
-        try:
-            return await self.console.api.stream(self.session.token, service, rpc, request)
-        except ApiError as error:
-            self._check_login(error)
-            raise
+        return await self._api(self.console.api.stream, service, rpc, request)
 
     async def send_stream(self, service: str, rpc: str, messages):
+        return await self._api(self.console.api.send_stream, service, rpc, messages)
+
+    async def _api(self, method, service: str, rpc: str, argument):
+        """An API call with the session's token; a token the server no
+        longer takes ends the session (LoginAgain)."""
         try:
-            return await self.console.api.send_stream(self.session.token, service, rpc, messages)
+            return await method(self.session.token, service, rpc, argument)
         except ApiError as error:
             self._check_login(error)
             raise

@@ -44,12 +44,21 @@ async def login_form(request):
     return _login_page(Ctx(console, request, session), next_path=safe_next(request.query_params.get("next", "/")))
 
 
-async def login(request):
+async def _posted(request):
+    """(console, session, form data, None) of a form posted with the
+    session's CSRF token; (..., the refusal to answer) otherwise."""
     console = request.app.state.console
     session = session_of(console, request)
     data = await request.form()
     if session is None or not session.csrf_ok(str(data.get("csrf", ""))):
-        return csrf_refused(Ctx(console, request, session or console.sessions.anonymous()))
+        return console, session, data, csrf_refused(Ctx(console, request, session or console.sessions.anonymous()))
+    return console, session, data, None
+
+
+async def login(request):
+    console, session, data, refused = await _posted(request)
+    if refused is not None:
+        return refused
     ctx = Ctx(console, request, session)
     username = str(data.get("username", "")).strip()[:USERNAME_LENGTH_MAX]
     password = str(data.get("password", ""))[:PASSWORD_LENGTH_MAX + 1]
@@ -69,11 +78,9 @@ async def login(request):
 
 
 async def logout(request):
-    console = request.app.state.console
-    session = session_of(console, request)
-    data = await request.form()
-    if session is None or not session.csrf_ok(str(data.get("csrf", ""))):
-        return csrf_refused(Ctx(console, request, session or console.sessions.anonymous()))
+    console, session, data, refused = await _posted(request)
+    if refused is not None:
+        return refused
     if session.logged_in:
         try:
             await console.api.call(session.token, "admin", "Logout", admin_pb2.LogoutRequest())
@@ -87,11 +94,9 @@ async def logout(request):
 
 
 async def switch_locale(request):
-    console = request.app.state.console
-    session = session_of(console, request)
-    data = await request.form()
-    if session is None or not session.csrf_ok(str(data.get("csrf", ""))):
-        return csrf_refused(Ctx(console, request, session or console.sessions.anonymous()))
+    console, session, data, refused = await _posted(request)
+    if refused is not None:
+        return refused
     locale = str(data.get("locale", ""))
     if locale in i18n.LOCALES:
         session.locale = locale
