@@ -225,7 +225,9 @@ class GroupCommitter:
         with self._ready:
             while not self._queue and not self._stopping:
                 self._ready.wait()
-            joining = self.log is None
+            # (A directory that belongs to a replicated log refuses the kernel
+            # without the log: Ledger.apply_encoded says so, operation by operation.)
+            joining = self.log is None and self.ledger.replicated_stream is None
             if self._queue and self._queue[0].change is not None and not joining:
                 self._queued_ops -= 1
                 return [self._queue.popleft()]
