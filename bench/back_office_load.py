@@ -23,8 +23,8 @@ HOUR_MS = 3_600_000
 
 
 class BackOfficeLoad(BesideLoad):
-    def __init__(self, address: str, clients: int):
-        super().__init__(address, clients)
+    def __init__(self, address: str, clients: int, rate_per_s: float | None = None):
+        super().__init__(address, clients, rate_per_s)
         self.writes = 0
         self.errors = 0
         self._numbers = itertools.count(1)
@@ -58,6 +58,7 @@ class BackOfficeLoad(BesideLoad):
                     lambda: loyalty.SaveRules(loyalty_pb2.SaveRulesRequest(rules_json=rules), timeout=CALL_TIMEOUT_S),
                 )
                 for call in calls:
+                    self.pace()
                     try:
                         call()
                         outcome = "writes"

@@ -6,18 +6,22 @@ own module: login_flood.py, back_office_load.py.
 """
 
 import threading
+import time
 
 JOIN_TIMEOUT_S = 30.0
 
 
 class BesideLoad:
-    def __init__(self, address: str, clients: int):
-        assert clients > 0
+    def __init__(self, address: str, clients: int, rate_per_s: float | None = None):
+        assert clients > 0 and (rate_per_s is None or rate_per_s > 0)
         self.address = address
         self.clients = clients
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self._threads = []
+        # Calls of all clients together are spaced this far apart (None: none).
+        self._interval_s = None if rate_per_s is None else 1.0 / rate_per_s
+        self._next_call_s = time.monotonic()
 
     def start(self) -> "BesideLoad":
         for _ in range(self.clients):
@@ -32,6 +36,15 @@ class BesideLoad:
         for thread in self._threads:
             thread.join(JOIN_TIMEOUT_S)
         return self.summary()
+
+    def pace(self):
+        """Before each call: wait for this call's turn at the load's rate."""
+        if self._interval_s is None:
+            return
+        with self.lock:
+            turn_s = max(self._next_call_s, time.monotonic())
+            self._next_call_s = turn_s + self._interval_s
+        self.stopping.wait(max(0.0, turn_s - time.monotonic()))
 
     def count(self, name: str, by: int = 1):
         with self.lock:

@@ -107,6 +107,7 @@ REPLICATED_RATIO_TARGET = 0.7
 BESIDE_LOADS = {"login-flood": (LoginFlood, 1.2), "back-office": (BackOfficeLoad, 1.1)}
 BESIDE_CLIENTS_DEFAULT = 16
 BESIDE_CLIENTS_MAX = 256
+BESIDE_RATE_MAX = 100_000.0
 AUTH_LOG_LINE = "terminal and partner authentication on"
 # --terminal-auth-algorithm -> core.admin.keys.KeyAlgorithm (its numbers).
 TERMINAL_ALGORITHMS = {"aes": 1, "sm4": 2}
@@ -181,6 +182,9 @@ class Parameters(msgspec.Struct, frozen=True):
     # The load run beside Pay in the variant runs (a BESIDE_LOADS name), and its clients.
     beside: str | None = None
     beside_clients: int = 0
+    # --beside-rate: the beside load's calls per second, all clients together
+    # (None: each client calls again as soon as it is answered).
+    beside_rate_per_s: float | None = None
     # --terminal-auth / --promotions / --compare-empty: how many times the
     # plain, variant, variant, plain sequence runs (each run lasts
     # duration / (2 * rounds)).
@@ -428,6 +432,9 @@ def parse_args(argv) -> argparse.Namespace:
                         "(issue 16: Pay's p99 unchanged, read as at most 1.1)")
     parser.add_argument("--beside-clients", type=int, default=BESIDE_CLIENTS_DEFAULT, metavar="N",
                         help="clients of the --beside load (default %(default)s)")
+    parser.add_argument("--beside-rate", type=float, metavar="R",
+                        help="the --beside load's calls per second, its clients together (default: each calls again as "
+                        "soon as it is answered, so a faster server gets more of it)")
     parser.add_argument("--rounds", type=int, default=1, metavar="R",
                         help="with --terminal-auth, --promotions or --compare-empty: run the plain, variant, "
                         "variant, plain sequence R times, each run lasting --duration / (2 R); the ratio counts every "
@@ -457,6 +464,8 @@ def check_args(parser, args):
     if args.terminal_auth + args.promotions + args.compare_empty + bool(args.beside) + args.compare_replicated > 1:
         parser.error("--terminal-auth, --promotions, --compare-empty, --beside and --compare-replicated each compare two "
                      "runs: use one at a time")
+    if args.beside_rate is not None and not (args.beside and 0 < args.beside_rate <= BESIDE_RATE_MAX):
+        parser.error(f"--beside-rate needs --beside and must be within 0 .. {BESIDE_RATE_MAX:,} calls/s")
     if not 1 <= args.beside_clients <= BESIDE_CLIENTS_MAX:
         parser.error(f"--beside-clients must be within 1 .. {BESIDE_CLIENTS_MAX}")
     if not 0 <= args.followers <= 4:
@@ -494,6 +503,7 @@ def parameters_of(args) -> Parameters:
         followers=args.followers,
         beside=args.beside,
         beside_clients=args.beside_clients if args.beside else 0,
+        beside_rate_per_s=args.beside_rate,
         rounds=args.rounds,
     )
 
@@ -596,7 +606,7 @@ def run_target(target: str, parameters: Parameters, data_dir: str, log_path: str
     other = None
     try:
         wait_until_serving(process, address, log_path)
-        other = BESIDE_LOADS[beside][0](address, beside_clients).start() if beside else None
+        other = BESIDE_LOADS[beside][0](address, beside_clients, parameters.beside_rate_per_s).start() if beside else None
         measured = drive_load(address, parameters, fund_cards=(target == "pay"), server_pid=process.pid,
                               secrets=auth.secrets if auth is not None else ())
     finally:

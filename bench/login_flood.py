@@ -19,8 +19,8 @@ WRONG_PASSWORD = "not the password at all"
 
 
 class LoginFlood(BesideLoad):
-    def __init__(self, address: str, clients: int):
-        super().__init__(address, clients)
+    def __init__(self, address: str, clients: int, rate_per_s: float | None = None):
+        super().__init__(address, clients, rate_per_s)
         self.attempts = 0
         self.busy = 0  # refused at once (RESOURCE_EXHAUSTED: the hash gate was full)
         self._names = itertools.count()
@@ -34,6 +34,7 @@ class LoginFlood(BesideLoad):
             login = admin_pb2_grpc.AdminServiceStub(channel).Login
             while not self.stopping.is_set():
                 request = admin_pb2.LoginRequest(username=f"flood-{next(self._names)}", password=WRONG_PASSWORD)
+                self.pace()
                 try:
                     login(request, timeout=LOGIN_TIMEOUT_S)
                 except grpc.RpcError as error:

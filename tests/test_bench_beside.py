@@ -28,3 +28,30 @@ def test_e2e_measures_pay_with_another_load_beside_it_and_reports_the_p99_ratio(
         assert report[side]["requests"] > 0 and report[side]["errors"] == 0, side
     assert report["beside_p99_ratio"] == report["pay_beside"]["latency_ms"]["p99"] / report["pay"]["latency_ms"]["p99"]
     assert "beside_p99_ratio" in result.stdout and said in result.stderr
+
+
+def test_a_beside_load_at_a_rate_never_calls_faster_than_it():
+    """--beside-rate: the clients' calls together are spaced 1/R apart, so N
+    calls take at least (N - 1) / R seconds whatever the threads do."""
+    import time
+
+    from bench.beside import BesideLoad
+
+    class Counting(BesideLoad):
+        calls = 0
+
+        def one_client(self):
+            while not self.stopping.is_set() and self.calls < 60:
+                self.pace()
+                self.count("calls")
+
+        def summary(self):
+            return f"{self.calls} calls"
+
+    started = time.monotonic()
+    load = Counting("127.0.0.1:1", clients=4, rate_per_s=200.0).start()
+    while load.calls < 60:
+        time.sleep(0.01)
+    elapsed = time.monotonic() - started
+    load.stop()
+    assert elapsed >= 59 / 200.0
