@@ -241,10 +241,10 @@ class Snapshot:
 
     PLACES_MAX = 10_000
 
-    def __init__(self, promotions: Iterable[Promotion], policy: StackingPolicy | dict = StackingPolicy(), version: int = 0):
-        self._policy_given = policy
-        # stored bytes -> the promotion they decode to (load_snapshot's; empty when built otherwise)
-        self.decoded: dict[bytes, Promotion] = {}
+    def __init__(self, promotions: Iterable[Promotion], policy: StackingPolicy | dict = StackingPolicy(), version: int = 0,
+                 decoded: dict[bytes, Promotion] | None = None):
+        # stored bytes -> the promotion they decode to (load_snapshot's, for the next one to reuse)
+        self.decoded = decoded if decoded is not None else {}
         alive = sorted((p for p in promotions if p.stage != Stage.ENDED), key=lambda p: p.promotion_id)
         self.version = version
         self.policies = dict(policy) if isinstance(policy, dict) else {NETWORK: policy}
@@ -260,9 +260,7 @@ class Snapshot:
     def with_promotion(self, promotion: Promotion, version: int) -> "Snapshot":
         """This snapshot with one promotion written (new, changed or ended) at `version`."""
         others = (p for p in self.by_id.values() if p.promotion_id != promotion.promotion_id)
-        changed = Snapshot([*others, promotion], self._policy_given, version)
-        changed.decoded = self.decoded
-        return changed
+        return Snapshot([*others, promotion], self.policies, version, self.decoded)
 
     def running(self, promotion_id: int, kind: PromotionKind, now_ms: int) -> Promotion | None:
         promotion = self.by_id.get(promotion_id)
@@ -302,9 +300,7 @@ def load_snapshot(store, previous: Snapshot | None = None) -> Snapshot:
             promotion = known.get(raw)
             decoded[raw] = promotion if promotion is not None else msgspec.json.decode(raw, type=Promotion)
         policies = _policies(txn, store)
-    snapshot = Snapshot(decoded.values(), policies, current)
-    snapshot.decoded = decoded
-    return snapshot
+    return Snapshot(decoded.values(), policies, current, decoded)
 
 
 # ---------------------------------------------------------------- coupons
