@@ -47,6 +47,12 @@ def plain_earning(earning) -> bool:
     return not (earning.category_permille or earning.threshold_bonus is not None or earning.tier_permille or earning.campaigns)
 
 
+def _code_at(results: bytes, position: int) -> int:
+    """The ResultCode of the kernel's Result number `position` (its first two bytes, little-endian)."""
+    offset = position * Result.LAYOUT.size
+    return results[offset] | results[offset + 1] << 8
+
+
 class PayLine:
     def __init__(self, payments):
         self.payments = payments
@@ -131,11 +137,10 @@ class PayLine:
         settings = {station: found}
         results = await self.committer.submit_group(message.ops([0], settings))
         (written,) = message.answers(self.tables(), [0], results, settings, True)
-        code = results[0] | results[1] << 8
         if written is None:
             answer = (await self._finish(message, 0, Result(*Result.LAYOUT.unpack(results)))).payment
             return answer, outcome_of(answer)
-        return written, outcome_of(_Outcome(code))
+        return written, outcome_of(_Outcome(_code_at(results, 0)))
 
     async def _plain(self, message: fastpay.PayMessage, plain: list, settings: dict) -> list:
         started = time.perf_counter()
@@ -157,7 +162,7 @@ class PayLine:
         if OBSERVER.active:
             seconds = time.perf_counter() - started
             for position in range(len(plain)):
-                OBSERVER.request("Pay", "stream", outcome_of(_Outcome(results[position * size] | results[position * size + 1] << 8)), seconds)
+                OBSERVER.request("Pay", "stream", outcome_of(_Outcome(_code_at(results, position))), seconds)
         return written
 
     async def _finish(self, message: fastpay.PayMessage, index: int, result: Result) -> gateway_pb2.GatewayResult:
