@@ -74,8 +74,7 @@ def _entries_newest_first(txn, store: Store, card_id: int):
         negative_seq, kind = heads[0]
         seq = -negative_seq
         entry = decode(JournalEntry, txn.get(u64_key(seq), db=store.journal))
-        on_debit = entry.debit_kind == kind and entry.debit_owner == card_id
-        before = entry.debit_prev if on_debit else entry.credit_prev
+        before = entry.before_on(kind, card_id)
         if before:
             heapq.heapreplace(heads, (-before, kind))
         else:

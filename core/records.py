@@ -328,6 +328,13 @@ class JournalEntry(msgspec.Struct):
     debit_prev: int = 0
     credit_prev: int = 0
 
+    def before_on(self, kind: int, owner: int) -> int:
+        """The seq of the entry before this one on account (kind, owner),
+        one of its two sides (0: none)."""
+        if self.debit_kind == kind and self.debit_owner == owner:
+            return self.debit_prev
+        return self.credit_prev
+
 
 class Lot(msgspec.Struct):
     """Open points of a card that expire together: every earning of one day

@@ -87,5 +87,4 @@ def points_entries(txn, store, card_id: int, last_seq: int, entries_max: int):
             return
         entry = decode(JournalEntry, txn.get(u64_key(seq), db=store.journal))
         yield entry
-        debit = entry.debit_kind == AccountKind.POINTS and entry.debit_owner == card_id
-        seq = entry.debit_prev if debit else entry.credit_prev
+        seq = entry.before_on(AccountKind.POINTS, card_id)
