@@ -235,10 +235,7 @@ class Seeder:
                       card_status=CardType.COMPANY if self.company[i] else CardType.PERSONAL) for i in indexes]
             self.apply(ops, 0, 0.0)
         fleet_funding = [self.top_up(i, common_pb2.FLEET, OPENING_FLEET_MINOR) for i in range(args.accounts) if self.company[i]]
-        for first in range(0, len(fleet_funding), batch_size):
-            batch = fleet_funding[first : first + batch_size]
-            self.apply(batch, len(batch), 0.0)
-            progress_bar.update(len(batch))
+        self.apply_opening(fleet_funding, batch_size, True, progress_bar)
         for first in range(0, args.accounts, batch_size):
             count = min(batch_size, args.accounts - first)
             self.apply([self.top_up(i, common_pb2.PERSONAL, OPENING_PERSONAL_MINOR) for i in range(first, first + count)], count, 0.0)
@@ -257,6 +254,15 @@ class Seeder:
             del self.captures[: len(ops)]
             self.apply(ops, 0, 1.0)
 
+    def apply_opening(self, ops: list[Op], batch_size: int, counted: bool, progress_bar=None):
+        """Operations of the run's start (cards opened, funded) in batches;
+        counted: they are transactions (told to the progress bar, if any)."""
+        for first in range(0, len(ops), batch_size):
+            batch = ops[first : first + batch_size]
+            self.apply(batch, len(batch) if counted else 0, 0.0)
+            if counted and progress_bar is not None:
+                progress_bar.update(len(batch))
+
     def wear(self, progress_bar):
         """--worn-sales: e2e's terminals and cards, each with its history."""
         from bench import e2e
@@ -264,16 +270,12 @@ class Seeder:
         clients, sales = self.args.worn_clients, self.args.worn_sales
         batch_size = self.args.batch_size
         cards = [e2e.CARD_ID_BASE + i for i in range(clients)]
-        for first in range(0, clients, batch_size):
-            self.apply([Op(kind=OpKind.OPEN_CARD, card_id=card_id, card_status=CardType.PERSONAL)
-                        for card_id in cards[first : first + batch_size]], 0, 0.0)
-        funding = [translate.topup_op(card_pb2.TopUpRequest(
+        self.apply_opening([Op(kind=OpKind.OPEN_CARD, card_id=card_id, card_status=CardType.PERSONAL) for card_id in cards],
+                           batch_size, False)
+        self.apply_opening([translate.topup_op(card_pb2.TopUpRequest(
             terminal=e2e.terminal_of(i, 1), card_id=cards[i], account=common_pb2.PERSONAL,
-            amount=WORN_SALE_MINOR * (sales + 1))) for i in range(clients)]
-        for first in range(0, clients, batch_size):
-            self.apply(funding[first : first + batch_size], len(funding[first : first + batch_size]), 0.0)
+            amount=WORN_SALE_MINOR * (sales + 1))) for i in range(clients)], batch_size, True)
         total = clients * sales
-        progress_bar.reset(total)
         ops, done = [], 0
         for serial in range(2, sales + 2):
             for i in range(clients):
@@ -323,7 +325,8 @@ def main(argv=None) -> int:
     with tqdm(total=args.transactions, unit="txn", unit_scale=True, desc="seed", file=sys.stderr, disable=None) as bar:
         seeder.run(bar)
     if args.worn_sales:
-        with tqdm(total=1, unit="sale", unit_scale=True, desc="worn", file=sys.stderr, disable=None) as bar:
+        with tqdm(total=args.worn_clients * args.worn_sales, unit="sale", unit_scale=True, desc="worn", file=sys.stderr,
+                  disable=None) as bar:
             seeder.wear(bar)
     store.env.sync(True)
     seconds = time.perf_counter() - seeder.started_s
