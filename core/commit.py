@@ -80,6 +80,8 @@ def clock_ms() -> int:
 
 # Back-office changes that may share one commit with a batch of operations.
 CHANGES_PER_BATCH_MAX = 64
+# payments_flowing: operations taken within this long.
+PAYMENTS_FLOWING_S = 1.0
 
 
 class GroupCommitter:
@@ -113,6 +115,9 @@ class GroupCommitter:
         # Why the last write failed for lack of room (None once a write
         # commits again): health and metrics report it.
         self.store_full: str | None = None
+        # When the writer last took operations (monotonic seconds; written by
+        # the writer thread alone): payments_flowing reads it.
+        self._operations_taken_s = float("-inf")
         self._queue = collections.deque()
         # Operations (a change counts one) in the queue: what its bound bounds.
         self._queued_ops = 0
@@ -136,6 +141,12 @@ class GroupCommitter:
         if self._thread is not None:
             self._thread.join(timeout_s)
             assert not self._thread.is_alive(), "writer did not drain in time"
+
+    def payments_flowing(self) -> bool:
+        """Whether the writer took kernel operations within the last
+        PAYMENTS_FLOWING_S: the password hashes yield to them then
+        (server/admin_service.py HashGate)."""
+        return time.monotonic() - self._operations_taken_s < PAYMENTS_FLOWING_S
 
     @property
     def queue_length(self) -> int:
@@ -262,6 +273,8 @@ class GroupCommitter:
                     op_count += entry.op_count
                 batch.append(self._queue.popleft())
             self._queued_ops -= op_count + changes
+            if op_count:
+                self._operations_taken_s = time.monotonic()
             return batch
 
     def _run(self):

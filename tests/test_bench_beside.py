@@ -17,7 +17,7 @@ from tests.support import REPO
 def test_e2e_measures_pay_with_another_load_beside_it_and_reports_the_p99_ratio(tmp_path, beside, said):
     report_path = tmp_path / "flood.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "e2e", "--beside", beside, "--beside-clients", "4", "--skip-echo", "--concurrency", "8", "--duration", "3",
+        [sys.executable, "-m", "bench", "e2e", "--beside", beside, "--beside-clients", "4", "--skip-echo", "--concurrency", "8", "--duration", "1.5",
          "--warmup", "0.5", "--json", str(report_path)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )

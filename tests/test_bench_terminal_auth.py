@@ -12,7 +12,7 @@ from tests.support import REPO
 def test_e2e_measures_pay_with_and_without_terminal_auth_and_reports_the_ratio(tmp_path):
     report_path = tmp_path / "auth.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "e2e", "--terminal-auth", "--skip-echo", "--concurrency", "8", "--duration", "3",
+        [sys.executable, "-m", "bench", "e2e", "--terminal-auth", "--skip-echo", "--concurrency", "8", "--duration", "1.5",
          "--warmup", "0.5", "--rounds", "2", "--json", str(report_path)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )

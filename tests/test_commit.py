@@ -132,3 +132,20 @@ def test_changes_share_a_commit_with_operations_and_one_that_raises_is_undone_al
         assert [txn.get(key, db=store.meta) for key in (b"test-a", b"test-b", b"test-c")] == [b"written", None, b"written"]
     assert commits[1:] == [10], "the ten top-ups and three changes went in one commit"
     assert cython_ledger.account(AccountKind.PERSONAL, 9).balance == 100
+
+
+def test_payments_flowing_says_whether_the_writer_took_operations_lately(cython_ledger):
+    """What the password hashes yield to (server/admin_service.py HashGate):
+    true after operations commit, not after a back-office change alone."""
+    async def scenario():
+        committer = GroupCommitter(cython_ledger)
+        committer.start()
+        before = committer.payments_flowing()
+        await committer.write(lambda txn: None)
+        after_change = committer.payments_flowing()
+        await committer.submit(Op(kind=OpKind.OPEN_CARD, card_id=9, card_status=2))
+        after_operation = committer.payments_flowing()
+        committer.stop()
+        return before, after_change, after_operation
+
+    assert asyncio.run(scenario()) == (False, False, True)

@@ -4,9 +4,11 @@ each attack refused with the right status, nothing moved, the audit chain
 intact. Domains (an organisation's objects answering NOT_FOUND to another)
 are tests/test_domains.py's."""
 
+import asyncio
 import subprocess
 import sys
 import threading
+import time
 
 import grpc
 import pytest
@@ -16,6 +18,7 @@ from core.admin.access import cli_actor
 from core.loyalty.rules import LoyaltyRules, Partner, save_rules
 from core.results import CardType
 from core.writes import write_now
+from server.admin_service import HashGate
 from tally.v1 import admin_pb2, card_pb2, card_pb2_grpc, common_pb2, loyalty_pb2, loyalty_pb2_grpc
 from tests.support import REPO, ServerProcess
 from tests.test_admin_service import AdminClient, refused, seed_directory
@@ -162,6 +165,28 @@ def test_a_login_flood_waits_or_is_refused_at_once(secure):
     assert busy and all("retry in a second" in details for details in busy)
     assert len(codes) == 48 and {code for code, _ in codes} <= {UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
     AdminClient(process.channel(), "root").UnlockUser(username="north", reason="test flood over")
+
+
+def check_starts(payments_flowing: bool, checks: int) -> list[float]:
+    """When each of `checks` password checks started, all asked for at once
+    of one HashGate, in seconds after the first."""
+    async def scenario():
+        gate, started = HashGate(lambda: payments_flowing), []
+        await asyncio.gather(*(gate.run(lambda: started.append(time.monotonic())) for _ in range(checks)))
+        return [moment - started[0] for moment in started]
+
+    return asyncio.run(scenario())
+
+
+def test_password_checks_yield_to_flowing_payments_at_a_bounded_rate():
+    """While payments flow, checks start at most PAYING_CHECKS_PER_S a second
+    after a burst of PAYING_CHECKS_BURST (a flood's hashes sweep the caches
+    payments run in); a quiet server starts them one after the other."""
+    burst, interval_s = HashGate.PAYING_CHECKS_BURST, 1.0 / HashGate.PAYING_CHECKS_PER_S
+    starts = check_starts(True, burst + 2)
+    assert starts[burst - 1] < interval_s, "the burst starts at once"
+    assert starts[burst] >= interval_s * 0.99 and starts[burst + 1] >= 2 * interval_s * 0.99
+    assert check_starts(False, burst + 2)[-1] < interval_s
 
 
 def test_the_audit_chain_is_intact_after_the_attacks(secure):
