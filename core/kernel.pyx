@@ -20,7 +20,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem, PyDict_Next
 from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, qsort
+from libc.stdlib cimport calloc, free, malloc, qsort
 from libc.string cimport memcmp, memcpy, memmove, memset
 
 import gc
@@ -261,6 +261,44 @@ cdef inline Py_ssize_t account_memo_slot(uint8_t kind, uint64_t owner) noexcept:
     return <Py_ssize_t>(((owner * <uint64_t>0x9E3779B97F4A7C15) >> 58) ^ kind) & (ACCOUNT_MEMO_SLOTS - 1)
 
 
+# Cards a kernel remembers from batch to batch (see _Records.card_memo): a
+# loyalty sale reads its card, the card's three accounts and its lot days a
+# dozen times, and the next sale of the same card is batches later, long
+# after the 64-slot account memo has forgotten it. Direct-mapped: a card
+# whose slot is taken by another simply goes back to the dicts.
+cdef enum:
+    CARD_MEMO_SLOTS_LOG2 = 15
+    CARD_MEMO_SLOTS = 1 << CARD_MEMO_SLOTS_LOG2
+    CARD_ACCOUNT_KINDS = 3  # FLEET, PERSONAL, POINTS: index kind - FLEET
+
+
+cdef struct CardMemo:
+    uint64_t card_id          # 0: an empty slot
+    CardRec* card             # NULL: not looked up through this slot yet
+    PyObject* card_holder     # the bytearray holding it, owned by _Records.cards
+    bint card_dirty           # already in this batch's cards_dirty
+    AccountMemo accounts[CARD_ACCOUNT_KINDS]  # record NULL: not looked up yet
+    PyObject* lot_days        # the card's list in _Records.lot_days, or NULL
+
+
+cdef inline CardMemo* card_memo_slot(CardMemo* memo, uint64_t card_id) noexcept:
+    return &memo[(card_id * <uint64_t>0x9E3779B97F4A7C15) >> (64 - CARD_MEMO_SLOTS_LOG2)]
+
+
+cdef inline CardMemo* claimed_card_memo(CardMemo* memo, uint64_t card_id) noexcept:
+    """The card's slot, emptied first if another card held it."""
+    cdef CardMemo* slot = card_memo_slot(memo, card_id)
+    if slot.card_id != card_id:
+        memset(slot, 0, sizeof(CardMemo))
+        slot.card_id = card_id
+    return slot
+
+
+cdef inline int card_account_index(uint8_t kind) noexcept:
+    """The kind's index in CardMemo.accounts, or -1 for an account no card owns."""
+    return kind - FLEET if FLEET <= kind <= POINTS and POINTS - FLEET + 1 == CARD_ACCOUNT_KINDS else -1
+
+
 cdef bytes JOURNAL_BLANK = bytes(sizeof(JournalRec))
 
 
@@ -290,6 +328,11 @@ def record_sizes():
         "Gift": sizeof(GiftRec),
         "Shift": sizeof(ShiftRec),
     }
+
+
+def card_memo_slot_of(uint64_t card_id):
+    """The card memo slot of a card, for the test of cards sharing one."""
+    return card_memo_slot(NULL, card_id) - <CardMemo*>NULL
 
 
 # ------------------------------------------------------------ keys
@@ -930,6 +973,17 @@ cdef class _Records:
     # order of their keys), for the cards whose lots have been listed; the
     # newest lot is the one inline with the card's POINTS account
     cdef dict lot_days
+    # Pointers into the records of accounts, cards and lot_days, whose entries
+    # are never removed or replaced by a record (see CardMemo); calloc'd.
+    cdef CardMemo* card_memo
+
+    def __cinit__(self, store):
+        self.card_memo = <CardMemo*>calloc(CARD_MEMO_SLOTS, sizeof(CardMemo))
+        if self.card_memo == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.card_memo)
 
     def __init__(self, store):
         self.accounts = {}
@@ -946,6 +1000,13 @@ cdef class _Records:
     cdef begin(self, txn):
         for table in self.tables():
             (<_Table>table).txn = txn
+        # A new batch has written nothing yet.
+        cdef Py_ssize_t i
+        cdef int k
+        for i in range(CARD_MEMO_SLOTS):
+            self.card_memo[i].card_dirty = False
+            for k in range(CARD_ACCOUNT_KINDS):
+                self.card_memo[i].accounts[k].dirty = False
 
     cdef tuple tables(self):
         return (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts)
@@ -970,6 +1031,8 @@ cdef class _Batch:
     # Zeroed with the object; a slot is only ever set to a record of
     # self.accounts, whose entries this batch never removes.
     cdef AccountMemo account_memo[ACCOUNT_MEMO_SLOTS]
+    # The _Records' card memo: cards and their accounts and lot days
+    cdef CardMemo* card_memo
     cdef object shifts_db, day_ends_db, card_domains_db, station_domains_db
     cdef object counters_db, txn_counters_db, packet_shares_db
     # terminal id -> ShiftState (0: never signed on), read once per batch
@@ -1035,6 +1098,7 @@ cdef class _Batch:
         self.gift_counts = records.gift_counts
         self.request_tails = records.request_tails
         self.lot_days = records.lot_days
+        self.card_memo = records.card_memo
         self.shifts_db = store.shifts
         self.day_ends_db = store.day_ends
         self.card_domains_db = store.card_domains
@@ -1120,27 +1184,56 @@ cdef class _Batch:
         return record
 
     cdef CardRec* load_card(self, uint64_t card_id) except? NULL:
+        cdef CardMemo* memo = card_memo_slot(self.card_memo, card_id)
+        if memo.card_id == card_id and memo.card != NULL:
+            return memo.card
         cdef bytearray record = self.fetch(self.cards, self.cards_db, u64_key(card_id))
         if record is None:
             return NULL
-        return <CardRec*>PyByteArray_AS_STRING(record)
+        return self.remember_card(card_id, record, False)
+
+    cdef CardRec* remember_card(self, uint64_t card_id, bytearray record, bint dirty) noexcept:
+        cdef CardMemo* memo = claimed_card_memo(self.card_memo, card_id)
+        memo.card = <CardRec*>PyByteArray_AS_STRING(record)
+        memo.card_holder = <PyObject*>record
+        memo.card_dirty = dirty
+        return memo.card
 
     cdef CardRec* card_for_write(self, uint64_t card_id) except NULL:
-        cdef bytes key = u64_key(card_id)
+        cdef CardMemo* memo = card_memo_slot(self.card_memo, card_id)
+        cdef bytes key
+        if memo.card_id == card_id and memo.card != NULL:
+            if not memo.card_dirty:
+                self.cards_dirty[u64_key(card_id)] = <object>memo.card_holder
+                memo.card_dirty = True
+            return memo.card
+        key = u64_key(card_id)
         cdef bytearray record = self.fetch(self.cards, self.cards_db, key)
         assert record is not None
         self.cards_dirty[key] = record
-        return <CardRec*>PyByteArray_AS_STRING(record)
+        return self.remember_card(card_id, record, True)
 
     cdef AccountMemo* remembered_account(self, uint8_t kind, uint64_t owner) noexcept:
         """The memo slot holding the account, or NULL."""
+        cdef int index = card_account_index(kind)
+        cdef CardMemo* card_memo
+        if index >= 0:
+            card_memo = card_memo_slot(self.card_memo, owner)
+            if card_memo.card_id == owner and card_memo.accounts[index].record != NULL:
+                return &card_memo.accounts[index]
+            return NULL
         cdef AccountMemo* memo = &self.account_memo[account_memo_slot(kind, owner)]
         if memo.record != NULL and memo.owner == owner and memo.kind == kind:
             return memo
         return NULL
 
     cdef AccountRec* remember_account(self, uint8_t kind, uint64_t owner, bytearray record, bint dirty) noexcept:
-        cdef AccountMemo* memo = &self.account_memo[account_memo_slot(kind, owner)]
+        cdef int index = card_account_index(kind)
+        cdef AccountMemo* memo
+        if index >= 0:
+            memo = &claimed_card_memo(self.card_memo, owner).accounts[index]
+        else:
+            memo = &self.account_memo[account_memo_slot(kind, owner)]
         memo.record = <AccountRec*>PyByteArray_AS_STRING(record)
         memo.holder = <PyObject*>record
         memo.owner = owner
@@ -1485,8 +1578,12 @@ cdef class _Batch:
         """The expiry days of the card's lots in point_lots, ascending, read
         from LMDB once (then kept, see _Records). Every change to those lots
         goes through this list (and the point_lots table), so it stays exact."""
+        cdef CardMemo* memo = card_memo_slot(self.card_memo, card_id)
+        if memo.card_id == card_id and memo.lot_days != NULL:
+            return <list>memo.lot_days
         cdef PyObject* cached = PyDict_GetItem(self.lot_days, card_id)
         if cached != NULL:
+            claimed_card_memo(self.card_memo, card_id).lot_days = cached
             return <list>cached
         cdef bytes prefix = u64_key(card_id)
         cdef list days = []
@@ -1499,6 +1596,7 @@ cdef class _Batch:
                 self.point_lots.remember(key, value)
         cursor.close()
         self.lot_days[card_id] = days
+        claimed_card_memo(self.card_memo, card_id).lot_days = <PyObject*>days
         return days
 
     cdef LotRec* newest_lot(self, uint64_t card_id, bint for_write) except NULL:
@@ -1887,6 +1985,7 @@ cdef class _Batch:
         card.opened_ms = self.now_ms
         self.cards[key] = record
         self.cards_dirty[key] = record
+        self.remember_card(op.card_id, record, True)
         self.new_account(FLEET, op.card_id)
         self.new_account(PERSONAL, op.card_id)
         self.new_account(POINTS, op.card_id)
