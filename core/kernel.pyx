@@ -2818,10 +2818,14 @@ cdef class _Batch:
         if self.day < gift.valid_from_day or (gift.valid_to_day and self.day > gift.valid_to_day):
             self.decline_for_card(op, GIFT_NOT_AVAILABLE, r)
             return
-        cdef MemberRec member = self.load_member(op.card_id)
-        if gift.tier_mask and not (gift.tier_mask >> member.tier) & 1:
-            self.decline_for_card(op, TIER_NOT_ALLOWED, r)
-            return
+        # Only a gift for some tiers needs the member's tier (reading it
+        # changes nothing, so skipping it leaves the books the same).
+        cdef MemberRec member
+        if gift.tier_mask:
+            member = self.load_member(op.card_id)
+            if not (gift.tier_mask >> member.tier) & 1:
+                self.decline_for_card(op, TIER_NOT_ALLOWED, r)
+                return
         if gift.stock < op.amount:
             self.decline_for_card(op, GIFT_OUT_OF_STOCK, r)
             return
