@@ -20,7 +20,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem, PyDict_Next
 from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc, qsort
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, memmove, memset
 
 import gc
@@ -299,9 +299,6 @@ cdef inline int card_account_index(uint8_t kind) noexcept:
     return kind - FLEET if FLEET <= kind <= POINTS and POINTS - FLEET + 1 == CARD_ACCOUNT_KINDS else -1
 
 
-cdef bytes JOURNAL_BLANK = bytes(sizeof(JournalRec))
-
-
 cdef inline uint16_t status_decline(uint8_t status) noexcept:
     if status == CARD_STATUS_LOST:
         return CARD_LOST
@@ -502,11 +499,31 @@ cdef inline int64_t cash_for_points(int64_t points, int64_t points_per_unit):
     return points * 100 // points_per_unit
 
 
+cdef extern from *:
+    """
+    /* points * part / whole in 128 bits (the product can pass 2^63); 0 when
+       the quotient does not fit 64 bits. Operands are non-negative and whole
+       positive, so C division equals floor division. */
+    static inline int tally_share_fits(int64_t points, int64_t part, int64_t whole, int64_t* out) {
+        __int128 quotient = (__int128)points * part / whole;
+        if (quotient > INT64_MAX) return 0;
+        *out = (int64_t)quotient;
+        return 1;
+    }
+    """
+    bint share_fits "tally_share_fits"(int64_t points, int64_t part, int64_t whole, int64_t* out) noexcept nogil
+
+
 cdef int64_t share(int64_t points, int64_t part, int64_t whole) except? -1:
-    """Mirror of reference.share, in Python integers: points * part can pass
-    2^63 (a trillion points times a trillion minor units)."""
+    """Mirror of reference.share: exact, though points * part can pass 2^63
+    (a trillion points times a trillion minor units). A sale computes it in
+    128-bit C; any other sign, or a quotient past 64 bits, takes Python
+    integers (which raise as the reference's result would not fit)."""
+    cdef int64_t quotient
     if whole == 0:
         return 0
+    if points >= 0 and part >= 0 and whole > 0 and share_fits(points, part, whole, &quotient):
+        return quotient
     return (<object>points) * part // whole
 
 
@@ -1061,8 +1078,12 @@ cdef class _Batch:
     cdef bytearray last_tail
     # request_index records this batch writes: bucket key -> value
     cdef dict index_puts
-    cdef bytearray journal
+    # The batch's journal entries, malloc'd and doubled as they come: a
+    # loyalty batch makes three entries per operation, and a bytearray grown
+    # an entry at a time copied them over and over as it grew.
+    cdef JournalRec* journal
     cdef Py_ssize_t journal_count
+    cdef Py_ssize_t journal_capacity
     cdef int64_t now_ms
     # The batch's day by the clock, and the day of the operation being
     # applied (see reference._Batch and station_day).
@@ -1121,7 +1142,8 @@ cdef class _Batch:
         self.request_tails_dirty = {}
         self.last_tail = None
         self.index_puts = {}
-        self.journal = bytearray()
+        self.journal = NULL
+        self.journal_capacity = 0
         self.journal_count = 0
         self.now_ms = now_ms
         self.calendar_day = business_day
@@ -1133,6 +1155,23 @@ cdef class _Batch:
         self.next_request_seq = self.meta(META_NEXT_REQUEST_SEQ, 1)
         self.first_request_seq = self.next_request_seq
         self.first_txn_id = self.next_txn_id
+
+    def __dealloc__(self):
+        free(self.journal)
+
+    cdef JournalRec* new_journal_entry(self) except NULL:
+        """Room for the next journal entry, at index journal_count."""
+        cdef Py_ssize_t capacity
+        cdef JournalRec* grown
+        if self.journal_count == self.journal_capacity:
+            capacity = 2 * self.journal_capacity if self.journal_capacity else 4096
+            grown = <JournalRec*>realloc(self.journal, capacity * sizeof(JournalRec))
+            if grown == NULL:
+                raise MemoryError()
+            self.journal = grown
+            self.journal_capacity = capacity
+        memset(&self.journal[self.journal_count], 0, sizeof(JournalRec))
+        return &self.journal[self.journal_count]
 
     cdef uint64_t meta(self, bytes name, uint64_t default) except? 0:
         value = self.txn.get(name, None, self.meta_db)
@@ -1153,7 +1192,7 @@ cdef class _Batch:
         if self.new_requests:
             self.txn.cursor(self.requests_db).putmulti(
                 [(u64_key(self.first_request_seq + i), self.new_requests[i]) for i in range(len(self.new_requests))], append=True)
-        cdef const char* entries = PyByteArray_AS_STRING(self.journal)
+        cdef const char* entries = <const char*>self.journal
         cdef uint64_t first_seq = self.next_journal_seq - self.journal_count
         if self.journal_count:
             self.txn.cursor(self.journal_db).putmulti(
@@ -1532,7 +1571,6 @@ cdef class _Batch:
         cdef AccountRec* debit
         cdef AccountRec* credit
         cdef JournalRec* entry
-        cdef Py_ssize_t size
         for i in range(count):
             if postings[i].amount == 0:
                 continue
@@ -1543,9 +1581,7 @@ cdef class _Batch:
             credit = self.account_or_new(postings[i].credit_kind, postings[i].credit_owner, True)
             credit.balance += postings[i].amount
             credit.credits += postings[i].amount
-            size = len(self.journal)
-            self.journal.extend(JOURNAL_BLANK)
-            entry = <JournalRec*>(PyByteArray_AS_STRING(self.journal) + size)
+            entry = self.new_journal_entry()
             entry.seq = self.next_journal_seq
             entry.txn_id = txn_id
             entry.amount = postings[i].amount
