@@ -1043,6 +1043,12 @@ cdef class _Batch:
     cdef object tier_changes_db
     # Read and written through caches, flushed in key order by finish.
     cdef _Table point_lots, closed_lots, lot_expiry, members, gifts, gift_counts
+    # The last gift this batch read or wrote (a batch's redemptions are
+    # mostly of few gifts): redeeming reads and rewrites it without a key,
+    # a dict search and a bytes object each time. Written to `gifts` when
+    # another gift takes its place and at finish.
+    cdef GiftRec gift_memo
+    cdef bint gift_memo_valid, gift_memo_dirty
     # card id -> expiry days of the card's open lots (see _Records)
     cdef dict lot_days
     # Zeroed with the object; a slot is only ever set to a record of
@@ -1199,6 +1205,7 @@ cdef class _Batch:
                 [(u64_key(first_seq + i), PyBytes_FromStringAndSize(entries + i * entry_size, entry_size)) for i in range(self.journal_count)],
                 append=True,
             )
+        self.flush_gift_memo()
         for table in (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts):
             (<_Table>table).flush()
         put_in_key_order(self.txn, self.request_index_db, sorted_items(self.index_puts))
@@ -2802,14 +2809,34 @@ cdef class _Batch:
         return count
 
     cdef bint load_gift(self, uint64_t gift_id, GiftRec* gift) except? False:
+        if self.gift_memo_valid and self.gift_memo.gift_id == gift_id:
+            memcpy(gift, &self.gift_memo, sizeof(GiftRec))
+            return True
         value = self.gifts.get(u64_key(gift_id))
         if value is None:
             return False
         memcpy(gift, PyBytes_AS_STRING(value), sizeof(GiftRec))
+        self.remember_gift(gift, False)
         return True
 
     cdef save_gift(self, const GiftRec* gift):
-        self.gifts.put(u64_key(gift.gift_id), PyBytes_FromStringAndSize(<char*>gift, sizeof(GiftRec)))
+        self.remember_gift(gift, True)
+
+    cdef remember_gift(self, const GiftRec* gift, bint dirty):
+        """Keep `gift` as the batch's gift memo, the one it held written to
+        the gifts table first if it was changed and is another gift."""
+        if self.gift_memo_valid and self.gift_memo.gift_id != gift.gift_id:
+            self.flush_gift_memo()
+        dirty = dirty or (self.gift_memo_valid and self.gift_memo_dirty)
+        memcpy(&self.gift_memo, gift, sizeof(GiftRec))
+        self.gift_memo_valid = True
+        self.gift_memo_dirty = dirty
+
+    cdef flush_gift_memo(self):
+        if self.gift_memo_valid and self.gift_memo_dirty:
+            self.gifts.put(u64_key(self.gift_memo.gift_id), PyBytes_FromStringAndSize(<char*>&self.gift_memo, sizeof(GiftRec)))
+        self.gift_memo_valid = False
+        self.gift_memo_dirty = False
 
     cdef gift_set(self, const OpRec* op, ResultRec* r):
         cdef GiftRec gift
