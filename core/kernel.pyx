@@ -20,7 +20,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem, PyDict_Next
 from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, qsort
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, memmove, memset
 
 import gc
@@ -261,7 +261,42 @@ cdef inline Py_ssize_t account_memo_slot(uint8_t kind, uint64_t owner) noexcept:
     return <Py_ssize_t>(((owner * <uint64_t>0x9E3779B97F4A7C15) >> 58) ^ kind) & (ACCOUNT_MEMO_SLOTS - 1)
 
 
-cdef bytes JOURNAL_BLANK = bytes(sizeof(JournalRec))
+# Cards a kernel remembers from batch to batch (see _Records.card_memo): a
+# loyalty sale reads its card, the card's three accounts and its lot days a
+# dozen times, and the next sale of the same card is batches later, long
+# after the 64-slot account memo has forgotten it. Direct-mapped: a card
+# whose slot is taken by another simply goes back to the dicts.
+cdef enum:
+    CARD_MEMO_SLOTS_LOG2 = 15
+    CARD_MEMO_SLOTS = 1 << CARD_MEMO_SLOTS_LOG2
+    CARD_ACCOUNT_KINDS = 3  # FLEET, PERSONAL, POINTS: index kind - FLEET
+
+
+cdef struct CardMemo:
+    uint64_t card_id          # 0: an empty slot
+    CardRec* card             # NULL: not looked up through this slot yet
+    PyObject* card_holder     # the bytearray holding it, owned by _Records.cards
+    bint card_dirty           # already in this batch's cards_dirty
+    AccountMemo accounts[CARD_ACCOUNT_KINDS]  # record NULL: not looked up yet
+    PyObject* lot_days        # the card's list in _Records.lot_days, or NULL
+
+
+cdef inline CardMemo* card_memo_slot(CardMemo* memo, uint64_t card_id) noexcept:
+    return &memo[(card_id * <uint64_t>0x9E3779B97F4A7C15) >> (64 - CARD_MEMO_SLOTS_LOG2)]
+
+
+cdef inline CardMemo* claimed_card_memo(CardMemo* memo, uint64_t card_id) noexcept:
+    """The card's slot, emptied first if another card held it."""
+    cdef CardMemo* slot = card_memo_slot(memo, card_id)
+    if slot.card_id != card_id:
+        memset(slot, 0, sizeof(CardMemo))
+        slot.card_id = card_id
+    return slot
+
+
+cdef inline int card_account_index(uint8_t kind) noexcept:
+    """The kind's index in CardMemo.accounts, or -1 for an account no card owns."""
+    return kind - FLEET if FLEET <= kind <= POINTS and POINTS - FLEET + 1 == CARD_ACCOUNT_KINDS else -1
 
 
 cdef inline uint16_t status_decline(uint8_t status) noexcept:
@@ -290,6 +325,11 @@ def record_sizes():
         "Gift": sizeof(GiftRec),
         "Shift": sizeof(ShiftRec),
     }
+
+
+def card_memo_slot_of(uint64_t card_id):
+    """The card memo slot of a card, for the test of cards sharing one."""
+    return card_memo_slot(NULL, card_id) - <CardMemo*>NULL
 
 
 # ------------------------------------------------------------ keys
@@ -459,11 +499,31 @@ cdef inline int64_t cash_for_points(int64_t points, int64_t points_per_unit):
     return points * 100 // points_per_unit
 
 
+cdef extern from *:
+    """
+    /* points * part / whole in 128 bits (the product can pass 2^63); 0 when
+       the quotient does not fit 64 bits. Operands are non-negative and whole
+       positive, so C division equals floor division. */
+    static inline int tally_share_fits(int64_t points, int64_t part, int64_t whole, int64_t* out) {
+        __int128 quotient = (__int128)points * part / whole;
+        if (quotient > INT64_MAX) return 0;
+        *out = (int64_t)quotient;
+        return 1;
+    }
+    """
+    bint share_fits "tally_share_fits"(int64_t points, int64_t part, int64_t whole, int64_t* out) noexcept nogil
+
+
 cdef int64_t share(int64_t points, int64_t part, int64_t whole) except? -1:
-    """Mirror of reference.share, in Python integers: points * part can pass
-    2^63 (a trillion points times a trillion minor units)."""
+    """Mirror of reference.share: exact, though points * part can pass 2^63
+    (a trillion points times a trillion minor units). A sale computes it in
+    128-bit C; any other sign, or a quotient past 64 bits, takes Python
+    integers (which raise as the reference's result would not fit)."""
+    cdef int64_t quotient
     if whole == 0:
         return 0
+    if points >= 0 and part >= 0 and whole > 0 and share_fits(points, part, whole, &quotient):
+        return quotient
     return (<object>points) * part // whole
 
 
@@ -930,6 +990,17 @@ cdef class _Records:
     # order of their keys), for the cards whose lots have been listed; the
     # newest lot is the one inline with the card's POINTS account
     cdef dict lot_days
+    # Pointers into the records of accounts, cards and lot_days, whose entries
+    # are never removed or replaced by a record (see CardMemo); calloc'd.
+    cdef CardMemo* card_memo
+
+    def __cinit__(self, store):
+        self.card_memo = <CardMemo*>calloc(CARD_MEMO_SLOTS, sizeof(CardMemo))
+        if self.card_memo == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.card_memo)
 
     def __init__(self, store):
         self.accounts = {}
@@ -946,6 +1017,13 @@ cdef class _Records:
     cdef begin(self, txn):
         for table in self.tables():
             (<_Table>table).txn = txn
+        # A new batch has written nothing yet.
+        cdef Py_ssize_t i
+        cdef int k
+        for i in range(CARD_MEMO_SLOTS):
+            self.card_memo[i].card_dirty = False
+            for k in range(CARD_ACCOUNT_KINDS):
+                self.card_memo[i].accounts[k].dirty = False
 
     cdef tuple tables(self):
         return (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts)
@@ -965,11 +1043,19 @@ cdef class _Batch:
     cdef object tier_changes_db
     # Read and written through caches, flushed in key order by finish.
     cdef _Table point_lots, closed_lots, lot_expiry, members, gifts, gift_counts
+    # The last gift this batch read or wrote (a batch's redemptions are
+    # mostly of few gifts): redeeming reads and rewrites it without a key,
+    # a dict search and a bytes object each time. Written to `gifts` when
+    # another gift takes its place and at finish.
+    cdef GiftRec gift_memo
+    cdef bint gift_memo_valid, gift_memo_dirty
     # card id -> expiry days of the card's open lots (see _Records)
     cdef dict lot_days
     # Zeroed with the object; a slot is only ever set to a record of
     # self.accounts, whose entries this batch never removes.
     cdef AccountMemo account_memo[ACCOUNT_MEMO_SLOTS]
+    # The _Records' card memo: cards and their accounts and lot days
+    cdef CardMemo* card_memo
     cdef object shifts_db, day_ends_db, card_domains_db, station_domains_db
     cdef object counters_db, txn_counters_db, packet_shares_db
     # terminal id -> ShiftState (0: never signed on), read once per batch
@@ -998,8 +1084,12 @@ cdef class _Batch:
     cdef bytearray last_tail
     # request_index records this batch writes: bucket key -> value
     cdef dict index_puts
-    cdef bytearray journal
+    # The batch's journal entries, malloc'd and doubled as they come: a
+    # loyalty batch makes three entries per operation, and a bytearray grown
+    # an entry at a time copied them over and over as it grew.
+    cdef JournalRec* journal
     cdef Py_ssize_t journal_count
+    cdef Py_ssize_t journal_capacity
     cdef int64_t now_ms
     # The batch's day by the clock, and the day of the operation being
     # applied (see reference._Batch and station_day).
@@ -1035,6 +1125,7 @@ cdef class _Batch:
         self.gift_counts = records.gift_counts
         self.request_tails = records.request_tails
         self.lot_days = records.lot_days
+        self.card_memo = records.card_memo
         self.shifts_db = store.shifts
         self.day_ends_db = store.day_ends
         self.card_domains_db = store.card_domains
@@ -1057,7 +1148,8 @@ cdef class _Batch:
         self.request_tails_dirty = {}
         self.last_tail = None
         self.index_puts = {}
-        self.journal = bytearray()
+        self.journal = NULL
+        self.journal_capacity = 0
         self.journal_count = 0
         self.now_ms = now_ms
         self.calendar_day = business_day
@@ -1069,6 +1161,23 @@ cdef class _Batch:
         self.next_request_seq = self.meta(META_NEXT_REQUEST_SEQ, 1)
         self.first_request_seq = self.next_request_seq
         self.first_txn_id = self.next_txn_id
+
+    def __dealloc__(self):
+        free(self.journal)
+
+    cdef JournalRec* new_journal_entry(self) except NULL:
+        """Room for the next journal entry, at index journal_count."""
+        cdef Py_ssize_t capacity
+        cdef JournalRec* grown
+        if self.journal_count == self.journal_capacity:
+            capacity = 2 * self.journal_capacity if self.journal_capacity else 4096
+            grown = <JournalRec*>realloc(self.journal, capacity * sizeof(JournalRec))
+            if grown == NULL:
+                raise MemoryError()
+            self.journal = grown
+            self.journal_capacity = capacity
+        memset(&self.journal[self.journal_count], 0, sizeof(JournalRec))
+        return &self.journal[self.journal_count]
 
     cdef uint64_t meta(self, bytes name, uint64_t default) except? 0:
         value = self.txn.get(name, None, self.meta_db)
@@ -1089,13 +1198,14 @@ cdef class _Batch:
         if self.new_requests:
             self.txn.cursor(self.requests_db).putmulti(
                 [(u64_key(self.first_request_seq + i), self.new_requests[i]) for i in range(len(self.new_requests))], append=True)
-        cdef const char* entries = PyByteArray_AS_STRING(self.journal)
+        cdef const char* entries = <const char*>self.journal
         cdef uint64_t first_seq = self.next_journal_seq - self.journal_count
         if self.journal_count:
             self.txn.cursor(self.journal_db).putmulti(
                 [(u64_key(first_seq + i), PyBytes_FromStringAndSize(entries + i * entry_size, entry_size)) for i in range(self.journal_count)],
                 append=True,
             )
+        self.flush_gift_memo()
         for table in (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts):
             (<_Table>table).flush()
         put_in_key_order(self.txn, self.request_index_db, sorted_items(self.index_puts))
@@ -1120,27 +1230,56 @@ cdef class _Batch:
         return record
 
     cdef CardRec* load_card(self, uint64_t card_id) except? NULL:
+        cdef CardMemo* memo = card_memo_slot(self.card_memo, card_id)
+        if memo.card_id == card_id and memo.card != NULL:
+            return memo.card
         cdef bytearray record = self.fetch(self.cards, self.cards_db, u64_key(card_id))
         if record is None:
             return NULL
-        return <CardRec*>PyByteArray_AS_STRING(record)
+        return self.remember_card(card_id, record, False)
+
+    cdef CardRec* remember_card(self, uint64_t card_id, bytearray record, bint dirty) noexcept:
+        cdef CardMemo* memo = claimed_card_memo(self.card_memo, card_id)
+        memo.card = <CardRec*>PyByteArray_AS_STRING(record)
+        memo.card_holder = <PyObject*>record
+        memo.card_dirty = dirty
+        return memo.card
 
     cdef CardRec* card_for_write(self, uint64_t card_id) except NULL:
-        cdef bytes key = u64_key(card_id)
+        cdef CardMemo* memo = card_memo_slot(self.card_memo, card_id)
+        cdef bytes key
+        if memo.card_id == card_id and memo.card != NULL:
+            if not memo.card_dirty:
+                self.cards_dirty[u64_key(card_id)] = <object>memo.card_holder
+                memo.card_dirty = True
+            return memo.card
+        key = u64_key(card_id)
         cdef bytearray record = self.fetch(self.cards, self.cards_db, key)
         assert record is not None
         self.cards_dirty[key] = record
-        return <CardRec*>PyByteArray_AS_STRING(record)
+        return self.remember_card(card_id, record, True)
 
     cdef AccountMemo* remembered_account(self, uint8_t kind, uint64_t owner) noexcept:
         """The memo slot holding the account, or NULL."""
+        cdef int index = card_account_index(kind)
+        cdef CardMemo* card_memo
+        if index >= 0:
+            card_memo = card_memo_slot(self.card_memo, owner)
+            if card_memo.card_id == owner and card_memo.accounts[index].record != NULL:
+                return &card_memo.accounts[index]
+            return NULL
         cdef AccountMemo* memo = &self.account_memo[account_memo_slot(kind, owner)]
         if memo.record != NULL and memo.owner == owner and memo.kind == kind:
             return memo
         return NULL
 
     cdef AccountRec* remember_account(self, uint8_t kind, uint64_t owner, bytearray record, bint dirty) noexcept:
-        cdef AccountMemo* memo = &self.account_memo[account_memo_slot(kind, owner)]
+        cdef int index = card_account_index(kind)
+        cdef AccountMemo* memo
+        if index >= 0:
+            memo = &claimed_card_memo(self.card_memo, owner).accounts[index]
+        else:
+            memo = &self.account_memo[account_memo_slot(kind, owner)]
         memo.record = <AccountRec*>PyByteArray_AS_STRING(record)
         memo.holder = <PyObject*>record
         memo.owner = owner
@@ -1439,7 +1578,6 @@ cdef class _Batch:
         cdef AccountRec* debit
         cdef AccountRec* credit
         cdef JournalRec* entry
-        cdef Py_ssize_t size
         for i in range(count):
             if postings[i].amount == 0:
                 continue
@@ -1450,9 +1588,7 @@ cdef class _Batch:
             credit = self.account_or_new(postings[i].credit_kind, postings[i].credit_owner, True)
             credit.balance += postings[i].amount
             credit.credits += postings[i].amount
-            size = len(self.journal)
-            self.journal.extend(JOURNAL_BLANK)
-            entry = <JournalRec*>(PyByteArray_AS_STRING(self.journal) + size)
+            entry = self.new_journal_entry()
             entry.seq = self.next_journal_seq
             entry.txn_id = txn_id
             entry.amount = postings[i].amount
@@ -1485,8 +1621,12 @@ cdef class _Batch:
         """The expiry days of the card's lots in point_lots, ascending, read
         from LMDB once (then kept, see _Records). Every change to those lots
         goes through this list (and the point_lots table), so it stays exact."""
+        cdef CardMemo* memo = card_memo_slot(self.card_memo, card_id)
+        if memo.card_id == card_id and memo.lot_days != NULL:
+            return <list>memo.lot_days
         cdef PyObject* cached = PyDict_GetItem(self.lot_days, card_id)
         if cached != NULL:
+            claimed_card_memo(self.card_memo, card_id).lot_days = cached
             return <list>cached
         cdef bytes prefix = u64_key(card_id)
         cdef list days = []
@@ -1499,6 +1639,7 @@ cdef class _Batch:
                 self.point_lots.remember(key, value)
         cursor.close()
         self.lot_days[card_id] = days
+        claimed_card_memo(self.card_memo, card_id).lot_days = <PyObject*>days
         return days
 
     cdef LotRec* newest_lot(self, uint64_t card_id, bint for_write) except NULL:
@@ -1887,6 +2028,7 @@ cdef class _Batch:
         card.opened_ms = self.now_ms
         self.cards[key] = record
         self.cards_dirty[key] = record
+        self.remember_card(op.card_id, record, True)
         self.new_account(FLEET, op.card_id)
         self.new_account(PERSONAL, op.card_id)
         self.new_account(POINTS, op.card_id)
@@ -2667,14 +2809,34 @@ cdef class _Batch:
         return count
 
     cdef bint load_gift(self, uint64_t gift_id, GiftRec* gift) except? False:
+        if self.gift_memo_valid and self.gift_memo.gift_id == gift_id:
+            memcpy(gift, &self.gift_memo, sizeof(GiftRec))
+            return True
         value = self.gifts.get(u64_key(gift_id))
         if value is None:
             return False
         memcpy(gift, PyBytes_AS_STRING(value), sizeof(GiftRec))
+        self.remember_gift(gift, False)
         return True
 
     cdef save_gift(self, const GiftRec* gift):
-        self.gifts.put(u64_key(gift.gift_id), PyBytes_FromStringAndSize(<char*>gift, sizeof(GiftRec)))
+        self.remember_gift(gift, True)
+
+    cdef remember_gift(self, const GiftRec* gift, bint dirty):
+        """Keep `gift` as the batch's gift memo, the one it held written to
+        the gifts table first if it was changed and is another gift."""
+        if self.gift_memo_valid and self.gift_memo.gift_id != gift.gift_id:
+            self.flush_gift_memo()
+        dirty = dirty or (self.gift_memo_valid and self.gift_memo_dirty)
+        memcpy(&self.gift_memo, gift, sizeof(GiftRec))
+        self.gift_memo_valid = True
+        self.gift_memo_dirty = dirty
+
+    cdef flush_gift_memo(self):
+        if self.gift_memo_valid and self.gift_memo_dirty:
+            self.gifts.put(u64_key(self.gift_memo.gift_id), PyBytes_FromStringAndSize(<char*>&self.gift_memo, sizeof(GiftRec)))
+        self.gift_memo_valid = False
+        self.gift_memo_dirty = False
 
     cdef gift_set(self, const OpRec* op, ResultRec* r):
         cdef GiftRec gift
@@ -2719,10 +2881,14 @@ cdef class _Batch:
         if self.day < gift.valid_from_day or (gift.valid_to_day and self.day > gift.valid_to_day):
             self.decline_for_card(op, GIFT_NOT_AVAILABLE, r)
             return
-        cdef MemberRec member = self.load_member(op.card_id)
-        if gift.tier_mask and not (gift.tier_mask >> member.tier) & 1:
-            self.decline_for_card(op, TIER_NOT_ALLOWED, r)
-            return
+        # Only a gift for some tiers needs the member's tier (reading it
+        # changes nothing, so skipping it leaves the books the same).
+        cdef MemberRec member
+        if gift.tier_mask:
+            member = self.load_member(op.card_id)
+            if not (gift.tier_mask >> member.tier) & 1:
+                self.decline_for_card(op, TIER_NOT_ALLOWED, r)
+                return
         if gift.stock < op.amount:
             self.decline_for_card(op, GIFT_OUT_OF_STOCK, r)
             return

@@ -7,6 +7,7 @@ import pytest
 from core.ledger import Ledger, encode_ops
 from core.reference import ReferenceKernel
 from core.results import AccountKind, OpKind, PlanFlag, ResultCode
+from tests.conftest import open_ledger
 from tests.ledger_driver import Driver
 
 CARD = 5
@@ -124,3 +125,56 @@ def test_a_request_answered_by_another_writer_is_replayed(cython_ledger):
     retried = driver.one(op)
     assert retried.replayed and retried.txn_id == first.txn_id
     assert cython_ledger.account(AccountKind.PERSONAL, CARD).balance == 700
+
+
+def cards_sharing_a_memo_slot(count: int) -> list[int]:
+    """Card ids the kernel's card memo puts in one slot (the first `count`)."""
+    from core.kernel import card_memo_slot_of
+
+    wanted = card_memo_slot_of(CARD)
+    return [card for card in range(1, 10_000_000) if card_memo_slot_of(card) == wanted][:count]
+
+
+def loyalty_round(driver: Driver, cards: list[int]) -> list:
+    """A batch that moves every card's money, points and lots, interleaved."""
+    ops = []
+    for card in cards:
+        ops.append(driver.pay_op(card, 300, plan_flags=PlanFlag.USE_PERSONAL, earn_points=40, points_per_unit=100))
+        ops.append(driver.pay_op(card, 500, plan_flags=PlanFlag.USE_PERSONAL | PlanFlag.USE_POINTS, points_max=30, points_per_unit=100))
+        ops.append(driver.request(OpKind.REDEEM, card_id=card, item_id=1, amount=1))
+    return driver.apply(*ops)
+
+
+def run_loyalty_rounds(ledger: Ledger, cards: list[int]) -> tuple[list, dict]:
+    """Sales that earn, sales that spend and redemptions of every card, over
+    several batches and days; the answers and the books after them."""
+    driver = Driver(ledger)
+    driver.one(driver.request(OpKind.GIFT_SET, item_id=1, amount=20, bonus_points=50))
+    driver.one(driver.request(OpKind.GIFT_STOCK, item_id=1, amount=100))
+    for card in cards:
+        driver.open_card(card, personal=100_000, points=1_000)
+    answers = []
+    for _ in range(4):
+        answers += loyalty_round(driver, cards)
+        answers += loyalty_round(driver, cards[::-1])
+        driver.advance(200 * 86_400_000)  # lots expire along the way
+    with ledger.store.env.begin() as txn:
+        books = {name: list(txn.cursor(db=ledger.store.dbs[name])) for name in ("accounts", "cards", "journal", "point_lots", "closed_lots")}
+    return answers, books
+
+
+def test_cards_sharing_a_memo_slot_agree_with_the_reference(tmp_path):
+    """The kernel remembers cards from batch to batch in a direct-mapped
+    memo; cards that share a slot evict each other within and across
+    batches and must end with the reference's answers and books."""
+    cards = cards_sharing_a_memo_slot(3)
+    assert len(cards) == 3
+    ledgers = [open_ledger(str(tmp_path / kernel), kernel) for kernel in ("cython", "reference")]
+    try:
+        (answers, books), (expected_answers, expected_books) = (run_loyalty_rounds(ledger, cards) for ledger in ledgers)
+    finally:
+        for ledger in ledgers:
+            ledger.store.close()
+    assert sum(answer.code == ResultCode.APPROVED for answer in answers) > len(answers) // 2
+    assert answers == expected_answers
+    assert books == expected_books
