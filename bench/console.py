@@ -19,8 +19,12 @@ API, then two measurements:
            median (what a disturbance from outside moves least).
 Used by: bench/__main__.py; tests/test_bench_console.py runs a short one.
 
-The console runs in the server's own process and event loop, so its page
-rendering competes with Pay for that loop: the ratio is the cost.
+The console runs in a process of its own (server/console/serve.py) and
+the reads its pages ask for that grow with the books run in the server's
+reader processes (server/readers.py), both at a lower CPU priority; what
+is left in the server's process, and so on Pay's GIL, is answering the
+pages' RPCs. The ratio is what all of it costs Pay on this machine: on
+one whose cores other work shares, read the per-round ratios too.
 """
 
 import argparse

@@ -33,6 +33,7 @@ from server.loyalty_service import LoyaltyService, RulesHolder
 from server.payments import PaymentService
 from server import promotion_service
 from server.promotion_flow import PromotionFlow
+from server.readers import Readers
 from server.rpc import Guards, Registrar
 from server.partner_auth import PartnerGuard
 from server.terminal_auth import TerminalGuard
@@ -209,6 +210,8 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     admin = Admin(store, master_key, kernel=kernel, utc_offset_minutes=settings.utc_offset_minutes, writer=committer,
                   field_cipher=admin_service.field_cipher_of(settings))
     server = grpc.aio.server(options=grpc_options(settings.reuse_port))
+    # The back office's long reads run there, off this process's GIL.
+    readers = Readers(store)
     # Every service registers through this one registrar: it parses each
     # request, checks its caller against server/callers.py, and maps errors.
     services = Registrar(server, guards_for(settings, store, master_key, admin),
@@ -221,11 +224,12 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     payment_pb2_grpc.add_PaymentServiceServicer_to_server(payments, services)
     card_pb2_grpc.add_CardServiceServicer_to_server(cards, services)
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway, services)
-    settlement_pb2_grpc.add_SettlementServiceServicer_to_server(SettlementService(ledger, committer, payments), services)
+    settlement = SettlementService(ledger, committer, payments, readers)
+    settlement_pb2_grpc.add_SettlementServiceServicer_to_server(settlement, services)
     loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server(LoyaltyService(ledger, committer, rules, promotions.risk), services)
     admin_service.add_admin_services(services, admin, committer)
     replication_pb2_grpc.add_ReplicationServiceServicer_to_server(replication_service.ReplicationService(replica), services)
-    report_service.add_report_service(services, ledger, committer, replica)
+    report_service.add_report_service(services, ledger, committer, readers, replica)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # Reflection wants the aio server itself (it checks the type); it is public.
@@ -293,6 +297,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     if sampler is not None:
         sampler.cancel()
     await server.stop(settings.shutdown_grace_s)
+    readers.close()
     committer.stop()
     if relay is not None:
         relay.stop()

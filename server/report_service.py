@@ -4,8 +4,10 @@ Owns: the handlers of tally.v1.ReportService (proto/tally/v1/report.proto):
 a card's transactions (core/card_txns.py), a day's takings kept up to date
 (core/settlement/takings.py), the open pre-authorizations, a station's day
 and shifts so far (core/settlement/shifts.py), a day's files
-(core/settlement/export.py, report.py) and the store's health. Each reads
-in a worker thread, off the event loop; nothing here writes.
+(core/settlement/export.py, report.py) and the store's health. Nothing
+here writes. The reads that grow with the books (takings, open holds,
+files) run in the server's reader processes (server/readers.py), the
+others in a worker thread; none on the event loop.
 Used by: server/app.py; the web console (server/console/) calls it with the
 logged-in user's token like any client.
 
@@ -28,13 +30,12 @@ from core.admin.access import require_visible, subtree
 from core.commit import GroupCommitter
 from core.errors import InvalidInput, NotFound
 from core.ledger import Ledger, business_day
-from core.records import Shift, Txn, decode, parse_hold_expiry_key, u32_key, u64_key
+from core.records import Shift, Txn, decode, u32_key
 from core.results import Channel, OpKind, TxnFlag, TxnState
-from core.settlement.clearing import Clearing, clear_day
-from core.settlement.takings import RunningTakings
 from core.settlement import shifts as shift_totals
 from core.store import entries, rows
 from server import answers
+from server.readers import Readers, read_open_holds, read_takings, write_export
 from server.callers import staff_actor
 from server.scope import card_seen
 from server.shift_service import totals_message
@@ -83,14 +84,14 @@ def clearing_lines(lines, seen) -> list[settlement_pb2.ClearingLine]:
 
 
 class ReportService(report_pb2_grpc.ReportServiceServicer):
-    def __init__(self, ledger: Ledger, committer: GroupCommitter, replica=None):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter, readers: Readers, replica=None):
         self.ledger = ledger
+        # The reads that take milliseconds run there (server/readers.py).
+        self.readers = readers
         # The node of --replicate (core/replication), None when standalone.
         self.replica = replica
         self.store = ledger.store
         self.committer = committer
-        # The current day's running takings (replaced when the day turns).
-        self._today: RunningTakings | None = None
 
     def today(self) -> int:
         return business_day(self.committer.clock(), self.committer.utc_offset_minutes)
@@ -127,20 +128,11 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
 
     # ------------------------------------------------------------ takings and holds
 
-    def _running_takings(self, day: int) -> RunningTakings:
-        if self._today is None or self._today.day != day:
-            self._today = RunningTakings(day)
-        return self._today
-
     async def GetTakings(self, request, context):
         day = self._day(request.day)
         with self.store.env.begin() as txn:
             seen = self._seen(txn)
-        if day == self.today():
-            lines, read = await asyncio.to_thread(self._running_takings(day).lines, self.store, seen)
-        else:
-            clearing: Clearing = await asyncio.to_thread(clear_day, self.store, day)
-            lines, read = clearing.lines, 0
+        lines, read = await self.readers.run(read_takings, day, self.today(), seen)
         listed = clearing_lines(lines, seen)
         return report_pb2.GetTakingsAnswer(day=day, lines=listed, net_minor=sum(line.net_minor for line in listed),
                                            journal_entries=read, currency=answers.currency())
@@ -149,35 +141,13 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
         if request.limit > OPEN_HOLDS_LISTED_MAX:
             raise InvalidInput("limit", f"must be within 0 .. {OPEN_HOLDS_LISTED_MAX}, got {request.limit}")
         limit = request.limit or OPEN_HOLDS_LISTED_DEFAULT
-        actor = staff_actor()
-
-        def read():
-            answer = report_pb2.ListOpenHoldsAnswer(currency=answers.currency())
-            with self.store.env.begin() as txn:
-                if request.station_id:
-                    require_visible(txn, self.store, actor, request.station_id, "station")
-                seen = subtree(txn, self.store, actor)
-                for key in rows(txn, self.store.hold_expiry, values=False):
-                    expires_ms, txn_id = parse_hold_expiry_key(key)
-                    value = txn.get(u64_key(txn_id), db=self.store.txns)
-                    if value is None:
-                        continue
-                    record = decode(Txn, value)
-                    if (request.station_id not in (0, record.station_id)
-                            or (seen is not None and record.station_id not in seen)):
-                        continue
-                    held = record.held_fleet + record.held_personal + record.held_points_cash
-                    answer.count += 1
-                    answer.held_minor += held
-                    if len(answer.holds) < limit:
-                        answer.holds.add(txn_id=txn_id, card_id=record.card_id, station_id=record.station_id,
-                                         terminal_id=record.terminal_id, held_minor=held,
-                                         created_ms=record.created_ms, expires_ms=expires_ms)
-                    else:
-                        answer.truncated = True
-            return answer
-
-        return await asyncio.to_thread(read)
+        with self.store.env.begin() as txn:
+            if request.station_id:
+                require_visible(txn, self.store, staff_actor(), request.station_id, "station")
+            seen = self._seen(txn)
+        answer = await self.readers.run(read_open_holds, request.station_id, seen, limit)
+        answer.currency = answers.currency()
+        return answer
 
     # ------------------------------------------------------------ a station's day
 
@@ -216,7 +186,8 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
         file_name = name.format(date=datetime.date(1970, 1, 1) + datetime.timedelta(days=request.day))
         with tempfile.TemporaryDirectory(prefix="tally-export-") as directory:
             path = os.path.join(directory, file_name)
-            await asyncio.to_thread(self._write_export, request.kind, request.day, seen, path)
+            stations = None if seen is None else np.fromiter(sorted(seen), dtype=np.uint32)
+            await self.readers.run(write_export, request.kind, request.day, stations, path)
             first = True
             with open(path, "rb") as file:
                 while True:
@@ -226,23 +197,6 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
                     yield report_pb2.ExportDayChunk(data=data, file_name=file_name if first else "",
                                                     media_type=media_type if first else "")
                     first = False
-
-    def _write_export(self, kind: int, day: int, seen: set[int] | None, path: str):
-        from core.settlement import export, report
-
-        stations = None if seen is None else np.fromiter(sorted(seen), dtype=np.uint32)
-        if kind == report_pb2.EXPORT_KIND_JOURNAL_CSV:
-            export.export_day(self.store, day, csv_path=path, stations=stations)
-        elif kind == report_pb2.EXPORT_KIND_JOURNAL_PARQUET:
-            export.export_day(self.store, day, parquet_path=path, stations=stations)
-        else:
-            clearing = clear_day(self.store, day)
-            clearing = Clearing(day=day, lines=tuple(line for line in clearing.lines
-                                                     if seen is None or line.station_id in seen))
-            if kind == report_pb2.EXPORT_KIND_TAKINGS_CSV:
-                report.write_takings_csv(clearing, path)
-            else:
-                report.plot_takings(clearing, path)
 
     # ------------------------------------------------------------ the store
 
@@ -261,8 +215,8 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
         return await asyncio.to_thread(read)
 
 
-def add_report_service(server, ledger: Ledger, committer: GroupCommitter, replica=None):
-    report_pb2_grpc.add_ReportServiceServicer_to_server(ReportService(ledger, committer, replica), server)
+def add_report_service(server, ledger: Ledger, committer: GroupCommitter, readers: Readers, replica=None):
+    report_pb2_grpc.add_ReportServiceServicer_to_server(ReportService(ledger, committer, readers, replica), server)
 
 
 SERVICE_NAMES = (report_pb2.DESCRIPTOR.services_by_name["ReportService"].full_name,)

@@ -2,7 +2,9 @@
 
 Owns: the RPC handlers of tally.v1.SettlementService. Each one validates,
 runs core.settlement (LMDB reads and writes of the settlement databases) in
-a worker thread so that the event loop keeps serving payments, and answers.
+a worker thread so that the event loop keeps serving payments, and answers;
+the reads that grow with the books (the queue's differences, a day's
+clearing) run in the server's reader processes (server/readers.py).
 An ADJUST resolution posts its correcting transfer through the group
 commit, like any other ledger write.
 Shifts, day-end and offline batches (SignOn, ShiftClose, DayEnd,
@@ -34,12 +36,12 @@ from core.errors import InvalidInput
 from core.ledger import Ledger, business_day
 from core.results import Channel
 from core.settlement import queue
-from core.settlement.clearing import clear_day
 from core.settlement.model import DifferenceState, ItemKind, ResolutionAction, parse_difference_key
 from core.settlement.reconcile import WINDOW_MS_DEFAULT, WINDOW_MS_MAX
 from core.settlement.statements import StatementError
 from core.settlement.statements.common import STATEMENT_BYTES_MAX
 from server import answers
+from server.readers import Readers, read_clearing, read_differences
 from server.scope import staff_scope
 from server.shift_service import ShiftHandlers
 from tally.v1 import settlement_pb2, settlement_pb2_grpc
@@ -112,23 +114,37 @@ def difference_message(found) -> settlement_pb2.Difference:
     return message
 
 
-def differences_seen(scope: Scope):
-    """seen(difference) for a staff caller (None: every one): its domain's,
-    at a station of its subtree; at no known station, the headquarters'."""
-    if scope.everywhere:
-        return None
-    whole_domain = scope.org_id == scope.domain
-    return lambda found: found.domain == scope.domain and (whole_domain or scope.sees(found.station_id))
+class DifferencesSeen:
+    """seen(difference) for a staff caller below the network: its domain's,
+    at a station of its subtree; at no known station, the headquarters'.
+    A class, not a closure, so that a reader process can be given it."""
+
+    __slots__ = ("domain", "whole_domain", "orgs")
+
+    def __init__(self, scope: Scope):
+        self.domain = scope.domain
+        self.whole_domain = scope.org_id == scope.domain
+        self.orgs = scope.orgs
+
+    def __call__(self, found) -> bool:
+        return found.domain == self.domain and (self.whole_domain or found.station_id in self.orgs)
+
+
+def differences_seen(scope: Scope) -> DifferencesSeen | None:
+    """seen(difference) for a staff caller (None: every one)."""
+    return None if scope.everywhere else DifferencesSeen(scope)
 
 
 # ------------------------------------------------------------------ service
 
 
 class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
-    def __init__(self, ledger: Ledger, committer: GroupCommitter, payments):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter, payments, readers: Readers):
         """payments: the server's PaymentService (server/payments.py), whose
-        `pay` applies each item of a BatchUpload."""
+        `pay` applies each item of a BatchUpload; readers: the server's
+        reader processes (server/readers.py), for the queue and clearing."""
         self.ledger = ledger
+        self.readers = readers
         self.store = ledger.store
         self.committer = committer
         self.shifts = ShiftHandlers(ledger, committer, payments)
@@ -208,13 +224,8 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         domain = None if scope.everywhere and not request.org_id else self._domain(request.org_id, False)
         seen = differences_seen(scope)
 
-        def read():
-            listed = queue.differences(self.store, day=day, channel=channel, state=state, limit=limit, domain=domain, seen=seen)
-            open_count = len(queue.differences(self.store, day=day, channel=channel, state=DifferenceState.OPEN, domain=domain,
-                                               seen=seen))
-            return listed, open_count
-
-        listed, open_count = await asyncio.to_thread(read)
+        filters = {"day": day, "channel": channel, "state": state, "domain": domain}
+        listed, open_count = await self.readers.run(read_differences, filters, limit, seen)
         return settlement_pb2.ListDifferencesAnswer(differences=[difference_message(found) for found in listed], open=open_count)
 
     async def ResolveDifference(self, request, context):
@@ -261,7 +272,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
 
     async def GetClearing(self, request, context):
         seen = self._stations_seen(request.org_id)
-        clearing = await asyncio.to_thread(clear_day, self.store, _day(request.day))
+        clearing = await self.readers.run(read_clearing, _day(request.day))
         lines = [line for line in clearing.lines if seen is None or seen(line.station_id)]
         discounts = [line for line in clearing.discounts if seen is None or seen(line.station_id)]
         return settlement_pb2.ClearingAnswer(

@@ -7,12 +7,14 @@ re-import changes nothing, and clearing adds up exactly to the journal."""
 import collections
 import os
 
+import numpy as np
 import pytest
 
+from core.audit import JOURNAL_DTYPE
 from core.records import Account
 from core.results import AccountKind, Channel, Movement, ResultCode
 from core.settlement import queue
-from core.settlement.clearing import clear_day
+from core.settlement.clearing import clear_day, group_sums
 from core.settlement.model import DifferenceKind, DifferenceState, ItemKind, ResolutionAction
 from core.settlement.simulate import CHANNELS, Network
 from core.settlement.statements import StatementError
@@ -292,6 +294,25 @@ def test_clearing_adds_up_exactly_to_the_journal(ledger, network):
     for station in range(1, 4):
         balance = sum((ledger.account(kind, station) or Account()).balance for kind in (AccountKind.STATION_RECEIVABLE, AccountKind.TOPUP_FUNDING))
         assert totals[station] == balance
+
+
+def test_clearing_groups_alike_whether_or_not_the_owner_ids_pack_into_one_number():
+    """group_sums sorts (station, movement, channel) packed into a uint64;
+    ids too large to pack take the slower path with the same sums."""
+    entries = np.zeros(5, dtype=JOURNAL_DTYPE)
+    entries["credit_kind"] = AccountKind.STATION_RECEIVABLE
+    entries["movement"] = Movement.PERSONAL
+    entries["amount"] = (100, 250, 7, 1_000, 3)
+    entries["credit_owner"] = (7, 7, 9, 7, 9)
+    entries["debit_kind"][3] = AccountKind.STATION_RECEIVABLE  # a transfer out of station 8 into 7
+    entries["debit_owner"][3] = 8
+    small = group_sums(entries)
+    assert small == {(7, Movement.PERSONAL, 0): (1_350, 0, 3), (8, Movement.PERSONAL, 0): (0, 1_000, 1),
+                     (9, Movement.PERSONAL, 0): (10, 0, 2)}
+    entries["credit_owner"] += 1 << 40
+    entries["debit_owner"][3] += 1 << 40
+    assert group_sums(entries) == {(station + (1 << 40), movement, channel): sums
+                                   for (station, movement, channel), sums in small.items()}
 
 
 # ------------------------------------------------------------------ export and CLI

