@@ -75,6 +75,25 @@ def test_changes_round_trip_and_compress(tmp_path):
     assert changes[0][3] == b"1" * 10_000
 
 
+def test_the_compiled_recording_writes_the_same_bytes_as_the_python_one():
+    from core.replication import changes, encoding
+
+    items = [(b"k1", b"v1"), (bytearray(b"k2"), bytearray(b"v" * 70_000)), (memoryview(b"k3"), b""), (b"k4", b"x")]
+    for record_change, record_puts in ((changes._record_change, changes._record_puts),
+                                       (encoding.record_change, encoding.record_puts)):
+        encoded = bytearray(b"\x01")
+        record_change(encoded, 3, changes.DELETE, b"gone")
+        record_change(encoded, 4, changes.PUT, bytearray(b"key"), memoryview(b"value"))
+        record_puts(encoded, 5, changes.PUT, items, 3)
+        with pytest.raises(ValueError):
+            record_change(encoded, 1, changes.PUT, b"k" * 70_000)
+        assert changes._decode_body(memoryview(encoded)[1:]) == [
+            (3, changes.DELETE, b"gone", b""), (4, changes.PUT, b"key", b"value"),
+            (5, changes.PUT, b"k1", b"v1"), (5, changes.PUT, b"k2", b"v" * 70_000), (5, changes.PUT, b"k3", b""),
+        ]
+    assert changes.record_puts is encoding.record_puts, "the recorder uses the compiled one"
+
+
 def test_a_follower_ends_equal_to_the_leader(tmp_path, nats_cluster, log_names):
     leader = node(tmp_path, "a", nats_cluster, log_names)
     follower = node(tmp_path, "b", nats_cluster, log_names)
@@ -180,3 +199,4 @@ def test_a_node_that_leads_again_trusts_no_record_kept_from_before(tmp_path, nat
     wait_for(lambda: follower.position >= log_position(store_a)[0], what="b to catch up")
     follower.stop()
     assert everything(store_a) == everything(store_b)
+

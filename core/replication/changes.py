@@ -51,6 +51,28 @@ COMPRESS_LEVEL = 1
 
 Change = tuple[int, int, bytes, bytes]
 _pack_header = CHANGE_HEADER.pack
+
+
+def _record_change(encoded: bytearray, db: int, kind: int, key, value=b""):
+    """Append one change to encoded (encoding.pyx's record_change, in Python)."""
+    if len(key) > KEY_BYTES_MAX:
+        raise ValueError(f"a key of {len(key)} bytes cannot be logged (at most {KEY_BYTES_MAX})")
+    encoded += _pack_header(db, kind, len(key), len(value))
+    encoded += key
+    encoded += value
+
+
+def _record_puts(encoded: bytearray, db: int, kind: int, items: list, count: int):
+    """Append a change for each of the first count (key, value) pairs of
+    items (encoding.pyx's record_puts, in Python)."""
+    for key, value in items[:count] if count < len(items) else items:
+        _record_change(encoded, db, kind, key, value)
+
+
+try:
+    from core.replication.encoding import record_change, record_puts
+except ImportError:  # not built (`make build`): the same bytes, slower
+    record_change, record_puts = _record_change, _record_puts
 _compressor = zstandard.ZstdCompressor(level=COMPRESS_LEVEL)
 _decompressor = zstandard.ZstdDecompressor()
 
@@ -89,12 +111,7 @@ class RecordingTxn:
         return _finish(self.encoded) if self.count else b""
 
     def record(self, db: int, kind: int, key, value=b""):
-        if len(key) > KEY_BYTES_MAX:
-            raise ValueError(f"a key of {len(key)} bytes cannot be logged (at most {KEY_BYTES_MAX})")
-        encoded = self.encoded
-        encoded += _pack_header(db, kind, len(key), len(value))
-        encoded += key
-        encoded += value
+        record_change(self.encoded, db, kind, key, value)
         self.count += 1
 
     def put(self, key, value, dupdata=True, overwrite=True, append=False, db=None):
@@ -162,15 +179,8 @@ class RecordingCursor:
         assert overwrite, "putmulti(overwrite=False) cannot say which items it stored"
         items = items if isinstance(items, list) else list(items)
         consumed, added = self.cursor.putmulti(items, dupdata=dupdata, overwrite=True, append=append)
-        txn, db = self._txn, self._db
-        encoded = txn.encoded
-        for key, value in items[:consumed] if consumed < len(items) else items:
-            if len(key) > KEY_BYTES_MAX:
-                raise ValueError(f"a key of {len(key)} bytes cannot be logged (at most {KEY_BYTES_MAX})")
-            encoded += _pack_header(db, PUT, len(key), len(value))
-            encoded += key
-            encoded += value
-        txn.count += consumed
+        record_puts(self._txn.encoded, self._db, PUT, items, consumed)
+        self._txn.count += consumed
         return consumed, added
 
     def replace(self, key, value):
@@ -205,11 +215,7 @@ def recording(txn, store: Store, index: dict | None = None) -> RecordingTxn:
 def encode_changes(changes: Iterable[Change]) -> bytes:
     encoded = bytearray()
     for db, kind, key, value in changes:
-        if len(key) > KEY_BYTES_MAX:
-            raise ValueError(f"a key of {len(key)} bytes cannot be logged (at most {KEY_BYTES_MAX})")
-        encoded += _pack_header(db, kind, len(key), len(value))
-        encoded += key
-        encoded += value
+        record_change(encoded, db, kind, key, value)
     return _finish(encoded)
 
 

@@ -1,0 +1,6 @@
+"""Stubs of the compiled core/replication/encoding.pyx."""
+
+def record_change(encoded: bytearray, db: int, kind: int, key: bytes | bytearray,
+                  value: bytes | bytearray = b"") -> None: ...
+def record_puts(encoded: bytearray, db: int, kind: int, items: list[tuple[bytes | bytearray, bytes | bytearray]],
+                count: int) -> None: ...
