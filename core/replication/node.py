@@ -250,7 +250,7 @@ class Replica:
             for index, pending in enumerate(pipelined):
                 position = self._pending_position(pending, index, len(pipelined))
         except BaseException:
-            self._needs_resync = True
+            self.abandoned(pipelined)
             raise
         if not self.lease.held():
             self._needs_resync = True
@@ -260,10 +260,14 @@ class Replica:
         self.position, self.position_time_ms = position, now_ms
 
     def abandoned(self, pipelined: list["PendingAppend"]):
-        """The transaction of these appends is aborted before `appended`:
-        some may still land, so read the log before the next write."""
-        if pipelined:
-            self._needs_resync = True
+        """The transaction of these appends is aborted: some may have
+        landed, so read the log before the next write."""
+        if not pipelined:
+            return
+        self._needs_resync = True
+        # Wait until none is still in flight: the read-back must see where
+        # the last of them landed, not race it.
+        concurrent.futures.wait([pending.future for pending in pipelined], self.settings.append_timeout_s + 1)
 
     def _pending_position(self, pending: "PendingAppend", index: int, count: int) -> int:
         """Where the pending append landed. The first of a transaction
