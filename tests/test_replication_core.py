@@ -3,6 +3,7 @@ every batch and change, a follower applies the log into its own LMDB and
 ends byte for byte equal; fencing and de-duplication as JetStream documents."""
 
 import asyncio
+import struct
 import time
 
 import pytest
@@ -92,6 +93,30 @@ def test_the_compiled_recording_writes_the_same_bytes_as_the_python_one():
             (5, changes.PUT, b"k1", b"v1"), (5, changes.PUT, b"k2", b"v" * 70_000), (5, changes.PUT, b"k3", b""),
         ]
     assert changes.record_puts is encoding.record_puts, "the recorder uses the compiled one"
+
+
+@pytest.mark.parametrize("apply_changes", ["python", "compiled"])
+def test_both_appliers_make_the_same_changes(tmp_path, apply_changes):
+    from core.replication import changes, encoding
+
+    apply_changes = changes._apply_body if apply_changes == "python" else encoding.apply_changes
+    store = open_store(str(tmp_path / "data"), MAP_SIZE)
+    handles = [store.dbs[name] for name in DATABASE_NAMES]
+    with store.env.begin(write=True) as txn:
+        txn.put(b"old", b"1", db=store.meta)
+        txn.put(b"c0", b"0", db=store.cards)
+    cards, meta = DATABASE_NAMES.index("cards"), DATABASE_NAMES.index("meta")
+    body = encode_changes([(cards, changes.PUT, b"c1", b"v1"), (cards, changes.PUT, b"c2", b"v" * 5_000),
+                           (meta, changes.DELETE, b"old", b""), (cards, changes.CLEAR, b"", b""),
+                           (cards, changes.PUT, b"c3", b"")])
+    with store.env.begin(write=True) as txn:
+        apply_changes(txn, handles, changes._body_of(body))
+    with store.env.begin() as txn:
+        assert list(txn.cursor(db=store.cards)) == [(b"c3", b"")]
+        assert txn.get(b"old", db=store.meta) is None
+    for broken in (b"\x01\x02\x01\x05\x00\x00\x00\x00\x00k", b"\x01\x02\x01"):
+        with pytest.raises((ValueError, struct.error)), store.env.begin(write=True) as txn:
+            apply_changes(txn, handles, changes._body_of(broken))
 
 
 def test_a_follower_ends_equal_to_the_leader(tmp_path, nats_cluster, log_names):

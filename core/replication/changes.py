@@ -29,6 +29,7 @@ millisecond per MB) when that saves space, flagged in the version byte.
 """
 
 import struct
+import threading
 from collections.abc import Iterable
 
 import zstandard
@@ -69,12 +70,24 @@ def _record_puts(encoded: bytearray, db: int, kind: int, items: list, count: int
         _record_change(encoded, db, kind, key, value)
 
 
-try:
-    from core.replication.encoding import record_change, record_puts
-except ImportError:  # not built (`make build`): the same bytes, slower
-    record_change, record_puts = _record_change, _record_puts
-_compressor = zstandard.ZstdCompressor(level=COMPRESS_LEVEL)
-_decompressor = zstandard.ZstdDecompressor()
+# A zstd context must not be used by two threads at once: the leader
+# compresses on its NATS thread, a follower decompresses on its replica
+# thread while the events relay reads entries on another.
+_contexts = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    compressor = getattr(_contexts, "compressor", None)
+    if compressor is None:
+        compressor = _contexts.compressor = zstandard.ZstdCompressor(level=COMPRESS_LEVEL)
+    return compressor
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    decompressor = getattr(_contexts, "decompressor", None)
+    if decompressor is None:
+        decompressor = _contexts.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
 
 
 class RecordingTxn:
@@ -221,7 +234,7 @@ def encode_changes(changes: Iterable[Change]) -> bytes:
 
 def _finish(body: bytearray) -> bytes:
     if len(body) >= COMPRESS_BYTES_MIN:
-        packed = _compressor.compress(body)
+        packed = _compressor().compress(body)
         if len(packed) < len(body):
             return bytes((VERSION | COMPRESSED,)) + packed
     return bytes((VERSION,)) + body
@@ -237,7 +250,7 @@ def _body_of(data: bytes):
     version = data[0] & ~COMPRESSED
     if version != VERSION:
         raise ValueError(f"log entry version {version}: this node reads version {VERSION} (upgrade it)")
-    return _decompressor.decompress(data[1:]) if data[0] & COMPRESSED else memoryview(data)[1:]
+    return _decompressor().decompress(data[1:]) if data[0] & COMPRESSED else memoryview(data)[1:]
 
 
 def _decode_body(body) -> list[Change]:
@@ -264,8 +277,12 @@ def apply_entry(txn, store: Store, data: bytes):
     changes in between). Runs of puts into one database go through one
     cursor (putmulti): the leader's kernel wrote them in key order, so each
     finds its page next to the last."""
-    handles = [store.dbs[name] for name in DATABASE_NAMES]
-    view = memoryview(_body_of(data))
+    apply_changes(txn, [store.dbs[name] for name in DATABASE_NAMES], _body_of(data))
+
+
+def _apply_body(txn, handles: list, body):
+    """apply_entry's loop over a body (encoding.pyx's apply_changes, in Python)."""
+    view = memoryview(body)
     unpack, size, end = CHANGE_HEADER.unpack_from, CHANGE_HEADER.size, len(view)
     offset, run, run_db = 0, [], -1
     while offset < end:
@@ -302,3 +319,9 @@ def _put_run(txn, handles, db: int, run: list):
     if run:
         with txn.cursor(db=handles[db]) as cursor:
             cursor.putmulti(run)
+
+
+try:
+    from core.replication.encoding import apply_changes, record_change, record_puts
+except ImportError:  # not built (`make build`): the same work, slower
+    record_change, record_puts, apply_changes = _record_change, _record_puts, _apply_body
