@@ -26,6 +26,9 @@ Encoding: VERSION (u8), then for each change
 little-endian; a CLEAR has empty key and value. The whole is compressed
 with zstd (level 1: about 15x smaller on kernel records, about a
 millisecond per MB) when that saves space, flagged in the version byte.
+The hot loops (recording a putmulti, applying an entry) are compiled in
+encoding.pyx; the plain-Python `_record_change`, `_record_puts` and
+`_apply_body` here write and read the same bytes when it is not built.
 """
 
 import struct

@@ -21,6 +21,13 @@ leaves the entry in the log only: the node replays it on restart. An append
 whose outcome is unknown (no answer) aborts the transaction and makes the
 leader read the log before its next write, so it never writes past an entry
 it has not applied.
+
+Pipelined (the group commit's kernel batches, `append_started` and
+`appended`): while batch N's append awaits the quorum, the writer runs
+batch N+1 in the same open transaction and appends it with the expected
+sequence N's + 1 and N's msg id as Nats-Expected-Last-Msg-Id (so it can
+only land right after N); the transaction commits once both are
+acknowledged, and only then are N's and N+1's clients answered.
 """
 
 import concurrent.futures
