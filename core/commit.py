@@ -82,6 +82,9 @@ def clock_ms() -> int:
 CHANGES_PER_BATCH_MAX = 64
 # A replicated leader's batches in one write transaction, each its own log
 # entry, the later ones appended while the earlier ones await the quorum.
+# Measured (bench e2e --compare-replicated, stream, 1,500 in flight): 2 gave
+# replicated_ratio 0.728, 3 gave 0.718 in the next run: no better, and each
+# more batch delays the first one's answers by a kernel run.
 PIPELINED_BATCHES_MAX = 2
 
 
