@@ -28,7 +28,7 @@ $(INSTALLED): requirements.txt
 # kernel in place, maps `tally.v1` to proto/tally/v1, and installs the
 # `tally` command and the tally.channels entry points into the venv. The
 # pinned requirements are already there: no build isolation, no deps.
-$(PACKAGE): $(INSTALLED) core/kernel.pyx core/kernel.pxd server/fastpay.pyx setup.py pyproject.toml
+$(PACKAGE): $(INSTALLED) core/kernel.pyx core/kernel.pxd core/replication/encoding.pyx server/fastpay.pyx setup.py pyproject.toml
 	rm -f "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tally-proto.pth"
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@

@@ -46,6 +46,13 @@ extensions = [
     ),
     # Pay's hot path above the kernel (issue 20): it cimports the record
     # structs of core/kernel.pxd.
+    # The leader's recording of changes (issue 17): keeps the format of
+    # core/replication/changes.py.
+    Extension(
+        "core.replication.encoding",
+        ["core/replication/encoding.pyx"],
+        extra_compile_args=["-O2"],
+    ),
     Extension(
         "server.fastpay",
         ["server/fastpay.pyx"],

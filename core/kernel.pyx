@@ -853,6 +853,9 @@ cdef class Kernel:
     # that transaction is known to have committed (0 until then).
     cdef uint64_t batch_txn_id
     cdef uint64_t committed_txn_id
+    # The same id while that transaction stays open for one more batch
+    # (0 otherwise): see batch_continues.
+    cdef uint64_t continued_txn_id
 
     def __init__(self):
         self.name = "cython"
@@ -864,16 +867,29 @@ cdef class Kernel:
         if txn_id == self.batch_txn_id:
             self.committed_txn_id = txn_id
 
+    def batch_continues(self, uint64_t txn_id):
+        """The last batch's write transaction `txn_id` stays open and the
+        very next batch runs in it (a replicated leader's pipelined appends,
+        core/commit.py): the records the last batch left hold for it, as
+        they would after a commit. Call it right before that next batch."""
+        if txn_id == self.batch_txn_id:
+            self.continued_txn_id = txn_id
+
     cdef _Records records_for(self, txn, store):
         """The records of the previous batch if they still hold, else none."""
         cdef _Records records = self.records
         cdef uint64_t committed = self.committed_txn_id
+        cdef uint64_t continued = self.continued_txn_id
+        cdef uint64_t txn_id = <uint64_t>txn.id()
         # Until this batch commits, nothing of it may be trusted.
         self.records = None
         self.committed_txn_id = 0
+        self.continued_txn_id = 0
         self.batch_txn_id = 0
-        if (records is None or store is not self.records_store or committed == 0
-                or <uint64_t>txn.id() != committed + 1 or records.count() > KERNEL_RECORDS_CACHED_MAX):
+        cdef bint holding = ((continued != 0 and txn_id == continued)
+                             or (committed != 0 and txn_id == committed + 1))
+        if (records is None or store is not self.records_store or not holding
+                or records.count() > KERNEL_RECORDS_CACHED_MAX):
             records = _Records(store)
         records.begin(txn)
         return records

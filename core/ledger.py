@@ -122,6 +122,33 @@ class Ledger:
         self.kernel.batch_committed(txn_id)
         return results
 
+    def apply_pipelined(self, batches: Iterator[bytes], now_ms: int, day: int, log) -> list[bytes]:
+        """The leader's batches one after another in one write transaction,
+        each appended to the log as soon as the kernel is done with it (log:
+        a core.replication Replica), the next one running while its quorum
+        ack is outstanding; the transaction commits once every append is
+        acknowledged. Returns each batch's results. `batches` is asked for
+        the next one only after the last one's append started. If anything
+        raises, the transaction is aborted, and the log is read back before
+        the next write (some appends may have landed)."""
+        results, pipelined = [], []
+        try:
+            with self.store.env.begin(write=True) as txn:
+                for ops in batches:
+                    if results:
+                        self.kernel.batch_continues(txn.id())
+                    recorder = self.recording(txn)
+                    results.append(self.kernel.apply_batch(recorder, self.store, ops, now_ms, day))
+                    if recorder.count:
+                        pipelined.append(log.append_started(recorder, pipelined))
+                log.appended(txn, pipelined)
+                txn_id = txn.id()
+        except BaseException:
+            log.abandoned(pipelined)
+            raise
+        self.kernel.batch_committed(txn_id)
+        return results
+
     def recording(self, txn):
         """`txn` wrapped so that what it changes can be logged."""
         if self._database_index is None:

@@ -245,6 +245,9 @@ class ReferenceKernel:
     def batch_committed(self, txn_id: int):
         """Nothing to do: this kernel keeps nothing between batches."""
 
+    def batch_continues(self, txn_id: int):
+        """Nothing to do: this kernel keeps nothing between batches."""
+
     def apply_batch(self, txn, store, ops: bytes, now_ms: int, business_day: int) -> bytes:
         assert len(ops) % OP_SIZE == 0
         assert len(ops) // OP_SIZE <= limits.BATCH_SIZE_MAX

@@ -3,6 +3,7 @@ every batch and change, a follower applies the log into its own LMDB and
 ends byte for byte equal; fencing and de-duplication as JetStream documents."""
 
 import asyncio
+import struct
 import time
 
 import pytest
@@ -73,6 +74,49 @@ def test_changes_round_trip_and_compress(tmp_path):
     assert decode_changes(encode_changes(changes)) == changes
     assert [change[1:3] for change in changes] == [(1, b"a"), (1, b"b"), (2, b"a"), (1, b"k1"), (1, b"k2")]
     assert changes[0][3] == b"1" * 10_000
+
+
+def test_the_compiled_recording_writes_the_same_bytes_as_the_python_one():
+    from core.replication import changes, encoding
+
+    items = [(b"k1", b"v1"), (bytearray(b"k2"), bytearray(b"v" * 70_000)), (memoryview(b"k3"), b""), (b"k4", b"x")]
+    for record_change, record_puts in ((changes._record_change, changes._record_puts),
+                                       (encoding.record_change, encoding.record_puts)):
+        encoded = bytearray(b"\x01")
+        record_change(encoded, 3, changes.DELETE, b"gone")
+        record_change(encoded, 4, changes.PUT, bytearray(b"key"), memoryview(b"value"))
+        record_puts(encoded, 5, changes.PUT, items, 3)
+        with pytest.raises(ValueError):
+            record_change(encoded, 1, changes.PUT, b"k" * 70_000)
+        assert changes._decode_body(memoryview(encoded)[1:]) == [
+            (3, changes.DELETE, b"gone", b""), (4, changes.PUT, b"key", b"value"),
+            (5, changes.PUT, b"k1", b"v1"), (5, changes.PUT, b"k2", b"v" * 70_000), (5, changes.PUT, b"k3", b""),
+        ]
+    assert changes.record_puts is encoding.record_puts, "the recorder uses the compiled one"
+
+
+@pytest.mark.parametrize("apply_changes", ["python", "compiled"])
+def test_both_appliers_make_the_same_changes(tmp_path, apply_changes):
+    from core.replication import changes, encoding
+
+    apply_changes = changes._apply_body if apply_changes == "python" else encoding.apply_changes
+    store = open_store(str(tmp_path / "data"), MAP_SIZE)
+    handles = [store.dbs[name] for name in DATABASE_NAMES]
+    with store.env.begin(write=True) as txn:
+        txn.put(b"old", b"1", db=store.meta)
+        txn.put(b"c0", b"0", db=store.cards)
+    cards, meta = DATABASE_NAMES.index("cards"), DATABASE_NAMES.index("meta")
+    body = encode_changes([(cards, changes.PUT, b"c1", b"v1"), (cards, changes.PUT, b"c2", b"v" * 5_000),
+                           (meta, changes.DELETE, b"old", b""), (cards, changes.CLEAR, b"", b""),
+                           (cards, changes.PUT, b"c3", b"")])
+    with store.env.begin(write=True) as txn:
+        apply_changes(txn, handles, changes._body_of(body))
+    with store.env.begin() as txn:
+        assert list(txn.cursor(db=store.cards)) == [(b"c3", b"")]
+        assert txn.get(b"old", db=store.meta) is None
+    for broken in (b"\x01\x02\x01\x05\x00\x00\x00\x00\x00k", b"\x01\x02\x01"):
+        with pytest.raises((ValueError, struct.error)), store.env.begin(write=True) as txn:
+            apply_changes(txn, handles, changes._body_of(broken))
 
 
 def test_a_follower_ends_equal_to_the_leader(tmp_path, nats_cluster, log_names):
@@ -180,3 +224,73 @@ def test_a_node_that_leads_again_trusts_no_record_kept_from_before(tmp_path, nat
     wait_for(lambda: follower.position >= log_position(store_a)[0], what="b to catch up")
     follower.stop()
     assert everything(store_a) == everything(store_b)
+
+
+def test_a_pipelined_append_after_a_foreign_entry_is_refused(nats_cluster, log_names):
+    """An append started while the one before it is unacknowledged names
+    that one's msg id: if the one before was refused and another writer's
+    entry took its place, the sequence alone would match, the msg id does not."""
+    log = ReplicationLog(nats_cluster.url, LogNames(log_names["stream"], log_names["subject"]))
+    log.connect()
+    assert log.append(b"one", 0, "id-1", "changes", "x") == 1
+    first = log.append_started(lambda: b"two", 1, "id-2", "changes", "x", previous_msg_id="id-1")
+    second = log.append_started(lambda: b"three", 2, "id-3", "changes", "x", previous_msg_id="id-2")
+    assert first.result(5) == (2, b"two") and second.result(5) == (3, b"three"), "both in flight, both stored"
+    with pytest.raises(LogFenced):
+        log.append(b"mine", 2, "id-4", "changes", "x")  # refused: another writer is past 2
+    assert log.append(b"foreign", 3, "id-f", "changes", "y") == 4
+    with pytest.raises(LogFenced):
+        log.append_started(lambda: b"after mine", 4, "id-5", "changes", "x", previous_msg_id="id-4").result(5)
+    assert [entry.data for entry in log.read(1)] == [b"one", b"two", b"three", b"foreign"]
+    log.close()
+
+
+def test_pipelined_batches_end_as_on_a_single_node(tmp_path, nats_cluster, log_names):
+    """Small batches, so that the leader pipelines them (several batches in
+    one transaction, the kernel keeping its records from one to the next):
+    the leader's and the follower's books equal a single node's that ran
+    the same operations at the same clock."""
+    leader = node(tmp_path, "a", nats_cluster, log_names)
+    follower = node(tmp_path, "b", nats_cluster, log_names)
+    leader.start("127.0.0.1:1")
+    wait_for(lambda: leader.role is Role.LEADER, what="the first node to lead")
+    follower.start("127.0.0.1:2")
+    single = open_store(str(tmp_path / "single"), MAP_SIZE)
+    pays = [Op(kind=OpKind.PAY, terminal_id=2, station_id=1, serial=serial, card_id=9, amount=7, plan_flags=2,
+               fingerprint=serial.to_bytes(16, "big")) for serial in range(1, 1_601)]
+
+    class Counting:
+        """The kernel, counting the batches that ran in their
+        predecessor's transaction."""
+
+        def __init__(self):
+            self.kernel, self.continued = load_kernel("cython"), 0
+
+        def __getattr__(self, name):
+            return getattr(self.kernel, name)
+
+        def batch_continues(self, txn_id):
+            self.continued += 1
+            self.kernel.batch_continues(txn_id)
+
+    kernel = Counting()
+
+    async def drive(store, replica):
+        committer = GroupCommitter(Ledger(store, kernel), log=replica, batch_size_max=40,
+                                   clock=lambda: 1_700_000_000_000)
+        committer.start()
+        await committer.submit(Op(kind=OpKind.OPEN_CARD, card_id=9, card_status=2))
+        results = await asyncio.gather(*(committer.submit(topup(serial)) for serial in range(1, 1_001)))
+        results += await asyncio.gather(*(committer.submit(pay) for pay in pays))
+        committer.stop()
+        return [result.code for result in results]
+
+    codes = asyncio.run(drive(leader.store, leader))
+    assert codes == asyncio.run(drive(single, None))
+    assert codes.count(ResultCode.APPROVED) == 1_000 + 10_000 // 7, "the card drained exactly, not past zero"
+    assert leader.position == 2 + (1_000 + 1_600) // 40, "one log entry per batch (and the LEADER and OPEN_CARD ones)"
+    assert kernel.continued > 10, "batches were pipelined"
+    wait_for(lambda: follower.position == leader.position, what="the follower to catch up")
+    assert everything(follower.store) == everything(leader.store) == everything(single)
+    follower.stop()
+    leader.stop()

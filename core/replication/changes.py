@@ -26,9 +26,13 @@ Encoding: VERSION (u8), then for each change
 little-endian; a CLEAR has empty key and value. The whole is compressed
 with zstd (level 1: about 15x smaller on kernel records, about a
 millisecond per MB) when that saves space, flagged in the version byte.
+The hot loops (recording a putmulti, applying an entry) are compiled in
+encoding.pyx; the plain-Python `_record_change`, `_record_puts` and
+`_apply_body` here write and read the same bytes when it is not built.
 """
 
 import struct
+import threading
 from collections.abc import Iterable
 
 import zstandard
@@ -51,8 +55,42 @@ COMPRESS_LEVEL = 1
 
 Change = tuple[int, int, bytes, bytes]
 _pack_header = CHANGE_HEADER.pack
-_compressor = zstandard.ZstdCompressor(level=COMPRESS_LEVEL)
-_decompressor = zstandard.ZstdDecompressor()
+
+
+def _record_change(encoded: bytearray, db: int, kind: int, key, value=b""):
+    """Append one change to encoded (encoding.pyx's record_change, in Python)."""
+    if len(key) > KEY_BYTES_MAX:
+        raise ValueError(f"a key of {len(key)} bytes cannot be logged (at most {KEY_BYTES_MAX})")
+    encoded += _pack_header(db, kind, len(key), len(value))
+    encoded += key
+    encoded += value
+
+
+def _record_puts(encoded: bytearray, db: int, kind: int, items: list, count: int):
+    """Append a change for each of the first count (key, value) pairs of
+    items (encoding.pyx's record_puts, in Python)."""
+    for key, value in items[:count] if count < len(items) else items:
+        _record_change(encoded, db, kind, key, value)
+
+
+# A zstd context must not be used by two threads at once: the leader
+# compresses on its NATS thread, a follower decompresses on its replica
+# thread while the events relay reads entries on another.
+_contexts = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    compressor = getattr(_contexts, "compressor", None)
+    if compressor is None:
+        compressor = _contexts.compressor = zstandard.ZstdCompressor(level=COMPRESS_LEVEL)
+    return compressor
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    decompressor = getattr(_contexts, "decompressor", None)
+    if decompressor is None:
+        decompressor = _contexts.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
 
 
 class RecordingTxn:
@@ -89,12 +127,7 @@ class RecordingTxn:
         return _finish(self.encoded) if self.count else b""
 
     def record(self, db: int, kind: int, key, value=b""):
-        if len(key) > KEY_BYTES_MAX:
-            raise ValueError(f"a key of {len(key)} bytes cannot be logged (at most {KEY_BYTES_MAX})")
-        encoded = self.encoded
-        encoded += _pack_header(db, kind, len(key), len(value))
-        encoded += key
-        encoded += value
+        record_change(self.encoded, db, kind, key, value)
         self.count += 1
 
     def put(self, key, value, dupdata=True, overwrite=True, append=False, db=None):
@@ -162,15 +195,8 @@ class RecordingCursor:
         assert overwrite, "putmulti(overwrite=False) cannot say which items it stored"
         items = items if isinstance(items, list) else list(items)
         consumed, added = self.cursor.putmulti(items, dupdata=dupdata, overwrite=True, append=append)
-        txn, db = self._txn, self._db
-        encoded = txn.encoded
-        for key, value in items[:consumed] if consumed < len(items) else items:
-            if len(key) > KEY_BYTES_MAX:
-                raise ValueError(f"a key of {len(key)} bytes cannot be logged (at most {KEY_BYTES_MAX})")
-            encoded += _pack_header(db, PUT, len(key), len(value))
-            encoded += key
-            encoded += value
-        txn.count += consumed
+        record_puts(self._txn.encoded, self._db, PUT, items, consumed)
+        self._txn.count += consumed
         return consumed, added
 
     def replace(self, key, value):
@@ -205,17 +231,13 @@ def recording(txn, store: Store, index: dict | None = None) -> RecordingTxn:
 def encode_changes(changes: Iterable[Change]) -> bytes:
     encoded = bytearray()
     for db, kind, key, value in changes:
-        if len(key) > KEY_BYTES_MAX:
-            raise ValueError(f"a key of {len(key)} bytes cannot be logged (at most {KEY_BYTES_MAX})")
-        encoded += _pack_header(db, kind, len(key), len(value))
-        encoded += key
-        encoded += value
+        record_change(encoded, db, kind, key, value)
     return _finish(encoded)
 
 
 def _finish(body: bytearray) -> bytes:
     if len(body) >= COMPRESS_BYTES_MIN:
-        packed = _compressor.compress(body)
+        packed = _compressor().compress(body)
         if len(packed) < len(body):
             return bytes((VERSION | COMPRESSED,)) + packed
     return bytes((VERSION,)) + body
@@ -231,7 +253,7 @@ def _body_of(data: bytes):
     version = data[0] & ~COMPRESSED
     if version != VERSION:
         raise ValueError(f"log entry version {version}: this node reads version {VERSION} (upgrade it)")
-    return _decompressor.decompress(data[1:]) if data[0] & COMPRESSED else memoryview(data)[1:]
+    return _decompressor().decompress(data[1:]) if data[0] & COMPRESSED else memoryview(data)[1:]
 
 
 def _decode_body(body) -> list[Change]:
@@ -258,8 +280,12 @@ def apply_entry(txn, store: Store, data: bytes):
     changes in between). Runs of puts into one database go through one
     cursor (putmulti): the leader's kernel wrote them in key order, so each
     finds its page next to the last."""
-    handles = [store.dbs[name] for name in DATABASE_NAMES]
-    view = memoryview(_body_of(data))
+    apply_changes(txn, [store.dbs[name] for name in DATABASE_NAMES], _body_of(data))
+
+
+def _apply_body(txn, handles: list, body):
+    """apply_entry's loop over a body (encoding.pyx's apply_changes, in Python)."""
+    view = memoryview(body)
     unpack, size, end = CHANGE_HEADER.unpack_from, CHANGE_HEADER.size, len(view)
     offset, run, run_db = 0, [], -1
     while offset < end:
@@ -296,3 +322,9 @@ def _put_run(txn, handles, db: int, run: list):
     if run:
         with txn.cursor(db=handles[db]) as cursor:
             cursor.putmulti(run)
+
+
+try:
+    from core.replication.encoding import apply_changes, record_change, record_puts
+except ImportError:  # not built (`make build`): the same work, slower
+    record_change, record_puts, apply_changes = _record_change, _record_puts, _apply_body

@@ -19,6 +19,7 @@ or no answer in time; the entry may or may not be stored).
 """
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import threading
@@ -29,7 +30,7 @@ from typing import TypeVar
 
 import msgspec
 
-from core.replication.errors import LogFenced, LogTrimmed, LogUnavailable
+from core.replication.errors import EntryTooLarge, LogFenced, LogTrimmed, LogUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,10 @@ T = TypeVar("T")
 STREAM_DEFAULT = "TALLY_LOG"
 SUBJECT_DEFAULT = "tally.log"
 REPLICAS_DEFAULT = 3
-# JetStream's answer to a stale Nats-Expected-Last-Sequence.
+# JetStream's answer to a stale Nats-Expected-Last-Sequence, and to a
+# Nats-Expected-Last-Msg-Id that is not the last entry's.
 WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_MSG_ID = 10070
 # A request to NATS that has not answered in this time has failed (the
 # entry of an append may still have been stored: see append).
 REQUEST_TIMEOUT_S = 2.0
@@ -222,6 +225,35 @@ class ReplicationLog:
         except TimeoutError:
             raise LogUnavailable(f"no answer to an append within {timeout_s:g} s") from None
 
+    def append_started(self, make_data: Callable[[], bytes], expected_last: int, msg_id: str, kind: str, node: str,
+                       previous_msg_id: str = "", timeout_s: float = REQUEST_TIMEOUT_S) -> concurrent.futures.Future:
+        """`append`, without waiting: the entry's bytes are made on the NATS
+        thread (make_data: compression off the caller's thread) and
+        published there; the future gives (position, bytes) or raises what
+        `append` raises, EntryTooLarge too.
+
+        previous_msg_id: the msg id the entry at expected_last must have
+        (Nats-Expected-Last-Msg-Id). An append started while the one before
+        it is unacknowledged needs it: if the one before was refused and
+        another writer's entry took its place, the sequence alone would
+        match and this entry would land after a foreign one."""
+        headers = {
+            "Nats-Expected-Last-Sequence": str(expected_last),
+            "Nats-Msg-Id": msg_id,
+            KIND_HEADER: kind,
+            NODE_HEADER: node,
+        }
+        if previous_msg_id:
+            headers["Nats-Expected-Last-Msg-Id"] = previous_msg_id
+
+        async def run():
+            data = make_data()
+            if len(data) > self.max_payload:
+                raise EntryTooLarge(len(data), self.max_payload)
+            return await self._publish(data, headers, timeout_s), data
+
+        return asyncio.run_coroutine_threadsafe(run(), self.thread.loop)
+
     async def _publish(self, data: bytes, headers: dict, timeout_s: float) -> int:
         from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
         from nats.js.errors import APIError, NoStreamResponseError
@@ -231,6 +263,9 @@ class ReplicationLog:
         except APIError as error:
             if error.err_code == WRONG_LAST_SEQUENCE:
                 raise LogFenced(f"the log is past {headers['Nats-Expected-Last-Sequence']}") from None
+            if error.err_code == WRONG_LAST_MSG_ID:
+                raise LogFenced(f"entry {headers['Nats-Expected-Last-Sequence']} is not "
+                                f"{headers.get('Nats-Expected-Last-Msg-Id')}") from None
             raise LogUnavailable(f"append refused: {error.description or error}") from None
         except (NatsTimeout, asyncio.TimeoutError, NoRespondersError, NoStreamResponseError) as error:
             raise LogUnavailable(f"append: {type(error).__name__}") from None

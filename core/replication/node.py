@@ -21,8 +21,16 @@ leaves the entry in the log only: the node replays it on restart. An append
 whose outcome is unknown (no answer) aborts the transaction and makes the
 leader read the log before its next write, so it never writes past an entry
 it has not applied.
+
+Pipelined (the group commit's kernel batches, `append_started` and
+`appended`): while batch N's append awaits the quorum, the writer runs
+batch N+1 in the same open transaction and appends it with the expected
+sequence N's + 1 and N's msg id as Nats-Expected-Last-Msg-Id (so it can
+only land right after N); the transaction commits once both are
+acknowledged, and only then are N's and N+1's clients answered.
 """
 
+import concurrent.futures
 import enum
 import logging
 import threading
@@ -215,10 +223,88 @@ class Replica:
         applier.put_position(txn, self.store, position, now_ms)
         self.position, self.position_time_ms = position, now_ms
 
-    def _append(self, data: bytes, kind: str) -> int:
+    def append_started(self, recorder, pipelined: list["PendingAppend"]) -> "PendingAppend":
+        """Inside the writer's open write transaction: start appending its
+        latest batch's changes (recorder) after the `pipelined` appends
+        started in it before, without waiting for any quorum ack; the
+        writer runs the next batch meanwhile, and `appended` waits for them
+        all before the commit. The leader is the only writer, so each
+        entry's position is known: position + 1 + len(pipelined)."""
+        self.check_writable()
+        previous = pipelined[-1].msg_id if pipelined else ""
+        expected = self.position + len(pipelined)
+        pending = PendingAppend(expected, uuid.uuid4().hex)
+
+        def make_data() -> bytes:  # on the NATS thread
+            pending.data = recorder.payload()
+            return pending.data
+
+        pending.future = self.log.append_started(make_data, expected, pending.msg_id, applier.CHANGES,
+                                                 self.settings.node_id, previous)
+        pending.future.add_done_callback(pending.answered)
+        return pending
+
+    def appended(self, txn, pipelined: list["PendingAppend"]):
+        """Wait for the appends `append_started` began in txn, then check
+        the lease and put the last one's position into txn: `commit_changes`
+        for several entries. Raises as commit_changes does; then the caller
+        aborts txn, and whatever of it reached the log is read back before
+        the next write (resync)."""
+        if not pipelined:
+            return
+        position = self.position
+        try:
+            for index, pending in enumerate(pipelined):
+                position = self._pending_position(pending, index, len(pipelined))
+        except BaseException:
+            self.abandoned(pipelined)
+            raise
+        if not self.lease.held():
+            self._needs_resync = True
+            raise NotLeader(self.leader_address, self.leader_node, "the lease lapsed during the append")
+        now_ms = time.time_ns() // 1_000_000
+        applier.put_position(txn, self.store, position, now_ms)
+        self.position, self.position_time_ms = position, now_ms
+
+    def abandoned(self, pipelined: list["PendingAppend"]):
+        """The transaction of these appends is aborted: some may have
+        landed, so read the log before the next write."""
+        if not pipelined:
+            return
+        self._needs_resync = True
+        # Wait until none is still in flight: the read-back must see where
+        # the last of them landed, not race it.
+        concurrent.futures.wait([pending.future for pending in pipelined], self.settings.append_timeout_s + 1)
+
+    def _pending_position(self, pending: "PendingAppend", index: int, count: int) -> int:
+        """Where the pending append landed. The first of a transaction
+        fenced: another node writes, step down. A lone append that got no
+        answer: retried as `_append` does. Any other failure fails the
+        transaction (resync tells a foreign entry from a lost answer)."""
+        try:
+            stored, data = pending.future.result(self.settings.append_timeout_s + 1)
+        except LogFenced:
+            if index == 0:
+                self._step_down("another node appended to the log")
+            raise
+        except LogUnavailable:
+            if count != 1 or not self.lease.held():
+                raise
+            data = pending.data
+            stored = self._append(data, applier.CHANGES, pending.msg_id)
+        except concurrent.futures.TimeoutError:
+            pending.future.cancel()
+            raise LogUnavailable("no answer to an append in time") from None
+        if stored != pending.expected_last + 1:
+            raise LogFenced(f"the append landed at {stored}, not {pending.expected_last + 1}")
+        if self.on_append is not None:
+            self.on_append((pending.answered_at or time.perf_counter()) - pending.started, len(data))
+        return stored
+
+    def _append(self, data: bytes, kind: str, msg_id: str = "") -> int:
         """Append at position + 1, retrying the same entry (same Nats-Msg-Id)
         while the log does not answer and the lease holds."""
-        msg_id = uuid.uuid4().hex
+        msg_id = msg_id or uuid.uuid4().hex
         deadline = time.monotonic() + self.settings.append_timeout_s
         while True:
             try:
@@ -389,6 +475,26 @@ class Replica:
         log.error("cannot follow the log: %s", why)
         self.refused = why
         self._stopping.wait(TRIMMED_REPORT_INTERVAL_S)
+
+
+class PendingAppend:
+    """An append started and not yet waited for (Replica.append_started)."""
+
+    __slots__ = ("expected_last", "msg_id", "started", "answered_at", "future", "data")
+
+    def __init__(self, expected_last: int, msg_id: str):
+        self.expected_last = expected_last
+        self.msg_id = msg_id
+        self.started = time.perf_counter()
+        self.future: concurrent.futures.Future | None = None
+        # When the quorum ack (or a failure) came: the writer may be busy
+        # with the next batch then, and learn it later.
+        self.answered_at = 0.0
+        # The entry's bytes, once the NATS thread made them.
+        self.data = b""
+
+    def answered(self, future):
+        self.answered_at = time.perf_counter()
 
 
 def _own_entry(position: int, kind: str, node: str, data: bytes):
