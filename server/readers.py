@@ -44,7 +44,7 @@ from tally.v1 import report_pb2
 
 READER_PROCESSES = 1
 # Like the console's process (server/console/__main__.py): payments first.
-NICENESS = 10
+NICENESS = 19
 
 # ---------------------------------------------------------------- the reader's side
 # The state of one reader process, set by _start_reader.

@@ -32,7 +32,7 @@ SHUTDOWN_GRACE_S = 5
 CONCURRENT_CONNECTIONS_MAX = 256
 SERVER_READY_TIMEOUT_S = 30.0
 # The console yields the CPU to payments: pages may wait, sales should not.
-NICENESS = 10
+NICENESS = 19
 
 
 def parse_args(argv, prog: str = PROG) -> argparse.Namespace:
