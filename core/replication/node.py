@@ -214,14 +214,7 @@ class Replica:
         position = self._append(data, applier.CHANGES)
         if self.on_append is not None:
             self.on_append(time.perf_counter() - started, len(data))
-        if not self.lease.held():
-            # Stored and acknowledged, but the lease ran out meanwhile: answer
-            # nobody from here; this node applies the entry as a follower.
-            self._needs_resync = True
-            raise NotLeader(self.leader_address, self.leader_node, "the lease lapsed during the append")
-        now_ms = time.time_ns() // 1_000_000
-        applier.put_position(txn, self.store, position, now_ms)
-        self.position, self.position_time_ms = position, now_ms
+        self._appended_at(txn, position)
 
     def append_started(self, recorder, pipelined: list["PendingAppend"]) -> "PendingAppend":
         """Inside the writer's open write transaction: start appending its
@@ -259,6 +252,13 @@ class Replica:
         except BaseException:
             self.abandoned(pipelined)
             raise
+        self._appended_at(txn, position)
+
+    def _appended_at(self, txn, position: int):
+        """After the quorum acknowledged entries up to `position`: the lease
+        must still be held (else the entries are stored and acknowledged, but
+        nobody is answered from here: this node applies them as a follower),
+        and the position goes into txn."""
         if not self.lease.held():
             self._needs_resync = True
             raise NotLeader(self.leader_address, self.leader_node, "the lease lapsed during the append")
