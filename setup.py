@@ -44,8 +44,6 @@ extensions = [
         ["core/kernel.pyx"],
         extra_compile_args=["-O2"],
     ),
-    # Pay's hot path above the kernel (issue 20): it cimports the record
-    # structs of core/kernel.pxd.
     # The leader's recording of changes (issue 17): keeps the format of
     # core/replication/changes.py.
     Extension(
@@ -53,6 +51,8 @@ extensions = [
         ["core/replication/encoding.pyx"],
         extra_compile_args=["-O2"],
     ),
+    # Pay's hot path above the kernel (issue 20): it cimports the record
+    # structs of core/kernel.pxd.
     Extension(
         "server.fastpay",
         ["server/fastpay.pyx"],
