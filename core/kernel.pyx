@@ -277,20 +277,37 @@ cdef struct CardMemo:
     CardRec* card             # NULL: not looked up through this slot yet
     PyObject* card_holder     # the bytearray holding it, owned by _Records.cards
     bint card_dirty           # already in this batch's cards_dirty
+    uint64_t batch            # the _Records batch its dirty flags belong to
     AccountMemo accounts[CARD_ACCOUNT_KINDS]  # record NULL: not looked up yet
     PyObject* lot_days        # the card's list in _Records.lot_days, or NULL
 
 
-cdef inline CardMemo* card_memo_slot(CardMemo* memo, uint64_t card_id) noexcept:
-    return &memo[(card_id * <uint64_t>0x9E3779B97F4A7C15) >> (64 - CARD_MEMO_SLOTS_LOG2)]
+cdef inline Py_ssize_t card_memo_index(uint64_t card_id) noexcept:
+    return <Py_ssize_t>((card_id * <uint64_t>0x9E3779B97F4A7C15) >> (64 - CARD_MEMO_SLOTS_LOG2))
 
 
-cdef inline CardMemo* claimed_card_memo(CardMemo* memo, uint64_t card_id) noexcept:
+cdef inline CardMemo* card_memo_slot(CardMemo* memo, uint64_t card_id, uint64_t batch) noexcept:
+    """The card's slot, its dirty flags cleared when they were set by an
+    earlier batch: a slot is reset when first touched in a batch, not all
+    32,768 of them at each batch's start (4 MB swept per batch, which a
+    small batch paid in full)."""
+    cdef CardMemo* slot = &memo[card_memo_index(card_id)]
+    cdef int k
+    if slot.batch != batch:
+        slot.batch = batch
+        slot.card_dirty = False
+        for k in range(CARD_ACCOUNT_KINDS):
+            slot.accounts[k].dirty = False
+    return slot
+
+
+cdef inline CardMemo* claimed_card_memo(CardMemo* memo, uint64_t card_id, uint64_t batch) noexcept:
     """The card's slot, emptied first if another card held it."""
-    cdef CardMemo* slot = card_memo_slot(memo, card_id)
+    cdef CardMemo* slot = card_memo_slot(memo, card_id, batch)
     if slot.card_id != card_id:
         memset(slot, 0, sizeof(CardMemo))
         slot.card_id = card_id
+        slot.batch = batch
     return slot
 
 
@@ -329,7 +346,7 @@ def record_sizes():
 
 def card_memo_slot_of(uint64_t card_id):
     """The card memo slot of a card, for the test of cards sharing one."""
-    return card_memo_slot(NULL, card_id) - <CardMemo*>NULL
+    return card_memo_index(card_id)
 
 
 # ------------------------------------------------------------ keys
@@ -1009,6 +1026,8 @@ cdef class _Records:
     # Pointers into the records of accounts, cards and lot_days, whose entries
     # are never removed or replaced by a record (see CardMemo); calloc'd.
     cdef CardMemo* card_memo
+    # Counts the batches begun: a slot's dirty flags hold for this one only.
+    cdef uint64_t batch
 
     def __cinit__(self, store):
         self.card_memo = <CardMemo*>calloc(CARD_MEMO_SLOTS, sizeof(CardMemo))
@@ -1033,13 +1052,8 @@ cdef class _Records:
     cdef begin(self, txn):
         for table in self.tables():
             (<_Table>table).txn = txn
-        # A new batch has written nothing yet.
-        cdef Py_ssize_t i
-        cdef int k
-        for i in range(CARD_MEMO_SLOTS):
-            self.card_memo[i].card_dirty = False
-            for k in range(CARD_ACCOUNT_KINDS):
-                self.card_memo[i].accounts[k].dirty = False
+        # A new batch has written nothing yet (card_memo_slot).
+        self.batch += 1
 
     cdef tuple tables(self):
         return (self.point_lots, self.closed_lots, self.lot_expiry, self.members, self.gifts, self.gift_counts)
@@ -1072,6 +1086,7 @@ cdef class _Batch:
     cdef AccountMemo account_memo[ACCOUNT_MEMO_SLOTS]
     # The _Records' card memo: cards and their accounts and lot days
     cdef CardMemo* card_memo
+    cdef uint64_t card_memo_batch
     cdef object shifts_db, day_ends_db, card_domains_db, station_domains_db
     cdef object counters_db, txn_counters_db, packet_shares_db
     # terminal id -> ShiftState (0: never signed on), read once per batch
@@ -1142,6 +1157,7 @@ cdef class _Batch:
         self.request_tails = records.request_tails
         self.lot_days = records.lot_days
         self.card_memo = records.card_memo
+        self.card_memo_batch = records.batch
         self.shifts_db = store.shifts
         self.day_ends_db = store.day_ends
         self.card_domains_db = store.card_domains
@@ -1246,7 +1262,7 @@ cdef class _Batch:
         return record
 
     cdef CardRec* load_card(self, uint64_t card_id) except? NULL:
-        cdef CardMemo* memo = card_memo_slot(self.card_memo, card_id)
+        cdef CardMemo* memo = card_memo_slot(self.card_memo, card_id, self.card_memo_batch)
         if memo.card_id == card_id and memo.card != NULL:
             return memo.card
         cdef bytearray record = self.fetch(self.cards, self.cards_db, u64_key(card_id))
@@ -1255,14 +1271,14 @@ cdef class _Batch:
         return self.remember_card(card_id, record, False)
 
     cdef CardRec* remember_card(self, uint64_t card_id, bytearray record, bint dirty) noexcept:
-        cdef CardMemo* memo = claimed_card_memo(self.card_memo, card_id)
+        cdef CardMemo* memo = claimed_card_memo(self.card_memo, card_id, self.card_memo_batch)
         memo.card = <CardRec*>PyByteArray_AS_STRING(record)
         memo.card_holder = <PyObject*>record
         memo.card_dirty = dirty
         return memo.card
 
     cdef CardRec* card_for_write(self, uint64_t card_id) except NULL:
-        cdef CardMemo* memo = card_memo_slot(self.card_memo, card_id)
+        cdef CardMemo* memo = card_memo_slot(self.card_memo, card_id, self.card_memo_batch)
         cdef bytes key
         if memo.card_id == card_id and memo.card != NULL:
             if not memo.card_dirty:
@@ -1280,7 +1296,7 @@ cdef class _Batch:
         cdef int index = card_account_index(kind)
         cdef CardMemo* card_memo
         if index >= 0:
-            card_memo = card_memo_slot(self.card_memo, owner)
+            card_memo = card_memo_slot(self.card_memo, owner, self.card_memo_batch)
             if card_memo.card_id == owner and card_memo.accounts[index].record != NULL:
                 return &card_memo.accounts[index]
             return NULL
@@ -1293,7 +1309,7 @@ cdef class _Batch:
         cdef int index = card_account_index(kind)
         cdef AccountMemo* memo
         if index >= 0:
-            memo = &claimed_card_memo(self.card_memo, owner).accounts[index]
+            memo = &claimed_card_memo(self.card_memo, owner, self.card_memo_batch).accounts[index]
         else:
             memo = &self.account_memo[account_memo_slot(kind, owner)]
         memo.record = <AccountRec*>PyByteArray_AS_STRING(record)
@@ -1637,12 +1653,12 @@ cdef class _Batch:
         """The expiry days of the card's lots in point_lots, ascending, read
         from LMDB once (then kept, see _Records). Every change to those lots
         goes through this list (and the point_lots table), so it stays exact."""
-        cdef CardMemo* memo = card_memo_slot(self.card_memo, card_id)
+        cdef CardMemo* memo = card_memo_slot(self.card_memo, card_id, self.card_memo_batch)
         if memo.card_id == card_id and memo.lot_days != NULL:
             return <list>memo.lot_days
         cdef PyObject* cached = PyDict_GetItem(self.lot_days, card_id)
         if cached != NULL:
-            claimed_card_memo(self.card_memo, card_id).lot_days = cached
+            claimed_card_memo(self.card_memo, card_id, self.card_memo_batch).lot_days = cached
             return <list>cached
         cdef bytes prefix = u64_key(card_id)
         cdef list days = []
@@ -1655,7 +1671,7 @@ cdef class _Batch:
                 self.point_lots.remember(key, value)
         cursor.close()
         self.lot_days[card_id] = days
-        claimed_card_memo(self.card_memo, card_id).lot_days = <PyObject*>days
+        claimed_card_memo(self.card_memo, card_id, self.card_memo_batch).lot_days = <PyObject*>days
         return days
 
     cdef LotRec* newest_lot(self, uint64_t card_id, bint for_write) except NULL:
