@@ -251,7 +251,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, admin: Admin, committer: GroupCommitter | None = None):
         self.admin = admin
         self.committer = committer
-        self.hashes = HashGate(committer.payments_flowing if committer is not None else lambda: False)
+        self.hashes = HashGate(committer.payments_flowing) if committer is not None else HashGate()
 
     async def tell_kernel_station_domain(self, org: admin_pb2.Organisation):
         """A new station's application domain (its headquarters) goes to the

@@ -65,11 +65,12 @@ def _start_reader(path: str, map_size_bytes: int, niceness: int):
 
 
 def read_takings(day: int, today: int, stations: set[int] | None):
-    """(clearing lines of `day` at `stations`' (None: all), journal entries
-    read): today's from the running sums, a past day's cleared afresh."""
+    """(clearing lines of `day`, journal entries read): today's from the
+    running sums, at `stations` (None: all), a past day's cleared afresh,
+    all of them (the service keeps those the caller sees: clearing_lines)."""
     global _today
     if day != today:
-        return [line for line in clear_day(_store, day).lines if stations is None or line.station_id in stations], 0
+        return clear_day(_store, day).lines, 0
     if _today is None or _today.day != day:
         _today = RunningTakings(day)
     return _today.lines(_store, stations)

@@ -107,6 +107,21 @@ async def _wrap(make):
     return await make()
 
 
+def _append_headers(expected_last: int, msg_id: str, kind: str, node: str, previous_msg_id: str = "") -> dict:
+    """An append's headers: where it must land (after expected_last, and
+    after the entry previous_msg_id if given), its de-duplication id, and
+    what and whose it is."""
+    headers = {
+        "Nats-Expected-Last-Sequence": str(expected_last),
+        "Nats-Msg-Id": msg_id,
+        KIND_HEADER: kind,
+        NODE_HEADER: node,
+    }
+    if previous_msg_id:
+        headers["Nats-Expected-Last-Msg-Id"] = previous_msg_id
+    return headers
+
+
 class ReplicationLog:
     """The stream, through one NATS connection (see the module docstring)."""
 
@@ -214,12 +229,7 @@ class ReplicationLog:
         is past expected_last (another writer), LogUnavailable if no answer
         came: then the entry may have been stored, and a retry with the
         same msg_id answers its position without storing it twice."""
-        headers = {
-            "Nats-Expected-Last-Sequence": str(expected_last),
-            "Nats-Msg-Id": msg_id,
-            KIND_HEADER: kind,
-            NODE_HEADER: node,
-        }
+        headers = _append_headers(expected_last, msg_id, kind, node)
         try:
             return self.thread.call(lambda: self._publish(data, headers, timeout_s), timeout_s + 1)
         except TimeoutError:
@@ -237,14 +247,7 @@ class ReplicationLog:
         it is unacknowledged needs it: if the one before was refused and
         another writer's entry took its place, the sequence alone would
         match and this entry would land after a foreign one."""
-        headers = {
-            "Nats-Expected-Last-Sequence": str(expected_last),
-            "Nats-Msg-Id": msg_id,
-            KIND_HEADER: kind,
-            NODE_HEADER: node,
-        }
-        if previous_msg_id:
-            headers["Nats-Expected-Last-Msg-Id"] = previous_msg_id
+        headers = _append_headers(expected_last, msg_id, kind, node, previous_msg_id)
 
         async def run():
             data = make_data()

@@ -241,17 +241,13 @@ class Replica:
         """Wait for the appends `append_started` began in txn, then check
         the lease and put the last one's position into txn: `commit_changes`
         for several entries. Raises as commit_changes does; then the caller
-        aborts txn, and whatever of it reached the log is read back before
-        the next write (resync)."""
+        aborts txn and calls `abandoned` (Ledger.apply_pipelined), so that
+        whatever of it reached the log is read back before the next write."""
         if not pipelined:
             return
         position = self.position
-        try:
-            for index, pending in enumerate(pipelined):
-                position = self._pending_position(pending, index, len(pipelined))
-        except BaseException:
-            self.abandoned(pipelined)
-            raise
+        for index, pending in enumerate(pipelined):
+            position = self._pending_position(pending, index, len(pipelined))
         self._appended_at(txn, position)
 
     def _appended_at(self, txn, position: int):
