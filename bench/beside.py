@@ -23,6 +23,13 @@ class BesideLoad:
         self._interval_s = None if rate_per_s is None else 1.0 / rate_per_s
         self._next_call_s = time.monotonic()
 
+    @classmethod
+    def prepare(cls, data_dir: str) -> dict:
+        """Before each run, while the server is stopped: what the load
+        needs in the data directory; the keyword arguments it is then made
+        with."""
+        return {}
+
     def start(self) -> "BesideLoad":
         for _ in range(self.clients):
             thread = threading.Thread(target=self.one_client, daemon=True)

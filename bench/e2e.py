@@ -69,7 +69,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import charts, promotions_load
 from bench.back_office_load import BackOfficeLoad
-from bench.login_flood import LoginFlood
+from bench.login_flood import KnownUserLoginFlood, LoginFlood
 from bench.gateway_client import GatewayStream, OperationError
 from bench.replicated import ReplicatedExtras
 from core.store import transactions_in_directory
@@ -102,9 +102,11 @@ DATA_RATIO_TARGET = 0.9
 REPLICATED_RATIO_TARGET = 0.7
 # What server/admin_service.py logs when it installs the interceptor.
 # --beside KIND: another load run beside Pay in the variant runs, and the most
-# it may raise Pay's p99 by: a login flood (issue 15: 1.2), back-office
-# writes (issue 16: "unchanged", read as within the run's own noise, 1.1).
-BESIDE_LOADS = {"login-flood": (LoginFlood, 1.2), "back-office": (BackOfficeLoad, 1.1)}
+# it may raise Pay's p99 by: a login flood, of unknown or of existing users
+# (issue 15: 1.2), back-office writes (issue 16: "unchanged", read as within
+# the run's own noise, 1.1).
+BESIDE_LOADS = {"login-flood": (LoginFlood, 1.2), "login-flood-known": (KnownUserLoginFlood, 1.2),
+                "back-office": (BackOfficeLoad, 1.1)}
 BESIDE_CLIENTS_DEFAULT = 16
 BESIDE_CLIENTS_MAX = 256
 BESIDE_RATE_MAX = 100_000.0
@@ -597,16 +599,16 @@ def server_command(target: str, address: str, parameters: Parameters, data_dir: 
 
 
 def run_target(target: str, parameters: Parameters, data_dir: str, log_path: str,
-               auth: TerminalAuth | None = None, beside: str | None = None,
-               beside_clients: int = 0) -> tuple[TargetReport, Measured]:
-    """One server, one load. beside: another load (BESIDE_LOADS) of that
-    many clients runs against the server for the whole run (warm-up included)."""
+               auth: TerminalAuth | None = None, beside=None) -> tuple[TargetReport, Measured]:
+    """One server, one load. beside: given the server's address, another
+    load (a BesideLoad) that runs against it for the whole run (warm-up
+    included)."""
     address = f"127.0.0.1:{free_port()}"
     process = start_server(server_command(target, address, parameters, data_dir, auth), log_path)
     other = None
     try:
         wait_until_serving(process, address, log_path)
-        other = BESIDE_LOADS[beside][0](address, beside_clients, parameters.beside_rate_per_s).start() if beside else None
+        other = beside(address).start() if beside is not None else None
         measured = drive_load(address, parameters, fund_cards=(target == "pay"), server_pid=process.pid,
                               secrets=auth.secrets if auth is not None else ())
     finally:
@@ -1236,8 +1238,15 @@ def run_with_and_without_auth(parameters: Parameters, data_dir: str, work_dir: s
 
 def run_with_and_without_beside(parameters: Parameters, data_dir: str, work_dir: str) -> tuple:
     """(plain Pay, Pay with the --beside load beside it)."""
+    load_class = BESIDE_LOADS[parameters.beside][0]
+
     def run_beside(half: Parameters, log_path: str):
-        return run_target("pay", half, data_dir, log_path, beside=parameters.beside, beside_clients=parameters.beside_clients)
+        prepared = load_class.prepare(data_dir)  # before the server opens the directory
+
+        def beside(address: str):
+            return load_class(address, half.beside_clients, half.beside_rate_per_s, **prepared)
+
+        return run_target("pay", half, data_dir, log_path, beside=beside)
 
     return run_alternating(parameters, data_dir, work_dir, "pay-beside-server", run_beside)
 

@@ -82,14 +82,15 @@ def admin_rpc(method):
 
 class HashGate:
     """Where password hashes run: one at a time, in one thread at the lowest
-    CPU priority, with at most WAITING_MAX callers waiting (the rest get
-    RESOURCE_EXHAUSTED at once). An argon2id hash takes 64 MiB and tens of
-    milliseconds of a core on purpose: without this a flood of logins took
-    the server from 70 to 464 MB and Pay's median from 7 to 36 ms.
+    CPU priority (nice 19), with at most WAITING_MAX callers waiting (the
+    rest get RESOURCE_EXHAUSTED at once). An argon2id hash takes 19 MiB and
+    tens of milliseconds of a core on purpose (core/admin/passwords.py):
+    without this a flood of logins took the server from 70 to 464 MB and
+    Pay's median from 7 to 36 ms.
 
     While payments flow (payments_flowing()), checks also start at most
     PAYING_CHECKS_PER_S a second, PAYING_CHECKS_BURST at once after a pause:
-    even at the lowest priority a hash's 64 MiB sweeps the caches the
+    even at the lowest priority a hash's memory sweeps the caches the
     payments run in, and with one thread at nice 19 a flood of wrong logins
     still got 2.7 hashes a second through and moved Pay's p99 x1.37 (issue
     15's target: 1.2). A quiet server checks as fast as the thread goes."""
@@ -131,7 +132,9 @@ class HashGate:
 
 def _lowest_priority():
     """Nice 19 for the calling thread alone (Linux: a thread id is a
-    process id for setpriority), so that hashing yields the CPU to payments."""
+    process id for setpriority), so that hashing yields the CPU to payments.
+    Not SCHED_IDLE: on a saturated machine that starved the thread for
+    seconds, and staff could not log in."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (OSError, AttributeError):

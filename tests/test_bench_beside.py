@@ -12,7 +12,7 @@ import pytest
 from tests.support import REPO
 
 
-@pytest.mark.parametrize("beside, said", [("login-flood", "wrong logins by 4 clients"),
+@pytest.mark.parametrize("beside, said", [("login-flood-known", "wrong logins by 4 clients"),
                                           ("back-office", "durable writes by 4 clients, 0 refused")])
 def test_e2e_measures_pay_with_another_load_beside_it_and_reports_the_p99_ratio(tmp_path, beside, said):
     report_path = tmp_path / "flood.json"

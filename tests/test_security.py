@@ -145,7 +145,7 @@ def test_ten_wrong_passwords_lock_a_user_until_an_administrator_unlocks_it(secur
 def test_a_login_flood_waits_or_is_refused_at_once(secure):
     """At most one password hash runs at a time and a bounded number wait:
     the rest are RESOURCE_EXHAUSTED (LOGINS_BUSY) at once, never queued
-    without bound (each hash takes 64 MiB)."""
+    without bound (each hash takes 19 MiB)."""
     process, _ = secure
     codes, lock = [], threading.Lock()
 
@@ -187,6 +187,50 @@ def test_password_checks_yield_to_flowing_payments_at_a_bounded_rate():
     assert starts[burst - 1] < interval_s, "the burst starts at once"
     assert starts[burst] >= interval_s * 0.99 and starts[burst + 1] >= 2 * interval_s * 0.99
     assert check_starts(False, burst + 2)[-1] < interval_s
+
+
+def test_an_unknown_username_waits_as_long_as_a_real_check_without_hashing(monkeypatch):
+    """A made-up name costs no argon2id (a flood of them costs no CPU) yet
+    is refused after a wait drawn from the recent real checks, so that it
+    cannot be told from a wrong password by time."""
+    from core.admin import passwords
+
+    monkeypatch.setattr(passwords, "_recent_check_s", passwords.collections.deque(maxlen=passwords.RECENT_CHECKS_KEPT))
+    monkeypatch.setattr(passwords, "_newest_check_at_s", float("-inf"))
+    known = passwords.hash_password("the right password")
+    assert not passwords.password_matches(known, "a wrong password")
+    (real_s,) = passwords._recent_check_s
+    cpu_before_s, started_s = time.thread_time(), time.monotonic()
+    assert not passwords.password_matches(None, "a wrong password")
+    waited_s, cpu_s = time.monotonic() - started_s, time.thread_time() - cpu_before_s
+    assert len(passwords._recent_check_s) == 1, "no real check ran for the unknown name"
+    assert waited_s >= real_s * 0.99 and cpu_s < real_s / 2
+
+
+def test_an_unknown_username_gets_a_real_check_when_none_is_recent(monkeypatch):
+    """The waits follow the server's load: with no real check within
+    RECENT_CHECKS_FRESH_S, an unknown name is checked against the dummy
+    hash (and that check's duration is kept)."""
+    from core.admin import passwords
+
+    monkeypatch.setattr(passwords, "_recent_check_s", passwords.collections.deque([0.001], maxlen=passwords.RECENT_CHECKS_KEPT))
+    monkeypatch.setattr(passwords, "_newest_check_at_s", time.monotonic() - passwords.RECENT_CHECKS_FRESH_S - 1)
+    assert not passwords.password_matches(None, "a wrong password")
+    assert len(passwords._recent_check_s) == 2 and passwords._recent_check_s[-1] > 0.001
+    assert passwords.password_matches(passwords.hash_password("the right password"), "the right password")
+
+
+def test_a_hash_of_the_earlier_profile_is_still_checked_and_marked_for_rehash():
+    """Users made before the 19 MiB profile log in as before and get the new
+    profile's hash at that login (needs_rehash)."""
+    from argon2 import PasswordHasher
+
+    from core.admin import passwords
+
+    earlier = PasswordHasher(time_cost=3, memory_cost=64 * 1024, parallelism=1).hash("the right password")
+    assert passwords.password_matches(earlier, "the right password")
+    assert not passwords.password_matches(earlier, "a wrong password")
+    assert passwords.needs_rehash(earlier) and not passwords.needs_rehash(passwords.hash_password("the right password"))
 
 
 def test_the_audit_chain_is_intact_after_the_attacks(secure):
