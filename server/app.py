@@ -10,7 +10,6 @@ Used by: server/__main__.py (`python -m server`), tests (in a subprocess).
 import asyncio
 import logging
 import signal
-import sys
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -91,16 +90,6 @@ def guards_for(settings: ServerSettings, store, master_key, admin: Admin) -> Gua
     return Guards(admin, terminal=terminal, partner=partner, back_office=settings.back_office_auth)
 
 
-# How long a thread may hold the GIL while another waits for it (Python's
-# default: 5 ms). The writer thread (core/commit.py) runs the kernel with the
-# GIL held; whenever the event loop lets go of it for a system call, the
-# writer takes it, and the loop then waited up to 5 ms for it back, for each
-# of its calls, while payments queued behind it (the convoy effect). At 0.5
-# ms, unary Pay at 1,500 in flight (bench e2e) ran at 0.85 of the echo
-# servicer against 0.68-0.70 at 5 ms and 0.74 at 1 ms (one run each on a
-# shared machine), with less server CPU per Pay (x1.21 of echo's against
-# x1.36-1.52 at 5 ms).
-GIL_SWITCH_INTERVAL_S = 0.0005
 WRITES_HEALTH_NAME = "tally.v1.Writes"
 STORE_WATCH_INTERVAL_S = 1.0
 
@@ -193,7 +182,6 @@ def follow(replica, address: str, health_servicer, on_promoted, relay=None):
 
 
 async def serve(settings: ServerSettings, demo: bool = False, ready=None):
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     heap.configure_malloc()
     answers.set_currency(settings.currency)
     store = open_store(settings.data_dir, settings.map_size_bytes, replicated=settings.replication is not None)
