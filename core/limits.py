@@ -30,17 +30,6 @@ QUEUE_LENGTH_MAX = 16384
 # that is not full. Short, since it adds to every answer's latency; long
 # enough to gather a burst the event loop read at once (see commit.py).
 BATCH_WAIT_MS_MAX = 1
-# How long it lingers in all while each BATCH_WAIT_MS_MAX brought more
-# requests: requests still arriving mean the event loop is busy reading
-# them (1,500 unary terminals), and each commit writes its B-tree branches
-# and meta page whatever its size. Measured there (bench e2e, unary, 1,500
-# in flight): batches of ~28 operations without lingering on, ~70 with it;
-# 5.2-7.3 KB written per Pay against 3.9 KB. Server CPU per Pay did not
-# change measurably: the writer's 40-50 us of CPU per Pay (the kernel alone
-# takes ~6 us in batches of 125) goes mostly to waiting for the GIL, ~27
-# context switches a batch. Nor did the answers' latency (avg 0.5-0.8 s,
-# spent in queues).
-BATCH_GATHER_MS_MAX = 20
 # Records the Cython kernel keeps in memory from one batch to the next
 # (cards, accounts, points lots, members, gifts): a few hundred bytes each
 # with their keys and dict slots, so on the order of 150 MB of heap at most.

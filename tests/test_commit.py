@@ -1,12 +1,10 @@
 """Group commit: bounded queue, batching, one failure fails alone."""
 
 import asyncio
-import time
 
 import pytest
 
-from core import limits
-from core.commit import GroupCommitter, KernelFailure, QueueFull, ShuttingDown, keep_lingering
+from core.commit import GroupCommitter, KernelFailure, QueueFull, ShuttingDown
 from core.records import Op
 from core.results import AccountKind, OpKind, ResultCode
 
@@ -151,26 +149,3 @@ def test_payments_flowing_says_whether_the_writer_took_operations_lately(cython_
         return before, after_change, after_operation
 
     assert asyncio.run(scenario()) == (False, False, True)
-
-
-def test_the_writer_lingers_on_only_while_requests_keep_arriving_and_the_gathering_time_lasts():
-    assert keep_lingering(queued_ops_before=3, queued_ops_now=5, now_s=10.0, gather_until_s=10.02)
-    assert not keep_lingering(queued_ops_before=5, queued_ops_now=5, now_s=10.0, gather_until_s=10.02), "a moment that brought nothing"
-    assert not keep_lingering(queued_ops_before=3, queued_ops_now=5, now_s=10.02, gather_until_s=10.02), "the gathering time is up"
-
-
-def test_a_lone_request_is_not_held_for_the_whole_gathering_time(cython_ledger):
-    """With nothing else arriving the writer commits after one moment
-    (BATCH_WAIT_MS_MAX), not after BATCH_GATHER_MS_MAX: a quiet server answers as fast as before."""
-    async def scenario():
-        committer = GroupCommitter(cython_ledger, batch_wait_ms=1, batch_gather_ms=limits.BATCH_GATHER_MS_MAX)
-        committer._loop = asyncio.get_running_loop()  # queue without a writer: the test lingers in its place
-        committer.submit(Op(kind=OpKind.OPEN_CARD, card_id=9, card_status=2))
-        with committer._ready:
-            started = time.monotonic()
-            committer._linger()
-            return time.monotonic() - started
-
-    lingered_s = asyncio.run(scenario())
-    assert lingered_s < limits.BATCH_GATHER_MS_MAX / 1000 * 0.75, f"lingered {lingered_s * 1000:.1f} ms"
-
