@@ -275,6 +275,7 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
             relay = EventRelay(replica.log, settings.events_stream)
         follow(replica, settings.advertise or f"{host}:{port}", health_servicer,
                lambda: take_over(settings, flow, committer, ledger, demo), relay)
+    heap.freeze_start_objects()
     # Tests and benchmarks read the bound port from this line (--listen HOST:0).
     # With --workers the supervisor says "serving on" once all workers listen.
     log.info("%s on %s:%d (kernel: %s, data: %s)", "worker listening" if settings.reuse_port else "serving",

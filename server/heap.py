@@ -1,9 +1,10 @@
 """Keeping the server's heap to what it uses.
 
-Owns: glibc malloc's settings for a long-running server, and the periodic
-malloc_trim.
-Used by: server/app.py (configure_malloc at start; a task handing free
-pages back every --heap-trim-interval seconds).
+Owns: glibc malloc's settings for a long-running server, the periodic
+malloc_trim, and keeping the objects made at start out of Python's cyclic
+collector (freeze_start_objects).
+Used by: server/app.py (configure_malloc at start, freeze_start_objects once
+serving; a task handing free pages back every --heap-trim-interval seconds).
 
 Why: the server's live memory is flat under load, but glibc keeps memory it
 once needed. A 30-minute soak showed it: bytes in use stayed near 22 MB
@@ -25,6 +26,7 @@ Only on glibc: elsewhere these functions do nothing.
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 
 log = logging.getLogger("tally.heap")
@@ -83,3 +85,16 @@ async def release_free_heap_every(interval_s: float):
     while True:
         await asyncio.sleep(interval_s)
         release_free_heap()
+
+
+def freeze_start_objects():
+    """Move every object alive now (modules, protobuf descriptors, the
+    services, the store's handles: all made at start and kept for the
+    process's life) out of the cyclic collector's generations. Every call
+    allocates tasks and futures, and each full collection they trigger
+    walked all of these again: 3% of the event loop's time in Python's
+    collector at 1,500 unary terminals (py-spy), against 0.5% in the echo
+    servicer, whose heap is small. Objects made later are collected as
+    before."""
+    gc.collect()
+    gc.freeze()

@@ -58,12 +58,14 @@ class PayLine:
         self.payments = payments
         self.committer = payments.committer
         self._tables: fastpay.Answers | None = None
+        self._tables_currency = None
 
     def tables(self) -> fastpay.Answers:
         """The answers' tables, with the currency set at the server's start."""
-        if self._tables is None or self._tables_currency != answers.currency():
-            self._tables_currency = answers.currency()
-            self._tables = fastpay.Answers(self._tables_currency)
+        currency = answers.currency()
+        if currency != self._tables_currency:
+            self._tables_currency = currency
+            self._tables = fastpay.Answers(currency)
         return self._tables
 
     def settings_at(self, station_id: int):

@@ -206,12 +206,14 @@ class Registrar:
         # single node's): straight away when no guard reads the call, or
         # once the terminal's MAC has verified over those very bytes.
         wire = getattr(getattr(inner, "__self__", None), WIRE_HANDLERS.get(method, ""), None) if stamp is None else None
+        # The guards are the server's from its start: whether they read a call
+        # of this RPC is decided once, not per call.
+        unguarded = wire is not None and guards.terminal is None and not guards.guarded(allowed)
 
         async def behaviour(body: bytes, context):
             started = time.perf_counter()
             request, found = None, None
             try:
-                unguarded = wire is not None and guards.terminal is None and not guards.guarded(allowed)
                 if unguarded:
                     found = await wire(body)
                 if found is None:

@@ -79,3 +79,22 @@ def test_configured_malloc_returns_freed_batch_buffers_where_the_default_keeps_t
     assert after_kib > before_kib * 9 // 10, (before_kib, after_kib)
     before_kib, after_kib = rss_after_batch_buffers_kib("configured")
     assert before_kib > 100_000 and after_kib < before_kib // 4, (before_kib, after_kib)
+
+
+FREEZE = """
+import gc
+from server import heap
+
+made_at_start = [{"card": 1}]
+heap.freeze_start_objects()
+made_later = [{"card": 2}]
+tracked = gc.get_objects()
+print(any(item is made_at_start for item in tracked), any(item is made_later for item in tracked), gc.get_freeze_count() > 0)
+"""
+
+
+def test_objects_made_at_start_leave_the_collectors_generations_and_later_ones_stay():
+    """What the server does once serving (server/app.py): its start's
+    objects are no longer walked by each collection; a call's are."""
+    done = subprocess.run([sys.executable, "-c", FREEZE], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True", "True"]
