@@ -225,8 +225,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         seen = differences_seen(scope)
 
         filters = {"day": day, "channel": channel, "state": state, "domain": domain}
-        listed, open_count = await self.readers.run(read_differences, filters, limit, seen)
-        return settlement_pb2.ListDifferencesAnswer(differences=[difference_message(found) for found in listed], open=open_count)
+        return await self.readers.run(read_differences, filters, limit, seen)
 
     async def ResolveDifference(self, request, context):
         try:
