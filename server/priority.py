@@ -6,13 +6,15 @@ policy it sets. Used by: server/readers.py (each reader process as it
 starts), server/console/__main__.py (the console process).
 
 Why the kernel's idle class and not only nice 19: on Linux a nice 19 task
-still takes its slice of a core once the scheduler picks it, and a Pay
-thread woken by the network can wait behind it; with 2 cores and Pay's
-clients on them that wait showed in Pay's p99 (bench console: x1.32 with
-both helpers at nice 19). A SCHED_IDLE task gives the core up to any
-ordinary task that wakes, at once. Pages then wait while Pay keeps the
-cores busy, which is the order we want: a page may wait, a sale should not.
-nice 19 stays set as well, for kernels or containers that refuse the class.
+still gets a share of a busy core (weight 15 against a payment thread's
+1024) and, once picked, runs until the scheduler's next look; a
+SCHED_IDLE task (weight 3) gives the core up at once to any ordinary task
+that wakes, such as a Pay thread woken by the network. Pages then wait
+while Pay keeps the cores busy, which is the order we want: a page may
+wait, a sale should not. It cannot stop the helpers' work from sweeping
+the caches in the payments' gaps (as the README's login-flood bench found
+of password hashes at nice 19). nice 19 stays set as well, for kernels or
+containers that refuse the class.
 """
 
 import os
