@@ -212,34 +212,41 @@ def write_export(kind: int, day: int, stations, path: str):
 
 
 class Readers:
-    """The server's reader processes over `store`'s directory."""
+    """The server's reader processes over `store`'s directory: `processes`
+    for the reads a page waits for, and as many more, started on the first
+    of them, for the long reads (long_read=True: a day's files, clearing or
+    station totals, which read every transaction or journal entry of a day,
+    seconds to minutes on a busy network), so that a card's page or the
+    dashboard never waits behind an export."""
 
     def __init__(self, store: Store, processes: int = READER_PROCESSES):
         assert processes >= 1
         self.path = store.path
         self.map_size_bytes = store.env.info()["map_size"]
         self.processes = processes
-        self._pool: ProcessPoolExecutor | None = None
+        self._pools: dict[bool, ProcessPoolExecutor] = {}
 
-    def _started(self) -> ProcessPoolExecutor:
-        if self._pool is None:
+    def _started(self, long_read: bool) -> ProcessPoolExecutor:
+        pool = self._pools.get(long_read)
+        if pool is None:
             # spawn: the server has gRPC's threads, which a fork would copy half-alive.
-            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_reader,
-                                             initargs=(self.path, self.map_size_bytes))
-        return self._pool
+            pool = self._pools[long_read] = ProcessPoolExecutor(
+                self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_reader,
+                initargs=(self.path, self.map_size_bytes))
+        return pool
 
-    async def run(self, read, *args):
-        """read(*args) in a reader process; a reader that died (killed, out
-        of memory) is replaced and the read tried once more."""
+    async def run(self, read, *args, long_read: bool = False):
+        """read(*args) in a reader process (one of the long reads' if
+        long_read); a reader that died (killed, out of memory) is replaced
+        and the read tried once more."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._started(), read, *args)
+            return await loop.run_in_executor(self._started(long_read), read, *args)
         except BrokenProcessPool:
-            self.close()
-            return await loop.run_in_executor(self._started(), read, *args)
+            self._pools.pop(long_read).shutdown(wait=False, cancel_futures=True)
+            return await loop.run_in_executor(self._started(long_read), read, *args)
 
     def close(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._pools.clear()

@@ -95,7 +95,9 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
         day = self._day(request.day)
         with self.store.env.begin() as txn:
             seen = self._seen(txn)
-        answer = await self.readers.run(read_takings_answer, day, self.today(), seen)
+        today = self.today()
+        # A past day is cleared afresh (clear_day): a long read.
+        answer = await self.readers.run(read_takings_answer, day, today, seen, long_read=day != today)
         answer.currency = answers.currency()
         return answer
 
@@ -117,7 +119,7 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
         day = self._day(request.day)
         with self.store.env.begin() as txn:
             require_visible(txn, self.store, staff_actor(), request.station_id, "station")
-        answer = await self.readers.run(read_station_day, request.station_id, day)
+        answer = await self.readers.run(read_station_day, request.station_id, day, long_read=True)
         answer.currency = answers.currency()
         return answer
 
@@ -135,7 +137,7 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
         with tempfile.TemporaryDirectory(prefix="tally-export-") as directory:
             path = os.path.join(directory, file_name)
             stations = None if seen is None else np.fromiter(sorted(seen), dtype=np.uint32)
-            await self.readers.run(write_export, request.kind, request.day, stations, path)
+            await self.readers.run(write_export, request.kind, request.day, stations, path, long_read=True)
             first = True
             with open(path, "rb") as file:
                 while True:

@@ -1,8 +1,9 @@
 """The server's reader processes (server/readers.py) over a real LMDB
 directory: they see what this process commits after they started, answer
 what the same reads in this process answer (takings, a card's page, a
-station's day with its shifts), yield the CPU to everything else, and a
-reader that dies is replaced. Who may ask for what is the services' to
+station's day with its shifts), yield the CPU to everything else, a
+long read (an export, a day's totals) has a process of its own that a
+page's read does not wait for, and a reader that dies is replaced. Who may ask for what is the services' to
 check: tests/test_report_service.py asks through a real server."""
 
 import asyncio
@@ -124,3 +125,27 @@ def test_a_cards_page_and_a_stations_day_read_in_a_reader_are_those_read_here(tm
     assert day.day == books.day and day.closed_through_day == 0 and not day.currency, "the service adds the currency"
     assert other_day.station.sales_count == 0 and not other_day.shifts and not other_day.terminals
     store.close()
+
+
+def test_a_long_read_runs_in_its_own_process_and_a_pages_read_does_not_wait_for_it(ledger):
+    async def scenario():
+        readers = Readers(ledger.store)
+        try:
+            short_pid = await readers.run(os.getpid)
+            long_pid = await readers.run(os.getpid, long_read=True)
+            assert len({short_pid, long_pid, os.getpid()}) == 3
+            if hasattr(os, "SCHED_IDLE"):
+                assert await readers.run(os.sched_getscheduler, 0, long_read=True) == os.SCHED_IDLE
+            long_read = asyncio.ensure_future(readers.run(time.sleep, 3, long_read=True))
+            await asyncio.sleep(0.2)
+            holds = await asyncio.wait_for(readers.run(read_open_holds, 0, None, 10), 2)
+            assert holds.count == 0 and not long_read.done(), "the page's read answered while the long one ran"
+            await long_read
+            os.kill(long_pid, signal.SIGKILL)
+            await asyncio.sleep(0.2)
+            assert await readers.run(os.getpid, long_read=True) not in (long_pid, short_pid)
+            assert await readers.run(os.getpid) == short_pid, "the pages' reader lives on"
+        finally:
+            readers.close()
+
+    asyncio.run(scenario())
