@@ -1,15 +1,17 @@
 """Reader processes: the back-office reads that take milliseconds, run off
 the server's GIL.
 
-Owns: Readers, a pool of READER_PROCESSES processes started on first use,
-each opening the server's LMDB directory read-only (LMDB readers in other
-processes see every committed write) at CPU priority NICENESS, and the
-reads they do: a day's takings (today's kept running in the reader, as
-core/settlement/takings.py keeps them), the open pre-authorizations, the
-settlement queue's differences, a day's clearing and files, a page of a
-card's transactions and a station's day with its shifts. A reader returns
-plain records (msgspec structs, protobuf messages, lists); the services
-build their answers from them.
+Owns: Readers, a pool of READER_PROCESSES processes started on first use
+(and another for the long reads, started on the first of them), each
+opening the server's LMDB directory read-only (LMDB readers in other
+processes see every committed write) at the lowest CPU priority
+(server/priority.py), and the reads they do: a day's takings (today's kept
+running in the reader, as core/settlement/takings.py keeps them), the open
+pre-authorizations, the settlement queue's differences, a day's clearing
+and files, a page of a card's transactions and a station's day with its
+shifts. A reader returns plain records (msgspec structs, protobuf
+messages, lists) or, where building it is a loop over many records, the
+answer itself; the services check the caller and add what is theirs.
 Used by: server/report_service.py, server/settlement_service.py;
 server/app.py starts nothing (the pool starts with the first read) and
 closes it at shutdown.
