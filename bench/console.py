@@ -291,8 +291,19 @@ class Browser:
         headers = {"cookie": self.cookie}
         if body is not None:
             headers["content-type"] = "application/x-www-form-urlencoded"
-        self.connection.request(method, path, body=body, headers=headers)
-        response = self.connection.getresponse()
+        try:
+            self.connection.request(method, path, body=body, headers=headers)
+            response = self.connection.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if method != "GET":
+                raise
+            # uvicorn closes a keep-alive connection idle for 5 s (the
+            # sessions of a ConsoleLoad wait for each other's logins, which
+            # take seconds on a busy machine); a browser opens another and
+            # asks again, and so does this one, once.
+            self.connection.close()
+            self.connection.request(method, path, body=body, headers=headers)
+            response = self.connection.getresponse()
         text = response.read().decode("utf-8", "replace")
         cookie = response.headers.get("set-cookie")
         if cookie:

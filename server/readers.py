@@ -1,14 +1,17 @@
 """Reader processes: the back-office reads that take milliseconds, run off
 the server's GIL.
 
-Owns: Readers, a pool of READER_PROCESSES processes started on first use,
-each opening the server's LMDB directory read-only (LMDB readers in other
-processes see every committed write) at CPU priority NICENESS, and the
-reads they do: a day's takings (today's kept running in the reader, as
-core/settlement/takings.py keeps them), the open pre-authorizations, the
-settlement queue's differences and the files of a day. A reader returns
-plain records (msgspec structs, protobuf messages, lists); the services
-build their answers from them.
+Owns: Readers, a pool of READER_PROCESSES processes started on first use
+(and another for the long reads, started on the first of them), each
+opening the server's LMDB directory read-only (LMDB readers in other
+processes see every committed write) at the lowest CPU priority
+(server/priority.py), and the reads they do: a day's takings (today's kept
+running in the reader, as core/settlement/takings.py keeps them), the open
+pre-authorizations, the settlement queue's differences, a day's clearing
+and files, a page of a card's transactions and a station's day with its
+shifts. A reader returns plain records (msgspec structs, protobuf
+messages, lists) or, where building it is a loop over many records, the
+answer itself; the services check the caller and add what is theirs.
 Used by: server/report_service.py, server/settlement_service.py;
 server/app.py starts nothing (the pool starts with the first read) and
 closes it at shutdown.
@@ -24,27 +27,30 @@ Python loop of a few microseconds an entry. In a thread of the server that
 loop held the server's GIL for tens of milliseconds per dashboard, and the
 event loop serving Pay gave the GIL up at each of its system calls and
 waited for it back: Pay's p99 tripled with the console in use (bench
-console). In a reader process the loop takes only CPU, at a lower priority
-than payments, so where cores are short a page waits, not a sale.
+console). In a reader process the loop takes only CPU, at the lowest
+priority (server/priority.py), so where cores are short a page waits, not
+a sale.
 """
 
 import asyncio
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from core.records import Txn, decode, parse_hold_expiry_key, u64_key
+from core import card_txns
+from core.records import Shift, Txn, decode, parse_hold_expiry_key, u32_key, u64_key
+from core.results import Channel, OpKind, TxnFlag, TxnState
 from core.settlement import queue
+from core.settlement import shifts as shift_totals
 from core.settlement.clearing import Clearing, clear_day
 from core.settlement.model import DifferenceState
 from core.settlement.takings import RunningTakings
 from core.store import Store, open_store, rows
-from tally.v1 import report_pb2
+from server.priority import below_payments
+from server.shift_service import totals_message
+from tally.v1 import report_pb2, settlement_pb2
 
 READER_PROCESSES = 1
-# Like the console's process (server/console/__main__.py): payments first.
-NICENESS = 19
 
 # ---------------------------------------------------------------- the reader's side
 # The state of one reader process, set by _start_reader.
@@ -52,28 +58,42 @@ _store: Store | None = None
 _today: RunningTakings | None = None
 
 
-def _start_reader(path: str, map_size_bytes: int, niceness: int):
+def _start_reader(path: str, map_size_bytes: int):
     from server.console.serve import die_with_parent
 
     global _store
     die_with_parent()  # a server killed leaves no reader behind
-    try:
-        os.nice(niceness)
-    except OSError:
-        pass  # still correct, only not yielding to payments
+    below_payments()  # like the console's process: payments first
     _store = open_store(path, map_size_bytes, readonly=True)
 
 
 def read_takings(day: int, today: int, stations: set[int] | None):
     """(clearing lines of `day`, journal entries read): today's from the
     running sums, at `stations` (None: all), a past day's cleared afresh,
-    all of them (the service keeps those the caller sees: clearing_lines)."""
+    all of them (read_takings_answer keeps those the caller sees)."""
     global _today
     if day != today:
         return clear_day(_store, day).lines, 0
     if _today is None or _today.day != day:
         _today = RunningTakings(day)
     return _today.lines(_store, stations)
+
+
+def clearing_lines(lines, seen) -> list[settlement_pb2.ClearingLine]:
+    return [settlement_pb2.ClearingLine(station_id=line.station_id, method=line.method, funded_by=line.funded_by,
+                                        in_minor=line.in_minor, out_minor=line.out_minor, net_minor=line.net_minor,
+                                        entries=line.entries)
+            for line in lines if seen is None or line.station_id in seen]
+
+
+def read_takings_answer(day: int, today: int, seen: set[int] | None) -> report_pb2.GetTakingsAnswer:
+    """The takings of `day` at the stations of `seen` (None: all) as the
+    answer (the service adds the currency): its hundred-odd lines built
+    here, not under the server's GIL."""
+    lines, read = read_takings(day, today, seen)
+    listed = clearing_lines(lines, seen)
+    return report_pb2.GetTakingsAnswer(day=day, lines=listed, net_minor=sum(line.net_minor for line in listed),
+                                       journal_entries=read)
 
 
 def read_open_holds(station_id: int, stations: set[int] | None, limit: int) -> report_pb2.ListOpenHoldsAnswer:
@@ -101,16 +121,75 @@ def read_open_holds(station_id: int, stations: set[int] | None, limit: int) -> r
     return answer
 
 
+def transaction_message(record: Txn) -> report_pb2.CardTransaction:
+    prefix = "held_" if record.state == TxnState.HELD else "posted_"
+    refunded = (record.refunded_fleet + record.refunded_personal + record.refunded_points_cash
+                + record.refunded_channel)
+    return report_pb2.CardTransaction(
+        txn_id=record.txn_id, kind=_name(OpKind, record.kind), state=_name(TxnState, record.state),
+        voided=bool(record.flags & TxnFlag.VOIDED), reversed=bool(record.flags & TxnFlag.REVERSED),
+        business_day=record.business_day, created_ms=record.created_ms, station_id=record.station_id,
+        terminal_id=record.terminal_id, operator_id=record.operator_id, amount_minor=record.amount,
+        fleet_minor=getattr(record, prefix + "fleet"), personal_minor=getattr(record, prefix + "personal"),
+        points_cash_minor=getattr(record, prefix + "points_cash"), points_used=getattr(record, prefix + "points_used"),
+        channel=record.channel if record.channel in set(Channel) else 0, channel_minor=getattr(record, prefix + "channel"),
+        refunded_minor=refunded, points_earned=record.points_earned - record.points_clawed_back,
+        ref_txn_id=record.ref_txn_id)
+
+
+def _name(enum_type, value: int) -> str:
+    try:
+        return enum_type(value).name
+    except ValueError:
+        return str(value)
+
+
+def read_card_transactions(card_id: int, before_txn_id: int, limit: int) -> report_pb2.ListCardTransactionsAnswer:
+    """A page of the card's transactions (core/card_txns.py), as the answer."""
+    with _store.env.begin() as txn:
+        found, more = card_txns.page(txn, _store, card_id, before_txn_id, limit)
+    return report_pb2.ListCardTransactionsAnswer(transactions=map(transaction_message, found), more=more)
+
+
+def read_station_day(station_id: int, day: int) -> report_pb2.GetStationDayAnswer:
+    """The station's totals of `day` (all, per terminal, per operator), the
+    day it closed through and each of its terminals' shift totals, as the
+    answer (the service adds the currency). A day's totals read every
+    transaction of the day: at ~20,000 sales a second, millions."""
+    with _store.env.begin() as txn:
+        closed = txn.get(u32_key(station_id), db=_store.day_ends)
+        station_shifts = [shift for shift in (decode(Shift, value) for _, value in rows(txn, _store.shifts))
+                          if shift.station_id == station_id]
+    totals = shift_totals.day_totals(_store, station_id, day)
+    answer = report_pb2.GetStationDayAnswer(
+        station_id=station_id, day=day, station=totals_message(totals.station),
+        closed_through_day=0 if closed is None else int.from_bytes(closed, "little"))
+    answer.terminals.extend(settlement_pb2.TerminalTotals(terminal_id=terminal_id, totals=totals_message(part))
+                            for terminal_id, part in sorted(totals.by_terminal.items()))
+    answer.operators.extend(settlement_pb2.OperatorTotals(operator_id=operator_id, totals=totals_message(part))
+                            for operator_id, part in sorted(totals.by_operator.items()))
+    for shift in sorted(station_shifts, key=lambda shift: shift.terminal_id):
+        answer.shifts.add(terminal_id=shift.terminal_id, shift_id=shift.shift_id, operator_id=shift.operator_id,
+                          opened_ms=shift.opened_ms, closed_ms=shift.closed_ms,
+                          totals=totals_message(shift_totals.shift_totals(_store, shift)))
+    return answer
+
+
 def read_clearing(day: int) -> Clearing:
     return clear_day(_store, day)
 
 
-def read_differences(filters: dict, limit: int, seen) -> tuple[list, int]:
-    """(the first `limit` differences matching `filters` that `seen`
-    accepts, how many open ones match them)."""
+def read_differences(filters: dict, limit: int, seen) -> settlement_pb2.ListDifferencesAnswer:
+    """The answer listing the first `limit` differences matching `filters`
+    that `seen` accepts, with how many open ones match them. Built here:
+    a queue page's hundred messages cost the server's GIL about a
+    millisecond to build, and one parse to receive."""
+    from server.settlement_service import difference_message
+
     listed = queue.differences(_store, **filters, limit=limit, seen=seen)
     open_filters = {**filters, "state": DifferenceState.OPEN}
-    return listed, len(queue.differences(_store, **open_filters, seen=seen))
+    return settlement_pb2.ListDifferencesAnswer(differences=map(difference_message, listed),
+                                                open=len(queue.differences(_store, **open_filters, seen=seen)))
 
 
 def write_export(kind: int, day: int, stations, path: str):
@@ -135,34 +214,41 @@ def write_export(kind: int, day: int, stations, path: str):
 
 
 class Readers:
-    """The server's reader processes over `store`'s directory."""
+    """The server's reader processes over `store`'s directory: `processes`
+    for the reads a page waits for, and as many more, started on the first
+    of them, for the long reads (long_read=True: a day's files, clearing or
+    station totals, which read every transaction or journal entry of a day,
+    seconds to minutes on a busy network), so that a card's page or the
+    dashboard never waits behind an export."""
 
     def __init__(self, store: Store, processes: int = READER_PROCESSES):
         assert processes >= 1
         self.path = store.path
         self.map_size_bytes = store.env.info()["map_size"]
         self.processes = processes
-        self._pool: ProcessPoolExecutor | None = None
+        self._pools: dict[bool, ProcessPoolExecutor] = {}
 
-    def _started(self) -> ProcessPoolExecutor:
-        if self._pool is None:
+    def _started(self, long_read: bool) -> ProcessPoolExecutor:
+        pool = self._pools.get(long_read)
+        if pool is None:
             # spawn: the server has gRPC's threads, which a fork would copy half-alive.
-            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_reader,
-                                             initargs=(self.path, self.map_size_bytes, NICENESS))
-        return self._pool
+            pool = self._pools[long_read] = ProcessPoolExecutor(
+                self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_reader,
+                initargs=(self.path, self.map_size_bytes))
+        return pool
 
-    async def run(self, read, *args):
-        """read(*args) in a reader process; a reader that died (killed, out
-        of memory) is replaced and the read tried once more."""
+    async def run(self, read, *args, long_read: bool = False):
+        """read(*args) in a reader process (one of the long reads' if
+        long_read); a reader that died (killed, out of memory) is replaced
+        and the read tried once more."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._started(), read, *args)
+            return await loop.run_in_executor(self._started(long_read), read, *args)
         except BrokenProcessPool:
-            self.close()
-            return await loop.run_in_executor(self._started(), read, *args)
+            self._pools.pop(long_read).shutdown(wait=False, cancel_futures=True)
+            return await loop.run_in_executor(self._started(long_read), read, *args)
 
     def close(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._pools.clear()

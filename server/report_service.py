@@ -5,9 +5,10 @@ a card's transactions (core/card_txns.py), a day's takings kept up to date
 (core/settlement/takings.py), the open pre-authorizations, a station's day
 and shifts so far (core/settlement/shifts.py), a day's files
 (core/settlement/export.py, report.py) and the store's health. Nothing
-here writes. The reads that grow with the books (takings, open holds,
-files) run in the server's reader processes (server/readers.py), the
-others in a worker thread; none on the event loop.
+here writes. The reads (a card's page, takings, open holds, a station's
+day, files) run in the server's reader processes (server/readers.py), off
+the GIL Pay's event loop needs; the store's health in a worker thread; none
+on the event loop.
 Used by: server/app.py; the web console (server/console/) calls it with the
 logged-in user's token like any client.
 
@@ -30,16 +31,13 @@ from core.admin.access import require_visible, subtree
 from core.commit import GroupCommitter
 from core.errors import InvalidInput, NotFound
 from core.ledger import Ledger, business_day
-from core.records import Shift, Txn, decode, u32_key
-from core.results import Channel, OpKind, TxnFlag, TxnState
-from core.settlement import shifts as shift_totals
-from core.store import entries, rows
+from core.store import entries
 from server import answers
-from server.readers import Readers, read_open_holds, read_takings, write_export
+from server.readers import (Readers, read_card_transactions, read_open_holds, read_station_day, read_takings_answer,
+                            write_export)
 from server.callers import staff_actor
 from server.scope import card_seen
-from server.shift_service import totals_message
-from tally.v1 import report_pb2, report_pb2_grpc, settlement_pb2
+from tally.v1 import report_pb2, report_pb2_grpc
 
 OPEN_HOLDS_LISTED_DEFAULT = 100
 OPEN_HOLDS_LISTED_MAX = 1000
@@ -51,36 +49,6 @@ EXPORT_FILES = {
     report_pb2.EXPORT_KIND_TAKINGS_CSV: ("takings-{date}.csv", "text/csv"),
     report_pb2.EXPORT_KIND_TAKINGS_PNG: ("takings-{date}.png", "image/png"),
 }
-
-
-def transaction_message(record: Txn) -> report_pb2.CardTransaction:
-    prefix = "held_" if record.state == TxnState.HELD else "posted_"
-    refunded = (record.refunded_fleet + record.refunded_personal + record.refunded_points_cash
-                + record.refunded_channel)
-    return report_pb2.CardTransaction(
-        txn_id=record.txn_id, kind=_name(OpKind, record.kind), state=_name(TxnState, record.state),
-        voided=bool(record.flags & TxnFlag.VOIDED), reversed=bool(record.flags & TxnFlag.REVERSED),
-        business_day=record.business_day, created_ms=record.created_ms, station_id=record.station_id,
-        terminal_id=record.terminal_id, operator_id=record.operator_id, amount_minor=record.amount,
-        fleet_minor=getattr(record, prefix + "fleet"), personal_minor=getattr(record, prefix + "personal"),
-        points_cash_minor=getattr(record, prefix + "points_cash"), points_used=getattr(record, prefix + "points_used"),
-        channel=record.channel if record.channel in set(Channel) else 0, channel_minor=getattr(record, prefix + "channel"),
-        refunded_minor=refunded, points_earned=record.points_earned - record.points_clawed_back,
-        ref_txn_id=record.ref_txn_id)
-
-
-def _name(enum_type, value: int) -> str:
-    try:
-        return enum_type(value).name
-    except ValueError:
-        return str(value)
-
-
-def clearing_lines(lines, seen) -> list[settlement_pb2.ClearingLine]:
-    return [settlement_pb2.ClearingLine(station_id=line.station_id, method=line.method, funded_by=line.funded_by,
-                                        in_minor=line.in_minor, out_minor=line.out_minor, net_minor=line.net_minor,
-                                        entries=line.entries)
-            for line in lines if seen is None or line.station_id in seen]
 
 
 class ReportService(report_pb2_grpc.ReportServiceServicer):
@@ -119,12 +87,7 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
         if not card_seen(self.store, request.card_id):
             raise NotFound(f"card {request.card_id} not found")
 
-        def read():
-            with self.store.env.begin() as txn:
-                return card_txns.page(txn, self.store, request.card_id, request.before_txn_id, limit)
-
-        found, more = await asyncio.to_thread(read)
-        return report_pb2.ListCardTransactionsAnswer(transactions=map(transaction_message, found), more=more)
+        return await self.readers.run(read_card_transactions, request.card_id, request.before_txn_id, limit)
 
     # ------------------------------------------------------------ takings and holds
 
@@ -132,10 +95,11 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
         day = self._day(request.day)
         with self.store.env.begin() as txn:
             seen = self._seen(txn)
-        lines, read = await self.readers.run(read_takings, day, self.today(), seen)
-        listed = clearing_lines(lines, seen)
-        return report_pb2.GetTakingsAnswer(day=day, lines=listed, net_minor=sum(line.net_minor for line in listed),
-                                           journal_entries=read, currency=answers.currency())
+        today = self.today()
+        # A past day is cleared afresh (clear_day): a long read.
+        answer = await self.readers.run(read_takings_answer, day, today, seen, long_read=day != today)
+        answer.currency = answers.currency()
+        return answer
 
     async def ListOpenHolds(self, request, context):
         if request.limit > OPEN_HOLDS_LISTED_MAX:
@@ -153,24 +117,10 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
 
     async def GetStationDay(self, request, context):
         day = self._day(request.day)
-        actor = staff_actor()
         with self.store.env.begin() as txn:
-            require_visible(txn, self.store, actor, request.station_id, "station")
-            closed = txn.get(u32_key(request.station_id), db=self.store.day_ends)
-            station_shifts = [shift for shift in (decode(Shift, value) for _, value in rows(txn, self.store.shifts))
-                              if shift.station_id == request.station_id]
-        totals = await asyncio.to_thread(shift_totals.day_totals, self.store, request.station_id, day)
-        answer = report_pb2.GetStationDayAnswer(
-            station_id=request.station_id, day=day, station=totals_message(totals.station),
-            closed_through_day=0 if closed is None else int.from_bytes(closed, "little"), currency=answers.currency())
-        answer.terminals.extend(settlement_pb2.TerminalTotals(terminal_id=terminal_id, totals=totals_message(part))
-                                for terminal_id, part in sorted(totals.by_terminal.items()))
-        answer.operators.extend(settlement_pb2.OperatorTotals(operator_id=operator_id, totals=totals_message(part))
-                                for operator_id, part in sorted(totals.by_operator.items()))
-        for shift in sorted(station_shifts, key=lambda shift: shift.terminal_id):
-            part = await asyncio.to_thread(shift_totals.shift_totals, self.store, shift)
-            answer.shifts.add(terminal_id=shift.terminal_id, shift_id=shift.shift_id, operator_id=shift.operator_id,
-                              opened_ms=shift.opened_ms, closed_ms=shift.closed_ms, totals=totals_message(part))
+            require_visible(txn, self.store, staff_actor(), request.station_id, "station")
+        answer = await self.readers.run(read_station_day, request.station_id, day, long_read=True)
+        answer.currency = answers.currency()
         return answer
 
     # ------------------------------------------------------------ files
@@ -187,7 +137,7 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
         with tempfile.TemporaryDirectory(prefix="tally-export-") as directory:
             path = os.path.join(directory, file_name)
             stations = None if seen is None else np.fromiter(sorted(seen), dtype=np.uint32)
-            await self.readers.run(write_export, request.kind, request.day, stations, path)
+            await self.readers.run(write_export, request.kind, request.day, stations, path, long_read=True)
             first = True
             with open(path, "rb") as file:
                 while True:

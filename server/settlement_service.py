@@ -225,8 +225,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         seen = differences_seen(scope)
 
         filters = {"day": day, "channel": channel, "state": state, "domain": domain}
-        listed, open_count = await self.readers.run(read_differences, filters, limit, seen)
-        return settlement_pb2.ListDifferencesAnswer(differences=[difference_message(found) for found in listed], open=open_count)
+        return await self.readers.run(read_differences, filters, limit, seen)
 
     async def ResolveDifference(self, request, context):
         try:
@@ -272,7 +271,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
 
     async def GetClearing(self, request, context):
         seen = self._stations_seen(request.org_id)
-        clearing = await self.readers.run(read_clearing, _day(request.day))
+        clearing = await self.readers.run(read_clearing, _day(request.day), long_read=True)
         lines = [line for line in clearing.lines if seen is None or seen(line.station_id)]
         discounts = [line for line in clearing.discounts if seen is None or seen(line.station_id)]
         return settlement_pb2.ClearingAnswer(

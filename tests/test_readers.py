@@ -1,7 +1,10 @@
 """The server's reader processes (server/readers.py) over a real LMDB
 directory: they see what this process commits after they started, answer
-what the same reads in this process answer, yield the CPU, and a reader
-that dies is replaced."""
+what the same reads in this process answer (takings, a card's page, a
+station's day with its shifts), yield the CPU to everything else, a
+long read (an export, a day's totals) has a process of its own that a
+page's read does not wait for, and a reader that dies is replaced. Who may ask for what is the services' to
+check: tests/test_report_service.py asks through a real server."""
 
 import asyncio
 import os
@@ -10,12 +13,19 @@ import time
 
 import pytest
 
+from core import card_txns
 from core.ledger import Ledger, business_day, load_kernel
 from core.records import Op
-from core.results import AccountKind, CardType, OpKind
+from core.results import AccountKind, CardType, OpKind, ResultCode
+from core.settlement import shifts as shift_totals
 from core.settlement.clearing import clear_day
 from core.store import open_store
-from server.readers import NICENESS, Readers, read_open_holds, read_takings
+from server.priority import NICENESS
+from server.readers import (Readers, read_card_transactions, read_open_holds, read_station_day, read_takings,
+                            transaction_message)
+from server.shift_service import totals_message
+from tally.v1 import report_pb2
+from tests.ledger_driver import Driver
 
 CARD = 4_100_000_000_000_001
 
@@ -63,13 +73,78 @@ def test_a_reader_runs_at_a_lower_priority_and_one_that_died_is_replaced(ledger)
     async def scenario():
         readers = Readers(ledger.store)
         try:
-            assert await readers.run(os.nice, 0) == min(os.nice(0) + NICENESS, 19)
+            assert await readers.run(os.nice, 0) == NICENESS
+            if hasattr(os, "SCHED_IDLE"):
+                assert await readers.run(os.sched_getscheduler, 0) == os.SCHED_IDLE
             pid = await readers.run(os.getpid)
             assert pid != os.getpid()
             os.kill(pid, signal.SIGKILL)
             await asyncio.sleep(0.2)
             replaced = await readers.run(os.getpid)
             assert replaced not in (pid, os.getpid())
+        finally:
+            readers.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cards_page_and_a_stations_day_read_in_a_reader_are_those_read_here(tmp_path):
+    store = open_store(str(tmp_path / "data"), 64 * 1024 * 1024)
+    books = Driver(Ledger(store, load_kernel("auto")))
+    books.open_card(CARD, personal=50_000)
+    assert books.one(books.request(OpKind.SIGN_ON, station_id=12, terminal_id=7)).code == ResultCode.APPROVED
+    sales = [books.pay(CARD, 1_000 + index, station_id=12, terminal_id=7) for index in range(3)]
+    assert all(sale.code == ResultCode.APPROVED for sale in sales)
+    assert books.pay(CARD, 999, station_id=13, terminal_id=8).code == ResultCode.APPROVED  # not station 12's
+
+    async def scenario():
+        readers = Readers(store)
+        try:
+            page = await readers.run(read_card_transactions, CARD, sales[-1].txn_id, 2)
+            day = await readers.run(read_station_day, 12, books.day)
+            other_day = await readers.run(read_station_day, 14, books.day)
+        finally:
+            readers.close()
+        return page, day, other_day
+
+    page, day, other_day = asyncio.run(scenario())
+    with store.env.begin() as txn:
+        found, more = card_txns.page(txn, store, CARD, sales[-1].txn_id, 2)
+    assert page == report_pb2.ListCardTransactionsAnswer(transactions=map(transaction_message, found), more=more)
+    assert [item.txn_id for item in page.transactions] == [sales[1].txn_id, sales[0].txn_id] and page.more
+    assert page.transactions[0].personal_minor == 1_001 and page.transactions[0].station_id == 12
+
+    totals = shift_totals.day_totals(store, 12, books.day)
+    assert day.station == totals_message(totals.station)
+    assert day.station.sales_count == 3 and day.station.sales.personal_minor == 3_003
+    assert [(part.terminal_id, part.totals.sales_count) for part in day.terminals] == [(7, 3)]
+    assert [(part.operator_id, part.totals.sales_count) for part in day.operators] == [(7, 3)]
+    (shift,) = day.shifts
+    assert (shift.terminal_id, shift.operator_id, shift.closed_ms) == (7, 7, 0)
+    assert shift.totals == totals_message(shift_totals.shift_totals(store, shift_totals.load_shift(store, 7)))
+    assert day.day == books.day and day.closed_through_day == 0 and not day.currency, "the service adds the currency"
+    assert other_day.station.sales_count == 0 and not other_day.shifts and not other_day.terminals
+    store.close()
+
+
+def test_a_long_read_runs_in_its_own_process_and_a_pages_read_does_not_wait_for_it(ledger):
+    async def scenario():
+        readers = Readers(ledger.store)
+        try:
+            short_pid = await readers.run(os.getpid)
+            long_pid = await readers.run(os.getpid, long_read=True)
+            assert len({short_pid, long_pid, os.getpid()}) == 3
+            if hasattr(os, "SCHED_IDLE"):
+                assert await readers.run(os.sched_getscheduler, 0, long_read=True) == os.SCHED_IDLE
+            long_read = asyncio.ensure_future(readers.run(time.sleep, 3, long_read=True))
+            await asyncio.sleep(0.2)
+            holds = await asyncio.wait_for(readers.run(read_open_holds, 0, None, 10), 2)
+            assert holds.count == 0 and not long_read.done(), "the page's read answered while the long one ran"
+            await long_read
+            os.kill(long_pid, signal.SIGKILL)
+            await asyncio.sleep(0.2)
+            assert await readers.run(os.getpid, long_read=True) not in (long_pid, short_pid)
+            assert await readers.run(os.getpid) == short_pid, "the pages' reader lives on"
         finally:
             readers.close()
 

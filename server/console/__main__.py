@@ -22,6 +22,7 @@ import grpc
 
 from server.console.api import Api, ApiError, channel_to
 from server.console.serve import bind, certificate_name, die_with_parent
+from server.priority import below_payments
 from server.settings import LOCALES, is_loopback
 
 log = logging.getLogger("tally.console")
@@ -31,8 +32,6 @@ SHUTDOWN_GRACE_S = 5
 # Connections served at once; more wait in the listen backlog.
 CONCURRENT_CONNECTIONS_MAX = 256
 SERVER_READY_TIMEOUT_S = 30.0
-# The console yields the CPU to payments: pages may wait, sales should not.
-NICENESS = 19
 
 
 def parse_args(argv, prog: str = PROG) -> argparse.Namespace:
@@ -123,9 +122,9 @@ def main(argv=None, prog: str = PROG) -> int:
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     if args.ready_fd is not None:
         die_with_parent()
-    try:
-        os.nice(NICENESS)
-    except OSError:
+    # The console yields the CPU to payments: pages may wait, sales should
+    # not. Before uvloop and gRPC start their threads, which inherit it.
+    if below_payments() == "unchanged":
         log.warning("could not lower the console's CPU priority")
     import uvloop
 

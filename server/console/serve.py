@@ -14,9 +14,10 @@ costs 9 to 15 ms of CPU (rendering, and both ends of its gRPC calls when
 they share a process; measured with `python -m bench console`), and in the
 server's loop that time is taken from Pay: Pay's p99 rose by about a fifth
 with 10 pages a second. In its own process the console costs the server
-only the RPCs it answers, like any other client, and it runs at a lower
-CPU priority (nice 19, the lowest), so that where cores are short payments go first and
-pages wait; the console's rules are still all the API's. Why uvicorn: well kept, small, HTTP/1.1 with h11 (pure
+only the RPCs it answers, like any other client, and it runs at the
+lowest CPU priority (server/priority.py: the kernel's idle class), so that
+where cores are short payments go first and pages wait; the console's
+rules are still all the API's. Why uvicorn: well kept, small, HTTP/1.1 with h11 (pure
 Python), TLS from the server's own certificate files.
 """
 
