@@ -43,6 +43,7 @@ import msgspec
 import numpy
 
 from bench import e2e
+from bench.directory_admin import directory_admin
 from core.store import transactions_in_directory
 
 HEADQUARTERS_ID = 800_000
@@ -142,18 +143,13 @@ def seed(data_dir: str, transactions: int):
 def prepare(data_dir: str, pay_cards: int):
     """The bench's headquarters over stations 1..STATIONS_SHOWN, its user,
     and the Pay load's cards, funded (as a seed would: through the kernel)."""
-    from core.admin import Admin
-    from core.admin.access import cli_actor
     from core.admin.errors import AlreadyExists
     from core.admin.model import OrgKind, Role
     from core.ledger import Ledger, business_day, load_kernel
     from core.records import Op
     from core.results import AccountKind, CardType, OpKind
-    from core.store import MAP_SIZE_BYTES_DEFAULT, open_store
 
-    store = open_store(data_dir, MAP_SIZE_BYTES_DEFAULT)
-    try:
-        admin, actor = Admin(store, None), cli_actor()
+    with directory_admin(data_dir) as (admin, actor):
         steps = [lambda: admin.create_headquarters(actor, "Bench", org_id=HEADQUARTERS_ID),
                  *(lambda station=station: admin.create_organisation(actor, HEADQUARTERS_ID, OrgKind.STATION,
                                                                      f"Station {station}", org_id=station)
@@ -173,9 +169,7 @@ def prepare(data_dir: str, pay_cards: int):
             ops.append(Op(kind=OpKind.TOPUP, terminal_id=FUNDING_TERMINAL_ID, station_id=e2e.STATION_ID,
                           serial=serial + index, card_id=card_id, account_kind=AccountKind.PERSONAL,
                           amount=e2e.TOPUP_AMOUNT_MINOR))
-        Ledger(store, load_kernel("auto")).apply(ops, now_ms, business_day(now_ms, UTC_OFFSET_MINUTES))
-    finally:
-        store.close()
+        Ledger(admin.store, load_kernel("auto")).apply(ops, now_ms, business_day(now_ms, UTC_OFFSET_MINUTES))
 
 
 class Server:

@@ -69,6 +69,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import charts, promotions_load
 from bench.back_office_load import BackOfficeLoad
+from bench.directory_admin import directory_admin
 from bench.login_flood import KnownUserLoginFlood, LoginFlood
 from bench.gateway_client import GatewayStream, OperationError
 from bench.replicated import ReplicatedExtras
@@ -622,17 +623,13 @@ def register_terminals(data_dir: str, work_dir: str, concurrency: int, algorithm
     """A master key, the bench's headquarters and station STATION_ID, and
     one registered terminal per client, written to the data directory
     before the server starts (as `python -m core.admin` would)."""
-    from core.admin import Admin, keys
-    from core.admin.access import cli_actor
+    from core.admin import keys
     from core.admin.errors import AdminError
     from core.admin.model import OrgKind
-    from core.store import MAP_SIZE_BYTES_DEFAULT, open_store
 
     master_key_file = os.path.join(work_dir, "master.key")
     keys.new_master_key_file(master_key_file)
-    store = open_store(data_dir, MAP_SIZE_BYTES_DEFAULT)
-    try:
-        admin, actor = Admin(store, keys.load_master_key(master_key_file)), cli_actor()
+    with directory_admin(data_dir, keys.load_master_key(master_key_file)) as (admin, actor):
         try:
             admin.create_headquarters(actor, "Bench", org_id=AUTH_HEADQUARTERS_ID)
             admin.create_organisation(actor, AUTH_HEADQUARTERS_ID, OrgKind.STATION, "Bench station", org_id=STATION_ID)
@@ -642,8 +639,6 @@ def register_terminals(data_dir: str, work_dir: str, concurrency: int, algorithm
         except AdminError as error:
             raise BenchFailure(f"--terminal-auth registers station {STATION_ID} and terminals {TERMINAL_ID_BASE}.. in "
                                f"{data_dir}: {error} (use a data directory without them)") from None
-    finally:
-        store.close()
     return TerminalAuth(master_key_file, secrets)
 
 

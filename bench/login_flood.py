@@ -17,6 +17,7 @@ import time
 import grpc
 
 from bench.beside import BesideLoad
+from bench.directory_admin import directory_admin
 from tally.v1 import admin_pb2, admin_pb2_grpc
 
 LOGIN_TIMEOUT_S = 30.0
@@ -68,27 +69,19 @@ class KnownUserLoginFlood(LoginFlood):
         """KNOWN_USERS_PER_RUN new users in `data_dir` (the server is not
         running), named for this run so that earlier runs' lockouts do not
         spare this one its checks."""
-        from core.admin import Admin
-        from core.admin.access import cli_actor
         from core.admin.errors import AlreadyExists
         from core.admin.model import Role
-        from core.store import MAP_SIZE_BYTES_DEFAULT, open_store
 
         run = time.time_ns()
-        store = open_store(data_dir, MAP_SIZE_BYTES_DEFAULT)
-        try:
-            admin, actor = Admin(store), cli_actor()
+        usernames = tuple(f"flooded-{run}-{index}" for index in range(KNOWN_USERS_PER_RUN))
+        with directory_admin(data_dir) as (admin, actor):
             try:
                 admin.create_headquarters(actor, "Login flood", org_id=KNOWN_USERS_HEADQUARTERS_ID)
             except AlreadyExists:
                 pass  # made for an earlier run
-            usernames = tuple(f"flooded-{run}-{index}" for index in range(KNOWN_USERS_PER_RUN))
             for username in usernames:
                 admin.create_user(actor, username, KNOWN_USERS_PASSWORD, KNOWN_USERS_HEADQUARTERS_ID, Role.OPERATIONS)
-        finally:
-            store.close()
         return {"usernames": usernames}
 
     def next_username(self) -> str:
-        with self.lock:
-            return next(self._usernames)
+        return next(self._usernames)
