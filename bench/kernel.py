@@ -30,7 +30,7 @@ from core import limits
 from core.ledger import Ledger, load_kernel
 from core.records import Op, Result, encode
 from core.results import AccountKind, OpKind
-from core.store import DATABASE_NAMES, open_store
+from core.store import open_store
 
 NOW_MS = 1_800_000_000_000
 DAY = NOW_MS // 86_400_000
