@@ -8,7 +8,8 @@ load against it shows what the transport alone costs, so the ratio pay/echo
 shows what the ledger, the group commit and the answer building add.
 Used by: bench/e2e.py (in a subprocess, never at the same time as the real
 server: the machine has two cores).
-May call: server.app for GRPC_OPTIONS only; nothing that opens a store.
+May call: server.app for GRPC_OPTIONS and server.rpc for Router only; nothing
+that opens a store.
 """
 
 import argparse
@@ -21,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server.app import GRPC_OPTIONS
+from server.rpc import Router
 from tally.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, payment_pb2, payment_pb2_grpc
 
 log = logging.getLogger("tally.bench.echo")
@@ -89,10 +91,12 @@ class EchoGatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
 async def serve_echo(listen: str):
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    payment_pb2_grpc.add_PaymentServiceServicer_to_server(EchoPaymentService(), server)
-    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(EchoGatewayService(), server)
+    # Routed as the real server routes its services (server/rpc.py Router).
+    services = Router(server)
+    payment_pb2_grpc.add_PaymentServiceServicer_to_server(EchoPaymentService(), services)
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(EchoGatewayService(), services)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
     if server.add_insecure_port(listen) == 0:
         raise SystemExit(f"cannot listen on {listen}")
     await server.start()

@@ -13,7 +13,7 @@ import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from core import limits
 from core.admin import Admin
@@ -231,9 +231,11 @@ async def serve(settings: ServerSettings, demo: bool = False, ready=None):
     replication_pb2_grpc.add_ReplicationServiceServicer_to_server(replication_service.ReplicationService(replica), services)
     report_service.add_report_service(services, ledger, committer, readers, replica)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    # Reflection wants the aio server itself (it checks the type); it is public.
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
+    # (reflection.enable_server_reflection would register on the aio server
+    # itself: it checks the type.) Public, like health.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)), services)
     try:
         port = tls.add_port(server, settings)
     except RuntimeError:  # grpcio raises where it used to return 0

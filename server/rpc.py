@@ -1,8 +1,10 @@
 """Every call's way in: parse, check the caller, run, answer or refuse.
 
-Owns: `Registrar`, which stands for the grpc.aio server when services
-register and wraps each handler once (at registration: grpc.aio's per-call
-interceptor path cost more than the checks themselves). For every call of a
+Owns: `Router`, the server's one generic handler, which finds every RPC's
+handler by its path (why not gRPC's registered methods: its docstring), and
+`Registrar`, the Router that wraps each tally.v1 handler once (at
+registration: grpc.aio's per-call interceptor path cost more than the
+checks themselves). For every call of a
 tally.v1 RPC, in order:
   1. the request's wire bytes are parsed here: bytes that do not parse are
      INVALID_ARGUMENT naming the message type, never UNKNOWN;
@@ -16,7 +18,8 @@ tally.v1 RPC, in order:
      details (server/errors.py); anything else is a bug: logged, INTERNAL;
   5. the answer is counted in the metrics and the request log.
 Used by: server/app.py (the composition root) registers every service
-through one Registrar.
+through one Registrar; bench/echo.py routes its services through a Router,
+so that the baseline runs on the same gRPC path.
 
 gRPC's own services (health, reflection) pass through untouched: they are
 public and answer for themselves.
@@ -161,25 +164,67 @@ def require_by_is_actor(request, actor):
                                reason="BY_IS_NOT_CALLER")
 
 
-class Registrar:
-    """Stands for the server when services register (see the module docstring)."""
+class Router(grpc.GenericRpcHandler):
+    """Stands for the grpc.aio server when services register, and is its one
+    generic handler: every RPC is found by its path in one dict.
+
+    Why not gRPC's registered methods (what the generated add_*_to_server
+    asks for): grpc.aio's server waits for its next call with asyncio.wait
+    over one pending future per registered method, so with Tally's ~130 RPCs
+    every call cost a wait over ~130 futures (py-spy, unary Pay at 1,500 in
+    flight: about an eighth of the event loop's time). Routed here, the
+    server waits on one future, its generic call.
+    """
+
+    def __init__(self, server):
+        self._server = server
+        # gRPC path -> the handler to run.
+        self._routes = {}
+        # Generic handlers added without their methods (TerminalKeyService's
+        # SignOn): asked once per path, their answer kept in _routes.
+        self._others = []
+        if server is not None:
+            server.add_generic_rpc_handlers((self,))
+
+    def add_generic_rpc_handlers(self, handlers):
+        self._others.extend(handlers)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict):
+        for name, handler in method_handlers.items():
+            method = f"/{service_name}/{name}"
+            self._routes[method] = self.wrap(method, handler)
+
+    def __getattr__(self, name):
+        return getattr(self._server, name)
+
+    def service(self, handler_call_details):
+        handler = self._routes.get(handler_call_details.method)
+        return handler if handler is not None else self._ask_others(handler_call_details)
+
+    def _ask_others(self, handler_call_details):
+        for other in self._others:
+            handler = other.service(handler_call_details)
+            if handler is not None:
+                handler = self.wrap(handler_call_details.method, handler)
+                self._routes[handler_call_details.method] = handler
+                return handler
+        return None
+
+    def wrap(self, method: str, handler):
+        """The handler the server runs for `method` (this router: as given)."""
+        return handler
+
+
+class Registrar(Router):
+    """The server's Router, wrapping each tally.v1 handler once (see the
+    module docstring)."""
 
     def __init__(self, server, guards: Guards, stamp=None):
-        self._server = server
+        super().__init__(server)
         self.guards = guards
         # On a replicated node: stamps each unary answer with its freshness
         # (server/replication_service.py); None on the single node.
         self.stamp = stamp
-
-    def add_generic_rpc_handlers(self, handlers):
-        self._server.add_generic_rpc_handlers(tuple(_WrappedHandlers(handler, self) for handler in handlers))
-
-    def add_registered_method_handlers(self, service_name: str, method_handlers: dict):
-        wrapped = {name: self.wrap(f"/{service_name}/{name}", handler) for name, handler in method_handlers.items()}
-        self._server.add_registered_method_handlers(service_name, wrapped)
-
-    def __getattr__(self, name):
-        return getattr(self._server, name)
 
     # ------------------------------------------------------------ wrapping
 
@@ -341,20 +386,3 @@ async def _refuse(method: str, name: str, error: Exception, context, started: fl
     if OBSERVER.active:
         OBSERVER.request(name, "unary", refusal.code.name, time.perf_counter() - started, request, request_id)
     await errors.abort(context, refusal)
-
-
-class _WrappedHandlers(grpc.GenericRpcHandler):
-    def __init__(self, handlers, registrar: Registrar):
-        self._handlers = handlers
-        self._registrar = registrar
-        # gRPC path -> the handler to run, made at the method's first call.
-        self._resolved = {}
-
-    def service(self, handler_call_details):
-        method = handler_call_details.method
-        resolved = self._resolved.get(method)
-        if resolved is None:
-            resolved = self._registrar.wrap(method, self._handlers.service(handler_call_details))
-            if resolved is not None:
-                self._resolved[method] = resolved
-        return resolved
