@@ -14,7 +14,9 @@ tally.v1 RPC, in order:
   3. the handler runs with the caller in `server.callers.current_caller()`;
   4. a core.errors.TallyError becomes its status with machine-readable
      details (server/errors.py); anything else is a bug: logged, INTERNAL;
-  5. the answer is counted in the metrics and the request log.
+  5. the answer is counted in the metrics and the request log; an answer
+     a handler returns as wire bytes (Pay's fast path, a reader's answer)
+     is sent as it is.
 Used by: server/app.py (the composition root) registers every service
 through one Registrar.
 
@@ -26,6 +28,7 @@ import logging
 import time
 
 import grpc
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from core.errors import InvalidInput, PermissionDenied, Unauthenticated
@@ -206,6 +209,9 @@ class Registrar:
         # single node's): straight away when no guard reads the call, or
         # once the terminal's MAC has verified over those very bytes.
         wire = getattr(getattr(inner, "__self__", None), WIRE_HANDLERS.get(method, ""), None) if stamp is None else None
+        # An answer a handler returns as wire bytes (a reader's: server/readers.py)
+        # is parsed only to be stamped, on a replicated node.
+        answer_type = answer_type_of(method) if stamp is not None else None
         # The guards are the server's from its start: whether they read a call
         # of this RPC is decided once, not per call.
         unguarded = wire is not None and guards.terminal is None and not guards.guarded(allowed)
@@ -225,6 +231,8 @@ class Registrar:
                 if found is None:
                     answer = await inner(request, context)
                     if stamp is not None:
+                        if answer.__class__ is bytes:
+                            answer = answer_type.FromString(answer)
                         stamp(answer)
                     outcome = outcome_of(answer)
                 else:
@@ -316,6 +324,12 @@ class Registrar:
                 await _refuse(method, name, error, context, started, None)
 
         return behaviour
+
+
+def answer_type_of(method: str):
+    """The answer message class of a tally.v1 RPC ("/tally.v1.Service/Rpc")."""
+    found = descriptor_pool.Default().FindMethodByName(method[1:].replace("/", "."))
+    return message_factory.GetMessageClass(found.output_type)
 
 
 def passing_bytes(serializer):
