@@ -9,9 +9,12 @@ processes see every committed write) at the lowest CPU priority
 running in the reader, as core/settlement/takings.py keeps them), the open
 pre-authorizations, the settlement queue's differences, a day's clearing
 and files, a page of a card's transactions and a station's day with its
-shifts. A reader returns plain records (msgspec structs, protobuf
-messages, lists) or, where building it is a loop over many records, the
-answer itself; the services check the caller and add what is theirs.
+shifts. A reader returns plain records (msgspec structs, lists) or, where
+building it is a loop over many records, the answer itself: as its wire
+bytes (Readers.answer), which the service passes on as the RPC's answer
+(server/rpc.py passing_bytes) after adding its own fields as bytes
+(with_fields). The services check the caller before the read. The
+messages are built by server/report_messages.py, as in the server.
 Used by: server/report_service.py, server/settlement_service.py;
 server/app.py starts nothing (the pool starts with the first read) and
 closes it at shutdown.
@@ -39,7 +42,6 @@ from concurrent.futures.process import BrokenProcessPool
 
 from core import card_txns
 from core.records import Shift, Txn, decode, parse_hold_expiry_key, u32_key, u64_key
-from core.results import Channel, OpKind, TxnFlag, TxnState
 from core.settlement import queue
 from core.settlement import shifts as shift_totals
 from core.settlement.clearing import Clearing, clear_day
@@ -47,7 +49,7 @@ from core.settlement.model import DifferenceState
 from core.settlement.takings import RunningTakings
 from core.store import Store, open_store, rows
 from server.priority import below_payments
-from server.shift_service import totals_message
+from server.report_messages import clearing_lines, difference_message, totals_message, transaction_message
 from tally.v1 import report_pb2, settlement_pb2
 
 READER_PROCESSES = 1
@@ -77,13 +79,6 @@ def read_takings(day: int, today: int, stations: set[int] | None):
     if _today is None or _today.day != day:
         _today = RunningTakings(day)
     return _today.lines(_store, stations)
-
-
-def clearing_lines(lines, seen) -> list[settlement_pb2.ClearingLine]:
-    return [settlement_pb2.ClearingLine(station_id=line.station_id, method=line.method, funded_by=line.funded_by,
-                                        in_minor=line.in_minor, out_minor=line.out_minor, net_minor=line.net_minor,
-                                        entries=line.entries)
-            for line in lines if seen is None or line.station_id in seen]
 
 
 def read_takings_answer(day: int, today: int, seen: set[int] | None) -> report_pb2.GetTakingsAnswer:
@@ -119,29 +114,6 @@ def read_open_holds(station_id: int, stations: set[int] | None, limit: int) -> r
             else:
                 answer.truncated = True
     return answer
-
-
-def transaction_message(record: Txn) -> report_pb2.CardTransaction:
-    prefix = "held_" if record.state == TxnState.HELD else "posted_"
-    refunded = (record.refunded_fleet + record.refunded_personal + record.refunded_points_cash
-                + record.refunded_channel)
-    return report_pb2.CardTransaction(
-        txn_id=record.txn_id, kind=_name(OpKind, record.kind), state=_name(TxnState, record.state),
-        voided=bool(record.flags & TxnFlag.VOIDED), reversed=bool(record.flags & TxnFlag.REVERSED),
-        business_day=record.business_day, created_ms=record.created_ms, station_id=record.station_id,
-        terminal_id=record.terminal_id, operator_id=record.operator_id, amount_minor=record.amount,
-        fleet_minor=getattr(record, prefix + "fleet"), personal_minor=getattr(record, prefix + "personal"),
-        points_cash_minor=getattr(record, prefix + "points_cash"), points_used=getattr(record, prefix + "points_used"),
-        channel=record.channel if record.channel in set(Channel) else 0, channel_minor=getattr(record, prefix + "channel"),
-        refunded_minor=refunded, points_earned=record.points_earned - record.points_clawed_back,
-        ref_txn_id=record.ref_txn_id)
-
-
-def _name(enum_type, value: int) -> str:
-    try:
-        return enum_type(value).name
-    except ValueError:
-        return str(value)
 
 
 def read_card_transactions(card_id: int, before_txn_id: int, limit: int) -> report_pb2.ListCardTransactionsAnswer:
@@ -183,13 +155,16 @@ def read_differences(filters: dict, limit: int, seen) -> settlement_pb2.ListDiff
     """The answer listing the first `limit` differences matching `filters`
     that `seen` accepts, with how many open ones match them. Built here:
     a queue page's hundred messages cost the server's GIL about a
-    millisecond to build, and one parse to receive."""
-    from server.settlement_service import difference_message
-
+    millisecond to build."""
     listed = queue.differences(_store, **filters, limit=limit, seen=seen)
     open_filters = {**filters, "state": DifferenceState.OPEN}
     return settlement_pb2.ListDifferencesAnswer(differences=map(difference_message, listed),
                                                 open=len(queue.differences(_store, **open_filters, seen=seen)))
+
+
+def wire_bytes(read, *args) -> bytes:
+    """read(*args)'s answer as its protobuf wire bytes, for Readers.answer."""
+    return read(*args).SerializeToString()
 
 
 def write_export(kind: int, day: int, stations, path: str):
@@ -211,6 +186,15 @@ def write_export(kind: int, day: int, stations, path: str):
 
 
 # ---------------------------------------------------------------- the server's side
+
+
+def with_fields(wire: bytes, fields) -> bytes:
+    """An answer's wire bytes with the fields set in `fields` (a message
+    of the answer's type: the service's own, e.g. the currency) added:
+    protobuf's wire format merges messages written one after the other,
+    so the answer is not parsed to add them."""
+    return wire + fields.SerializeToString()
+
 
 
 class Readers:
@@ -247,6 +231,14 @@ class Readers:
         except BrokenProcessPool:
             self._pools.pop(long_read).shutdown(wait=False, cancel_futures=True)
             return await loop.run_in_executor(self._started(long_read), read, *args)
+
+    async def answer(self, read, *args, long_read: bool = False) -> bytes:
+        """The wire bytes of the answer read(*args) builds in a reader: the
+        service returns them as the RPC's answer (server/rpc.py
+        passing_bytes), so the server's GIL neither parses the answer it
+        receives from the reader nor serializes the one it sends; the
+        bytes cross the pipe as bytes, not as a pickled message."""
+        return await self.run(wire_bytes, read, *args, long_read=long_read)
 
     def close(self):
         for pool in self._pools.values():

@@ -34,7 +34,7 @@ from core.ledger import Ledger, business_day
 from core.store import entries
 from server import answers
 from server.readers import (Readers, read_card_transactions, read_open_holds, read_station_day, read_takings_answer,
-                            write_export)
+                            with_fields, write_export)
 from server.callers import staff_actor
 from server.scope import card_seen
 from tally.v1 import report_pb2, report_pb2_grpc
@@ -87,7 +87,7 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
         if not card_seen(self.store, request.card_id):
             raise NotFound(f"card {request.card_id} not found")
 
-        return await self.readers.run(read_card_transactions, request.card_id, request.before_txn_id, limit)
+        return await self.readers.answer(read_card_transactions, request.card_id, request.before_txn_id, limit)
 
     # ------------------------------------------------------------ takings and holds
 
@@ -97,9 +97,8 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
             seen = self._seen(txn)
         today = self.today()
         # A past day is cleared afresh (clear_day): a long read.
-        answer = await self.readers.run(read_takings_answer, day, today, seen, long_read=day != today)
-        answer.currency = answers.currency()
-        return answer
+        answer = await self.readers.answer(read_takings_answer, day, today, seen, long_read=day != today)
+        return with_fields(answer, report_pb2.GetTakingsAnswer(currency=answers.currency()))
 
     async def ListOpenHolds(self, request, context):
         if request.limit > OPEN_HOLDS_LISTED_MAX:
@@ -109,9 +108,8 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
             if request.station_id:
                 require_visible(txn, self.store, staff_actor(), request.station_id, "station")
             seen = self._seen(txn)
-        answer = await self.readers.run(read_open_holds, request.station_id, seen, limit)
-        answer.currency = answers.currency()
-        return answer
+        answer = await self.readers.answer(read_open_holds, request.station_id, seen, limit)
+        return with_fields(answer, report_pb2.ListOpenHoldsAnswer(currency=answers.currency()))
 
     # ------------------------------------------------------------ a station's day
 
@@ -119,9 +117,8 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
         day = self._day(request.day)
         with self.store.env.begin() as txn:
             require_visible(txn, self.store, staff_actor(), request.station_id, "station")
-        answer = await self.readers.run(read_station_day, request.station_id, day, long_read=True)
-        answer.currency = answers.currency()
-        return answer
+        answer = await self.readers.answer(read_station_day, request.station_id, day, long_read=True)
+        return with_fields(answer, report_pb2.GetStationDayAnswer(currency=answers.currency()))
 
     # ------------------------------------------------------------ files
 

@@ -16,7 +16,9 @@ tally.v1 RPC, in order:
   3. the handler runs with the caller in `server.callers.current_caller()`;
   4. a core.errors.TallyError becomes its status with machine-readable
      details (server/errors.py); anything else is a bug: logged, INTERNAL;
-  5. the answer is counted in the metrics and the request log.
+  5. the answer is counted in the metrics and the request log; an answer
+     a handler returns as wire bytes (Pay's fast path, a reader's answer)
+     is sent as it is.
 Used by: server/app.py (the composition root) registers every service
 through one Registrar; bench/echo.py routes its services through a Router,
 so that the baseline runs on the same gRPC path.
@@ -29,6 +31,7 @@ import logging
 import time
 
 import grpc
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from core.errors import InvalidInput, PermissionDenied, Unauthenticated
@@ -251,6 +254,9 @@ class Registrar(Router):
         # single node's): straight away when no guard reads the call, or
         # once the terminal's MAC has verified over those very bytes.
         wire = getattr(getattr(inner, "__self__", None), WIRE_HANDLERS.get(method, ""), None) if stamp is None else None
+        # An answer a handler returns as wire bytes (a reader's: server/readers.py)
+        # is parsed only to be stamped, on a replicated node.
+        answer_type = answer_type_of(method) if stamp is not None else None
         # The guards are the server's from its start: whether they read a call
         # of this RPC is decided once, not per call.
         unguarded = wire is not None and guards.terminal is None and not guards.guarded(allowed)
@@ -270,6 +276,8 @@ class Registrar(Router):
                 if found is None:
                     answer = await inner(request, context)
                     if stamp is not None:
+                        if answer.__class__ is bytes:
+                            answer = answer_type.FromString(answer)
                         stamp(answer)
                     outcome = outcome_of(answer)
                 else:
@@ -361,6 +369,12 @@ class Registrar(Router):
                 await _refuse(method, name, error, context, started, None)
 
         return behaviour
+
+
+def answer_type_of(method: str):
+    """The answer message class of a tally.v1 RPC ("/tally.v1.Service/Rpc")."""
+    found = descriptor_pool.Default().FindMethodByName(method[1:].replace("/", "."))
+    return message_factory.GetMessageClass(found.output_type)
 
 
 def passing_bytes(serializer):

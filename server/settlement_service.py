@@ -36,12 +36,13 @@ from core.errors import InvalidInput
 from core.ledger import Ledger, business_day
 from core.results import Channel
 from core.settlement import queue
-from core.settlement.model import DifferenceState, ItemKind, ResolutionAction, parse_difference_key
+from core.settlement.model import DifferenceState, ResolutionAction, parse_difference_key
 from core.settlement.reconcile import WINDOW_MS_DEFAULT, WINDOW_MS_MAX
 from core.settlement.statements import StatementError
 from core.settlement.statements.common import STATEMENT_BYTES_MAX
 from server import answers
 from server.readers import Readers, read_clearing, read_differences
+from server.report_messages import clearing_lines, difference_message
 from server.scope import staff_scope
 from server.shift_service import ShiftHandlers
 from tally.v1 import settlement_pb2, settlement_pb2_grpc
@@ -92,26 +93,6 @@ def status_message(run) -> settlement_pb2.ReconcileStatus:
         fees_minor=run.fees_minor, ours_minor=run.ours_minor, channel_minor=run.channel_minor,
         window_s=run.window_ms // 1000, statement_sha256=run.statement_sha256, org_id=run.domain,
     )
-
-
-_ITEMS = {ItemKind.PAYMENT: settlement_pb2.ITEM_PAYMENT, ItemKind.REFUND: settlement_pb2.ITEM_REFUND, ItemKind.UNDO: settlement_pb2.ITEM_UNDO}
-
-
-def difference_message(found) -> settlement_pb2.Difference:
-    message = settlement_pb2.Difference(
-        id=found.key, channel=found.channel, day=found.day, item=_ITEMS[found.item], reference=found.reference,
-        kind=int(found.kind), state=int(found.state), station_id=found.station_id, ours_minor=found.ours_minor,
-        channel_minor=found.channel_minor, delta_minor=found.delta_minor, ours_status=found.ours_status,
-        channel_status=found.channel_status, fee_minor=found.fee_minor, detail=found.detail, found_ms=found.found_ms,
-        org_id=found.domain,
-    )
-    if found.resolution is not None:
-        resolution = found.resolution
-        message.resolution.CopyFrom(settlement_pb2.Resolution(
-            action=int(resolution.action), by=resolution.by, why=resolution.why, at_ms=resolution.at_ms,
-            adjustment_txn_id=resolution.adjustment_txn_id, adjustment_minor=resolution.adjustment_minor,
-        ))
-    return message
 
 
 class DifferencesSeen:
@@ -225,7 +206,7 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         seen = differences_seen(scope)
 
         filters = {"day": day, "channel": channel, "state": state, "domain": domain}
-        return await self.readers.run(read_differences, filters, limit, seen)
+        return await self.readers.answer(read_differences, filters, limit, seen)
 
     async def ResolveDifference(self, request, context):
         try:
@@ -257,8 +238,8 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
             return settlement_pb2.ResolveDifferenceAnswer(resolved=False, reason=str(error), difference=difference_message(current))
         return settlement_pb2.ResolveDifferenceAnswer(resolved=True, difference=difference_message(resolved))
 
-    def _stations_seen(self, org_id: int):
-        """seen(station) for clearing: the stations of org_id's subtree (0:
+    def _stations_seen(self, org_id: int) -> frozenset[int] | None:
+        """The stations seen in clearing: the stations of org_id's subtree (0:
         the caller's; every station for the open server), which the caller
         must see; None: every station."""
         scope = staff_scope(self.store)
@@ -267,18 +248,15 @@ class SettlementService(settlement_pb2_grpc.SettlementServiceServicer):
         with self.store.env.begin() as txn:
             target = scope.owner_for(txn, self.store, org_id)
             stations = frozenset(subtree(txn, self.store, Actor("clearing", target)))
-        return stations.__contains__
+        return stations
 
     async def GetClearing(self, request, context):
         seen = self._stations_seen(request.org_id)
         clearing = await self.readers.run(read_clearing, _day(request.day), long_read=True)
-        lines = [line for line in clearing.lines if seen is None or seen(line.station_id)]
-        discounts = [line for line in clearing.discounts if seen is None or seen(line.station_id)]
+        lines = clearing_lines(clearing.lines, seen)
+        discounts = [line for line in clearing.discounts if seen is None or line.station_id in seen]
         return settlement_pb2.ClearingAnswer(
-            day=clearing.day,
-            lines=[settlement_pb2.ClearingLine(station_id=line.station_id, method=line.method, funded_by=line.funded_by,
-                                               in_minor=line.in_minor, out_minor=line.out_minor, net_minor=line.net_minor,
-                                               entries=line.entries) for line in lines],
+            day=clearing.day, lines=lines,
             net_minor=clearing.net_minor if seen is None else sum(line.net_minor for line in lines),
             discounts=[settlement_pb2.DiscountLine(**msgspec.structs.asdict(line)) for line in discounts],
             currency=answers.currency(),

@@ -31,9 +31,10 @@ from core import limits
 from core.commit import GroupCommitter, QueueFull, ShuttingDown
 from core.ledger import Ledger, business_day
 from core.records import Op, Shift
-from core.results import Channel, OpKind, ResultCode
-from core.settlement.shifts import MethodTotals, Totals, day_end_op, day_totals, load_shift, shift_totals
+from core.results import OpKind, ResultCode
+from core.settlement.shifts import day_end_op, day_totals, load_shift, shift_totals
 from server import answers, requests
+from server.report_messages import totals_message
 from server.scope import staff_scope
 from server.answers import result_text
 from core.errors import InvalidInput, ResourceExhausted, Unavailable
@@ -57,26 +58,6 @@ BATCH_RETRY_TEXT = "; send the whole batch again: items applied already answer D
 
 
 # ------------------------------------------------------------------ messages
-
-
-def method_totals_message(totals: MethodTotals) -> settlement_pb2.MethodTotals:
-    channels = sorted((int(Channel[name]), amount) for name, amount in totals.channels.items())
-    return settlement_pb2.MethodTotals(
-        fleet_minor=totals.fleet, personal_minor=totals.personal, points_cash_minor=totals.points_cash,
-        points=totals.points,
-        channels=[settlement_pb2.ChannelTotal(channel=channel, amount_minor=amount) for channel, amount in channels],
-        total_minor=totals.total,
-    )
-
-
-def totals_message(totals: Totals) -> settlement_pb2.Totals:
-    return settlement_pb2.Totals(
-        sales_count=totals.sales_count, sales=method_totals_message(totals.sales),
-        refunds_count=totals.refunds_count, refunds=method_totals_message(totals.refunds),
-        voided_count=totals.voided_count, voided_minor=totals.voided_minor,
-        reversed_count=totals.reversed_count, reversed_minor=totals.reversed_minor,
-        topups_count=totals.topups_count, topups_minor=totals.topups_minor, discounts_minor=totals.discounts_minor,
-    )
 
 
 def shift_op(kind: int, request) -> Op:

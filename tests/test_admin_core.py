@@ -8,7 +8,7 @@ import sys
 import msgspec
 import pytest
 
-from core.admin import Admin, audit, keys
+from core.admin import Admin, audit, keys, users
 from core.admin.access import Actor, cli_actor
 from server.callers import permissions_of
 from core.admin.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied, Unauthenticated
@@ -113,6 +113,48 @@ def test_disabling_a_user_or_changing_the_password_ends_the_tokens(world):
         admin.set_password(bob, "alice", "a third long password")
     with pytest.raises(InvalidInput, match="new_password: length must be within 12 .. 256"):
         admin.set_password(alice, "bob", "short")
+
+
+def test_a_verified_token_kept_in_memory_ends_at_once_on_a_change_here_and_soon_on_one_elsewhere(world):
+    """authenticate keeps a verified token's actor for TOKEN_KEPT_MS (a
+    console page makes several calls with one token): a logout, a user
+    disabled or a role changed through this Admin count from the next call,
+    a session's expiry to the millisecond, and a change another process
+    makes (a second Admin over the same directory) within TOKEN_KEPT_MS."""
+    admin, clock = world
+    cli = cli_actor()
+    admin.create_user(cli, "bob", PASSWORD, 12, Role.OPERATIONS)
+    admin.set_parameters(cli, {"token_validity_s": 60}, org_id=1)
+    token = admin.login("bob", PASSWORD)[0]
+    bob = admin.authenticate(token)
+    admin.update_user(cli, "bob", role=Role.AUDITOR)
+    assert admin.authenticate(token).role == Role.AUDITOR, "a role changed here counts at once"
+    admin.update_user(cli, "bob", enabled=False)
+    with pytest.raises(Unauthenticated, match="user disabled"):
+        admin.authenticate(token)
+    admin.update_user(cli, "bob", enabled=True, role=Role.OPERATIONS)
+    token = admin.login("bob", PASSWORD)[0]
+    assert admin.authenticate(token) == bob
+    admin.logout(bob, token)
+    with pytest.raises(Unauthenticated, match="unknown or ended token"):
+        admin.authenticate(token)
+
+    token = admin.login("bob", PASSWORD)[0]
+    assert admin.authenticate(token) == bob
+    elsewhere = Admin(admin.store, clock=clock)  # another process's Admin over the directory
+    elsewhere.update_user(cli, "bob", enabled=False)
+    assert admin.authenticate(token) == bob, "kept: another process's change is not seen here at once"
+    clock.ms += users.TOKEN_KEPT_MS
+    with pytest.raises(Unauthenticated, match="user disabled"):
+        admin.authenticate(token)
+
+    elsewhere.update_user(cli, "bob", enabled=True)
+    token, _, expires_ms = admin.login("bob", PASSWORD)
+    clock.ms = expires_ms - 1
+    assert admin.authenticate(token) == bob
+    clock.ms = expires_ms
+    with pytest.raises(Unauthenticated, match="token expired"):
+        admin.authenticate(token)
 
 
 def test_every_admin_service_rpc_has_a_permission_entry():

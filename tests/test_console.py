@@ -412,3 +412,15 @@ def test_a_console_on_its_own_refuses_a_server_that_does_not_check_tokens(tmp_pa
     finally:
         process.stop()
     assert refused.returncode != 0 and "does not check back-office tokens" in refused.stderr
+
+
+def test_a_standalone_servers_dashboard_shows_its_replication_the_same_when_not_asking_again(console):
+    """The dashboard asks a server whose store status said "standalone" for
+    no replication status for a minute; the page shows the same."""
+    client = logged_in(console)
+    cells = []
+    for _ in range(2):
+        page = client.get("/")
+        assert page.status == 200
+        cells.append(re.search(r'<td id="replication">([^<]*)</td>', page.text).group(1))
+    assert cells == ["Standalone (no replication)"] * 2

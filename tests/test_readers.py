@@ -21,9 +21,9 @@ from core.settlement import shifts as shift_totals
 from core.settlement.clearing import clear_day
 from core.store import open_store
 from server.priority import NICENESS
-from server.readers import (Readers, read_card_transactions, read_open_holds, read_station_day, read_takings,
-                            transaction_message)
-from server.shift_service import totals_message
+from server.readers import (Readers, read_card_transactions, read_differences, read_open_holds, read_station_day, read_takings,
+                            read_takings_answer, with_fields)
+from server.report_messages import totals_message, transaction_message
 from tally.v1 import report_pb2
 from tests.ledger_driver import Driver
 
@@ -149,3 +149,43 @@ def test_a_long_read_runs_in_its_own_process_and_a_pages_read_does_not_wait_for_
             readers.close()
 
     asyncio.run(scenario())
+
+
+def test_a_readers_answer_as_wire_bytes_parses_to_the_answer_built_here(tmp_path):
+    """Readers.answer: the services return these bytes as the RPC's answer
+    unparsed, so they must be the very answer the same read builds in the
+    server's process; with_fields adds the service's own fields."""
+    store = open_store(str(tmp_path / "data"), 64 * 1024 * 1024)
+    books = Driver(Ledger(store, load_kernel("auto")))
+    books.open_card(CARD, personal=50_000)
+    assert books.one(books.request(OpKind.SIGN_ON, station_id=12, terminal_id=7)).code == ResultCode.APPROVED
+    sales = [books.pay(CARD, 2_000 + index, station_id=12, terminal_id=7) for index in range(3)]
+    assert all(sale.code == ResultCode.APPROVED for sale in sales)
+    reads = [(read_card_transactions, (CARD, 0, 2)), (read_station_day, (12, books.day)),
+             (read_open_holds, (0, None, 10)), (read_takings_answer, (books.day, books.day, {12}))]
+
+    async def scenario():
+        readers = Readers(store)
+        try:
+            return [await readers.answer(read, *args) for read, args in reads]
+        finally:
+            readers.close()
+
+    found = asyncio.run(scenario())
+    try:
+        import server.readers as readers_module
+
+        readers_module._store = store  # the same reads, in this process
+        for (read, args), wire in zip(reads, found):
+            here = read(*args)
+            assert isinstance(wire, bytes) and type(here).FromString(wire) == here, read.__name__
+    finally:
+        readers_module._store = None
+        readers_module._today = None
+    page = report_pb2.ListCardTransactionsAnswer.FromString(found[0])
+    assert [item.txn_id for item in page.transactions] == [sales[2].txn_id, sales[1].txn_id] and page.more
+    takings = report_pb2.GetTakingsAnswer.FromString(
+        with_fields(found[3], report_pb2.GetTakingsAnswer(currency="CNY")))
+    assert takings.currency == "CNY" and {line.station_id for line in takings.lines} == {12}
+    assert takings.net_minor == sum(line.net_minor for line in takings.lines) > 0
+    store.close()

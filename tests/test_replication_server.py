@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.replica_set import ReplicaSet
 from tests.support import DEMO_COMPANY_CARD, REPO, ServerProcess
 from tally.v1 import card_pb2, card_pb2_grpc, common_pb2, loyalty_pb2, loyalty_pb2_grpc, payment_pb2, payment_pb2_grpc
-from tally.v1 import replication_pb2, replication_pb2_grpc
+from tally.v1 import replication_pb2, replication_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,20 @@ def test_a_follower_serves_fresh_reads_and_sends_writes_to_the_leader(nodes):
     assert health(follower.address, "") == health_pb2.HealthCheckResponse.SERVING
     status = follower.status()
     assert status.role == replication_pb2.REPLICA_ROLE_FOLLOWER and status.leader_address == leader.address
+
+
+def test_an_answer_a_reader_returns_as_wire_bytes_is_stamped_too(nodes):
+    """ListDifferences is answered from a reader process's wire bytes
+    (server/readers.py); a replicated node parses them to stamp its
+    freshness like any other read."""
+    leader = nodes.wait_leader()
+    follower = next(node for node in nodes.nodes if node is not leader)
+    for node in (leader, follower):
+        with grpc.insecure_channel(node.address) as channel:
+            settlement = settlement_pb2_grpc.SettlementServiceStub(channel)
+            listed = settlement.ListDifferences(settlement_pb2.ListDifferencesRequest(all_states=True), timeout=10)
+        assert listed.HasField("replica") and listed.replica.node_id == node.name
+        assert listed.replica.leader == (node is leader)
 
 
 def metrics_of(node) -> str:

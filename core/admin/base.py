@@ -45,6 +45,8 @@ class AdminBase:
         # Of the business day the kernel stamps on what it posts, as the
         # server's group commit does (--utc-offset-minutes).
         self.utc_offset_minutes = utc_offset_minutes
+        # token -> (kept until, ms; its Actor): core/admin/users.py authenticate.
+        self._kept_actors: dict[str, tuple[int, Actor]] = {}
 
     def _write(self, change):
         """Run change(txn) in one durable write transaction: the change and

@@ -94,7 +94,8 @@ async def serve(args):
     console = Console(ConsoleSettings(args.locale, args.utc_offset_minutes, args.currency, tls), api)
     sock = bind(args.listen)
     config = uvicorn.Config(
-        build_app(console, ROUTES), loop="none", lifespan="off", log_config=None, access_log=False, server_header=False,
+        # httptools: HTTP/1.1 parsed in C (llhttp), not in h11's Python.
+        build_app(console, ROUTES), loop="none", http="httptools", lifespan="off", log_config=None, access_log=False, server_header=False,
         proxy_headers=False, limit_concurrency=CONCURRENT_CONNECTIONS_MAX, timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
         ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
     server = uvicorn.Server(config)
