@@ -70,6 +70,21 @@ def test_the_tree_has_rules_and_only_the_command_line_creates_a_domain(world):
     assert names == ["North", "Station 12", "Station 13"]
 
 
+def test_an_organisation_another_process_adds_is_in_the_subtree_at_the_next_call(world):
+    """The tree a caller is scoped by is kept between calls (core/admin/
+    access.py _tree) and read again once the table has another entry, even
+    when another process (a second Admin over the directory) added it."""
+    admin, clock = world
+    region_admin = Actor("user:north", 2, Role.ADMINISTRATOR)
+    assert [org.org_id for org in admin.list_organisations(region_admin)[0]] == [2, 12]
+    elsewhere = Admin(admin.store, clock=clock)
+    elsewhere.create_organisation(cli_actor(), 2, OrgKind.STATION, "Station 14", org_id=14)
+    elsewhere.create_organisation(cli_actor(), 50, OrgKind.STATION, "Station 52", org_id=52)
+    assert [org.org_id for org in admin.list_organisations(region_admin)[0]] == [2, 12, 14]
+    elsewhere.update_organisation(cli_actor(), 14, "Station 14, renamed", "")
+    assert [org.name for org in admin.list_organisations(region_admin)[0]][-1] == "Station 14, renamed"
+
+
 def test_a_password_is_stored_as_argon2id_and_a_token_expires(world):
     admin, clock = world
     cli = cli_actor()

@@ -11,12 +11,13 @@ server/admin_service.py.
 
 import re
 import time
+import weakref
 
 import msgspec
 
 from core.admin.errors import InvalidInput, NotFound
 from core.admin.model import ORG_DEPTH_MAX, Customer, Organisation, Role, u32_key, u64_key, unpack
-from core.store import Store, rows
+from core.store import Store, entries, rows
 
 class Actor(msgspec.Struct, frozen=True):
     """Who acts. org_id 0 is the command line run by whoever may read the
@@ -90,15 +91,37 @@ def subtree(txn, store: Store, actor: Actor) -> set[int] | None:
     """Every organisation id the actor may see; None: all of them (CLI)."""
     if actor.everywhere:
         return None
-    children: dict[int, list[int]] = {}
-    for key, value in rows(txn, store.admin_orgs):
-        children.setdefault(unpack(Organisation, value).parent_id, []).append(int.from_bytes(key, "big"))
+    children = _tree(txn, store)
     found, frontier = {actor.org_id}, [actor.org_id]
     while frontier:
         below = [child for parent in frontier for child in children.get(parent, ())]
         found.update(below)
         frontier = below
     return found
+
+
+# store -> (organisations in its table, parent id -> children ids) as last
+# read. Why: every back-office call scopes its caller by the subtree, and
+# reading the whole table for each (10,000 stations: 10,000 records
+# unpacked) cost the server's event loop more than the call itself.
+# Organisations are only ever added (no move, no delete; an update changes
+# a name or an address), so the table's entry count names its tree: one
+# stat per call instead of a scan, and any process's addition is seen at
+# the next call.
+_TREES: "weakref.WeakKeyDictionary[Store, tuple[int, dict[int, tuple[int, ...]]]]" = weakref.WeakKeyDictionary()
+
+
+def _tree(txn, store: Store) -> dict[int, tuple[int, ...]]:
+    count = entries(txn, store.admin_orgs)
+    kept = _TREES.get(store)
+    if kept is not None and kept[0] == count:
+        return kept[1]
+    children: dict[int, list[int]] = {}
+    for key, value in rows(txn, store.admin_orgs):
+        children.setdefault(unpack(Organisation, value).parent_id, []).append(int.from_bytes(key, "big"))
+    tree = {parent: tuple(below) for parent, below in children.items()}
+    _TREES[store] = (count, tree)
+    return tree
 
 
 def customer_record(txn, store: Store, customer_id: int) -> Customer | None:
