@@ -395,6 +395,10 @@ def pay_run(server: Server, parameters: e2e.Parameters, variant: str, console_lo
                  report.errors, pages)
     print(f"pay {variant:8} {run.requests:>8} requests {run.throughput_per_s:8.0f}/s p99 {run.p99_ms or 0:7.1f} ms "
           f"errors {run.errors} console pages {pages}", file=sys.stderr)
+    if run.errors:
+        # A ratio of a failing server's latencies would mean nothing.
+        raise e2e.BenchFailure(f"Pay failed {run.errors} times in a {variant} run ({run.requests} answered); the server's "
+                               f"log says why (below; a full store answers RESOURCE_EXHAUSTED and logs 'writes refused')")
     return run, latency_ms
 
 
@@ -445,7 +449,11 @@ def main(argv=None) -> int:
         if data_dir is None:
             data_dir = os.path.join(work_dir, "data")
             seed(data_dir, args.transactions)
-        report = run(args, data_dir, work_dir)
+        try:
+            report = run(args, data_dir, work_dir)
+        except e2e.BenchFailure as failure:
+            print(f"python -m bench console: {failure}\n{e2e.log_tail(os.path.join(work_dir, 'server.log'))}", file=sys.stderr)
+            return 1
     ratio = report.console_p99_ratio
     verdict = "meets" if ratio is not None and ratio < PAY_P99_RATIO_TARGET else "misses"
     print(f"console_p99_ratio {ratio:.3f} ({verdict} the target < {PAY_P99_RATIO_TARGET}); rounds "

@@ -21,7 +21,7 @@ from core.settlement import shifts as shift_totals
 from core.settlement.clearing import clear_day
 from core.store import open_store
 from server.priority import NICENESS
-from server.readers import (Readers, read_card_transactions, read_differences, read_open_holds, read_station_day, read_takings,
+from server.readers import (Readers, read_card_transactions, read_open_holds, read_station_day, read_takings,
                             read_takings_answer, with_fields)
 from server.report_messages import totals_message, transaction_message
 from tally.v1 import report_pb2
@@ -88,13 +88,20 @@ def test_a_reader_runs_at_a_lower_priority_and_one_that_died_is_replaced(ledger)
     asyncio.run(scenario())
 
 
-def test_a_cards_page_and_a_stations_day_read_in_a_reader_are_those_read_here(tmp_path):
+def books_with_three_sales(tmp_path, first_amount_minor: int) -> tuple:
+    """(store, driver, the sales' results): CARD opened and three sales on it at station 12,
+    terminal 7, of first_amount_minor and the two amounts above it."""
     store = open_store(str(tmp_path / "data"), 64 * 1024 * 1024)
     books = Driver(Ledger(store, load_kernel("auto")))
     books.open_card(CARD, personal=50_000)
     assert books.one(books.request(OpKind.SIGN_ON, station_id=12, terminal_id=7)).code == ResultCode.APPROVED
-    sales = [books.pay(CARD, 1_000 + index, station_id=12, terminal_id=7) for index in range(3)]
+    sales = [books.pay(CARD, first_amount_minor + index, station_id=12, terminal_id=7) for index in range(3)]
     assert all(sale.code == ResultCode.APPROVED for sale in sales)
+    return store, books, sales
+
+
+def test_a_cards_page_and_a_stations_day_read_in_a_reader_are_those_read_here(tmp_path):
+    store, books, sales = books_with_three_sales(tmp_path, 1_000)
     assert books.pay(CARD, 999, station_id=13, terminal_id=8).code == ResultCode.APPROVED  # not station 12's
 
     async def scenario():
@@ -155,12 +162,7 @@ def test_a_readers_answer_as_wire_bytes_parses_to_the_answer_built_here(tmp_path
     """Readers.answer: the services return these bytes as the RPC's answer
     unparsed, so they must be the very answer the same read builds in the
     server's process; with_fields adds the service's own fields."""
-    store = open_store(str(tmp_path / "data"), 64 * 1024 * 1024)
-    books = Driver(Ledger(store, load_kernel("auto")))
-    books.open_card(CARD, personal=50_000)
-    assert books.one(books.request(OpKind.SIGN_ON, station_id=12, terminal_id=7)).code == ResultCode.APPROVED
-    sales = [books.pay(CARD, 2_000 + index, station_id=12, terminal_id=7) for index in range(3)]
-    assert all(sale.code == ResultCode.APPROVED for sale in sales)
+    store, books, sales = books_with_three_sales(tmp_path, 2_000)
     reads = [(read_card_transactions, (CARD, 0, 2)), (read_station_day, (12, books.day)),
              (read_open_holds, (0, None, 10)), (read_takings_answer, (books.day, books.day, {12}))]
 
