@@ -196,7 +196,6 @@ def with_fields(wire: bytes, fields) -> bytes:
     return wire + fields.SerializeToString()
 
 
-
 class Readers:
     """The server's reader processes over `store`'s directory: `processes`
     for the reads a page waits for, and as many more, started on the first
