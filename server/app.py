@@ -83,7 +83,7 @@ def guards_for(settings: ServerSettings, store, master_key, admin: Admin) -> Gua
     terminal = partner = None
     if settings.terminal_auth:
         log.info("terminal and partner authentication on: every terminal and partner request needs its MAC")
-        terminal = TerminalGuard(store, master_key)
+        terminal = TerminalGuard(store, master_key, admin=admin)
         partner = PartnerGuard(store, master_key)
     if settings.back_office_auth:
         log.info("back-office authentication on: back-office RPCs need an AdminService token")

@@ -12,7 +12,11 @@ the readable reference and the path of everything this module declines.
 tests/test_fastpay.py holds the two equal over random requests: the same Op
 bytes, or the reference refusing what this module sends back to it; the same
 answer bytes.
-Used by: server/stream.py (GatewayService), through server/payline.py.
+Used by: server/stream.py (GatewayService), through server/payline.py;
+server/rpc.py's unary Pay, through server/payline.py, and under
+--terminal-auth through server/terminal_auth.py (TerminalGuard.pass_pay:
+terminal_pay, the section at the end, checks a terminal's plain Pay from
+its wire bytes and metadata).
 
 What it declines, to the reference path, request by request: anything that
 is not plainly valid (the reference raises the precise InvalidInput), a
@@ -30,11 +34,13 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 import hashlib
+from hmac import compare_digest
 
 from core import limits as _limits
 from core import records as _records
 from core import results as _results
 
+from core.admin import keys as _keys
 from core.kernel cimport OpRec, ResultRec
 
 cdef extern from "Python.h":
@@ -632,6 +638,14 @@ cdef class PayMessage:
         assert 0 <= index < self.count
         return self.fields[index].card_id
 
+    def terminal_of(self, Py_ssize_t index) -> int:
+        assert 0 <= index < self.count
+        return self.fields[index].terminal_id
+
+    def serial_of(self, Py_ssize_t index) -> int:
+        assert 0 <= index < self.count
+        return self.fields[index].serial
+
     def plain_stations(self) -> set:
         """The stations of the plain Pays."""
         cdef set found = set()
@@ -758,3 +772,128 @@ def replies(uint64_t correlation_id, list results, Py_ssize_t reply_bytes_max) -
         size += length
     found.append(reply_of(correlation_id, results, first, count))
     return found
+
+
+# ------------------------------------------------------------ a terminal's Pay
+
+cdef str METADATA_TERMINAL = _keys.METADATA_TERMINAL
+cdef str METADATA_KEY_ID = _keys.METADATA_KEY_ID
+cdef str METADATA_SERIAL = _keys.METADATA_SERIAL
+cdef str METADATA_MAC = _keys.METADATA_MAC
+cdef Py_ssize_t DECIMAL_DIGITS_MAX = 20
+cdef object U64_END = 2 ** 64
+# terminal id (u32), key id (u64), serial (u64), big-endian: the end of the MAC's header.
+cdef Py_ssize_t MAC_FIELDS_BYTES = 20
+assert _keys._MAC_FIELDS.size == MAC_FIELDS_BYTES
+
+
+cdef class KeptTerminal:
+    """What server/terminal_auth.py's TerminalGuard.pass_pay knows of a
+    terminal whose record it read: its station, its working key's id,
+    expiry and keyed MAC (keys.MacKey), and until when it holds."""
+
+    # The record as stored: compared byte for byte when it is read again.
+    cdef readonly bytes record
+    cdef readonly uint64_t station_id
+    cdef readonly uint64_t key_id
+    cdef readonly int64_t key_expires_ms
+    # Read again from then on, or once the Admin's change count moved.
+    cdef public int64_t until_ms
+    cdef public int64_t changes
+    cdef object keyed
+    cdef object finish
+
+    def __init__(self, bytes record, uint64_t station_id, uint64_t key_id, int64_t key_expires_ms, mac_key,
+                 int64_t until_ms, int64_t changes):
+        self.record = record
+        self.station_id = station_id
+        self.key_id = key_id
+        self.key_expires_ms = key_expires_ms
+        self.keyed = mac_key.keyed
+        self.finish = mac_key.finish
+        self.until_ms = until_ms
+        self.changes = changes
+
+
+cdef object decimal_or_none(object text):
+    """Mirror of server/terminal_auth.py _decimal: None where it refuses."""
+    if type(text) is not str or len(<str>text) > DECIMAL_DIGITS_MAX or not (<str>text).isdigit() or not (<str>text).isascii():
+        return None
+    value = int(text)
+    return value if value < U64_END else None
+
+
+cdef inline void put_big_endian(char* out, uint64_t value, int size) noexcept:
+    cdef int index
+    for index in range(size - 1, -1, -1):
+        out[index] = <char>(value & 0xFF)
+        value >>= 8
+
+
+def terminal_pay(metadata, bytes body, bytes mac_prefix, dict kept, int64_t now_ms, int64_t changes):
+    """A unary Pay sent by a terminal under --terminal-auth, checked as
+    server/terminal_auth.py's TerminalGuard.check checks it, but for the
+    replay check (the kernel's own: see that module's docstring):
+
+    - the PayMessage, when the metadata holds the four keys well-formed,
+      the body is a plain Pay naming that terminal and serial at the kept
+      terminal's station, its working key is the kept one and unexpired, and
+      the MAC verifies;
+    - the terminal id (an int), when the terminal is not kept, or is kept
+      from before `changes` or until before now, or the request names
+      another key id: TerminalGuard reads its record and asks again;
+    - None otherwise: the reference check decides, and says why.
+
+    mac_prefix: keys.mac_prefix(the RPC's path); kept: terminal id ->
+    KeptTerminal. Mirror of terminal_auth.parse_metadata (a key sent twice
+    counts once, its last value) and of TerminalGuard._check_context and
+    keys.MacKey.matches for a Pay; tests/test_terminal_pass.py holds it to
+    the reference over random metadata, bodies and terminals."""
+    cdef PayMessage message
+    cdef KeptTerminal terminal
+    cdef bytes header
+    cdef char* out
+    found_terminal = key_id = serial = mac = None
+    for pair in metadata:
+        key = pair[0]
+        if key == METADATA_TERMINAL:
+            found_terminal = pair[1]
+        elif key == METADATA_KEY_ID:
+            key_id = pair[1]
+        elif key == METADATA_SERIAL:
+            serial = pair[1]
+        elif key == METADATA_MAC:
+            mac = pair[1]
+    if found_terminal is None or key_id is None or serial is None or mac is None or type(mac) is not str:
+        return None
+    found_terminal, key_id, serial = decimal_or_none(found_terminal), decimal_or_none(key_id), decimal_or_none(serial)
+    if found_terminal is None or key_id is None or serial is None:
+        return None
+    try:
+        mac = bytes.fromhex(mac)
+    except ValueError:
+        return None
+    message = PayMessage.single(body)
+    cdef const PayFields* fields = &message.fields[0]
+    if message.parsed[0] != PARSED_PLAIN or not fields.has_terminal:
+        return None
+    if fields.terminal_id != found_terminal or fields.serial != serial:
+        return None
+    terminal = kept.get(found_terminal)
+    if terminal is None or terminal.until_ms <= now_ms or terminal.changes != changes or terminal.key_id != key_id:
+        return found_terminal
+    if terminal.key_expires_ms <= now_ms or fields.station_id != terminal.station_id:
+        return None
+    header = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(mac_prefix) + MAC_FIELDS_BYTES)
+    out = PyBytes_AS_STRING(header)
+    memcpy(out, PyBytes_AS_STRING(mac_prefix), PyBytes_GET_SIZE(mac_prefix))
+    out += PyBytes_GET_SIZE(mac_prefix)
+    put_big_endian(out, fields.terminal_id, 4)
+    put_big_endian(out + 4, terminal.key_id, 8)
+    put_big_endian(out + 12, fields.serial, 8)
+    state = terminal.keyed.copy()
+    state.update(header)
+    state.update(body)
+    if not compare_digest(terminal.finish(state), mac):
+        return None
+    return message

@@ -122,12 +122,14 @@ class PayLine:
             results[index] = result.SerializeToString()
         return results
 
-    async def one(self, body: bytes):
+    async def one(self, body: bytes, message: fastpay.PayMessage | None = None):
         """A unary Pay from its wire bytes: (its answer, its outcome label)
         where the answer is the PaymentAnswer's wire bytes (or the message,
         when the reference finished it), or None when it is not plain here
-        (the reference answers it whole)."""
-        message = fastpay.PayMessage.single(body)
+        (the reference answers it whole). message: the body as read already
+        (the terminal guard's), if it was."""
+        if message is None:
+            message = fastpay.PayMessage.single(body)
         if not message.plain(0):
             return None
         station = message.station_of(0)

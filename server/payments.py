@@ -162,10 +162,11 @@ class PaymentService(payment_pb2_grpc.PaymentServiceServicer):
     async def Pay(self, request, context):
         return await self.pay(request)
 
-    async def pay_wire(self, body: bytes):
+    async def pay_wire(self, body: bytes, message=None):
         """Pay from its wire bytes when it is plain (server/payline.py):
-        (answer, outcome label), or None for the reference path."""
-        return await self.payline.one(body)
+        (answer, outcome label), or None for the reference path. message:
+        the body's fastpay.PayMessage, when the terminal guard read it."""
+        return await self.payline.one(body, message)
 
     async def PreAuthorize(self, request, context):
         return await self.pre_authorize(request)

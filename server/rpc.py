@@ -35,6 +35,7 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from core.errors import InvalidInput, PermissionDenied, Unauthenticated
+from core.results import ResultCode
 from server import errors
 from server.callers import CALLERS, OPEN, Allowed, Caller, set_current_caller
 from server.metrics import OBSERVER, outcome_of, request_id_of
@@ -43,7 +44,11 @@ log = logging.getLogger("tally.rpc")
 
 # RPC -> the method of its servicer that answers from the request's
 # wire bytes when it can (None: the parsed request's path answers).
-WIRE_HANDLERS = {"/tally.v1.PaymentService/Pay": "pay_wire"}
+PAY = "/tally.v1.PaymentService/Pay"
+WIRE_HANDLERS = {PAY: "pay_wire"}
+# The outcome label (server/metrics.py) of the kernel's answer to a used
+# serial with another body.
+REPLAYED_OTHER = ResultCode.DUPLICATE_MISMATCH.name
 AUTHORIZATION_KEY = "authorization"
 BEARER = "bearer "
 MAC_KEY = "x-tally-mac"
@@ -260,6 +265,10 @@ class Registrar(Router):
         # The guards are the server's from its start: whether they read a call
         # of this RPC is decided once, not per call.
         unguarded = wire is not None and guards.terminal is None and not guards.guarded(allowed)
+        # A terminal's plain Pay under --terminal-auth: checked by the guard's
+        # compiled way (server/terminal_auth.py pass_pay) and handed to the
+        # wire handler as read; whatever it does not pass takes admit().
+        pass_pay = guards.terminal if wire is not None and guards.terminal is not None and method == PAY else None
 
         async def behaviour(body: bytes, context):
             started = time.perf_counter()
@@ -267,6 +276,8 @@ class Registrar(Router):
             try:
                 if unguarded:
                     found = await wire(body)
+                elif pass_pay is not None:
+                    found = await _passed_pay(pass_pay, wire, method, body, context)
                 if found is None:
                     request, caller = guards.admit(method, allowed, context.invocation_metadata(), body, parse)
                     if caller is not OPEN:
@@ -369,6 +380,21 @@ class Registrar(Router):
                 await _refuse(method, name, error, context, started, None)
 
         return behaviour
+
+
+async def _passed_pay(guard, wire, method: str, body: bytes, context):
+    """The wire handler's (answer, outcome) for a Pay the terminal guard's
+    compiled way passed, or None when it did not pass it or the wire
+    handler declined it (admit() and the handler then take it from the
+    start: nothing was written). The kernel checks replays there: a used
+    serial with another body is refused as the reference guard refuses it."""
+    message = guard.pass_pay(method, context.invocation_metadata(), body)
+    if message is None:
+        return None
+    found = await wire(body, message)
+    if found is not None and found[1] == REPLAYED_OTHER:
+        raise guard.replay_refusal(message.terminal_of(0), message.serial_of(0))
+    return found
 
 
 def answer_type_of(method: str):

@@ -28,6 +28,26 @@ first that fails answers, and is logged at WARNING with its reason:
   (terminal, serial) used by a different request PERMISSION_DENIED
   Query of another terminal's serial             PERMISSION_DENIED
 
+A plain Pay (server/fastpay.pyx: what the kernel can be handed straight
+from the wire) takes a compiled way through the same checks,
+`TerminalGuard.pass_pay`, and the reference way above answers whatever it
+does not pass:
+- the metadata and the Pay's terminal and serial are read from the wire
+  (fastpay.terminal_pay): no protobuf object is made;
+- the terminal's record, station and working key come from memory, kept
+  per terminal with the key's MAC state (fastpay.KeptTerminal): a change made
+  through this process's Admin (disable, enable, sign-on) counts at the
+  next request; a change made by another process (another worker, the
+  offline tools) counts at most TERMINAL_KEPT_MS later, when the kept
+  terminal is compared with its stored record again;
+- the replay check is the kernel's own: a used serial with another body
+  comes back from the kernel as DUPLICATE_MISMATCH, which server/rpc.py
+  answers with `TerminalGuard.replay_refusal`, the very refusal the
+  reference gives, and nothing moves.
+Why: under load each of these steps cost far more than in a loop (python
+-m bench e2e --terminal-auth, README's Security section: 0.74-0.76 of
+plain Pay through the reference alone).
+
 Replays: an exact retry (same RPC, same content, same serial) passes, under
 the current key, even one newer than the first attempt's: the kernel's
 idempotency answers it with the stored answer and moves nothing, which is
@@ -47,10 +67,11 @@ import types
 from core import idempotency
 from core.admin import keys
 from core.admin.access import now_ms
-from core.admin.terminals import WorkingKeys
+from core.admin.model import Terminal, TerminalStatus, u32_key, unpack
+from core.admin.terminals import KEY_CACHE_ENTRIES_MAX, WorkingKeys
 from core.errors import InvalidInput, PermissionDenied, Unauthenticated
-from core.results import OpKind
 from core.store import Store
+from server import fastpay
 from server.callers import Caller
 from server.requests import fingerprint
 
@@ -61,6 +82,9 @@ _FIELDS = (keys.METADATA_TERMINAL, keys.METADATA_KEY_ID, keys.METADATA_SERIAL, k
 _NO_FINGERPRINT = bytes(16)
 # Of every key suite's MAC; the terminal's own suite decides which one verifies.
 MAC_LENGTHS = frozenset(suite.mac_bytes for suite in keys.SUITES.values())
+# How long pass_pay answers from a kept terminal before it compares it with
+# the stored record again: the delay of a change made by another process.
+TERMINAL_KEPT_MS = 1_000
 
 
 def _decimal(text: str, key: str) -> int:
@@ -96,12 +120,20 @@ def parse_metadata(metadata) -> tuple[int, int, int, bytes]:
 class TerminalGuard:
     """The checks of the module's docstring, without gRPC around them."""
 
-    def __init__(self, store: Store, master_key: keys.MasterKey, clock=now_ms):
+    def __init__(self, store: Store, master_key: keys.MasterKey, clock=now_ms, admin=None):
         self.store = store
         self.working_keys = WorkingKeys(store, master_key)
         self.clock = clock
+        # The Admin this process changes terminals through (its `changes`
+        # count); None: no change is made here (a test's guard, a tool's).
+        self.admin = admin
+        # terminal id -> fastpay.KeptTerminal, for pass_pay.
+        self._kept: dict = {}
+        # RPC path -> keys.mac_prefix(path).
+        self._mac_prefixes: dict[str, bytes] = {}
         # The handles themselves: Store finds a database by name on each access.
         self._env = store.env
+        self._terminals = store.admin_terminals
         self._requests = types.SimpleNamespace(requests=store.requests, request_tails=store.request_tails,
                                                request_index=store.request_index)
 
@@ -120,9 +152,55 @@ class TerminalGuard:
         if stored is not None:
             previous = stored[1].entry.fingerprint
             if previous != _NO_FINGERPRINT and previous != fingerprint(kind, request):
-                raise PermissionDenied(f"serial {serial} of terminal {terminal_id} was used for another request: a replay",
-                                       reason="REPLAY")
+                raise self.replay_refusal(terminal_id, serial)
         return request, Caller("terminal", terminal_id=terminal_id, station_id=terminal.station_id)
+
+    @staticmethod
+    def replay_refusal(terminal_id: int, serial: int) -> PermissionDenied:
+        return PermissionDenied(f"serial {serial} of terminal {terminal_id} was used for another request: a replay",
+                                reason="REPLAY")
+
+    def pass_pay(self, method: str, metadata, body: bytes):
+        """The Pay's fastpay.PayMessage when every check of check() but the
+        replay check passes it (the kernel makes that one: see the module's
+        docstring); None when any does not, or the Pay is not plain: then
+        check() decides and says why."""
+        now = self.clock()
+        changes = self.admin.changes if self.admin is not None else 0
+        prefix = self._mac_prefixes.get(method)
+        if prefix is None:
+            prefix = self._mac_prefixes[method] = keys.mac_prefix(method)
+        found = fastpay.terminal_pay(metadata, body, prefix, self._kept, now, changes)
+        if found.__class__ is int:
+            if not self._keep(found, now, changes):
+                return None
+            found = fastpay.terminal_pay(metadata, body, prefix, self._kept, now, changes)
+            if found.__class__ is int:  # it names another key than the stored one
+                return None
+        return found
+
+    def _keep(self, terminal_id: int, now: int, changes: int) -> bool:
+        """Read the terminal's record and keep it (fastpay.KeptTerminal) for
+        TERMINAL_KEPT_MS; False when it is not active with a working key
+        (check() says which)."""
+        with self._env.begin() as txn:
+            record = txn.get(u32_key(terminal_id), db=self._terminals)
+        if record is None:
+            return False
+        kept = self._kept.get(terminal_id)
+        if kept is not None and kept.record == record:
+            kept.until_ms, kept.changes = now + TERMINAL_KEPT_MS, changes
+            return True
+        terminal = unpack(Terminal, record)
+        if terminal.status != TerminalStatus.ACTIVE or not terminal.key_sealed:
+            self._kept.pop(terminal_id, None)
+            return False
+        if len(self._kept) >= KEY_CACHE_ENTRIES_MAX:
+            self._kept.clear()
+        mac_key = keys.MacKey(self.working_keys.opened(terminal), terminal.key_algorithm)
+        self._kept[terminal_id] = fastpay.KeptTerminal(record, terminal.station_id, terminal.key_id,
+                                                       terminal.key_expires_ms, mac_key, now + TERMINAL_KEPT_MS, changes)
+        return True
 
     @staticmethod
     def _check_context(request, kind: int | None, terminal_id: int, serial: int, station_id: int):

@@ -40,6 +40,10 @@ class AdminBase:
         # (core/admin/customers.py): the network's choice, --pii-cipher.
         self.field_cipher = field_cipher
         self.clock = clock
+        # How many admin changes this object has made (committed or not):
+        # what a memory of admin records compares to know it may be stale
+        # (server/terminal_auth.py's kept terminals).
+        self.changes = 0
         # None: core.ledger.load_kernel() at the first card change.
         self.kernel = kernel
         # Of the business day the kernel stamps on what it posts, as the
@@ -51,7 +55,12 @@ class AdminBase:
     def _write(self, change):
         """Run change(txn) in one durable write transaction: the change and
         its audit entry are stored together, or, if it raises, neither."""
-        return self.writer.write_blocking(change)
+        try:
+            return self.writer.write_blocking(change)
+        finally:
+            # Counted once the write is over, so a memory refreshed after
+            # this count changed reads the change.
+            self.changes += 1
 
     def _read(self, look):
         with self.store.env.begin() as txn:

@@ -1,7 +1,9 @@
 """Key material: the master key, sealed secrets, the terminal MAC scheme.
 
-Owns: every use of cryptography in Tally (the `cryptography` package only,
-nothing hand-made), and the exact bytes a terminal's MAC covers.
+Owns: every use of cryptography in Tally (the `cryptography` package, and
+the standard library's HMAC over OpenSSL for the terminal MAC: see
+_AesSuite.keyed_mac; nothing hand-made), and the exact bytes a terminal's
+MAC covers.
 Used by: core/admin/terminals.py (registration, sign-on), the interceptor
 (server/terminal_auth.py), core/admin/terminal_client.py (the POS side).
 
@@ -47,6 +49,7 @@ nothing of where its key lives.
 """
 
 import enum
+import hmac as std_hmac
 import os
 import stat
 import struct
@@ -227,8 +230,20 @@ class _AesSuite:
     def decrypt(self, key: bytes, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
         return AESGCM(key).decrypt(nonce, sealed, aad)
 
-    def signer(self, key: bytes):
-        return hmac.HMAC(key, self._hash)
+    @staticmethod
+    def keyed_mac(key: bytes):
+        """HMAC-SHA256 keyed with `key`, to be copied for each MAC (MacKey):
+        the standard library's HMAC over OpenSSL. Why not cryptography's
+        HMAC here: building its context for every request was the largest
+        single part of the guarded Pay's cost in a loaded server (README,
+        Security: terminal auth's cost), and the one-shot hmac.digest
+        releases the GIL (under load, waiting to get it back); a copy and
+        updates under 2 KiB keep it."""
+        return std_hmac.new(key, digestmod="sha256")
+
+    @staticmethod
+    def finish(state) -> bytes:
+        return state.digest()
 
 
 class _Sm4Suite:
@@ -253,8 +268,14 @@ class _Sm4Suite:
         decryptor.authenticate_additional_data(aad)
         return decryptor.update(sealed[:-TAG_BYTES]) + decryptor.finalize()
 
-    def signer(self, key: bytes):
+    @staticmethod
+    def keyed_mac(key: bytes):
+        """CMAC-SM4 keyed with `key`, to be copied for each MAC (MacKey)."""
         return cmac.CMAC(algorithms.SM4(key))
+
+    @staticmethod
+    def finish(state) -> bytes:
+        return state.finalize()
 
 
 SUITES = {KeyAlgorithm.AES_HMAC_SHA256: _AesSuite(), KeyAlgorithm.SM4_CMAC: _Sm4Suite()}
@@ -333,30 +354,59 @@ def mac_input(method: str, terminal_id: int, key_id: int, serial: int, body: byt
     return _mac_header(method, terminal_id, key_id, serial) + body
 
 
+def mac_prefix(method: str) -> bytes:
+    """The MAC's header up to the method's 0x00 (see mac_input)."""
+    return b"".join((MAC_LABEL, b"\0", method.encode(), b"\0"))
+
+
 def _mac_header(method: str, terminal_id: int, key_id: int, serial: int) -> bytes:
-    return b"".join((MAC_LABEL, b"\0", method.encode(), b"\0", _MAC_FIELDS.pack(terminal_id, key_id, serial)))
+    return mac_prefix(method) + _MAC_FIELDS.pack(terminal_id, key_id, serial)
 
 
 def compute_mac(key: bytes, method: str, terminal_id: int, key_id: int, serial: int, body: bytes,
                 algorithm: int = AES) -> bytes:
-    signer = SUITES[algorithm].signer(key)
-    signer.update(_mac_header(method, terminal_id, key_id, serial))
-    signer.update(body)
-    return signer.finalize()
+    return MacKey(key, algorithm).mac(method, terminal_id, key_id, serial, body)
 
 
 def mac_matches(key: bytes, method: str, terminal_id: int, key_id: int, serial: int, body: bytes, mac: bytes,
                 algorithm: int = AES) -> bool:
-    """Constant-time comparison (cryptography's verify). The header and the
-    body go in as two updates: no copy of the body."""
-    checker = SUITES[algorithm].signer(key)
-    checker.update(_mac_header(method, terminal_id, key_id, serial))
-    checker.update(body)
-    try:
-        checker.verify(mac)
-    except InvalidSignature:
-        return False
-    return True
+    """Whether `mac` is the terminal MAC of the request under `key`
+    (constant-time)."""
+    return MacKey(key, algorithm).matches(method, terminal_id, key_id, serial, body, mac)
+
+
+class MacKey:
+    """The terminal MAC under one key of a suite, its keyed state made once
+    and copied for each request: the terminal guard keeps one per terminal
+    in use (server/terminal_auth.py), a terminal one per working key
+    (core/admin/terminal_client.py). The header and the body go in as two
+    updates: no copy of the body."""
+
+    __slots__ = ("finish", "keyed")
+
+    def __init__(self, key: bytes, algorithm: int = AES):
+        suite = SUITES[algorithm]
+        # The keyed state, copied for each MAC; finish(state) -> the MAC.
+        self.keyed = suite.keyed_mac(key)
+        self.finish = suite.finish
+
+    def mac(self, method: str, terminal_id: int, key_id: int, serial: int, body: bytes) -> bytes:
+        state = self.keyed.copy()
+        state.update(_mac_header(method, terminal_id, key_id, serial))
+        state.update(body)
+        return self.finish(state)
+
+    def matches(self, method: str, terminal_id: int, key_id: int, serial: int, body: bytes, mac: bytes) -> bool:
+        return std_hmac.compare_digest(self.mac(method, terminal_id, key_id, serial, body), mac)
+
+    def metadata(self, method: str, terminal_id: int, key_id: int, serial: int, body: bytes) -> tuple:
+        """The four metadata pairs of an authenticated request."""
+        return (
+            (METADATA_TERMINAL, str(terminal_id)),
+            (METADATA_KEY_ID, str(key_id)),
+            (METADATA_SERIAL, str(serial)),
+            (METADATA_MAC, self.mac(method, terminal_id, key_id, serial, body).hex()),
+        )
 
 
 # ---------------------------------------------------------------- partners
@@ -404,9 +454,4 @@ def partner_metadata(secret: bytes, method: str, partner_id: int, body: bytes) -
 def mac_metadata(key: bytes, method: str, terminal_id: int, key_id: int, serial: int, body: bytes,
                  algorithm: int = AES) -> tuple:
     """The four metadata pairs of an authenticated request."""
-    return (
-        (METADATA_TERMINAL, str(terminal_id)),
-        (METADATA_KEY_ID, str(key_id)),
-        (METADATA_SERIAL, str(serial)),
-        (METADATA_MAC, compute_mac(key, method, terminal_id, key_id, serial, body, algorithm).hex()),
-    )
+    return MacKey(key, algorithm).metadata(method, terminal_id, key_id, serial, body)

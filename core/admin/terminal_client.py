@@ -62,8 +62,18 @@ class TerminalKeys:
         self.secret = secret
         self.algorithm = keys.KeyAlgorithm(algorithm)
         self.key_id = 0
-        self.working_key: bytes | None = None
+        self.working_key = None
         self.expires_ms = 0
+
+    @property
+    def working_key(self) -> bytes | None:
+        return self._working_key
+
+    @working_key.setter
+    def working_key(self, key: bytes | None):
+        self._working_key = key
+        # Its MAC, keyed once for every request it signs.
+        self.mac_key = None if key is None else keys.MacKey(key, self.algorithm)
 
     # ------------------------------------------------------------ sign-on
 
@@ -103,9 +113,9 @@ class TerminalKeys:
 
     def metadata(self, method: str, serial: int, body: bytes) -> tuple:
         """The four metadata pairs for a request whose wire bytes are `body`."""
-        if self.working_key is None:
+        if self.mac_key is None:
             raise RuntimeError("no working key: sign on first")
-        return keys.mac_metadata(self.working_key, method, self.terminal_id, self.key_id, serial, body, self.algorithm)
+        return self.mac_key.metadata(method, self.terminal_id, self.key_id, serial, body)
 
     def call(self, channel: grpc.Channel, method: str, request, answer_type, timeout: float | None = 10):
         """Send `request` to `method` with its MAC, as exactly the bytes MACed."""

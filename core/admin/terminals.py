@@ -225,12 +225,17 @@ class WorkingKeys:
                                   f"({terminal.key_id}): keys rotate at each sign-on")
         if terminal.key_expires_ms <= now_ms:
             raise Unauthenticated(f"working key {key_id} of terminal {terminal_id} expired: sign on")
+        return terminal, self.opened(terminal)
+
+    def opened(self, terminal: Terminal) -> bytes:
+        """The terminal's current working key (it has one: key_sealed)."""
+        terminal_id, key_id = terminal.terminal_id, terminal.key_id
         cached = self._opened.get((terminal_id, key_id))
         if cached is not None and cached[0] == terminal.key_sealed:
-            return terminal, cached[1]
+            return cached[1]
         working_key = keys.unseal(self.master_key, keys.Purpose.WORKING_KEY, terminal_id, key_id, terminal.key_sealed)
         if len(self._opened) >= KEY_CACHE_ENTRIES_MAX:
             # Dicts keep insertion order: the first is the oldest opened.
             del self._opened[next(iter(self._opened))]
         self._opened[(terminal_id, key_id)] = (terminal.key_sealed, working_key)
-        return terminal, working_key
+        return working_key
