@@ -54,6 +54,7 @@ Administration's databases (values msgpack of core.admin.model records):
   admin_sessions    sha256(token)              -> Session       bearer tokens, stored hashed
   admin_audit       seq u64                    -> AuditEntry    append-only, hash-chained
   admin_meta        b"audit_head"              -> AuditHead     the chain's last seq and hash
+                    b"terminals_version"       -> u64           counts every change of admin_terminals
   admin_cards       card_id u64                -> CardOwner     the issuing organisation of a card
   admin_customers   customer_id u64            -> Customer      card holders' profiles
   admin_customer_cards (customer u64, card u64) -> b""          a customer's cards

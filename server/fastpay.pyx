@@ -790,29 +790,27 @@ assert _keys._MAC_FIELDS.size == MAC_FIELDS_BYTES
 cdef class KeptTerminal:
     """What server/terminal_auth.py's TerminalGuard.pass_pay knows of a
     terminal whose record it read: its station, its working key's id,
-    expiry and keyed MAC (keys.MacKey), and until when it holds."""
+    expiry and keyed MAC (keys.MacKey), and when it was read."""
 
     # The record as stored: compared byte for byte when it is read again.
     cdef readonly bytes record
     cdef readonly uint64_t station_id
     cdef readonly uint64_t key_id
     cdef readonly int64_t key_expires_ms
-    # Read again from then on, or once the Admin's change count moved.
-    cdef public int64_t until_ms
-    cdef public int64_t changes
+    # The guard's generation it was read in: read again in a later one.
+    cdef public int64_t generation
     cdef object keyed
     cdef object finish
 
     def __init__(self, bytes record, uint64_t station_id, uint64_t key_id, int64_t key_expires_ms, mac_key,
-                 int64_t until_ms, int64_t changes):
+                 int64_t generation):
         self.record = record
         self.station_id = station_id
         self.key_id = key_id
         self.key_expires_ms = key_expires_ms
         self.keyed = mac_key.keyed
         self.finish = mac_key.finish
-        self.until_ms = until_ms
-        self.changes = changes
+        self.generation = generation
 
 
 cdef object decimal_or_none(object text):
@@ -830,7 +828,7 @@ cdef inline void put_big_endian(char* out, uint64_t value, int size) noexcept:
         value >>= 8
 
 
-def terminal_pay(metadata, bytes body, bytes mac_prefix, dict kept, int64_t now_ms, int64_t changes):
+def terminal_pay(metadata, bytes body, bytes mac_prefix, dict kept, int64_t now_ms, int64_t generation):
     """A unary Pay sent by a terminal under --terminal-auth, checked as
     server/terminal_auth.py's TerminalGuard.check checks it, but for the
     replay check (the kernel's own: see that module's docstring):
@@ -840,8 +838,9 @@ def terminal_pay(metadata, bytes body, bytes mac_prefix, dict kept, int64_t now_
       terminal's station, its working key is the kept one and unexpired, and
       the MAC verifies;
     - the terminal id (an int), when the terminal is not kept, or is kept
-      from before `changes` or until before now, or the request names
-      another key id: TerminalGuard reads its record and asks again;
+      from another `generation` (TerminalGuard's: something may have
+      changed since), or the request names another key id: TerminalGuard
+      reads its record and asks again;
     - None otherwise: the reference check decides, and says why.
 
     mac_prefix: keys.mac_prefix(the RPC's path); kept: terminal id ->
@@ -880,7 +879,7 @@ def terminal_pay(metadata, bytes body, bytes mac_prefix, dict kept, int64_t now_
     if fields.terminal_id != found_terminal or fields.serial != serial:
         return None
     terminal = kept.get(found_terminal)
-    if terminal is None or terminal.until_ms <= now_ms or terminal.changes != changes or terminal.key_id != key_id:
+    if terminal is None or terminal.generation != generation or terminal.key_id != key_id:
         return found_terminal
     if terminal.key_expires_ms <= now_ms or fields.station_id != terminal.station_id:
         return None

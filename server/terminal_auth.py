@@ -38,8 +38,10 @@ does not pass:
   per terminal with the key's MAC state (fastpay.KeptTerminal): a change made
   through this process's Admin (disable, enable, sign-on) counts at the
   next request; a change made by another process (another worker, the
-  offline tools) counts at most TERMINAL_KEPT_MS later, when the kept
-  terminal is compared with its stored record again;
+  offline tools) counts within TERMINALS_CHECKED_EVERY_MS, the interval
+  at which the stored count of terminal changes (core/admin/terminals.py
+  terminals_version) is read: once it moved, each kept terminal is
+  compared with its stored record again at its next request;
 - the replay check is the kernel's own: a used serial with another body
   comes back from the kernel as DUPLICATE_MISMATCH, which server/rpc.py
   answers with `TerminalGuard.replay_refusal`, the very refusal the
@@ -68,7 +70,7 @@ from core import idempotency
 from core.admin import keys
 from core.admin.access import now_ms
 from core.admin.model import Terminal, TerminalStatus, u32_key, unpack
-from core.admin.terminals import KEY_CACHE_ENTRIES_MAX, WorkingKeys
+from core.admin.terminals import KEY_CACHE_ENTRIES_MAX, WorkingKeys, terminals_version
 from core.errors import InvalidInput, PermissionDenied, Unauthenticated
 from core.store import Store
 from server import fastpay
@@ -82,9 +84,11 @@ _FIELDS = (keys.METADATA_TERMINAL, keys.METADATA_KEY_ID, keys.METADATA_SERIAL, k
 _NO_FINGERPRINT = bytes(16)
 # Of every key suite's MAC; the terminal's own suite decides which one verifies.
 MAC_LENGTHS = frozenset(suite.mac_bytes for suite in keys.SUITES.values())
-# How long pass_pay answers from a kept terminal before it compares it with
-# the stored record again: the delay of a change made by another process.
-TERMINAL_KEPT_MS = 1_000
+# How often pass_pay reads the stored count of terminal changes: the delay
+# of a change made by another process. One read a tenth of a second, where
+# reading each terminal's record at each Pay cost the loaded server most of
+# the guard's time (README, Security: figures).
+TERMINALS_CHECKED_EVERY_MS = 100
 
 
 def _decimal(text: str, key: str) -> int:
@@ -129,6 +133,13 @@ class TerminalGuard:
         self.admin = admin
         # terminal id -> fastpay.KeptTerminal, for pass_pay.
         self._kept: dict = {}
+        # What the kept terminals were read against: a number that moves
+        # when the Admin's change count or the stored terminals version
+        # moved (_generation).
+        self._generation = 0
+        self._admin_changes = 0
+        self._stored_version = 0
+        self._version_read_ms = 0
         # RPC path -> keys.mac_prefix(path).
         self._mac_prefixes: dict[str, bytes] = {}
         # The handles themselves: Store finds a database by name on each access.
@@ -166,22 +177,39 @@ class TerminalGuard:
         docstring); None when any does not, or the Pay is not plain: then
         check() decides and says why."""
         now = self.clock()
-        changes = self.admin.changes if self.admin is not None else 0
+        generation = self._generation_at(now)
         prefix = self._mac_prefixes.get(method)
         if prefix is None:
             prefix = self._mac_prefixes[method] = keys.mac_prefix(method)
-        found = fastpay.terminal_pay(metadata, body, prefix, self._kept, now, changes)
+        found = fastpay.terminal_pay(metadata, body, prefix, self._kept, now, generation)
         if found.__class__ is int:
-            if not self._keep(found, now, changes):
+            if not self._keep(found, generation):
                 return None
-            found = fastpay.terminal_pay(metadata, body, prefix, self._kept, now, changes)
+            found = fastpay.terminal_pay(metadata, body, prefix, self._kept, now, generation)
             if found.__class__ is int:  # it names another key than the stored one
                 return None
         return found
 
-    def _keep(self, terminal_id: int, now: int, changes: int) -> bool:
+    def _generation_at(self, now: int) -> int:
+        """The kept terminals' generation: moved when this process's Admin
+        changed anything, or the stored terminals version moved (read at
+        most every TERMINALS_CHECKED_EVERY_MS)."""
+        changes = self.admin.changes if self.admin is not None else 0
+        if changes != self._admin_changes:
+            self._admin_changes = changes
+            self._generation += 1
+        if now >= self._version_read_ms + TERMINALS_CHECKED_EVERY_MS or now < self._version_read_ms:
+            with self._env.begin() as txn:
+                version = terminals_version(txn, self.store)
+            self._version_read_ms = now
+            if version != self._stored_version:
+                self._stored_version = version
+                self._generation += 1
+        return self._generation
+
+    def _keep(self, terminal_id: int, generation: int) -> bool:
         """Read the terminal's record and keep it (fastpay.KeptTerminal) for
-        TERMINAL_KEPT_MS; False when it is not active with a working key
+        this generation; False when it is not active with a working key
         (check() says which)."""
         with self._env.begin() as txn:
             record = txn.get(u32_key(terminal_id), db=self._terminals)
@@ -189,7 +217,7 @@ class TerminalGuard:
             return False
         kept = self._kept.get(terminal_id)
         if kept is not None and kept.record == record:
-            kept.until_ms, kept.changes = now + TERMINAL_KEPT_MS, changes
+            kept.generation = generation
             return True
         terminal = unpack(Terminal, record)
         if terminal.status != TerminalStatus.ACTIVE or not terminal.key_sealed:
@@ -199,7 +227,7 @@ class TerminalGuard:
             self._kept.clear()
         mac_key = keys.MacKey(self.working_keys.opened(terminal), terminal.key_algorithm)
         self._kept[terminal_id] = fastpay.KeptTerminal(record, terminal.station_id, terminal.key_id,
-                                                       terminal.key_expires_ms, mac_key, now + TERMINAL_KEPT_MS, changes)
+                                                       terminal.key_expires_ms, mac_key, generation)
         return True
 
     @staticmethod

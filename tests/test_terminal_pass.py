@@ -2,7 +2,8 @@
 server/fastpay.pyx terminal_pay) held to its reference, TerminalGuard.check:
 whatever the compiled way passes, the reference passes as the same terminal;
 a terminal changed through this process counts at the next request, one
-changed by another process within TERMINAL_KEPT_MS. On a real LMDB store."""
+changed by another process within TERMINALS_CHECKED_EVERY_MS. On a real
+LMDB store."""
 
 import os
 
@@ -13,13 +14,15 @@ from hypothesis import strategies as st
 from core.admin import Admin, keys
 from core.admin.access import cli_actor
 from core.admin.model import OrgKind
+from core.admin.rotation import rotate_master_key
 from core.admin.terminal_client import SIGN_ON_METHOD, TerminalKeys
+from core.admin.terminals import terminals_version
 from core.errors import TallyError
 from core.results import OpKind
 from core.store import open_store
 from server import fastpay
 from server.rpc import parser_of
-from server.terminal_auth import MAC_LENGTHS, TERMINAL_KEPT_MS, TerminalGuard, parse_metadata
+from server.terminal_auth import MAC_LENGTHS, TERMINALS_CHECKED_EVERY_MS, TerminalGuard, parse_metadata
 from tally.v1 import admin_pb2, common_pb2, payment_pb2
 
 PAY = "/tally.v1.PaymentService/Pay"
@@ -208,14 +211,34 @@ def test_a_change_through_this_process_counts_at_the_next_request(world):
     assert world.guard.pass_pay(PAY, *world.pay(serial=5)) is not None
 
 
-def test_a_change_by_another_process_counts_within_terminal_kept_ms(world):
+def test_a_change_by_another_process_counts_within_terminals_checked_every_ms(world):
     elsewhere = Admin(world.store, master_key=world.master_key, clock=world.clock)  # its own change count
     assert world.guard.pass_pay(PAY, *world.pay(serial=1)) is not None
     elsewhere.disable_terminal(cli_actor(), TERMINAL, "reported stolen")
-    world.clock.ms += TERMINAL_KEPT_MS - 1
+    world.clock.ms += TERMINALS_CHECKED_EVERY_MS - 1
     assert world.guard.pass_pay(PAY, *world.pay(serial=2)) is not None  # kept: the delay the docstring states
     world.clock.ms += 1
     assert world.guard.pass_pay(PAY, *world.pay(serial=3)) is None
+    elsewhere.enable_terminal(cli_actor(), TERMINAL)
+    world.sign_on(world.terminals[TERMINAL], elsewhere, serial=4)
+    world.clock.ms += TERMINALS_CHECKED_EVERY_MS
+    assert world.guard.pass_pay(PAY, *world.pay(serial=5)) is not None
+
+
+def test_every_write_of_a_terminal_moves_the_stored_version(world):
+    def version():
+        with world.store.env.begin() as txn:
+            return terminals_version(txn, world.store)
+
+    before = version()
+    world.admin.register_terminal(cli_actor(), 103, STATION)
+    world.admin.disable_terminal(cli_actor(), 103, "test")
+    world.admin.enable_terminal(cli_actor(), 103)
+    world.sign_on(world.terminals[TERMINAL], world.admin, serial=9)
+    assert version() == before + 4
+    new_master_key = os.urandom(32)
+    rotate_master_key(world.store, world.admin.master_key, keys.as_master_key(new_master_key), cli_actor().name, world.clock())
+    assert version() == before + 4 + 3  # one per terminal: 101, 102, 103
 
 
 def test_a_sign_on_elsewhere_is_read_at_the_first_request_under_the_new_key(world):

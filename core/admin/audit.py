@@ -1,6 +1,7 @@
 """The audit log: every administrative action, append-only, hash-chained.
 
-Owns: the admin_audit and admin_meta databases. An entry says who, when,
+Owns: the admin_audit database and admin_meta's audit head (admin_meta's
+terminals version is core/admin/terminals.py's). An entry says who, when,
 what (the action and its object) and the object before and after, as JSON
 without secrets or personal data. Each entry's SHA-256 covers all its fields and the
 previous entry's hash (the first entry's predecessor is 32 zero bytes), and

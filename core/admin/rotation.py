@@ -21,6 +21,7 @@ import msgspec
 
 from core.admin import audit, keys
 from core.admin.model import Customer, FieldCipher, Partner, Terminal, pack, unpack
+from core.admin.terminals import put_terminal
 from core.store import Store, rows
 from core.writes import DirectWriter
 
@@ -48,7 +49,7 @@ def rotate_master_key(store: Store, old: keys.MasterKey, new: keys.MasterKey, ac
 
 def _rotate_terminals(txn, store: Store, old, new) -> tuple[int, int]:
     terminals = working_keys = 0
-    for key, value in list(rows(txn, store.admin_terminals)):
+    for _, value in list(rows(txn, store.admin_terminals)):
         terminal = unpack(Terminal, value)
         secret = keys.unseal(old, keys.Purpose.TERMINAL_SECRET, terminal.terminal_id, 0, terminal.secret_sealed)
         changes = {"secret_sealed": keys.seal(new, keys.Purpose.TERMINAL_SECRET, terminal.terminal_id, 0, secret)}
@@ -58,7 +59,7 @@ def _rotate_terminals(txn, store: Store, old, new) -> tuple[int, int]:
             changes["key_sealed"] = keys.seal(new, keys.Purpose.WORKING_KEY, terminal.terminal_id, terminal.key_id,
                                               working_key)
             working_keys += 1
-        txn.put(key, pack(msgspec.structs.replace(terminal, **changes)), db=store.admin_terminals)
+        put_terminal(txn, store, msgspec.structs.replace(terminal, **changes))
         terminals += 1
     return terminals, working_keys
 

@@ -25,6 +25,7 @@ server/terminal_auth.py.
 """
 
 import os
+import struct
 
 import msgspec
 
@@ -59,6 +60,27 @@ class SignedOn(msgspec.Struct, frozen=True):
     wrapped_key: bytes
     expires_ms: int
     key_algorithm: KeyAlgorithm = KeyAlgorithm.AES_HMAC_SHA256
+
+
+# admin_meta's key of a u64 counting every change of a terminal's record,
+# by any process: the terminal guard (server/terminal_auth.py) reads it a
+# few times a second to know whether a terminal it keeps in memory changed.
+TERMINALS_VERSION_KEY = b"terminals_version"
+_VERSION = struct.Struct("<Q")
+
+
+def terminals_version(txn, store: Store) -> int:
+    """How many times a terminal's record changed (0: never, or before the
+    count was kept)."""
+    value = txn.get(TERMINALS_VERSION_KEY, db=store.admin_meta) if store.admin_meta is not None else None
+    return 0 if value is None else _VERSION.unpack(value)[0]
+
+
+def put_terminal(txn, store: Store, terminal: Terminal):
+    """Store a terminal's record, counted in the terminals' version: every
+    write of admin_terminals goes through here."""
+    txn.put(u32_key(terminal.terminal_id), pack(terminal), db=store.admin_terminals)
+    txn.put(TERMINALS_VERSION_KEY, _VERSION.pack(terminals_version(txn, store) + 1), db=store.admin_meta)
 
 
 def terminal_record(txn, store: Store, terminal_id: int) -> Terminal | None:
@@ -103,7 +125,7 @@ class TerminalsMixin(AdminBase):
             sealed = keys.seal(master_key, keys.Purpose.TERMINAL_SECRET, terminal_id, 0, secret)
             terminal = Terminal(terminal_id, station_id, name, TerminalStatus.ACTIVE, sealed, self.clock(),
                                 key_algorithm=KeyAlgorithm(key_algorithm))
-            txn.put(u32_key(terminal_id), pack(terminal), db=self.store.admin_terminals)
+            put_terminal(txn, self.store, terminal)
             self._audit(txn, actor, "RegisterTerminal", f"terminal:{terminal_id}", station_id, None, terminal)
             return terminal, secret
 
@@ -121,7 +143,7 @@ class TerminalsMixin(AdminBase):
             before = self._visible_terminal(txn, actor, terminal_id)
             # The working key dies with either change: the terminal signs on again.
             after = msgspec.structs.replace(before, status=status, disabled_reason=reason, key_sealed=b"", key_expires_ms=0)
-            txn.put(u32_key(terminal_id), pack(after), db=self.store.admin_terminals)
+            put_terminal(txn, self.store, after)
             self._audit(txn, actor, action, f"terminal:{terminal_id}", before.station_id, before, after)
             return after
 
@@ -169,7 +191,7 @@ class TerminalsMixin(AdminBase):
             after = msgspec.structs.replace(
                 terminal, key_id=new_key_id, key_expires_ms=expires_ms, signon_serial=serial, signon_ms=now,
                 key_sealed=keys.seal(master_key, keys.Purpose.WORKING_KEY, terminal_id, new_key_id, working_key))
-            txn.put(u32_key(terminal_id), pack(after), db=self.store.admin_terminals)
+            put_terminal(txn, self.store, after)
             self._audit(txn, Actor(f"terminal:{terminal_id}", terminal.station_id), "SignOn", f"terminal:{terminal_id}",
                         terminal.station_id, terminal, after)
             wrapped = keys.wrap_working_key(secret, terminal_id, new_key_id, expires_ms, working_key, algorithm)
