@@ -814,11 +814,26 @@ cdef class KeptTerminal:
 
 
 cdef object decimal_or_none(object text):
-    """Mirror of server/terminal_auth.py _decimal: None where it refuses."""
-    if type(text) is not str or len(<str>text) > DECIMAL_DIGITS_MAX or not (<str>text).isdigit() or not (<str>text).isascii():
+    """Mirror of server/terminal_auth.py _decimal: None where it refuses
+    (not 1 to 20 ASCII digits, or 2^64 and above)."""
+    cdef Py_ssize_t size, index
+    cdef Py_UCS4 character
+    cdef uint64_t digit
+    cdef uint64_t value = 0
+    if type(text) is not str:
         return None
-    value = int(text)
-    return value if value < U64_END else None
+    size = len(<str>text)
+    if size == 0 or size > DECIMAL_DIGITS_MAX:
+        return None
+    for index in range(size):
+        character = (<str>text)[index]
+        if character < 48 or character > 57:  # '0' .. '9'
+            return None
+        digit = <uint64_t>character - 48
+        if value > (0xFFFFFFFFFFFFFFFF - digit) // 10:
+            return None
+        value = value * 10 + digit
+    return value
 
 
 cdef inline void put_big_endian(char* out, uint64_t value, int size) noexcept:

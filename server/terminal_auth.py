@@ -195,6 +195,8 @@ class TerminalGuard:
         changed anything, or the stored terminals version moved (read at
         most every TERMINALS_CHECKED_EVERY_MS)."""
         changes = self.admin.changes if self.admin is not None else 0
+        if changes == self._admin_changes and self._version_read_ms <= now < self._version_read_ms + TERMINALS_CHECKED_EVERY_MS:
+            return self._generation
         if changes != self._admin_changes:
             self._admin_changes = changes
             self._generation += 1
