@@ -27,6 +27,7 @@ gRPC's own services (health, reflection) pass through untouched: they are
 public and answer for themselves.
 """
 
+import contextvars
 import logging
 import time
 
@@ -55,6 +56,28 @@ MAC_KEY = "x-tally-mac"
 PARTNER_KEY = "x-tally-partner"
 _OWN_PREFIX = "/tally.v1."
 PUBLIC_CALLER = Caller("public")
+# The call's metadata as gRPC read it to find the handler (Router.service),
+# for the handlers that read it on every call (call_metadata).
+_CALL_METADATA: contextvars.ContextVar = contextvars.ContextVar("tally_call_metadata", default=None)
+
+
+def call_metadata(context):
+    """The call's metadata: as grpc.aio read it to find the handler, when
+    the Router kept it (a path it was asked to keep it for), else read again
+    from the context. Why keep it: grpc.aio builds the metadata tuple anew
+    on each invocation_metadata() (one tuple per pair), and it had already
+    built it for the handler's lookup, in the same task (grpc 1.85
+    _handle_rpc: _find_method_handler, then the handler). Were it ever found
+    in another task, this reads the context's: a MAC covers its terminal's
+    metadata and body together, so metadata that were not the call's
+    would not verify and the full check would answer."""
+    kept = kept_metadata()
+    return kept if kept is not None else context.invocation_metadata()
+
+
+def kept_metadata():
+    """The metadata the Router kept for this call, or None."""
+    return _CALL_METADATA.get()
 
 
 class Guards:
@@ -191,6 +214,8 @@ class Router(grpc.GenericRpcHandler):
         # Generic handlers added without their methods (TerminalKeyService's
         # SignOn): asked once per path, their answer kept in _routes.
         self._others = []
+        # Paths whose handler reads the metadata of every call (call_metadata).
+        self._keeps_metadata: set[str] = set()
         if server is not None:
             server.add_generic_rpc_handlers((self,))
 
@@ -206,8 +231,18 @@ class Router(grpc.GenericRpcHandler):
         return getattr(self._server, name)
 
     def service(self, handler_call_details):
-        handler = self._routes.get(handler_call_details.method)
-        return handler if handler is not None else self._ask_others(handler_call_details)
+        method = handler_call_details.method
+        handler = self._routes.get(method)
+        if handler is None:
+            return self._ask_others(handler_call_details)
+        if method in self._keeps_metadata:
+            _CALL_METADATA.set(handler_call_details.invocation_metadata)
+        return handler
+
+    def keep_metadata(self, method: str):
+        """Hand each call of `method` its metadata as read for the lookup
+        (call_metadata)."""
+        self._keeps_metadata.add(method)
 
     def _ask_others(self, handler_call_details):
         for other in self._others:
@@ -269,6 +304,8 @@ class Registrar(Router):
         # compiled way (server/terminal_auth.py pass_pay) and handed to the
         # wire handler as read; whatever it does not pass takes admit().
         pass_pay = guards.terminal if wire is not None and guards.terminal is not None and method == PAY else None
+        if pass_pay is not None:
+            self.keep_metadata(method)
 
         async def behaviour(body: bytes, context):
             started = time.perf_counter()
@@ -388,7 +425,7 @@ async def _passed_pay(guard, wire, method: str, body: bytes, context):
     handler declined it (admit() and the handler then take it from the
     start: nothing was written). The kernel checks replays there: a used
     serial with another body is refused as the reference guard refuses it."""
-    message = guard.pass_pay(method, context.invocation_metadata(), body)
+    message = guard.pass_pay(method, call_metadata(context), body)
     if message is None:
         return None
     found = await wire(body, message)

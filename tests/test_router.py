@@ -11,7 +11,7 @@ import collections
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from server.rpc import Router
+from server.rpc import Router, call_metadata, kept_metadata
 
 Details = collections.namedtuple("Details", "method invocation_metadata")
 
@@ -84,3 +84,36 @@ def test_a_real_server_answers_through_the_router():
     assert status == health_pb2.HealthCheckResponse.SERVING
     assert echoed == b"ping"
     assert refused == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_path_that_keeps_its_metadata_hands_each_call_its_own():
+    """call_metadata: what the Router kept at the lookup is the call's own
+    metadata, as the context reads it, call after call, 20 calls at once;
+    on a path that does not keep it, it is read from the context."""
+
+    async def scenario():
+        server = grpc.aio.server()
+        router = Router(server)
+
+        async def compare(request, context):
+            kept_here = kept_metadata() is not None
+            found = call_metadata(context)
+            await asyncio.sleep(0.01)  # the others run meanwhile
+            same = found == context.invocation_metadata() and dict(found)["x-call"] == request.decode()
+            return b"%s %s" % (b"same" if same else b"other", b"kept" if kept_here else b"read")
+
+        router.add_registered_method_handlers("shop.Payments", {
+            "Keeps": grpc.unary_unary_rpc_method_handler(compare), "Reads": grpc.unary_unary_rpc_method_handler(compare)})
+        router.keep_metadata("/shop.Payments/Keeps")
+        port = router.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                calls = [channel.unary_unary(f"/shop.Payments/{path}")(str(number).encode(), metadata=(("x-call", str(number)),),
+                                                                       timeout=5)
+                         for number in range(20) for path in ("Keeps", "Reads")]
+                return await asyncio.gather(*calls)
+        finally:
+            await server.stop(None)
+
+    assert asyncio.run(scenario()) == [b"same kept", b"same read"] * 20
