@@ -780,8 +780,7 @@ cdef str METADATA_TERMINAL = _keys.METADATA_TERMINAL
 cdef str METADATA_KEY_ID = _keys.METADATA_KEY_ID
 cdef str METADATA_SERIAL = _keys.METADATA_SERIAL
 cdef str METADATA_MAC = _keys.METADATA_MAC
-cdef Py_ssize_t DECIMAL_DIGITS_MAX = 20
-cdef object U64_END = 2 ** 64
+cdef Py_ssize_t DECIMAL_DIGITS_MAX = _keys.METADATA_DECIMAL_DIGITS_MAX
 # terminal id (u32), key id (u64), serial (u64), big-endian: the end of the MAC's header.
 cdef Py_ssize_t MAC_FIELDS_BYTES = 20
 assert _keys._MAC_FIELDS.size == MAC_FIELDS_BYTES

@@ -79,7 +79,6 @@ from server.requests import fingerprint
 
 log = logging.getLogger("tally.terminal_auth")
 
-DECIMAL_DIGITS_MAX = 20
 _FIELDS = (keys.METADATA_TERMINAL, keys.METADATA_KEY_ID, keys.METADATA_SERIAL, keys.METADATA_MAC)
 _NO_FINGERPRINT = bytes(16)
 # Of every key suite's MAC; the terminal's own suite decides which one verifies.
@@ -92,7 +91,7 @@ TERMINALS_CHECKED_EVERY_MS = 100
 
 
 def _decimal(text: str, key: str) -> int:
-    if len(text) <= DECIMAL_DIGITS_MAX and text.isdigit() and text.isascii():
+    if len(text) <= keys.METADATA_DECIMAL_DIGITS_MAX and text.isdigit() and text.isascii():
         value = int(text)
         if value < 2**64:
             return value

@@ -75,6 +75,8 @@ METADATA_TERMINAL = "x-tally-terminal"  # terminal id, decimal
 METADATA_KEY_ID = "x-tally-key-id"  # working key id, decimal; 0 on SignOn (the sign-on key)
 METADATA_SERIAL = "x-tally-serial"  # the request's serial, decimal
 METADATA_MAC = "x-tally-mac"  # the MAC in lowercase hex: 64 digits (HMAC-SHA256) or 32 (CMAC-SM4)
+# The decimal metadata (terminal, key id, serial): at most this many digits, below 2^64.
+METADATA_DECIMAL_DIGITS_MAX = 20
 
 SIGN_ON_KEY_ID = 0
 MAC_LABEL = b"tally.v1 terminal mac"
